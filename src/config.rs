@@ -1,0 +1,304 @@
+//! Configuration: a [`Builder`] that produces an immutable [`Config`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::bus::Bus;
+use crate::error::{Error, Result};
+
+/// The largest payload the codec will ever decode; `max_payload_bytes` may
+/// not be set above it.
+pub(crate) const PAYLOAD_HARD_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The settings of an open [`Bus`]. Made by [`Builder`]; read it back with
+/// [`Bus::config`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) path: PathBuf,
+    pub(crate) cache_capacity: u64,
+    pub(crate) channel_capacity: usize,
+    pub(crate) senders: usize,
+    pub(crate) retry_schedule: Vec<Duration>,
+    pub(crate) allow_private_targets: bool,
+    pub(crate) https_only: bool,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) max_payload_bytes: usize,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            path: PathBuf::new(),
+            cache_capacity: 64 * 1024 * 1024,
+            channel_capacity: 10_000,
+            senders: 8,
+            retry_schedule: default_retry_schedule(),
+            allow_private_targets: false,
+            https_only: false,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+            max_payload_bytes: 256 * 1024,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The default delays before each retry: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
+/// 10 h (as Svix), so a delivery gets 8 attempts over about 27.6 hours.
+pub fn default_retry_schedule() -> Vec<Duration> {
+    const MIN: u64 = 60;
+    const HOUR: u64 = 3600;
+    [
+        5,
+        5 * MIN,
+        30 * MIN,
+        2 * HOUR,
+        5 * HOUR,
+        10 * HOUR,
+        10 * HOUR,
+    ]
+    .into_iter()
+    .map(Duration::from_secs)
+    .collect()
+}
+
+impl Config {
+    /// The store's folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// sled's page cache size in bytes.
+    pub fn cache_capacity(&self) -> u64 {
+        self.cache_capacity
+    }
+    /// How many published events may wait for the dispatcher.
+    pub fn channel_capacity(&self) -> usize {
+        self.channel_capacity
+    }
+    /// The number of sender threads.
+    pub fn senders(&self) -> usize {
+        self.senders
+    }
+    /// The delay before each retry.
+    pub fn retry_schedule(&self) -> &[Duration] {
+        &self.retry_schedule
+    }
+    /// Whether deliveries to loopback, private and other internal addresses
+    /// are allowed.
+    pub fn allow_private_targets(&self) -> bool {
+        self.allow_private_targets
+    }
+    /// Whether subscription URLs must use `https`.
+    pub fn https_only(&self) -> bool {
+        self.https_only
+    }
+    /// The TCP connect timeout of one attempt.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+    /// The total timeout of one attempt.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+    /// The largest accepted payload, in bytes of JSON.
+    pub fn max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
+    }
+    /// How long dropping the last [`Bus`] handle waits for in-flight work.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.shutdown_timeout
+    }
+}
+
+/// Builds a [`Bus`] with non-default settings.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// let bus = hookbus::Bus::builder()
+///     .path("./hookbus-data")
+///     .senders(8)
+///     .retry_schedule(vec![Duration::from_secs(5), Duration::from_secs(300)])
+///     .open()?;
+/// # Ok::<(), hookbus::Error>(())
+/// ```
+///
+/// # Defaults
+///
+/// | setting | default |
+/// | --- | --- |
+/// | `cache_capacity` | 64 MiB |
+/// | `channel_capacity` | 10 000 events |
+/// | `senders` | 8 threads |
+/// | `retry_schedule` | 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h |
+/// | `allow_private_targets` | `false` |
+/// | `https_only` | `false` |
+/// | `connect_timeout` | 5 s |
+/// | `request_timeout` | 15 s |
+/// | `max_payload_bytes` | 256 KiB |
+/// | `shutdown_timeout` | 5 s |
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct Builder {
+    config: Config,
+}
+
+impl Builder {
+    /// A builder with every setting at its default.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The folder of the store; created if missing. Required.
+    pub fn path(mut self, path: impl AsRef<Path>) -> Self {
+        self.config.path = path.as_ref().to_path_buf();
+        self
+    }
+
+    /// sled's page cache in bytes (sled's own default is 1 GiB, too much for
+    /// an embedded library).
+    ///
+    /// Defaults to 64 MiB.
+    pub fn cache_capacity(mut self, bytes: u64) -> Self {
+        self.config.cache_capacity = bytes;
+        self
+    }
+
+    /// How many published events may wait for the dispatcher thread before
+    /// [`Bus::publish`] blocks (back-pressure). Memory held by the queue is at
+    /// most this many serialized payloads.
+    ///
+    /// Defaults to 10 000.
+    pub fn channel_capacity(mut self, n: usize) -> Self {
+        self.config.channel_capacity = n;
+        self
+    }
+
+    /// The number of sender threads performing HTTP requests. Senders block
+    /// on the network, so this is sized for I/O, not for cores. One
+    /// subscription never holds more than `senders - 1` of them.
+    ///
+    /// Defaults to 8.
+    pub fn senders(mut self, n: usize) -> Self {
+        self.config.senders = n;
+        self
+    }
+
+    /// The delay before each retry; a delivery gets `1 + schedule.len()`
+    /// attempts, then is dead (kept in the dead letter queue). Each delay is
+    /// jittered by ±20 %. An empty schedule means one attempt only.
+    ///
+    /// Defaults to 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+    pub fn retry_schedule(mut self, schedule: Vec<Duration>) -> Self {
+        self.config.retry_schedule = schedule;
+        self
+    }
+
+    /// Allow subscription URLs and deliveries to loopback, private,
+    /// link-local and other non-global addresses. Leave it off in production:
+    /// it is what stops a subscriber from pointing the sender at your
+    /// internal network (SSRF). Tests and local demos turn it on.
+    ///
+    /// Defaults to `false`.
+    pub fn allow_private_targets(mut self, allow: bool) -> Self {
+        self.config.allow_private_targets = allow;
+        self
+    }
+
+    /// Refuse subscription URLs that do not use `https`.
+    ///
+    /// Defaults to `false`.
+    pub fn https_only(mut self, on: bool) -> Self {
+        self.config.https_only = on;
+        self
+    }
+
+    /// The TCP connect timeout of one delivery attempt.
+    ///
+    /// Defaults to 5 s.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.config.connect_timeout = d;
+        self
+    }
+
+    /// The total time one delivery attempt may take, from resolving the host
+    /// to reading the response. A receiver slower than this counts as a
+    /// timeout and is retried later.
+    ///
+    /// Defaults to 15 s.
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.config.request_timeout = d;
+        self
+    }
+
+    /// The largest payload [`Bus::publish`] accepts, in bytes of serialized
+    /// JSON; larger ones get [`Error::PayloadTooLarge`] and nothing is
+    /// stored. At most 16 MiB.
+    ///
+    /// Defaults to 256 KiB.
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_payload_bytes = bytes;
+        self
+    }
+
+    /// How long dropping the last [`Bus`] handle waits for requests in
+    /// flight before it stops anyway (what is unfinished is delivered after
+    /// the next open). [`Bus::shutdown`] takes its own deadline.
+    ///
+    /// Defaults to 5 s.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.config.shutdown_timeout = d;
+        self
+    }
+
+    /// Checks the settings and returns them without opening anything.
+    pub fn build(self) -> Result<Config> {
+        let c = self.config;
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        if c.path.as_os_str().is_empty() {
+            return bad("no store path: call Builder::path(dir)".into());
+        }
+        if c.senders == 0 || c.senders > 1024 {
+            return bad(format!("senders must be 1..=1024, got {}", c.senders));
+        }
+        if c.channel_capacity == 0 {
+            return bad("channel_capacity must be at least 1".into());
+        }
+        if c.retry_schedule.len() > 100 {
+            return bad(format!(
+                "retry_schedule may have at most 100 entries, got {}",
+                c.retry_schedule.len()
+            ));
+        }
+        if let Some(d) = c
+            .retry_schedule
+            .iter()
+            .find(|d| **d > Duration::from_secs(30 * 86_400))
+        {
+            return bad(format!("retry delays may be at most 30 days, got {d:?}"));
+        }
+        if c.max_payload_bytes == 0 || c.max_payload_bytes > PAYLOAD_HARD_LIMIT {
+            return bad(format!(
+                "max_payload_bytes must be 1..={PAYLOAD_HARD_LIMIT}, got {}",
+                c.max_payload_bytes
+            ));
+        }
+        if c.connect_timeout.is_zero() || c.request_timeout.is_zero() {
+            return bad("connect_timeout and request_timeout must be non-zero".into());
+        }
+        if c.cache_capacity < 1024 * 1024 {
+            return bad(format!(
+                "cache_capacity must be at least 1 MiB, got {}",
+                c.cache_capacity
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Opens the store (creating it if needed) and starts the dispatcher and
+    /// sender threads. See [`Bus::open`].
+    pub fn open(self) -> Result<Bus> {
+        Bus::open_config(self.build()?)
+    }
+}

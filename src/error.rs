@@ -1,0 +1,264 @@
+//! The one error type of the crate.
+
+use std::path::PathBuf;
+
+use crate::ids::{DeliveryId, SubscriptionId};
+
+/// A `Result` whose error is [`hookbus::Error`](Error).
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in hookbus.
+///
+/// Messages say what was wrong and what is allowed, so they can be shown to
+/// the person who made the mistake (for example, returned from a REST
+/// endpoint that creates subscriptions). Sources are kept, so callers can
+/// walk the chain with [`std::error::Error::source`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A subscription URL is not an absolute `http`/`https` URL with a host,
+    /// is too long, carries credentials, or names an internal address while
+    /// [`Builder::allow_private_targets`](crate::Builder::allow_private_targets)
+    /// is off.
+    #[error("subscription url `{url}` {reason}")]
+    InvalidUrl {
+        /// The URL as given (truncated to 200 characters).
+        url: String,
+        /// What is wrong with it and what is allowed.
+        reason: String,
+    },
+
+    /// An event name is empty, too long, or has characters other than
+    /// letters, digits, `_`, `-` and `.` (or, in a subscription, is not
+    /// exactly `*`).
+    #[error("event name `{name}` {reason}")]
+    InvalidEventName {
+        /// The name as given (truncated to 200 characters).
+        name: String,
+        /// What is wrong with it and what is allowed.
+        reason: &'static str,
+    },
+
+    /// A subscription names no events.
+    #[error("a subscription needs at least one event name; use `*` to receive every event")]
+    NoEvents,
+
+    /// A subscription name is empty, longer than 100 characters, or has
+    /// control characters.
+    #[error("subscription name {reason}")]
+    InvalidName {
+        /// What is wrong with it and what is allowed.
+        reason: &'static str,
+    },
+
+    /// A content type other than `application/json` was asked for.
+    #[error(
+        "content type `{content_type}` is not supported; the only one allowed is `application/json`"
+    )]
+    InvalidContentType {
+        /// The content type as given (truncated to 200 characters).
+        content_type: String,
+    },
+
+    /// A secret is empty or too long.
+    #[error("secret {reason}")]
+    InvalidSecret {
+        /// What is wrong with it and what is allowed.
+        reason: &'static str,
+    },
+
+    /// An owner is empty, too long or has control characters.
+    #[error("owner {reason}")]
+    InvalidOwner {
+        /// What is wrong with it and what is allowed.
+        reason: &'static str,
+    },
+
+    /// The same owner already has a subscription for this URL that receives
+    /// this event.
+    #[error(
+        "subscription {existing} of the same owner already sends event `{event}` to `{url}`; \
+         update that subscription instead"
+    )]
+    Conflict {
+        /// The event both subscriptions name.
+        event: String,
+        /// The URL both subscriptions name.
+        url: String,
+        /// The subscription that already has it.
+        existing: SubscriptionId,
+    },
+
+    /// A published payload is larger than
+    /// [`Builder::max_payload_bytes`](crate::Builder::max_payload_bytes).
+    #[error(
+        "event payload is {size} bytes of JSON; the limit is {max} bytes (Builder::max_payload_bytes)"
+    )]
+    PayloadTooLarge {
+        /// The size of the serialized payload.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+
+    /// The published value could not be serialized to JSON.
+    #[error("event payload could not be serialized to JSON")]
+    Serialize(#[source] serde_json::Error),
+
+    /// No subscription has this id.
+    #[error("no subscription with id {0}")]
+    SubscriptionNotFound(SubscriptionId),
+
+    /// No delivery has this id.
+    #[error("no delivery with id {0}")]
+    DeliveryNotFound(DeliveryId),
+
+    /// Only dead deliveries can be retried by hand.
+    #[error("delivery {id} is {state}; only dead deliveries can be retried")]
+    NotDead {
+        /// The delivery.
+        id: DeliveryId,
+        /// Its current state.
+        state: crate::DeliveryState,
+    },
+
+    /// A string is not an id.
+    #[error("`{input}` is not a valid id: expected 32 hex digits or a hyphenated uuid")]
+    InvalidId {
+        /// The input (truncated to 200 characters).
+        input: String,
+    },
+
+    /// Another process (or another open `Bus` in this process) holds the
+    /// store. sled allows one process per store.
+    #[error(
+        "store at {} is in use by another process; stop it or use the in-process outbox API",
+        path.display()
+    )]
+    StoreLocked {
+        /// The store's folder.
+        path: PathBuf,
+    },
+
+    /// The path exists but is not a hookbus store.
+    #[error("{} is not a hookbus store: {reason}", path.display())]
+    NotAStore {
+        /// The path that was opened.
+        path: PathBuf,
+        /// Why it is not a store.
+        reason: String,
+    },
+
+    /// The store was written by a newer hookbus with a format this version
+    /// cannot read.
+    #[error(
+        "store at {} has format version {found}; this hookbus reads format versions up to {supported}; \
+         upgrade hookbus",
+        path.display()
+    )]
+    UnsupportedFormat {
+        /// The store's folder.
+        path: PathBuf,
+        /// The format version found on disk.
+        found: u8,
+        /// The newest format this build reads.
+        supported: u8,
+    },
+
+    /// A record on disk could not be decoded. The record is left in place
+    /// (or quarantined by the dispatcher) and the rest of the store is
+    /// unaffected.
+    #[error("corrupt record at key {key}: {reason}")]
+    Corrupt {
+        /// The record's key, in hex.
+        key: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+
+    /// The embedded store failed (I/O error, disk full, ...).
+    #[error("store error: {0}")]
+    Store(#[source] StoreError),
+
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// The bus is shut down (or its dispatcher thread died); nothing more
+    /// can be published or changed.
+    #[error("the bus is shut down; open it again to publish or change subscriptions")]
+    Closed,
+
+    /// A background thread could not be started.
+    #[error("could not start hookbus thread `{name}`")]
+    Spawn {
+        /// The thread's name.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An error from the embedded store, kept opaque so the storage engine can
+/// change without breaking the public API.
+#[derive(Debug)]
+pub struct StoreError(StoreErrorKind);
+
+#[derive(Debug)]
+enum StoreErrorKind {
+    Sled(sled::Error),
+    Io(std::io::Error),
+    Message(String),
+}
+
+impl StoreError {
+    pub(crate) fn message(msg: impl Into<String>) -> Self {
+        StoreError(StoreErrorKind::Message(msg.into()))
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            StoreErrorKind::Sled(e) => write!(f, "{e}"),
+            StoreErrorKind::Io(e) => write!(f, "{e}"),
+            StoreErrorKind::Message(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            StoreErrorKind::Sled(e) => Some(e),
+            StoreErrorKind::Io(e) => Some(e),
+            StoreErrorKind::Message(_) => None,
+        }
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Store(StoreError(StoreErrorKind::Sled(e)))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Store(StoreError(StoreErrorKind::Io(e)))
+    }
+}
+
+/// Cuts user input that is echoed in an error message.
+pub(crate) fn clip(s: &str) -> String {
+    const MAX: usize = 200;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

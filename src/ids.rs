@@ -1,0 +1,218 @@
+//! Identifiers and timestamps.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{Error, clip};
+
+macro_rules! id_type {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        ///
+        /// A uuid v7 (time-ordered). `Display` gives 32 lowercase hex digits;
+        /// `FromStr` accepts that form or the hyphenated one.
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            pub(crate) fn generate() -> Self {
+                Self(Uuid::now_v7())
+            }
+
+            /// The id as a uuid.
+            pub fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+
+            /// The id's 16 bytes, as stored in keys.
+            pub fn to_bytes(&self) -> [u8; 16] {
+                *self.0.as_bytes()
+            }
+
+            #[allow(dead_code)]
+            pub(crate) fn from_bytes(b: [u8; 16]) -> Self {
+                Self(Uuid::from_bytes(b))
+            }
+
+            #[allow(dead_code)]
+            pub(crate) fn from_slice(b: &[u8]) -> Option<Self> {
+                <[u8; 16]>::try_from(b).ok().map(Self::from_bytes)
+            }
+        }
+
+        impl From<Uuid> for $name {
+            fn from(u: Uuid) -> Self {
+                Self(u)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0.simple(), f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self.0.simple())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self, Error> {
+                let s = s.trim();
+                if s.len() != 32 && s.len() != 36 {
+                    return Err(Error::InvalidId { input: clip(s) });
+                }
+                Uuid::try_parse(s)
+                    .map(Self)
+                    .map_err(|_| Error::InvalidId { input: clip(s) })
+            }
+        }
+    };
+}
+
+id_type!(
+    /// Identifies a published event.
+    EventId
+);
+id_type!(
+    /// Identifies a subscription.
+    SubscriptionId
+);
+id_type!(
+    /// Identifies one delivery: one event to one subscription. It is sent as
+    /// `X-Webhook-Delivery` and stays the same on every attempt and across
+    /// restarts, so receivers can de-duplicate on it.
+    DeliveryId
+);
+
+/// A point in time, in whole milliseconds since the Unix epoch (UTC).
+///
+/// `Display` gives RFC 3339 (`2026-11-28T09:34:55.123Z`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// Now, by the system clock.
+    pub fn now() -> Self {
+        Self::from_system_time(SystemTime::now())
+    }
+
+    /// From milliseconds since the Unix epoch.
+    pub fn from_millis(ms: u64) -> Self {
+        Self(ms)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn as_millis(&self) -> u64 {
+        self.0
+    }
+
+    /// From a `SystemTime` (times before 1970 become the epoch).
+    pub fn from_system_time(t: SystemTime) -> Self {
+        let ms = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        Self(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    /// As a `SystemTime`.
+    pub fn to_system_time(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.0)
+    }
+
+    /// This time plus `d`, saturating.
+    pub fn saturating_add(&self, d: Duration) -> Self {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self(self.0.saturating_add(ms))
+    }
+
+    /// How long after `earlier` this is (zero if it is not after).
+    pub fn since(&self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0 % 1000;
+        let secs = self.0 / 1000;
+        let days = secs / 86_400;
+        let rem = secs % 86_400;
+        let (y, m, d) = civil_from_days(days as i64);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+            rem / 3600,
+            (rem / 60) % 60,
+            rem % 60
+        )
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_formats_as_rfc3339() {
+        assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000Z");
+        // 2026-11-28T09:34:55.123Z
+        assert_eq!(
+            Timestamp(1_795_858_495_123).to_string(),
+            "2026-11-28T09:34:55.123Z"
+        );
+        assert_eq!(
+            Timestamp(951_782_400_000).to_string(),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn ids_round_trip_through_text() {
+        let id = DeliveryId::generate();
+        let s = id.to_string();
+        assert_eq!(s.len(), 32);
+        assert!(
+            s.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_eq!(s.parse::<DeliveryId>().unwrap(), id);
+        assert_eq!(
+            id.as_uuid()
+                .hyphenated()
+                .to_string()
+                .parse::<DeliveryId>()
+                .unwrap(),
+            id
+        );
+        assert!(matches!(
+            "nope".parse::<DeliveryId>(),
+            Err(Error::InvalidId { .. })
+        ));
+    }
+}

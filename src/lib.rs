@@ -1,0 +1,148 @@
+//! # hookbus
+//!
+//! Webhooks for any Rust application: an embedded, in-process event bus that
+//! keeps your users' subscriptions and delivers each published event as a
+//! signed HTTP POST, at least once, across crashes and restarts. No broker,
+//! no database server: the store is an embedded [sled] database in a folder.
+//!
+//! ```
+//! use std::time::Duration;
+//! use hookbus::{Bus, NewSubscription};
+//!
+//! #[derive(serde::Serialize)]
+//! struct Hello { text: String }
+//!
+//! # fn main() -> Result<(), hookbus::Error> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let bus = Bus::builder()
+//!     .path(dir.path())
+//!     .allow_private_targets(true) // this example's receiver is on loopback
+//!     .open()?;
+//!
+//! // Subscribe: which events, where to, signed with which secret.
+//! let sub = bus.subscribe(
+//!     NewSubscription::new("My Webhook", "http://127.0.0.1:9/api/incoming")
+//!         .events(["hello", "goodbye"])
+//!         .secret("shh"),
+//! )?;
+//! assert_eq!(bus.subscriptions().for_event("hello")?[0].id, sub.id);
+//!
+//! // Publish: returns at once; the event is durable after `flush`.
+//! bus.publish("hello", &Hello { text: "I said hello".into() })?;
+//! bus.flush()?;
+//!
+//! // One delivery is now in the outbox (nobody listens on port 9, so it
+//! // stays pending and is retried on the schedule).
+//! let stats = bus.outbox().stats()?;
+//! assert_eq!(stats.pending + stats.delivered + stats.dead, 1);
+//!
+//! bus.shutdown(Duration::from_secs(1))?;
+//! assert!(bus.publish("hello", &Hello { text: "late".into() }).is_err());
+//! # Ok(()) }
+//! ```
+//!
+//! ## The flow
+//!
+//! [`Bus::publish`] serializes the event to JSON and queues it on a bounded
+//! channel; it never touches the network or the disk. A dispatcher thread,
+//! the store's only writer, takes queued events in batches, writes each
+//! event with one delivery per matching active subscription in one atomic
+//! batch, and flushes once per batch (group commit). A pool of sender
+//! threads POSTs due deliveries and reports each outcome back to the
+//! dispatcher, which records it.
+//!
+//! ## The request a subscriber receives
+//!
+//! ```text
+//! POST <subscription url>
+//! Content-Type: application/json
+//! Accept: application/json
+//! User-Agent: hookbus/<version>
+//! X-Webhook-Delivery: <delivery id, 32 lowercase hex>
+//! X-Webhook-Event: hello
+//! X-Hub-Signature: sha1=<hex HMAC-SHA1 of the body, keyed with the secret>
+//! X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>
+//!
+//! {"text":"I said hello"}
+//! ```
+//!
+//! Signature headers are sent only when the subscription has a secret.
+//! Receivers written in Rust check them with [`verify_signature`].
+//!
+//! ## Delivery policy
+//!
+//! * A 2xx response delivers. Anything else — 3xx (redirects are never
+//!   followed), 4xx, 5xx, timeout, connection error — is recorded as an
+//!   attempt and retried after the next delay of
+//!   [`Builder::retry_schedule`] (default 5 s, 5 min, 30 min, 2 h, 5 h,
+//!   10 h, 10 h), each jittered by ±20 %. A `Retry-After` (in seconds) on a
+//!   429 or 503 is honoured when longer, up to one hour.
+//! * When the schedule is spent the delivery is **dead**: it stays in the
+//!   dead letter queue with every attempt recorded, until
+//!   [`Outbox::retry`] or [`Outbox::retry_all_dead`] gives it another try.
+//! * `410 Gone` deactivates the subscription and dead-letters its pending
+//!   deliveries.
+//! * A target that resolves only to internal addresses is refused without
+//!   a request and dead-lettered at once (see [`Builder::allow_private_targets`]).
+//! * Fairness: one subscription never holds more than its share of the
+//!   senders while others have due work, and never all of them; one whose
+//!   requests time out gets one request at a time until it answers again.
+//!   A slow or dead receiver therefore cannot stall the others.
+//!
+//! ## Guarantees and durability
+//!
+//! * **At-least-once.** An event covered by a [`Bus::flush`] (or published
+//!   with [`Bus::publish_durable`]) reaches every subscription it matched,
+//!   across crashes (`kill -9`) and restarts, or ends in the dead letter
+//!   queue with every attempt recorded. A delivery keeps its id on every
+//!   attempt and after restarts: receivers de-duplicate on
+//!   `X-Webhook-Delivery`.
+//! * **On open**, every unfinished delivery is due again on its schedule; a
+//!   request that was in flight when the process died is sent again.
+//! * **What "on disk" means.** sled 0.34's `flush` writes the log and ends,
+//!   on Linux, in `sync_file_range`, not `fsync`; sled's background flusher
+//!   does `fsync` every 500 ms. So a flushed event survives a crash of the
+//!   process; after a power loss or kernel crash, the last ≤ 500 ms of
+//!   flushed writes may be lost.
+//! * One process per store: sled locks the folder, and a second open gets
+//!   [`Error::StoreLocked`].
+//!
+//! ## Events that match no subscription
+//!
+//! They are accepted and dropped: nothing is stored for them.
+//!
+//! [sled]: https://docs.rs/sled/0.34
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+mod bus;
+mod codec;
+mod config;
+mod dispatcher;
+mod error;
+mod ids;
+mod outbox;
+mod record;
+mod retry;
+mod sender;
+pub mod signing;
+mod ssrf;
+mod store;
+mod subscription;
+
+pub use bus::Bus;
+pub use config::{Builder, Config, default_retry_schedule};
+pub use error::{Error, Result, StoreError};
+pub use ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+pub use outbox::{Deliveries, Outbox};
+pub use record::{
+    Attempt, AttemptError, AttemptErrorKind, Delivery, DeliveryState, Event, OutboxStats,
+};
+pub use sender::USER_AGENT;
+pub use signing::verify_signature;
+pub use ssrf::is_global;
+pub use subscription::{
+    ALL_EVENTS, CONTENT_TYPE_JSON, NewSubscription, Secret, Subscription, SubscriptionPatch,
+    Subscriptions,
+};

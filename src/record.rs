@@ -1,0 +1,202 @@
+//! Records that are stored and also handed to callers: events, deliveries and
+//! attempts. (Subscriptions have a private stored form, because they carry
+//! secrets; see `store::SubscriptionRecord`.)
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+
+/// A published event as stored: its name and the exact JSON bytes that are
+/// sent as the request body.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Event {
+    /// The event's id.
+    pub id: EventId,
+    /// The event name (`X-Webhook-Event`).
+    pub name: String,
+    /// The serialized JSON body.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// When it was published.
+    pub created_at: Timestamp,
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("payload", &String::from_utf8_lossy(&self.payload))
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+/// Where a delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum DeliveryState {
+    /// Not finished: due now or at `next_attempt_at` (this includes requests
+    /// in flight).
+    Pending,
+    /// A 2xx response was received.
+    Delivered,
+    /// Every attempt failed, or the subscription is gone or inactive; kept in
+    /// the dead letter queue until retried or purged.
+    Dead,
+}
+
+impl DeliveryState {
+    /// `pending`, `delivered` or `dead`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+}
+
+impl fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeliveryState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pending" => Ok(DeliveryState::Pending),
+            "delivered" => Ok(DeliveryState::Delivered),
+            "dead" => Ok(DeliveryState::Dead),
+            _ => Err(format!(
+                "unknown state `{s}`: expected pending, delivered or dead"
+            )),
+        }
+    }
+}
+
+/// One event on its way to one subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// The delivery id, sent as `X-Webhook-Delivery`.
+    pub id: DeliveryId,
+    /// The event being delivered.
+    pub event_id: EventId,
+    /// The event's name.
+    pub event_name: String,
+    /// The subscription it goes to.
+    pub subscription_id: SubscriptionId,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// How many attempts were made.
+    pub attempts: u32,
+    /// When it was created (when its event was published).
+    pub created_at: Timestamp,
+    /// When it is due next; `Some` exactly when it is pending.
+    pub next_attempt_at: Option<Timestamp>,
+    /// When it was delivered or died.
+    pub finished_at: Option<Timestamp>,
+    /// The status code of the last response, if any.
+    pub last_status: Option<u16>,
+    /// The last error, or why it died without an attempt.
+    pub last_error: Option<String>,
+}
+
+/// The kind of failure of an attempt that got no HTTP response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AttemptErrorKind {
+    /// The attempt took longer than the connect or request timeout.
+    Timeout,
+    /// The TCP connection failed (refused, reset, unreachable).
+    Connect,
+    /// The host name did not resolve.
+    Dns,
+    /// TLS failed.
+    Tls,
+    /// The target resolved only to addresses that are not allowed (loopback,
+    /// private, link-local, ...): never sent, never retried.
+    Blocked,
+    /// The receiver broke the HTTP protocol, or the connection dropped
+    /// mid-response.
+    Protocol,
+    /// Anything else.
+    Other,
+}
+
+impl fmt::Display for AttemptErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttemptErrorKind::Timeout => "timeout",
+            AttemptErrorKind::Connect => "connect",
+            AttemptErrorKind::Dns => "dns",
+            AttemptErrorKind::Tls => "tls",
+            AttemptErrorKind::Blocked => "blocked",
+            AttemptErrorKind::Protocol => "protocol",
+            AttemptErrorKind::Other => "other",
+        })
+    }
+}
+
+/// Why an attempt got no HTTP response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AttemptError {
+    /// What kind of failure.
+    pub kind: AttemptErrorKind,
+    /// The error message.
+    pub message: String,
+}
+
+impl fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+/// One HTTP attempt of a delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Attempt {
+    /// 1 for the first attempt, counting up across retries.
+    pub number: u32,
+    /// When the attempt started.
+    pub at: Timestamp,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+    /// The response status, if a response came.
+    pub status: Option<u16>,
+    /// Why no response came.
+    pub error: Option<AttemptError>,
+    /// The first bytes (at most 1 KiB) of the response body.
+    #[serde(with = "serde_bytes")]
+    pub response_excerpt: Vec<u8>,
+}
+
+impl Attempt {
+    /// Whether the attempt got a 2xx response.
+    pub fn succeeded(&self) -> bool {
+        matches!(self.status, Some(200..=299))
+    }
+}
+
+/// Counts of deliveries by state. Kept up to date by the dispatcher in the
+/// same atomic batch as the deliveries themselves, so reading them is cheap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct OutboxStats {
+    /// Deliveries not finished (due now, scheduled for a retry, or in flight).
+    pub pending: u64,
+    /// Deliveries that got a 2xx response.
+    pub delivered: u64,
+    /// Deliveries in the dead letter queue.
+    pub dead: u64,
+    /// Records found damaged and moved aside (never delivered).
+    pub quarantined: u64,
+}

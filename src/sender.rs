@@ -1,0 +1,231 @@
+//! The sender pool: blocking threads that POST due deliveries and report the
+//! outcome to the dispatcher. Senders never touch the store.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::ids::{DeliveryId, SubscriptionId, Timestamp};
+use crate::record::{Attempt, AttemptError, AttemptErrorKind};
+use crate::retry::parse_retry_after;
+use crate::signing;
+use crate::ssrf::{Blocked, GuardedResolver};
+
+/// The `User-Agent` of every request.
+pub const USER_AGENT: &str = concat!("hookbus/", env!("CARGO_PKG_VERSION"));
+
+/// At most this much of a response body is read, so the connection can be
+/// reused without letting a receiver stream forever.
+const READ_CAP: u64 = 64 * 1024;
+/// At most this much of it is kept with the attempt.
+const EXCERPT: usize = 1024;
+
+/// One request to make.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) delivery: DeliveryId,
+    pub(crate) subscription: SubscriptionId,
+    pub(crate) event_name: String,
+    pub(crate) attempt: u32,
+    pub(crate) url: String,
+    /// The current secret first, then one being rotated out, if any.
+    pub(crate) secrets: Vec<String>,
+    pub(crate) content_type: String,
+    pub(crate) payload: Arc<[u8]>,
+}
+
+/// What came of a job.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub(crate) delivery: DeliveryId,
+    pub(crate) subscription: SubscriptionId,
+    pub(crate) attempt: Attempt,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+/// The HTTP agent every sender shares: keep-alive pool sized to the senders,
+/// status codes handled by us, redirects never followed, no proxy, connect
+/// and total timeouts, and the SSRF-guarding resolver.
+pub(crate) fn build_agent(config: &Config) -> ureq::Agent {
+    let cfg = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .user_agent(USER_AGENT)
+        .accept("application/json")
+        .timeout_connect(Some(config.connect_timeout))
+        .timeout_global(Some(config.request_timeout))
+        .max_idle_connections_per_host(config.senders)
+        .max_idle_connections(config.senders.max(10) * 4)
+        .https_only(config.https_only)
+        .build();
+    let resolver = GuardedResolver::new(config.allow_private_targets);
+    ureq::Agent::with_parts(
+        cfg,
+        ureq::unversioned::transport::DefaultConnector::default(),
+        resolver,
+    )
+}
+
+pub(crate) fn spawn(
+    config: &Config,
+    work: Receiver<Job>,
+    results: Sender<Outcome>,
+) -> Result<Vec<JoinHandle<()>>> {
+    let agent = build_agent(config);
+    (0..config.senders)
+        .map(|i| {
+            let name = format!("hookbus-sender-{i}");
+            let (agent, work, results) = (agent.clone(), work.clone(), results.clone());
+            std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || {
+                    while let Ok(job) = work.recv() {
+                        let outcome = perform(&agent, job);
+                        if results.send(outcome).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|source| Error::Spawn { name, source })
+        })
+        .collect()
+}
+
+/// Makes one attempt.
+pub(crate) fn perform(agent: &ureq::Agent, job: Job) -> Outcome {
+    let span = tracing::info_span!(
+        "hookbus.attempt",
+        delivery = %job.delivery,
+        subscription = %job.subscription,
+        event = %job.event_name,
+        attempt = job.attempt,
+        status = tracing::field::Empty,
+        error = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+    );
+    let _enter = span.enter();
+    let at = Timestamp::now();
+    let started = Instant::now();
+
+    let mut req = agent
+        .post(&job.url)
+        .header("Content-Type", &job.content_type)
+        .header("X-Webhook-Delivery", job.delivery.to_string())
+        .header("X-Webhook-Event", &job.event_name);
+    if let Some(secret) = job.secrets.first() {
+        req = req
+            .header(
+                "X-Hub-Signature",
+                signing::sign_sha1(secret.as_bytes(), &job.payload),
+            )
+            .header(
+                "X-Hub-Signature-256",
+                signing::sign_sha256(secret.as_bytes(), &job.payload),
+            );
+    }
+
+    let (status, error, excerpt, retry_after) = match req.send(&job.payload[..]) {
+        Ok(mut resp) => {
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let mut body = Vec::new();
+            let read = resp
+                .body_mut()
+                .as_reader()
+                .take(READ_CAP)
+                .read_to_end(&mut body);
+            body.truncate(EXCERPT);
+            // A body that breaks off is the receiver's problem only if we
+            // would otherwise call this a success.
+            match read {
+                Err(e) if (200..300).contains(&status) => {
+                    (None, Some(classify_io(&e)), body, retry_after)
+                }
+                _ => (Some(status), None, body, retry_after),
+            }
+        }
+        Err(e) => (None, Some(classify(&e)), Vec::new(), None),
+    };
+    let duration = started.elapsed();
+    let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    span.record("duration_ms", duration_ms);
+    match (&status, &error) {
+        (Some(s), _) => {
+            span.record("status", s);
+            tracing::debug!(status = s, "attempt answered");
+        }
+        (None, Some(e)) => {
+            span.record("error", tracing::field::display(e));
+            tracing::debug!(error = %e, "attempt failed");
+        }
+        _ => {}
+    }
+    Outcome {
+        delivery: job.delivery,
+        subscription: job.subscription,
+        attempt: Attempt {
+            number: job.attempt,
+            at,
+            duration_ms,
+            status,
+            error,
+            response_excerpt: excerpt,
+        },
+        retry_after,
+    }
+}
+
+fn classify(e: &ureq::Error) -> AttemptError {
+    let kind = match e {
+        ureq::Error::Timeout(_) => AttemptErrorKind::Timeout,
+        ureq::Error::Io(io) => return classify_io(io),
+        ureq::Error::HostNotFound => AttemptErrorKind::Dns,
+        ureq::Error::ConnectionFailed => AttemptErrorKind::Connect,
+        ureq::Error::Tls(_) => AttemptErrorKind::Tls,
+        ureq::Error::Protocol(_) => AttemptErrorKind::Protocol,
+        _ => AttemptErrorKind::Other,
+    };
+    AttemptError {
+        kind,
+        message: e.to_string(),
+    }
+}
+
+fn classify_io(e: &std::io::Error) -> AttemptError {
+    use std::io::ErrorKind as K;
+    if let Some(b) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Blocked>())
+    {
+        return AttemptError {
+            kind: AttemptErrorKind::Blocked,
+            message: b.to_string(),
+        };
+    }
+    let kind = match e.kind() {
+        K::TimedOut | K::WouldBlock => AttemptErrorKind::Timeout,
+        K::ConnectionRefused
+        | K::ConnectionReset
+        | K::ConnectionAborted
+        | K::NotConnected
+        | K::AddrNotAvailable
+        | K::HostUnreachable
+        | K::NetworkUnreachable => AttemptErrorKind::Connect,
+        K::UnexpectedEof | K::BrokenPipe | K::InvalidData => AttemptErrorKind::Protocol,
+        _ => AttemptErrorKind::Other,
+    };
+    AttemptError {
+        kind,
+        message: e.to_string(),
+    }
+}

@@ -1,0 +1,279 @@
+//! The SSRF guard: which addresses a delivery may connect to.
+//!
+//! By default hookbus connects only to globally reachable unicast
+//! addresses. The check runs on the *resolved* addresses inside the HTTP
+//! client's resolver, and the connection is made to exactly the addresses
+//! that passed, so a DNS answer that changes between check and connect
+//! (rebinding) cannot slip past. Redirects are never followed.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ureq::http::Uri;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::NextTimeout;
+
+/// Whether `ip` is a globally reachable unicast address that a webhook may
+/// be delivered to.
+///
+/// Refused: unspecified, loopback (127/8, ::1), private (10/8, 172.16/12,
+/// 192.168/16), CGNAT (100.64/10), link-local (169.254/16 with the cloud
+/// metadata address, fe80::/10), "this network" (0/8), IETF protocol
+/// assignments (192.0.0/24), documentation (192.0.2/24, 198.51.100/24,
+/// 203.0.113/24, 2001:db8::/32, 3fff::/20), benchmarking (198.18/15),
+/// 6to4 relay anycast (192.88.99/24), multicast, broadcast and class E
+/// (224/3), unique-local (fc00::/7), site-local (fec0::/10), discard-only
+/// (100::/64), every IPv6 address outside global unicast 2000::/3, and the
+/// IPv4-mapped, IPv4-compatible, NAT64 (64:ff9b::/96) and 6to4 (2002::/16)
+/// forms of any refused IPv4 address.
+pub fn is_global(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_global_v4(v4),
+        IpAddr::V6(v6) => is_global_v6(v6),
+    }
+}
+
+fn is_global_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(a == 0
+        || a == 10
+        || a == 127
+        || (a == 100 && (64..128).contains(&b))
+        || (a == 169 && b == 254)
+        || (a == 172 && (16..32).contains(&b))
+        || (a == 192 && b == 168)
+        || (a == 192 && b == 0 && c == 0)
+        || (a == 192 && b == 0 && c == 2)
+        || (a == 192 && b == 88 && c == 99)
+        || (a == 198 && (b == 18 || b == 19))
+        || (a == 198 && b == 51 && c == 100)
+        || (a == 203 && b == 0 && c == 113)
+        || a >= 224)
+}
+
+fn is_global_v6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    let embedded_v4 =
+        |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible, deprecated).
+    if s[..5] == [0; 5] && (s[5] == 0xffff || s[5] == 0) {
+        if s[5] == 0 && s[6] == 0 {
+            return false; // ::, ::1 and the rest of ::/96's low end
+        }
+        return is_global_v4(embedded_v4(s[6], s[7]));
+    }
+    // NAT64 well-known prefix 64:ff9b::/96.
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+        return is_global_v4(embedded_v4(s[6], s[7]));
+    }
+    // 6to4: 2002:AABB:CCDD::/48 embeds AA.BB.CC.DD.
+    if s[0] == 0x2002 {
+        return is_global_v4(embedded_v4(s[1], s[2]));
+    }
+    // Only global unicast 2000::/3 is reachable on the internet.
+    if s[0] & 0xe000 != 0x2000 {
+        return false;
+    }
+    !((s[0] == 0x2001 && s[1] < 0x0200) // 2001::/23 IETF protocol assignments (Teredo, ORCHID, ...)
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] & 0xfff0) == 0x3ff0) // 3fff::/20 documentation (and 3ff0::/12 around it)
+}
+
+/// Whether a URL host (as the URL parser gives it) is obviously internal:
+/// an IP literal that is not global, or `localhost` and its subdomains.
+/// Used at subscribe time; delivery time checks the resolved addresses.
+pub(crate) fn literal_host_blocked(host: &url::Host<&str>) -> Option<String> {
+    match host {
+        url::Host::Ipv4(ip) if !is_global_v4(*ip) => Some(format!("{ip} is not a public address")),
+        url::Host::Ipv6(ip) if !is_global_v6(*ip) => Some(format!("{ip} is not a public address")),
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            (d == "localhost" || d.ends_with(".localhost"))
+                .then(|| format!("`{d}` is a loopback name"))
+        }
+        _ => None,
+    }
+}
+
+/// The error inside the `io::Error` the resolver returns when every address
+/// of a host is refused.
+#[derive(Debug)]
+pub(crate) struct Blocked {
+    host: String,
+    addrs: Vec<IpAddr>,
+}
+
+impl fmt::Display for Blocked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` resolves only to non-public addresses (", self.host)?;
+        for (i, a) in self.addrs.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{a}")?;
+        }
+        f.write_str("); set allow_private_targets to deliver there")
+    }
+}
+
+impl std::error::Error for Blocked {}
+
+/// A resolver that drops every address [`is_global`] refuses.
+#[derive(Debug)]
+pub(crate) struct GuardedResolver {
+    allow_private: bool,
+    inner: DefaultResolver,
+}
+
+impl GuardedResolver {
+    pub(crate) fn new(allow_private: bool) -> Self {
+        GuardedResolver {
+            allow_private,
+            inner: DefaultResolver::default(),
+        }
+    }
+}
+
+impl Resolver for GuardedResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let resolved = self.inner.resolve(uri, config, timeout)?;
+        if self.allow_private {
+            return Ok(resolved);
+        }
+        let mut kept = self.inner.empty();
+        let mut refused = Vec::new();
+        for addr in resolved.iter() {
+            if is_global(addr.ip()) {
+                kept.push(*addr);
+            } else {
+                refused.push(addr.ip());
+            }
+        }
+        if kept.is_empty() {
+            let host = uri.host().unwrap_or_default().to_owned();
+            tracing::warn!(%host, ?refused, "delivery target refused: not a public address");
+            return Err(ureq::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                Blocked {
+                    host,
+                    addrs: refused,
+                },
+            )));
+        }
+        Ok(kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn refuses_every_internal_range() {
+        for s in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "10.0.0.1",
+            "10.255.255.255",
+            "100.64.0.1",
+            "100.127.255.254",
+            "127.0.0.1",
+            "127.255.0.1",
+            "169.254.169.254",
+            "169.254.0.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.0.0.8",
+            "192.0.2.1",
+            "192.88.99.1",
+            "192.168.1.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "198.51.100.7",
+            "203.0.113.9",
+            "224.0.0.1",
+            "239.255.255.250",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.1.2.3",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2002:c0a8:101::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "febf::1",
+            "fec0::1",
+            "ff02::1",
+            "ff0e::1",
+            "100::1",
+            "2001::1",
+            "2001:0:4136:e378::1",
+            "2001:db8::1",
+            "3fff::1",
+            "64:ff9b:1::1",
+        ] {
+            assert!(!is_global(ip(s)), "{s} must be refused");
+        }
+    }
+
+    #[test]
+    fn allows_public_addresses() {
+        for s in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "93.184.216.34",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.15.0.1",
+            "172.32.0.1",
+            "192.0.1.1",
+            "192.169.0.1",
+            "198.17.0.1",
+            "198.20.0.1",
+            "223.255.255.254",
+            "2606:4700:4700::1111",
+            "2a00:1450:4001::200e",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
+            assert!(is_global(ip(s)), "{s} must be allowed");
+        }
+    }
+
+    #[test]
+    fn literal_hosts() {
+        let blocked = |u: &str| {
+            let u = url::Url::parse(u).unwrap();
+            literal_host_blocked(&u.host().unwrap()).is_some()
+        };
+        assert!(blocked("http://127.0.0.1/"));
+        assert!(blocked("http://[::1]:8080/"));
+        assert!(blocked("http://localhost/"));
+        assert!(blocked("http://LOCALHOST./"));
+        assert!(blocked("http://api.localhost/"));
+        assert!(blocked("http://0x7f.1/")); // the URL parser normalises this to 127.0.0.1
+        assert!(blocked("http://2130706433/"));
+        assert!(!blocked("http://example.com/"));
+        assert!(!blocked("http://8.8.8.8/"));
+    }
+}

@@ -1,0 +1,525 @@
+//! All access to the embedded store. No other module names sled.
+//!
+//! # Layout
+//!
+//! Everything lives in ONE sled tree, split into key spaces by a leading
+//! byte. sled applies a `Batch` atomically (also across a crash) but only
+//! within one tree, so one tree is what lets the dispatcher write an event,
+//! its deliveries, their index entries and the counters as one atomic batch.
+//!
+//! | prefix | key | value |
+//! | --- | --- | --- |
+//! | `m` | `format` | store format version (1 raw byte) |
+//! | `m` | `stats` | [`OutboxStats`] |
+//! | `s` | subscription id (16) | [`SubscriptionRecord`] |
+//! | `i` | event name, `0x00`, subscription id | empty |
+//! | `e` | event id (16) | [`Event`] |
+//! | `d` | delivery id (16) | [`Delivery`] |
+//! | `q` | next attempt (u64 BE ms), delivery id | subscription id: pending deliveries |
+//! | `y` | finished (u64 BE ms), delivery id | subscription id: delivered |
+//! | `x` | finished (u64 BE ms), delivery id | subscription id: dead |
+//! | `a` | delivery id, attempt number (u32 BE) | [`Attempt`] |
+//! | `z` | the damaged record's key | its raw bytes (quarantine) |
+//!
+//! Invariant: every delivery has exactly one state-index entry (`q`, `y` or
+//! `x`), the one matching its state; [`WriteBatch::put_delivery`] is the only
+//! code that writes deliveries, and it keeps this so.
+//!
+//! Records go through [`crate::codec`]; keys that must sort are big-endian.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+use crate::record::{Attempt, Delivery, DeliveryState, Event, OutboxStats};
+
+/// The store layout version, kept under `m format`.
+pub(crate) const STORE_FORMAT: u8 = 1;
+const TREE: &str = "hookbus";
+
+const META_FORMAT: &[u8] = b"mformat";
+const META_STATS: &[u8] = b"mstats";
+const SUB: u8 = b's';
+const IDX: u8 = b'i';
+const EVT: u8 = b'e';
+const DLV: u8 = b'd';
+const PENDING: u8 = b'q';
+const DELIVERED: u8 = b'y';
+const DEAD: u8 = b'x';
+const ATT: u8 = b'a';
+const QUARANTINE: u8 = b'z';
+
+/// A subscription as stored. Unlike [`crate::Subscription`] it serializes
+/// its secrets, so it never leaves the crate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SubscriptionRecord {
+    pub(crate) id: SubscriptionId,
+    pub(crate) name: String,
+    pub(crate) events: Vec<String>,
+    pub(crate) url: String,
+    pub(crate) secret: Option<String>,
+    /// The secret being rotated out, and when it stops being used (ms).
+    pub(crate) previous_secret: Option<(String, u64)>,
+    pub(crate) content_type: String,
+    pub(crate) active: bool,
+    pub(crate) owner: Option<String>,
+    pub(crate) standard_webhooks: bool,
+    pub(crate) created_at: Timestamp,
+    pub(crate) modified_at: Timestamp,
+}
+
+fn key16(prefix: u8, id: [u8; 16]) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&id);
+    k
+}
+
+fn index_key(event: &str, sub: SubscriptionId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(event.len() + 18);
+    k.push(IDX);
+    k.extend_from_slice(event.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&sub.to_bytes());
+    k
+}
+
+fn state_prefix(state: DeliveryState) -> u8 {
+    match state {
+        DeliveryState::Pending => PENDING,
+        DeliveryState::Delivered => DELIVERED,
+        DeliveryState::Dead => DEAD,
+    }
+}
+
+fn time_key(prefix: u8, at: u64, id: DeliveryId) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[0] = prefix;
+    k[1..9].copy_from_slice(&at.to_be_bytes());
+    k[9..].copy_from_slice(&id.to_bytes());
+    k
+}
+
+/// The state-index key of a delivery (see the module docs).
+fn state_key(d: &Delivery) -> [u8; 25] {
+    let at = match d.state {
+        DeliveryState::Pending => d.next_attempt_at,
+        _ => d.finished_at,
+    };
+    time_key(state_prefix(d.state), at.map_or(0, |t| t.as_millis()), d.id)
+}
+
+fn attempt_key(id: DeliveryId, n: u32) -> [u8; 21] {
+    let mut k = [0u8; 21];
+    k[0] = ATT;
+    k[1..17].copy_from_slice(&id.to_bytes());
+    k[17..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn corrupt(key: &[u8], reason: impl std::fmt::Display) -> Error {
+    Error::Corrupt {
+        key: hex::encode(key),
+        reason: reason.to_string(),
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    codec::decode(bytes).map_err(|e| corrupt(key, e))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Every record type here is plain data that bincode can encode; a failure
+    // would be a bug in this crate, not bad input.
+    codec::encode(value).expect("hookbus records always encode")
+}
+
+/// An entry of a state index: when, which delivery, which subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IndexEntry {
+    pub(crate) at: u64,
+    pub(crate) delivery: DeliveryId,
+    pub(crate) subscription: SubscriptionId,
+}
+
+impl IndexEntry {
+    fn parse(key: &[u8], value: &[u8]) -> Result<Self> {
+        let bad = || corrupt(key, "malformed index entry");
+        if key.len() != 25 {
+            return Err(bad());
+        }
+        let at = u64::from_be_bytes(key[1..9].try_into().map_err(|_| bad())?);
+        let delivery = DeliveryId::from_slice(&key[9..]).ok_or_else(bad)?;
+        let subscription = SubscriptionId::from_slice(value).ok_or_else(bad)?;
+        Ok(IndexEntry {
+            at,
+            delivery,
+            subscription,
+        })
+    }
+}
+
+/// The store handle. Cloning shares the same database.
+#[derive(Clone, Debug)]
+pub(crate) struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl Store {
+    /// Opens or creates the store at `config.path`.
+    pub(crate) fn open(config: &Config) -> Result<Store> {
+        let path = config.path.clone();
+        check_is_store_or_empty(&path)?;
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(config.cache_capacity)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| map_open_error(e, &path))?;
+        let recovered = db.was_recovered();
+        let existed = db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == TREE.as_bytes());
+        if recovered && !existed {
+            return Err(Error::NotAStore {
+                path,
+                reason: "it is a sled database without hookbus data".into(),
+            });
+        }
+        let tree = db.open_tree(TREE)?;
+        match tree.get(META_FORMAT)? {
+            Some(v) => {
+                let found = v.first().copied().unwrap_or(0);
+                if found == 0 || v.len() != 1 {
+                    return Err(Error::NotAStore {
+                        path,
+                        reason: format!("its format marker is damaged ({})", hex::encode(&v)),
+                    });
+                }
+                if found > STORE_FORMAT {
+                    return Err(Error::UnsupportedFormat {
+                        path,
+                        found,
+                        supported: STORE_FORMAT,
+                    });
+                }
+            }
+            None => {
+                if !tree.is_empty() {
+                    return Err(Error::NotAStore {
+                        path,
+                        reason: "its hookbus tree has data but no format marker".into(),
+                    });
+                }
+                tree.insert(META_FORMAT, &[STORE_FORMAT])?;
+                tree.flush()?;
+            }
+        }
+        Ok(Store { db, tree })
+    }
+
+    /// Applies a batch atomically (visible to reads at once, durable after
+    /// [`Store::flush`]).
+    pub(crate) fn apply(&self, batch: WriteBatch) -> Result<()> {
+        if batch.ops > 0 {
+            self.tree.apply_batch(batch.batch)?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything applied so far durable. On Linux, sled 0.34 ends a
+    /// flush in `sync_file_range`; see the crate docs on durability.
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    pub(crate) fn stats(&self) -> Result<OutboxStats> {
+        match self.tree.get(META_STATS)? {
+            Some(v) => decode(META_STATS, &v),
+            None => Ok(OutboxStats::default()),
+        }
+    }
+
+    pub(crate) fn subscription(&self, id: SubscriptionId) -> Result<Option<SubscriptionRecord>> {
+        let k = key16(SUB, id.to_bytes());
+        self.tree.get(k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// Every subscription, in id (= creation time) order.
+    pub(crate) fn subscriptions(&self) -> impl Iterator<Item = Result<SubscriptionRecord>> + use<> {
+        self.tree.scan_prefix([SUB]).map(|kv| {
+            let (k, v) = kv?;
+            decode(&k, &v)
+        })
+    }
+
+    /// Ids of subscriptions indexed under exactly `event` (not `*`).
+    pub(crate) fn indexed(&self, event: &str) -> Result<Vec<SubscriptionId>> {
+        let mut prefix = Vec::with_capacity(event.len() + 2);
+        prefix.push(IDX);
+        prefix.extend_from_slice(event.as_bytes());
+        prefix.push(0);
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let id = SubscriptionId::from_slice(&k[prefix.len()..])
+                .ok_or_else(|| corrupt(&k, "malformed event index key"))?;
+            out.push(id);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn event(&self, id: EventId) -> Result<Option<Event>> {
+        let k = key16(EVT, id.to_bytes());
+        self.tree.get(k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    pub(crate) fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>> {
+        let k = key16(DLV, id.to_bytes());
+        self.tree.get(k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// The raw bytes of a delivery record, for quarantine.
+    pub(crate) fn raw_delivery(&self, id: DeliveryId) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let k = key16(DLV, id.to_bytes());
+        Ok(self.tree.get(k)?.map(|v| (k.to_vec(), v.to_vec())))
+    }
+
+    /// Every delivery in id (= creation time) order, starting after `after`.
+    pub(crate) fn deliveries(
+        &self,
+        after: Option<DeliveryId>,
+    ) -> impl Iterator<Item = Result<Delivery>> + use<> {
+        let start = match after {
+            Some(id) => {
+                let mut k = key16(DLV, id.to_bytes()).to_vec();
+                k.push(0);
+                k
+            }
+            None => vec![DLV],
+        };
+        self.tree.range(start..vec![DLV + 1]).map(|kv| {
+            let (k, v) = kv?;
+            decode(&k, &v)
+        })
+    }
+
+    /// A state index in time order, from `from_ms` on.
+    pub(crate) fn index(
+        &self,
+        state: DeliveryState,
+        from_ms: u64,
+    ) -> impl Iterator<Item = Result<IndexEntry>> + use<> {
+        let p = state_prefix(state);
+        let mut start = vec![p];
+        start.extend_from_slice(&from_ms.to_be_bytes());
+        self.tree.range(start..vec![p + 1]).map(|kv| {
+            let (k, v) = kv?;
+            IndexEntry::parse(&k, &v)
+        })
+    }
+
+    /// A state index entry after a given one (for cursors).
+    pub(crate) fn index_after(
+        &self,
+        state: DeliveryState,
+        after: IndexEntry,
+    ) -> impl Iterator<Item = Result<IndexEntry>> + use<> {
+        let p = state_prefix(state);
+        let mut start = time_key(p, after.at, after.delivery).to_vec();
+        start.push(0);
+        self.tree.range(start..vec![p + 1]).map(|kv| {
+            let (k, v) = kv?;
+            IndexEntry::parse(&k, &v)
+        })
+    }
+
+    /// The attempts of a delivery, in order.
+    pub(crate) fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>> {
+        let prefix = key16(ATT, id.to_bytes());
+        self.tree
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// The number of attempt records of a delivery, without decoding them.
+    pub(crate) fn attempt_keys(&self, id: DeliveryId) -> Result<Vec<Vec<u8>>> {
+        let prefix = key16(ATT, id.to_bytes());
+        self.tree
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| Ok(k?.to_vec()))
+            .collect()
+    }
+
+    /// The database's size on disk, in bytes.
+    pub(crate) fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+/// A set of writes applied atomically by [`Store::apply`].
+#[derive(Default, Debug)]
+pub(crate) struct WriteBatch {
+    batch: sled::Batch,
+    ops: usize,
+}
+
+impl WriteBatch {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ops == 0
+    }
+
+    fn insert(&mut self, k: &[u8], v: &[u8]) {
+        self.batch.insert(k, v);
+        self.ops += 1;
+    }
+
+    fn remove(&mut self, k: &[u8]) {
+        self.batch.remove(k);
+        self.ops += 1;
+    }
+
+    pub(crate) fn put_stats(&mut self, stats: &OutboxStats) {
+        self.insert(META_STATS, &encode(stats));
+    }
+
+    /// Writes a subscription and moves its event-index entries from `old`'s
+    /// events to its own.
+    pub(crate) fn put_subscription(
+        &mut self,
+        old: Option<&SubscriptionRecord>,
+        new: &SubscriptionRecord,
+    ) {
+        if let Some(old) = old {
+            for e in &old.events {
+                if !new.events.contains(e) {
+                    self.remove(&index_key(e, old.id));
+                }
+            }
+        }
+        for e in &new.events {
+            self.insert(&index_key(e, new.id), &[]);
+        }
+        self.insert(&key16(SUB, new.id.to_bytes()), &encode(new));
+    }
+
+    pub(crate) fn remove_subscription(&mut self, old: &SubscriptionRecord) {
+        for e in &old.events {
+            self.remove(&index_key(e, old.id));
+        }
+        self.remove(&key16(SUB, old.id.to_bytes()));
+    }
+
+    pub(crate) fn put_event(&mut self, event: &Event) {
+        self.insert(&key16(EVT, event.id.to_bytes()), &encode(event));
+    }
+
+    /// Writes a delivery and keeps its state-index entry in step: the entry
+    /// of `old` (the record as stored before) goes, the entry of `new` comes.
+    pub(crate) fn put_delivery(&mut self, old: Option<&Delivery>, new: &Delivery) {
+        if let Some(old) = old {
+            let ok = state_key(old);
+            if ok != state_key(new) {
+                self.remove(&ok);
+            }
+        }
+        self.insert(&state_key(new), &new.subscription_id.to_bytes());
+        self.insert(&key16(DLV, new.id.to_bytes()), &encode(new));
+    }
+
+    /// Removes a delivery, its index entry and its attempts (whose keys the
+    /// caller read with [`Store::attempt_keys`]).
+    pub(crate) fn remove_delivery(&mut self, old: &Delivery, attempt_keys: &[Vec<u8>]) {
+        self.remove(&state_key(old));
+        self.remove(&key16(DLV, old.id.to_bytes()));
+        for k in attempt_keys {
+            self.remove(k);
+        }
+    }
+
+    /// Removes a state-index entry that points at no usable delivery.
+    pub(crate) fn remove_index_entry(&mut self, state: DeliveryState, e: IndexEntry) {
+        self.remove(&time_key(state_prefix(state), e.at, e.delivery));
+    }
+
+    pub(crate) fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt) {
+        self.insert(&attempt_key(id, attempt.number), &encode(attempt));
+    }
+
+    /// Moves a damaged record aside: its bytes go under the quarantine
+    /// prefix and the original key is removed.
+    pub(crate) fn quarantine(&mut self, key: &[u8], value: &[u8]) {
+        let mut q = Vec::with_capacity(key.len() + 1);
+        q.push(QUARANTINE);
+        q.extend_from_slice(key);
+        self.insert(&q, value);
+        self.remove(key);
+    }
+}
+
+fn map_open_error(e: sled::Error, path: &Path) -> Error {
+    match &e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            Error::StoreLocked {
+                path: path.to_path_buf(),
+            }
+        }
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => Error::NotAStore {
+            path: path.to_path_buf(),
+            reason: format!("sled could not open it: {e}"),
+        },
+        _ => Error::from(e),
+    }
+}
+
+/// Refuses to turn a folder that holds something else into a store.
+fn check_is_store_or_empty(path: &Path) -> Result<()> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if !meta.is_dir() {
+        return Err(Error::NotAStore {
+            path: path.to_path_buf(),
+            reason: "it is not a folder".into(),
+        });
+    }
+    let mut entries = std::fs::read_dir(path)?;
+    let empty = entries.next().is_none();
+    if empty || path.join("conf").is_file() || path.join("db").is_file() {
+        return Ok(());
+    }
+    Err(Error::NotAStore {
+        path: path.to_path_buf(),
+        reason: "the folder is not empty and holds no sled database; pick an empty or new folder"
+            .into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_keys_sort_by_time() {
+        let a = DeliveryId::generate();
+        let k1 = time_key(PENDING, 1, a);
+        let k2 = time_key(PENDING, 256, a);
+        let k3 = time_key(PENDING, u64::MAX, a);
+        assert!(k1 < k2 && k2 < k3);
+    }
+}

@@ -1,0 +1,632 @@
+//! Subscriptions: who receives which events, where, signed with what.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::bus::Bus;
+use crate::error::{Error, Result, clip};
+use crate::ids::{SubscriptionId, Timestamp};
+use crate::ssrf::literal_host_blocked;
+use crate::store::SubscriptionRecord;
+
+/// The only content type deliveries are sent with.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// The event name that subscribes to every event.
+pub const ALL_EVENTS: &str = "*";
+const MAX_URL_LEN: usize = 2048;
+const MAX_SECRET_LEN: usize = 1024;
+const MAX_OWNER_LEN: usize = 200;
+const MAX_EVENTS: usize = 100;
+
+/// A subscription secret. Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for signing or verifying.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A stored subscription.
+///
+/// It serializes (for listings and APIs) without its secret.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Subscription {
+    /// Its id (uuid v7).
+    pub id: SubscriptionId,
+    /// A name for people.
+    pub name: String,
+    /// The events it receives; `*` means all.
+    pub events: Vec<String>,
+    /// Where requests go (normalised by the URL parser).
+    pub url: String,
+    /// The signing secret, if any.
+    #[serde(skip)]
+    pub secret: Option<Secret>,
+    /// The `Content-Type` requests are sent with.
+    pub content_type: String,
+    /// Inactive subscriptions get no new deliveries.
+    pub active: bool,
+    /// Who owns it, if the application tracks that.
+    pub owner: Option<String>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it was last changed.
+    pub modified_at: Timestamp,
+}
+
+impl From<SubscriptionRecord> for Subscription {
+    fn from(r: SubscriptionRecord) -> Self {
+        Subscription {
+            id: r.id,
+            name: r.name,
+            events: r.events,
+            url: r.url,
+            secret: r.secret.map(Secret),
+            content_type: r.content_type,
+            active: r.active,
+            owner: r.owner,
+            created_at: r.created_at,
+            modified_at: r.modified_at,
+        }
+    }
+}
+
+/// A subscription to create with [`Subscriptions::create`] or
+/// [`Bus::subscribe`].
+///
+/// ```
+/// let new = hookbus::NewSubscription::new("My Webhook", "https://example.com/hooks")
+///     .events(["hello", "goodbye"])
+///     .secret("shh");
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct NewSubscription {
+    name: String,
+    url: String,
+    events: Vec<String>,
+    secret: Option<Secret>,
+    content_type: Option<String>,
+    owner: Option<String>,
+}
+
+impl NewSubscription {
+    /// A subscription named `name` that posts to `url`. Name at least one
+    /// event with [`events`](Self::events) or [`event`](Self::event).
+    pub fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
+        NewSubscription {
+            name: name.into(),
+            url: url.into(),
+            events: Vec::new(),
+            secret: None,
+            content_type: None,
+            owner: None,
+        }
+    }
+
+    /// Adds these event names (`*` for every event).
+    pub fn events<I, S>(mut self, events: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.events.extend(events.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds one event name.
+    pub fn event(mut self, event: impl Into<String>) -> Self {
+        self.events.push(event.into());
+        self
+    }
+
+    /// Signs requests with this secret (1 to 1024 bytes).
+    pub fn secret(mut self, secret: impl Into<String>) -> Self {
+        self.secret = Some(Secret(secret.into()));
+        self
+    }
+
+    /// The `Content-Type` of requests; only `application/json` is accepted.
+    /// Defaults to `application/json`.
+    pub fn content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = Some(content_type.into());
+        self
+    }
+
+    /// The owner (a user or tenant id of the application).
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+}
+
+/// Changes to a subscription, for [`Subscriptions::update`]. Fields left
+/// unset keep their value.
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct SubscriptionPatch {
+    name: Option<String>,
+    url: Option<String>,
+    events: Option<Vec<String>>,
+    secret: Option<Option<Secret>>,
+    content_type: Option<String>,
+    active: Option<bool>,
+}
+
+impl SubscriptionPatch {
+    /// An empty patch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// A new name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// A new URL.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+    /// Replaces the event names.
+    pub fn events<I, S>(mut self, events: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.events = Some(events.into_iter().map(Into::into).collect());
+        self
+    }
+    /// A new secret.
+    pub fn secret(mut self, secret: impl Into<String>) -> Self {
+        self.secret = Some(Some(Secret(secret.into())));
+        self
+    }
+    /// Removes the secret: requests are sent unsigned.
+    pub fn clear_secret(mut self) -> Self {
+        self.secret = Some(None);
+        self
+    }
+    /// A new content type (only `application/json` is accepted).
+    pub fn content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = Some(content_type.into());
+        self
+    }
+    /// Activates or deactivates. Deactivating dead-letters the pending
+    /// deliveries of the subscription (retry them after reactivating).
+    pub fn active(mut self, active: bool) -> Self {
+        self.active = Some(active);
+        self
+    }
+}
+
+/// Checks an event name. In a subscription (`wildcard`), `*` is allowed too.
+pub(crate) fn validate_event_name(name: &str, wildcard: bool) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidEventName {
+            name: clip(name),
+            reason,
+        })
+    };
+    if wildcard && name == ALL_EVENTS {
+        return Ok(());
+    }
+    if name.is_empty() {
+        return bad("is empty; event names are 1 to 100 characters");
+    }
+    if name.len() > 100 {
+        return bad("is longer than 100 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return bad(if wildcard {
+            "may only have letters, digits, `_`, `-` and `.`, or be exactly `*`"
+        } else {
+            "may only have letters, digits, `_`, `-` and `.`"
+        });
+    }
+    Ok(())
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let bad = |reason| Err(Error::InvalidName { reason });
+    if name.trim().is_empty() {
+        return bad("is empty; give 1 to 100 printable characters");
+    }
+    if name.chars().count() > 100 {
+        return bad("is longer than 100 characters");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("has control characters; only printable characters are allowed");
+    }
+    Ok(())
+}
+
+fn validate_content_type(ct: &str) -> Result<()> {
+    if ct.trim().eq_ignore_ascii_case(CONTENT_TYPE_JSON) {
+        Ok(())
+    } else {
+        Err(Error::InvalidContentType {
+            content_type: clip(ct),
+        })
+    }
+}
+
+fn validate_secret(s: &Secret) -> Result<()> {
+    if s.0.is_empty() {
+        return Err(Error::InvalidSecret {
+            reason: "is empty; give 1 to 1024 bytes, or no secret",
+        });
+    }
+    if s.0.len() > MAX_SECRET_LEN {
+        return Err(Error::InvalidSecret {
+            reason: "is longer than 1024 bytes",
+        });
+    }
+    Ok(())
+}
+
+fn validate_owner(o: &str) -> Result<()> {
+    if o.is_empty() {
+        return Err(Error::InvalidOwner {
+            reason: "is empty; give 1 to 200 printable characters, or no owner",
+        });
+    }
+    if o.len() > MAX_OWNER_LEN {
+        return Err(Error::InvalidOwner {
+            reason: "is longer than 200 bytes",
+        });
+    }
+    if o.chars().any(char::is_control) {
+        return Err(Error::InvalidOwner {
+            reason: "has control characters",
+        });
+    }
+    Ok(())
+}
+
+/// Checks a subscription URL and returns its normalised form.
+pub(crate) fn validate_url(url: &str, allow_private: bool, https_only: bool) -> Result<String> {
+    let bad = |reason: String| {
+        Err(Error::InvalidUrl {
+            url: clip(url),
+            reason,
+        })
+    };
+    if url.len() > MAX_URL_LEN {
+        return bad(format!("is longer than {MAX_URL_LEN} bytes"));
+    }
+    let parsed = match url::Url::parse(url.trim()) {
+        Ok(u) => u,
+        Err(e) => {
+            return bad(format!(
+                "is not an absolute URL ({e}); give one like https://example.com/hooks"
+            ));
+        }
+    };
+    match parsed.scheme() {
+        "https" => {}
+        "http" if https_only => return bad("must use https (Builder::https_only is on)".into()),
+        "http" => {}
+        other => return bad(format!("must use http or https, not `{other}`")),
+    }
+    let Some(host) = parsed.host() else {
+        return bad("has no host".into());
+    };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return bad(
+            "must not carry a user name or password; use the secret to authenticate".into(),
+        );
+    }
+    if !allow_private {
+        if let Some(reason) = literal_host_blocked(&host) {
+            return bad(format!(
+                "points at an internal address: {reason} (allowed only with Builder::allow_private_targets)"
+            ));
+        }
+    }
+    Ok(parsed.to_string())
+}
+
+fn normalise_events(events: &[String]) -> Result<Vec<String>> {
+    if events.is_empty() {
+        return Err(Error::NoEvents);
+    }
+    if events.len() > MAX_EVENTS {
+        return Err(Error::InvalidEventName {
+            name: format!("({} names)", events.len()),
+            reason: "list is too long; a subscription may name at most 100 events",
+        });
+    }
+    let mut out: Vec<String> = Vec::with_capacity(events.len());
+    for e in events {
+        validate_event_name(e, true)?;
+        if !out.contains(e) {
+            out.push(e.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Fails with [`Error::Conflict`] if another subscription of the same owner
+/// sends one of `rec`'s events to `rec`'s URL.
+fn check_conflict(store: &crate::store::Store, rec: &SubscriptionRecord) -> Result<()> {
+    for event in &rec.events {
+        for id in store.indexed(event)? {
+            if id == rec.id {
+                continue;
+            }
+            let Some(other) = store.subscription(id)? else {
+                continue;
+            };
+            if other.owner == rec.owner && other.url == rec.url {
+                return Err(Error::Conflict {
+                    event: event.clone(),
+                    url: rec.url.clone(),
+                    existing: id,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Bus {
+    /// Creates a subscription; the same as `bus.subscriptions().create(new)`.
+    pub fn subscribe(&self, new: NewSubscription) -> Result<Subscription> {
+        self.subscriptions().create(new)
+    }
+}
+
+/// The subscriptions of a [`Bus`]: see [`Bus::subscriptions`].
+///
+/// Changes are made by the dispatcher thread (the store's one writer) and are
+/// on disk when the call returns; the very next publish sees them.
+#[derive(Debug, Clone, Copy)]
+pub struct Subscriptions<'a> {
+    bus: &'a Bus,
+}
+
+impl<'a> Subscriptions<'a> {
+    pub(crate) fn new(bus: &'a Bus) -> Self {
+        Subscriptions { bus }
+    }
+
+    /// Validates and stores a new subscription, atomically with its event
+    /// index entries.
+    ///
+    /// Errors: [`Error::InvalidName`], [`Error::InvalidUrl`],
+    /// [`Error::NoEvents`], [`Error::InvalidEventName`],
+    /// [`Error::InvalidContentType`], [`Error::InvalidSecret`],
+    /// [`Error::InvalidOwner`], [`Error::Conflict`], [`Error::Closed`].
+    pub fn create(&self, new: NewSubscription) -> Result<Subscription> {
+        let config = self.bus.config();
+        validate_name(&new.name)?;
+        let url = validate_url(&new.url, config.allow_private_targets, config.https_only)?;
+        let events = normalise_events(&new.events)?;
+        if let Some(s) = &new.secret {
+            validate_secret(s)?;
+        }
+        if let Some(ct) = &new.content_type {
+            validate_content_type(ct)?;
+        }
+        if let Some(o) = &new.owner {
+            validate_owner(o)?;
+        }
+        let now = Timestamp::now();
+        let rec = SubscriptionRecord {
+            id: SubscriptionId::generate(),
+            name: new.name,
+            events,
+            url,
+            secret: new.secret.map(|s| s.0),
+            previous_secret: None,
+            content_type: CONTENT_TYPE_JSON.to_owned(),
+            active: true,
+            owner: new.owner,
+            standard_webhooks: false,
+            created_at: now,
+            modified_at: now,
+        };
+        self.bus.write(move |w| {
+            check_conflict(w.store(), &rec)?;
+            w.batch().put_subscription(None, &rec);
+            Ok(Subscription::from(rec))
+        })
+    }
+
+    /// The subscription with this id, if any.
+    pub fn get(&self, id: SubscriptionId) -> Result<Option<Subscription>> {
+        Ok(self.bus.store().subscription(id)?.map(Subscription::from))
+    }
+
+    /// Every subscription, oldest first.
+    pub fn list(&self) -> Result<Vec<Subscription>> {
+        self.bus
+            .store()
+            .subscriptions()
+            .map(|r| r.map(Subscription::from))
+            .collect()
+    }
+
+    /// The subscriptions of one owner, oldest first.
+    pub fn list_by_owner(&self, owner: &str) -> Result<Vec<Subscription>> {
+        let mut out = Vec::new();
+        for r in self.bus.store().subscriptions() {
+            let r = r?;
+            if r.owner.as_deref() == Some(owner) {
+                out.push(Subscription::from(r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The active subscriptions that receive `event` (by name or `*`).
+    pub fn for_event(&self, event: &str) -> Result<Vec<Subscription>> {
+        validate_event_name(event, false)?;
+        let store = self.bus.store();
+        let mut ids = store.indexed(event)?;
+        ids.extend(store.indexed(ALL_EVENTS)?);
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(r) = store.subscription(id)? {
+                if r.active {
+                    out.push(Subscription::from(r));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies `patch` to a subscription. Validation and the conflict rule are
+    /// the same as for [`create`](Self::create). Deactivating it dead-letters
+    /// its pending deliveries.
+    pub fn update(&self, id: SubscriptionId, patch: SubscriptionPatch) -> Result<Subscription> {
+        let config = self.bus.config();
+        if let Some(n) = &patch.name {
+            validate_name(n)?;
+        }
+        let url = match &patch.url {
+            Some(u) => Some(validate_url(
+                u,
+                config.allow_private_targets,
+                config.https_only,
+            )?),
+            None => None,
+        };
+        let events = patch.events.as_deref().map(normalise_events).transpose()?;
+        if let Some(Some(s)) = &patch.secret {
+            validate_secret(s)?;
+        }
+        if let Some(ct) = &patch.content_type {
+            validate_content_type(ct)?;
+        }
+        self.bus.write(move |w| {
+            let old = w
+                .store()
+                .subscription(id)?
+                .ok_or(Error::SubscriptionNotFound(id))?;
+            let mut new = old.clone();
+            if let Some(n) = patch.name {
+                new.name = n;
+            }
+            if let Some(u) = url {
+                new.url = u;
+            }
+            if let Some(e) = events {
+                new.events = e;
+            }
+            if let Some(s) = patch.secret {
+                new.secret = s.map(|s| s.0);
+            }
+            if let Some(a) = patch.active {
+                new.active = a;
+            }
+            new.modified_at = Timestamp::now();
+            check_conflict(w.store(), &new)?;
+            w.batch().put_subscription(Some(&old), &new);
+            if old.active && !new.active {
+                w.kill_pending(id, "subscription was deactivated")?;
+            }
+            Ok(Subscription::from(new))
+        })
+    }
+
+    /// Deletes a subscription. Its pending deliveries are dead-lettered;
+    /// past deliveries and their attempts stay in the outbox.
+    pub fn delete(&self, id: SubscriptionId) -> Result<()> {
+        self.bus.write(move |w| {
+            let old = w
+                .store()
+                .subscription(id)?
+                .ok_or(Error::SubscriptionNotFound(id))?;
+            w.batch().remove_subscription(&old);
+            w.kill_pending(id, "subscription was deleted")?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_names() {
+        for ok in ["hello", "invoice.paid", "a", "A-b_c.9", &"x".repeat(100)] {
+            validate_event_name(ok, false).unwrap();
+        }
+        validate_event_name("*", true).unwrap();
+        for bad in ["", "*", "he llo", "a/b", "é", "a\0b", &"x".repeat(101)] {
+            assert!(validate_event_name(bad, false).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            validate_url("http://Example.com", false, false).unwrap(),
+            "http://example.com/"
+        );
+        for bad in [
+            "ftp://x/",
+            "/relative",
+            "http://",
+            "mailto:a@b.c",
+            "http://u:p@example.com/",
+            "file:///etc/passwd",
+        ] {
+            assert!(
+                matches!(
+                    validate_url(bad, false, false),
+                    Err(Error::InvalidUrl { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(validate_url("http://127.0.0.1:9/", false, false).is_err());
+        assert!(validate_url("http://127.0.0.1:9/", true, false).is_ok());
+        assert!(validate_url("http://example.com/", false, true).is_err());
+        assert!(
+            validate_url(
+                &format!("https://example.com/{}", "a".repeat(3000)),
+                false,
+                false
+            )
+            .is_err()
+        );
+        let e = validate_url("ftp://x", false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must use http or https"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let s = Secret("hunter2".into());
+        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
+        let n = NewSubscription::new("n", "http://x/").secret("hunter2");
+        assert!(!format!("{n:?}").contains("hunter2"));
+    }
+}
