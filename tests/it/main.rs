@@ -1,0 +1,52 @@
+//! Integration tests: one binary, real sled stores in temp dirs, a real HTTP
+//! receiver on 127.0.0.1, real child processes killed with SIGKILL.
+
+#![allow(missing_docs, unreachable_pub, dead_code)]
+mod crash;
+mod delivery;
+mod publish;
+mod receiver;
+mod subscriptions;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hookbus::{Builder, Bus};
+
+/// A builder for tests: loopback allowed, 4 senders, a millisecond retry
+/// schedule.
+pub fn builder(dir: &Path) -> Builder {
+    Bus::builder()
+        .path(dir)
+        .allow_private_targets(true)
+        .senders(4)
+        .retry_schedule(vec![Duration::from_millis(10); 3])
+        .request_timeout(Duration::from_secs(5))
+        .shutdown_timeout(Duration::from_secs(2))
+}
+
+pub fn open(dir: &Path) -> Bus {
+    builder(dir).open().expect("open bus")
+}
+
+/// A URL on loopback where nothing listens (connection refused).
+pub fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}/hook")
+}
+
+/// Polls `cond` every 5 ms; panics with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub const LONG: Duration = Duration::from_secs(30);

@@ -1,0 +1,322 @@
+use std::collections::HashSet;
+use std::time::Duration;
+
+use hookbus::{Bus, DeliveryState, Error, NewSubscription, SubscriptionPatch};
+use serde::Serialize;
+
+use crate::{builder, dead_url, open};
+
+#[derive(Serialize)]
+struct Hello {
+    text: String,
+}
+
+fn hello(text: &str) -> Hello {
+    Hello { text: text.into() }
+}
+
+fn all(bus: &Bus) -> Vec<hookbus::Delivery> {
+    bus.outbox().all().collect::<Result<_, _>>().unwrap()
+}
+
+/// A bus whose deliveries never succeed and are retried only after an hour,
+/// so every delivery stays pending while the test looks at it.
+fn parked(dir: &std::path::Path) -> Bus {
+    builder(dir)
+        .retry_schedule(vec![Duration::from_secs(3600)])
+        .open()
+        .unwrap()
+}
+
+#[test]
+fn fan_out_creates_one_delivery_per_matching_active_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = parked(dir.path());
+    let url = dead_url();
+    let mut expected = HashSet::new();
+    for i in 0..25 {
+        let s = bus
+            .subscribe(
+                NewSubscription::new(format!("s{i}"), format!("{url}/{i}")).events(["hello"]),
+            )
+            .unwrap();
+        expected.insert(s.id);
+    }
+    let star = bus
+        .subscribe(NewSubscription::new("star", format!("{url}/star")).events(["*", "hello"]))
+        .unwrap();
+    expected.insert(star.id);
+    let off = bus
+        .subscribe(NewSubscription::new("off", format!("{url}/off")).events(["hello"]))
+        .unwrap();
+    bus.subscriptions()
+        .update(off.id, SubscriptionPatch::new().active(false))
+        .unwrap();
+    bus.subscribe(NewSubscription::new("other", format!("{url}/other")).events(["goodbye"]))
+        .unwrap();
+
+    let event = bus.publish_durable("hello", &hello("hi")).unwrap();
+    let ds = all(&bus);
+    assert_eq!(
+        ds.len(),
+        26,
+        "25 named + 1 star (once, though it names hello too)"
+    );
+    assert!(
+        ds.iter()
+            .all(|d| d.event_id == event && d.event_name == "hello")
+    );
+    let subs: HashSet<_> = ds.iter().map(|d| d.subscription_id).collect();
+    assert_eq!(subs, expected);
+    let ids: HashSet<_> = ds.iter().map(|d| d.id).collect();
+    assert_eq!(ids.len(), 26, "delivery ids are distinct");
+    let stored = bus.outbox().event(event).unwrap().unwrap();
+    assert_eq!(stored.payload, br#"{"text":"hi"}"#);
+    let stats = bus.outbox().stats().unwrap();
+    assert_eq!(stats.pending + stats.delivered + stats.dead, 26);
+}
+
+#[test]
+fn a_subscription_change_is_seen_by_the_next_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = parked(dir.path());
+    let s = bus
+        .subscribe(NewSubscription::new("s", dead_url()).events(["hello"]))
+        .unwrap();
+    bus.publish("hello", &hello("1")).unwrap();
+    bus.flush().unwrap();
+    assert_eq!(all(&bus).len(), 1);
+
+    bus.subscriptions()
+        .update(s.id, SubscriptionPatch::new().events(["goodbye"]))
+        .unwrap();
+    bus.publish("hello", &hello("2")).unwrap();
+    bus.publish("goodbye", &hello("3")).unwrap();
+    bus.flush().unwrap();
+    let names: Vec<_> = all(&bus).into_iter().map(|d| d.event_name).collect();
+    assert_eq!(names, vec!["hello", "goodbye"]);
+
+    bus.subscriptions().delete(s.id).unwrap();
+    bus.publish("goodbye", &hello("4")).unwrap();
+    bus.flush().unwrap();
+    assert_eq!(all(&bus).len(), 2);
+    // Deleting dead-letters what was pending.
+    let stats = bus.outbox().stats().unwrap();
+    assert_eq!((stats.pending, stats.dead), (0, 2));
+    assert!(
+        all(&bus)
+            .iter()
+            .all(|d| d.last_error.as_deref() == Some("subscription was deleted"))
+    );
+}
+
+#[test]
+fn flush_and_publish_durable_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e1, e2, sub) = {
+        let bus = parked(dir.path());
+        let sub = bus
+            .subscribe(NewSubscription::new("s", dead_url()).events(["hello", "bye"]))
+            .unwrap();
+        let e1 = bus.publish("hello", &hello("one")).unwrap();
+        bus.flush().unwrap();
+        let e2 = bus.publish_durable("bye", &hello("two")).unwrap();
+        bus.shutdown(Duration::from_secs(1)).unwrap();
+        (e1, e2, sub)
+    };
+    let bus = parked(dir.path());
+    assert_eq!(bus.subscriptions().get(sub.id).unwrap().unwrap(), sub);
+    let ds = all(&bus);
+    assert_eq!(
+        ds.iter().map(|d| d.event_id).collect::<Vec<_>>(),
+        vec![e1, e2]
+    );
+    assert!(ds.iter().all(|d| d.state == DeliveryState::Pending));
+    assert_eq!(
+        bus.outbox().event(e2).unwrap().unwrap().payload,
+        br#"{"text":"two"}"#
+    );
+    assert_eq!(bus.outbox().stats().unwrap().pending, 2);
+}
+
+#[test]
+fn dropping_the_last_handle_writes_what_was_published() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let bus = parked(dir.path());
+        bus.subscribe(NewSubscription::new("s", dead_url()).events(["hello"]))
+            .unwrap();
+        let clone = bus.clone();
+        for i in 0..100 {
+            clone.publish("hello", &hello(&i.to_string())).unwrap();
+        }
+        // No flush: the drop of both handles drains and flushes.
+    }
+    let bus = parked(dir.path());
+    assert_eq!(all(&bus).len(), 100);
+}
+
+#[test]
+fn eight_threads_publishing_concurrently_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path())
+        .retry_schedule(vec![Duration::from_secs(3600)])
+        .channel_capacity(64)
+        .open()
+        .unwrap();
+    bus.subscribe(NewSubscription::new("s", dead_url()).events(["hello"]))
+        .unwrap();
+    let ids: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let bus = bus.clone();
+                s.spawn(move || {
+                    (0..500)
+                        .map(|i| bus.publish("hello", &hello(&format!("{t}-{i}"))).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    bus.flush().unwrap();
+    let published: HashSet<_> = ids.into_iter().collect();
+    assert_eq!(published.len(), 4000);
+    let stored: HashSet<_> = all(&bus).into_iter().map(|d| d.event_id).collect();
+    assert_eq!(stored, published);
+    let stats = bus.outbox().stats().unwrap();
+    assert_eq!(stats.pending + stats.delivered + stats.dead, 4000);
+}
+
+#[test]
+fn publish_after_shutdown_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    let clone = bus.clone();
+    bus.shutdown(Duration::from_secs(1)).unwrap();
+    bus.shutdown(Duration::from_secs(1)).unwrap(); // again: a no-op
+    assert!(!clone.is_open());
+    assert!(matches!(
+        clone.publish("hello", &hello("late")),
+        Err(Error::Closed)
+    ));
+    assert!(matches!(clone.flush(), Err(Error::Closed)));
+    let err = clone
+        .subscribe(NewSubscription::new("s", dead_url()).events(["a"]))
+        .unwrap_err();
+    assert!(matches!(err, Error::Closed), "{err:?}");
+    // Reads keep working.
+    assert!(clone.subscriptions().list().unwrap().is_empty());
+}
+
+#[test]
+fn a_second_open_of_a_held_store_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    let err = hookbus::Bus::open(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::StoreLocked { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("is in use by another process"), "{msg}");
+    assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+    drop(bus);
+    // Released on drop.
+    open(dir.path());
+}
+
+#[test]
+fn bad_publishes_are_refused_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path())
+        .max_payload_bytes(1024)
+        .retry_schedule(vec![Duration::from_secs(3600)])
+        .open()
+        .unwrap();
+    bus.subscribe(NewSubscription::new("s", dead_url()).events(["*"]))
+        .unwrap();
+    for name in ["", "*", "with space", "a/b", &"x".repeat(101)] {
+        let err = bus.publish(name, &hello("x")).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidEventName { .. }),
+            "{name:?}: {err:?}"
+        );
+    }
+    let big = "x".repeat(2000);
+    let err = bus.publish("hello", &hello(&big)).unwrap_err();
+    assert!(
+        matches!(err, Error::PayloadTooLarge { max: 1024, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("limit is 1024 bytes"));
+
+    struct Unserializable;
+    impl Serialize for Unserializable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("no"))
+        }
+    }
+    assert!(matches!(
+        bus.publish("hello", &Unserializable),
+        Err(Error::Serialize(_))
+    ));
+    // A map with non-string keys cannot be JSON.
+    let m: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+    assert!(matches!(bus.publish("hello", &m), Err(Error::Serialize(_))));
+    bus.flush().unwrap();
+    assert!(all(&bus).is_empty());
+}
+
+#[test]
+fn events_without_subscribers_are_accepted_and_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    bus.publish_durable("nobody.listens", &hello("x")).unwrap();
+    assert!(all(&bus).is_empty());
+    assert_eq!(
+        bus.outbox().stats().unwrap(),
+        hookbus::OutboxStats::default()
+    );
+}
+
+#[test]
+fn bad_paths_and_configs_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"hi").unwrap();
+    assert!(matches!(
+        hookbus::Bus::open(&file),
+        Err(Error::NotAStore { .. })
+    ));
+    let full = dir.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("notes.txt"), b"mine").unwrap();
+    let err = hookbus::Bus::open(&full).unwrap_err();
+    assert!(matches!(err, Error::NotAStore { .. }), "{err:?}");
+    assert_eq!(
+        std::fs::read(full.join("notes.txt")).unwrap(),
+        b"mine",
+        "nothing touched"
+    );
+
+    let p = dir.path().join("x");
+    for b in [
+        hookbus::Bus::builder(),
+        hookbus::Bus::builder().path(&p).senders(0),
+        hookbus::Bus::builder().path(&p).channel_capacity(0),
+        hookbus::Bus::builder().path(&p).max_payload_bytes(0),
+        hookbus::Bus::builder().path(&p).max_payload_bytes(1 << 30),
+        hookbus::Bus::builder().path(&p).cache_capacity(10),
+        hookbus::Bus::builder()
+            .path(&p)
+            .request_timeout(Duration::ZERO),
+        hookbus::Bus::builder()
+            .path(&p)
+            .retry_schedule(vec![Duration::from_secs(1); 101]),
+    ] {
+        let err = b.open().unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+    }
+    assert!(!p.exists(), "a bad config creates nothing");
+}
