@@ -248,10 +248,10 @@ impl Dispatcher {
                 self.dispatch();
                 self.finish_round();
             }
-            if let Some(deadline) = self.closing {
-                if self.in_flight.is_empty() || Instant::now() >= deadline {
-                    break;
-                }
+            if let Some(deadline) = self.closing
+                && (self.in_flight.is_empty() || Instant::now() >= deadline)
+            {
+                break;
             }
         }
         self.stop()
@@ -440,10 +440,14 @@ impl Dispatcher {
         );
         if old.state != DeliveryState::Pending {
             // Finished while in flight (its subscription was deleted or
-            // deactivated): keep the attempt; a success still counts.
+            // deactivated): keep the attempt and why it died; a success
+            // still counts.
             if decision == Decision::Delivered && old.state == DeliveryState::Dead {
                 new.state = DeliveryState::Delivered;
                 new.finished_at = Some(now);
+            } else {
+                new.last_status = old.last_status;
+                new.last_error = old.last_error.clone();
             }
             self.w.put_delivery(Some(&old), &new);
             return Ok(());
@@ -480,14 +484,14 @@ impl Dispatcher {
     /// 410 Gone: the subscription is deactivated and its pending deliveries
     /// die.
     fn deactivate(&mut self, id: SubscriptionId) -> Result<()> {
-        if let Some(mut s) = self.w.store().subscription(id)? {
-            if s.active {
-                tracing::warn!(subscription = %id, url = %s.url, "receiver answered 410 Gone; subscription deactivated");
-                let old = s.clone();
-                s.active = false;
-                s.modified_at = Timestamp::now();
-                self.w.batch().put_subscription(Some(&old), &s);
-            }
+        if let Some(mut s) = self.w.store().subscription(id)?
+            && s.active
+        {
+            tracing::warn!(subscription = %id, url = %s.url, "receiver answered 410 Gone; subscription deactivated");
+            let old = s.clone();
+            s.active = false;
+            s.modified_at = Timestamp::now();
+            self.w.batch().put_subscription(Some(&old), &s);
         }
         self.w
             .kill_pending(id, "410 Gone: subscription deactivated")?;
@@ -681,10 +685,10 @@ impl Dispatcher {
 /// rotated out while it has not expired.
 pub(crate) fn secrets_of(sub: &SubscriptionRecord) -> Vec<String> {
     let mut v: Vec<String> = sub.secret.iter().cloned().collect();
-    if let Some((old, until)) = &sub.previous_secret {
-        if *until > now_ms() {
-            v.push(old.clone());
-        }
+    if let Some((old, until)) = &sub.previous_secret
+        && *until > now_ms()
+    {
+        v.push(old.clone());
     }
     v
 }

@@ -52,7 +52,7 @@ macro_rules! id_type {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Display::fmt(&self.0.simple(), f)
+                f.pad(self.0.simple().encode_lower(&mut Uuid::encode_buffer()))
             }
         }
 

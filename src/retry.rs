@@ -43,10 +43,10 @@ pub(crate) fn decide(
         Some(410) => return Decision::Gone,
         _ => {}
     }
-    if let Some(e) = &attempt.error {
-        if e.kind == AttemptErrorKind::Blocked {
-            return Decision::Dead(format!("target refused: {}", e.message));
-        }
+    if let Some(e) = &attempt.error
+        && e.kind == AttemptErrorKind::Blocked
+    {
+        return Decision::Dead(format!("target refused: {}", e.message));
     }
     let index = attempt.number.saturating_sub(1) as usize;
     let Some(base) = schedule.get(index) else {
@@ -62,10 +62,10 @@ pub(crate) fn decide(
     };
     let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
     let mut delay = base.mul_f64(factor);
-    if matches!(attempt.status, Some(429 | 503)) {
-        if let Some(ra) = retry_after {
-            delay = delay.max(ra.min(MAX_RETRY_AFTER));
-        }
+    if matches!(attempt.status, Some(429 | 503))
+        && let Some(ra) = retry_after
+    {
+        delay = delay.max(ra.min(MAX_RETRY_AFTER));
     }
     Decision::Retry(delay)
 }

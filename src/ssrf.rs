@@ -74,9 +74,12 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
     if s[0] & 0xe000 != 0x2000 {
         return false;
     }
-    !((s[0] == 0x2001 && s[1] < 0x0200) // 2001::/23 IETF protocol assignments (Teredo, ORCHID, ...)
-        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-        || (s[0] & 0xfff0) == 0x3ff0) // 3fff::/20 documentation (and 3ff0::/12 around it)
+    // 2001::/23 IETF protocol assignments (Teredo, ORCHID, ...) and
+    // 2001:db8::/32 documentation.
+    let ietf = s[0] == 0x2001 && (s[1] < 0x0200 || s[1] == 0x0db8);
+    // 3fff::/20 documentation (and the 3ff0::/12 around it).
+    let doc = (s[0] & 0xfff0) == 0x3ff0;
+    !(ietf || doc)
 }
 
 /// Whether a URL host (as the URL parser gives it) is obviously internal:

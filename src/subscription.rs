@@ -337,12 +337,10 @@ pub(crate) fn validate_url(url: &str, allow_private: bool, https_only: bool) -> 
             "must not carry a user name or password; use the secret to authenticate".into(),
         );
     }
-    if !allow_private {
-        if let Some(reason) = literal_host_blocked(&host) {
-            return bad(format!(
-                "points at an internal address: {reason} (allowed only with Builder::allow_private_targets)"
-            ));
-        }
+    if !allow_private && let Some(reason) = literal_host_blocked(&host) {
+        return bad(format!(
+            "points at an internal address: {reason} (allowed only with Builder::allow_private_targets)"
+        ));
     }
     Ok(parsed.to_string())
 }
@@ -490,10 +488,10 @@ impl<'a> Subscriptions<'a> {
         ids.dedup();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(r) = store.subscription(id)? {
-                if r.active {
-                    out.push(Subscription::from(r));
-                }
+            if let Some(r) = store.subscription(id)?
+                && r.active
+            {
+                out.push(Subscription::from(r));
             }
         }
         Ok(out)

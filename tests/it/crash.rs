@@ -1,1 +1,180 @@
-// filled in below
+//! Crash tests: a child process (this test binary, re-run on the ignored
+//! `crash_child` test) is killed with SIGKILL and the store reopened.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hookbus::{DeliveryState, EventId, NewSubscription};
+use serde_json::json;
+
+use crate::receiver::{Reply, TestReceiver};
+use crate::{LONG, builder, dead_url, open, wait_until};
+
+const MODE: &str = "HOOKBUS_CRASH_CHILD";
+
+fn spawn_child(dir: &std::path::Path, mode: &str, url: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "crash::crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(MODE, mode)
+        .env("HOOKBUS_CRASH_DIR", dir)
+        .env("HOOKBUS_CRASH_URL", url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child")
+}
+
+/// Reads the child's stdout until `stop` says enough (or 30 s pass).
+fn read_lines(child: &mut Child, mut stop: impl FnMut(&str) -> bool) -> Vec<String> {
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let end = Instant::now() + LONG;
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+        let done = stop(&line);
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+    panic!("child said nothing useful: {lines:?}");
+}
+
+fn kill9(mut child: Child) {
+    child.kill().expect("SIGKILL"); // std sends SIGKILL on Unix
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the child was killed, not finished");
+}
+
+/// The child side. Does nothing unless the crash tests start it.
+#[test]
+#[ignore = "child process of the crash tests; run by them"]
+fn crash_child() {
+    let Ok(mode) = std::env::var(MODE) else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(std::env::var("HOOKBUS_CRASH_DIR").unwrap());
+    let url = std::env::var("HOOKBUS_CRASH_URL").unwrap();
+    let bus = builder(&dir)
+        .retry_schedule(vec![Duration::from_secs(3600)])
+        .open()
+        .unwrap();
+    bus.subscribe(NewSubscription::new("s", url).events(["hello"]))
+        .unwrap();
+    match mode.as_str() {
+        // Publish in batches; after each flush, report the batch's ids. Never stop.
+        "publish" => {
+            for batch in 0.. {
+                let ids: Vec<String> = (0..50)
+                    .map(|i| {
+                        bus.publish("hello", &json!({"batch": batch, "i": i}))
+                            .unwrap()
+                            .to_string()
+                    })
+                    .collect();
+                bus.flush().unwrap();
+                println!("\nFLUSHED {}", ids.join(" "));
+            }
+        }
+        // Publish 20 events, flush, report, then wait to be killed while the
+        // senders are stuck in requests.
+        "deliver" => {
+            for i in 0..20 {
+                bus.publish("hello", &json!({ "i": i })).unwrap();
+            }
+            bus.flush().unwrap();
+            println!("\nFLUSHED");
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+#[test]
+fn sigkill_right_after_flush_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_child(dir.path(), "publish", &dead_url());
+    let mut confirmed: HashSet<EventId> = HashSet::new();
+    let mut batches = 0;
+    read_lines(&mut child, |line| {
+        if let Some(ids) = line.strip_prefix("FLUSHED ") {
+            confirmed.extend(ids.split(' ').map(|s| s.parse::<EventId>().unwrap()));
+            batches += 1;
+        }
+        batches >= 3
+    });
+    // Killed while it publishes its next batches.
+    kill9(child);
+    let bus = builder(dir.path())
+        .retry_schedule(vec![Duration::from_secs(3600)])
+        .open()
+        .unwrap();
+    let stored: HashSet<EventId> = bus.outbox().all().map(|d| d.unwrap().event_id).collect();
+    let lost: Vec<_> = confirmed.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "{} flushed events lost: {lost:?}",
+        lost.len()
+    );
+    assert!(confirmed.len() >= 150);
+    for id in confirmed.iter().take(10) {
+        assert!(bus.outbox().event(*id).unwrap().is_some());
+    }
+    let stats = bus.outbox().stats().unwrap();
+    assert_eq!(
+        stats.pending as usize,
+        stored.len(),
+        "counters match the records after the crash"
+    );
+}
+
+#[test]
+fn sigkill_mid_delivery_redelivers_everything_with_the_same_ids() {
+    // The receiver holds every request, so the child dies with requests in flight.
+    let rx = TestReceiver::with(|_| Reply::ok().delay(Duration::from_secs(30)));
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_child(dir.path(), "deliver", &rx.url("/hook"));
+    read_lines(&mut child, |line| line == "FLUSHED");
+    let before = rx.wait_for(2, LONG);
+    kill9(child);
+    let in_flight: HashSet<String> = before.iter().map(|r| r.delivery_id()).collect();
+
+    rx.respond(|_| Reply::ok());
+    let bus = open(dir.path());
+    wait_until(LONG, "20 delivered", || {
+        bus.outbox().stats().unwrap().delivered == 20
+    });
+    let after: Vec<_> = rx.requests().into_iter().skip(before.len()).collect();
+    let ids: HashSet<String> = after.iter().map(|r| r.delivery_id()).collect();
+    assert_eq!(ids.len(), 20, "one delivery per event");
+    assert!(
+        in_flight.is_subset(&ids),
+        "requests in flight at the kill are resent with the same delivery id"
+    );
+    let bodies: HashSet<i64> = after
+        .iter()
+        .map(|r| r.json()["i"].as_i64().unwrap())
+        .collect();
+    assert_eq!(bodies, (0..20).collect());
+    assert!(
+        bus.outbox()
+            .all()
+            .all(|d| d.unwrap().state == DeliveryState::Delivered)
+    );
+}

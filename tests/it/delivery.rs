@@ -1,1 +1,421 @@
-// filled in below
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use hookbus::{AttemptErrorKind, Bus, DeliveryState, NewSubscription};
+use serde_json::json;
+
+use crate::receiver::{Reply, TestReceiver};
+use crate::{LONG, builder, open, wait_until};
+
+fn delivered(bus: &Bus, n: u64) -> impl FnMut() -> bool + '_ {
+    move || bus.outbox().stats().unwrap().delivered >= n
+}
+
+fn hex_hmac<M: Mac + hmac::digest::KeyInit>(key: &[u8], body: &[u8]) -> String {
+    let mut m = <M as hmac::digest::KeyInit>::new_from_slice(key).unwrap();
+    m.update(body);
+    hex::encode(m.finalize().into_bytes())
+}
+
+#[test]
+fn the_request_has_exactly_the_documented_headers_and_a_correct_signature() {
+    let rx = TestReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    let signed = bus
+        .subscribe(
+            NewSubscription::new("My Webhook", rx.url("/api/incoming"))
+                .events(["hello", "goodbye"])
+                .secret("shh"),
+        )
+        .unwrap();
+    let unsigned = bus
+        .subscribe(NewSubscription::new("plain", rx.url("/plain")).events(["hello"]))
+        .unwrap();
+    bus.publish("hello", &json!({"text": "I said hello"}))
+        .unwrap();
+    wait_until(LONG, "2 deliveries", delivered(&bus, 2));
+
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 2);
+    let r = reqs.iter().find(|r| r.path == "/api/incoming").unwrap();
+    let body = br#"{"text":"I said hello"}"#;
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.body, body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("accept"), Some("application/json"));
+    assert_eq!(
+        r.header("user-agent"),
+        Some(format!("hookbus/{}", env!("CARGO_PKG_VERSION")).as_str())
+    );
+    assert_eq!(r.header("x-webhook-event"), Some("hello"));
+    let id = r.delivery_id();
+    assert_eq!(id.len(), 32);
+    assert!(
+        id.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')),
+        "{id}"
+    );
+    let d = bus.outbox().get(id.parse().unwrap()).unwrap().unwrap();
+    assert_eq!(d.subscription_id, signed.id);
+    assert_eq!(d.state, DeliveryState::Delivered);
+    // Recomputed here with the hmac crate, not with hookbus' signer.
+    let sha1 = hex_hmac::<Hmac<sha1::Sha1>>(b"shh", body);
+    let sha256 = hex_hmac::<Hmac<sha2::Sha256>>(b"shh", body);
+    assert_eq!(
+        r.header("x-hub-signature"),
+        Some(format!("sha1={sha1}").as_str())
+    );
+    assert_eq!(
+        r.header("x-hub-signature-256"),
+        Some(format!("sha256={sha256}").as_str())
+    );
+    assert!(hookbus::verify_signature(
+        b"shh",
+        &r.body,
+        r.header("x-hub-signature").unwrap()
+    ));
+    assert!(hookbus::verify_signature(
+        b"shh",
+        &r.body,
+        r.header("x-hub-signature-256").unwrap()
+    ));
+    assert!(!hookbus::verify_signature(
+        b"nope",
+        &r.body,
+        r.header("x-hub-signature-256").unwrap()
+    ));
+
+    let p = reqs.iter().find(|r| r.path == "/plain").unwrap();
+    assert_eq!(p.header("x-hub-signature"), None);
+    assert_eq!(p.header("x-hub-signature-256"), None);
+    assert_eq!(
+        bus.outbox()
+            .get(p.delivery_id().parse().unwrap())
+            .unwrap()
+            .unwrap()
+            .subscription_id,
+        unsigned.id
+    );
+    let attempts = bus.outbox().attempts(d.id).unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status, Some(204));
+    assert!(attempts[0].succeeded());
+}
+
+#[test]
+fn a_flaky_receiver_is_retried_with_the_same_delivery_id_until_it_succeeds() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let rx = TestReceiver::with(move |_| match c.fetch_add(1, Ordering::SeqCst) {
+        0 => Reply::status(500).body(b"boom"),
+        1 => Reply::dropped(),
+        _ => Reply::status(200),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["hello"]))
+        .unwrap();
+    bus.publish("hello", &json!({"n": 1})).unwrap();
+    wait_until(LONG, "delivered", delivered(&bus, 1));
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 3);
+    let ids: HashSet<_> = reqs.iter().map(|r| r.delivery_id()).collect();
+    assert_eq!(ids.len(), 1, "same delivery id on every attempt");
+    let id = reqs[0].delivery_id().parse().unwrap();
+    let d = bus.outbox().get(id).unwrap().unwrap();
+    assert_eq!(
+        (d.state, d.attempts, d.last_status),
+        (DeliveryState::Delivered, 3, Some(200))
+    );
+    let a = bus.outbox().attempts(id).unwrap();
+    assert_eq!(
+        a.iter().map(|a| a.number).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(a[0].status, Some(500));
+    assert_eq!(a[0].response_excerpt, b"boom");
+    assert_eq!(a[1].status, None);
+    assert!(
+        a[1].error.is_some(),
+        "a dropped connection is an error: {:?}",
+        a[1]
+    );
+    assert_eq!(a[2].status, Some(200));
+    assert!(a.windows(2).all(|w| w[0].at <= w[1].at));
+}
+
+#[test]
+fn a_spent_schedule_dead_letters_with_every_attempt_recorded_and_retry_revives() {
+    let rx = TestReceiver::with(|_| Reply::status(503).body(&[b'x'; 5000]));
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path())
+        .retry_schedule(vec![Duration::from_millis(5), Duration::from_millis(5)])
+        .open()
+        .unwrap();
+    let sub = bus
+        .subscribe(NewSubscription::new("s", rx.url("/")).events(["hello"]))
+        .unwrap();
+    bus.publish("hello", &json!({})).unwrap();
+    wait_until(LONG, "dead", || bus.outbox().stats().unwrap().dead == 1);
+    assert_eq!(rx.count(), 3, "1 + schedule.len() attempts");
+    let dead: Vec<_> = bus.outbox().dead().collect::<Result<_, _>>().unwrap();
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(
+        (d.attempts, d.last_status, d.next_attempt_at),
+        (3, Some(503), None)
+    );
+    assert!(d.finished_at.is_some());
+    assert!(
+        d.last_error
+            .as_deref()
+            .unwrap()
+            .contains("gave up after 3 attempts"),
+        "{:?}",
+        d.last_error
+    );
+    let attempts = bus.outbox().attempts(d.id).unwrap();
+    assert_eq!(attempts.len(), 3);
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.status == Some(503) && a.response_excerpt.len() == 1024)
+    );
+    assert_eq!(bus.outbox().pending().count(), 0);
+
+    // Retry by hand once the receiver is fixed.
+    rx.respond(|_| Reply::ok());
+    let err = bus
+        .outbox()
+        .retry(hookbus::DeliveryId::from(uuid_nil()))
+        .unwrap_err();
+    assert!(matches!(err, hookbus::Error::DeliveryNotFound(_)));
+    let revived = bus.outbox().retry(d.id).unwrap();
+    assert_eq!(revived.state, DeliveryState::Pending);
+    wait_until(LONG, "redelivered", delivered(&bus, 1));
+    assert!(matches!(
+        bus.outbox().retry(d.id),
+        Err(hookbus::Error::NotDead { .. })
+    ));
+    let after = bus.outbox().get(d.id).unwrap().unwrap();
+    assert_eq!((after.state, after.attempts), (DeliveryState::Delivered, 4));
+    assert_eq!(
+        rx.requests().last().unwrap().delivery_id(),
+        d.id.to_string()
+    );
+
+    // retry_all_dead, per subscription.
+    rx.respond(|_| Reply::status(500));
+    bus.publish("hello", &json!({"a": 1})).unwrap();
+    bus.publish("hello", &json!({"a": 2})).unwrap();
+    wait_until(LONG, "2 dead", || bus.outbox().stats().unwrap().dead == 2);
+    rx.respond(|_| Reply::ok());
+    assert_eq!(
+        bus.outbox()
+            .retry_all_dead(Some(hookbus::SubscriptionId::from(uuid_nil())))
+            .unwrap(),
+        0
+    );
+    assert_eq!(bus.outbox().retry_all_dead(Some(sub.id)).unwrap(), 2);
+    wait_until(LONG, "all delivered", delivered(&bus, 3));
+    let stats = bus.outbox().stats().unwrap();
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 3, 0));
+}
+
+fn uuid_nil() -> uuid::Uuid {
+    uuid::Uuid::nil()
+}
+
+#[test]
+fn gone_deactivates_the_subscription_and_dead_letters_its_pending_deliveries() {
+    let rx = TestReceiver::with(|_| Reply::status(410).delay(Duration::from_millis(50)));
+    let other = TestReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path()).senders(1).open().unwrap();
+    let gone = bus
+        .subscribe(NewSubscription::new("gone", rx.url("/")).events(["hello"]))
+        .unwrap();
+    let fine = bus
+        .subscribe(NewSubscription::new("fine", other.url("/")).events(["hello"]))
+        .unwrap();
+    for i in 0..5 {
+        bus.publish("hello", &json!({ "i": i })).unwrap();
+    }
+    wait_until(LONG, "deactivated", || {
+        !bus.subscriptions().get(gone.id).unwrap().unwrap().active
+    });
+    wait_until(LONG, "others delivered", delivered(&bus, 5));
+    wait_until(LONG, "gone ones dead", || {
+        bus.outbox().stats().unwrap().dead == 5
+    });
+    assert_eq!(rx.count(), 1, "one 410 is enough");
+    let dead: Vec<_> = bus.outbox().dead().collect::<Result<_, _>>().unwrap();
+    assert!(dead.iter().all(|d| d.subscription_id == gone.id));
+    assert!(
+        dead.iter()
+            .all(|d| d.last_error.as_deref().unwrap().contains("410"))
+    );
+    assert_eq!(other.count(), 5);
+    assert!(bus.subscriptions().get(fine.id).unwrap().unwrap().active);
+    bus.publish_durable("hello", &json!({"after": true}))
+        .unwrap();
+    let stats = bus.outbox().stats().unwrap();
+    assert_eq!(
+        stats.pending + stats.delivered + stats.dead,
+        11,
+        "the inactive subscription gets nothing new"
+    );
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let rx = TestReceiver::with(move |_| match c.fetch_add(1, Ordering::SeqCst) {
+        0 => Reply::status(503).header("Retry-After", "1"),
+        _ => Reply::ok(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path()); // schedule: 10 ms
+    bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["hello"]))
+        .unwrap();
+    bus.publish("hello", &json!({})).unwrap();
+    wait_until(LONG, "delivered", delivered(&bus, 1));
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 2);
+    let gap = reqs[1].at - reqs[0].at;
+    assert!(
+        gap >= Duration::from_millis(950),
+        "the retry came after {gap:?}, before Retry-After: 1"
+    );
+}
+
+#[test]
+fn redirects_are_not_followed() {
+    let target = TestReceiver::start();
+    let loc = target.url("/stolen");
+    let rx = TestReceiver::with(move |_| Reply::status(302).header("Location", &loc));
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path())
+        .retry_schedule(vec![Duration::from_millis(5)])
+        .open()
+        .unwrap();
+    bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["hello"]))
+        .unwrap();
+    bus.publish("hello", &json!({})).unwrap();
+    wait_until(LONG, "dead", || bus.outbox().stats().unwrap().dead == 1);
+    assert_eq!(target.count(), 0, "the redirect target got nothing");
+    assert_eq!(rx.count(), 2);
+    let d = bus.outbox().dead().next().unwrap().unwrap();
+    assert!(
+        bus.outbox()
+            .attempts(d.id)
+            .unwrap()
+            .iter()
+            .all(|a| a.status == Some(302))
+    );
+}
+
+#[test]
+fn a_hanging_receiver_does_not_stall_the_others() {
+    let slow = TestReceiver::with(|_| Reply::ok().delay(Duration::from_secs(20)));
+    let fast = TestReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path())
+        .request_timeout(Duration::from_millis(1500))
+        .retry_schedule(vec![Duration::from_millis(10); 10])
+        .open()
+        .unwrap();
+    bus.subscribe(NewSubscription::new("slow", slow.url("/")).events(["hello"]))
+        .unwrap();
+    let fast_sub = bus
+        .subscribe(NewSubscription::new("fast", fast.url("/")).events(["hello"]))
+        .unwrap();
+    for i in 0..40 {
+        bus.publish("hello", &json!({ "i": i })).unwrap();
+    }
+    fast.wait_for(40, LONG);
+    // While the slow one is still stuck, every fast delivery is done.
+    let fast_done = bus
+        .outbox()
+        .delivered()
+        .filter(|d| d.as_ref().unwrap().subscription_id == fast_sub.id)
+        .count();
+    assert_eq!(fast_done, 40);
+    assert_eq!(
+        bus.outbox().stats().unwrap().delivered,
+        40,
+        "the slow receiver has answered nothing"
+    );
+    bus.shutdown(Duration::from_millis(100)).unwrap();
+}
+
+#[test]
+fn shutdown_with_requests_in_flight_loses_nothing() {
+    let rx = TestReceiver::with(|_| Reply::ok().delay(Duration::from_secs(3)));
+    let dir = tempfile::tempdir().unwrap();
+    let first_ids: HashSet<String> = {
+        let bus = open(dir.path());
+        bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["hello"]))
+            .unwrap();
+        for i in 0..6 {
+            bus.publish("hello", &json!({ "i": i })).unwrap();
+        }
+        bus.flush().unwrap();
+        let seen = rx.wait_for(3, LONG);
+        bus.shutdown(Duration::from_millis(50)).unwrap();
+        seen.iter().map(|r| r.delivery_id()).collect()
+    };
+    rx.respond(|_| Reply::ok());
+    let bus = open(dir.path());
+    wait_until(LONG, "all 6 delivered", delivered(&bus, 6));
+    let ids: HashSet<String> = rx.requests().iter().map(|r| r.delivery_id()).collect();
+    assert_eq!(ids.len(), 6);
+    assert!(
+        first_ids.is_subset(&ids),
+        "in-flight deliveries are resent with the same id"
+    );
+    let bodies: HashSet<i64> = rx
+        .requests()
+        .iter()
+        .map(|r| r.json()["i"].as_i64().unwrap())
+        .collect();
+    assert_eq!(bodies, (0..6).collect());
+}
+
+#[test]
+fn internal_targets_are_refused_at_delivery_time_without_a_request() {
+    let rx = TestReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let bus = open(dir.path()); // allows loopback, so these subscribe
+        for url in [
+            rx.url("/literal"),
+            format!("http://localhost:{}/name", rx.addr().port()),
+        ] {
+            bus.subscribe(NewSubscription::new("s", url).events(["hello"]))
+                .unwrap();
+        }
+        bus.shutdown(Duration::from_secs(1)).unwrap();
+    }
+    let bus = builder(dir.path())
+        .allow_private_targets(false)
+        .open()
+        .unwrap();
+    bus.publish("hello", &json!({})).unwrap();
+    wait_until(LONG, "both dead", || {
+        bus.outbox().stats().unwrap().dead == 2
+    });
+    assert_eq!(rx.count(), 0, "the receiver saw no request");
+    for d in bus.outbox().dead() {
+        let d = d.unwrap();
+        let a = bus.outbox().attempts(d.id).unwrap();
+        assert_eq!(a.len(), 1, "refused targets are not retried");
+        let e = a[0].error.as_ref().unwrap();
+        assert_eq!(e.kind, AttemptErrorKind::Blocked, "{e:?}");
+        assert!(e.message.contains("non-public"), "{e}");
+    }
+}

@@ -106,7 +106,8 @@ fn every_validation_rule_has_a_clear_error_and_stores_nothing() {
         .unwrap();
     let ok = || NewSubscription::new("name", "http://127.0.0.1:1/y").events(["hello"]);
 
-    let cases: Vec<(NewSubscription, fn(&Error) -> bool, &str)> = vec![
+    type Case = (NewSubscription, fn(&Error) -> bool, &'static str);
+    let cases: Vec<Case> = vec![
         (
             NewSubscription::new("n", "ftp://x/").events(["a"]),
             |e| matches!(e, Error::InvalidUrl { .. }),
