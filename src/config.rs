@@ -1,10 +1,13 @@
 //! Configuration: a [`Builder`] that produces an immutable [`Config`].
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::bus::Bus;
 use crate::error::{Error, Result};
+use crate::ssrf::{IpNet, TargetPolicy};
 
 /// The largest payload the codec will ever decode; `max_payload_bytes` may
 /// not be set above it.
@@ -20,6 +23,8 @@ pub struct Config {
     pub(crate) senders: usize,
     pub(crate) retry_schedule: Vec<Duration>,
     pub(crate) allow_private_targets: bool,
+    pub(crate) allowed_networks: Vec<IpNet>,
+    pub(crate) dns_overrides: HashMap<String, Vec<IpAddr>>,
     pub(crate) https_only: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
@@ -36,6 +41,8 @@ impl Default for Config {
             senders: 8,
             retry_schedule: default_retry_schedule(),
             allow_private_targets: false,
+            allowed_networks: Vec::new(),
+            dns_overrides: HashMap::new(),
             https_only: false,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
@@ -90,6 +97,16 @@ impl Config {
     pub fn allow_private_targets(&self) -> bool {
         self.allow_private_targets
     }
+    /// Internal networks that deliveries may go to all the same.
+    pub fn allowed_networks(&self) -> &[IpNet] {
+        &self.allowed_networks
+    }
+    pub(crate) fn target_policy(&self) -> TargetPolicy {
+        TargetPolicy {
+            allow_private: self.allow_private_targets,
+            allowed: self.allowed_networks.clone(),
+        }
+    }
     /// Whether subscription URLs must use `https`.
     pub fn https_only(&self) -> bool {
         self.https_only
@@ -133,6 +150,8 @@ impl Config {
 /// | `senders` | 8 threads |
 /// | `retry_schedule` | 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h |
 /// | `allow_private_targets` | `false` |
+/// | `allowed_networks` | none |
+/// | `dns_override` | none |
 /// | `https_only` | `false` |
 /// | `connect_timeout` | 5 s |
 /// | `request_timeout` | 15 s |
@@ -142,6 +161,7 @@ impl Config {
 #[must_use]
 pub struct Builder {
     config: Config,
+    networks: Vec<String>,
 }
 
 impl Builder {
@@ -206,6 +226,35 @@ impl Builder {
         self
     }
 
+    /// Internal networks (CIDR, such as `10.1.0.0/16` or `fd00:1::/32`) that
+    /// deliveries may go to even though
+    /// [`allow_private_targets`](Self::allow_private_targets) is off: for
+    /// subscribers inside your own network. Everything else internal stays
+    /// refused.
+    ///
+    /// Defaults to none.
+    pub fn allowed_networks<I, S>(mut self, networks: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.networks
+            .extend(networks.into_iter().map(|s| s.as_ref().to_owned()));
+        self
+    }
+
+    /// Resolves `host` to `addrs` instead of asking DNS (like curl's
+    /// `--resolve`). The addresses still pass the internal-address check.
+    ///
+    /// Defaults to none.
+    pub fn dns_override(mut self, host: &str, addrs: impl IntoIterator<Item = IpAddr>) -> Self {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.config
+            .dns_overrides
+            .insert(host, addrs.into_iter().collect());
+        self
+    }
+
     /// Refuse subscription URLs that do not use `https`.
     ///
     /// Defaults to `false`.
@@ -254,8 +303,23 @@ impl Builder {
 
     /// Checks the settings and returns them without opening anything.
     pub fn build(self) -> Result<Config> {
-        let c = self.config;
+        let mut c = self.config;
         let bad = |m: String| Err(Error::InvalidConfig(m));
+        for n in &self.networks {
+            match n.parse::<IpNet>() {
+                Ok(net) => c.allowed_networks.push(net),
+                Err(e) => return bad(e),
+            }
+        }
+        if let Some((h, _)) = c
+            .dns_overrides
+            .iter()
+            .find(|(h, a)| h.is_empty() || a.is_empty())
+        {
+            return bad(format!(
+                "dns_override for `{h}` needs a host name and at least one address"
+            ));
+        }
         if c.path.as_os_str().is_empty() {
             return bad("no store path: call Builder::path(dir)".into());
         }

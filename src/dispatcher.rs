@@ -615,6 +615,7 @@ impl Dispatcher {
             url: sub.url.clone(),
             secrets: secrets_of(&sub),
             content_type: sub.content_type.clone(),
+            standard_webhooks: sub.standard_webhooks,
             payload,
         }))
     }

@@ -140,8 +140,8 @@ pub use record::{
     Attempt, AttemptError, AttemptErrorKind, Delivery, DeliveryState, Event, OutboxStats,
 };
 pub use sender::USER_AGENT;
-pub use signing::verify_signature;
-pub use ssrf::is_global;
+pub use signing::{VerifyError, verify_signature, verify_standard};
+pub use ssrf::{IpNet, is_global};
 pub use subscription::{
     ALL_EVENTS, CONTENT_TYPE_JSON, NewSubscription, Secret, Subscription, SubscriptionPatch,
     Subscriptions,

@@ -36,6 +36,7 @@ pub(crate) struct Job {
     /// The current secret first, then one being rotated out, if any.
     pub(crate) secrets: Vec<String>,
     pub(crate) content_type: String,
+    pub(crate) standard_webhooks: bool,
     pub(crate) payload: Arc<[u8]>,
 }
 
@@ -63,8 +64,16 @@ pub(crate) fn build_agent(config: &Config) -> ureq::Agent {
         .max_idle_connections_per_host(config.senders)
         .max_idle_connections(config.senders.max(10) * 4)
         .https_only(config.https_only)
+        // rustls with the webpki roots; certificate verification is never
+        // turned off.
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .root_certs(ureq::tls::RootCerts::WebPki)
+                .build(),
+        )
         .build();
-    let resolver = GuardedResolver::new(config.allow_private_targets);
+    let resolver = GuardedResolver::new(config.target_policy(), config.dns_overrides.clone());
     ureq::Agent::with_parts(
         cfg,
         ureq::unversioned::transport::DefaultConnector::default(),
@@ -118,7 +127,20 @@ pub(crate) fn perform(agent: &ureq::Agent, job: Job) -> Outcome {
         .header("Content-Type", &job.content_type)
         .header("X-Webhook-Delivery", job.delivery.to_string())
         .header("X-Webhook-Event", &job.event_name);
-    if let Some(secret) = job.secrets.first() {
+    if job.standard_webhooks {
+        let id = job.delivery.to_string();
+        let ts = at.as_millis() / 1000;
+        let sigs: Vec<String> = job
+            .secrets
+            .iter()
+            .filter_map(|s| signing::decode_standard_secret(s).ok())
+            .map(|key| signing::sign_standard(&key, &id, ts, &job.payload))
+            .collect();
+        req = req
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", sigs.join(" "));
+    } else if let Some(secret) = job.secrets.first() {
         req = req
             .header(
                 "X-Hub-Signature",

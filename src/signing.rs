@@ -9,7 +9,18 @@
 //! * `X-Hub-Signature-256: sha256=<hex HMAC-SHA256>`.
 //!
 //! Receivers should check the SHA-256 one; [`verify_signature`] checks either.
+//!
+//! Subscriptions in [Standard Webhooks](https://www.standardwebhooks.com/)
+//! mode get instead `webhook-id` (the delivery id), `webhook-timestamp`
+//! (unix seconds) and `webhook-signature: v1,<base64 HMAC-SHA256 of
+//! "id.timestamp.body">`, keyed with the base64-decoded `whsec_` secret;
+//! during a secret rotation one `v1,` entry per secret, space-separated.
+//! Receivers check them with [`verify_standard`].
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::Sha256;
@@ -63,6 +74,144 @@ pub fn verify_signature(secret: &[u8], body: &[u8], header_value: &str) -> bool 
         }
         _ => false,
     }
+}
+
+/// The prefix of Standard Webhooks secrets.
+pub const SECRET_PREFIX: &str = "whsec_";
+/// The default replay window of [`verify_standard`]: 5 minutes.
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// A new random secret in the Standard Webhooks form: `whsec_` and the
+/// base64 of 32 bytes from the operating system's CSPRNG. It works for both
+/// signing modes.
+pub fn generate_secret() -> String {
+    let mut key = [0u8; 32];
+    // The OS random source failing is not something a caller can handle;
+    // it is also what every TLS connection relies on.
+    getrandom::fill(&mut key).expect("the operating system's random source failed");
+    format!("{SECRET_PREFIX}{}", B64.encode(key))
+}
+
+/// Decodes a Standard Webhooks secret (`whsec_` + base64, or the bare
+/// base64) to its key bytes: 24 to 64 bytes.
+pub fn decode_standard_secret(secret: &str) -> Result<Vec<u8>, VerifyError> {
+    let b64 = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
+    let key = B64.decode(b64.trim()).map_err(|_| VerifyError::BadSecret)?;
+    if !(24..=64).contains(&key.len()) {
+        return Err(VerifyError::BadSecret);
+    }
+    Ok(key)
+}
+
+/// `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`: one entry of
+/// a `webhook-signature` header.
+pub fn sign_standard(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+}
+
+/// Why [`verify_standard`] refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// A required header is missing.
+    #[error("header `{0}` is missing")]
+    MissingHeader(&'static str),
+    /// `webhook-timestamp` is not a unix time in seconds.
+    #[error("header `webhook-timestamp` is not a unix time in seconds")]
+    BadTimestamp,
+    /// The timestamp is further from now than the tolerance (a replay, or a
+    /// clock far off).
+    #[error("the timestamp is outside the tolerance; the request may be a replay")]
+    Stale,
+    /// No signature matched.
+    #[error("no signature matches")]
+    BadSignature,
+    /// The secret is not `whsec_` + base64 of 24 to 64 bytes.
+    #[error("the secret is not a Standard Webhooks secret (`whsec_` + base64 of 24 to 64 bytes)")]
+    BadSecret,
+}
+
+/// Verifies a Standard Webhooks request: `headers` are the request's
+/// headers (names in any case), `body` its exact bytes, `tolerance` the
+/// replay window ([`DEFAULT_TOLERANCE`] is the spec's 5 minutes).
+///
+/// Any one matching `v1,` signature passes, so requests signed during a
+/// secret rotation verify with either secret. Comparison is constant time.
+///
+/// ```
+/// use hookbus::signing::{generate_secret, decode_standard_secret, sign_standard, verify_standard, DEFAULT_TOLERANCE};
+/// let secret = generate_secret();
+/// let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+/// let sig = sign_standard(&decode_standard_secret(&secret).unwrap(), "msg_1", now, b"{}");
+/// let ts = now.to_string();
+/// let headers = [("webhook-id", "msg_1"), ("webhook-timestamp", ts.as_str()), ("webhook-signature", sig.as_str())];
+/// assert!(verify_standard(&secret, headers, b"{}", DEFAULT_TOLERANCE).is_ok());
+/// ```
+pub fn verify_standard<'a, I>(
+    secret: &str,
+    headers: I,
+    body: &[u8],
+    tolerance: Duration,
+) -> Result<(), VerifyError>
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    verify_standard_at(secret, headers, body, tolerance, now)
+}
+
+/// [`verify_standard`] with "now" given, in unix seconds.
+pub fn verify_standard_at<'a, I>(
+    secret: &str,
+    headers: I,
+    body: &[u8],
+    tolerance: Duration,
+    now: u64,
+) -> Result<(), VerifyError>
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
+    let key = decode_standard_secret(secret)?;
+    let (mut id, mut ts, mut sigs) = (None, None, None);
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("webhook-id") {
+            id = Some(value);
+        } else if name.eq_ignore_ascii_case("webhook-timestamp") {
+            ts = Some(value);
+        } else if name.eq_ignore_ascii_case("webhook-signature") {
+            sigs = Some(value);
+        }
+    }
+    let id = id.ok_or(VerifyError::MissingHeader("webhook-id"))?;
+    let ts = ts.ok_or(VerifyError::MissingHeader("webhook-timestamp"))?;
+    let sigs = sigs.ok_or(VerifyError::MissingHeader("webhook-signature"))?;
+    let ts: u64 = ts.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
+    if now.abs_diff(ts) > tolerance.as_secs() {
+        return Err(VerifyError::Stale);
+    }
+    let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(ts.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    for entry in sigs.split_whitespace() {
+        if let Some(("v1", sig)) = entry.split_once(',')
+            && let Ok(sig) = B64.decode(sig)
+            && mac.clone().verify_slice(&sig).is_ok()
+        {
+            return Ok(());
+        }
+    }
+    Err(VerifyError::BadSignature)
 }
 
 #[cfg(test)]
@@ -123,5 +272,155 @@ mod tests {
         ] {
             assert!(!verify_signature(KEY, DATA, bad), "{bad:?} verified");
         }
+    }
+
+    // The Standard Webhooks specification's published test vector.
+    const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const SW_ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+    const SW_TS: u64 = 1_614_265_330;
+    const SW_BODY: &[u8] = br#"{"test": 2432232314}"#;
+    const SW_SIG: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+
+    fn sw_headers<'a>(id: &'a str, ts: &'a str, sig: &'a str) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("Webhook-Id", id),
+            ("webhook-timestamp", ts),
+            ("WEBHOOK-SIGNATURE", sig),
+        ]
+    }
+
+    #[test]
+    fn standard_webhooks_spec_vector() {
+        let key = decode_standard_secret(SW_SECRET).unwrap();
+        assert_eq!(sign_standard(&key, SW_ID, SW_TS, SW_BODY), SW_SIG);
+        let ts = SW_TS.to_string();
+        let ok = |secret: &str, sig: &str, body: &[u8], now: u64| {
+            verify_standard_at(
+                secret,
+                sw_headers(SW_ID, &ts, sig),
+                body,
+                DEFAULT_TOLERANCE,
+                now,
+            )
+        };
+        assert_eq!(ok(SW_SECRET, SW_SIG, SW_BODY, SW_TS), Ok(()));
+        assert_eq!(
+            ok(
+                "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                SW_SIG,
+                SW_BODY,
+                SW_TS + 299
+            ),
+            Ok(())
+        );
+        // Rotation: any one entry matching passes.
+        let other = sign_standard(&[7u8; 32], SW_ID, SW_TS, SW_BODY);
+        assert_eq!(
+            ok(SW_SECRET, &format!("{other} {SW_SIG}"), SW_BODY, SW_TS),
+            Ok(())
+        );
+        assert_eq!(
+            ok(SW_SECRET, &other, SW_BODY, SW_TS),
+            Err(VerifyError::BadSignature)
+        );
+        // Tampering, stale and future timestamps, wrong secret.
+        assert_eq!(
+            ok(SW_SECRET, SW_SIG, br#"{"test": 2432232315}"#, SW_TS),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            ok(SW_SECRET, SW_SIG, SW_BODY, SW_TS + 301),
+            Err(VerifyError::Stale)
+        );
+        assert_eq!(
+            ok(SW_SECRET, SW_SIG, SW_BODY, SW_TS - 301),
+            Err(VerifyError::Stale)
+        );
+        let wrong = format!("whsec_{}", B64.encode([1u8; 24]));
+        assert_eq!(
+            ok(&wrong, SW_SIG, SW_BODY, SW_TS),
+            Err(VerifyError::BadSignature)
+        );
+        let other_ts = (SW_TS + 1).to_string();
+        assert_eq!(
+            verify_standard_at(
+                SW_SECRET,
+                sw_headers(SW_ID, &other_ts, SW_SIG),
+                SW_BODY,
+                DEFAULT_TOLERANCE,
+                SW_TS
+            ),
+            Err(VerifyError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_malformed_input_is_refused_without_panics() {
+        let ts = SW_TS.to_string();
+        let v = |secret: &str, headers: Vec<(&str, &str)>| {
+            verify_standard_at(secret, headers, SW_BODY, DEFAULT_TOLERANCE, SW_TS)
+        };
+        assert_eq!(
+            v(SW_SECRET, vec![]),
+            Err(VerifyError::MissingHeader("webhook-id"))
+        );
+        assert_eq!(
+            v(
+                SW_SECRET,
+                vec![("webhook-id", SW_ID), ("webhook-signature", SW_SIG)]
+            ),
+            Err(VerifyError::MissingHeader("webhook-timestamp"))
+        );
+        assert_eq!(
+            v(
+                SW_SECRET,
+                vec![("webhook-id", SW_ID), ("webhook-timestamp", &ts)]
+            ),
+            Err(VerifyError::MissingHeader("webhook-signature"))
+        );
+        for bad_ts in ["", "abc", "-5", "1.5", "99999999999999999999999"] {
+            assert_eq!(
+                v(SW_SECRET, sw_headers(SW_ID, bad_ts, SW_SIG)),
+                Err(VerifyError::BadTimestamp),
+                "{bad_ts}"
+            );
+        }
+        for bad_sig in [
+            "",
+            "v1",
+            "v1,",
+            "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            "v1,!!!",
+            ",,,",
+            "v1,g0hM",
+        ] {
+            assert_eq!(
+                v(SW_SECRET, sw_headers(SW_ID, &ts, bad_sig)),
+                Err(VerifyError::BadSignature),
+                "{bad_sig}"
+            );
+        }
+        for bad_secret in [
+            "",
+            "whsec_",
+            "whsec_!!!",
+            "whsec_c2hvcnQ=",
+            &format!("whsec_{}", B64.encode([0u8; 65])),
+        ] {
+            assert_eq!(
+                v(bad_secret, sw_headers(SW_ID, &ts, SW_SIG)),
+                Err(VerifyError::BadSecret),
+                "{bad_secret}"
+            );
+        }
+    }
+
+    #[test]
+    fn generated_secrets_are_random_whsec_keys() {
+        let a = generate_secret();
+        let b = generate_secret();
+        assert_ne!(a, b);
+        assert!(a.starts_with("whsec_"));
+        assert_eq!(decode_standard_secret(&a).unwrap().len(), 32);
     }
 }

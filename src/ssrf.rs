@@ -6,6 +6,7 @@
 //! that passed, so a DNS answer that changes between check and connect
 //! (rebinding) cannot slip past. Redirects are never followed.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -82,19 +83,99 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
     !(ietf || doc)
 }
 
-/// Whether a URL host (as the URL parser gives it) is obviously internal:
-/// an IP literal that is not global, or `localhost` and its subdomains.
-/// Used at subscribe time; delivery time checks the resolved addresses.
-pub(crate) fn literal_host_blocked(host: &url::Host<&str>) -> Option<String> {
-    match host {
-        url::Host::Ipv4(ip) if !is_global_v4(*ip) => Some(format!("{ip} is not a public address")),
-        url::Host::Ipv6(ip) if !is_global_v6(*ip) => Some(format!("{ip} is not a public address")),
-        url::Host::Domain(d) => {
-            let d = d.trim_end_matches('.').to_ascii_lowercase();
-            (d == "localhost" || d.ends_with(".localhost"))
-                .then(|| format!("`{d}` is a loopback name"))
+/// A network in CIDR notation, such as `10.1.0.0/16` or `fd00::/8`, for
+/// [`Builder::allowed_networks`](crate::Builder::allowed_networks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` is inside this network (IPv4-mapped IPv6 addresses count
+    /// as their IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
         }
-        _ => None,
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("`{s}` is not a network in CIDR notation such as 10.1.0.0/16 or fd00::/8");
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(IpNet {
+            addr: addr.to_canonical(),
+            prefix,
+        })
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Which addresses deliveries may go to.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TargetPolicy {
+    pub(crate) allow_private: bool,
+    pub(crate) allowed: Vec<IpNet>,
+}
+
+impl TargetPolicy {
+    pub(crate) fn permits(&self, ip: IpAddr) -> bool {
+        self.allow_private || is_global(ip) || self.allowed.iter().any(|n| n.contains(ip))
+    }
+
+    /// Whether a URL host (as the URL parser gives it) is obviously
+    /// internal: an IP literal that is not permitted, or `localhost` and its
+    /// subdomains. Used at subscribe time; delivery time checks the resolved
+    /// addresses.
+    pub(crate) fn literal_host_blocked(&self, host: &url::Host<&str>) -> Option<String> {
+        if self.allow_private {
+            return None;
+        }
+        match host {
+            url::Host::Ipv4(ip) if !self.permits(IpAddr::V4(*ip)) => {
+                Some(format!("{ip} is not a public address"))
+            }
+            url::Host::Ipv6(ip) if !self.permits(IpAddr::V6(*ip)) => {
+                Some(format!("{ip} is not a public address"))
+            }
+            url::Host::Domain(d) => {
+                let d = d.trim_end_matches('.').to_ascii_lowercase();
+                (d == "localhost" || d.ends_with(".localhost"))
+                    .then(|| format!("`{d}` is a loopback name"))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -121,19 +202,45 @@ impl fmt::Display for Blocked {
 
 impl std::error::Error for Blocked {}
 
-/// A resolver that drops every address [`is_global`] refuses.
+/// A resolver that drops every address the policy refuses, after applying
+/// the configured host overrides.
 #[derive(Debug)]
 pub(crate) struct GuardedResolver {
-    allow_private: bool,
+    policy: TargetPolicy,
+    overrides: HashMap<String, Vec<IpAddr>>,
     inner: DefaultResolver,
 }
 
 impl GuardedResolver {
-    pub(crate) fn new(allow_private: bool) -> Self {
+    pub(crate) fn new(policy: TargetPolicy, overrides: HashMap<String, Vec<IpAddr>>) -> Self {
         GuardedResolver {
-            allow_private,
+            policy,
+            overrides,
             inner: DefaultResolver::default(),
         }
+    }
+
+    fn lookup(
+        &self,
+        uri: &Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let Some(ips) = self.overrides.get(&host) else {
+            return self.inner.resolve(uri, config, timeout);
+        };
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let mut out = self.inner.empty();
+        for ip in ips.iter().take(16) {
+            out.push(std::net::SocketAddr::new(*ip, port));
+        }
+        Ok(out)
     }
 }
 
@@ -144,14 +251,11 @@ impl Resolver for GuardedResolver {
         config: &ureq::config::Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let resolved = self.inner.resolve(uri, config, timeout)?;
-        if self.allow_private {
-            return Ok(resolved);
-        }
+        let resolved = self.lookup(uri, config, timeout)?;
         let mut kept = self.inner.empty();
         let mut refused = Vec::new();
         for addr in resolved.iter() {
-            if is_global(addr.ip()) {
+            if self.policy.permits(addr.ip()) {
                 kept.push(*addr);
             } else {
                 refused.push(addr.ip());
@@ -267,7 +371,9 @@ mod tests {
     fn literal_hosts() {
         let blocked = |u: &str| {
             let u = url::Url::parse(u).unwrap();
-            literal_host_blocked(&u.host().unwrap()).is_some()
+            TargetPolicy::default()
+                .literal_host_blocked(&u.host().unwrap())
+                .is_some()
         };
         assert!(blocked("http://127.0.0.1/"));
         assert!(blocked("http://[::1]:8080/"));
@@ -278,5 +384,134 @@ mod tests {
         assert!(blocked("http://2130706433/"));
         assert!(!blocked("http://example.com/"));
         assert!(!blocked("http://8.8.8.8/"));
+    }
+
+    fn resolve(r: &GuardedResolver, url: &str) -> Result<Vec<IpAddr>, String> {
+        let uri: Uri = url.parse().unwrap();
+        let config = ureq::config::Config::default();
+        match Resolver::resolve(r, &uri, &config, NextTimeout::default()) {
+            Ok(addrs) => Ok(addrs.iter().map(|a| a.ip()).collect()),
+            Err(ureq::Error::Io(e)) if e.get_ref().is_some_and(|i| i.is::<Blocked>()) => {
+                Err(e.to_string())
+            }
+            Err(e) => panic!("unexpected resolver error {e}"),
+        }
+    }
+
+    // Names that resolve (through the override, no DNS, no connection) to
+    // every refused range: the resolver refuses them all.
+    #[test]
+    fn resolver_refuses_names_that_resolve_to_internal_addresses() {
+        let ranges = [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.20.0.1",
+            "192.168.0.10",
+            "169.254.169.254",
+            "100.64.1.1",
+            "0.0.0.0",
+            "192.0.0.1",
+            "198.18.5.5",
+            "192.0.2.44",
+            "224.0.0.251",
+            "255.255.255.255",
+            "240.1.1.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::5",
+            "fec0::1",
+            "ff02::1",
+            "::ffff:10.0.0.1",
+            "::ffff:127.0.0.1",
+            "::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a00:1::1",
+            "2001:db8::1",
+        ];
+        let mut overrides = HashMap::new();
+        for (i, ip) in ranges.iter().enumerate() {
+            overrides.insert(format!("h{i}.internal.test"), vec![ip.parse().unwrap()]);
+        }
+        overrides.insert("mixed.test".into(), vec![ip("10.0.0.1"), ip("8.8.8.8")]);
+        let strict = GuardedResolver::new(TargetPolicy::default(), overrides.clone());
+        for (i, addr) in ranges.iter().enumerate() {
+            let err = resolve(&strict, &format!("http://h{i}.internal.test:8080/x")).unwrap_err();
+            assert!(
+                err.contains("non-public") && err.contains(&format!("h{i}.internal.test")),
+                "{addr}: {err}"
+            );
+        }
+        // Only the public address of a mixed answer survives: the
+        // connection can go nowhere else.
+        assert_eq!(
+            resolve(&strict, "http://mixed.test/").unwrap(),
+            vec![ip("8.8.8.8")]
+        );
+        // The system resolver's answer for localhost is checked too.
+        assert!(resolve(&strict, "http://localhost:9/").is_err());
+        assert!(resolve(&strict, "http://127.0.0.1:9/").is_err());
+        assert!(resolve(&strict, "http://[::1]:9/").is_err());
+
+        let open = GuardedResolver::new(
+            TargetPolicy {
+                allow_private: true,
+                allowed: vec![],
+            },
+            overrides.clone(),
+        );
+        assert_eq!(
+            resolve(&open, "http://h1.internal.test/").unwrap(),
+            vec![ip("10.1.2.3")]
+        );
+
+        let some = TargetPolicy {
+            allow_private: false,
+            allowed: vec!["10.1.0.0/16".parse().unwrap()],
+        };
+        let some = GuardedResolver::new(some, overrides);
+        assert_eq!(
+            resolve(&some, "http://h1.internal.test/").unwrap(),
+            vec![ip("10.1.2.3")]
+        );
+        assert!(
+            resolve(&some, "http://h18.internal.test/").is_err(),
+            "::ffff:10.0.0.1 is outside 10.1/16"
+        );
+        assert!(resolve(&some, "http://h0.internal.test/").is_err());
+    }
+
+    #[test]
+    fn networks_parse_and_match() {
+        let n: IpNet = "10.1.0.0/16".parse().unwrap();
+        assert!(n.contains(ip("10.1.255.1")));
+        assert!(n.contains(ip("::ffff:10.1.0.1")));
+        assert!(!n.contains(ip("10.2.0.1")));
+        assert!(!n.contains(ip("::1")));
+        let v6: IpNet = "fd00:1::/32".parse().unwrap();
+        assert!(v6.contains(ip("fd00:1::99")) && !v6.contains(ip("fd00:2::1")));
+        let one: IpNet = "192.168.1.7".parse().unwrap();
+        assert!(one.contains(ip("192.168.1.7")) && !one.contains(ip("192.168.1.8")));
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("1.2.3.4")));
+        assert_eq!(n.to_string(), "10.1.0.0/16");
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "nope/8",
+            "10.0.0.0/x",
+            "10.0.0.0/-1",
+        ] {
+            assert!(bad.parse::<IpNet>().is_err(), "{bad}");
+        }
+        let p = TargetPolicy {
+            allow_private: false,
+            allowed: vec![n],
+        };
+        let u = url::Url::parse("http://10.1.2.3/").unwrap();
+        assert!(p.literal_host_blocked(&u.host().unwrap()).is_none());
+        let u = url::Url::parse("http://10.2.0.1/").unwrap();
+        assert!(p.literal_host_blocked(&u.host().unwrap()).is_some());
     }
 }

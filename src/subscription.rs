@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::bus::Bus;
 use crate::error::{Error, Result, clip};
 use crate::ids::{SubscriptionId, Timestamp};
-use crate::ssrf::literal_host_blocked;
+use crate::ssrf::TargetPolicy;
 use crate::store::SubscriptionRecord;
 
 /// The only content type deliveries are sent with.
@@ -65,6 +65,13 @@ pub struct Subscription {
     pub active: bool,
     /// Who owns it, if the application tracks that.
     pub owner: Option<String>,
+    /// Whether requests are signed the Standard Webhooks way
+    /// (`webhook-id`, `webhook-timestamp`, `webhook-signature`) instead of
+    /// with `X-Hub-Signature` headers.
+    pub standard_webhooks: bool,
+    /// While a secret rotation is under way: when the previous secret stops
+    /// being used.
+    pub previous_secret_until: Option<Timestamp>,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it was last changed.
@@ -82,6 +89,10 @@ impl From<SubscriptionRecord> for Subscription {
             content_type: r.content_type,
             active: r.active,
             owner: r.owner,
+            standard_webhooks: r.standard_webhooks,
+            previous_secret_until: r
+                .previous_secret
+                .map(|(_, until)| Timestamp::from_millis(until)),
             created_at: r.created_at,
             modified_at: r.modified_at,
         }
@@ -105,6 +116,7 @@ pub struct NewSubscription {
     secret: Option<Secret>,
     content_type: Option<String>,
     owner: Option<String>,
+    standard_webhooks: bool,
 }
 
 impl NewSubscription {
@@ -118,6 +130,7 @@ impl NewSubscription {
             secret: None,
             content_type: None,
             owner: None,
+            standard_webhooks: false,
         }
     }
 
@@ -140,6 +153,25 @@ impl NewSubscription {
     /// Signs requests with this secret (1 to 1024 bytes).
     pub fn secret(mut self, secret: impl Into<String>) -> Self {
         self.secret = Some(Secret(secret.into()));
+        self
+    }
+
+    /// Signs requests with a new random secret
+    /// ([`generate_secret`](crate::signing::generate_secret): `whsec_` and 32
+    /// random bytes in base64). Read it back from the returned
+    /// [`Subscription::secret`] and hand it to the subscriber.
+    pub fn generate_secret(mut self) -> Self {
+        self.secret = Some(Secret(crate::signing::generate_secret()));
+        self
+    }
+
+    /// Signs requests the [Standard Webhooks](https://www.standardwebhooks.com/)
+    /// way instead of with `X-Hub-Signature` headers. Needs a `whsec_`
+    /// secret (see [`generate_secret`](Self::generate_secret)).
+    ///
+    /// Defaults to `false`.
+    pub fn standard_webhooks(mut self, on: bool) -> Self {
+        self.standard_webhooks = on;
         self
     }
 
@@ -166,8 +198,10 @@ pub struct SubscriptionPatch {
     url: Option<String>,
     events: Option<Vec<String>>,
     secret: Option<Option<Secret>>,
+    rotate: Option<(Secret, std::time::Duration)>,
     content_type: Option<String>,
     active: Option<bool>,
+    standard_webhooks: Option<bool>,
 }
 
 impl SubscriptionPatch {
@@ -197,6 +231,23 @@ impl SubscriptionPatch {
     /// A new secret.
     pub fn secret(mut self, secret: impl Into<String>) -> Self {
         self.secret = Some(Some(Secret(secret.into())));
+        self
+    }
+    /// Rotates the secret: `new` becomes the current secret, and the one it
+    /// replaces stays valid for `keep_old_for`. In Standard Webhooks mode
+    /// requests carry a signature with each (receivers accept either); in
+    /// `X-Hub-Signature` mode they are signed with the new one.
+    pub fn rotate_secret(
+        mut self,
+        new: impl Into<String>,
+        keep_old_for: std::time::Duration,
+    ) -> Self {
+        self.rotate = Some((Secret(new.into()), keep_old_for));
+        self
+    }
+    /// Switches Standard Webhooks signing on or off.
+    pub fn standard_webhooks(mut self, on: bool) -> Self {
+        self.standard_webhooks = Some(on);
         self
     }
     /// Removes the secret: requests are sent unsigned.
@@ -285,6 +336,25 @@ fn validate_secret(s: &Secret) -> Result<()> {
     Ok(())
 }
 
+/// A subscription in Standard Webhooks mode needs a `whsec_` secret.
+fn validate_mode(standard: bool, secret: Option<&str>) -> Result<()> {
+    if !standard {
+        return Ok(());
+    }
+    match secret {
+        None => Err(Error::InvalidSecret {
+            reason: "is missing; Standard Webhooks mode signs every request, so give a `whsec_` secret",
+        }),
+        Some(s) if crate::signing::decode_standard_secret(s).is_err() => {
+            Err(Error::InvalidSecret {
+                reason: "is not a Standard Webhooks secret: give `whsec_` and the base64 of 24 to 64 bytes \
+                     (NewSubscription::generate_secret makes one)",
+            })
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 fn validate_owner(o: &str) -> Result<()> {
     if o.is_empty() {
         return Err(Error::InvalidOwner {
@@ -305,7 +375,7 @@ fn validate_owner(o: &str) -> Result<()> {
 }
 
 /// Checks a subscription URL and returns its normalised form.
-pub(crate) fn validate_url(url: &str, allow_private: bool, https_only: bool) -> Result<String> {
+pub(crate) fn validate_url(url: &str, policy: &TargetPolicy, https_only: bool) -> Result<String> {
     let bad = |reason: String| {
         Err(Error::InvalidUrl {
             url: clip(url),
@@ -337,7 +407,7 @@ pub(crate) fn validate_url(url: &str, allow_private: bool, https_only: bool) -> 
             "must not carry a user name or password; use the secret to authenticate".into(),
         );
     }
-    if !allow_private && let Some(reason) = literal_host_blocked(&host) {
+    if let Some(reason) = policy.literal_host_blocked(&host) {
         return bad(format!(
             "points at an internal address: {reason} (allowed only with Builder::allow_private_targets)"
         ));
@@ -419,7 +489,7 @@ impl<'a> Subscriptions<'a> {
     pub fn create(&self, new: NewSubscription) -> Result<Subscription> {
         let config = self.bus.config();
         validate_name(&new.name)?;
-        let url = validate_url(&new.url, config.allow_private_targets, config.https_only)?;
+        let url = validate_url(&new.url, &config.target_policy(), config.https_only)?;
         let events = normalise_events(&new.events)?;
         if let Some(s) = &new.secret {
             validate_secret(s)?;
@@ -430,6 +500,10 @@ impl<'a> Subscriptions<'a> {
         if let Some(o) = &new.owner {
             validate_owner(o)?;
         }
+        validate_mode(
+            new.standard_webhooks,
+            new.secret.as_ref().map(Secret::expose),
+        )?;
         let now = Timestamp::now();
         let rec = SubscriptionRecord {
             id: SubscriptionId::generate(),
@@ -441,7 +515,7 @@ impl<'a> Subscriptions<'a> {
             content_type: CONTENT_TYPE_JSON.to_owned(),
             active: true,
             owner: new.owner,
-            standard_webhooks: false,
+            standard_webhooks: new.standard_webhooks,
             created_at: now,
             modified_at: now,
         };
@@ -506,15 +580,14 @@ impl<'a> Subscriptions<'a> {
             validate_name(n)?;
         }
         let url = match &patch.url {
-            Some(u) => Some(validate_url(
-                u,
-                config.allow_private_targets,
-                config.https_only,
-            )?),
+            Some(u) => Some(validate_url(u, &config.target_policy(), config.https_only)?),
             None => None,
         };
         let events = patch.events.as_deref().map(normalise_events).transpose()?;
         if let Some(Some(s)) = &patch.secret {
+            validate_secret(s)?;
+        }
+        if let Some((s, _)) = &patch.rotate {
             validate_secret(s)?;
         }
         if let Some(ct) = &patch.content_type {
@@ -537,7 +610,17 @@ impl<'a> Subscriptions<'a> {
             }
             if let Some(s) = patch.secret {
                 new.secret = s.map(|s| s.0);
+                new.previous_secret = None;
             }
+            if let Some((s, keep)) = patch.rotate {
+                let until = Timestamp::now().saturating_add(keep).as_millis();
+                new.previous_secret = old.secret.clone().map(|old| (old, until));
+                new.secret = Some(s.0);
+            }
+            if let Some(on) = patch.standard_webhooks {
+                new.standard_webhooks = on;
+            }
+            validate_mode(new.standard_webhooks, new.secret.as_deref())?;
             if let Some(a) = patch.active {
                 new.active = a;
             }
@@ -581,10 +664,21 @@ mod tests {
         }
     }
 
+    fn strict() -> TargetPolicy {
+        TargetPolicy::default()
+    }
+
+    fn open() -> TargetPolicy {
+        TargetPolicy {
+            allow_private: true,
+            allowed: vec![],
+        }
+    }
+
     #[test]
     fn urls() {
         assert_eq!(
-            validate_url("http://Example.com", false, false).unwrap(),
+            validate_url("http://Example.com", &strict(), false).unwrap(),
             "http://example.com/"
         );
         for bad in [
@@ -597,24 +691,24 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    validate_url(bad, false, false),
+                    validate_url(bad, &strict(), false),
                     Err(Error::InvalidUrl { .. })
                 ),
                 "{bad}"
             );
         }
-        assert!(validate_url("http://127.0.0.1:9/", false, false).is_err());
-        assert!(validate_url("http://127.0.0.1:9/", true, false).is_ok());
-        assert!(validate_url("http://example.com/", false, true).is_err());
+        assert!(validate_url("http://127.0.0.1:9/", &strict(), false).is_err());
+        assert!(validate_url("http://127.0.0.1:9/", &open(), false).is_ok());
+        assert!(validate_url("http://example.com/", &strict(), true).is_err());
         assert!(
             validate_url(
                 &format!("https://example.com/{}", "a".repeat(3000)),
-                false,
+                &strict(),
                 false
             )
             .is_err()
         );
-        let e = validate_url("ftp://x", false, false)
+        let e = validate_url("ftp://x", &strict(), false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("must use http or https"), "{e}");

@@ -6,6 +6,7 @@ mod crash;
 mod delivery;
 mod publish;
 mod receiver;
+mod security;
 mod subscriptions;
 
 use std::path::Path;

@@ -1,0 +1,256 @@
+use std::time::Duration;
+
+use hookbus::signing::DEFAULT_TOLERANCE;
+use hookbus::{AttemptErrorKind, Error, NewSubscription, SubscriptionPatch};
+use serde_json::json;
+
+use crate::receiver::{Request, TestReceiver};
+use crate::{LONG, builder, open, wait_until};
+
+fn headers(r: &Request) -> Vec<(&str, &str)> {
+    r.headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect()
+}
+
+#[test]
+fn standard_webhooks_mode_signs_per_the_spec_and_rotation_signs_with_both() {
+    let rx = TestReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    let sub = bus
+        .subscribe(
+            NewSubscription::new("std", rx.url("/std"))
+                .events(["invoice.paid"])
+                .generate_secret()
+                .standard_webhooks(true),
+        )
+        .unwrap();
+    assert!(sub.standard_webhooks);
+    let old_secret = sub.secret.clone().unwrap().expose().to_owned();
+    assert!(old_secret.starts_with("whsec_"));
+    bus.publish("invoice.paid", &json!({"amount": 42})).unwrap();
+    let r = rx.wait_for(1, LONG).remove(0);
+    assert_eq!(r.header("webhook-id"), Some(r.delivery_id().as_str()));
+    let ts: u64 = r.header("webhook-timestamp").unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now.abs_diff(ts) < 60);
+    assert_eq!(r.header("x-hub-signature"), None);
+    assert_eq!(r.header("webhook-signature").unwrap().split(' ').count(), 1);
+    hookbus::verify_standard(&old_secret, headers(&r), &r.body, DEFAULT_TOLERANCE).unwrap();
+    let mut tampered = r.body.clone();
+    tampered[0] = b' ';
+    assert_eq!(
+        hookbus::verify_standard(&old_secret, headers(&r), &tampered, DEFAULT_TOLERANCE),
+        Err(hookbus::VerifyError::BadSignature)
+    );
+
+    // Rotate: both secrets sign until the old one expires.
+    let new_secret = hookbus::signing::generate_secret();
+    let rotated = bus
+        .subscriptions()
+        .update(
+            sub.id,
+            SubscriptionPatch::new().rotate_secret(&new_secret, Duration::from_secs(3600)),
+        )
+        .unwrap();
+    assert!(rotated.previous_secret_until.is_some());
+    bus.publish("invoice.paid", &json!({"amount": 43})).unwrap();
+    let r = rx.wait_for(2, LONG).remove(1);
+    assert_eq!(r.header("webhook-signature").unwrap().split(' ').count(), 2);
+    hookbus::verify_standard(&old_secret, headers(&r), &r.body, DEFAULT_TOLERANCE).unwrap();
+    hookbus::verify_standard(&new_secret, headers(&r), &r.body, DEFAULT_TOLERANCE).unwrap();
+
+    // An expired previous secret no longer signs.
+    bus.subscriptions()
+        .update(
+            sub.id,
+            SubscriptionPatch::new()
+                .rotate_secret(hookbus::signing::generate_secret(), Duration::ZERO),
+        )
+        .unwrap();
+    bus.publish("invoice.paid", &json!({"amount": 44})).unwrap();
+    let r = rx.wait_for(3, LONG).remove(2);
+    assert_eq!(r.header("webhook-signature").unwrap().split(' ').count(), 1);
+    assert!(
+        hookbus::verify_standard(&new_secret, headers(&r), &r.body, DEFAULT_TOLERANCE).is_err()
+    );
+}
+
+#[test]
+fn hub_mode_rotation_signs_with_the_current_secret() {
+    let rx = TestReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    let sub = bus
+        .subscribe(
+            NewSubscription::new("hub", rx.url("/"))
+                .events(["a"])
+                .secret("old"),
+        )
+        .unwrap();
+    bus.subscriptions()
+        .update(
+            sub.id,
+            SubscriptionPatch::new().rotate_secret("new", Duration::from_secs(60)),
+        )
+        .unwrap();
+    bus.publish("a", &json!(1)).unwrap();
+    let r = rx.wait_for(1, LONG).remove(0);
+    assert!(hookbus::verify_signature(
+        b"new",
+        &r.body,
+        r.header("x-hub-signature-256").unwrap()
+    ));
+    assert!(hookbus::verify_signature(
+        b"new",
+        &r.body,
+        r.header("x-hub-signature").unwrap()
+    ));
+    assert!(!hookbus::verify_signature(
+        b"old",
+        &r.body,
+        r.header("x-hub-signature-256").unwrap()
+    ));
+}
+
+#[test]
+fn malformed_secrets_are_typed_errors_and_secrets_never_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    for (secret, standard) in [
+        (None, true),
+        (Some("plain-text"), true),
+        (Some("whsec_c2hvcnQ="), true),
+        (Some(""), false),
+    ] {
+        let mut n = NewSubscription::new("n", "http://127.0.0.1:1/")
+            .events(["a"])
+            .standard_webhooks(standard);
+        if let Some(s) = secret {
+            n = n.secret(s);
+        }
+        let err = bus.subscribe(n).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidSecret { .. }),
+            "{secret:?}: {err:?}"
+        );
+    }
+    let sub = bus
+        .subscribe(
+            NewSubscription::new("n", "http://127.0.0.1:1/")
+                .events(["a"])
+                .secret("hunter2-secret"),
+        )
+        .unwrap();
+    assert!(!format!("{sub:?}").contains("hunter2"));
+    let json = serde_json::to_string(&sub).unwrap();
+    assert!(
+        !json.contains("hunter2") && !json.contains("secret\""),
+        "{json}"
+    );
+    // Switching an existing subscription to Standard Webhooks needs a whsec_ secret.
+    let err = bus
+        .subscriptions()
+        .update(sub.id, SubscriptionPatch::new().standard_webhooks(true))
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidSecret { .. }));
+    assert!(
+        !bus.subscriptions()
+            .get(sub.id)
+            .unwrap()
+            .unwrap()
+            .standard_webhooks
+    );
+}
+
+#[test]
+fn https_only_refuses_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = hookbus::Bus::builder()
+        .path(dir.path())
+        .https_only(true)
+        .open()
+        .unwrap();
+    let err = bus
+        .subscribe(NewSubscription::new("n", "http://example.com/").events(["a"]))
+        .unwrap_err();
+    assert!(err.to_string().contains("must use https"), "{err}");
+    bus.subscribe(NewSubscription::new("n", "https://example.com/").events(["a"]))
+        .unwrap();
+}
+
+/// A host name set up in the bus's own resolver that points at loopback:
+/// refused by default without a request, delivered when allowed.
+#[test]
+fn names_resolving_to_loopback_are_refused_unless_allowed() {
+    let rx = TestReceiver::start();
+    let port = rx.addr().port();
+    let url = format!("http://hooks.example.test:{port}/in");
+    let loopback = [std::net::IpAddr::from([127, 0, 0, 1])];
+
+    let dir = tempfile::tempdir().unwrap();
+    let strict = builder(dir.path())
+        .allow_private_targets(false)
+        .dns_override("hooks.example.test", loopback)
+        .open()
+        .unwrap();
+    // The URL names no internal address, so subscribing works...
+    strict
+        .subscribe(NewSubscription::new("n", &url).events(["a"]))
+        .unwrap();
+    strict.publish("a", &json!(1)).unwrap();
+    wait_until(LONG, "dead", || strict.outbox().stats().unwrap().dead == 1);
+    // ... but delivery checks the resolved address.
+    let d = strict.outbox().dead().next().unwrap().unwrap();
+    let attempts = strict.outbox().attempts(d.id).unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        attempts[0].error.as_ref().unwrap().kind,
+        AttemptErrorKind::Blocked
+    );
+    assert_eq!(rx.count(), 0);
+    drop(strict);
+
+    // The same URL with an allowed network, and with private targets allowed.
+    for b in [
+        builder(dir.path())
+            .allow_private_targets(false)
+            .allowed_networks(["127.0.0.0/8"]),
+        builder(dir.path()).allow_private_targets(true),
+    ] {
+        let before = rx.count();
+        let bus = b
+            .dns_override("hooks.example.test", loopback)
+            .open()
+            .unwrap();
+        bus.publish("a", &json!(2)).unwrap();
+        rx.wait_for(before + 1, LONG);
+        bus.shutdown(Duration::from_secs(1)).unwrap();
+    }
+    assert_eq!(
+        rx.requests()
+            .iter()
+            .map(|r| r.header("host").unwrap().to_owned())
+            .collect::<Vec<_>>(),
+        vec![
+            format!("hooks.example.test:{port}"),
+            format!("hooks.example.test:{port}")
+        ]
+    );
+}
+
+#[test]
+fn bad_network_configs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = hookbus::Bus::builder()
+        .path(dir.path())
+        .allowed_networks(["10.0.0.0/40"])
+        .open()
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(m) if m.contains("CIDR")));
+}
