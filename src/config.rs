@@ -30,6 +30,7 @@ pub struct Config {
     pub(crate) request_timeout: Duration,
     pub(crate) max_payload_bytes: usize,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) deliver: bool,
 }
 
 impl Default for Config {
@@ -48,6 +49,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(15),
             max_payload_bytes: 256 * 1024,
             shutdown_timeout: Duration::from_secs(5),
+            deliver: true,
         }
     }
 }
@@ -119,6 +121,10 @@ impl Config {
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
     }
+    /// Whether the bus sends deliveries (see [`Builder::deliver`]).
+    pub fn deliver(&self) -> bool {
+        self.deliver
+    }
     /// The largest accepted payload, in bytes of JSON.
     pub fn max_payload_bytes(&self) -> usize {
         self.max_payload_bytes
@@ -157,6 +163,7 @@ impl Config {
 /// | `request_timeout` | 15 s |
 /// | `max_payload_bytes` | 256 KiB |
 /// | `shutdown_timeout` | 5 s |
+/// | `deliver` | `true` |
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct Builder {
@@ -298,6 +305,17 @@ impl Builder {
     /// Defaults to 5 s.
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
         self.config.shutdown_timeout = d;
+        self
+    }
+
+    /// Whether to send deliveries. With `false` the bus stores publishes and
+    /// changes but starts no sender threads and sends nothing: for
+    /// inspection and maintenance tools such as `examples/outbox.rs`.
+    /// Pending deliveries are sent by the next bus opened with `true`.
+    ///
+    /// Defaults to `true`.
+    pub fn deliver(mut self, on: bool) -> Self {
+        self.config.deliver = on;
         self
     }
 

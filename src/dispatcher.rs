@@ -180,6 +180,7 @@ struct Dispatcher {
     w: Writer,
     commands: Option<Receiver<Command>>,
     outcomes: Receiver<Outcome>,
+    _idle_outcomes: Option<Sender<Outcome>>,
     work: Option<Sender<Job>>,
     senders: Vec<JoinHandle<()>>,
     in_flight: HashSet<DeliveryId>,
@@ -202,7 +203,13 @@ pub(crate) fn start(
     let (work_tx, work_rx) = crossbeam_channel::bounded(config.senders);
     let (out_tx, out_rx) = crossbeam_channel::unbounded();
     let stats = store.stats()?;
-    let senders = sender::spawn(&config, work_rx, out_tx)?;
+    // Without delivery, keep a sender of the outcome channel so it never
+    // reads as disconnected.
+    let (senders, idle_outcomes) = if config.deliver {
+        (sender::spawn(&config, work_rx, out_tx)?, None)
+    } else {
+        (Vec::new(), Some(out_tx))
+    };
     let d = Dispatcher {
         w: Writer {
             store,
@@ -215,6 +222,7 @@ pub(crate) fn start(
         },
         commands: Some(rx),
         outcomes: out_rx,
+        _idle_outcomes: idle_outcomes,
         work: Some(work_tx),
         senders,
         in_flight: HashSet::new(),
@@ -500,6 +508,9 @@ impl Dispatcher {
 
     /// Hands due deliveries to free senders, fairly between subscriptions.
     fn dispatch(&mut self) {
+        if !self.w.config.deliver {
+            return;
+        }
         let senders = self.w.config.senders;
         let free = senders.saturating_sub(self.in_flight.len());
         let due_now = self.next_due.is_some_and(|at| at <= now_ms());

@@ -116,6 +116,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod api;
 mod bus;
 mod codec;
 mod config;

@@ -116,6 +116,22 @@ impl<'a> Outbox<'a> {
         self.bus.store().deliveries(None)
     }
 
+    /// The deliveries of one subscription, in creation order or newest
+    /// first.
+    pub fn for_subscription(
+        &self,
+        subscription: SubscriptionId,
+        newest_first: bool,
+    ) -> impl Iterator<Item = Result<Delivery>> + use<> {
+        let store = self.bus.store().clone();
+        store
+            .deliveries_of(subscription, newest_first)
+            .filter_map(move |id| match id {
+                Ok(id) => store.delivery(id).transpose(),
+                Err(e) => Some(Err(e)),
+            })
+    }
+
     /// One delivery.
     pub fn get(&self, id: DeliveryId) -> Result<Option<Delivery>> {
         self.bus.store().delivery(id)

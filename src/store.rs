@@ -18,6 +18,7 @@
 //! | `q` | next attempt (u64 BE ms), delivery id | subscription id: pending deliveries |
 //! | `y` | finished (u64 BE ms), delivery id | subscription id: delivered |
 //! | `x` | finished (u64 BE ms), delivery id | subscription id: dead |
+//! | `b` | subscription id, delivery id | empty: deliveries by subscription |
 //! | `a` | delivery id, attempt number (u32 BE) | [`Attempt`] |
 //! | `z` | the damaged record's key | its raw bytes (quarantine) |
 //!
@@ -52,6 +53,7 @@ const PENDING: u8 = b'q';
 const DELIVERED: u8 = b'y';
 const DEAD: u8 = b'x';
 const ATT: u8 = b'a';
+const BY_SUB: u8 = b'b';
 const QUARANTINE: u8 = b'z';
 
 /// A subscription as stored. Unlike [`crate::Subscription`] it serializes
@@ -112,6 +114,14 @@ fn state_key(d: &Delivery) -> [u8; 25] {
         _ => d.finished_at,
     };
     time_key(state_prefix(d.state), at.map_or(0, |t| t.as_millis()), d.id)
+}
+
+fn by_sub_key(sub: SubscriptionId, id: DeliveryId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = BY_SUB;
+    k[1..17].copy_from_slice(&sub.to_bytes());
+    k[17..].copy_from_slice(&id.to_bytes());
+    k
 }
 
 fn attempt_key(id: DeliveryId, n: u32) -> [u8; 21] {
@@ -312,6 +322,27 @@ impl Store {
         })
     }
 
+    /// The deliveries of one subscription, oldest first (or newest first
+    /// with `newest_first`).
+    pub(crate) fn deliveries_of(
+        &self,
+        sub: SubscriptionId,
+        newest_first: bool,
+    ) -> Box<dyn Iterator<Item = Result<DeliveryId>> + Send> {
+        let prefix = key16(BY_SUB, sub.to_bytes());
+        let iter = self.tree.scan_prefix(prefix);
+        let parse = |kv: sled::Result<(sled::IVec, sled::IVec)>| {
+            let (k, _) = kv?;
+            DeliveryId::from_slice(&k[17..])
+                .ok_or_else(|| corrupt(&k, "malformed subscription index key"))
+        };
+        if newest_first {
+            Box::new(iter.rev().map(parse))
+        } else {
+            Box::new(iter.map(parse))
+        }
+    }
+
     /// A state index in time order, from `from_ms` on.
     pub(crate) fn index(
         &self,
@@ -430,11 +461,14 @@ impl WriteBatch {
     /// Writes a delivery and keeps its state-index entry in step: the entry
     /// of `old` (the record as stored before) goes, the entry of `new` comes.
     pub(crate) fn put_delivery(&mut self, old: Option<&Delivery>, new: &Delivery) {
-        if let Some(old) = old {
-            let ok = state_key(old);
-            if ok != state_key(new) {
-                self.remove(&ok);
+        match old {
+            Some(old) => {
+                let ok = state_key(old);
+                if ok != state_key(new) {
+                    self.remove(&ok);
+                }
             }
+            None => self.insert(&by_sub_key(new.subscription_id, new.id), &[]),
         }
         self.insert(&state_key(new), &new.subscription_id.to_bytes());
         self.insert(&key16(DLV, new.id.to_bytes()), &encode(new));
@@ -444,6 +478,7 @@ impl WriteBatch {
     /// caller read with [`Store::attempt_keys`]).
     pub(crate) fn remove_delivery(&mut self, old: &Delivery, attempt_keys: &[Vec<u8>]) {
         self.remove(&state_key(old));
+        self.remove(&by_sub_key(old.subscription_id, old.id));
         self.remove(&key16(DLV, old.id.to_bytes()));
         for k in attempt_keys {
             self.remove(k);

@@ -1,0 +1,467 @@
+//! A framework-agnostic REST handler for subscriptions, with the routes of
+//! ServiceStack.Webhooks, for the endpoints your own subscribers call.
+//!
+//! Give [`handle`] the method, path, query, the caller (as your
+//! authentication established it) and the body; it returns a status and a
+//! JSON body to send back. Wire it into any web framework in a few lines
+//! (see `examples/axum_server.rs`).
+//!
+//! | route | who | does |
+//! | --- | --- | --- |
+//! | `POST /webhooks/subscriptions` | any caller | create `{name, events, config: {url, secret, contentType}}` |
+//! | `GET /webhooks/subscriptions` | any caller | the caller's own subscriptions |
+//! | `GET /webhooks/subscriptions/{id}` | its owner | one, with its latest ≤ 100 attempts, newest first |
+//! | `PUT /webhooks/subscriptions/{id}` | its owner | change `url`, `secret`, `contentType`, `isActive`, `name`, `events` |
+//! | `DELETE /webhooks/subscriptions/{id}` | its owner | delete |
+//! | `GET /webhooks/subscriptions/{id}/history` | its owner | its latest deliveries (`?limit=`, ≤ 100) |
+//! | `GET /webhooks/subscriptions/search?eventName=` | role `relay` | the active subscribers of an event |
+//!
+//! Unlike the seed plugin, reads and changes of one subscription are
+//! checked against its owner: another caller gets 404, not the record.
+//! Secrets are never returned. Errors carry a ServiceStack-style
+//! `responseStatus` with the field and the rule: 400 validation, 401 no
+//! caller, 403 missing role, 404 unknown, 405 wrong method, 409 conflict.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::bus::Bus;
+use crate::error::Error;
+use crate::ids::SubscriptionId;
+use crate::record::Attempt;
+use crate::subscription::{NewSubscription, Subscription, SubscriptionPatch};
+
+/// The role that may search subscribers (the seed's relay role).
+pub const RELAY_ROLE: &str = "relay";
+const BASE: &str = "/webhooks/subscriptions";
+const MAX_HISTORY: usize = 100;
+
+/// Who is calling, as the application's authentication says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The caller's user (or tenant) id; it becomes the owner of what it
+    /// creates.
+    pub id: String,
+    /// The caller's roles.
+    pub roles: Vec<String>,
+}
+
+impl Caller {
+    /// A caller with an id and roles.
+    pub fn new<I, S>(id: impl Into<String>, roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Caller {
+            id: id.into(),
+            roles: roles.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// One HTTP request, as the web framework received it.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiRequest<'a> {
+    /// `GET`, `POST`, `PUT`, `DELETE`.
+    pub method: &'a str,
+    /// The path, such as `/webhooks/subscriptions/0192…`.
+    pub path: &'a str,
+    /// The query string without `?` (may be empty).
+    pub query: &'a str,
+    /// The authenticated caller, or `None`.
+    pub caller: Option<&'a Caller>,
+    /// The request body (JSON for POST and PUT).
+    pub body: &'a [u8],
+}
+
+/// What to answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The JSON body; `Value::Null` means no body (204).
+    pub body: Value,
+}
+
+impl ApiResponse {
+    fn ok(status: u16, body: Value) -> Self {
+        ApiResponse { status, body }
+    }
+
+    fn error(status: u16, code: &str, message: impl Into<String>, field: Option<&str>) -> Self {
+        let message = message.into();
+        let errors = match field {
+            Some(f) => json!([{ "fieldName": f, "errorCode": code, "message": message }]),
+            None => json!([]),
+        };
+        ApiResponse {
+            status,
+            body: json!({ "responseStatus": { "errorCode": code, "message": message, "errors": errors } }),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigDto {
+    url: String,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default, alias = "content_type")]
+    content_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateDto {
+    name: String,
+    events: Vec<String>,
+    config: ConfigDto,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct UpdateDto {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    events: Option<Vec<String>>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default, alias = "content_type")]
+    content_type: Option<String>,
+    #[serde(default, alias = "is_active")]
+    is_active: Option<bool>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SubscriptionDto<'a> {
+    id: String,
+    name: &'a str,
+    events: &'a [String],
+    config: ConfigOut<'a>,
+    is_active: bool,
+    has_secret: bool,
+    created_by_id: Option<&'a str>,
+    created_date_utc: String,
+    last_modified_date_utc: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigOut<'a> {
+    url: &'a str,
+    content_type: &'a str,
+}
+
+fn dto(s: &Subscription) -> Value {
+    serde_json::to_value(SubscriptionDto {
+        id: s.id.to_string(),
+        name: &s.name,
+        events: &s.events,
+        config: ConfigOut {
+            url: &s.url,
+            content_type: &s.content_type,
+        },
+        is_active: s.active,
+        has_secret: s.secret.is_some(),
+        created_by_id: s.owner.as_deref(),
+        created_date_utc: s.created_at.to_string(),
+        last_modified_date_utc: s.modified_at.to_string(),
+    })
+    .unwrap_or(Value::Null)
+}
+
+fn attempt_dto(s: SubscriptionId, d: &crate::record::Delivery, a: &Attempt) -> Value {
+    let description = match (&a.status, &a.error) {
+        (Some(_), _) => String::from_utf8_lossy(&a.response_excerpt)
+            .chars()
+            .take(200)
+            .collect(),
+        (None, Some(e)) => e.to_string(),
+        (None, None) => String::new(),
+    };
+    json!({
+        "id": format!("{}-{}", d.id, a.number),
+        "deliveryId": d.id.to_string(),
+        "attempt": a.number,
+        "attemptedDateUtc": a.at.to_string(),
+        "statusCode": a.status,
+        "statusDescription": description,
+        "durationMs": a.duration_ms,
+        "subscriptionId": s.to_string(),
+        "eventId": d.event_id.to_string(),
+        "eventName": d.event_name,
+    })
+}
+
+/// Maps a hookbus error to a response, naming the request field at fault.
+fn from_error(e: &Error, in_config: bool) -> ApiResponse {
+    let f = |name: &'static str, nested: &'static str| Some(if in_config { nested } else { name });
+    let (status, code, field) = match e {
+        Error::InvalidUrl { .. } => (400, "InvalidUrl", f("url", "config.url")),
+        Error::InvalidEventName { .. } => (400, "InvalidEventName", Some("events")),
+        Error::NoEvents => (400, "NoEvents", Some("events")),
+        Error::InvalidName { .. } => (400, "InvalidName", Some("name")),
+        Error::InvalidContentType { .. } => (
+            400,
+            "InvalidContentType",
+            f("contentType", "config.contentType"),
+        ),
+        Error::InvalidSecret { .. } => (400, "InvalidSecret", f("secret", "config.secret")),
+        Error::InvalidOwner { .. } => (400, "InvalidOwner", Some("createdById")),
+        Error::Conflict { .. } => (409, "Conflict", Some("events")),
+        Error::SubscriptionNotFound(_) => (404, "NotFound", None),
+        Error::Closed => (503, "Unavailable", None),
+        _ => (500, "InternalError", None),
+    };
+    let message = if status == 500 {
+        "internal error".to_owned()
+    } else {
+        e.to_string()
+    };
+    if status == 500 {
+        tracing::error!(error = %e, "hookbus api request failed");
+    }
+    ApiResponse::error(status, code, message, field)
+}
+
+/// Handles one request. Never panics; every failure is a status and a
+/// `responseStatus` body.
+pub fn handle(bus: &Bus, req: ApiRequest<'_>) -> ApiResponse {
+    let path = req.path.trim_end_matches('/');
+    let Some(rest) = path.strip_prefix(BASE) else {
+        return ApiResponse::error(404, "NotFound", format!("no route for {}", req.path), None);
+    };
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let Some(caller) = req.caller else {
+        return ApiResponse::error(401, "Unauthorized", "authentication required", None);
+    };
+    let method = req.method.to_ascii_uppercase();
+    match (method.as_str(), segments.as_slice()) {
+        ("POST", []) => create(bus, caller, req.body),
+        ("GET", []) => list(bus, caller),
+        ("GET", ["search"]) => search(bus, caller, req.query),
+        ("GET", [id]) => with_owned(bus, caller, id, |s| get(bus, &s)),
+        ("PUT", [id]) => with_owned(bus, caller, id, |s| update(bus, s.id, req.body)),
+        ("DELETE", [id]) => with_owned(bus, caller, id, |s| {
+            match bus.subscriptions().delete(s.id) {
+                Ok(()) => ApiResponse::ok(204, Value::Null),
+                Err(e) => from_error(&e, false),
+            }
+        }),
+        ("GET", [id, "history"]) => with_owned(bus, caller, id, |s| history(bus, &s, req.query)),
+        (_, [] | ["search"] | [_] | [_, "history"]) => ApiResponse::error(
+            405,
+            "MethodNotAllowed",
+            format!("{} is not allowed on {}", req.method, req.path),
+            None,
+        ),
+        _ => ApiResponse::error(404, "NotFound", format!("no route for {}", req.path), None),
+    }
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiResponse::error(
+            400,
+            "InvalidBody",
+            format!("request body is not valid JSON for this route: {e}"),
+            Some("body"),
+        )
+    })
+}
+
+fn create(bus: &Bus, caller: &Caller, body: &[u8]) -> ApiResponse {
+    let dto_in: CreateDto = match parse_body(body) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let mut new = NewSubscription::new(dto_in.name, dto_in.config.url)
+        .events(dto_in.events)
+        .owner(caller.id.clone());
+    if let Some(s) = dto_in.config.secret {
+        new = new.secret(s);
+    }
+    if let Some(ct) = dto_in.config.content_type {
+        new = new.content_type(ct);
+    }
+    match bus.subscribe(new) {
+        Ok(s) => ApiResponse::ok(201, json!({ "subscriptions": [dto(&s)] })),
+        Err(e) => from_error(&e, true),
+    }
+}
+
+fn list(bus: &Bus, caller: &Caller) -> ApiResponse {
+    match bus.subscriptions().list_by_owner(&caller.id) {
+        Ok(subs) => ApiResponse::ok(
+            200,
+            json!({ "subscriptions": subs.iter().map(dto).collect::<Vec<_>>() }),
+        ),
+        Err(e) => from_error(&e, false),
+    }
+}
+
+/// Runs `f` on the subscription `id` if `caller` owns it; 404 otherwise.
+fn with_owned(
+    bus: &Bus,
+    caller: &Caller,
+    id: &str,
+    f: impl FnOnce(Subscription) -> ApiResponse,
+) -> ApiResponse {
+    let not_found = || {
+        ApiResponse::error(
+            404,
+            "NotFound",
+            format!("no subscription with id {id}"),
+            None,
+        )
+    };
+    let Ok(id) = id.parse::<SubscriptionId>() else {
+        return not_found();
+    };
+    match bus.subscriptions().get(id) {
+        Ok(Some(s)) if s.owner.as_deref() == Some(caller.id.as_str()) => f(s),
+        Ok(_) => not_found(),
+        Err(e) => from_error(&e, false),
+    }
+}
+
+/// The latest attempts of a subscription, newest first, at most `limit`.
+fn latest_attempts(bus: &Bus, s: &Subscription, limit: usize) -> Result<Vec<Value>, Error> {
+    let outbox = bus.outbox();
+    let mut out = Vec::new();
+    for d in outbox.for_subscription(s.id, true) {
+        let d = d?;
+        let mut attempts = outbox.attempts(d.id)?;
+        attempts.reverse();
+        for a in attempts {
+            out.push(attempt_dto(s.id, &d, &a));
+            if out.len() >= limit {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn get(bus: &Bus, s: &Subscription) -> ApiResponse {
+    match latest_attempts(bus, s, MAX_HISTORY) {
+        Ok(h) => ApiResponse::ok(200, json!({ "subscription": dto(s), "history": h })),
+        Err(e) => from_error(&e, false),
+    }
+}
+
+fn history(bus: &Bus, s: &Subscription, query: &str) -> ApiResponse {
+    let limit = match query_param(query, "limit") {
+        None => MAX_HISTORY,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_HISTORY).contains(&n) => n,
+            _ => {
+                return ApiResponse::error(
+                    400,
+                    "InvalidLimit",
+                    "limit must be a whole number from 1 to 100",
+                    Some("limit"),
+                );
+            }
+        },
+    };
+    let outbox = bus.outbox();
+    let mut deliveries = Vec::new();
+    for d in outbox.for_subscription(s.id, true).take(limit) {
+        match d {
+            Ok(d) => deliveries.push(json!({
+                "id": d.id.to_string(),
+                "eventId": d.event_id.to_string(),
+                "eventName": d.event_name,
+                "state": d.state.as_str(),
+                "attempts": d.attempts,
+                "createdDateUtc": d.created_at.to_string(),
+                "nextAttemptDateUtc": d.next_attempt_at.map(|t| t.to_string()),
+                "finishedDateUtc": d.finished_at.map(|t| t.to_string()),
+                "lastStatusCode": d.last_status,
+                "lastError": d.last_error,
+            })),
+            Err(e) => return from_error(&e, false),
+        }
+    }
+    ApiResponse::ok(200, json!({ "deliveries": deliveries }))
+}
+
+fn update(bus: &Bus, id: SubscriptionId, body: &[u8]) -> ApiResponse {
+    let u: UpdateDto = match parse_body(body) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let mut patch = SubscriptionPatch::new();
+    if let Some(v) = u.name {
+        patch = patch.name(v);
+    }
+    if let Some(v) = u.events {
+        patch = patch.events(v);
+    }
+    if let Some(v) = u.url {
+        patch = patch.url(v);
+    }
+    if let Some(v) = u.secret {
+        patch = if v.is_empty() {
+            patch.clear_secret()
+        } else {
+            patch.secret(v)
+        };
+    }
+    if let Some(v) = u.content_type {
+        patch = patch.content_type(v);
+    }
+    if let Some(v) = u.is_active {
+        patch = patch.active(v);
+    }
+    match bus.subscriptions().update(id, patch) {
+        Ok(s) => ApiResponse::ok(200, json!({ "subscription": dto(&s) })),
+        Err(e) => from_error(&e, false),
+    }
+}
+
+fn search(bus: &Bus, caller: &Caller, query: &str) -> ApiResponse {
+    if !caller.has_role(RELAY_ROLE) {
+        return ApiResponse::error(
+            403,
+            "Forbidden",
+            format!("searching subscribers needs the `{RELAY_ROLE}` role"),
+            None,
+        );
+    }
+    let Some(event) = query_param(query, "eventName") else {
+        return ApiResponse::error(
+            400,
+            "MissingEventName",
+            "give the event as ?eventName=",
+            Some("eventName"),
+        );
+    };
+    match bus.subscriptions().for_event(&event) {
+        Ok(subs) => ApiResponse::ok(
+            200,
+            json!({ "subscribers": subs.iter().map(|s| json!({
+                "subscriptionId": s.id.to_string(),
+                "config": { "url": s.url, "contentType": s.content_type },
+            })).collect::<Vec<_>>() }),
+        ),
+        Err(e) => from_error(&e, false),
+    }
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.trim_start_matches('?').as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}

@@ -1,0 +1,392 @@
+use hookbus::api::{ApiRequest, ApiResponse, Caller, handle};
+use serde_json::{Value, json};
+
+use crate::receiver::{Reply, TestReceiver};
+use crate::{LONG, open, wait_until};
+
+fn call(
+    bus: &hookbus::Bus,
+    method: &str,
+    path: &str,
+    caller: Option<&Caller>,
+    body: Value,
+) -> ApiResponse {
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(&body).unwrap()
+    };
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    handle(
+        bus,
+        ApiRequest {
+            method,
+            path,
+            query,
+            caller,
+            body: &body,
+        },
+    )
+}
+
+fn field(r: &ApiResponse) -> &str {
+    r.body["responseStatus"]["errors"][0]["fieldName"]
+        .as_str()
+        .unwrap_or("")
+}
+
+#[test]
+fn every_route_role_and_status() {
+    let rx = TestReceiver::with(|_| Reply::status(500));
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    let alice = Caller::new("alice", Vec::<String>::new());
+    let bob = Caller::new("bob", ["user"]);
+    let relay = Caller::new("relay-svc", ["relay"]);
+    let a = Some(&alice);
+
+    // POST creates, secret never echoed.
+    let create = json!({"name": "My Webhook", "events": ["hello", "goodbye"],
+        "config": {"url": rx.url("/in"), "secret": "top-secret-value", "content_type": "application/json"}});
+    let r = call(&bus, "POST", "/webhooks/subscriptions", a, create.clone());
+    assert_eq!(r.status, 201, "{}", r.body);
+    let sub = &r.body["subscriptions"][0];
+    let id = sub["id"].as_str().unwrap().to_owned();
+    assert_eq!(sub["name"], "My Webhook");
+    assert_eq!(sub["events"], json!(["hello", "goodbye"]));
+    assert_eq!(sub["config"]["url"], rx.url("/in"));
+    assert_eq!(sub["config"]["contentType"], "application/json");
+    assert_eq!(sub["isActive"], true);
+    assert_eq!(sub["hasSecret"], true);
+    assert_eq!(sub["createdById"], "alice");
+    assert!(!r.body.to_string().contains("top-secret-value"));
+
+    // Conflict: same owner, url and event.
+    let r = call(&bus, "POST", "/webhooks/subscriptions", a, create.clone());
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body["responseStatus"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("hello")
+    );
+    // Another owner may.
+    assert_eq!(
+        call(&bus, "POST", "/webhooks/subscriptions", Some(&bob), create).status,
+        201
+    );
+
+    // Validation: 400 with the field and the rule.
+    for (body, f, rule) in [
+        (
+            json!({"name": "n", "events": ["a"], "config": {"url": "ftp://x"}}),
+            "config.url",
+            "http or https",
+        ),
+        (
+            json!({"name": "n", "events": [], "config": {"url": rx.url("/")}}),
+            "events",
+            "at least one event",
+        ),
+        (
+            json!({"name": "n", "events": ["bad name"], "config": {"url": rx.url("/")}}),
+            "events",
+            "letters, digits",
+        ),
+        (
+            json!({"name": "", "events": ["a"], "config": {"url": rx.url("/")}}),
+            "name",
+            "empty",
+        ),
+        (
+            json!({"name": "n", "events": ["a"], "config": {"url": rx.url("/"), "contentType": "text/xml"}}),
+            "config.contentType",
+            "application/json",
+        ),
+        (
+            json!({"name": "n", "events": ["a"], "config": {"url": rx.url("/"), "secret": ""}}),
+            "config.secret",
+            "empty",
+        ),
+        (json!({"name": "n"}), "body", "not valid JSON"),
+    ] {
+        let r = call(&bus, "POST", "/webhooks/subscriptions", a, body.clone());
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert_eq!(field(&r), f, "{body}: {}", r.body);
+        assert!(
+            r.body["responseStatus"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(rule),
+            "{body}: {}",
+            r.body
+        );
+    }
+    let raw = handle(
+        &bus,
+        ApiRequest {
+            method: "POST",
+            path: "/webhooks/subscriptions",
+            query: "",
+            caller: a,
+            body: b"{not json",
+        },
+    );
+    assert_eq!((raw.status, field(&raw)), (400, "body"));
+
+    // GET list: only the caller's own.
+    let r = call(&bus, "GET", "/webhooks/subscriptions", a, Value::Null);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["subscriptions"].as_array().unwrap().len(), 1);
+    let r = call(
+        &bus,
+        "GET",
+        "/webhooks/subscriptions/",
+        Some(&relay),
+        Value::Null,
+    );
+    assert_eq!(r.body["subscriptions"], json!([]));
+
+    // A delivery and its failed attempts show in the history.
+    bus.publish("hello", &json!({"x": 1})).unwrap();
+    wait_until(LONG, "an attempt", || rx.count() >= 2);
+    wait_until(LONG, "attempts recorded", || {
+        call(
+            &bus,
+            "GET",
+            &format!("/webhooks/subscriptions/{id}"),
+            a,
+            Value::Null,
+        )
+        .body["history"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 1
+    });
+    let r = call(
+        &bus,
+        "GET",
+        &format!("/webhooks/subscriptions/{id}"),
+        a,
+        Value::Null,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["subscription"]["id"], id.as_str());
+    let h = r.body["history"].as_array().unwrap();
+    assert_eq!(h[0]["statusCode"], 500);
+    assert_eq!(h[0]["eventName"], "hello");
+    if h.len() > 1 {
+        assert!(
+            h[0]["attempt"].as_u64() > h[1]["attempt"].as_u64(),
+            "newest first"
+        );
+    }
+    let r = call(
+        &bus,
+        "GET",
+        &format!("/webhooks/subscriptions/{id}/history?limit=5"),
+        a,
+        Value::Null,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["deliveries"][0]["eventName"], "hello");
+    assert_eq!(
+        call(
+            &bus,
+            "GET",
+            &format!("/webhooks/subscriptions/{id}/history?limit=0"),
+            a,
+            Value::Null
+        )
+        .status,
+        400
+    );
+
+    // The owner check: another caller gets 404, not the record.
+    for method in ["GET", "PUT", "DELETE"] {
+        let r = call(
+            &bus,
+            method,
+            &format!("/webhooks/subscriptions/{id}"),
+            Some(&bob),
+            json!({"isActive": false}),
+        );
+        assert_eq!(r.status, 404, "{method}");
+        assert!(!r.body.to_string().contains("My Webhook"));
+    }
+    assert_eq!(
+        call(
+            &bus,
+            "GET",
+            &format!("/webhooks/subscriptions/{id}/history"),
+            Some(&bob),
+            Value::Null
+        )
+        .status,
+        404
+    );
+
+    // PUT by the owner.
+    let r = call(
+        &bus,
+        "PUT",
+        &format!("/webhooks/subscriptions/{id}"),
+        a,
+        json!({"url": rx.url("/v2"), "secret": "new-secret", "isActive": false}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["subscription"]["config"]["url"], rx.url("/v2"));
+    assert_eq!(r.body["subscription"]["isActive"], false);
+    assert!(!r.body.to_string().contains("new-secret"));
+    let r = call(
+        &bus,
+        "PUT",
+        &format!("/webhooks/subscriptions/{id}"),
+        a,
+        json!({"url": "nope"}),
+    );
+    assert_eq!((r.status, field(&r)), (400, "url"));
+    let r = call(
+        &bus,
+        "PUT",
+        &format!("/webhooks/subscriptions/{id}"),
+        a,
+        json!({"isActive": "yes"}),
+    );
+    assert_eq!((r.status, field(&r)), (400, "body"));
+
+    // Search: relay role only.
+    let r = call(
+        &bus,
+        "GET",
+        "/webhooks/subscriptions/search?eventName=hello",
+        a,
+        Value::Null,
+    );
+    assert_eq!(r.status, 403);
+    let r = call(
+        &bus,
+        "GET",
+        "/webhooks/subscriptions/search?eventName=hello",
+        Some(&relay),
+        Value::Null,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let subs = r.body["subscribers"].as_array().unwrap();
+    assert_eq!(
+        subs.len(),
+        1,
+        "alice's is inactive now; bob's remains: {}",
+        r.body
+    );
+    assert!(subs[0]["config"].get("secret").is_none());
+    assert_eq!(
+        call(
+            &bus,
+            "GET",
+            "/webhooks/subscriptions/search",
+            Some(&relay),
+            Value::Null
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        call(
+            &bus,
+            "GET",
+            "/webhooks/subscriptions/search?eventName=bad%20name",
+            Some(&relay),
+            Value::Null
+        )
+        .status,
+        400
+    );
+
+    // DELETE by the owner, then 404.
+    assert_eq!(
+        call(
+            &bus,
+            "DELETE",
+            &format!("/webhooks/subscriptions/{id}"),
+            a,
+            Value::Null
+        )
+        .status,
+        204
+    );
+    assert_eq!(
+        call(
+            &bus,
+            "GET",
+            &format!("/webhooks/subscriptions/{id}"),
+            a,
+            Value::Null
+        )
+        .status,
+        404
+    );
+    assert_eq!(
+        call(
+            &bus,
+            "DELETE",
+            &format!("/webhooks/subscriptions/{id}"),
+            a,
+            Value::Null
+        )
+        .status,
+        404
+    );
+
+    // 401, 404 routes and bad ids, 405.
+    assert_eq!(
+        call(&bus, "GET", "/webhooks/subscriptions", None, Value::Null).status,
+        401
+    );
+    assert_eq!(
+        call(&bus, "GET", "/webhooks/other", a, Value::Null).status,
+        404
+    );
+    assert_eq!(
+        call(
+            &bus,
+            "GET",
+            "/webhooks/subscriptions/not-an-id",
+            a,
+            Value::Null
+        )
+        .status,
+        404
+    );
+    assert_eq!(
+        call(&bus, "GET", "/webhooks/subscriptions/a/b/c", a, Value::Null).status,
+        404
+    );
+    assert_eq!(
+        call(&bus, "PATCH", "/webhooks/subscriptions", a, Value::Null).status,
+        405
+    );
+    assert_eq!(
+        call(
+            &bus,
+            "POST",
+            &format!("/webhooks/subscriptions/{id}"),
+            a,
+            Value::Null
+        )
+        .status,
+        405
+    );
+
+    // Closed bus: 503 for writes.
+    bus.shutdown(std::time::Duration::from_secs(1)).unwrap();
+    let r = call(
+        &bus,
+        "POST",
+        "/webhooks/subscriptions",
+        a,
+        json!({"name": "n", "events": ["a"], "config": {"url": rx.url("/z")}}),
+    );
+    assert_eq!(r.status, 503);
+}
