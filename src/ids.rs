@@ -15,8 +15,31 @@ macro_rules! id_type {
         ///
         /// A uuid v7 (time-ordered). `Display` gives 32 lowercase hex digits;
         /// `FromStr` accepts that form or the hyphenated one.
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(Uuid);
+
+        /// 32 lowercase hex digits in human-readable formats (JSON), the 16
+        /// bytes in binary ones.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.collect_str(self)
+                } else {
+                    self.0.serialize(s)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                    s.parse().map_err(serde::de::Error::custom)
+                } else {
+                    Uuid::deserialize(d).map(Self)
+                }
+            }
+        }
 
         impl $name {
             pub(crate) fn generate() -> Self {

@@ -37,6 +37,7 @@ impl fmt::Debug for Event {
 
 /// Where a delivery stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum DeliveryState {
     /// Not finished: due now or at `next_attempt_at` (this includes requests
@@ -110,6 +111,7 @@ pub struct Delivery {
 
 /// The kind of failure of an attempt that got no HTTP response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum AttemptErrorKind {
     /// The attempt took longer than the connect or request timeout.

@@ -3,6 +3,7 @@
 
 #![allow(missing_docs, unreachable_pub, dead_code)]
 mod api;
+mod cli;
 mod crash;
 mod delivery;
 mod publish;

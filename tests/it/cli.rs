@@ -1,0 +1,274 @@
+//! The outbox CLI (`examples/outbox.rs`), run as a process against a store
+//! this test prepares.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use hookbus::{DeliveryState, NewSubscription};
+use serde_json::{Value, json};
+
+use crate::receiver::{Reply, TestReceiver};
+use crate::{LONG, builder, wait_until};
+
+/// The example binary, built (once per test run) in the same profile.
+fn outbox_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let debug = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        // Always ask cargo: a no-op when the example is fresh, and never a
+        // stale binary when only this test target was rebuilt.
+        let mut args = vec!["build", "--quiet", "--example", "outbox"];
+        if !cfg!(debug_assertions) {
+            args.push("--release");
+        }
+        let status = Command::new(env!("CARGO"))
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "cargo build --example outbox failed");
+        debug.join("examples").join("outbox")
+    })
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(outbox_bin())
+        .arg("--data")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn ok_json(dir: &Path, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    serde_json::from_str(&ok(dir, &a)).unwrap()
+}
+
+/// A store with 3 delivered and 2 dead deliveries over two subscriptions.
+fn prepare(dir: &Path, rx: &TestReceiver) -> (String, String) {
+    let bus = builder(dir)
+        .retry_schedule(vec![Duration::from_millis(5)])
+        .open()
+        .unwrap();
+    let good = bus
+        .subscribe(
+            NewSubscription::new("Good", rx.url("/ok"))
+                .events(["hello"])
+                .owner("alice"),
+        )
+        .unwrap();
+    let bad = bus
+        .subscribe(NewSubscription::new("Bad", rx.url("/fail")).events(["oops"]))
+        .unwrap();
+    for i in 0..3 {
+        bus.publish("hello", &json!({ "i": i })).unwrap();
+    }
+    bus.publish("oops", &json!({"n": 1})).unwrap();
+    bus.publish("oops", &json!({"n": 2})).unwrap();
+    wait_until(LONG, "3 delivered, 2 dead", || {
+        let s = bus.outbox().stats().unwrap();
+        s.delivered == 3 && s.dead == 2
+    });
+    bus.shutdown(Duration::from_secs(2)).unwrap();
+    (good.id.to_string(), bad.id.to_string())
+}
+
+#[test]
+fn outbox_cli_reads_repairs_and_purges() {
+    let rx = TestReceiver::with(|r| {
+        if r.path == "/fail" {
+            Reply::status(500).body(b"nope")
+        } else {
+            Reply::ok()
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (good, bad) = prepare(d, &rx);
+
+    let text = ok(d, &["stats"]);
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().eq(["delivered", "3"])),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.split_whitespace().eq(["dead", "2"])),
+        "{text}"
+    );
+    let j = ok_json(d, &["stats"]);
+    assert_eq!(
+        (
+            j["pending"].as_u64(),
+            j["delivered"].as_u64(),
+            j["dead"].as_u64()
+        ),
+        (Some(0), Some(3), Some(2))
+    );
+
+    let text = ok(d, &["subscriptions"]);
+    assert!(
+        text.contains("Good") && text.contains("Bad") && text.contains(&good),
+        "{text}"
+    );
+    let header = text.lines().next().unwrap();
+    assert!(header.starts_with("id") && header.contains("url"));
+    assert!(!text.contains("secret"));
+    let j = ok_json(d, &["subscriptions"]);
+    assert_eq!(j.as_array().unwrap().len(), 2);
+    assert_eq!(j[0]["id"], good.as_str());
+
+    // Lists, filters and pages.
+    let j = ok_json(d, &["list", "--state", "dead"]);
+    let dead = j["deliveries"].as_array().unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(
+        dead.iter()
+            .all(|x| x["state"] == "dead" && x["subscription_id"] == bad.as_str())
+    );
+    let j = ok_json(d, &["list", "--subscription", &good]);
+    assert_eq!(j["deliveries"].as_array().unwrap().len(), 3);
+    let page1 = ok_json(d, &["list", "--limit", "2"]);
+    assert_eq!(page1["deliveries"].as_array().unwrap().len(), 2);
+    let next = page1["next"].as_str().unwrap().to_owned();
+    let page2 = ok_json(d, &["list", "--limit", "2", "--after", &next]);
+    let page3 = ok_json(
+        d,
+        &[
+            "list",
+            "--limit",
+            "2",
+            "--after",
+            page2["next"].as_str().unwrap(),
+        ],
+    );
+    assert_eq!(page3["deliveries"].as_array().unwrap().len(), 1);
+    assert!(page3["next"].is_null());
+    let all: Vec<String> = [&page1, &page2, &page3]
+        .iter()
+        .flat_map(|p| {
+            p["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["id"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(all.len(), 5);
+    let text = ok(d, &["list", "--limit", "2"]);
+    assert!(text.contains(&format!("--after {next}")), "{text}");
+
+    // Show: the delivery, its payload and every attempt.
+    let id = dead[0]["id"].as_str().unwrap();
+    let text = ok(d, &["show", id]);
+    assert!(
+        text.contains(r#"{"n":1}"#) && text.contains("500") && text.contains("nope"),
+        "{text}"
+    );
+    let j = ok_json(d, &["show", id]);
+    assert_eq!(j["payload"], json!({"n": 1}));
+    assert_eq!(j["attempts"].as_array().unwrap().len(), 2);
+    assert_eq!(j["attempts"][0]["status"], 500);
+
+    // Retry one, then all; the store records it (this tool sends nothing).
+    assert!(ok(d, &["retry", id]).contains("due again"));
+    assert!(ok(d, &["retry", "--all-dead"]).contains("1 dead"));
+    let j = ok_json(d, &["stats"]);
+    assert_eq!(
+        (j["pending"].as_u64(), j["dead"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(
+        rx.requests().iter().filter(|r| r.path == "/fail").count(),
+        4,
+        "the CLI delivered nothing"
+    );
+
+    // Purge delivered ones.
+    assert!(ok(d, &["purge", "--delivered-before", "1h"]).contains("purged 0"));
+    assert!(ok(d, &["purge", "--delivered-before", "0s"]).contains("purged 3"));
+    let j = ok_json(d, &["stats"]);
+    assert_eq!(j["delivered"].as_u64(), Some(0));
+    assert!(
+        ok_json(d, &["list", "--state", "delivered"])["deliveries"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // The application delivers what the CLI revived once it runs again.
+    rx.respond(|_| Reply::ok());
+    let bus = builder(d).open().unwrap();
+    wait_until(LONG, "revived ones delivered", || {
+        bus.outbox().stats().unwrap().delivered == 2
+    });
+    assert!(
+        bus.outbox()
+            .all()
+            .all(|x| x.unwrap().state == DeliveryState::Delivered)
+    );
+}
+
+#[test]
+fn outbox_cli_errors_are_clear_and_exit_non_zero() {
+    let rx = TestReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path()).open().unwrap();
+    bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["a"]))
+        .unwrap();
+    // Held by this process: the CLI must say so.
+    let out = run(dir.path(), &["stats"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is in use by another process; stop it or use the in-process outbox API"),
+        "{err}"
+    );
+    drop(bus);
+
+    for (args, needle) in [
+        (vec!["show", "nope"], "not a valid id"),
+        (
+            vec!["show", "0192a6f0c4b27c3e8f1e2d3c4b5a6978"],
+            "no delivery",
+        ),
+        (
+            vec!["retry", "0192a6f0c4b27c3e8f1e2d3c4b5a6978"],
+            "no delivery with id",
+        ),
+        (vec!["list", "--state", "lost"], "unknown state"),
+        (
+            vec!["purge", "--delivered-before", "soon"],
+            "not a duration",
+        ),
+        (vec!["retry"], "required"),
+    ] {
+        let out = run(dir.path(), &args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let out = run(&dir.path().join("missing"), &["stats"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no store at"));
+}
