@@ -1,0 +1,271 @@
+#![allow(missing_docs, unreachable_pub)]
+//! The hookbus benchmark suite. Every group has its baseline measured in the
+//! same run; read results as ratios (`cargo bench`, report in
+//! `target/criterion/report/index.html`). Only 127.0.0.1 is used.
+
+mod common;
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use hookbus::{NewSubscription, signing};
+
+use common::{Receiver, builder, dead_url, order, wait};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// `publish` alone (serialize + validate + queue), 1 and 4 threads, against
+/// serde_json + a crossbeam send.
+fn publish(c: &mut Criterion) {
+    let mut g = c.benchmark_group("publish");
+    g.throughput(Throughput::Elements(1)).sample_size(20).measurement_time(Duration::from_secs(4));
+    let dir = tempfile::tempdir().unwrap();
+    // Deep queue, nothing subscribed: the publisher never waits for the
+    // dispatcher within one sample.
+    let bus = builder(dir.path()).channel_capacity(4_000_000).deliver(false).open().unwrap();
+    let ev = order(1);
+    for threads in [1usize, 4] {
+        g.bench_function(BenchmarkId::new("baseline_json_send", threads), |b| {
+            b.iter_custom(|iters| {
+                let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(4_000_000);
+                let drain = std::thread::spawn(move || while rx.recv().is_ok() {});
+                let per = iters.div_ceil(threads as u64);
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..threads {
+                        let tx = tx.clone();
+                        let ev = &ev;
+                        s.spawn(move || {
+                            for _ in 0..per {
+                                tx.send(serde_json::to_vec(black_box(ev)).unwrap()).unwrap();
+                            }
+                        });
+                    }
+                });
+                let t = start.elapsed();
+                drop(tx);
+                drain.join().unwrap();
+                t
+            })
+        });
+        g.bench_function(BenchmarkId::new("hookbus_publish", threads), |b| {
+            b.iter_custom(|iters| {
+                let per = iters.div_ceil(threads as u64);
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..threads {
+                        let bus = bus.clone();
+                        let ev = &ev;
+                        s.spawn(move || {
+                            for _ in 0..per {
+                                black_box(bus.publish("order.created", black_box(ev)).unwrap());
+                            }
+                        });
+                    }
+                });
+                let t = start.elapsed();
+                bus.flush().unwrap();
+                t
+            })
+        });
+    }
+    g.finish();
+}
+
+/// publish + flush in batches of 1, 100, 1000 with one matching
+/// subscription, against the same number of records written straight into
+/// a sled batch + flush; and many publishers sharing flushes.
+fn durable_publish(c: &mut Criterion) {
+    let mut g = c.benchmark_group("durable_publish");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path()).deliver(false).open().unwrap();
+    bus.subscribe(NewSubscription::new("s", dead_url()).events(["order.created"])).unwrap();
+    let raw_dir = tempfile::tempdir().unwrap();
+    let raw = sled::Config::new().path(raw_dir.path()).cache_capacity(64 << 20).open().unwrap();
+    let tree = raw.open_tree("bench").unwrap();
+    let payload = serde_json::to_vec(&order(1)).unwrap();
+    let mut key = 0u64;
+    for batch in [1u64, 100, 1000] {
+        g.throughput(Throughput::Elements(batch));
+        g.bench_function(BenchmarkId::new("baseline_sled_batch_flush", batch), |b| {
+            b.iter(|| {
+                let mut wb = sled::Batch::default();
+                for _ in 0..batch {
+                    key += 1;
+                    // An event, a delivery and its index entry, as hookbus writes.
+                    wb.insert([&b"e"[..], &key.to_be_bytes()[..]].concat(), payload.as_slice());
+                    wb.insert([&b"d"[..], &key.to_be_bytes()[..]].concat(), &[0u8; 96][..]);
+                    wb.insert([&b"q"[..], &key.to_be_bytes()[..]].concat(), &[0u8; 16][..]);
+                }
+                tree.apply_batch(wb).unwrap();
+                tree.flush().unwrap();
+            })
+        });
+        g.bench_function(BenchmarkId::new("hookbus_publish_flush", batch), |b| {
+            let ev = order(1);
+            b.iter(|| {
+                for _ in 0..batch {
+                    bus.publish("order.created", &ev).unwrap();
+                }
+                bus.flush().unwrap();
+            })
+        });
+    }
+    // Group commit: 8 threads each waiting for their own event to be durable.
+    let threads = 8u64;
+    g.throughput(Throughput::Elements(threads * 125));
+    g.bench_function("hookbus_8_threads_publish_durable_x125", |b| {
+        b.iter(|| {
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    let bus = bus.clone();
+                    s.spawn(move || {
+                        for i in 0..125 {
+                            bus.publish_durable("order.created", &order(i)).unwrap();
+                        }
+                    });
+                }
+            });
+        })
+    });
+    g.finish();
+}
+
+/// One event to 10, 100, 1000 subscriptions, made durable.
+fn fan_out(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fan_out");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    for subs in [10u64, 100, 1000] {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = builder(dir.path()).deliver(false).open().unwrap();
+        let url = dead_url();
+        for i in 0..subs {
+            bus.subscribe(NewSubscription::new(format!("s{i}"), format!("{url}/{i}")).events(["order.created"])).unwrap();
+        }
+        g.throughput(Throughput::Elements(subs));
+        g.bench_function(BenchmarkId::new("publish_durable", subs), |b| {
+            let ev = order(1);
+            b.iter(|| bus.publish_durable("order.created", &ev).unwrap())
+        });
+    }
+    g.finish();
+}
+
+/// N events to one subscription on a fast local receiver, until all are
+/// delivered, against a raw loop of ureq POSTs with the same thread count.
+fn end_to_end(c: &mut Criterion) {
+    const N: u64 = 1000;
+    let mut g = c.benchmark_group("end_to_end");
+    g.sample_size(10).measurement_time(Duration::from_secs(8)).throughput(Throughput::Elements(N));
+    let rx = Receiver::start();
+    let body = serde_json::to_vec(&order(1)).unwrap();
+    for senders in [1usize, 4, 8] {
+        g.bench_function(BenchmarkId::new("baseline_raw_ureq", senders), |b| {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .max_idle_connections_per_host(senders)
+                .build()
+                .into();
+            let url = rx.url();
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                    std::thread::scope(|s| {
+                        for _ in 0..senders {
+                            let (agent, url, body, next) = (agent.clone(), &url, &body, next.clone());
+                            s.spawn(move || {
+                                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < N {
+                                    let mut r = agent
+                                        .post(url)
+                                        .header("Content-Type", "application/json")
+                                        .send(&body[..])
+                                        .unwrap();
+                                    let _ = r.body_mut().read_to_vec();
+                                }
+                            });
+                        }
+                    });
+                }
+                start.elapsed()
+            })
+        });
+        g.bench_function(BenchmarkId::new("hookbus", senders), |b| {
+            let dir = tempfile::tempdir().unwrap();
+            let bus = builder(dir.path()).senders(senders).open().unwrap();
+            bus.subscribe(NewSubscription::new("s", rx.url()).events(["order.created"])).unwrap();
+            let ev = order(1);
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let target = bus.outbox().stats().unwrap().delivered + N;
+                    for _ in 0..N {
+                        bus.publish("order.created", &ev).unwrap();
+                    }
+                    wait("deliveries", LONG, || bus.outbox().stats().unwrap().delivered >= target);
+                }
+                start.elapsed()
+            });
+            bus.shutdown(Duration::from_secs(5)).unwrap();
+        });
+    }
+    g.finish();
+}
+
+/// HMAC-SHA1, HMAC-SHA256 and Standard Webhooks signing over 1 KiB and 64 KiB.
+fn signing_bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("signing");
+    g.sample_size(30).measurement_time(Duration::from_secs(2));
+    let key = signing::decode_standard_secret(&signing::generate_secret()).unwrap();
+    for size in [1024usize, 64 * 1024] {
+        let body = vec![b'x'; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(BenchmarkId::new("sha1", size), |b| b.iter(|| signing::sign_sha1(b"secret", black_box(&body))));
+        g.bench_function(BenchmarkId::new("sha256", size), |b| b.iter(|| signing::sign_sha256(b"secret", black_box(&body))));
+        g.bench_function(BenchmarkId::new("standard_webhooks", size), |b| {
+            b.iter(|| signing::sign_standard(&key, "01a2218ce58177cb96498be57489b70c", 1_795_858_495, black_box(&body)))
+        });
+    }
+    g.finish();
+}
+
+/// Reopening a store with 100,000 pending deliveries until the first
+/// delivery arrives, against opening an empty store.
+fn recovery(c: &mut Criterion) {
+    const PENDING: u64 = 100_000;
+    let mut g = c.benchmark_group("recovery");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    let rx = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let bus = builder(dir.path()).deliver(false).open().unwrap();
+        bus.subscribe(NewSubscription::new("s", rx.url()).events(["order.created"])).unwrap();
+        let ev = order(1);
+        for _ in 0..PENDING {
+            bus.publish("order.created", &ev).unwrap();
+        }
+        bus.shutdown(Duration::from_secs(30)).unwrap();
+    }
+    let empty = tempfile::tempdir().unwrap();
+    g.bench_function("baseline_open_empty_store", |b| {
+        b.iter(|| {
+            let bus = builder(empty.path()).open().unwrap();
+            bus.shutdown(Duration::from_secs(1)).unwrap();
+        })
+    });
+    g.bench_function("open_100k_pending_until_first_delivery", |b| {
+        b.iter(|| {
+            let before = rx.count();
+            let bus = builder(dir.path()).open().unwrap();
+            wait("first delivery", LONG, || rx.count() > before);
+            bus.shutdown(Duration::from_millis(1)).unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, publish, durable_publish, fan_out, end_to_end, signing_bench, recovery);
+criterion_main!(benches);
