@@ -20,11 +20,17 @@ const LONG: Duration = Duration::from_secs(120);
 /// serde_json + a crossbeam send.
 fn publish(c: &mut Criterion) {
     let mut g = c.benchmark_group("publish");
-    g.throughput(Throughput::Elements(1)).sample_size(20).measurement_time(Duration::from_secs(4));
+    g.throughput(Throughput::Elements(1))
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4));
     let dir = tempfile::tempdir().unwrap();
     // Deep queue, nothing subscribed: the publisher never waits for the
     // dispatcher within one sample.
-    let bus = builder(dir.path()).channel_capacity(4_000_000).deliver(false).open().unwrap();
+    let bus = builder(dir.path())
+        .channel_capacity(4_000_000)
+        .deliver(false)
+        .open()
+        .unwrap();
     let ev = order(1);
     for threads in [1usize, 4] {
         g.bench_function(BenchmarkId::new("baseline_json_send", threads), |b| {
@@ -82,9 +88,14 @@ fn durable_publish(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(5));
     let dir = tempfile::tempdir().unwrap();
     let bus = builder(dir.path()).deliver(false).open().unwrap();
-    bus.subscribe(NewSubscription::new("s", dead_url()).events(["order.created"])).unwrap();
+    bus.subscribe(NewSubscription::new("s", dead_url()).events(["order.created"]))
+        .unwrap();
     let raw_dir = tempfile::tempdir().unwrap();
-    let raw = sled::Config::new().path(raw_dir.path()).cache_capacity(64 << 20).open().unwrap();
+    let raw = sled::Config::new()
+        .path(raw_dir.path())
+        .cache_capacity(64 << 20)
+        .open()
+        .unwrap();
     let tree = raw.open_tree("bench").unwrap();
     let payload = serde_json::to_vec(&order(1)).unwrap();
     let mut key = 0u64;
@@ -96,7 +107,10 @@ fn durable_publish(c: &mut Criterion) {
                 for _ in 0..batch {
                     key += 1;
                     // An event, a delivery and its index entry, as hookbus writes.
-                    wb.insert([&b"e"[..], &key.to_be_bytes()[..]].concat(), payload.as_slice());
+                    wb.insert(
+                        [&b"e"[..], &key.to_be_bytes()[..]].concat(),
+                        payload.as_slice(),
+                    );
                     wb.insert([&b"d"[..], &key.to_be_bytes()[..]].concat(), &[0u8; 96][..]);
                     wb.insert([&b"q"[..], &key.to_be_bytes()[..]].concat(), &[0u8; 16][..]);
                 }
@@ -143,7 +157,11 @@ fn fan_out(c: &mut Criterion) {
         let bus = builder(dir.path()).deliver(false).open().unwrap();
         let url = dead_url();
         for i in 0..subs {
-            bus.subscribe(NewSubscription::new(format!("s{i}"), format!("{url}/{i}")).events(["order.created"])).unwrap();
+            bus.subscribe(
+                NewSubscription::new(format!("s{i}"), format!("{url}/{i}"))
+                    .events(["order.created"]),
+            )
+            .unwrap();
         }
         g.throughput(Throughput::Elements(subs));
         g.bench_function(BenchmarkId::new("publish_durable", subs), |b| {
@@ -159,7 +177,9 @@ fn fan_out(c: &mut Criterion) {
 fn end_to_end(c: &mut Criterion) {
     const N: u64 = 1000;
     let mut g = c.benchmark_group("end_to_end");
-    g.sample_size(10).measurement_time(Duration::from_secs(8)).throughput(Throughput::Elements(N));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .throughput(Throughput::Elements(N));
     let rx = Receiver::start();
     let body = serde_json::to_vec(&order(1)).unwrap();
     for senders in [1usize, 4, 8] {
@@ -176,15 +196,22 @@ fn end_to_end(c: &mut Criterion) {
                     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
                     std::thread::scope(|s| {
                         for _ in 0..senders {
-                            let (agent, url, body, next) = (agent.clone(), &url, &body, next.clone());
+                            let (agent, url, body, next) =
+                                (agent.clone(), &url, &body, next.clone());
                             s.spawn(move || {
                                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < N {
-                                    let mut r = agent
-                                        .post(url)
-                                        .header("Content-Type", "application/json")
-                                        .send(&body[..])
-                                        .unwrap();
-                                    let _ = r.body_mut().read_to_vec();
+                                    // One retry, as a pooled connection the
+                                    // server closed fails its next request.
+                                    for _ in 0..2 {
+                                        let res = agent
+                                            .post(url)
+                                            .header("Content-Type", "application/json")
+                                            .send(&body[..]);
+                                        if let Ok(mut r) = res {
+                                            let _ = r.body_mut().read_to_vec();
+                                            break;
+                                        }
+                                    }
                                 }
                             });
                         }
@@ -196,7 +223,8 @@ fn end_to_end(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("hookbus", senders), |b| {
             let dir = tempfile::tempdir().unwrap();
             let bus = builder(dir.path()).senders(senders).open().unwrap();
-            bus.subscribe(NewSubscription::new("s", rx.url()).events(["order.created"])).unwrap();
+            bus.subscribe(NewSubscription::new("s", rx.url()).events(["order.created"]))
+                .unwrap();
             let ev = order(1);
             b.iter_custom(|iters| {
                 let start = Instant::now();
@@ -205,7 +233,9 @@ fn end_to_end(c: &mut Criterion) {
                     for _ in 0..N {
                         bus.publish("order.created", &ev).unwrap();
                     }
-                    wait("deliveries", LONG, || bus.outbox().stats().unwrap().delivered >= target);
+                    wait("deliveries", LONG, || {
+                        bus.outbox().stats().unwrap().delivered >= target
+                    });
                 }
                 start.elapsed()
             });
@@ -223,10 +253,21 @@ fn signing_bench(c: &mut Criterion) {
     for size in [1024usize, 64 * 1024] {
         let body = vec![b'x'; size];
         g.throughput(Throughput::Bytes(size as u64));
-        g.bench_function(BenchmarkId::new("sha1", size), |b| b.iter(|| signing::sign_sha1(b"secret", black_box(&body))));
-        g.bench_function(BenchmarkId::new("sha256", size), |b| b.iter(|| signing::sign_sha256(b"secret", black_box(&body))));
+        g.bench_function(BenchmarkId::new("sha1", size), |b| {
+            b.iter(|| signing::sign_sha1(b"secret", black_box(&body)))
+        });
+        g.bench_function(BenchmarkId::new("sha256", size), |b| {
+            b.iter(|| signing::sign_sha256(b"secret", black_box(&body)))
+        });
         g.bench_function(BenchmarkId::new("standard_webhooks", size), |b| {
-            b.iter(|| signing::sign_standard(&key, "01a2218ce58177cb96498be57489b70c", 1_795_858_495, black_box(&body)))
+            b.iter(|| {
+                signing::sign_standard(
+                    &key,
+                    "01a2218ce58177cb96498be57489b70c",
+                    1_795_858_495,
+                    black_box(&body),
+                )
+            })
         });
     }
     g.finish();
@@ -242,7 +283,8 @@ fn recovery(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     {
         let bus = builder(dir.path()).deliver(false).open().unwrap();
-        bus.subscribe(NewSubscription::new("s", rx.url()).events(["order.created"])).unwrap();
+        bus.subscribe(NewSubscription::new("s", rx.url()).events(["order.created"]))
+            .unwrap();
         let ev = order(1);
         for _ in 0..PENDING {
             bus.publish("order.created", &ev).unwrap();
@@ -267,5 +309,13 @@ fn recovery(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, publish, durable_publish, fan_out, end_to_end, signing_bench, recovery);
+criterion_group!(
+    benches,
+    publish,
+    durable_publish,
+    fan_out,
+    end_to_end,
+    signing_bench,
+    recovery
+);
 criterion_main!(benches);

@@ -31,6 +31,7 @@ pub struct Config {
     pub(crate) max_payload_bytes: usize,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) deliver: bool,
+    pub(crate) lock_timeout: Duration,
 }
 
 impl Default for Config {
@@ -50,6 +51,7 @@ impl Default for Config {
             max_payload_bytes: 256 * 1024,
             shutdown_timeout: Duration::from_secs(5),
             deliver: true,
+            lock_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -164,6 +166,7 @@ impl Config {
 /// | `max_payload_bytes` | 256 KiB |
 /// | `shutdown_timeout` | 5 s |
 /// | `deliver` | `true` |
+/// | `lock_timeout` | 2 s |
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct Builder {
@@ -316,6 +319,16 @@ impl Builder {
     /// Defaults to `true`.
     pub fn deliver(mut self, on: bool) -> Self {
         self.config.deliver = on;
+        self
+    }
+
+    /// How long [`open`](Self::open) waits for a store held by someone else
+    /// before it fails with [`Error::StoreLocked`]. (sled releases a store's
+    /// lock a moment after its last handle is dropped.)
+    ///
+    /// Defaults to 2 s.
+    pub fn lock_timeout(mut self, d: Duration) -> Self {
+        self.config.lock_timeout = d;
         self
     }
 

@@ -188,6 +188,8 @@ struct Dispatcher {
     done: Vec<Done>,
     /// The first error of this round; every waiter of the round gets it.
     round_error: Option<String>,
+    /// This round took events or changes: flush it.
+    must_flush: bool,
     next_due: Option<u64>,
     closing: Option<Instant>,
     payloads: HashMap<EventId, Arc<[u8]>>,
@@ -229,6 +231,7 @@ pub(crate) fn start(
         flows: HashMap::new(),
         done: Vec::new(),
         round_error: None,
+        must_flush: false,
         next_due: None,
         closing: None,
         payloads: HashMap::new(),
@@ -318,6 +321,7 @@ impl Dispatcher {
     }
 
     fn handle(&mut self, cmd: Command) {
+        self.must_flush = true;
         match cmd {
             Command::Publish { event, done } => {
                 if let Err(e) = self.on_publish(event) {
@@ -388,7 +392,13 @@ impl Dispatcher {
         if let Err(e) = self.w.commit() {
             self.round_error.get_or_insert(e.to_string());
         }
-        if self.w.unflushed {
+        // Published events and changes are flushed in the round that wrote
+        // them (group commit). Attempt outcomes alone are not: losing one in
+        // a crash can only make a delivery be sent again, and sled's own
+        // flusher, or the next round that flushes, covers them soon.
+        let wanted = self.must_flush || !self.done.is_empty();
+        if self.w.unflushed && wanted {
+            self.must_flush = false;
             match self.w.store.flush() {
                 Ok(()) => self.w.unflushed = false,
                 Err(e) => {

@@ -9,6 +9,37 @@ use uuid::Uuid;
 
 use crate::error::{Error, clip};
 
+thread_local! {
+    /// The last millisecond this thread made an id in, and its sequence.
+    static V7_STATE: std::cell::Cell<(u64, u16)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// A uuid v7 from a per-thread generator: the 48-bit millisecond time, a
+/// 12-bit sequence that makes ids of one thread strictly increasing (it
+/// starts at a random value below 1024 each millisecond and borrows the next
+/// millisecond when it runs out), then 62 random bits. Unlike
+/// `Uuid::now_v7`, it takes no global lock and makes no system call for
+/// randomness, which keeps `publish` cheap from many threads.
+fn next_v7() -> Uuid {
+    let now = Timestamp::now().as_millis();
+    let (ms, seq) = V7_STATE.with(|state| {
+        let (last, seq) = state.get();
+        let next = if now > last {
+            (now, fastrand::u16(..0x400))
+        } else if seq < 0xfff {
+            (last, seq + 1)
+        } else {
+            (last + 1, 0)
+        };
+        state.set(next);
+        next
+    });
+    let mut bytes = [0u8; 10];
+    bytes[..2].copy_from_slice(&seq.to_be_bytes());
+    bytes[2..].copy_from_slice(&fastrand::u64(..).to_be_bytes());
+    uuid::Builder::from_unix_timestamp_millis(ms, &bytes).into_uuid()
+}
+
 macro_rules! id_type {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
@@ -43,7 +74,7 @@ macro_rules! id_type {
 
         impl $name {
             pub(crate) fn generate() -> Self {
-                Self(Uuid::now_v7())
+                Self(next_v7())
             }
 
             /// The id as a uuid.
@@ -213,6 +244,22 @@ mod tests {
             Timestamp(951_782_400_000).to_string(),
             "2000-02-29T00:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn generated_ids_are_v7_and_increase_within_a_thread() {
+        let ids: Vec<EventId> = (0..20_000).map(|_| EventId::generate()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+        assert!(ids.iter().all(|i| i.as_uuid().get_version_num() == 7));
+        assert!(
+            ids.iter()
+                .all(|i| i.as_uuid().get_variant() == uuid::Variant::RFC4122)
+        );
+        let ms = ids[0].as_uuid().get_timestamp().unwrap().to_unix();
+        let now = Timestamp::now().as_millis() / 1000;
+        assert!(now.abs_diff(ms.0) <= 2);
+        let other = std::thread::spawn(|| EventId::generate()).join().unwrap();
+        assert!(!ids.contains(&other));
     }
 
     #[test]

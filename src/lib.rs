@@ -104,6 +104,9 @@
 //!   does `fsync` every 500 ms. So a flushed event survives a crash of the
 //!   process; after a power loss or kernel crash, the last ≤ 500 ms of
 //!   flushed writes may be lost.
+//! * Attempt outcomes are written at once but not flushed on their own: a
+//!   crash within sled's 500 ms flush interval can make a delivery that was
+//!   already answered be sent again (still at-least-once), never lost.
 //! * One process per store: sled locks the folder, and a second open gets
 //!   [`Error::StoreLocked`].
 //!

@@ -186,12 +186,21 @@ impl Store {
     pub(crate) fn open(config: &Config) -> Result<Store> {
         let path = config.path.clone();
         check_is_store_or_empty(&path)?;
-        let db = sled::Config::new()
+        let sled_config = sled::Config::new()
             .path(&path)
             .cache_capacity(config.cache_capacity)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| map_open_error(e, &path))?;
+            .flush_every_ms(Some(500));
+        // A store closed a moment ago in this process can hold its file lock
+        // until sled's I/O threads finish: wait for it, briefly.
+        let deadline = std::time::Instant::now() + config.lock_timeout;
+        let db = loop {
+            match sled_config.open().map_err(|e| map_open_error(e, &path)) {
+                Err(Error::StoreLocked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let recovered = db.was_recovered();
         let existed = db
             .tree_names()

@@ -34,9 +34,12 @@ pub fn order(id: u64) -> Order {
     }
 }
 
-/// A builder for benches: loopback allowed, no retries.
+/// A builder for benches: loopback allowed, failed attempts retried at once.
 pub fn builder(dir: &Path) -> Builder {
-    Bus::builder().path(dir).allow_private_targets(true).retry_schedule(vec![Duration::from_secs(3600)])
+    Bus::builder()
+        .path(dir)
+        .allow_private_targets(true)
+        .retry_schedule(vec![Duration::from_millis(1); 5])
 }
 
 /// A URL on loopback where nothing listens.
@@ -59,7 +62,10 @@ impl Receiver {
         let c = count.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let app = axum::Router::new().fallback(move || {
                     let c = c.clone();
