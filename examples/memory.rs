@@ -86,10 +86,10 @@ fn start_receiver() -> std::io::Result<String> {
                         if l.is_empty() {
                             break;
                         }
-                        if let Some((n, v)) = l.split_once(':') {
-                            if n.eq_ignore_ascii_case("content-length") {
-                                len = v.trim().parse().unwrap_or(0);
-                            }
+                        if let Some((n, v)) = l.split_once(':')
+                            && n.eq_ignore_ascii_case("content-length")
+                        {
+                            len = v.trim().parse().unwrap_or(0);
                         }
                     }
                     let mut body = vec![0; len];

@@ -258,7 +258,7 @@ mod tests {
         let ms = ids[0].as_uuid().get_timestamp().unwrap().to_unix();
         let now = Timestamp::now().as_millis() / 1000;
         assert!(now.abs_diff(ms.0) <= 2);
-        let other = std::thread::spawn(|| EventId::generate()).join().unwrap();
+        let other = std::thread::spawn(EventId::generate).join().unwrap();
         assert!(!ids.contains(&other));
     }
 
