@@ -40,8 +40,6 @@ pub(crate) enum Command {
 
 /// At most this many commands are taken into one round.
 const MAX_ROUND: usize = 4096;
-/// At most this many due-index entries are looked at per dispatch pass.
-const SCAN_LIMIT: usize = 4096;
 
 /// The write side of the store, as the dispatcher and the changes it runs
 /// see it. Reads through `store()` see everything committed so far.
@@ -55,6 +53,8 @@ pub(crate) struct Writer {
     unflushed: bool,
     /// Pending deliveries were added or moved earlier: scan the due index.
     pub(crate) rescan: bool,
+    /// Subscriptions whose pending deliveries changed since the last round.
+    touched: HashSet<SubscriptionId>,
 }
 
 impl Writer {
@@ -90,12 +90,20 @@ impl Writer {
         if new.state == DeliveryState::Pending {
             self.rescan = true;
         }
+        if new.state == DeliveryState::Pending
+            || old.is_some_and(|o| o.state == DeliveryState::Pending)
+        {
+            self.touched.insert(new.subscription_id);
+        }
         self.batch.put_delivery(old, new);
     }
 
     /// Removes a finished delivery with its attempts.
     pub(crate) fn remove_delivery(&mut self, old: &Delivery) -> Result<()> {
         let keys = self.store.attempt_keys(old.id)?;
+        if old.state == DeliveryState::Pending {
+            self.touched.insert(old.subscription_id);
+        }
         self.count(old.state, -1);
         self.batch.remove_delivery(old, &keys);
         Ok(())
@@ -113,6 +121,7 @@ impl Writer {
             self.batch.quarantine(&k, &v);
         }
         self.batch.remove_index_entry(state, entry);
+        self.touched.insert(entry.subscription);
         self.count(state, -1);
         self.stats.quarantined += 1;
     }
@@ -123,11 +132,8 @@ impl Writer {
         self.commit()?;
         let now = Timestamp::now();
         let mut n = 0;
-        for entry in self.store.index(DeliveryState::Pending, 0) {
+        for entry in self.store.due_of(sub) {
             let entry = entry?;
-            if entry.subscription != sub {
-                continue;
-            }
             match self.store.delivery(entry.delivery) {
                 Ok(Some(old)) if old.state == DeliveryState::Pending => {
                     let mut new = old.clone();
@@ -138,7 +144,10 @@ impl Writer {
                     self.put_delivery(Some(&old), &new);
                     n += 1;
                 }
-                Ok(_) => self.batch.remove_index_entry(DeliveryState::Pending, entry),
+                Ok(_) => {
+                    self.batch.remove_index_entry(DeliveryState::Pending, entry);
+                    self.touched.insert(sub);
+                }
                 Err(e) => self.quarantine_delivery(DeliveryState::Pending, entry, &e),
             }
         }
@@ -191,6 +200,9 @@ struct Dispatcher {
     /// This round took events or changes: flush it.
     must_flush: bool,
     next_due: Option<u64>,
+    /// Every subscription with pending deliveries, and when its soonest is
+    /// due (kept in step with the store at the end of every round).
+    due_subs: HashMap<SubscriptionId, u64>,
     closing: Option<Instant>,
     payloads: HashMap<EventId, Arc<[u8]>>,
 }
@@ -205,6 +217,7 @@ pub(crate) fn start(
     let (work_tx, work_rx) = crossbeam_channel::bounded(config.senders);
     let (out_tx, out_rx) = crossbeam_channel::unbounded();
     let stats = store.stats()?;
+    let due_subs = store.pending_subscriptions()?.into_iter().collect();
     // Without delivery, keep a sender of the outcome channel so it never
     // reads as disconnected.
     let (senders, idle_outcomes) = if config.deliver {
@@ -221,6 +234,7 @@ pub(crate) fn start(
             stats_dirty: false,
             unflushed: false,
             rescan: true,
+            touched: HashSet::new(),
         },
         commands: Some(rx),
         outcomes: out_rx,
@@ -233,6 +247,7 @@ pub(crate) fn start(
         round_error: None,
         must_flush: false,
         next_due: None,
+        due_subs,
         closing: None,
         payloads: HashMap::new(),
     };
@@ -392,6 +407,19 @@ impl Dispatcher {
         if let Err(e) = self.w.commit() {
             self.round_error.get_or_insert(e.to_string());
         }
+        for sub in std::mem::take(&mut self.w.touched) {
+            match self.w.store.earliest_due(sub) {
+                Ok(Some(at)) => {
+                    self.due_subs.insert(sub, at);
+                }
+                Ok(None) => {
+                    self.due_subs.remove(&sub);
+                }
+                Err(e) => {
+                    tracing::error!(subscription = %sub, error = %e, "damaged due-index entry")
+                }
+            }
+        }
         // Published events and changes are flushed in the round that wrote
         // them (group commit). Attempt outcomes alone are not: losing one in
         // a crash can only make a delivery be sent again, and sled's own
@@ -522,78 +550,89 @@ impl Dispatcher {
             return;
         }
         let senders = self.w.config.senders;
-        let free = senders.saturating_sub(self.in_flight.len());
-        let due_now = self.next_due.is_some_and(|at| at <= now_ms());
+        let mut free = senders.saturating_sub(self.in_flight.len());
+        let now = now_ms();
+        let due_now = self.next_due.is_some_and(|at| at <= now);
         if free == 0 || !(self.w.rescan || due_now) {
             return;
         }
         self.w.rescan = false;
-        self.next_due = None;
-        let now = now_ms();
-        let mut candidates = Vec::new();
-        let mut scanned = 0;
-        for entry in self.w.store().index(DeliveryState::Pending, 0) {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(error = %e, "damaged due-index entry skipped");
-                    continue;
-                }
-            };
-            if entry.at > now {
-                self.next_due = Some(entry.at);
-                break;
-            }
-            scanned += 1;
-            if scanned > SCAN_LIMIT {
-                break;
-            }
-            if !self.in_flight.contains(&entry.delivery) {
-                candidates.push(entry);
+        // Subscriptions with due work, the one waiting longest first; and
+        // when the next one falls due.
+        let mut ready: Vec<(u64, SubscriptionId)> = Vec::new();
+        let mut next: Option<u64> = None;
+        for (sub, at) in &self.due_subs {
+            if *at <= now {
+                ready.push((*at, *sub));
+            } else {
+                next = Some(next.map_or(*at, |n| n.min(*at)));
             }
         }
-        if candidates.is_empty() {
+        self.next_due = next;
+        if ready.is_empty() {
             return;
         }
+        ready.sort_unstable();
         // Fair share: with k subscriptions wanting senders, each may hold
         // senders / k (at least one); a lone one may hold all but one, and a
         // tripped one only one.
-        let mut wanting: HashSet<SubscriptionId> =
-            candidates.iter().map(|c| c.subscription).collect();
+        let mut wanting: HashSet<SubscriptionId> = ready.iter().map(|(_, s)| *s).collect();
         wanting.extend(
             self.flows
                 .iter()
                 .filter(|(_, f)| f.in_flight > 0)
                 .map(|(id, _)| *id),
         );
+        let most = senders.saturating_sub(1).max(1);
         let share = if wanting.len() <= 1 {
-            senders.saturating_sub(1).max(1)
+            most
         } else {
-            (senders / wanting.len()).clamp(1, senders.saturating_sub(1).max(1))
+            (senders / wanting.len()).clamp(1, most)
         };
-        let mut free = free;
-        for c in candidates {
+        for (_, sub) in ready {
             if free == 0 {
                 break;
             }
-            let flow = self.flows.entry(c.subscription).or_default();
+            let flow = self.flows.entry(sub).or_default();
             let cap = if flow.tripped { 1 } else { share };
-            if flow.in_flight >= cap {
+            let room = cap.saturating_sub(flow.in_flight).min(free);
+            if room == 0 {
                 continue;
             }
-            match self.prepare(c) {
-                Ok(Some(job)) => {
-                    let Some(work) = &self.work else { return };
-                    if work.try_send(job).is_err() {
-                        return;
+            // Its due deliveries not already in flight: at most `in_flight`
+            // entries are skipped on the way.
+            let mut batch = Vec::with_capacity(room);
+            for entry in self.w.store().due_of(sub) {
+                match entry {
+                    Ok(e) if e.at > now => break,
+                    Ok(e) if self.in_flight.contains(&e.delivery) => {}
+                    Ok(e) => {
+                        batch.push(e);
+                        if batch.len() == room {
+                            break;
+                        }
                     }
-                    self.in_flight.insert(c.delivery);
-                    self.flows.entry(c.subscription).or_default().in_flight += 1;
-                    free -= 1;
+                    Err(e) => {
+                        tracing::error!(subscription = %sub, error = %e, "damaged due-index entry");
+                        break;
+                    }
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(delivery = %c.delivery, error = %e, "could not prepare a delivery");
+            }
+            for e in batch {
+                match self.prepare(e) {
+                    Ok(Some(job)) => {
+                        let Some(work) = &self.work else { return };
+                        if work.try_send(job).is_err() {
+                            return;
+                        }
+                        self.in_flight.insert(e.delivery);
+                        self.flows.entry(sub).or_default().in_flight += 1;
+                        free -= 1;
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::error!(delivery = %e.delivery, error = %err, "could not prepare a delivery");
+                    }
                 }
             }
         }

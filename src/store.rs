@@ -18,13 +18,15 @@
 //! | `q` | next attempt (u64 BE ms), delivery id | subscription id: pending deliveries |
 //! | `y` | finished (u64 BE ms), delivery id | subscription id: delivered |
 //! | `x` | finished (u64 BE ms), delivery id | subscription id: dead |
+//! | `r` | subscription id, next attempt (u64 BE ms), delivery id | empty: pending deliveries by subscription |
 //! | `b` | subscription id, delivery id | empty: deliveries by subscription |
 //! | `a` | delivery id, attempt number (u32 BE) | [`Attempt`] |
 //! | `z` | the damaged record's key | its raw bytes (quarantine) |
 //!
 //! Invariant: every delivery has exactly one state-index entry (`q`, `y` or
-//! `x`), the one matching its state; [`WriteBatch::put_delivery`] is the only
-//! code that writes deliveries, and it keeps this so.
+//! `x`), the one matching its state, and a pending one also exactly one `r`
+//! entry; [`WriteBatch::put_delivery`] is the only code that writes
+//! deliveries, and it keeps this so.
 //!
 //! Records go through [`crate::codec`]; keys that must sort are big-endian.
 
@@ -54,6 +56,7 @@ const DELIVERED: u8 = b'y';
 const DEAD: u8 = b'x';
 const ATT: u8 = b'a';
 const BY_SUB: u8 = b'b';
+const DUE_BY_SUB: u8 = b'r';
 const QUARANTINE: u8 = b'z';
 
 /// A subscription as stored. Unlike [`crate::Subscription`] it serializes
@@ -122,6 +125,38 @@ fn by_sub_key(sub: SubscriptionId, id: DeliveryId) -> [u8; 33] {
     k[1..17].copy_from_slice(&sub.to_bytes());
     k[17..].copy_from_slice(&id.to_bytes());
     k
+}
+
+fn sub_due_key(sub: SubscriptionId, at: u64, id: DeliveryId) -> [u8; 41] {
+    let mut k = [0u8; 41];
+    k[0] = DUE_BY_SUB;
+    k[1..17].copy_from_slice(&sub.to_bytes());
+    k[17..25].copy_from_slice(&at.to_be_bytes());
+    k[25..].copy_from_slice(&id.to_bytes());
+    k
+}
+
+/// The per-subscription due key of a pending delivery.
+fn pending_key(d: &Delivery) -> Option<[u8; 41]> {
+    (d.state == DeliveryState::Pending).then(|| {
+        sub_due_key(
+            d.subscription_id,
+            d.next_attempt_at.map_or(0, |t| t.as_millis()),
+            d.id,
+        )
+    })
+}
+
+fn parse_sub_due(k: &[u8]) -> Result<IndexEntry> {
+    let bad = || corrupt(k, "malformed subscription due key");
+    if k.len() != 41 {
+        return Err(bad());
+    }
+    Ok(IndexEntry {
+        subscription: SubscriptionId::from_slice(&k[1..17]).ok_or_else(bad)?,
+        at: u64::from_be_bytes(k[17..25].try_into().map_err(|_| bad())?),
+        delivery: DeliveryId::from_slice(&k[25..]).ok_or_else(bad)?,
+    })
 }
 
 fn attempt_key(id: DeliveryId, n: u32) -> [u8; 21] {
@@ -352,6 +387,44 @@ impl Store {
         }
     }
 
+    /// The pending deliveries of one subscription, soonest due first.
+    pub(crate) fn due_of(
+        &self,
+        sub: SubscriptionId,
+    ) -> impl Iterator<Item = Result<IndexEntry>> + use<> {
+        self.tree
+            .scan_prefix(key16(DUE_BY_SUB, sub.to_bytes()))
+            .keys()
+            .map(|k| parse_sub_due(&k?))
+    }
+
+    /// When the soonest pending delivery of `sub` is due, if it has any.
+    pub(crate) fn earliest_due(&self, sub: SubscriptionId) -> Result<Option<u64>> {
+        self.due_of(sub).next().transpose().map(|e| e.map(|e| e.at))
+    }
+
+    /// Every subscription with pending deliveries, and when its soonest is
+    /// due: one seek per subscription, not one step per delivery.
+    pub(crate) fn pending_subscriptions(&self) -> Result<Vec<(SubscriptionId, u64)>> {
+        use std::ops::Bound;
+        let mut out = Vec::new();
+        let mut from = Bound::Included(vec![DUE_BY_SUB]);
+        loop {
+            let next = self
+                .tree
+                .range::<Vec<u8>, _>((from, Bound::Excluded(vec![DUE_BY_SUB + 1])))
+                .keys()
+                .next();
+            let Some(k) = next else { break };
+            let e = parse_sub_due(&k?)?;
+            out.push((e.subscription, e.at));
+            let mut last = key16(DUE_BY_SUB, e.subscription.to_bytes()).to_vec();
+            last.extend_from_slice(&[0xff; 24]);
+            from = Bound::Excluded(last);
+        }
+        Ok(out)
+    }
+
     /// A state index in time order, from `from_ms` on.
     pub(crate) fn index(
         &self,
@@ -476,10 +549,18 @@ impl WriteBatch {
                 if ok != state_key(new) {
                     self.remove(&ok);
                 }
+                if let Some(k) = pending_key(old)
+                    && Some(k) != pending_key(new)
+                {
+                    self.remove(&k);
+                }
             }
             None => self.insert(&by_sub_key(new.subscription_id, new.id), &[]),
         }
         self.insert(&state_key(new), &new.subscription_id.to_bytes());
+        if let Some(k) = pending_key(new) {
+            self.insert(&k, &[]);
+        }
         self.insert(&key16(DLV, new.id.to_bytes()), &encode(new));
     }
 
@@ -487,6 +568,9 @@ impl WriteBatch {
     /// caller read with [`Store::attempt_keys`]).
     pub(crate) fn remove_delivery(&mut self, old: &Delivery, attempt_keys: &[Vec<u8>]) {
         self.remove(&state_key(old));
+        if let Some(k) = pending_key(old) {
+            self.remove(&k);
+        }
         self.remove(&by_sub_key(old.subscription_id, old.id));
         self.remove(&key16(DLV, old.id.to_bytes()));
         for k in attempt_keys {
@@ -497,6 +581,9 @@ impl WriteBatch {
     /// Removes a state-index entry that points at no usable delivery.
     pub(crate) fn remove_index_entry(&mut self, state: DeliveryState, e: IndexEntry) {
         self.remove(&time_key(state_prefix(state), e.at, e.delivery));
+        if state == DeliveryState::Pending {
+            self.remove(&sub_due_key(e.subscription, e.at, e.delivery));
+        }
     }
 
     pub(crate) fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt) {
