@@ -19,7 +19,8 @@ pub struct Outbox<'a> {
 }
 
 /// A lazy listing of deliveries, in the order of their state index:
-/// pending by next attempt time, delivered and dead by finish time.
+/// pending by subscription and then next attempt time, delivered and dead by
+/// finish time.
 pub struct Deliveries {
     store: Store,
     state: DeliveryState,
@@ -64,7 +65,7 @@ impl<'a> Outbox<'a> {
         self.bus.store().stats()
     }
 
-    /// Pending deliveries, soonest due first.
+    /// Pending deliveries, by subscription and then soonest due first.
     pub fn pending(&self) -> Deliveries {
         self.list(DeliveryState::Pending)
     }
@@ -82,7 +83,7 @@ impl<'a> Outbox<'a> {
     /// Deliveries in `state`, in index order.
     pub fn list(&self, state: DeliveryState) -> Deliveries {
         let store = self.bus.store().clone();
-        let entries = Box::new(store.index(state, 0));
+        let entries = Box::new(store.index(state));
         Deliveries {
             store,
             state,
@@ -172,7 +173,7 @@ impl<'a> Outbox<'a> {
     pub fn retry_all_dead(&self, subscription: Option<SubscriptionId>) -> Result<u64> {
         self.bus.write(move |w| {
             let mut n = 0;
-            for entry in w.store().index(DeliveryState::Dead, 0) {
+            for entry in w.store().index(DeliveryState::Dead) {
                 let entry = entry?;
                 if subscription.is_some_and(|s| s != entry.subscription) {
                     continue;
@@ -195,7 +196,7 @@ impl<'a> Outbox<'a> {
     pub fn purge_delivered_before(&self, before: Timestamp) -> Result<u64> {
         self.bus.write(move |w| {
             let mut n = 0;
-            for entry in w.store().index(DeliveryState::Delivered, 0) {
+            for entry in w.store().index(DeliveryState::Delivered) {
                 let entry = entry?;
                 if entry.at >= before.as_millis() {
                     break;

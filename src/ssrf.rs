@@ -231,12 +231,20 @@ impl GuardedResolver {
             .unwrap_or_default()
             .trim_end_matches('.')
             .to_ascii_lowercase();
-        let Some(ips) = self.overrides.get(&host) else {
-            return self.inner.resolve(uri, config, timeout);
-        };
         let https = uri.scheme_str() == Some("https");
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let mut out = self.inner.empty();
+        // ureq resolves before every request, pooled connection or not; an IP
+        // literal needs no lookup (and no lookup thread).
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>();
+        let ips = match (&literal, self.overrides.get(&host)) {
+            (Ok(ip), _) => std::slice::from_ref(ip),
+            (Err(_), Some(ips)) => ips.as_slice(),
+            (Err(_), None) => return self.inner.resolve(uri, config, timeout),
+        };
         for ip in ips.iter().take(16) {
             out.push(std::net::SocketAddr::new(*ip, port));
         }

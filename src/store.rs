@@ -15,18 +15,18 @@
 //! | `i` | event name, `0x00`, subscription id | empty |
 //! | `e` | event id (16) | [`Event`] |
 //! | `d` | delivery id (16) | [`Delivery`] |
-//! | `q` | next attempt (u64 BE ms), delivery id | subscription id: pending deliveries |
 //! | `y` | finished (u64 BE ms), delivery id | subscription id: delivered |
 //! | `x` | finished (u64 BE ms), delivery id | subscription id: dead |
-//! | `r` | subscription id, next attempt (u64 BE ms), delivery id | empty: pending deliveries by subscription |
+//! | `r` | subscription id, next attempt (u64 BE ms), delivery id | subscription id: pending, by subscription and due time |
 //! | `b` | subscription id, delivery id | empty: deliveries by subscription |
 //! | `a` | delivery id, attempt number (u32 BE) | [`Attempt`] |
 //! | `z` | the damaged record's key | its raw bytes (quarantine) |
 //!
-//! Invariant: every delivery has exactly one state-index entry (`q`, `y` or
-//! `x`), the one matching its state, and a pending one also exactly one `r`
-//! entry; [`WriteBatch::put_delivery`] is the only code that writes
-//! deliveries, and it keeps this so.
+//! Invariant: every delivery has exactly one state-index entry (`r`, `y` or
+//! `x`), the one matching its state; [`WriteBatch::put_delivery`] is the only
+//! code that writes deliveries, and it keeps this so. Pending deliveries are
+//! indexed per subscription so the dispatcher can serve subscriptions in
+//! turn without walking the whole backlog of one of them.
 //!
 //! Records go through [`crate::codec`]; keys that must sort are big-endian.
 
@@ -51,7 +51,6 @@ const SUB: u8 = b's';
 const IDX: u8 = b'i';
 const EVT: u8 = b'e';
 const DLV: u8 = b'd';
-const PENDING: u8 = b'q';
 const DELIVERED: u8 = b'y';
 const DEAD: u8 = b'x';
 const ATT: u8 = b'a';
@@ -96,7 +95,7 @@ fn index_key(event: &str, sub: SubscriptionId) -> Vec<u8> {
 
 fn state_prefix(state: DeliveryState) -> u8 {
     match state {
-        DeliveryState::Pending => PENDING,
+        DeliveryState::Pending => DUE_BY_SUB,
         DeliveryState::Delivered => DELIVERED,
         DeliveryState::Dead => DEAD,
     }
@@ -110,23 +109,6 @@ fn time_key(prefix: u8, at: u64, id: DeliveryId) -> [u8; 25] {
     k
 }
 
-/// The state-index key of a delivery (see the module docs).
-fn state_key(d: &Delivery) -> [u8; 25] {
-    let at = match d.state {
-        DeliveryState::Pending => d.next_attempt_at,
-        _ => d.finished_at,
-    };
-    time_key(state_prefix(d.state), at.map_or(0, |t| t.as_millis()), d.id)
-}
-
-fn by_sub_key(sub: SubscriptionId, id: DeliveryId) -> [u8; 33] {
-    let mut k = [0u8; 33];
-    k[0] = BY_SUB;
-    k[1..17].copy_from_slice(&sub.to_bytes());
-    k[17..].copy_from_slice(&id.to_bytes());
-    k
-}
-
 fn sub_due_key(sub: SubscriptionId, at: u64, id: DeliveryId) -> [u8; 41] {
     let mut k = [0u8; 41];
     k[0] = DUE_BY_SUB;
@@ -136,15 +118,35 @@ fn sub_due_key(sub: SubscriptionId, at: u64, id: DeliveryId) -> [u8; 41] {
     k
 }
 
-/// The per-subscription due key of a pending delivery.
-fn pending_key(d: &Delivery) -> Option<[u8; 41]> {
-    (d.state == DeliveryState::Pending).then(|| {
-        sub_due_key(
-            d.subscription_id,
-            d.next_attempt_at.map_or(0, |t| t.as_millis()),
-            d.id,
-        )
-    })
+/// The state-index key of an entry: `r` + subscription + due time + id for
+/// pending ones, `y`/`x` + finish time + id for the others.
+fn entry_key(state: DeliveryState, e: &IndexEntry) -> Vec<u8> {
+    match state {
+        DeliveryState::Pending => sub_due_key(e.subscription, e.at, e.delivery).to_vec(),
+        _ => time_key(state_prefix(state), e.at, e.delivery).to_vec(),
+    }
+}
+
+/// The state-index key of a delivery (see the module docs).
+fn state_key(d: &Delivery) -> Vec<u8> {
+    let at = match d.state {
+        DeliveryState::Pending => d.next_attempt_at,
+        _ => d.finished_at,
+    };
+    let e = IndexEntry {
+        at: at.map_or(0, |t| t.as_millis()),
+        delivery: d.id,
+        subscription: d.subscription_id,
+    };
+    entry_key(d.state, &e)
+}
+
+fn by_sub_key(sub: SubscriptionId, id: DeliveryId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = BY_SUB;
+    k[1..17].copy_from_slice(&sub.to_bytes());
+    k[17..].copy_from_slice(&id.to_bytes());
+    k
 }
 
 fn parse_sub_due(k: &[u8]) -> Result<IndexEntry> {
@@ -425,33 +427,39 @@ impl Store {
         Ok(out)
     }
 
-    /// A state index in time order, from `from_ms` on.
+    /// A state index: pending deliveries by subscription and due time,
+    /// delivered and dead ones by finish time.
     pub(crate) fn index(
         &self,
         state: DeliveryState,
-        from_ms: u64,
     ) -> impl Iterator<Item = Result<IndexEntry>> + use<> {
         let p = state_prefix(state);
-        let mut start = vec![p];
-        start.extend_from_slice(&from_ms.to_be_bytes());
-        self.tree.range(start..vec![p + 1]).map(|kv| {
-            let (k, v) = kv?;
-            IndexEntry::parse(&k, &v)
-        })
+        self.range_index(state, vec![p])
     }
 
-    /// A state index entry after a given one (for cursors).
+    /// A state index from just after a given entry (for cursors).
     pub(crate) fn index_after(
         &self,
         state: DeliveryState,
         after: IndexEntry,
     ) -> impl Iterator<Item = Result<IndexEntry>> + use<> {
-        let p = state_prefix(state);
-        let mut start = time_key(p, after.at, after.delivery).to_vec();
+        let mut start = entry_key(state, &after);
         start.push(0);
-        self.tree.range(start..vec![p + 1]).map(|kv| {
+        self.range_index(state, start)
+    }
+
+    fn range_index(
+        &self,
+        state: DeliveryState,
+        start: Vec<u8>,
+    ) -> impl Iterator<Item = Result<IndexEntry>> + use<> {
+        let end = vec![state_prefix(state) + 1];
+        self.tree.range(start..end).map(move |kv| {
             let (k, v) = kv?;
-            IndexEntry::parse(&k, &v)
+            match state {
+                DeliveryState::Pending => parse_sub_due(&k),
+                _ => IndexEntry::parse(&k, &v),
+            }
         })
     }
 
@@ -543,24 +551,17 @@ impl WriteBatch {
     /// Writes a delivery and keeps its state-index entry in step: the entry
     /// of `old` (the record as stored before) goes, the entry of `new` comes.
     pub(crate) fn put_delivery(&mut self, old: Option<&Delivery>, new: &Delivery) {
+        let key = state_key(new);
         match old {
             Some(old) => {
                 let ok = state_key(old);
-                if ok != state_key(new) {
+                if ok != key {
                     self.remove(&ok);
-                }
-                if let Some(k) = pending_key(old)
-                    && Some(k) != pending_key(new)
-                {
-                    self.remove(&k);
                 }
             }
             None => self.insert(&by_sub_key(new.subscription_id, new.id), &[]),
         }
-        self.insert(&state_key(new), &new.subscription_id.to_bytes());
-        if let Some(k) = pending_key(new) {
-            self.insert(&k, &[]);
-        }
+        self.insert(&key, &new.subscription_id.to_bytes());
         self.insert(&key16(DLV, new.id.to_bytes()), &encode(new));
     }
 
@@ -568,9 +569,6 @@ impl WriteBatch {
     /// caller read with [`Store::attempt_keys`]).
     pub(crate) fn remove_delivery(&mut self, old: &Delivery, attempt_keys: &[Vec<u8>]) {
         self.remove(&state_key(old));
-        if let Some(k) = pending_key(old) {
-            self.remove(&k);
-        }
         self.remove(&by_sub_key(old.subscription_id, old.id));
         self.remove(&key16(DLV, old.id.to_bytes()));
         for k in attempt_keys {
@@ -580,10 +578,7 @@ impl WriteBatch {
 
     /// Removes a state-index entry that points at no usable delivery.
     pub(crate) fn remove_index_entry(&mut self, state: DeliveryState, e: IndexEntry) {
-        self.remove(&time_key(state_prefix(state), e.at, e.delivery));
-        if state == DeliveryState::Pending {
-            self.remove(&sub_due_key(e.subscription, e.at, e.delivery));
-        }
+        self.remove(&entry_key(state, &e));
     }
 
     pub(crate) fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt) {
@@ -648,9 +643,9 @@ mod tests {
     #[test]
     fn state_keys_sort_by_time() {
         let a = DeliveryId::generate();
-        let k1 = time_key(PENDING, 1, a);
-        let k2 = time_key(PENDING, 256, a);
-        let k3 = time_key(PENDING, u64::MAX, a);
+        let k1 = time_key(DEAD, 1, a);
+        let k2 = time_key(DEAD, 256, a);
+        let k3 = time_key(DEAD, u64::MAX, a);
         assert!(k1 < k2 && k2 < k3);
     }
 }
