@@ -407,7 +407,8 @@ impl Dispatcher {
         if let Err(e) = self.w.commit() {
             self.round_error.get_or_insert(e.to_string());
         }
-        for sub in std::mem::take(&mut self.w.touched) {
+        let touched: Vec<SubscriptionId> = self.w.touched.drain().collect();
+        for sub in touched {
             match self.w.store.earliest_due(sub) {
                 Ok(Some(at)) => {
                     self.due_subs.insert(sub, at);
