@@ -71,6 +71,9 @@ fn crash_child() {
     };
     let dir = std::path::PathBuf::from(std::env::var("HOOKBUS_CRASH_DIR").unwrap());
     let url = std::env::var("HOOKBUS_CRASH_URL").unwrap();
+    if mode == "chaos" {
+        return chaos_child(&dir, &url);
+    }
     let bus = builder(&dir)
         .retry_schedule(vec![Duration::from_secs(3600)])
         .open()
@@ -176,5 +179,163 @@ fn sigkill_mid_delivery_redelivers_everything_with_the_same_ids() {
         bus.outbox()
             .all()
             .all(|d| d.unwrap().state == DeliveryState::Delivered)
+    );
+}
+
+const CHAOS_ROUNDS: u64 = 20;
+const CHAOS_MAX_PER_ROUND: u64 = 2000;
+
+/// One life of the chaos child: (re)open, subscribe once, publish and flush
+/// in batches, report what each flush confirmed, until killed.
+fn chaos_child(dir: &std::path::Path, url: &str) {
+    let round: u64 = std::env::var("HOOKBUS_CHAOS_ROUND")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bus = builder(dir)
+        .retry_schedule(vec![Duration::from_millis(10); 20])
+        .request_timeout(Duration::from_secs(2))
+        .open()
+        .unwrap();
+    if bus.subscriptions().list().unwrap().is_empty() {
+        bus.subscribe(NewSubscription::new("chaos", url).events(["tick"]))
+            .unwrap();
+    }
+    let mut i = 0;
+    while i < CHAOS_MAX_PER_ROUND {
+        for _ in 0..20 {
+            bus.publish("tick", &json!({ "round": round, "i": i }))
+                .unwrap();
+            i += 1;
+        }
+        bus.flush().unwrap();
+        println!("\nFLUSHED {round} {}", i - 1);
+    }
+    std::thread::sleep(Duration::from_secs(30));
+}
+
+/// Kill -9 at random moments, many times; at the end every event a flush
+/// confirmed has arrived, duplicates carry the same delivery id, and
+/// nothing arrived that was never published.
+#[test]
+fn chaos_sigkill_at_random_moments_loses_nothing() {
+    let seed: u64 = std::env::var("HOOKBUS_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("chaos seed: {seed} (rerun with HOOKBUS_CHAOS_SEED={seed})");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let fail_seed = rng.u64(..);
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let c = calls.clone();
+    // About one request in ten fails, so retries happen across the kills.
+    let rx = TestReceiver::with(move |_| {
+        let n = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if fastrand::Rng::with_seed(fail_seed ^ n).u8(..10) == 0 {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut confirmed: std::collections::BTreeMap<u64, u64> = Default::default();
+    for round in 0..CHAOS_ROUNDS {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "crash::crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(MODE, "chaos")
+            .env("HOOKBUS_CRASH_DIR", dir.path())
+            .env("HOOKBUS_CRASH_URL", rx.url("/chaos"))
+            .env("HOOKBUS_CHAOS_ROUND", round.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            BufReader::new(out)
+                .lines()
+                .map_while(Result::ok)
+                .filter_map(|l| {
+                    let rest = l.split("FLUSHED ").nth(1)?.to_owned();
+                    let (r, i) = rest.split_once(' ')?;
+                    Some((r.parse::<u64>().ok()?, i.trim().parse::<u64>().ok()?))
+                })
+                .last()
+        });
+        std::thread::sleep(Duration::from_millis(rng.u64(30..600)));
+        kill9(child);
+        if let Some((r, i)) = reader.join().unwrap() {
+            assert_eq!(r, round);
+            confirmed.insert(r, i);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(100),
+            "chaos rounds take too long"
+        );
+    }
+    assert!(
+        confirmed.len() >= CHAOS_ROUNDS as usize / 2,
+        "most rounds confirmed something: {confirmed:?}"
+    );
+
+    // Restart once more and let everything drain.
+    let bus = builder(dir.path())
+        .retry_schedule(vec![Duration::from_millis(10); 20])
+        .open()
+        .unwrap();
+    wait_until(LONG, "the outbox to drain", || {
+        bus.outbox().stats().unwrap().pending == 0
+    });
+    let stats = bus.outbox().stats().unwrap();
+    assert_eq!(stats.dead, 0, "{stats:?}");
+
+    let mut ids_by_event: std::collections::HashMap<(u64, u64), HashSet<String>> =
+        Default::default();
+    let mut event_by_id: std::collections::HashMap<String, (u64, u64)> = Default::default();
+    for r in rx.requests() {
+        let v = r.json();
+        let key = (v["round"].as_u64().unwrap(), v["i"].as_u64().unwrap());
+        assert!(
+            key.0 < CHAOS_ROUNDS && key.1 < CHAOS_MAX_PER_ROUND,
+            "unexpected event {v}"
+        );
+        ids_by_event.entry(key).or_default().insert(r.delivery_id());
+        let prev = event_by_id.insert(r.delivery_id(), key);
+        assert!(
+            prev.is_none_or(|p| p == key),
+            "delivery id {} carried two events",
+            r.delivery_id()
+        );
+    }
+    for (round, last) in &confirmed {
+        for i in 0..=*last {
+            assert!(
+                ids_by_event.contains_key(&(*round, i)),
+                "confirmed event {round}/{i} lost (seed {seed})"
+            );
+        }
+    }
+    assert!(
+        ids_by_event.values().all(|ids| ids.len() == 1),
+        "duplicates carry the same delivery id"
+    );
+    let total: u64 = confirmed.values().map(|i| i + 1).sum();
+    println!(
+        "chaos: {CHAOS_ROUNDS} kills, {total} confirmed events, {} requests, {} distinct events received, {:?}",
+        rx.count(),
+        ids_by_event.len(),
+        started.elapsed()
     );
 }
