@@ -6,6 +6,7 @@ mod api;
 mod cli;
 mod crash;
 mod delivery;
+mod faults;
 mod publish;
 mod receiver;
 mod security;
