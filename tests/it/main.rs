@@ -10,6 +10,7 @@ mod faults;
 mod publish;
 mod receiver;
 mod security;
+mod store_faults;
 mod subscriptions;
 
 use std::path::Path;
