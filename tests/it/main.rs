@@ -4,6 +4,7 @@
 #![allow(missing_docs, unreachable_pub, dead_code)]
 mod api;
 mod cli;
+mod compat;
 mod crash;
 mod delivery;
 mod faults;
