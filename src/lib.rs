@@ -125,8 +125,13 @@ mod codec;
 mod config;
 mod dispatcher;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod ids;
 mod outbox;
+#[cfg(test)]
+mod proptests;
 mod record;
 mod retry;
 mod sender;
