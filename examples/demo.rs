@@ -6,13 +6,14 @@
 //! cargo run --example demo -- --data ./hookbus-data
 //! ```
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hookbus::{Bus, DeliveryState, NewSubscription};
 use serde::Serialize;
+
+#[path = "common/receiver.rs"]
+mod receiver;
 
 const SECRET: &str = "shh-its-a-secret";
 
@@ -219,77 +220,28 @@ fn print_arrival(a: &Arrival) {
     );
 }
 
-/// A tiny HTTP/1.1 receiver on 127.0.0.1 that checks signatures with
-/// `hookbus::verify_signature`.
+/// The local receiver: checks each signature with
+/// `hookbus::verify_signature` and reports what arrived.
 fn start_receiver() -> std::io::Result<(String, mpsc::Receiver<Arrival>)> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let url = format!("http://{}", listener.local_addr()?);
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let tx = tx.clone();
-            std::thread::spawn(move || serve(conn, tx));
-        }
-    });
-    Ok((url, rx))
-}
-
-fn serve(conn: TcpStream, tx: mpsc::Sender<Arrival>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(clone) = conn.try_clone() else { return };
-    let mut r = BufReader::new(clone);
-    let mut w = conn;
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end().to_owned();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((n, v)) = h.split_once(':') {
-                headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
-            }
-        }
-        let get = |n: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
-        let len: usize = get("content-length").parse().unwrap_or(0);
-        let mut body = vec![0; len.min(1 << 20)];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
-        let signature = get("x-hub-signature-256");
-        let verified = hookbus::verify_signature(SECRET.as_bytes(), &body, &signature);
-        let status = if path.starts_with("/fail") {
-            "503 Service Unavailable"
+    let tx = std::sync::Mutex::new(tx);
+    let url = receiver::start(move |req| {
+        let signature = req.header("x-hub-signature-256").to_owned();
+        let verified = hookbus::verify_signature(SECRET.as_bytes(), &req.body, &signature);
+        let status = if req.path.starts_with("/fail") {
+            503
         } else {
-            "204 No Content"
+            204
         };
-        let _ = tx.send(Arrival {
-            path,
-            event: get("x-webhook-event"),
-            delivery: get("x-webhook-delivery"),
+        let _ = tx.lock().unwrap().send(Arrival {
+            event: req.header("x-webhook-event").to_owned(),
+            delivery: req.header("x-webhook-delivery").to_owned(),
             signature,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body: String::from_utf8_lossy(&req.body).into_owned(),
             verified,
+            path: req.path,
         });
-        if w.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
-            .is_err()
-        {
-            return;
-        }
-    }
+        status
+    })?;
+    Ok((url, rx))
 }

@@ -2,11 +2,13 @@
 //! memory (VmHWM) of the process: `cargo run --release --example memory`.
 //! Takes `--events N` to change the count.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use hookbus::{Bus, NewSubscription};
+
+#[path = "common/receiver.rs"]
+#[allow(dead_code)]
+mod receiver;
 
 fn main() {
     if let Err(e) = run() {
@@ -21,7 +23,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some(i) => args.get(i + 1).ok_or("--events needs a number")?.parse()?,
         None => 100_000,
     };
-    let url = start_receiver()?;
+    let url = format!("{}/hook", receiver::start(|_| 204)?);
     let dir = tempfile::tempdir()?;
     let bus = Bus::builder()
         .path(dir.path())
@@ -59,48 +61,4 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         events as f64 / took.as_secs_f64()
     );
     Ok(())
-}
-
-/// A keep-alive HTTP/1.1 receiver on 127.0.0.1 answering 204.
-fn start_receiver() -> std::io::Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let Ok(clone) = conn.try_clone() else { return };
-                let mut r = BufReader::new(clone);
-                let mut w = conn;
-                loop {
-                    let mut len = 0usize;
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    loop {
-                        line.clear();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let l = line.trim_end();
-                        if l.is_empty() {
-                            break;
-                        }
-                        if let Some((n, v)) = l.split_once(':')
-                            && n.eq_ignore_ascii_case("content-length")
-                        {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    if r.read_exact(&mut body).is_err()
-                        || w.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    Ok(url)
 }
