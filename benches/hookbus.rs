@@ -298,6 +298,17 @@ fn recovery(c: &mut Criterion) {
             bus.shutdown(Duration::from_secs(1)).unwrap();
         })
     });
+    // sled alone recovering the same store: the floor for hookbus.
+    g.bench_function("baseline_sled_open_same_store", |b| {
+        b.iter(|| {
+            let db = sled::Config::new()
+                .path(dir.path())
+                .cache_capacity(64 << 20)
+                .open()
+                .unwrap();
+            black_box(db.open_tree("hookbus").unwrap().first().unwrap());
+        })
+    });
     g.bench_function("open_100k_pending_until_first_delivery", |b| {
         b.iter(|| {
             let before = rx.count();

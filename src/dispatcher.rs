@@ -55,6 +55,8 @@ pub(crate) struct Writer {
     pub(crate) rescan: bool,
     /// Subscriptions whose pending deliveries changed since the last round.
     touched: HashSet<SubscriptionId>,
+    /// Subscriptions that gained pending deliveries, with the soonest due.
+    added: HashMap<SubscriptionId, u64>,
 }
 
 impl Writer {
@@ -90,10 +92,14 @@ impl Writer {
         if new.state == DeliveryState::Pending {
             self.rescan = true;
         }
-        if new.state == DeliveryState::Pending
-            || old.is_some_and(|o| o.state == DeliveryState::Pending)
-        {
+        if old.is_some_and(|o| o.state == DeliveryState::Pending) {
+            // It may have been the soonest: look again after the commit.
             self.touched.insert(new.subscription_id);
+        } else if new.state == DeliveryState::Pending {
+            // A new pending delivery can only make the soonest sooner.
+            let at = new.next_attempt_at.map_or(0, |t| t.as_millis());
+            let e = self.added.entry(new.subscription_id).or_insert(at);
+            *e = (*e).min(at);
         }
         self.batch.put_delivery(old, new);
     }
@@ -235,6 +241,7 @@ pub(crate) fn start(
             unflushed: false,
             rescan: true,
             touched: HashSet::new(),
+            added: HashMap::new(),
         },
         commands: Some(rx),
         outcomes: out_rx,
@@ -267,6 +274,9 @@ fn now_ms() -> u64 {
 
 impl Dispatcher {
     fn run(mut self) -> Result<()> {
+        // What was pending when the store was opened is due at once.
+        self.dispatch();
+        self.finish_round();
         loop {
             self.wait_and_take();
             self.finish_round();
@@ -406,6 +416,10 @@ impl Dispatcher {
     fn finish_round(&mut self) {
         if let Err(e) = self.w.commit() {
             self.round_error.get_or_insert(e.to_string());
+        }
+        for (sub, at) in self.w.added.drain() {
+            let e = self.due_subs.entry(sub).or_insert(at);
+            *e = (*e).min(at);
         }
         let touched: Vec<SubscriptionId> = self.w.touched.drain().collect();
         for sub in touched {
