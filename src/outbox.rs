@@ -95,16 +95,7 @@ impl<'a> Outbox<'a> {
     /// the previous page) in index order.
     pub fn list_after(&self, state: DeliveryState, cursor: &Delivery) -> Deliveries {
         let store = self.bus.store().clone();
-        let at = match state {
-            DeliveryState::Pending => cursor.next_attempt_at,
-            _ => cursor.finished_at,
-        };
-        let after = IndexEntry {
-            at: at.map_or(0, |t| t.as_millis()),
-            delivery: cursor.id,
-            subscription: cursor.subscription_id,
-        };
-        let entries = Box::new(store.index_after(state, after));
+        let entries = Box::new(store.index_after(state, IndexEntry::of(cursor, state)));
         Deliveries {
             store,
             state,

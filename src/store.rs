@@ -129,15 +129,7 @@ fn entry_key(state: DeliveryState, e: &IndexEntry) -> Vec<u8> {
 
 /// The state-index key of a delivery (see the module docs).
 fn state_key(d: &Delivery) -> Vec<u8> {
-    let at = match d.state {
-        DeliveryState::Pending => d.next_attempt_at,
-        _ => d.finished_at,
-    };
-    let e = IndexEntry {
-        at: at.map_or(0, |t| t.as_millis()),
-        delivery: d.id,
-        subscription: d.subscription_id,
-    };
+    let e = IndexEntry::of(d, d.state);
     entry_key(d.state, &e)
 }
 
@@ -195,6 +187,19 @@ pub(crate) struct IndexEntry {
 }
 
 impl IndexEntry {
+    /// The entry of `d` in the index of `state`: its next attempt time for
+    /// pending, its finish time otherwise.
+    pub(crate) fn of(d: &Delivery, state: DeliveryState) -> Self {
+        let at = match state {
+            DeliveryState::Pending => d.next_attempt_at,
+            _ => d.finished_at,
+        };
+        IndexEntry {
+            at: at.map_or(0, |t| t.as_millis()),
+            delivery: d.id,
+            subscription: d.subscription_id,
+        }
+    }
     fn parse(key: &[u8], value: &[u8]) -> Result<Self> {
         let bad = || corrupt(key, "malformed index entry");
         if key.len() != 25 {

@@ -15,7 +15,13 @@ use crate::{LONG, builder, dead_url, open, wait_until};
 const MODE: &str = "HOOKBUS_CRASH_CHILD";
 
 fn spawn_child(dir: &std::path::Path, mode: &str, url: &str) -> Child {
+    spawn_child_with(dir, mode, url, &[])
+}
+
+/// Re-runs this test binary on the ignored `crash_child` test, in `mode`.
+fn spawn_child_with(dir: &std::path::Path, mode: &str, url: &str, env: &[(&str, String)]) -> Child {
     Command::new(std::env::current_exe().unwrap())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .args([
             "--ignored",
             "--exact",
@@ -246,22 +252,12 @@ fn chaos_sigkill_at_random_moments_loses_nothing() {
     let started = Instant::now();
     let mut confirmed: std::collections::BTreeMap<u64, u64> = Default::default();
     for round in 0..CHAOS_ROUNDS {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                "crash::crash_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(MODE, "chaos")
-            .env("HOOKBUS_CRASH_DIR", dir.path())
-            .env("HOOKBUS_CRASH_URL", rx.url("/chaos"))
-            .env("HOOKBUS_CHAOS_ROUND", round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_child_with(
+            dir.path(),
+            "chaos",
+            &rx.url("/chaos"),
+            &[("HOOKBUS_CHAOS_ROUND", round.to_string())],
+        );
         let out = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
             BufReader::new(out)
