@@ -253,6 +253,12 @@ fn signing_bench(c: &mut Criterion) {
     for size in [1024usize, 64 * 1024] {
         let body = vec![b'x'; size];
         g.throughput(Throughput::Bytes(size as u64));
+        // Baseline: hashing the same bytes once with plain SHA-256 (no HMAC,
+        // no encoding).
+        g.bench_function(BenchmarkId::new("baseline_sha256_digest", size), |b| {
+            use sha2::Digest;
+            b.iter(|| sha2::Sha256::digest(black_box(&body)))
+        });
         g.bench_function(BenchmarkId::new("sha1", size), |b| {
             b.iter(|| signing::sign_sha1(b"secret", black_box(&body)))
         });

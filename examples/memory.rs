@@ -1,6 +1,7 @@
 //! Delivers 100,000 events to a local receiver and prints the peak resident
 //! memory (VmHWM) of the process: `cargo run --release --example memory`.
-//! Takes `--events N` to change the count.
+//! Takes `--events N` to change the count and `--cache-mb N` for sled's
+//! page cache (default 64, the library's default).
 
 use std::time::{Duration, Instant};
 
@@ -23,11 +24,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some(i) => args.get(i + 1).ok_or("--events needs a number")?.parse()?,
         None => 100_000,
     };
+    let cache_mb: u64 = match args.iter().position(|a| a == "--cache-mb") {
+        Some(i) => args
+            .get(i + 1)
+            .ok_or("--cache-mb needs a number")?
+            .parse()?,
+        None => 64,
+    };
     let url = format!("{}/hook", receiver::start(|_| 204)?);
     let dir = tempfile::tempdir()?;
     let bus = Bus::builder()
         .path(dir.path())
         .allow_private_targets(true)
+        .cache_capacity(cache_mb << 20)
         .open()?;
     bus.subscribe(
         NewSubscription::new("memory", url)
