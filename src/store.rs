@@ -480,7 +480,7 @@ impl Store {
             .collect()
     }
 
-    /// The number of attempt records of a delivery, without decoding them.
+    /// The keys of the attempt records of a delivery, without decoding them.
     pub(crate) fn attempt_keys(&self, id: DeliveryId) -> Result<Vec<Vec<u8>>> {
         let prefix = key16(ATT, id.to_bytes());
         self.tree

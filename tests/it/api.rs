@@ -338,44 +338,21 @@ fn every_route_role_and_status() {
     );
 
     // 401, 404 routes and bad ids, 405.
-    assert_eq!(
-        call(&bus, "GET", "/webhooks/subscriptions", None, Value::Null).status,
-        401
-    );
-    assert_eq!(
-        call(&bus, "GET", "/webhooks/other", a, Value::Null).status,
-        404
-    );
-    assert_eq!(
-        call(
-            &bus,
-            "GET",
-            "/webhooks/subscriptions/not-an-id",
-            a,
-            Value::Null
-        )
-        .status,
-        404
-    );
-    assert_eq!(
-        call(&bus, "GET", "/webhooks/subscriptions/a/b/c", a, Value::Null).status,
-        404
-    );
-    assert_eq!(
-        call(&bus, "PATCH", "/webhooks/subscriptions", a, Value::Null).status,
-        405
-    );
-    assert_eq!(
-        call(
-            &bus,
-            "POST",
-            &format!("/webhooks/subscriptions/{id}"),
-            a,
-            Value::Null
-        )
-        .status,
-        405
-    );
+    let one = format!("/webhooks/subscriptions/{id}");
+    for (method, path, caller, status) in [
+        ("GET", "/webhooks/subscriptions", None, 401),
+        ("GET", "/webhooks/other", a, 404),
+        ("GET", "/webhooks/subscriptions/not-an-id", a, 404),
+        ("GET", "/webhooks/subscriptions/a/b/c", a, 404),
+        ("PATCH", "/webhooks/subscriptions", a, 405),
+        ("POST", one.as_str(), a, 405),
+    ] {
+        assert_eq!(
+            call(&bus, method, path, caller, Value::Null).status,
+            status,
+            "{method} {path}"
+        );
+    }
 
     // Closed bus: 503 for writes.
     bus.shutdown(std::time::Duration::from_secs(1)).unwrap();
