@@ -55,6 +55,8 @@ enum Cmd {
         #[arg(long, value_name = "DELIVERY_ID")]
         after: Option<DeliveryId>,
     },
+    /// Records moved aside as damaged: original key and size.
+    Quarantined,
     /// One delivery with its event payload and every attempt.
     Show {
         /// The delivery id.
@@ -127,6 +129,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             after,
         } => list(&bus, cli.json, state, subscription, limit, after)?,
         Cmd::Show { id } => show(&bus, cli.json, id)?,
+        Cmd::Quarantined => quarantined(&bus, cli.json)?,
         Cmd::Retry { id: Some(id), .. } => {
             bus.outbox().retry(id)?;
             format!("delivery {id} is due again; the application sends it when it runs")
@@ -190,6 +193,27 @@ fn subscriptions(bus: &Bus, as_json: bool) -> Result<String, hookbus::Error> {
             })
             .collect();
         table(&["id", "name", "active", "events", "url", "owner"], rows)
+    })
+}
+
+fn quarantined(bus: &Bus, as_json: bool) -> Result<String, hookbus::Error> {
+    let items: Vec<(String, Vec<u8>)> = bus.outbox().quarantined().collect::<Result<_, _>>()?;
+    Ok(if as_json {
+        json!(
+            items
+                .iter()
+                .map(|(k, v)| json!({"key": k, "bytes": v.len(), "hex": hex::encode(v)}))
+                .collect::<Vec<_>>()
+        )
+        .to_string()
+    } else {
+        table(
+            &["key", "bytes"],
+            items
+                .iter()
+                .map(|(k, v)| vec![k.clone(), v.len().to_string()])
+                .collect(),
+        )
     })
 }
 

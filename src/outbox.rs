@@ -204,6 +204,16 @@ impl<'a> Outbox<'a> {
         })
     }
 
+    /// Records the dispatcher moved aside as damaged (see
+    /// [`OutboxStats::quarantined`]): each one's original key in hex and its
+    /// raw bytes, for inspection or hand repair. They are never delivered.
+    pub fn quarantined(&self) -> impl Iterator<Item = Result<(String, Vec<u8>)>> + use<> {
+        self.bus
+            .store()
+            .quarantined()
+            .map(|r| r.map(|(k, v)| (hex::encode(k), v)))
+    }
+
     /// The store's size on disk, in bytes.
     pub fn size_on_disk(&self) -> Result<u64> {
         self.bus.store().size_on_disk()

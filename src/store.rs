@@ -490,6 +490,14 @@ impl Store {
             .collect()
     }
 
+    /// Records moved aside as damaged: their original key and raw bytes.
+    pub(crate) fn quarantined(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + use<> {
+        self.tree.scan_prefix([QUARANTINE]).map(|kv| {
+            let (k, v) = kv?;
+            Ok((k[1..].to_vec(), v.to_vec()))
+        })
+    }
+
     /// The database's size on disk, in bytes.
     pub(crate) fn size_on_disk(&self) -> Result<u64> {
         Ok(self.db.size_on_disk()?)

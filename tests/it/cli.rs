@@ -138,6 +138,9 @@ fn outbox_cli_reads_repairs_and_purges() {
     assert_eq!(j.as_array().unwrap().len(), 2);
     assert_eq!(j[0]["id"], good.as_str());
 
+    assert!(ok(d, &["quarantined"]).contains("(none)"));
+    assert_eq!(ok_json(d, &["quarantined"]), json!([]));
+
     // Lists, filters and pages.
     let j = ok_json(d, &["list", "--state", "dead"]);
     let dead = j["deliveries"].as_array().unwrap();

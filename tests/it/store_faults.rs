@@ -111,6 +111,16 @@ fn damaged_records_are_typed_errors_quarantined_and_the_rest_delivered() {
         bus.outbox().get(bad_version.id).unwrap().is_none(),
         "quarantined"
     );
+    let q: Vec<(String, Vec<u8>)> = bus
+        .outbox()
+        .quarantined()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(q.len(), 2);
+    assert!(
+        q.iter()
+            .any(|(k, v)| *k == hex::encode(key(b'd', bad_version.id.to_bytes())) && v[0] == 99)
+    );
     let got: Vec<i64> = rx
         .requests()
         .iter()
