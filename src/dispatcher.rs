@@ -406,7 +406,9 @@ impl Dispatcher {
             matched += 1;
         }
         if matched > 0 {
-            self.w.batch().put_event(&event);
+            self.w
+                .batch()
+                .put_event(&event, u32::try_from(matched).unwrap_or(u32::MAX));
         }
         tracing::trace!(event = %event.name, id = %event.id, deliveries = matched, "event published");
         Ok(())

@@ -182,11 +182,12 @@ impl<'a> Outbox<'a> {
     }
 
     /// Removes delivered deliveries (and their attempts) that finished
-    /// before `before`. Returns how many. Events stay (an event may still
-    /// have other deliveries).
+    /// before `before`, and each event once its last delivery is gone.
+    /// Returns how many deliveries.
     pub fn purge_delivered_before(&self, before: Timestamp) -> Result<u64> {
         self.bus.write(move |w| {
             let mut n = 0;
+            let mut released: std::collections::HashMap<EventId, u32> = Default::default();
             for entry in w.store().index(DeliveryState::Delivered) {
                 let entry = entry?;
                 if entry.at >= before.as_millis() {
@@ -197,7 +198,16 @@ impl<'a> Outbox<'a> {
                 };
                 if old.state == DeliveryState::Delivered {
                     w.remove_delivery(&old)?;
+                    *released.entry(old.event_id).or_default() += 1;
                     n += 1;
+                }
+            }
+            // An event goes with its last delivery.
+            for (event, gone) in released {
+                match w.store().event_refs(event)? {
+                    Some(refs) if refs <= gone => w.batch().remove_event(event),
+                    Some(refs) => w.batch().put_event_refs(event, refs - gone),
+                    None => {} // counted by no older store: keep it
                 }
             }
             Ok(n)

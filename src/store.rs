@@ -14,6 +14,7 @@
 //! | `s` | subscription id (16) | [`SubscriptionRecord`] |
 //! | `i` | event name, `0x00`, subscription id | empty |
 //! | `e` | event id (16) | [`Event`] |
+//! | `n` | event id (16) | how many deliveries still refer to the event (u32 BE) |
 //! | `d` | delivery id (16) | [`Delivery`] |
 //! | `y` | finished (u64 BE ms), delivery id | subscription id: delivered |
 //! | `x` | finished (u64 BE ms), delivery id | subscription id: dead |
@@ -50,6 +51,7 @@ const META_STATS: &[u8] = b"mstats";
 const SUB: u8 = b's';
 const IDX: u8 = b'i';
 const EVT: u8 = b'e';
+const EVT_REFS: u8 = b'n';
 const DLV: u8 = b'd';
 const DELIVERED: u8 = b'y';
 const DEAD: u8 = b'x';
@@ -343,6 +345,18 @@ impl Store {
         self.tree.get(k)?.map(|v| decode(&k, &v)).transpose()
     }
 
+    /// How many deliveries refer to an event (`None` for stores written
+    /// before this count existed: keep the event).
+    pub(crate) fn event_refs(&self, id: EventId) -> Result<Option<u32>> {
+        let k = key16(EVT_REFS, id.to_bytes());
+        match self.tree.get(k)? {
+            None => Ok(None),
+            Some(v) => <[u8; 4]>::try_from(&v[..])
+                .map(|b| Some(u32::from_be_bytes(b)))
+                .map_err(|_| corrupt(&k, "malformed reference count")),
+        }
+    }
+
     pub(crate) fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>> {
         let k = key16(DLV, id.to_bytes());
         self.tree.get(k)?.map(|v| decode(&k, &v)).transpose()
@@ -557,8 +571,20 @@ impl WriteBatch {
         self.remove(&key16(SUB, old.id.to_bytes()));
     }
 
-    pub(crate) fn put_event(&mut self, event: &Event) {
+    /// Writes an event with the number of deliveries made for it.
+    pub(crate) fn put_event(&mut self, event: &Event, deliveries: u32) {
         self.insert(&key16(EVT, event.id.to_bytes()), &encode(event));
+        self.put_event_refs(event.id, deliveries);
+    }
+
+    pub(crate) fn put_event_refs(&mut self, id: EventId, refs: u32) {
+        self.insert(&key16(EVT_REFS, id.to_bytes()), &refs.to_be_bytes());
+    }
+
+    /// Removes an event no delivery refers to any more.
+    pub(crate) fn remove_event(&mut self, id: EventId) {
+        self.remove(&key16(EVT, id.to_bytes()));
+        self.remove(&key16(EVT_REFS, id.to_bytes()));
     }
 
     /// Writes a delivery and keeps its state-index entry in step: the entry

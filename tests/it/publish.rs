@@ -320,3 +320,48 @@ fn bad_paths_and_configs_are_clear_errors() {
     }
     assert!(!p.exists(), "a bad config creates nothing");
 }
+
+#[test]
+fn purging_delivered_deliveries_removes_an_event_with_its_last_delivery() {
+    use crate::receiver::{Reply, TestReceiver};
+    let rx = TestReceiver::with(|r| {
+        if r.path == "/fail" {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path())
+        .retry_schedule(vec![Duration::from_millis(5)])
+        .open()
+        .unwrap();
+    bus.subscribe(NewSubscription::new("ok", rx.url("/ok")).events(["both", "one"]))
+        .unwrap();
+    bus.subscribe(NewSubscription::new("fail", rx.url("/fail")).events(["both"]))
+        .unwrap();
+    let shared = bus.publish("both", &hello("shared")).unwrap();
+    let single = bus.publish("one", &hello("single")).unwrap();
+    crate::wait_until(crate::LONG, "2 delivered, 1 dead", || {
+        let s = bus.outbox().stats().unwrap();
+        (s.delivered, s.dead) == (2, 1)
+    });
+    let removed = bus
+        .outbox()
+        .purge_delivered_before(hookbus::Timestamp::now().saturating_add(Duration::from_secs(1)))
+        .unwrap();
+    assert_eq!(removed, 2);
+    assert!(
+        bus.outbox().event(single).unwrap().is_none(),
+        "its only delivery is gone, so is it"
+    );
+    assert!(
+        bus.outbox().event(shared).unwrap().is_some(),
+        "its dead delivery still needs it"
+    );
+    let dead = bus.outbox().dead().next().unwrap().unwrap();
+    assert_eq!(dead.event_id, shared);
+    assert!(bus.outbox().attempts(dead.id).unwrap().len() == 2);
+    let s = bus.outbox().stats().unwrap();
+    assert_eq!((s.pending, s.delivered, s.dead), (0, 0, 1));
+}
