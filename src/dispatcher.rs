@@ -373,11 +373,7 @@ impl Dispatcher {
     }
 
     fn on_publish(&mut self, event: Event) -> Result<()> {
-        let store = self.w.store();
-        let mut subs = store.indexed(&event.name)?;
-        subs.extend(store.indexed("*")?);
-        subs.sort_unstable();
-        subs.dedup();
+        let subs = self.w.store().subscribers_of(&event.name)?;
         let now = Timestamp::now();
         let mut matched = 0usize;
         for id in subs {

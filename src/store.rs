@@ -340,6 +340,16 @@ impl Store {
         Ok(out)
     }
 
+    /// Ids of the subscriptions indexed under `event` or `*`, each once, in
+    /// id order (active or not: the caller checks).
+    pub(crate) fn subscribers_of(&self, event: &str) -> Result<Vec<SubscriptionId>> {
+        let mut ids = self.indexed(event)?;
+        ids.extend(self.indexed(crate::subscription::ALL_EVENTS)?);
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
     pub(crate) fn event(&self, id: EventId) -> Result<Option<Event>> {
         let k = key16(EVT, id.to_bytes());
         self.tree.get(k)?.map(|v| decode(&k, &v)).transpose()

@@ -556,10 +556,7 @@ impl<'a> Subscriptions<'a> {
     pub fn for_event(&self, event: &str) -> Result<Vec<Subscription>> {
         validate_event_name(event, false)?;
         let store = self.bus.store();
-        let mut ids = store.indexed(event)?;
-        ids.extend(store.indexed(ALL_EVENTS)?);
-        ids.sort_unstable();
-        ids.dedup();
+        let ids = store.subscribers_of(event)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(r) = store.subscription(id)?
