@@ -236,6 +236,7 @@ fn list(
             let all = outbox
                 .for_subscription(sub, false)
                 .filter(move |d| state.is_none_or(|s| d.as_ref().is_ok_and(|d| d.state == s)));
+            // A subscription's deliveries are few enough to skip to the cursor.
             match after {
                 Some(a) => Box::new(
                     all.skip_while(move |d| d.as_ref().is_ok_and(|d| d.id != a))
@@ -251,16 +252,10 @@ fn list(
             }
             None => Box::new(outbox.list(state)),
         },
-        (None, None) => {
-            let all = outbox.all();
-            match after {
-                Some(a) => Box::new(
-                    all.skip_while(move |d| d.as_ref().is_ok_and(|d| d.id != a))
-                        .skip(1),
-                ),
-                None => Box::new(all),
-            }
-        }
+        (None, None) => match after {
+            Some(a) => Box::new(outbox.all_after(a)),
+            None => Box::new(outbox.all()),
+        },
     };
     let mut page: Vec<Delivery> = items
         .take(limit.saturating_add(1))

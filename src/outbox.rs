@@ -108,6 +108,12 @@ impl<'a> Outbox<'a> {
         self.bus.store().deliveries(None)
     }
 
+    /// Every delivery created after `cursor` (the last one of the previous
+    /// page), in creation order: a seek, not a scan from the start.
+    pub fn all_after(&self, cursor: DeliveryId) -> impl Iterator<Item = Result<Delivery>> + use<> {
+        self.bus.store().deliveries(Some(cursor))
+    }
+
     /// The deliveries of one subscription, in creation order or newest
     /// first.
     pub fn for_subscription(
