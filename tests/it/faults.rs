@@ -2,14 +2,14 @@
 //! dead with every attempt recorded, while a healthy subscriber keeps
 //! receiving.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use hookbus::{AttemptErrorKind, Delivery, DeliveryState, NewSubscription};
 use serde_json::json;
 
-use crate::receiver::{Reply, TestReceiver};
+use crate::receiver::{Reply, TestReceiver, read_request};
 use crate::{LONG, builder, dead_url, wait_until};
 
 #[derive(Clone, Copy, Debug)]
@@ -41,22 +41,9 @@ fn serve_raw(conn: TcpStream, kind: Raw) {
     let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
     let mut r = BufReader::new(conn.try_clone().unwrap());
     let mut w = conn;
-    // Read one request.
-    let mut len = 0;
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-        if line.trim().is_empty() {
-            break;
-        }
+    if read_request(&mut r).is_none() {
+        return;
     }
-    let mut body = vec![0; len];
-    let _ = r.read_exact(&mut body);
     let end = Instant::now() + Duration::from_secs(30);
     match kind {
         Raw::TruncatedBody => {

@@ -1,7 +1,7 @@
 //! A real HTTP/1.1 receiver on 127.0.0.1 for tests: it records every
 //! request (headers and body) and answers as the test tells it.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -210,7 +210,9 @@ fn serve(conn: TcpStream, s: Arc<Shared>) {
     }
 }
 
-fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
+/// Reads one HTTP/1.1 request (headers and a Content-Length body); `None`
+/// when the connection closes or the request is malformed.
+pub fn read_request(r: &mut impl BufRead) -> Option<Request> {
     let mut line = String::new();
     if r.read_line(&mut line).ok()? == 0 {
         return None;
