@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hookbus::{NewSubscription, signing};
 
-use common::{Receiver, builder, dead_url, order, wait};
+use common::{Receiver, builder, dead_url, order, spread, wait};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -37,20 +37,10 @@ fn publish(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(4_000_000);
                 let drain = std::thread::spawn(move || while rx.recv().is_ok() {});
-                let per = iters.div_ceil(threads as u64);
-                let start = Instant::now();
-                std::thread::scope(|s| {
-                    for _ in 0..threads {
-                        let tx = tx.clone();
-                        let ev = &ev;
-                        s.spawn(move || {
-                            for _ in 0..per {
-                                tx.send(serde_json::to_vec(black_box(ev)).unwrap()).unwrap();
-                            }
-                        });
-                    }
+                let t = spread(threads, iters, || {
+                    tx.send(serde_json::to_vec(black_box(&ev)).unwrap())
+                        .unwrap()
                 });
-                let t = start.elapsed();
                 drop(tx);
                 drain.join().unwrap();
                 t
@@ -58,20 +48,9 @@ fn publish(c: &mut Criterion) {
         });
         g.bench_function(BenchmarkId::new("hookbus_publish", threads), |b| {
             b.iter_custom(|iters| {
-                let per = iters.div_ceil(threads as u64);
-                let start = Instant::now();
-                std::thread::scope(|s| {
-                    for _ in 0..threads {
-                        let bus = bus.clone();
-                        let ev = &ev;
-                        s.spawn(move || {
-                            for _ in 0..per {
-                                black_box(bus.publish("order.created", black_box(ev)).unwrap());
-                            }
-                        });
-                    }
+                let t = spread(threads, iters, || {
+                    black_box(bus.publish("order.created", black_box(&ev)).unwrap());
                 });
-                let t = start.elapsed();
                 bus.flush().unwrap();
                 t
             })
@@ -132,17 +111,15 @@ fn durable_publish(c: &mut Criterion) {
     let threads = 8u64;
     g.throughput(Throughput::Elements(threads * 125));
     g.bench_function("hookbus_8_threads_publish_durable_x125", |b| {
-        b.iter(|| {
-            std::thread::scope(|s| {
-                for _ in 0..threads {
-                    let bus = bus.clone();
-                    s.spawn(move || {
-                        for i in 0..125 {
-                            bus.publish_durable("order.created", &order(i)).unwrap();
-                        }
-                    });
-                }
-            });
+        let ev = order(1);
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    spread(threads as usize, threads * 125, || {
+                        black_box(bus.publish_durable("order.created", &ev).unwrap());
+                    })
+                })
+                .sum()
         })
     });
     g.finish();

@@ -100,3 +100,16 @@ pub fn wait(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_micros(200));
     }
 }
+
+/// Runs `f` `total` times, spread over `threads` threads, and returns how
+/// long that took.
+pub fn spread(threads: usize, total: u64, f: impl Fn() + Sync) -> Duration {
+    let per = total.div_ceil(threads as u64);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| (0..per).for_each(|_| f()));
+        }
+    });
+    start.elapsed()
+}
