@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use hookbus::{Bus, NewSubscription};
 
+#[path = "common/measure.rs"]
+mod measure;
 #[path = "common/receiver.rs"]
 #[allow(dead_code)]
 mod receiver;
@@ -23,17 +25,8 @@ fn main() {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let events: u64 = match args.iter().position(|a| a == "--events") {
-        Some(i) => args.get(i + 1).ok_or("--events needs a number")?.parse()?,
-        None => 100_000,
-    };
-    let cache_mb: u64 = match args.iter().position(|a| a == "--cache-mb") {
-        Some(i) => args
-            .get(i + 1)
-            .ok_or("--cache-mb needs a number")?
-            .parse()?,
-        None => 64,
-    };
+    let events = measure::arg(&args, "--events", 100_000)?;
+    let cache_mb = measure::arg(&args, "--cache-mb", 64)?;
     if args.iter().any(|a| a == "--baseline") {
         return baseline(events, cache_mb);
     }
@@ -65,7 +58,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let took = start.elapsed();
     bus.shutdown(Duration::from_secs(5))?;
-    let hwm = peak_rss()?;
+    let hwm = measure::peak_rss()?;
     println!(
         "delivered {events} events in {:.1} s ({:.0}/s); peak RSS (VmHWM): {hwm}",
         took.as_secs_f64(),
@@ -95,15 +88,7 @@ fn baseline(events: u64, cache_mb: u64) -> Result<(), Box<dyn std::error::Error>
     db.flush()?;
     println!(
         "baseline: sled alone wrote {events} × 4 records; peak RSS (VmHWM): {}",
-        peak_rss()?
+        measure::peak_rss()?
     );
     Ok(())
-}
-
-fn peak_rss() -> std::io::Result<String> {
-    Ok(std::fs::read_to_string("/proc/self/status")?
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .map(|l| l.trim_start_matches("VmHWM:").trim().to_owned())
-        .unwrap_or_else(|| "unknown".into()))
 }

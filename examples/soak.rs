@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use hookbus::{Bus, NewSubscription};
 
+#[path = "common/measure.rs"]
+mod measure;
 #[path = "common/receiver.rs"]
 #[allow(dead_code)]
 mod receiver;
@@ -22,16 +24,6 @@ mod receiver;
 const SUBSCRIPTIONS: usize = 50;
 const RECEIVERS: usize = 5;
 const EVENT_NAMES: usize = 5;
-
-fn arg(args: &[String], name: &str, default: u64) -> Result<u64, String> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or(format!("{name} needs a number")),
-        None => Ok(default),
-    }
-}
 
 fn main() {
     if let Err(e) = run() {
@@ -42,9 +34,9 @@ fn main() {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let seconds = arg(&args, "--seconds", 60)?;
-    let publishers = arg(&args, "--publishers", 4)?.max(1);
-    let rate = arg(&args, "--rate", 200)?.max(1);
+    let seconds = measure::arg(&args, "--seconds", 60)?;
+    let publishers = measure::arg(&args, "--publishers", 4)?.max(1);
+    let rate = measure::arg(&args, "--rate", 200)?.max(1);
 
     // Receivers: they record every delivery id; paths under /flaky fail
     // every other request.
@@ -133,11 +125,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let total_requests = requests.load(Ordering::Relaxed);
     let retried = total_requests.saturating_sub(received);
     bus.shutdown(Duration::from_secs(5))?;
-    let hwm = std::fs::read_to_string("/proc/self/status")?
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .map(|l| l.trim_start_matches("VmHWM:").trim().to_owned())
-        .unwrap_or_default();
+    let hwm = measure::peak_rss()?;
     let lost = expected.saturating_sub(stats.delivered + stats.dead);
     println!(
         "published {published} events -> {expected} deliveries in {:.1} s",
