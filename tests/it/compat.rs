@@ -65,20 +65,11 @@ fn a_version_1_store_opens_and_delivers() {
         let body = r.json();
         seen.push((r.path.clone(), body["n"].as_i64().unwrap()));
         if r.path == "/hub" {
-            assert!(hookbus::verify_signature(
-                b"fixture-secret",
-                &r.body,
-                r.header("x-hub-signature-256").unwrap()
-            ));
+            assert!(r.signed_with(b"fixture-secret", "x-hub-signature-256"));
         } else {
-            let headers: Vec<(&str, &str)> = r
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
             hookbus::verify_standard(
                 "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-                headers,
+                r.header_pairs(),
                 &r.body,
                 DEFAULT_TOLERANCE,
             )

@@ -32,6 +32,14 @@ impl Request {
             .unwrap_or_default()
             .to_owned()
     }
+    /// The headers as `(name, value)` pairs, as `verify_standard` takes them.
+    pub fn header_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+    /// Whether the signature in `header` verifies the body with `secret`.
+    pub fn signed_with(&self, secret: &[u8], header: &str) -> bool {
+        hookbus::verify_signature(secret, &self.body, self.header(header).unwrap_or_default())
+    }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("request body is JSON")
     }

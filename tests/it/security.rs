@@ -4,15 +4,8 @@ use hookbus::signing::DEFAULT_TOLERANCE;
 use hookbus::{AttemptErrorKind, Error, NewSubscription, SubscriptionPatch};
 use serde_json::json;
 
-use crate::receiver::{Request, TestReceiver};
+use crate::receiver::TestReceiver;
 use crate::{LONG, builder, open, wait_until};
-
-fn headers(r: &Request) -> Vec<(&str, &str)> {
-    r.headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect()
-}
 
 #[test]
 fn standard_webhooks_mode_signs_per_the_spec_and_rotation_signs_with_both() {
@@ -41,11 +34,11 @@ fn standard_webhooks_mode_signs_per_the_spec_and_rotation_signs_with_both() {
     assert!(now.abs_diff(ts) < 60);
     assert_eq!(r.header("x-hub-signature"), None);
     assert_eq!(r.header("webhook-signature").unwrap().split(' ').count(), 1);
-    hookbus::verify_standard(&old_secret, headers(&r), &r.body, DEFAULT_TOLERANCE).unwrap();
+    hookbus::verify_standard(&old_secret, r.header_pairs(), &r.body, DEFAULT_TOLERANCE).unwrap();
     let mut tampered = r.body.clone();
     tampered[0] = b' ';
     assert_eq!(
-        hookbus::verify_standard(&old_secret, headers(&r), &tampered, DEFAULT_TOLERANCE),
+        hookbus::verify_standard(&old_secret, r.header_pairs(), &tampered, DEFAULT_TOLERANCE),
         Err(hookbus::VerifyError::BadSignature)
     );
 
@@ -62,8 +55,8 @@ fn standard_webhooks_mode_signs_per_the_spec_and_rotation_signs_with_both() {
     bus.publish("invoice.paid", &json!({"amount": 43})).unwrap();
     let r = rx.wait_for(2, LONG).remove(1);
     assert_eq!(r.header("webhook-signature").unwrap().split(' ').count(), 2);
-    hookbus::verify_standard(&old_secret, headers(&r), &r.body, DEFAULT_TOLERANCE).unwrap();
-    hookbus::verify_standard(&new_secret, headers(&r), &r.body, DEFAULT_TOLERANCE).unwrap();
+    hookbus::verify_standard(&old_secret, r.header_pairs(), &r.body, DEFAULT_TOLERANCE).unwrap();
+    hookbus::verify_standard(&new_secret, r.header_pairs(), &r.body, DEFAULT_TOLERANCE).unwrap();
 
     // An expired previous secret no longer signs.
     bus.subscriptions()
@@ -77,7 +70,8 @@ fn standard_webhooks_mode_signs_per_the_spec_and_rotation_signs_with_both() {
     let r = rx.wait_for(3, LONG).remove(2);
     assert_eq!(r.header("webhook-signature").unwrap().split(' ').count(), 1);
     assert!(
-        hookbus::verify_standard(&new_secret, headers(&r), &r.body, DEFAULT_TOLERANCE).is_err()
+        hookbus::verify_standard(&new_secret, r.header_pairs(), &r.body, DEFAULT_TOLERANCE)
+            .is_err()
     );
 }
 
@@ -101,21 +95,9 @@ fn hub_mode_rotation_signs_with_the_current_secret() {
         .unwrap();
     bus.publish("a", &json!(1)).unwrap();
     let r = rx.wait_for(1, LONG).remove(0);
-    assert!(hookbus::verify_signature(
-        b"new",
-        &r.body,
-        r.header("x-hub-signature-256").unwrap()
-    ));
-    assert!(hookbus::verify_signature(
-        b"new",
-        &r.body,
-        r.header("x-hub-signature").unwrap()
-    ));
-    assert!(!hookbus::verify_signature(
-        b"old",
-        &r.body,
-        r.header("x-hub-signature-256").unwrap()
-    ));
+    assert!(r.signed_with(b"new", "x-hub-signature-256"));
+    assert!(r.signed_with(b"new", "x-hub-signature"));
+    assert!(!r.signed_with(b"old", "x-hub-signature-256"));
 }
 
 #[test]
