@@ -122,13 +122,13 @@ pub(crate) fn perform(agent: &ureq::Agent, job: Job) -> Outcome {
     let at = Timestamp::now();
     let started = Instant::now();
 
+    let id = job.delivery.to_string();
     let mut req = agent
         .post(&job.url)
         .header("Content-Type", &job.content_type)
-        .header("X-Webhook-Delivery", job.delivery.to_string())
+        .header("X-Webhook-Delivery", &id)
         .header("X-Webhook-Event", &job.event_name);
     if job.standard_webhooks {
-        let id = job.delivery.to_string();
         let ts = at.as_millis() / 1000;
         let sigs: Vec<String> = job
             .secrets
