@@ -246,10 +246,7 @@ fn list(
             }
         }
         (None, Some(state)) => match after {
-            Some(a) => {
-                let cursor = outbox.get(a)?.ok_or_else(|| format!("no delivery {a}"))?;
-                Box::new(outbox.list_after(state, &cursor))
-            }
+            Some(a) => Box::new(outbox.list_after(state, a)),
             None => Box::new(outbox.list(state)),
         },
         (None, None) => match after {

@@ -1,21 +1,19 @@
 //! The [`Bus`] handle: publishing, durability barriers and shutdown.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use serde::Serialize;
 
 use crate::config::{Builder, Config};
-use crate::dispatcher::{self, Command, Done, Writer};
+use crate::engine::{Command, Done, Engine, Session};
 use crate::error::{Error, Result};
 use crate::ids::{EventId, Timestamp};
 use crate::outbox::Outbox;
 use crate::record::Event;
-use crate::store::Store;
-use crate::subscription::{Subscriptions, validate_event_name};
+use crate::storage;
+use crate::subscription::{NewSubscription, Subscription, Subscriptions, validate_event_name};
 
 /// The handle to an open hookbus store and its background threads.
 ///
@@ -26,7 +24,9 @@ use crate::subscription::{Subscriptions, validate_event_name};
 /// so clone it into every thread or request handler that publishes. The
 /// threads stop when [`Bus::shutdown`] is called or when the last clone is
 /// dropped (which waits up to [`Builder::shutdown_timeout`] for requests in
-/// flight).
+/// flight). After a shutdown the store is released — it can be opened
+/// again at once, also in the same process — and every clone answers
+/// [`Error::Closed`].
 ///
 /// # What blocks
 ///
@@ -45,9 +45,7 @@ pub struct Bus {
 
 struct Inner {
     config: Arc<Config>,
-    store: Store,
-    tx: RwLock<Option<Sender<Command>>>,
-    dispatcher: Mutex<Option<JoinHandle<Result<()>>>>,
+    engine: Engine,
 }
 
 impl fmt::Debug for Bus {
@@ -76,17 +74,15 @@ impl Bus {
         Builder::new()
     }
 
-    pub(crate) fn open_config(config: Config) -> Result<Bus> {
+    /// Opens the store with settings made by [`Builder::build`] and starts
+    /// the background threads. Errors as [`Bus::open`].
+    pub fn open_with(config: Config) -> Result<Bus> {
         let config = Arc::new(config);
-        let store = Store::open(&config)?;
-        let (tx, handle) = dispatcher::start(store.clone(), config.clone())?;
+        let (reader, writer) =
+            storage::sled::open(&config.path, config.cache_capacity, config.lock_timeout)?;
+        let engine = Engine::start(Arc::new(reader), Box::new(writer), config.clone())?;
         Ok(Bus {
-            inner: Arc::new(Inner {
-                config,
-                store,
-                tx: RwLock::new(Some(tx)),
-                dispatcher: Mutex::new(Some(handle)),
-            }),
+            inner: Arc::new(Inner { config, engine }),
         })
     }
 
@@ -97,15 +93,7 @@ impl Bus {
 
     /// Whether the bus still accepts events (it has not been shut down).
     pub fn is_open(&self) -> bool {
-        self.inner
-            .tx
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-    }
-
-    pub(crate) fn store(&self) -> &Store {
-        &self.inner.store
+        self.inner.engine.is_open()
     }
 
     /// Publishes `data` as event `event`: every active subscription that
@@ -143,6 +131,11 @@ impl Bus {
 
     /// A durability barrier: returns once everything published (by any
     /// thread) before this call is on disk.
+    ///
+    /// Errors are sticky until reported: if an event published (without a
+    /// waiter) since the previous barrier could not be stored in full, this
+    /// barrier — `flush`, [`publish_durable`](Bus::publish_durable) or a
+    /// subscription change — returns the error, once.
     pub fn flush(&self) -> Result<()> {
         self.write(|_| Ok(()))
     }
@@ -153,7 +146,7 @@ impl Bus {
     #[cfg(feature = "tokio")]
     pub async fn flush_async(&self) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(Command::Write(Box::new(move |_: &mut Writer| {
+        self.send(Command::Write(Box::new(move |_: &mut Session| {
             let done: Done = Box::new(move |flushed| drop(tx.send(flushed)));
             done
         })))?;
@@ -182,12 +175,17 @@ impl Bus {
 
     /// The subscriptions of this bus.
     pub fn subscriptions(&self) -> Subscriptions<'_> {
-        Subscriptions::new(self)
+        Subscriptions::new(&self.inner.engine, &self.inner.config)
+    }
+
+    /// Creates a subscription; the same as `bus.subscriptions().create(new)`.
+    pub fn subscribe(&self, new: NewSubscription) -> Result<Subscription> {
+        self.subscriptions().create(new)
     }
 
     /// The delivery outbox: stats, pending and dead deliveries, attempts.
     pub fn outbox(&self) -> Outbox<'_> {
-        Outbox::new(self)
+        Outbox::new(&self.inner.engine)
     }
 
     /// Stops the bus: no more events are accepted; everything already
@@ -195,12 +193,15 @@ impl Bus {
     /// `deadline` to finish; then the threads are joined. Deliveries not
     /// finished by then stay pending and are sent after the next open.
     ///
-    /// Calling it again, or from another clone, is a no-op. Afterwards
-    /// [`publish`](Bus::publish) returns [`Error::Closed`], while reads
-    /// ([`subscriptions`](Bus::subscriptions), [`outbox`](Bus::outbox)) keep
-    /// working until the last handle is dropped.
+    /// Calling it again, or from another clone (also at the same time),
+    /// returns only once the first shutdown is over, with its result.
+    /// Afterwards the store is released (it can be opened again at once)
+    /// and every call on any clone — publishing, reads through
+    /// [`subscriptions`](Bus::subscriptions) and [`outbox`](Bus::outbox) —
+    /// returns [`Error::Closed`]. A deadline too large to represent counts as
+    /// "no deadline".
     pub fn shutdown(&self, deadline: Duration) -> Result<()> {
-        self.inner.shutdown(deadline)
+        self.inner.engine.shutdown(deadline)
     }
 
     fn prepare<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<Event> {
@@ -222,11 +223,7 @@ impl Bus {
     }
 
     fn send(&self, cmd: Command) -> Result<()> {
-        let guard = self.inner.tx.read().unwrap_or_else(PoisonError::into_inner);
-        match guard.as_ref() {
-            Some(tx) => tx.send(cmd).map_err(|_| Error::Closed),
-            None => Err(Error::Closed),
-        }
+        self.inner.engine.send(cmd)
     }
 
     /// Runs `f` on the dispatcher thread (the one writer), after everything
@@ -234,66 +231,23 @@ impl Bus {
     pub(crate) fn write<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Writer) -> Result<R> + Send + 'static,
+        F: FnOnce(&mut Session) -> Result<R> + Send + 'static,
     {
-        let (tx, rx) = crossbeam_channel::bounded::<Result<R>>(1);
-        self.send(Command::Write(Box::new(move |w: &mut Writer| {
-            let r = f(w);
-            let done: Done = Box::new(move |flushed: Result<()>| {
-                let _ = tx.send(flushed.and(r));
-            });
-            done
-        })))?;
-        rx.recv().map_err(|_| Error::Closed)?
+        self.inner.engine.write(f)
+    }
+}
+
+impl Builder {
+    /// Opens the store (creating it if needed) and starts the dispatcher and
+    /// sender threads. See [`Bus::open`].
+    pub fn open(self) -> Result<Bus> {
+        Bus::open_with(self.build()?)
     }
 }
 
 fn completion() -> (Done, crossbeam_channel::Receiver<Result<()>>) {
     let (tx, rx) = crossbeam_channel::bounded(1);
     (Box::new(move |r| drop(tx.send(r))), rx)
-}
-
-impl Inner {
-    fn shutdown(&self, deadline: Duration) -> Result<()> {
-        let tx = self
-            .tx
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let Some(tx) = tx else { return Ok(()) };
-        // The dispatcher drains everything queued before this message.
-        let _ = tx.send(Command::Shutdown(Instant::now() + deadline));
-        drop(tx);
-        let handle = self
-            .dispatcher
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        match handle.map(JoinHandle::join) {
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err(Error::Store(crate::error::StoreError::message(
-                "the dispatcher thread panicked; unflushed events were not written",
-            ))),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            // Do not wait while unwinding: dropping the channel lets the
-            // dispatcher drain, flush and stop on its own.
-            self.tx
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            return;
-        }
-        if let Err(e) = self.shutdown(self.config.shutdown_timeout) {
-            tracing::error!(error = %e, "hookbus shutdown on drop failed");
-        }
-    }
 }
 
 #[cfg(all(test, feature = "tokio"))]

@@ -5,16 +5,19 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::bus::Bus;
 use crate::error::{Error, Result};
 use crate::ssrf::{IpNet, TargetPolicy};
 
 /// The largest payload the codec will ever decode; `max_payload_bytes` may
 /// not be set above it.
 pub(crate) const PAYLOAD_HARD_LIMIT: usize = 16 * 1024 * 1024;
+/// The largest accepted `channel_capacity` (the queue is allocated up front).
+const MAX_CHANNEL_CAPACITY: usize = 1_000_000;
+/// The longest accepted connect or request timeout.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// The settings of an open [`Bus`]. Made by [`Builder`]; read it back with
-/// [`Bus::config`].
+/// The settings of an open [`Bus`](crate::Bus). Made by [`Builder`]; read it back with
+/// [`Bus::config`](crate::Bus::config).
 #[derive(Debug, Clone)]
 pub struct Config {
     pub(crate) path: PathBuf,
@@ -131,13 +134,13 @@ impl Config {
     pub fn max_payload_bytes(&self) -> usize {
         self.max_payload_bytes
     }
-    /// How long dropping the last [`Bus`] handle waits for in-flight work.
+    /// How long dropping the last [`Bus`](crate::Bus) handle waits for in-flight work.
     pub fn shutdown_timeout(&self) -> Duration {
         self.shutdown_timeout
     }
 }
 
-/// Builds a [`Bus`] with non-default settings.
+/// Builds a [`Bus`](crate::Bus) with non-default settings.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -196,7 +199,7 @@ impl Builder {
     }
 
     /// How many published events may wait for the dispatcher thread before
-    /// [`Bus::publish`] blocks (back-pressure). Memory held by the queue is at
+    /// [`Bus::publish`](crate::Bus::publish) blocks (back-pressure). Memory held by the queue is at
     /// most this many serialized payloads.
     ///
     /// Defaults to 10 000.
@@ -291,7 +294,7 @@ impl Builder {
         self
     }
 
-    /// The largest payload [`Bus::publish`] accepts, in bytes of serialized
+    /// The largest payload [`Bus::publish`](crate::Bus::publish) accepts, in bytes of serialized
     /// JSON; larger ones get [`Error::PayloadTooLarge`] and nothing is
     /// stored. At most 16 MiB.
     ///
@@ -301,9 +304,9 @@ impl Builder {
         self
     }
 
-    /// How long dropping the last [`Bus`] handle waits for requests in
+    /// How long dropping the last [`Bus`](crate::Bus) handle waits for requests in
     /// flight before it stops anyway (what is unfinished is delivered after
-    /// the next open). [`Bus::shutdown`] takes its own deadline.
+    /// the next open). [`Bus::shutdown`](crate::Bus::shutdown) takes its own deadline.
     ///
     /// Defaults to 5 s.
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
@@ -357,8 +360,19 @@ impl Builder {
         if c.senders == 0 || c.senders > 1024 {
             return bad(format!("senders must be 1..=1024, got {}", c.senders));
         }
-        if c.channel_capacity == 0 {
-            return bad("channel_capacity must be at least 1".into());
+        if c.channel_capacity == 0 || c.channel_capacity > MAX_CHANNEL_CAPACITY {
+            return bad(format!(
+                "channel_capacity must be 1..={MAX_CHANNEL_CAPACITY}, got {}",
+                c.channel_capacity
+            ));
+        }
+        for (name, d) in [
+            ("connect_timeout", c.connect_timeout),
+            ("request_timeout", c.request_timeout),
+        ] {
+            if d > MAX_TIMEOUT {
+                return bad(format!("{name} may be at most 1 hour, got {d:?}"));
+            }
         }
         if c.retry_schedule.len() > 100 {
             return bad(format!(
@@ -389,11 +403,5 @@ impl Builder {
             ));
         }
         Ok(c)
-    }
-
-    /// Opens the store (creating it if needed) and starts the dispatcher and
-    /// sender threads. See [`Bus::open`].
-    pub fn open(self) -> Result<Bus> {
-        Bus::open_config(self.build()?)
     }
 }

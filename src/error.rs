@@ -189,6 +189,21 @@ pub enum Error {
     #[error("the bus is shut down; open it again to publish or change subscriptions")]
     Closed,
 
+    /// [`Outbox::recount`](crate::Outbox::recount) found an index that
+    /// disagrees with the delivery records.
+    #[error("outbox is inconsistent: {0}")]
+    Inconsistent(String),
+
+    /// A listing cursor names a delivery that has left the listed state
+    /// since the previous page: list again from the start.
+    #[error("cursor delivery {id} is {state} now; list again from the start")]
+    CursorMoved {
+        /// The cursor.
+        id: DeliveryId,
+        /// Its state now.
+        state: crate::record::DeliveryState,
+    },
+
     /// A background thread could not be started.
     #[error("could not start hookbus thread `{name}`")]
     Spawn {

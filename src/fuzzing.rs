@@ -4,7 +4,7 @@
 use crate::codec;
 use crate::record::{Attempt, Delivery, Event, OutboxStats};
 use crate::ssrf::TargetPolicy;
-use crate::store::SubscriptionRecord;
+use crate::storage::SubscriptionRecord;
 
 /// Decodes `data` as every record type; must never panic, and what decodes
 /// must encode back to the same bytes.

@@ -121,10 +121,13 @@
 
 pub mod api;
 mod bus;
+mod clock;
 mod codec;
 mod config;
-mod dispatcher;
+mod delivery;
+mod engine;
 mod error;
+mod event;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -137,12 +140,13 @@ mod retry;
 mod sender;
 pub mod signing;
 mod ssrf;
-mod store;
+mod storage;
 mod subscription;
 
 pub use bus::Bus;
 pub use config::{Builder, Config, default_retry_schedule};
 pub use error::{Error, Result, StoreError};
+pub use event::ALL_EVENTS;
 pub use ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
 pub use outbox::{Deliveries, Outbox};
 pub use record::{
@@ -152,6 +156,5 @@ pub use sender::USER_AGENT;
 pub use signing::{VerifyError, verify_signature, verify_standard};
 pub use ssrf::{IpNet, is_global};
 pub use subscription::{
-    ALL_EVENTS, CONTENT_TYPE_JSON, NewSubscription, Secret, Subscription, SubscriptionPatch,
-    Subscriptions,
+    CONTENT_TYPE_JSON, NewSubscription, Secret, Subscription, SubscriptionPatch, Subscriptions,
 };

@@ -1,37 +1,36 @@
 //! The outbox: deliveries by state, their attempts, and the dead letter
 //! queue.
 
-use crate::bus::Bus;
+use std::sync::Arc;
+
+use crate::engine::Engine;
+use crate::engine::maintenance::Job;
 use crate::error::{Error, Result};
 use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
 use crate::record::{Attempt, Delivery, DeliveryState, Event, OutboxStats};
-use crate::store::{IndexEntry, Store};
+use crate::storage::{IndexEntry, Iter, Reader};
 
-/// The delivery outbox of a [`Bus`]: see [`Bus::outbox`].
+/// The delivery outbox of a [`Bus`](crate::Bus): see
+/// [`Bus::outbox`](crate::Bus::outbox).
 ///
-/// Listings are lazy iterators over the store: they hold one record at a
-/// time, so a large outbox is never loaded into memory. Take what you need
-/// (`.take(50)`) and resume from a cursor with
-/// [`list_after`](Outbox::list_after).
+/// Every listing is a lazy [`Deliveries`] iterator over the store: it holds
+/// one record at a time, so a large outbox is never loaded into memory.
+/// Take what you need (`.take(50)`) and resume after the last delivery of
+/// a page by its id (`*_after(.., last.id)`): one kind of cursor for every
+/// listing.
 #[derive(Debug, Clone, Copy)]
 pub struct Outbox<'a> {
-    bus: &'a Bus,
+    engine: &'a Engine,
 }
 
-/// A lazy listing of deliveries, in the order of their state index:
-/// pending by subscription and then next attempt time, delivered and dead by
-/// finish time.
+/// A lazy listing of deliveries (see [`Outbox`] for the orders).
 pub struct Deliveries {
-    store: Store,
-    state: DeliveryState,
-    entries: Box<dyn Iterator<Item = Result<IndexEntry>> + Send>,
+    inner: Box<dyn Iterator<Item = Result<Delivery>> + Send>,
 }
 
 impl std::fmt::Debug for Deliveries {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deliveries")
-            .field("state", &self.state)
-            .finish_non_exhaustive()
+        f.debug_struct("Deliveries").finish_non_exhaustive()
     }
 }
 
@@ -39,30 +38,102 @@ impl Iterator for Deliveries {
     type Item = Result<Delivery>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let entry = match self.entries.next()? {
+        self.inner.next()
+    }
+}
+
+impl Deliveries {
+    fn new(inner: impl Iterator<Item = Result<Delivery>> + Send + 'static) -> Self {
+        Deliveries {
+            inner: Box::new(inner),
+        }
+    }
+
+    fn failed(e: Error) -> Self {
+        Deliveries::new(std::iter::once(Err(e)))
+    }
+
+    /// The deliveries an index lists that are (still) in `state`.
+    fn of_index(reader: Arc<dyn Reader>, state: DeliveryState, entries: Iter<IndexEntry>) -> Self {
+        Deliveries::new(entries.filter_map(move |entry| {
+            let entry = match entry {
                 Ok(e) => e,
                 Err(e) => return Some(Err(e)),
             };
-            match self.store.delivery(entry.delivery) {
+            match reader.delivery(entry.delivery) {
                 // The index and the record are written in one batch; a
                 // mismatch means it changed state since the listing began.
-                Ok(Some(d)) if d.state == self.state => return Some(Ok(d)),
-                Ok(_) => continue,
-                Err(e) => return Some(Err(e)),
+                Ok(Some(d)) if d.state == state => Some(Ok(d)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
             }
-        }
+        }))
     }
 }
 
 impl<'a> Outbox<'a> {
-    pub(crate) fn new(bus: &'a Bus) -> Self {
-        Outbox { bus }
+    pub(crate) fn new(engine: &'a Engine) -> Self {
+        Outbox { engine }
+    }
+
+    fn reader(&self) -> Result<Arc<dyn Reader>> {
+        self.engine.reader()
     }
 
     /// Counts of deliveries by state, as of the dispatcher's last write.
     pub fn stats(&self) -> Result<OutboxStats> {
-        self.bus.store().stats()
+        self.reader()?.stats()
+    }
+
+    /// Counts deliveries by state from the records themselves, and checks
+    /// each state index against them (every delivery has exactly one entry,
+    /// in the index of its state). Walks the whole outbox: for audits and
+    /// tests, not for dashboards ([`stats`](Outbox::stats) is cheap).
+    /// `quarantined` is taken from the stored counters.
+    ///
+    /// Errors with [`Error::Inconsistent`] when an index disagrees with
+    /// the records.
+    pub fn recount(&self) -> Result<OutboxStats> {
+        let reader = self.reader()?;
+        let mut counted = OutboxStats {
+            quarantined: reader.stats()?.quarantined,
+            ..OutboxStats::default()
+        };
+        let mut by_id = std::collections::HashMap::new();
+        for d in reader.deliveries(None) {
+            let d = d?;
+            match d.state {
+                DeliveryState::Pending => counted.pending += 1,
+                DeliveryState::Delivered => counted.delivered += 1,
+                DeliveryState::Dead => counted.dead += 1,
+            }
+            by_id.insert(d.id, IndexEntry::of(&d));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for state in [
+            DeliveryState::Pending,
+            DeliveryState::Delivered,
+            DeliveryState::Dead,
+        ] {
+            for entry in reader.index(state, None) {
+                let entry = entry?;
+                let fits = reader
+                    .delivery(entry.delivery)?
+                    .is_some_and(|d| d.state == state && IndexEntry::of(&d) == entry);
+                if !fits || !seen.insert(entry.delivery) {
+                    return Err(Error::Inconsistent(format!(
+                        "the {state} index lists delivery {} at {} but its record does not match (or it is listed twice)",
+                        entry.delivery, entry.at
+                    )));
+                }
+            }
+        }
+        if let Some(id) = by_id.keys().find(|id| !seen.contains(*id)) {
+            return Err(Error::Inconsistent(format!(
+                "delivery {id} is in no state index"
+            )));
+        }
+        Ok(counted)
     }
 
     /// Pending deliveries, by subscription and then soonest due first.
@@ -80,69 +151,85 @@ impl<'a> Outbox<'a> {
         self.list(DeliveryState::Delivered)
     }
 
-    /// Deliveries in `state`, in index order.
+    /// Deliveries in `state`: pending by subscription and then due time,
+    /// delivered and dead by finish time.
     pub fn list(&self, state: DeliveryState) -> Deliveries {
-        let store = self.bus.store().clone();
-        let entries = Box::new(store.index(state));
-        Deliveries {
-            store,
-            state,
-            entries,
+        match self.reader() {
+            Ok(r) => {
+                let entries = r.index(state, None);
+                Deliveries::of_index(r, state, entries)
+            }
+            Err(e) => Deliveries::failed(e),
         }
     }
 
-    /// Deliveries in `state` that come after `cursor` (the last delivery of
-    /// the previous page) in index order.
-    pub fn list_after(&self, state: DeliveryState, cursor: &Delivery) -> Deliveries {
-        let store = self.bus.store().clone();
-        let entries = Box::new(store.index_after(state, IndexEntry::of(cursor, state)));
-        Deliveries {
-            store,
-            state,
-            entries,
+    /// Deliveries in `state` that come after delivery `cursor` (the last of
+    /// the previous page) in [`list`](Outbox::list) order. If the cursor
+    /// delivery has left `state` meanwhile, the listing yields one
+    /// [`Error::DeliveryNotFound`]-style error: list again from the start.
+    pub fn list_after(&self, state: DeliveryState, cursor: DeliveryId) -> Deliveries {
+        let r = match self.reader() {
+            Ok(r) => r,
+            Err(e) => return Deliveries::failed(e),
+        };
+        match r.delivery(cursor) {
+            Ok(Some(d)) if d.state == state => {
+                let entries = r.index(state, Some(IndexEntry::of(&d)));
+                Deliveries::of_index(r, state, entries)
+            }
+            Ok(Some(d)) => Deliveries::failed(Error::CursorMoved {
+                id: cursor,
+                state: d.state,
+            }),
+            Ok(None) => Deliveries::failed(Error::DeliveryNotFound(cursor)),
+            Err(e) => Deliveries::failed(e),
         }
     }
 
     /// Every delivery, in creation order, whatever its state.
-    pub fn all(&self) -> impl Iterator<Item = Result<Delivery>> + use<> {
-        self.bus.store().deliveries(None)
+    pub fn all(&self) -> Deliveries {
+        match self.reader() {
+            Ok(r) => Deliveries::new(r.deliveries(None)),
+            Err(e) => Deliveries::failed(e),
+        }
     }
 
     /// Every delivery created after `cursor` (the last one of the previous
     /// page), in creation order: a seek, not a scan from the start.
-    pub fn all_after(&self, cursor: DeliveryId) -> impl Iterator<Item = Result<Delivery>> + use<> {
-        self.bus.store().deliveries(Some(cursor))
+    pub fn all_after(&self, cursor: DeliveryId) -> Deliveries {
+        match self.reader() {
+            Ok(r) => Deliveries::new(r.deliveries(Some(cursor))),
+            Err(e) => Deliveries::failed(e),
+        }
     }
 
     /// The deliveries of one subscription, in creation order or newest
     /// first.
-    pub fn for_subscription(
-        &self,
-        subscription: SubscriptionId,
-        newest_first: bool,
-    ) -> impl Iterator<Item = Result<Delivery>> + use<> {
-        let store = self.bus.store().clone();
-        store
-            .deliveries_of(subscription, newest_first)
-            .filter_map(move |id| match id {
-                Ok(id) => store.delivery(id).transpose(),
-                Err(e) => Some(Err(e)),
-            })
+    pub fn for_subscription(&self, subscription: SubscriptionId, newest_first: bool) -> Deliveries {
+        let r = match self.reader() {
+            Ok(r) => r,
+            Err(e) => return Deliveries::failed(e),
+        };
+        let ids = r.deliveries_of(subscription, newest_first);
+        Deliveries::new(ids.filter_map(move |id| match id {
+            Ok(id) => r.delivery(id).transpose(),
+            Err(e) => Some(Err(e)),
+        }))
     }
 
     /// One delivery.
     pub fn get(&self, id: DeliveryId) -> Result<Option<Delivery>> {
-        self.bus.store().delivery(id)
+        self.reader()?.delivery(id)
     }
 
     /// The stored event (name and exact JSON body) of a delivery.
     pub fn event(&self, id: EventId) -> Result<Option<Event>> {
-        self.bus.store().event(id)
+        self.reader()?.event(id)
     }
 
     /// Every attempt of a delivery, oldest first.
     pub fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>> {
-        self.bus.store().attempts(id)
+        self.reader()?.attempts(id)
     }
 
     /// Makes a dead delivery due now, for one more attempt (if that fails
@@ -150,96 +237,49 @@ impl<'a> Outbox<'a> {
     /// [`Error::NotDead`] for other states and
     /// [`Error::DeliveryNotFound`] for unknown ids.
     pub fn retry(&self, id: DeliveryId) -> Result<Delivery> {
-        self.bus.write(move |w| {
-            let old = w.store().delivery(id)?.ok_or(Error::DeliveryNotFound(id))?;
+        self.engine.write(move |s| {
+            let old = s.delivery(id)?.ok_or(Error::DeliveryNotFound(id))?;
             if old.state != DeliveryState::Dead {
                 return Err(Error::NotDead {
                     id,
                     state: old.state,
                 });
             }
-            let new = revive(&old);
-            w.put_delivery(Some(&old), &new);
-            Ok(new)
+            Ok(s.revive(&old))
         })
     }
 
     /// Makes every dead delivery due now (of one subscription, or of all
     /// with `None`). Returns how many. Deliveries of a deleted or inactive
-    /// subscription die again at once.
+    /// subscription die again at once. Runs in chunks between the
+    /// dispatcher's rounds, so publishing goes on meanwhile; a damaged
+    /// record on the way is quarantined and skipped.
     pub fn retry_all_dead(&self, subscription: Option<SubscriptionId>) -> Result<u64> {
-        self.bus.write(move |w| {
-            let mut n = 0;
-            for entry in w.store().index(DeliveryState::Dead) {
-                let entry = entry?;
-                if subscription.is_some_and(|s| s != entry.subscription) {
-                    continue;
-                }
-                let Some(old) = w.store().delivery(entry.delivery)? else {
-                    continue;
-                };
-                if old.state == DeliveryState::Dead {
-                    w.put_delivery(Some(&old), &revive(&old));
-                    n += 1;
-                }
-            }
-            Ok(n)
-        })
+        self.engine.run_job(Job::retry_dead(subscription))
     }
 
     /// Removes delivered deliveries (and their attempts) that finished
     /// before `before`, and each event once its last delivery is gone.
-    /// Returns how many deliveries.
+    /// Returns how many deliveries. Runs in chunks like
+    /// [`retry_all_dead`](Outbox::retry_all_dead).
     pub fn purge_delivered_before(&self, before: Timestamp) -> Result<u64> {
-        self.bus.write(move |w| {
-            let mut n = 0;
-            let mut released: std::collections::HashMap<EventId, u32> = Default::default();
-            for entry in w.store().index(DeliveryState::Delivered) {
-                let entry = entry?;
-                if entry.at >= before.as_millis() {
-                    break;
-                }
-                let Some(old) = w.store().delivery(entry.delivery)? else {
-                    continue;
-                };
-                if old.state == DeliveryState::Delivered {
-                    w.remove_delivery(&old)?;
-                    *released.entry(old.event_id).or_default() += 1;
-                    n += 1;
-                }
-            }
-            // An event goes with its last delivery.
-            for (event, gone) in released {
-                match w.store().event_refs(event)? {
-                    Some(refs) if refs <= gone => w.batch().remove_event(event),
-                    Some(refs) => w.batch().put_event_refs(event, refs - gone),
-                    None => {} // counted by no older store: keep it
-                }
-            }
-            Ok(n)
-        })
+        self.engine
+            .run_job(Job::purge_delivered(before.as_millis()))
     }
 
     /// Records the dispatcher moved aside as damaged (see
     /// [`OutboxStats::quarantined`]): each one's original key in hex and its
     /// raw bytes, for inspection or hand repair. They are never delivered.
     pub fn quarantined(&self) -> impl Iterator<Item = Result<(String, Vec<u8>)>> + use<> {
-        self.bus
-            .store()
-            .quarantined()
-            .map(|r| r.map(|(k, v)| (hex::encode(k), v)))
+        let it: Iter<(Vec<u8>, Vec<u8>)> = match self.reader() {
+            Ok(r) => r.quarantined(),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        };
+        it.map(|r| r.map(|(k, v)| (hex::encode(k), v)))
     }
 
     /// The store's size on disk, in bytes.
     pub fn size_on_disk(&self) -> Result<u64> {
-        self.bus.store().size_on_disk()
+        self.reader()?.size_on_disk()
     }
-}
-
-fn revive(old: &Delivery) -> Delivery {
-    let mut new = old.clone();
-    new.state = DeliveryState::Pending;
-    new.next_attempt_at = Some(Timestamp::now());
-    new.finished_at = None;
-    new
 }

@@ -10,7 +10,7 @@ use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
 use crate::record::{Attempt, AttemptError, AttemptErrorKind, Delivery, DeliveryState, Event};
 use crate::signing;
 use crate::ssrf::{TargetPolicy, is_global};
-use crate::store::SubscriptionRecord;
+use crate::storage::SubscriptionRecord;
 use crate::subscription::{validate_event_name, validate_url};
 
 fn id_bytes() -> impl Strategy<Value = [u8; 16]> {

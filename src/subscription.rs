@@ -4,16 +4,17 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::bus::Bus;
+use crate::config::Config;
+use crate::delivery::reason;
+use crate::engine::Engine;
 use crate::error::{Error, Result, clip};
 use crate::ids::{SubscriptionId, Timestamp};
 use crate::ssrf::TargetPolicy;
-use crate::store::SubscriptionRecord;
+use crate::storage::{Reader, SubscriptionRecord};
 
 /// The only content type deliveries are sent with.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
-/// The event name that subscribes to every event.
-pub const ALL_EVENTS: &str = "*";
+pub(crate) use crate::event::ALL_EVENTS;
 const MAX_URL_LEN: usize = 2048;
 const MAX_SECRET_LEN: usize = 1024;
 const MAX_OWNER_LEN: usize = 200;
@@ -100,7 +101,7 @@ impl From<SubscriptionRecord> for Subscription {
 }
 
 /// A subscription to create with [`Subscriptions::create`] or
-/// [`Bus::subscribe`].
+/// [`Bus::subscribe`](crate::Bus::subscribe).
 ///
 /// ```
 /// let new = hookbus::NewSubscription::new("My Webhook", "https://example.com/hooks")
@@ -437,16 +438,16 @@ fn normalise_events(events: &[String]) -> Result<Vec<String>> {
 
 /// Fails with [`Error::Conflict`] if another subscription of the same owner
 /// sends one of `rec`'s events to `rec`'s URL.
-fn check_conflict(store: &crate::store::Store, rec: &SubscriptionRecord) -> Result<()> {
+fn check_conflict(store: &dyn Reader, rec: &SubscriptionRecord) -> Result<()> {
     for event in &rec.events {
-        for id in store.indexed(event)? {
+        for id in store.subscribers_of(event)?.ids {
             if id == rec.id {
                 continue;
             }
             let Some(other) = store.subscription(id)? else {
                 continue;
             };
-            if other.owner == rec.owner && other.url == rec.url {
+            if other.owner == rec.owner && other.url == rec.url && other.events.contains(event) {
                 return Err(Error::Conflict {
                     event: event.clone(),
                     url: rec.url.clone(),
@@ -458,25 +459,20 @@ fn check_conflict(store: &crate::store::Store, rec: &SubscriptionRecord) -> Resu
     Ok(())
 }
 
-impl Bus {
-    /// Creates a subscription; the same as `bus.subscriptions().create(new)`.
-    pub fn subscribe(&self, new: NewSubscription) -> Result<Subscription> {
-        self.subscriptions().create(new)
-    }
-}
-
-/// The subscriptions of a [`Bus`]: see [`Bus::subscriptions`].
+/// The subscriptions of a [`Bus`](crate::Bus): see
+/// [`Bus::subscriptions`](crate::Bus::subscriptions).
 ///
 /// Changes are made by the dispatcher thread (the store's one writer) and are
 /// on disk when the call returns; the very next publish sees them.
 #[derive(Debug, Clone, Copy)]
 pub struct Subscriptions<'a> {
-    bus: &'a Bus,
+    engine: &'a Engine,
+    config: &'a Config,
 }
 
 impl<'a> Subscriptions<'a> {
-    pub(crate) fn new(bus: &'a Bus) -> Self {
-        Subscriptions { bus }
+    pub(crate) fn new(engine: &'a Engine, config: &'a Config) -> Self {
+        Subscriptions { engine, config }
     }
 
     /// Validates and stores a new subscription, atomically with its event
@@ -487,7 +483,7 @@ impl<'a> Subscriptions<'a> {
     /// [`Error::InvalidContentType`], [`Error::InvalidSecret`],
     /// [`Error::InvalidOwner`], [`Error::Conflict`], [`Error::Closed`].
     pub fn create(&self, new: NewSubscription) -> Result<Subscription> {
-        let config = self.bus.config();
+        let config = self.config;
         validate_name(&new.name)?;
         let url = validate_url(&new.url, &config.target_policy(), config.https_only)?;
         let events = normalise_events(&new.events)?;
@@ -519,22 +515,26 @@ impl<'a> Subscriptions<'a> {
             created_at: now,
             modified_at: now,
         };
-        self.bus.write(move |w| {
-            check_conflict(w.store(), &rec)?;
-            w.batch().put_subscription(None, &rec);
+        self.engine.write(move |w| {
+            check_conflict(w.reader(), &rec)?;
+            w.put_subscription(None, &rec);
             Ok(Subscription::from(rec))
         })
     }
 
     /// The subscription with this id, if any.
     pub fn get(&self, id: SubscriptionId) -> Result<Option<Subscription>> {
-        Ok(self.bus.store().subscription(id)?.map(Subscription::from))
+        Ok(self
+            .engine
+            .reader()?
+            .subscription(id)?
+            .map(Subscription::from))
     }
 
     /// Every subscription, oldest first.
     pub fn list(&self) -> Result<Vec<Subscription>> {
-        self.bus
-            .store()
+        self.engine
+            .reader()?
             .subscriptions()
             .map(|r| r.map(Subscription::from))
             .collect()
@@ -543,7 +543,7 @@ impl<'a> Subscriptions<'a> {
     /// The subscriptions of one owner, oldest first.
     pub fn list_by_owner(&self, owner: &str) -> Result<Vec<Subscription>> {
         let mut out = Vec::new();
-        for r in self.bus.store().subscriptions() {
+        for r in self.engine.reader()?.subscriptions() {
             let r = r?;
             if r.owner.as_deref() == Some(owner) {
                 out.push(Subscription::from(r));
@@ -555,8 +555,8 @@ impl<'a> Subscriptions<'a> {
     /// The active subscriptions that receive `event` (by name or `*`).
     pub fn for_event(&self, event: &str) -> Result<Vec<Subscription>> {
         validate_event_name(event, false)?;
-        let store = self.bus.store();
-        let ids = store.subscribers_of(event)?;
+        let store = self.engine.reader()?;
+        let ids = store.subscribers_of(event)?.ids;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(r) = store.subscription(id)?
@@ -572,7 +572,7 @@ impl<'a> Subscriptions<'a> {
     /// the same as for [`create`](Self::create). Deactivating it dead-letters
     /// its pending deliveries.
     pub fn update(&self, id: SubscriptionId, patch: SubscriptionPatch) -> Result<Subscription> {
-        let config = self.bus.config();
+        let config = self.config;
         if let Some(n) = &patch.name {
             validate_name(n)?;
         }
@@ -590,9 +590,9 @@ impl<'a> Subscriptions<'a> {
         if let Some(ct) = &patch.content_type {
             validate_content_type(ct)?;
         }
-        self.bus.write(move |w| {
+        self.engine.write(move |w| {
             let old = w
-                .store()
+                .reader()
                 .subscription(id)?
                 .ok_or(Error::SubscriptionNotFound(id))?;
             let mut new = old.clone();
@@ -622,10 +622,10 @@ impl<'a> Subscriptions<'a> {
                 new.active = a;
             }
             new.modified_at = Timestamp::now();
-            check_conflict(w.store(), &new)?;
-            w.batch().put_subscription(Some(&old), &new);
+            check_conflict(w.reader(), &new)?;
+            w.put_subscription(Some(&old), &new);
             if old.active && !new.active {
-                w.kill_pending(id, "subscription was deactivated")?;
+                w.dead_letter_pending(id, reason::DEACTIVATED);
             }
             Ok(Subscription::from(new))
         })
@@ -634,13 +634,13 @@ impl<'a> Subscriptions<'a> {
     /// Deletes a subscription. Its pending deliveries are dead-lettered;
     /// past deliveries and their attempts stay in the outbox.
     pub fn delete(&self, id: SubscriptionId) -> Result<()> {
-        self.bus.write(move |w| {
+        self.engine.write(move |w| {
             let old = w
-                .store()
+                .reader()
                 .subscription(id)?
                 .ok_or(Error::SubscriptionNotFound(id))?;
-            w.batch().remove_subscription(&old);
-            w.kill_pending(id, "subscription was deleted")?;
+            w.remove_subscription(&old);
+            w.dead_letter_pending(id, reason::DELETED);
             Ok(())
         })
     }

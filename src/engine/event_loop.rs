@@ -1,0 +1,702 @@
+//! The dispatcher thread: the one writer's event loop.
+//!
+//! It takes commands (published events, changes, barriers) from the command
+//! channel and outcomes from the senders, applies them through the write
+//! [`Session`] in rounds, flushes once per round (group commit), completes
+//! the waiters of the round — each with its own result — runs maintenance
+//! in chunks, and hands due deliveries to the senders. Data flows one way:
+//! publish → dispatcher → store → senders → outcomes → dispatcher.
+//!
+//! Errors are per command and sticky: a command that fails gets its own
+//! error; a published event without a waiter that could not be stored (or
+//! could not reach a subscription) is reported to the next barrier
+//! (`flush`, `publish_durable`, a change), so a loss is never silent.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, select};
+
+use super::maintenance::Job;
+use super::scheduler::{self, Flow};
+use super::session::Session;
+use super::{Command, Done, JobDone};
+use crate::config::Config;
+use crate::delivery::{self, reason};
+use crate::error::{Error, Result, StoreError};
+use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+use crate::record::{AttemptErrorKind, DeliveryState, Event};
+use crate::retry::decide;
+use crate::sender::{self, Outcome};
+use crate::storage::{Damaged, IndexEntry, SubscriptionRecord, Writer};
+
+/// At most this many commands are taken into one round.
+const MAX_ROUND: usize = 4096;
+/// A round stops taking commands once this many writes are staged.
+const MAX_ROUND_WRITES: usize = 32 * 1024;
+/// The payload cache is cleared when it holds more than this many bytes.
+const PAYLOAD_CACHE_BYTES: usize = 8 * 1024 * 1024;
+/// The longest the loop sleeps without a reason to wake.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// Starts the sender pool and the dispatcher; returns the command channel
+/// and the dispatcher's handle.
+pub(crate) fn start(
+    writer: Box<dyn Writer>,
+    config: Arc<Config>,
+) -> Result<(Sender<Command>, JoinHandle<Result<()>>)> {
+    let (tx, rx) = crossbeam_channel::bounded(config.channel_capacity);
+    let (work_tx, work_rx) = crossbeam_channel::bounded(config.senders);
+    let (out_tx, out_rx) = crossbeam_channel::unbounded();
+    let mut session = Session::new(writer, config.clone())?;
+    let (due, damaged) = session.reader().pending_subscriptions()?;
+    if !damaged.is_empty() {
+        session.quarantine(&damaged);
+        session.commit()?;
+    }
+    let (senders, outcomes) = if config.deliver {
+        (sender::spawn(&config, work_rx, out_tx)?, out_rx)
+    } else {
+        (Vec::new(), crossbeam_channel::never())
+    };
+    let d = Dispatcher {
+        horizon: delivery::due_horizon(&config.retry_schedule),
+        s: session,
+        commands: rx,
+        outcomes,
+        work: Some(work_tx),
+        senders,
+        in_flight: HashSet::new(),
+        flows: HashMap::new(),
+        done: Vec::new(),
+        in_batch: Vec::new(),
+        unwaited_in_batch: false,
+        lost: None,
+        must_flush: false,
+        next_due: None,
+        due_subs: due.into_iter().collect(),
+        closing: None,
+        payloads: PayloadCache::default(),
+        jobs: VecDeque::new(),
+    };
+    let handle = std::thread::Builder::new()
+        .name("hookbus-dispatcher".into())
+        .spawn(move || d.run())
+        .map_err(|source| Error::Spawn {
+            name: "hookbus-dispatcher".into(),
+            source,
+        })?;
+    Ok((tx, handle))
+}
+
+fn now_ms() -> u64 {
+    Timestamp::now().as_millis()
+}
+
+fn store_error(m: &str) -> Error {
+    Error::Store(StoreError::message(m.to_owned()))
+}
+
+/// Event payloads recently sent, capped by bytes.
+#[derive(Default)]
+struct PayloadCache {
+    map: HashMap<EventId, Arc<[u8]>>,
+    bytes: usize,
+}
+
+struct Dispatcher {
+    s: Session,
+    commands: Receiver<Command>,
+    outcomes: Receiver<Outcome>,
+    work: Option<Sender<sender::Job>>,
+    senders: Vec<JoinHandle<()>>,
+    in_flight: HashSet<DeliveryId>,
+    flows: HashMap<SubscriptionId, Flow>,
+    /// The waiters of this round, each with its own result so far.
+    done: Vec<(Done, Result<()>)>,
+    /// Waiters (indexes into `done`) whose writes are staged, not committed.
+    in_batch: Vec<usize>,
+    /// Events without a waiter are staged, not committed.
+    unwaited_in_batch: bool,
+    /// A loss no barrier has reported yet.
+    lost: Option<String>,
+    /// This round took events or changes: flush it.
+    must_flush: bool,
+    /// When the next pending delivery falls due (`None`: nothing scheduled,
+    /// or due work waits for a sender and an outcome will wake the loop).
+    next_due: Option<u64>,
+    /// Every subscription with pending deliveries, and when its soonest is
+    /// due (kept in step with the store at the end of every round).
+    due_subs: HashMap<SubscriptionId, u64>,
+    closing: Option<Instant>,
+    payloads: PayloadCache,
+    jobs: VecDeque<(Job, Option<JobDone>)>,
+    horizon: Duration,
+}
+
+impl Dispatcher {
+    fn run(mut self) -> Result<()> {
+        // What was pending when the store was opened is due at once.
+        self.dispatch();
+        self.finish_round();
+        loop {
+            self.wait_and_take();
+            self.finish_round();
+            if !self.jobs.is_empty() {
+                self.run_job_chunk();
+                self.finish_round();
+            }
+            if self.closing.is_none() {
+                self.dispatch();
+                self.finish_round();
+            }
+            if let Some(deadline) = self.closing
+                && self.jobs.is_empty()
+                && (self.in_flight.is_empty() || Instant::now() >= deadline)
+            {
+                break;
+            }
+        }
+        self.stop()
+    }
+
+    /// Blocks until there is something to do (or the next delivery is due),
+    /// then takes everything available, up to a round's worth.
+    fn wait_and_take(&mut self) {
+        let timeout = self.wait_time();
+        let commands = self.commands.clone();
+        select! {
+            recv(commands) -> m => match m {
+                Ok(c) => self.handle(c),
+                Err(_) => self.begin_close(Instant::now()),
+            },
+            recv(self.outcomes) -> o => if let Ok(o) = o { self.on_outcome(o) },
+            default(timeout) => {}
+        }
+        let mut taken = 0;
+        while taken < MAX_ROUND && self.s.staged_writes() < MAX_ROUND_WRITES {
+            match self.commands.try_recv() {
+                Ok(c) => self.handle(c),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.begin_close(Instant::now());
+                    break;
+                }
+            }
+            taken += 1;
+        }
+        while let Ok(o) = self.outcomes.try_recv() {
+            self.on_outcome(o);
+        }
+    }
+
+    fn wait_time(&self) -> Duration {
+        if !self.jobs.is_empty() {
+            return Duration::ZERO;
+        }
+        if let Some(deadline) = self.closing {
+            return deadline.saturating_duration_since(Instant::now());
+        }
+        match self.next_due {
+            Some(at) => Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_TICK),
+            None => IDLE_TICK,
+        }
+    }
+
+    fn begin_close(&mut self, deadline: Instant) {
+        self.commands = crossbeam_channel::never();
+        if self.closing.is_none() {
+            self.closing = Some(deadline);
+        }
+    }
+
+    /// Takes the loss no barrier has reported yet, as this barrier's result.
+    fn take_loss(&mut self) -> Result<()> {
+        match self.lost.take() {
+            None => Ok(()),
+            Some(m) => Err(store_error(&format!(
+                "published events were lost since the last barrier: {m}"
+            ))),
+        }
+    }
+
+    fn note_loss(&mut self, m: String) {
+        tracing::error!(error = %m, "a published event could not be stored in full");
+        match &mut self.lost {
+            Some(first) if first.len() < 4096 => {
+                first.push_str("; ");
+                first.push_str(&m);
+            }
+            Some(_) => {}
+            None => self.lost = Some(m),
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        self.must_flush = true;
+        match cmd {
+            Command::Publish { event, done } => {
+                let result = self.on_publish(&event);
+                match done {
+                    Some(done) => {
+                        let r = self.take_loss().and(result);
+                        self.in_batch.push(self.done.len());
+                        self.done.push((done, r));
+                    }
+                    None => {
+                        if let Err(e) = result {
+                            self.note_loss(format!("event {} ({}): {e}", event.id, event.name));
+                        }
+                        self.unwaited_in_batch = true;
+                    }
+                }
+            }
+            Command::Write(f) => {
+                // The change must see every earlier one.
+                self.commit();
+                let lost = self.take_loss();
+                let done = f(&mut self.s);
+                let jobs: Vec<Job> = self.s.jobs.drain(..).collect();
+                match lost {
+                    Err(e) => self.done.push((done, Err(e))),
+                    Ok(()) if jobs.is_empty() => {
+                        self.in_batch.push(self.done.len());
+                        self.done.push((done, Ok(())));
+                    }
+                    Ok(()) => {
+                        // Completes when its maintenance is done.
+                        let n = jobs.len();
+                        let mut done = Some(done);
+                        for (i, job) in jobs.into_iter().enumerate() {
+                            let jd: Option<JobDone> = if i + 1 == n {
+                                let done = done.take();
+                                Some(Box::new(move |r: Result<u64>| {
+                                    if let Some(done) = done {
+                                        done(r.map(|_| ()));
+                                    }
+                                }))
+                            } else {
+                                None
+                            };
+                            self.jobs.push_back((job, jd));
+                        }
+                    }
+                }
+                self.commit();
+            }
+            Command::Job(job, done) => {
+                let lost = self.take_loss();
+                match lost {
+                    Err(e) => done(Err(e)),
+                    Ok(()) => self.queue_job(job, Some(done)),
+                }
+            }
+            Command::Shutdown(deadline) => self.begin_close(deadline),
+        }
+    }
+
+    /// Runs a maintenance job on this thread, in chunks; `done` gets how
+    /// many records it changed.
+    fn queue_job(&mut self, job: Job, done: Option<JobDone>) {
+        self.jobs.push_back((job, done));
+    }
+
+    fn on_publish(&mut self, event: &Event) -> Result<()> {
+        let found = self.s.reader().subscribers_of(&event.name)?;
+        if !found.damaged.is_empty() {
+            self.s.quarantine(&found.damaged);
+        }
+        let mut subs = Vec::with_capacity(found.ids.len());
+        let mut missed = Vec::new();
+        for id in found.ids {
+            match self.s.reader().subscription(id) {
+                Ok(Some(s)) if s.active => subs.push(id),
+                Ok(_) => {}
+                Err(e) => {
+                    if let Error::Corrupt { key, reason } = &e
+                        && let Ok(key) = hex::decode(key)
+                    {
+                        self.s.quarantine(&[Damaged {
+                            key,
+                            reason: reason.clone(),
+                        }]);
+                    }
+                    missed.push(format!("subscription {id}: {e}"));
+                }
+            }
+        }
+        self.s.publish(event, &subs);
+        tracing::trace!(event = %event.name, id = %event.id, deliveries = subs.len(), "event published");
+        if missed.is_empty() {
+            Ok(())
+        } else {
+            Err(store_error(&format!(
+                "not delivered to {} subscription(s) whose record is damaged (moved aside): {}",
+                missed.len(),
+                missed.join(", ")
+            )))
+        }
+    }
+
+    /// Commits what is staged; if that fails, the waiters whose writes were
+    /// in it fail, and events without a waiter count as lost.
+    fn commit(&mut self) {
+        match self.s.commit() {
+            Ok(()) => {}
+            Err(e) => {
+                let m = e.to_string();
+                tracing::error!(error = %m, "store commit failed");
+                for i in self.in_batch.drain(..) {
+                    if self.done[i].1.is_ok() {
+                        self.done[i].1 = Err(store_error(&m));
+                    }
+                }
+                if self.unwaited_in_batch {
+                    self.note_loss(m);
+                }
+            }
+        }
+        self.in_batch.clear();
+        self.unwaited_in_batch = false;
+    }
+
+    /// Commits and flushes what this round wrote, then completes its waiters.
+    fn finish_round(&mut self) {
+        let unwaited = self.unwaited_in_batch;
+        self.commit();
+        for (sub, at) in self.s.added.drain() {
+            let e = self.due_subs.entry(sub).or_insert(at);
+            *e = (*e).min(at);
+        }
+        let touched: Vec<SubscriptionId> = self.s.touched.drain().collect();
+        for sub in touched {
+            match self.s.reader().due(sub).next().transpose() {
+                Ok(Some(e)) => {
+                    self.due_subs.insert(sub, e.at);
+                }
+                Ok(None) => {
+                    self.due_subs.remove(&sub);
+                }
+                Err(e) => {
+                    tracing::error!(subscription = %sub, error = %e, "damaged due-index entry")
+                }
+            }
+        }
+        // Published events and changes are flushed in the round that wrote
+        // them (group commit). Attempt outcomes alone are not: losing one in
+        // a crash can only make a delivery be sent again, and sled's own
+        // flusher, or the next round that flushes, covers them soon.
+        let wanted = self.must_flush || !self.done.is_empty();
+        if wanted {
+            self.must_flush = false;
+            if let Err(e) = self.s.flush() {
+                let m = e.to_string();
+                tracing::error!(error = %m, "store flush failed");
+                for (_, r) in &mut self.done {
+                    if r.is_ok() {
+                        *r = Err(store_error(&m));
+                    }
+                }
+                if unwaited {
+                    self.note_loss(m);
+                }
+            }
+        }
+        for (done, r) in self.done.drain(..) {
+            done(r);
+        }
+    }
+
+    fn run_job_chunk(&mut self) {
+        let Some((job, _)) = self.jobs.front_mut() else {
+            return;
+        };
+        let step = job.step(&mut self.s);
+        let finished = match step {
+            Ok(true) => true,
+            Ok(false) => false,
+            Err(_) => true,
+        };
+        // A chunk is one atomic round of its own.
+        if let Err(e) = self.s.commit() {
+            tracing::error!(error = %e, "maintenance chunk could not be written");
+            if let Some((_, Some(done))) = self.jobs.pop_front() {
+                self.push_done(Box::new(move |_| done(Err(e))), Ok(()));
+            }
+            return;
+        }
+        self.must_flush = true;
+        if finished && let Some((job, done)) = self.jobs.pop_front() {
+            let count = job.count;
+            let result = step.map(|_| count);
+            if let Some(done) = done {
+                self.push_done(Box::new(move |flushed| done(flushed.and(result))), Ok(()));
+            }
+        }
+    }
+
+    fn push_done(&mut self, done: Done, r: Result<()>) {
+        self.done.push((done, r));
+    }
+
+    fn on_outcome(&mut self, o: Outcome) {
+        self.in_flight.remove(&o.delivery);
+        let flow = self.flows.entry(o.subscription).or_default();
+        flow.in_flight = flow.in_flight.saturating_sub(1);
+        flow.tripped = o
+            .attempt
+            .error
+            .as_ref()
+            .is_some_and(|e| e.kind == AttemptErrorKind::Timeout);
+        if flow.in_flight == 0 && !flow.tripped {
+            self.flows.remove(&o.subscription);
+        }
+        self.s.rescan = true;
+        let decision = decide(
+            &self.s.config.retry_schedule,
+            &o.attempt,
+            o.retry_after,
+            fastrand::f64(),
+        );
+        match self.s.record_attempt(o.delivery, &o.attempt, &decision) {
+            Ok(true) => {
+                if let Err(e) = self.deactivate(o.subscription) {
+                    tracing::error!(subscription = %o.subscription, error = %e, "could not deactivate");
+                }
+            }
+            Ok(false) => {}
+            // The delivery stays pending as stored: it is sent again.
+            Err(e) => {
+                tracing::error!(delivery = %o.delivery, error = %e, "could not record a delivery attempt")
+            }
+        }
+    }
+
+    /// 410 Gone: the subscription is deactivated and its pending deliveries
+    /// die (in chunks, after this round).
+    fn deactivate(&mut self, id: SubscriptionId) -> Result<()> {
+        if let Some(mut s) = self.s.reader().subscription(id)?
+            && s.active
+        {
+            tracing::warn!(subscription = %id, url = %s.url, "receiver answered 410 Gone; subscription deactivated");
+            let old = s.clone();
+            s.active = false;
+            s.modified_at = Timestamp::now();
+            self.s.put_subscription(Some(&old), &s);
+            self.queue_job(Job::dead_letter_pending(id, reason::GONE), None);
+        }
+        Ok(())
+    }
+
+    /// Hands due deliveries to free senders, fairly between subscriptions.
+    fn dispatch(&mut self) {
+        if !self.s.config.deliver {
+            return;
+        }
+        let senders = self.s.config.senders;
+        let free = senders.saturating_sub(self.in_flight.len());
+        let now = now_ms();
+        let due_now = self.next_due.is_some_and(|at| at <= now);
+        if !(self.s.rescan || due_now) {
+            return;
+        }
+        if free == 0 {
+            // Every sender is busy: an outcome wakes the loop, not the clock.
+            self.next_due = None;
+            return;
+        }
+        self.s.rescan = false;
+        // Subscriptions with due work, the one waiting longest first; and
+        // when the next one falls due.
+        let mut ready: Vec<(u64, SubscriptionId)> = Vec::new();
+        let mut next: Option<u64> = None;
+        for (sub, at) in &self.due_subs {
+            if delivery::is_due(*at, now, self.horizon) {
+                ready.push((*at, *sub));
+            } else {
+                next = Some(next.map_or(*at, |n| n.min(*at)));
+            }
+        }
+        self.next_due = next;
+        if ready.is_empty() {
+            return;
+        }
+        ready.sort_unstable();
+        let order: Vec<SubscriptionId> = ready.iter().map(|(_, s)| *s).collect();
+        for (sub, room) in scheduler::plan(senders, free, &order, &self.flows) {
+            if !self.send_due(sub, room, now) {
+                return;
+            }
+        }
+    }
+
+    /// Sends up to `room` due deliveries of `sub`. Returns `false` when the
+    /// senders took no more.
+    fn send_due(&mut self, sub: SubscriptionId, room: usize, now: u64) -> bool {
+        // Its due deliveries not already in flight: at most `in_flight`
+        // entries are skipped on the way.
+        let mut batch = Vec::with_capacity(room);
+        for entry in self.s.reader().due(sub) {
+            match entry {
+                Ok(e) if !delivery::is_due(e.at, now, self.horizon) => break,
+                Ok(e) if self.in_flight.contains(&e.delivery) => {}
+                Ok(e) => {
+                    batch.push(e);
+                    if batch.len() == room {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(subscription = %sub, error = %e, "damaged due-index entry");
+                    break;
+                }
+            }
+        }
+        for e in batch {
+            let Some(job) = self.prepare(e) else { continue };
+            let Some(work) = &self.work else { return false };
+            if work.try_send(job).is_err() {
+                return false;
+            }
+            self.in_flight.insert(e.delivery);
+            self.flows.entry(sub).or_default().in_flight += 1;
+        }
+        true
+    }
+
+    /// Loads what a due delivery needs. Deliveries that cannot be sent (their
+    /// subscription is gone or inactive, their event is missing, their
+    /// record is damaged) are finished here instead.
+    fn prepare(&mut self, entry: IndexEntry) -> Option<sender::Job> {
+        let d = match self.s.delivery(entry.delivery) {
+            Ok(Some(d)) if d.state == DeliveryState::Pending => d,
+            Ok(_) => {
+                self.s.drop_entry(DeliveryState::Pending, entry);
+                return None;
+            }
+            Err(e) => {
+                if !self.s.on_read_error(DeliveryState::Pending, entry, &e) {
+                    self.retry_soon();
+                }
+                return None;
+            }
+        };
+        let sub = match self.s.reader().subscription(d.subscription_id) {
+            Ok(Some(s)) if s.active => s,
+            Ok(Some(_)) => return self.dead_letter(&d, reason::INACTIVE),
+            Ok(None) => return self.dead_letter(&d, reason::DELETED),
+            Err(e) if crate::engine::session::is_damage(&e) => {
+                return self.dead_letter(&d, &format!("subscription record is damaged: {e}"));
+            }
+            Err(e) => {
+                tracing::error!(delivery = %d.id, error = %e, "could not read a subscription; will try again");
+                self.retry_soon();
+                return None;
+            }
+        };
+        let payload = match self.payload(d.event_id) {
+            Ok(Some(p)) => p,
+            Ok(None) => return self.dead_letter(&d, reason::EVENT_MISSING),
+            Err(e) if crate::engine::session::is_damage(&e) => {
+                return self.dead_letter(&d, &format!("event record is damaged: {e}"));
+            }
+            Err(e) => {
+                tracing::error!(delivery = %d.id, error = %e, "could not read an event; will try again");
+                self.retry_soon();
+                return None;
+            }
+        };
+        Some(sender::Job {
+            delivery: d.id,
+            subscription: d.subscription_id,
+            attempt: delivery::next_attempt_number(&d),
+            event_name: d.event_name,
+            url: sub.url.clone(),
+            secrets: secrets_of(&sub),
+            content_type: sub.content_type.clone(),
+            standard_webhooks: sub.standard_webhooks,
+            payload,
+        })
+    }
+
+    /// A read failed for a reason that may pass: look again in a second.
+    fn retry_soon(&mut self) {
+        let at = now_ms().saturating_add(1000);
+        self.next_due = Some(self.next_due.map_or(at, |n| n.min(at)));
+    }
+
+    fn dead_letter(&mut self, d: &crate::record::Delivery, why: &str) -> Option<sender::Job> {
+        self.s.dead_letter(d, why);
+        None
+    }
+
+    fn payload(&mut self, id: EventId) -> Result<Option<Arc<[u8]>>> {
+        if let Some(p) = self.payloads.map.get(&id) {
+            return Ok(Some(p.clone()));
+        }
+        let Some(event) = self.s.reader().event(id)? else {
+            return Ok(None);
+        };
+        if self.payloads.bytes + event.payload.len() > PAYLOAD_CACHE_BYTES {
+            self.payloads.map.clear();
+            self.payloads.bytes = 0;
+        }
+        let p: Arc<[u8]> = event.payload.into();
+        self.payloads.bytes += p.len();
+        self.payloads.map.insert(id, p.clone());
+        Ok(Some(p))
+    }
+
+    /// Final flush; the senders are told to stop, and their outcomes are
+    /// recorded until they have all ended or the deadline passes (a sender
+    /// still inside a request then is left to end on its own: its delivery
+    /// stays pending and is sent after the next open).
+    fn stop(mut self) -> Result<()> {
+        self.finish_round();
+        self.work = None;
+        let deadline = self.closing.unwrap_or_else(Instant::now);
+        // Each sender holds the outcome channel until it ends: it reads as
+        // disconnected once all have.
+        let all_ended = self.senders.is_empty()
+            || loop {
+                match self.outcomes.recv_deadline(deadline) {
+                    Ok(o) => self.on_outcome(o),
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break true,
+                    Err(RecvTimeoutError::Timeout) => break false,
+                }
+            };
+        if all_ended {
+            for h in self.senders.drain(..) {
+                if h.join().is_err() {
+                    tracing::error!("a hookbus sender thread panicked");
+                }
+            }
+        } else {
+            tracing::warn!(
+                in_flight = self.in_flight.len(),
+                "shutdown deadline passed with requests in flight; they stay pending and are sent after the next open"
+            );
+        }
+        while !self.jobs.is_empty() {
+            self.run_job_chunk();
+        }
+        self.must_flush = true;
+        self.finish_round();
+        self.s.commit()?;
+        self.s.flush()
+    }
+}
+
+/// The secrets a request is signed with: the current one, then one being
+/// rotated out while it has not expired.
+pub(crate) fn secrets_of(sub: &SubscriptionRecord) -> Vec<String> {
+    let mut v: Vec<String> = sub.secret.iter().cloned().collect();
+    if let Some((old, until)) = &sub.previous_secret
+        && *until > now_ms()
+    {
+        v.push(old.clone());
+    }
+    v
+}

@@ -1,0 +1,198 @@
+//! The engine: the one writer of a store and the threads around it.
+//!
+//! * [`event_loop`] — the dispatcher thread: takes commands and outcomes,
+//!   applies them through the write session, group-commits, hands due work
+//!   to the senders;
+//! * [`session`] — the write session: domain operations and counters on the
+//!   storage [`Writer`](crate::storage::Writer);
+//! * [`scheduler`] — which subscriptions get the free senders (pure);
+//! * [`maintenance`] — bulk changes, run in chunks between rounds;
+//! * this module — the thread lifecycle: [`Engine`] owns the dispatcher
+//!   (which owns the senders), and its `shutdown` and `Drop` are the one
+//!   place threads are stopped and joined.
+
+pub(crate) mod event_loop;
+pub(crate) mod maintenance;
+pub(crate) mod scheduler;
+pub(crate) mod session;
+
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use crate::config::Config;
+use crate::error::{Error, Result, StoreError};
+use crate::record::Event;
+use crate::storage::{Reader, Writer};
+
+pub(crate) use session::Session;
+
+/// Called once the writes of its command are flushed (or failed to be).
+pub(crate) type Done = Box<dyn FnOnce(Result<()>) + Send>;
+/// A change run on the engine thread; returns what to call after flush.
+pub(crate) type WriteFn = Box<dyn FnOnce(&mut Session) -> Done + Send>;
+/// Called once a maintenance job is done and flushed, with its count.
+pub(crate) type JobDone = Box<dyn FnOnce(Result<u64>) + Send>;
+
+/// What handles send to the engine thread.
+pub(crate) enum Command {
+    /// A published event; `done` makes it a barrier (`publish_durable`).
+    Publish { event: Event, done: Option<Done> },
+    /// A change (or a plain barrier: `flush`).
+    Write(WriteFn),
+    /// Maintenance to run in chunks; `done` gets how many records changed.
+    Job(maintenance::Job, JobDone),
+    /// The last command: stop, giving requests in flight until the instant.
+    Shutdown(std::time::Instant),
+}
+
+/// The running engine of one store: the command channel in, the reader
+/// out, and the dispatcher thread. Shared by every clone of a `Bus`.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    tx: RwLock<Option<Sender<Command>>>,
+    reader: RwLock<Option<Arc<dyn Reader>>>,
+    life: Mutex<Life>,
+    shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Life {
+    thread: Option<JoinHandle<Result<()>>>,
+    /// How the shutdown ended, for callers that come after it.
+    ended: Option<std::result::Result<(), String>>,
+}
+
+impl Engine {
+    /// Starts the dispatcher (and through it the senders) on `writer`.
+    pub(crate) fn start(
+        reader: Arc<dyn Reader>,
+        writer: Box<dyn Writer>,
+        config: Arc<Config>,
+    ) -> Result<Engine> {
+        let shutdown_timeout = config.shutdown_timeout;
+        let (tx, thread) = event_loop::start(writer, config)?;
+        Ok(Engine {
+            tx: RwLock::new(Some(tx)),
+            reader: RwLock::new(Some(reader)),
+            life: Mutex::new(Life {
+                thread: Some(thread),
+                ended: None,
+            }),
+            shutdown_timeout,
+        })
+    }
+
+    /// The store's reader; [`Error::Closed`] after shutdown (which releases
+    /// the store).
+    pub(crate) fn reader(&self) -> Result<Arc<dyn Reader>> {
+        self.reader
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(Error::Closed)
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.tx
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    pub(crate) fn send(&self, cmd: Command) -> Result<()> {
+        let guard = self.tx.read().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(tx) => tx.send(cmd).map_err(|_| Error::Closed),
+            None => Err(Error::Closed),
+        }
+    }
+
+    /// Runs `f` on the engine thread (the one writer), after everything
+    /// queued before it, and returns its result once its writes — and any
+    /// maintenance it started — are done and flushed.
+    pub(crate) fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Session) -> Result<R> + Send + 'static,
+    {
+        let (tx, rx) = crossbeam_channel::bounded::<Result<R>>(1);
+        self.send(Command::Write(Box::new(move |s: &mut Session| {
+            let r = f(s);
+            let done: Done = Box::new(move |flushed: Result<()>| {
+                let _ = tx.send(flushed.and(r));
+            });
+            done
+        })))?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Runs a maintenance job in chunks between rounds; returns how many
+    /// records it changed, once that is flushed.
+    pub(crate) fn run_job(&self, job: maintenance::Job) -> Result<u64> {
+        let (tx, rx) = crossbeam_channel::bounded::<Result<u64>>(1);
+        self.send(Command::Job(
+            job,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        ))?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Stops the engine: no more commands; what is queued is written and
+    /// flushed; requests in flight get until `deadline`; the threads are
+    /// joined and the store is released. Every caller — also one that
+    /// comes while another clone's shutdown is running — returns only when
+    /// it is over, with its result.
+    pub(crate) fn shutdown(&self, deadline: Duration) -> Result<()> {
+        let mut life = self.life.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(ended) = &life.ended {
+            return ended
+                .clone()
+                .map_err(|m| Error::Store(StoreError::message(m)));
+        }
+        let tx = self
+            .tx
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(tx) = tx {
+            // The dispatcher drains everything queued before this message.
+            let _ = tx.send(Command::Shutdown(crate::clock::deadline_after(deadline)));
+        }
+        let result = match life.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(Error::Store(StoreError::message(
+                "the dispatcher thread panicked; unflushed events were not written",
+            ))),
+            None => Ok(()),
+        };
+        // The last reader goes with the handles: the store is released.
+        self.reader
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        life.ended = Some(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+        result
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Do not wait while unwinding: closing the channel lets the
+            // dispatcher drain, flush and stop on its own.
+            self.tx
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            return;
+        }
+        if let Err(e) = self.shutdown(self.shutdown_timeout) {
+            tracing::error!(error = %e, "hookbus shutdown on drop failed");
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The write session: domain operations on the one [`Writer`], with the
+//! outbox counters kept in step. No raw write escapes it: callers say what
+//! happened to a delivery or a subscription, the session stages the
+//! records, index entries and counters together.
+//!
+//! Reads through the session see its own staged writes (a delivery changed
+//! earlier in the same round is read as changed), so two changes to the
+//! same delivery in one round never apply the second to a stale record.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::delivery;
+use crate::error::{Error, Result};
+use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+use crate::record::{Attempt, Delivery, DeliveryState, Event, OutboxStats};
+use crate::retry::Decision;
+use crate::storage::{Damaged, IndexEntry, Reader, SubscriptionRecord, Writer};
+
+use super::maintenance::Job;
+
+/// The write side of the store as the engine and the changes it runs see
+/// it. Lives on the engine thread; not `Clone`.
+#[derive(Debug)]
+pub(crate) struct Session {
+    w: Box<dyn Writer>,
+    pub(crate) config: Arc<Config>,
+    stats: OutboxStats,
+    stats_dirty: bool,
+    /// Writes were committed that no flush has covered yet.
+    pub(crate) unflushed: bool,
+    /// Deliveries staged since the last commit (`None`: removed).
+    staged: HashMap<DeliveryId, Option<Delivery>>,
+    /// Pending deliveries were added or moved earlier: plan again.
+    pub(crate) rescan: bool,
+    /// Subscriptions whose pending deliveries changed since the last round.
+    pub(crate) touched: HashSet<SubscriptionId>,
+    /// Subscriptions that gained pending deliveries, with the soonest due.
+    pub(crate) added: HashMap<SubscriptionId, u64>,
+    /// Maintenance the current change asked for (run in chunks later).
+    pub(crate) jobs: Vec<Job>,
+}
+
+impl Session {
+    pub(crate) fn new(w: Box<dyn Writer>, config: Arc<Config>) -> Result<Self> {
+        let stats = w.reader().stats()?;
+        Ok(Session {
+            w,
+            config,
+            stats,
+            stats_dirty: false,
+            unflushed: false,
+            staged: HashMap::new(),
+            rescan: true,
+            touched: HashSet::new(),
+            added: HashMap::new(),
+            jobs: Vec::new(),
+        })
+    }
+
+    /// Committed state (the session's own staged writes are not in it; use
+    /// [`Session::delivery`] for deliveries).
+    pub(crate) fn reader(&self) -> &dyn Reader {
+        self.w.reader()
+    }
+
+    /// A delivery as the session sees it: staged, else committed.
+    pub(crate) fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>> {
+        match self.staged.get(&id) {
+            Some(d) => Ok(d.clone()),
+            None => self.w.reader().delivery(id),
+        }
+    }
+
+    pub(crate) fn staged_writes(&self) -> usize {
+        self.w.staged()
+    }
+
+    fn count(&mut self, state: DeliveryState, delta: i64) {
+        let c = match state {
+            DeliveryState::Pending => &mut self.stats.pending,
+            DeliveryState::Delivered => &mut self.stats.delivered,
+            DeliveryState::Dead => &mut self.stats.dead,
+        };
+        *c = c.saturating_add_signed(delta);
+        self.stats_dirty = true;
+    }
+
+    /// Stages a delivery, replacing `old` (as this session reads it), and
+    /// keeps the counters and the due bookkeeping in step.
+    fn put_delivery(&mut self, old: Option<&Delivery>, new: Delivery) {
+        match old {
+            Some(o) if o.state == new.state => {}
+            Some(o) => {
+                self.count(o.state, -1);
+                self.count(new.state, 1);
+            }
+            None => self.count(new.state, 1),
+        }
+        if new.state == DeliveryState::Pending {
+            self.rescan = true;
+        }
+        if old.is_some_and(|o| o.state == DeliveryState::Pending) {
+            // It may have been the soonest: look again after the commit.
+            self.touched.insert(new.subscription_id);
+        } else if new.state == DeliveryState::Pending {
+            // A new pending delivery can only make the soonest sooner.
+            let at = new.next_attempt_at.map_or(0, |t| t.as_millis());
+            let e = self.added.entry(new.subscription_id).or_insert(at);
+            *e = (*e).min(at);
+        }
+        self.w.put_delivery(old, &new);
+        self.staged.insert(new.id, Some(new));
+    }
+
+    // ---- subscriptions ----
+
+    pub(crate) fn put_subscription(
+        &mut self,
+        old: Option<&SubscriptionRecord>,
+        new: &SubscriptionRecord,
+    ) {
+        self.w.put_subscription(old, new);
+    }
+
+    pub(crate) fn remove_subscription(&mut self, old: &SubscriptionRecord) {
+        self.w.remove_subscription(old);
+    }
+
+    /// Dead-letters every pending delivery of `sub` with `reason`, in
+    /// chunks after this change (the change's caller waits for it).
+    pub(crate) fn dead_letter_pending(&mut self, sub: SubscriptionId, reason: &'static str) {
+        self.jobs.push(Job::dead_letter_pending(sub, reason));
+    }
+
+    // ---- events and deliveries ----
+
+    /// Stores an event with one new pending delivery per subscription in
+    /// `subs`. Nothing is stored when `subs` is empty.
+    pub(crate) fn publish(&mut self, event: &Event, subs: &[SubscriptionId]) {
+        if subs.is_empty() {
+            return;
+        }
+        let now = Timestamp::now();
+        for &sub in subs {
+            let d = delivery::created(event.id, &event.name, event.created_at, sub, now);
+            self.put_delivery(None, d);
+        }
+        self.w
+            .put_event(event, u32::try_from(subs.len()).unwrap_or(u32::MAX));
+    }
+
+    /// Applies an attempt's outcome to the delivery as it stands now.
+    /// Returns whether the receiver answered 410 Gone for a delivery that
+    /// was still pending.
+    pub(crate) fn record_attempt(
+        &mut self,
+        id: DeliveryId,
+        attempt: &Attempt,
+        decision: &Decision,
+    ) -> Result<bool> {
+        let Some(current) = self.delivery(id)? else {
+            return Ok(false); // purged meanwhile
+        };
+        self.w.put_attempt(id, attempt);
+        let (new, gone) = delivery::attempted(&current, attempt, decision, Timestamp::now());
+        if let Decision::Dead(reason) = decision
+            && current.state == DeliveryState::Pending
+        {
+            tracing::warn!(delivery = %id, subscription = %current.subscription_id, %reason, "delivery dead-lettered");
+        }
+        self.put_delivery(Some(&current), new);
+        Ok(gone)
+    }
+
+    /// Dead-letters a pending delivery that cannot be sent.
+    pub(crate) fn dead_letter(&mut self, d: &Delivery, reason: &str) {
+        tracing::warn!(delivery = %d.id, subscription = %d.subscription_id, reason, "delivery dead-lettered");
+        let new = delivery::dead_lettered(d, Timestamp::now(), reason);
+        self.put_delivery(Some(d), new);
+    }
+
+    /// Makes a dead delivery due now.
+    pub(crate) fn revive(&mut self, d: &Delivery) -> Delivery {
+        let new = delivery::revived(d, Timestamp::now());
+        self.put_delivery(Some(d), new.clone());
+        new
+    }
+
+    /// Removes a finished delivery with its attempts.
+    pub(crate) fn remove_delivery(&mut self, old: &Delivery) -> Result<()> {
+        self.w.remove_delivery(old)?;
+        if old.state == DeliveryState::Pending {
+            self.touched.insert(old.subscription_id);
+        }
+        self.count(old.state, -1);
+        self.staged.insert(old.id, None);
+        Ok(())
+    }
+
+    /// `gone` deliveries of `event` were removed: drop the event with its
+    /// last one.
+    pub(crate) fn release_event(&mut self, event: EventId, gone: u32) -> Result<()> {
+        match self.w.reader().event_refs(event)? {
+            Some(refs) if refs <= gone => self.w.remove_event(event),
+            Some(refs) => self.w.set_event_refs(event, refs - gone),
+            None => {} // counted by no older store: keep it
+        }
+        Ok(())
+    }
+
+    /// Drops a state-index entry that leads to no delivery in that state.
+    pub(crate) fn drop_entry(&mut self, state: DeliveryState, entry: IndexEntry) {
+        self.w.remove_index_entry(state, entry);
+        if state == DeliveryState::Pending {
+            self.touched.insert(entry.subscription);
+        }
+    }
+
+    /// A read of `entry`'s delivery failed. A record that does not decode
+    /// is moved aside (and no longer counted); any other error (I/O) is
+    /// transient: the delivery stays as it is and is tried again later.
+    /// Returns whether it was quarantined.
+    pub(crate) fn on_read_error(
+        &mut self,
+        state: DeliveryState,
+        entry: IndexEntry,
+        err: &Error,
+    ) -> bool {
+        if !is_damage(err) {
+            tracing::error!(delivery = %entry.delivery, error = %err, "could not read a delivery; will try again");
+            return false;
+        }
+        tracing::error!(delivery = %entry.delivery, error = %err, "damaged delivery record quarantined");
+        if let Err(e) = self.w.quarantine_delivery(state, entry) {
+            tracing::error!(delivery = %entry.delivery, error = %e, "could not quarantine");
+            return false;
+        }
+        if state == DeliveryState::Pending {
+            self.touched.insert(entry.subscription);
+        }
+        self.count(state, -1);
+        self.stats.quarantined += 1;
+        true
+    }
+
+    /// Moves damaged index entries or records aside.
+    pub(crate) fn quarantine(&mut self, damaged: &[Damaged]) {
+        for d in damaged {
+            tracing::error!(record = ?d, "damaged record quarantined");
+            match self.w.quarantine_raw(d) {
+                Ok(()) => {
+                    self.stats.quarantined += 1;
+                    self.stats_dirty = true;
+                }
+                Err(e) => tracing::error!(record = ?d, error = %e, "could not quarantine"),
+            }
+        }
+    }
+
+    /// Applies what is staged (visible at once, durable at the next flush).
+    pub(crate) fn commit(&mut self) -> Result<()> {
+        if self.stats_dirty {
+            let stats = self.stats;
+            self.w.put_stats(&stats);
+            self.stats_dirty = false;
+        }
+        self.staged.clear();
+        if self.w.staged() == 0 {
+            return Ok(());
+        }
+        self.unflushed = true;
+        if let Err(e) = self.w.commit() {
+            // The batch is gone; the counters on disk are the truth again.
+            self.stats = self.w.reader().stats().unwrap_or(self.stats);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Makes what was committed durable.
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        if self.unflushed {
+            self.w.flush()?;
+            self.unflushed = false;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a read error means the record itself is damaged (it will never
+/// decode), as opposed to a failure of the store that may pass.
+pub(crate) fn is_damage(err: &Error) -> bool {
+    matches!(err, Error::Corrupt { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::StoreError;
+
+    #[test]
+    fn only_records_that_fail_to_decode_count_as_damage() {
+        assert!(is_damage(&Error::Corrupt {
+            key: "64ff".into(),
+            reason: "truncated".into(),
+        }));
+        assert!(!is_damage(&Error::Store(StoreError::message("I/O error"))));
+        assert!(!is_damage(&Error::from(std::io::Error::other("disk"))));
+    }
+}

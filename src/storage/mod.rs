@@ -1,0 +1,171 @@
+//! The storage seam: what the engine needs from a store, as two traits.
+//!
+//! * [`Reader`] — cloneable (`Arc<dyn Reader>`), used by every handle for
+//!   subscriptions and outbox queries, and by the engine for lookups.
+//! * [`Writer`] — the one writer, not `Clone`, created once by a backend's
+//!   `open` and moved onto the engine thread: writing from anywhere else
+//!   does not type-check. Writes are staged and become visible together at
+//!   [`Writer::commit`] (one atomic round), durable at [`Writer::flush`].
+//!
+//! The traits speak in domain terms (a delivery moves from one state to
+//! another, an event with its reference count, a damaged record moved
+//! aside), never in keys: a backend keeps its own indexes in step. Orders
+//! are semantic (soonest due first, finish time, creation time), not a key
+//! order, and nothing assumes one process: a backend shared by several
+//! processes implements [`Reader::due`] as a claim.
+//!
+//! [`sled`] is the embedded backend, in-process.
+
+pub(crate) mod sled;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+use crate::record::{Attempt, Delivery, DeliveryState, Event, OutboxStats};
+
+/// A boxed, sendable iterator of fallible items.
+pub(crate) type Iter<T> = Box<dyn Iterator<Item = Result<T>> + Send>;
+
+/// A subscription as stored. Unlike [`crate::Subscription`] it serializes
+/// its secrets, so it never leaves the crate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SubscriptionRecord {
+    pub(crate) id: SubscriptionId,
+    pub(crate) name: String,
+    pub(crate) events: Vec<String>,
+    pub(crate) url: String,
+    pub(crate) secret: Option<String>,
+    /// The secret being rotated out, and when it stops being used (ms).
+    pub(crate) previous_secret: Option<(String, u64)>,
+    pub(crate) content_type: String,
+    pub(crate) active: bool,
+    pub(crate) owner: Option<String>,
+    pub(crate) standard_webhooks: bool,
+    pub(crate) created_at: Timestamp,
+    pub(crate) modified_at: Timestamp,
+}
+
+/// An entry of a state index: when (due time for pending deliveries, finish
+/// time otherwise, in ms), which delivery, which subscription. Also the
+/// cursor of outbox listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IndexEntry {
+    pub(crate) at: u64,
+    pub(crate) delivery: DeliveryId,
+    pub(crate) subscription: SubscriptionId,
+}
+
+impl IndexEntry {
+    /// The entry of `d` in the index of its state.
+    pub(crate) fn of(d: &Delivery) -> Self {
+        let at = match d.state {
+            DeliveryState::Pending => d.next_attempt_at,
+            _ => d.finished_at,
+        };
+        IndexEntry {
+            at: at.map_or(0, |t| t.as_millis()),
+            delivery: d.id,
+            subscription: d.subscription_id,
+        }
+    }
+}
+
+/// An index entry or record that could not be parsed, as the backend found
+/// it: opaque to the engine, which hands it back to
+/// [`Writer::quarantine_raw`] so it is moved aside and not met again.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Damaged {
+    pub(crate) key: Vec<u8>,
+    pub(crate) reason: String,
+}
+
+impl fmt::Debug for Damaged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Damaged({}: {})", hex::encode(&self.key), self.reason)
+    }
+}
+
+/// The subscriptions an event fans out to, and index entries found damaged
+/// on the way (skipped, for the writer to quarantine).
+#[derive(Debug, Default)]
+pub(crate) struct Subscribers {
+    pub(crate) ids: Vec<SubscriptionId>,
+    pub(crate) damaged: Vec<Damaged>,
+}
+
+/// Every subscription with pending deliveries and when its soonest is due
+/// (ms), plus index entries found damaged on the way.
+pub(crate) type PendingSubscriptions = (Vec<(SubscriptionId, u64)>, Vec<Damaged>);
+
+/// Reads. Every handle holds one; they see what the writer committed.
+pub(crate) trait Reader: Send + Sync + fmt::Debug {
+    /// Counters by state, as of the last commit.
+    fn stats(&self) -> Result<OutboxStats>;
+    fn subscription(&self, id: SubscriptionId) -> Result<Option<SubscriptionRecord>>;
+    /// Every subscription, in id (= creation time) order.
+    fn subscriptions(&self) -> Iter<SubscriptionRecord>;
+    /// The subscriptions indexed under `event` or `*`, each once, in id
+    /// order (active or not: the caller checks).
+    fn subscribers_of(&self, event: &str) -> Result<Subscribers>;
+    fn event(&self, id: EventId) -> Result<Option<Event>>;
+    /// How many deliveries refer to an event (`None`: not counted, keep it).
+    fn event_refs(&self, id: EventId) -> Result<Option<u32>>;
+    fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>>;
+    /// Every delivery in creation order, starting after `after`.
+    fn deliveries(&self, after: Option<DeliveryId>) -> Iter<Delivery>;
+    /// The ids of one subscription's deliveries, oldest or newest first.
+    fn deliveries_of(&self, sub: SubscriptionId, newest_first: bool) -> Iter<DeliveryId>;
+    /// A state index (pending: by subscription, then due time; delivered and
+    /// dead: by finish time), starting after `after`.
+    fn index(&self, state: DeliveryState, after: Option<IndexEntry>) -> Iter<IndexEntry>;
+    /// The pending deliveries of one subscription, soonest due first.
+    fn due(&self, sub: SubscriptionId) -> Iter<IndexEntry>;
+    /// Every subscription with pending deliveries and when its soonest is
+    /// due, plus entries found damaged on the way.
+    fn pending_subscriptions(&self) -> Result<PendingSubscriptions>;
+    /// The attempts of a delivery, in order.
+    fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>>;
+    /// Records moved aside as damaged: their original key and raw bytes.
+    fn quarantined(&self) -> Iter<(Vec<u8>, Vec<u8>)>;
+    /// The store's size on disk, in bytes.
+    fn size_on_disk(&self) -> Result<u64>;
+}
+
+/// The one writer: stages writes, commits them as one atomic round.
+///
+/// Reads through [`Writer::reader`] see committed state only; the engine's
+/// write session keeps track of what it staged itself.
+pub(crate) trait Writer: Send + fmt::Debug {
+    fn reader(&self) -> &dyn Reader;
+    /// Writes a subscription with its event-index entries (those of `old`
+    /// that `new` no longer names go).
+    fn put_subscription(&mut self, old: Option<&SubscriptionRecord>, new: &SubscriptionRecord);
+    fn remove_subscription(&mut self, old: &SubscriptionRecord);
+    /// Writes an event with the number of deliveries that refer to it.
+    fn put_event(&mut self, event: &Event, refs: u32);
+    fn set_event_refs(&mut self, id: EventId, refs: u32);
+    fn remove_event(&mut self, id: EventId);
+    /// Writes a delivery; `old` is the record as committed (or staged)
+    /// before, so its state-index entry can be replaced.
+    fn put_delivery(&mut self, old: Option<&Delivery>, new: &Delivery);
+    /// Removes a finished delivery, its index entries and its attempts.
+    fn remove_delivery(&mut self, old: &Delivery) -> Result<()>;
+    fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt);
+    fn put_stats(&mut self, stats: &OutboxStats);
+    /// Moves a delivery record that fails to decode aside and drops the
+    /// index entry that led to it.
+    fn quarantine_delivery(&mut self, state: DeliveryState, entry: IndexEntry) -> Result<()>;
+    /// Moves a damaged record or index entry aside.
+    fn quarantine_raw(&mut self, damaged: &Damaged) -> Result<()>;
+    /// Drops a state-index entry that leads to no usable delivery.
+    fn remove_index_entry(&mut self, state: DeliveryState, entry: IndexEntry);
+    /// How many writes are staged.
+    fn staged(&self) -> usize;
+    /// Applies what is staged, atomically. On error nothing of it applies.
+    fn commit(&mut self) -> Result<()>;
+    /// Makes everything committed so far durable.
+    fn flush(&mut self) -> Result<()>;
+}

@@ -1,0 +1,689 @@
+//! The embedded backend of the storage seam: one sled database in a folder.
+//! No other module names sled.
+//!
+//! # Layout
+//!
+//! Everything lives in ONE sled tree, split into key spaces by a leading
+//! byte. sled applies a `Batch` atomically (also across a crash) but only
+//! within one tree, so one tree is what lets the dispatcher write an event,
+//! its deliveries, their index entries and the counters as one atomic batch.
+//!
+//! | prefix | key | value |
+//! | --- | --- | --- |
+//! | `m` | `format` | store format version (1 raw byte) |
+//! | `m` | `stats` | [`OutboxStats`] |
+//! | `s` | subscription id (16) | [`SubscriptionRecord`] |
+//! | `i` | event name, `0x00`, subscription id | empty |
+//! | `e` | event id (16) | [`Event`] |
+//! | `n` | event id (16) | how many deliveries still refer to the event (u32 BE) |
+//! | `d` | delivery id (16) | [`Delivery`] |
+//! | `y` | finished (u64 BE ms), delivery id | subscription id: delivered |
+//! | `x` | finished (u64 BE ms), delivery id | subscription id: dead |
+//! | `r` | subscription id, next attempt (u64 BE ms), delivery id | subscription id: pending, by subscription and due time |
+//! | `b` | subscription id, delivery id | empty: deliveries by subscription |
+//! | `a` | delivery id, attempt number (u32 BE) | [`Attempt`] |
+//! | `z` | the damaged record's key | its raw bytes (quarantine) |
+//!
+//! Invariant: every delivery has exactly one state-index entry (`r`, `y` or
+//! `x`), the one matching its state; [`SledWriter::put_delivery`] is the only
+//! code that writes deliveries, and it keeps this so. Pending deliveries are
+//! indexed per subscription so the dispatcher can serve subscriptions in
+//! turn without walking the whole backlog of one of them.
+//!
+//! Records go through [`crate::codec`]; keys that must sort are big-endian.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{
+    Damaged, IndexEntry, Iter, PendingSubscriptions, Reader, Subscribers, SubscriptionRecord,
+    Writer,
+};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::event::ALL_EVENTS;
+use crate::ids::{DeliveryId, EventId, SubscriptionId};
+use crate::record::{Attempt, Delivery, DeliveryState, Event, OutboxStats};
+
+/// The store layout version, kept under `m format`.
+pub(crate) const STORE_FORMAT: u8 = 1;
+const TREE: &str = "hookbus";
+
+const META_FORMAT: &[u8] = b"mformat";
+const META_STATS: &[u8] = b"mstats";
+const SUB: u8 = b's';
+const IDX: u8 = b'i';
+const EVT: u8 = b'e';
+const EVT_REFS: u8 = b'n';
+const DLV: u8 = b'd';
+const DELIVERED: u8 = b'y';
+const DEAD: u8 = b'x';
+const ATT: u8 = b'a';
+const BY_SUB: u8 = b'b';
+const DUE_BY_SUB: u8 = b'r';
+const QUARANTINE: u8 = b'z';
+
+fn key16(prefix: u8, id: [u8; 16]) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&id);
+    k
+}
+
+fn index_key(event: &str, sub: SubscriptionId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(event.len() + 18);
+    k.push(IDX);
+    k.extend_from_slice(event.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&sub.to_bytes());
+    k
+}
+
+fn state_prefix(state: DeliveryState) -> u8 {
+    match state {
+        DeliveryState::Pending => DUE_BY_SUB,
+        DeliveryState::Delivered => DELIVERED,
+        DeliveryState::Dead => DEAD,
+    }
+}
+
+fn time_key(prefix: u8, at: u64, id: DeliveryId) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[0] = prefix;
+    k[1..9].copy_from_slice(&at.to_be_bytes());
+    k[9..].copy_from_slice(&id.to_bytes());
+    k
+}
+
+fn sub_due_key(sub: SubscriptionId, at: u64, id: DeliveryId) -> [u8; 41] {
+    let mut k = [0u8; 41];
+    k[0] = DUE_BY_SUB;
+    k[1..17].copy_from_slice(&sub.to_bytes());
+    k[17..25].copy_from_slice(&at.to_be_bytes());
+    k[25..].copy_from_slice(&id.to_bytes());
+    k
+}
+
+/// The state-index key of an entry: `r` + subscription + due time + id for
+/// pending ones, `y`/`x` + finish time + id for the others.
+fn entry_key(state: DeliveryState, e: &IndexEntry) -> Vec<u8> {
+    match state {
+        DeliveryState::Pending => sub_due_key(e.subscription, e.at, e.delivery).to_vec(),
+        _ => time_key(state_prefix(state), e.at, e.delivery).to_vec(),
+    }
+}
+
+/// The state-index key of a delivery (see the module docs).
+fn state_key(d: &Delivery) -> Vec<u8> {
+    entry_key(d.state, &IndexEntry::of(d))
+}
+
+fn by_sub_key(sub: SubscriptionId, id: DeliveryId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = BY_SUB;
+    k[1..17].copy_from_slice(&sub.to_bytes());
+    k[17..].copy_from_slice(&id.to_bytes());
+    k
+}
+
+fn parse_sub_due(k: &[u8]) -> Result<IndexEntry> {
+    let bad = || corrupt(k, "malformed subscription due key");
+    if k.len() != 41 {
+        return Err(bad());
+    }
+    Ok(IndexEntry {
+        subscription: SubscriptionId::from_slice(&k[1..17]).ok_or_else(bad)?,
+        at: u64::from_be_bytes(k[17..25].try_into().map_err(|_| bad())?),
+        delivery: DeliveryId::from_slice(&k[25..]).ok_or_else(bad)?,
+    })
+}
+
+fn attempt_key(id: DeliveryId, n: u32) -> [u8; 21] {
+    let mut k = [0u8; 21];
+    k[0] = ATT;
+    k[1..17].copy_from_slice(&id.to_bytes());
+    k[17..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn corrupt(key: &[u8], reason: impl std::fmt::Display) -> Error {
+    Error::Corrupt {
+        key: hex::encode(key),
+        reason: reason.to_string(),
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    codec::decode(bytes).map_err(|e| corrupt(key, e))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Every record type here is plain data that bincode can encode; a failure
+    // would be a bug in this crate, not bad input.
+    codec::encode(value).expect("hookbus records always encode")
+}
+
+fn parse_time_entry(key: &[u8], value: &[u8]) -> Result<IndexEntry> {
+    let bad = || corrupt(key, "malformed index entry");
+    if key.len() != 25 {
+        return Err(bad());
+    }
+    let at = u64::from_be_bytes(key[1..9].try_into().map_err(|_| bad())?);
+    let delivery = DeliveryId::from_slice(&key[9..]).ok_or_else(bad)?;
+    let subscription = SubscriptionId::from_slice(value).ok_or_else(bad)?;
+    Ok(IndexEntry {
+        at,
+        delivery,
+        subscription,
+    })
+}
+
+/// Opens (or creates) the store at `path`: the cloneable reader and the one
+/// writer.
+///
+/// A crash during the very first open can leave a sled database with no
+/// hookbus data in it yet (sled made its files, the format marker was not
+/// written). Such an empty database is taken over; one that holds anything
+/// else is refused as [`Error::NotAStore`].
+pub(crate) fn open(
+    path: &Path,
+    cache_capacity: u64,
+    lock_timeout: Duration,
+) -> Result<(SledReader, SledWriter)> {
+    check_is_store_or_empty(path)?;
+    let db = open_db(
+        path,
+        cache_capacity,
+        crate::clock::deadline_after(lock_timeout),
+    )?;
+    let existed = db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == TREE.as_bytes());
+    if db.was_recovered() && !existed && !is_empty_db(&db)? {
+        return Err(Error::NotAStore {
+            path: path.to_path_buf(),
+            reason: "it is a sled database without hookbus data".into(),
+        });
+    }
+    let tree = db.open_tree(TREE)?;
+    if tree.get(META_FORMAT)?.is_none() {
+        if !tree.is_empty() {
+            return Err(Error::NotAStore {
+                path: path.to_path_buf(),
+                reason: "its hookbus tree has data but no format marker".into(),
+            });
+        }
+        tree.insert(META_FORMAT, &[STORE_FORMAT])?;
+        tree.flush()?;
+    }
+    check_format(&tree, path)?;
+    let reader = SledReader { db, tree };
+    let writer = SledWriter {
+        reader: reader.clone(),
+        batch: sled::Batch::default(),
+        ops: 0,
+    };
+    Ok((reader, writer))
+}
+
+/// Whether a sled database holds nothing at all: no data in its default
+/// tree and no other tree.
+fn is_empty_db(db: &sled::Db) -> Result<bool> {
+    let names = db.tree_names();
+    Ok(db.is_empty() && names.iter().all(|n| n.as_ref() == b"__sled__default"))
+}
+
+fn sled_config(path: &Path, cache_capacity: u64) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_capacity)
+        .flush_every_ms(Some(500))
+}
+
+fn open_db(path: &Path, cache_capacity: u64, deadline: Instant) -> Result<sled::Db> {
+    let config = sled_config(path, cache_capacity);
+    // A store closed a moment ago in this process can hold its file lock
+    // until sled's I/O threads finish: wait for it, briefly.
+    loop {
+        match config.open().map_err(|e| map_open_error(e, path)) {
+            Err(Error::StoreLocked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn check_format(tree: &sled::Tree, path: &Path) -> Result<()> {
+    let Some(v) = tree.get(META_FORMAT)? else {
+        return Err(Error::NotAStore {
+            path: path.to_path_buf(),
+            reason: "its hookbus tree has no format marker".into(),
+        });
+    };
+    let found = v.first().copied().unwrap_or(0);
+    if found == 0 || v.len() != 1 {
+        return Err(Error::NotAStore {
+            path: path.to_path_buf(),
+            reason: format!("its format marker is damaged ({})", hex::encode(&v)),
+        });
+    }
+    if found > STORE_FORMAT {
+        return Err(Error::UnsupportedFormat {
+            path: path.to_path_buf(),
+            found,
+            supported: STORE_FORMAT,
+        });
+    }
+    Ok(())
+}
+
+/// Reads of the sled store. Cloning shares the same database.
+#[derive(Clone, Debug)]
+pub(crate) struct SledReader {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl SledReader {
+    /// Ids of subscriptions indexed under exactly `event` (not `*`);
+    /// malformed keys are skipped and reported.
+    fn indexed(&self, event: &str, out: &mut Subscribers) -> Result<()> {
+        let mut prefix = Vec::with_capacity(event.len() + 2);
+        prefix.push(IDX);
+        prefix.extend_from_slice(event.as_bytes());
+        prefix.push(0);
+        for kv in self.tree.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            match SubscriptionId::from_slice(&k[prefix.len()..]) {
+                Some(id) => out.ids.push(id),
+                None => out.damaged.push(Damaged {
+                    key: k.to_vec(),
+                    reason: "malformed event index key".into(),
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    fn attempt_keys(&self, id: DeliveryId) -> Result<Vec<Vec<u8>>> {
+        let prefix = key16(ATT, id.to_bytes());
+        self.tree
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| Ok(k?.to_vec()))
+            .collect()
+    }
+
+    fn range_index(&self, state: DeliveryState, start: Vec<u8>) -> Iter<IndexEntry> {
+        let end = vec![state_prefix(state) + 1];
+        Box::new(self.tree.range(start..end).map(move |kv| {
+            let (k, v) = kv?;
+            match state {
+                DeliveryState::Pending => parse_sub_due(&k),
+                _ => parse_time_entry(&k, &v),
+            }
+        }))
+    }
+}
+
+impl Reader for SledReader {
+    fn stats(&self) -> Result<OutboxStats> {
+        match self.tree.get(META_STATS)? {
+            Some(v) => decode(META_STATS, &v),
+            None => Ok(OutboxStats::default()),
+        }
+    }
+
+    fn subscription(&self, id: SubscriptionId) -> Result<Option<SubscriptionRecord>> {
+        let k = key16(SUB, id.to_bytes());
+        self.tree.get(k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    fn subscriptions(&self) -> Iter<SubscriptionRecord> {
+        Box::new(self.tree.scan_prefix([SUB]).map(|kv| {
+            let (k, v) = kv?;
+            decode(&k, &v)
+        }))
+    }
+
+    fn subscribers_of(&self, event: &str) -> Result<Subscribers> {
+        let mut out = Subscribers::default();
+        self.indexed(event, &mut out)?;
+        self.indexed(ALL_EVENTS, &mut out)?;
+        out.ids.sort_unstable();
+        out.ids.dedup();
+        Ok(out)
+    }
+
+    fn event(&self, id: EventId) -> Result<Option<Event>> {
+        let k = key16(EVT, id.to_bytes());
+        self.tree.get(k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    fn event_refs(&self, id: EventId) -> Result<Option<u32>> {
+        let k = key16(EVT_REFS, id.to_bytes());
+        match self.tree.get(k)? {
+            None => Ok(None),
+            Some(v) => <[u8; 4]>::try_from(&v[..])
+                .map(|b| Some(u32::from_be_bytes(b)))
+                .map_err(|_| corrupt(&k, "malformed reference count")),
+        }
+    }
+
+    fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>> {
+        let k = key16(DLV, id.to_bytes());
+        self.tree.get(k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    fn deliveries(&self, after: Option<DeliveryId>) -> Iter<Delivery> {
+        let start = match after {
+            Some(id) => {
+                let mut k = key16(DLV, id.to_bytes()).to_vec();
+                k.push(0);
+                k
+            }
+            None => vec![DLV],
+        };
+        Box::new(self.tree.range(start..vec![DLV + 1]).map(|kv| {
+            let (k, v) = kv?;
+            decode(&k, &v)
+        }))
+    }
+
+    fn deliveries_of(&self, sub: SubscriptionId, newest_first: bool) -> Iter<DeliveryId> {
+        let prefix = key16(BY_SUB, sub.to_bytes());
+        let iter = self.tree.scan_prefix(prefix);
+        let parse = |kv: sled::Result<(sled::IVec, sled::IVec)>| {
+            let (k, _) = kv?;
+            DeliveryId::from_slice(&k[17..])
+                .ok_or_else(|| corrupt(&k, "malformed subscription index key"))
+        };
+        if newest_first {
+            Box::new(iter.rev().map(parse))
+        } else {
+            Box::new(iter.map(parse))
+        }
+    }
+
+    fn index(&self, state: DeliveryState, after: Option<IndexEntry>) -> Iter<IndexEntry> {
+        let start = match after {
+            Some(e) => {
+                let mut k = entry_key(state, &e);
+                k.push(0);
+                k
+            }
+            None => vec![state_prefix(state)],
+        };
+        self.range_index(state, start)
+    }
+
+    fn due(&self, sub: SubscriptionId) -> Iter<IndexEntry> {
+        Box::new(
+            self.tree
+                .scan_prefix(key16(DUE_BY_SUB, sub.to_bytes()))
+                .keys()
+                .map(|k| parse_sub_due(&k?)),
+        )
+    }
+
+    /// One seek per subscription, not one step per delivery.
+    fn pending_subscriptions(&self) -> Result<PendingSubscriptions> {
+        use std::ops::Bound;
+        let mut out = Vec::new();
+        let mut damaged = Vec::new();
+        let mut from = Bound::Included(vec![DUE_BY_SUB]);
+        loop {
+            let next = self
+                .tree
+                .range::<Vec<u8>, _>((from, Bound::Excluded(vec![DUE_BY_SUB + 1])))
+                .keys()
+                .next();
+            let Some(k) = next else { break };
+            let k = k?;
+            match parse_sub_due(&k) {
+                Ok(e) => {
+                    out.push((e.subscription, e.at));
+                    let mut last = key16(DUE_BY_SUB, e.subscription.to_bytes()).to_vec();
+                    last.extend_from_slice(&[0xff; 24]);
+                    from = Bound::Excluded(last);
+                }
+                Err(e) => {
+                    damaged.push(Damaged {
+                        key: k.to_vec(),
+                        reason: e.to_string(),
+                    });
+                    from = Bound::Excluded(k.to_vec());
+                }
+            }
+        }
+        Ok((out, damaged))
+    }
+
+    fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>> {
+        let prefix = key16(ATT, id.to_bytes());
+        self.tree
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn quarantined(&self) -> Iter<(Vec<u8>, Vec<u8>)> {
+        Box::new(self.tree.scan_prefix([QUARANTINE]).map(|kv| {
+            let (k, v) = kv?;
+            Ok((k[1..].to_vec(), v.to_vec()))
+        }))
+    }
+
+    fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+/// The one writer of the sled store: writes are staged in one sled batch
+/// (atomic, also across a crash, because everything is in one tree).
+/// Deliberately not `Clone`.
+#[derive(Debug)]
+pub(crate) struct SledWriter {
+    reader: SledReader,
+    batch: sled::Batch,
+    ops: usize,
+}
+
+impl SledWriter {
+    fn insert(&mut self, k: &[u8], v: &[u8]) {
+        self.batch.insert(k, v);
+        self.ops += 1;
+    }
+
+    fn remove(&mut self, k: &[u8]) {
+        self.batch.remove(k);
+        self.ops += 1;
+    }
+
+    /// Moves a raw record aside under the quarantine prefix.
+    fn quarantine(&mut self, key: &[u8], value: &[u8]) {
+        let mut q = Vec::with_capacity(key.len() + 1);
+        q.push(QUARANTINE);
+        q.extend_from_slice(key);
+        self.insert(&q, value);
+        self.remove(key);
+    }
+}
+
+impl Writer for SledWriter {
+    fn reader(&self) -> &dyn Reader {
+        &self.reader
+    }
+
+    fn put_subscription(&mut self, old: Option<&SubscriptionRecord>, new: &SubscriptionRecord) {
+        if let Some(old) = old {
+            for e in &old.events {
+                if !new.events.contains(e) {
+                    self.remove(&index_key(e, old.id));
+                }
+            }
+        }
+        for e in &new.events {
+            self.insert(&index_key(e, new.id), &[]);
+        }
+        self.insert(&key16(SUB, new.id.to_bytes()), &encode(new));
+    }
+
+    fn remove_subscription(&mut self, old: &SubscriptionRecord) {
+        for e in &old.events {
+            self.remove(&index_key(e, old.id));
+        }
+        self.remove(&key16(SUB, old.id.to_bytes()));
+    }
+
+    fn put_event(&mut self, event: &Event, refs: u32) {
+        self.insert(&key16(EVT, event.id.to_bytes()), &encode(event));
+        self.set_event_refs(event.id, refs);
+    }
+
+    fn set_event_refs(&mut self, id: EventId, refs: u32) {
+        self.insert(&key16(EVT_REFS, id.to_bytes()), &refs.to_be_bytes());
+    }
+
+    fn remove_event(&mut self, id: EventId) {
+        self.remove(&key16(EVT, id.to_bytes()));
+        self.remove(&key16(EVT_REFS, id.to_bytes()));
+    }
+
+    fn put_delivery(&mut self, old: Option<&Delivery>, new: &Delivery) {
+        let key = state_key(new);
+        match old {
+            Some(old) => {
+                let ok = state_key(old);
+                if ok != key {
+                    self.remove(&ok);
+                }
+            }
+            None => self.insert(&by_sub_key(new.subscription_id, new.id), &[]),
+        }
+        self.insert(&key, &new.subscription_id.to_bytes());
+        self.insert(&key16(DLV, new.id.to_bytes()), &encode(new));
+    }
+
+    fn remove_delivery(&mut self, old: &Delivery) -> Result<()> {
+        let attempts = self.reader.attempt_keys(old.id)?;
+        self.remove(&state_key(old));
+        self.remove(&by_sub_key(old.subscription_id, old.id));
+        self.remove(&key16(DLV, old.id.to_bytes()));
+        for k in attempts {
+            self.remove(&k);
+        }
+        Ok(())
+    }
+
+    fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt) {
+        self.insert(&attempt_key(id, attempt.number), &encode(attempt));
+    }
+
+    fn put_stats(&mut self, stats: &OutboxStats) {
+        self.insert(META_STATS, &encode(stats));
+    }
+
+    fn quarantine_delivery(&mut self, state: DeliveryState, entry: IndexEntry) -> Result<()> {
+        let k = key16(DLV, entry.delivery.to_bytes());
+        if let Some(v) = self.reader.tree.get(k)? {
+            self.quarantine(&k, &v);
+        }
+        self.remove_index_entry(state, entry);
+        Ok(())
+    }
+
+    fn quarantine_raw(&mut self, damaged: &Damaged) -> Result<()> {
+        if let Some(v) = self.reader.tree.get(&damaged.key)? {
+            self.quarantine(&damaged.key, &v);
+        }
+        Ok(())
+    }
+
+    fn remove_index_entry(&mut self, state: DeliveryState, e: IndexEntry) {
+        self.remove(&entry_key(state, &e));
+    }
+
+    fn staged(&self) -> usize {
+        self.ops
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if self.ops == 0 {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.ops = 0;
+        self.reader.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// On Linux, sled 0.34 ends a flush in `sync_file_range`; see the crate
+    /// docs on durability.
+    fn flush(&mut self) -> Result<()> {
+        self.reader.tree.flush()?;
+        Ok(())
+    }
+}
+
+fn map_open_error(e: sled::Error, path: &Path) -> Error {
+    match &e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            Error::StoreLocked {
+                path: path.to_path_buf(),
+            }
+        }
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => Error::NotAStore {
+            path: path.to_path_buf(),
+            reason: format!("sled could not open it: {e}"),
+        },
+        _ => Error::from(e),
+    }
+}
+
+/// Refuses to turn a folder that holds something else into a store.
+fn check_is_store_or_empty(path: &Path) -> Result<()> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if !meta.is_dir() {
+        return Err(Error::NotAStore {
+            path: path.to_path_buf(),
+            reason: "it is not a folder".into(),
+        });
+    }
+    let mut entries = std::fs::read_dir(path)?;
+    let empty = entries.next().is_none();
+    if empty || path.join("conf").is_file() || path.join("db").is_file() {
+        return Ok(());
+    }
+    Err(Error::NotAStore {
+        path: path.to_path_buf(),
+        reason: "the folder is not empty and holds no sled database; pick an empty or new folder"
+            .into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_keys_sort_by_time() {
+        let a = DeliveryId::generate();
+        let k1 = time_key(DEAD, 1, a);
+        let k2 = time_key(DEAD, 256, a);
+        let k3 = time_key(DEAD, u64::MAX, a);
+        assert!(k1 < k2 && k2 < k3);
+    }
+}
