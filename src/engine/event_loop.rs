@@ -80,6 +80,7 @@ pub(crate) fn start(
         closing: None,
         payloads: PayloadCache::default(),
         jobs: VecDeque::new(),
+        read_failed: false,
     };
     let handle = std::thread::Builder::new()
         .name("hookbus-dispatcher".into())
@@ -134,6 +135,8 @@ struct Dispatcher {
     payloads: PayloadCache,
     jobs: VecDeque<(Job, Option<JobDone>)>,
     horizon: Duration,
+    /// A read failed in this dispatch pass for a reason that may pass.
+    read_failed: bool,
 }
 
 impl Dispatcher {
@@ -198,6 +201,11 @@ impl Dispatcher {
         }
         if let Some(deadline) = self.closing {
             return deadline.saturating_duration_since(Instant::now());
+        }
+        let sender_free = self.in_flight.len() < self.s.config.senders;
+        if self.s.rescan && sender_free && self.s.config.deliver {
+            // Due work changed and a sender is free: plan again at once.
+            return Duration::ZERO;
         }
         match self.next_due {
             Some(at) => Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_TICK),
@@ -508,6 +516,7 @@ impl Dispatcher {
             return;
         }
         self.s.rescan = false;
+        self.read_failed = false;
         // Subscriptions with due work, the one waiting longest first; and
         // when the next one falls due.
         let mut ready: Vec<(u64, SubscriptionId)> = Vec::new();
@@ -555,7 +564,15 @@ impl Dispatcher {
             }
         }
         for e in batch {
-            let Some(job) = self.prepare(e) else { continue };
+            let Some(job) = self.prepare(e) else {
+                // Finished instead of sent: the room it would have taken
+                // goes to the next due one. (A read that failed for a
+                // passing reason is looked at again in a second instead.)
+                if !self.read_failed {
+                    self.s.rescan = true;
+                }
+                continue;
+            };
             let Some(work) = &self.work else { return false };
             if work.try_send(job).is_err() {
                 return false;
@@ -623,6 +640,7 @@ impl Dispatcher {
 
     /// A read failed for a reason that may pass: look again in a second.
     fn retry_soon(&mut self) {
+        self.read_failed = true;
         let at = now_ms().saturating_add(1000);
         self.next_due = Some(self.next_due.map_or(at, |n| n.min(at)));
     }

@@ -7,6 +7,7 @@ mod cli;
 mod compat;
 mod crash;
 mod delivery;
+mod engine;
 mod faults;
 mod publish;
 mod receiver;
@@ -56,3 +57,25 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
 }
 
 pub const LONG: Duration = Duration::from_secs(30);
+
+/// Checks that the outbox counters equal a recount of the records and that
+/// every delivery is listed exactly once, in the listing of its state.
+/// Returns the counts.
+pub fn consistent(bus: &Bus) -> hookbus::OutboxStats {
+    let stats = bus.outbox().stats().unwrap();
+    let recount = bus.outbox().recount().unwrap();
+    assert_eq!(stats, recount, "stored counters differ from a recount");
+    let mut seen = std::collections::HashSet::new();
+    for (listing, n) in [
+        (bus.outbox().pending(), stats.pending),
+        (bus.outbox().delivered(), stats.delivered),
+        (bus.outbox().dead(), stats.dead),
+    ] {
+        let ids: Vec<_> = listing.map(|d| d.unwrap().id).collect();
+        assert_eq!(ids.len() as u64, n, "listing length differs from the count");
+        for id in ids {
+            assert!(seen.insert(id), "delivery {id} is listed twice");
+        }
+    }
+    stats
+}
