@@ -155,3 +155,9 @@ pub use subscription::{
     ALL_EVENTS, CONTENT_TYPE_JSON, NewSubscription, Secret, Subscription, SubscriptionPatch,
     Subscriptions,
 };
+
+/// The README's code blocks, compiled (and, unless marked `no_run`, run) as
+/// doc tests so that the README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
