@@ -2,14 +2,23 @@
 //! failing receiver that ends in the dead letter queue, and the outbox.
 //!
 //! ```text
-//! cargo run --example demo              # store in a temp dir
-//! cargo run --example demo -- --data ./hookbus-data
+//! cargo run --example demo              # store in a temp dir, deleted at the end
+//! cargo run --example demo -- --data ./hookbus-data   # store kept; run it again on the same folder
 //! ```
+//!
+//! Run again on a kept store, the demo reuses its two subscriptions (pointing
+//! them at this run's receiver) and checks only the deliveries of the events
+//! it published in this run; earlier runs' deliveries stay in the outbox.
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use hookbus::{Bus, DeliveryState, NewSubscription};
+use hookbus::{
+    Bus, Delivery, DeliveryId, DeliveryState, EventId, NewSubscription, Subscription,
+    SubscriptionPatch,
+};
 use serde::Serialize;
 
 #[path = "common/receiver.rs"]
@@ -34,17 +43,56 @@ fn main() {
     }
 }
 
+/// The events this run published, and a way to tell their deliveries from
+/// those of earlier runs on the same store.
+struct ThisRun {
+    events: HashSet<EventId>,
+}
+
+impl ThisRun {
+    fn publish(&mut self, bus: &Bus, event: &str, text: &str) -> hookbus::Result<()> {
+        let id = bus.publish(event, &HelloEvent { text: text.into() })?;
+        self.events.insert(id);
+        Ok(())
+    }
+
+    fn owns(&self, d: &Delivery) -> bool {
+        self.events.contains(&d.event_id)
+    }
+
+    /// Whether an arrival is a delivery of this run's events.
+    fn owns_arrival(&self, bus: &Bus, a: &Arrival) -> hookbus::Result<bool> {
+        let Ok(id) = a.delivery.parse::<DeliveryId>() else {
+            return Ok(false);
+        };
+        Ok(bus.outbox().get(id)?.is_some_and(|d| self.owns(&d)))
+    }
+
+    /// This run's deliveries, oldest first.
+    fn deliveries(&self, bus: &Bus) -> hookbus::Result<Vec<Delivery>> {
+        let mut out = Vec::new();
+        for d in bus.outbox().all() {
+            let d = d?;
+            if self.owns(&d) {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (_tmp, data) = match args.iter().position(|a| a == "--data") {
+    // `_tmp` deletes the temporary store when `run` returns.
+    let (_tmp, data, kept) = match args.iter().position(|a| a == "--data") {
         Some(i) => {
             let dir = args.get(i + 1).ok_or("--data needs a folder")?;
-            (None, std::path::PathBuf::from(dir))
+            (None, PathBuf::from(dir), true)
         }
         None => {
             let tmp = tempfile::tempdir()?;
             let path = tmp.path().join("store");
-            (Some(tmp), path)
+            (Some(tmp), path, false)
         }
     };
 
@@ -57,67 +105,77 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .allow_private_targets(true) // the receiver is on 127.0.0.1
         .retry_schedule(vec![Duration::from_millis(200), Duration::from_millis(400)])
         .open()?;
-    println!("store opened at {}\n", data.display());
-
-    let sub = bus.subscribe(
-        NewSubscription::new("My Webhook", format!("{receiver_url}/api/incoming"))
-            .events(["hello", "goodbye"])
-            .secret(SECRET),
-    )?;
+    let earlier = bus.outbox().all().count();
     println!(
-        "subscribed `{}` ({}) to {:?} -> {}",
-        sub.name, sub.id, sub.events, sub.url
+        "store opened at {}{}\n",
+        data.display(),
+        if earlier > 0 {
+            format!(" ({earlier} deliveries from earlier runs)")
+        } else {
+            String::new()
+        }
     );
 
+    // On a store from an earlier run the failing subscription already exists
+    // and also wants `hello`: pause it until its part of the demo, so that
+    // the first three events go to the working receiver only, as on a first
+    // run.
+    if let Some(flaky) = find_subscription(&bus, "Flaky Webhook")? {
+        bus.subscriptions()
+            .update(flaky.id, SubscriptionPatch::new().active(false))?;
+        println!("paused subscription `Flaky Webhook` from an earlier run until it is needed");
+    }
+    let sub = ensure_subscription(
+        &bus,
+        "My Webhook",
+        &format!("{receiver_url}/api/incoming"),
+        &["hello", "goodbye"],
+    )?;
+    let mut this_run = ThisRun {
+        events: HashSet::new(),
+    };
+
     println!("\n-- publishing 3 events --");
-    bus.publish(
-        "hello",
-        &HelloEvent {
-            text: "I said hello".into(),
-        },
-    )?;
-    bus.publish(
-        "hello",
-        &HelloEvent {
-            text: "hello again".into(),
-        },
-    )?;
-    bus.publish(
-        "goodbye",
-        &HelloEvent {
-            text: "and goodbye".into(),
-        },
-    )?;
+    this_run.publish(&bus, "hello", "I said hello")?;
+    this_run.publish(&bus, "hello", "hello again")?;
+    this_run.publish(&bus, "goodbye", "and goodbye")?;
     bus.flush()?;
-    for _ in 0..3 {
+    let mut received = 0;
+    while received < 3 {
         let a = arrivals
             .recv_timeout(Duration::from_secs(10))
             .map_err(|_| "no delivery arrived in 10 s")?;
+        if !this_run.owns_arrival(&bus, &a)? {
+            print!("(from an earlier run) ");
+            print_arrival(&a);
+            continue;
+        }
         print_arrival(&a);
         if !a.verified {
             return Err("a delivery arrived with a bad signature".into());
         }
+        received += 1;
     }
 
     println!("\n-- a receiver that keeps failing --");
-    let flaky = bus.subscribe(
-        NewSubscription::new("Flaky Webhook", format!("{receiver_url}/fail"))
-            .event("hello")
-            .secret(SECRET),
+    let flaky = ensure_subscription(
+        &bus,
+        "Flaky Webhook",
+        &format!("{receiver_url}/fail"),
+        &["hello"],
     )?;
-    bus.publish(
-        "hello",
-        &HelloEvent {
-            text: "will this arrive?".into(),
-        },
-    )?;
+    this_run.publish(&bus, "hello", "will this arrive?")?;
     // The working subscription gets this one too.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         while let Ok(a) = arrivals.try_recv() {
             print_arrival(&a);
         }
-        if bus.outbox().stats()?.dead >= 1 {
+        let dead = this_run
+            .deliveries(&bus)?
+            .iter()
+            .any(|d| d.state == DeliveryState::Dead);
+        if dead {
             break;
         }
         if Instant::now() > deadline {
@@ -128,8 +186,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     while let Ok(a) = arrivals.recv_timeout(Duration::from_millis(300)) {
         print_arrival(&a);
     }
-    for d in bus.outbox().dead() {
-        let d = d?;
+    for d in this_run.deliveries(&bus)? {
+        if d.state != DeliveryState::Dead {
+            continue;
+        }
         println!(
             "dead letter {} ({} attempts, {}):",
             d.id,
@@ -147,16 +207,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 a.number, a.at, a.duration_ms
             );
         }
-        assert_eq!(d.subscription_id, flaky.id);
+        if d.subscription_id != flaky.id {
+            return Err(format!("dead letter {} is not the flaky subscription's", d.id).into());
+        }
     }
 
-    println!("\n-- the outbox --");
+    println!("\n-- the outbox (this run) --");
     println!(
         "{:<34} {:<9} {:<10} {:>8}  subscription",
         "delivery", "event", "state", "attempts"
     );
-    for d in bus.outbox().all() {
-        let d = d?;
+    let mine = this_run.deliveries(&bus)?;
+    for d in &mine {
         let name = bus
             .subscriptions()
             .get(d.subscription_id)?
@@ -166,26 +228,99 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             d.id, d.event_name, d.state, d.attempts
         );
     }
+    let count = |state| mine.iter().filter(|d| d.state == state).count();
+    let (delivered, dead, pending) = (
+        count(DeliveryState::Delivered),
+        count(DeliveryState::Dead),
+        count(DeliveryState::Pending),
+    );
+    println!("\nthis run: {pending} pending, {delivered} delivered, {dead} dead");
     let stats = bus.outbox().stats()?;
     println!(
-        "\nstats: {} pending, {} delivered, {} dead",
+        "whole store: {} pending, {} delivered, {} dead",
         stats.pending, stats.delivered, stats.dead
     );
-    let delivered = bus.outbox().delivered().count();
-    if stats.delivered != 4 || stats.dead != 1 || delivered != 4 {
-        return Err(format!("expected 4 delivered and 1 dead, got {stats:?}").into());
+    if delivered != 4 || dead != 1 || mine.len() != 5 {
+        return Err(format!(
+            "expected 4 delivered and 1 dead in this run, got {delivered} delivered, \
+             {dead} dead of {} deliveries",
+            mine.len()
+        )
+        .into());
     }
-    assert!(
-        bus.outbox()
-            .pending()
-            .all(|d| d.is_ok_and(|d| d.state == DeliveryState::Pending))
-    );
+    if sub.id == flaky.id {
+        return Err("the two subscriptions are one".into());
+    }
 
     bus.shutdown(Duration::from_secs(2))?;
-    println!(
-        "\nshut down cleanly. Retry the dead letter with `cargo run --example outbox -- --data DIR retry --all-dead`."
-    );
+    println!("\nshut down cleanly.");
+    print_hint(kept.then_some(data.as_path()));
     Ok(())
+}
+
+/// The subscription with this name, pointed at `url` (the receiver's port
+/// changes on every run), or a new one on the first run on this store.
+fn ensure_subscription(
+    bus: &Bus,
+    name: &str,
+    url: &str,
+    events: &[&str],
+) -> hookbus::Result<Subscription> {
+    let sub = match find_subscription(bus, name)? {
+        Some(s) => {
+            let sub = bus.subscriptions().update(
+                s.id,
+                SubscriptionPatch::new()
+                    .url(url)
+                    .events(events.iter().copied())
+                    .secret(SECRET)
+                    .active(true),
+            )?;
+            print!("reused ");
+            sub
+        }
+        None => {
+            let sub = bus.subscribe(
+                NewSubscription::new(name, url)
+                    .events(events.iter().copied())
+                    .secret(SECRET),
+            )?;
+            print!("created ");
+            sub
+        }
+    };
+    println!(
+        "subscription `{}` ({}) to {:?} -> {}",
+        sub.name, sub.id, sub.events, sub.url
+    );
+    Ok(sub)
+}
+
+/// The subscription with this name, if an earlier run made it.
+fn find_subscription(bus: &Bus, name: &str) -> hookbus::Result<Option<Subscription>> {
+    Ok(bus
+        .subscriptions()
+        .list()?
+        .into_iter()
+        .find(|s| s.name == name))
+}
+
+/// What to do next: the outbox tool needs a store that is still there.
+fn print_hint(kept: Option<&Path>) {
+    match kept {
+        Some(dir) => {
+            let dir = dir.display();
+            println!("The store is kept in {dir}. Inspect it, or retry the dead letter, with");
+            println!("  cargo run --example outbox -- --data {dir} list --state dead");
+            println!("  cargo run --example outbox -- --data {dir} retry --all-dead");
+            println!("or run the demo on it again.");
+        }
+        None => {
+            println!("The store was in a temporary folder, deleted as the demo exits. To keep it");
+            println!("and inspect it with the outbox example afterwards, run");
+            println!("  cargo run --example demo -- --data ./hookbus-data");
+        }
+    }
 }
 
 struct Arrival {

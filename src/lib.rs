@@ -158,3 +158,9 @@ pub use ssrf::{IpNet, is_global};
 pub use subscription::{
     CONTENT_TYPE_JSON, NewSubscription, Secret, Subscription, SubscriptionPatch, Subscriptions,
 };
+
+/// The README's code blocks, compiled (and, unless marked `no_run`, run) as
+/// doc tests so that the README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
