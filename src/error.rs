@@ -250,15 +250,4 @@ impl From<std::io::Error> for Error {
     }
 }
 
-/// Cuts user input that is echoed in an error message.
-pub(crate) fn clip(s: &str) -> String {
-    const MAX: usize = 200;
-    if s.len() <= MAX {
-        return s.to_owned();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
+pub(crate) use crate::util::clip;

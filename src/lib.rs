@@ -139,6 +139,7 @@ pub mod signing;
 mod ssrf;
 mod store;
 mod subscription;
+mod util;
 
 pub use bus::Bus;
 pub use config::{Builder, Config, default_retry_schedule};
@@ -150,7 +151,7 @@ pub use record::{
 };
 pub use sender::USER_AGENT;
 pub use signing::{VerifyError, verify_signature, verify_standard};
-pub use ssrf::{IpNet, is_global};
+pub use ssrf::is_global;
 pub use subscription::{
     ALL_EVENTS, CONTENT_TYPE_JSON, NewSubscription, Secret, Subscription, SubscriptionPatch,
     Subscriptions,

@@ -236,3 +236,26 @@ fn bad_network_configs_are_refused() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidConfig(m) if m.contains("CIDR")));
 }
+
+/// Issue 10: `::ffff:10.0.0.0/104` allowed every IPv4 address (release) or
+/// panicked in `subscribe` (debug). It is the IPv4 network 10/8.
+#[test]
+fn mapped_allowed_networks_allow_only_their_own_addresses() {
+    for net in ["::ffff:10.0.0.0/104", "::ffff:10.1.2.3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = hookbus::Bus::builder()
+            .path(dir.path())
+            .allowed_networks([net])
+            .open()
+            .unwrap();
+        for target in ["http://127.0.0.1/", "http://169.254.169.254/", "http://[::1]/"] {
+            let r = bus.subscribe(NewSubscription::new("n", target).events(["a"]));
+            assert!(
+                matches!(r, Err(Error::InvalidUrl { .. })),
+                "{net} let {target} through: {r:?}"
+            );
+        }
+        bus.subscribe(NewSubscription::new("n", "http://10.1.2.3/").events(["a"]))
+            .unwrap();
+    }
+}
