@@ -65,7 +65,10 @@ impl Caller {
 }
 
 /// One HTTP request, as the web framework received it.
-#[derive(Debug, Clone, Copy)]
+///
+/// Its `Debug` shows the body's length only: a body can carry a
+/// subscription secret.
+#[derive(Clone, Copy)]
 pub struct ApiRequest<'a> {
     /// `GET`, `POST`, `PUT`, `DELETE`.
     pub method: &'a str,
@@ -77,6 +80,18 @@ pub struct ApiRequest<'a> {
     pub caller: Option<&'a Caller>,
     /// The request body (JSON for POST and PUT).
     pub body: &'a [u8],
+}
+
+impl std::fmt::Debug for ApiRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("query", &self.query)
+            .field("caller", &self.caller)
+            .field("body", &format_args!("[{} bytes, redacted]", self.body.len()))
+            .finish()
+    }
 }
 
 /// What to answer.

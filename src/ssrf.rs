@@ -209,22 +209,23 @@ impl TargetPolicy {
 
 /// The error inside the `io::Error` the resolver returns when every address
 /// of a host is refused.
+///
+/// Its message is stored with the attempt and shown to the subscription's
+/// owner (a tenant, through the REST adapter), so it never names the
+/// addresses the host resolved to: that would let tenants map the internal
+/// DNS. The resolver logs them for the operator instead.
 #[derive(Debug)]
 pub(crate) struct Blocked {
     host: String,
-    addrs: Vec<IpAddr>,
 }
 
 impl fmt::Display for Blocked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "`{}` resolves only to non-public addresses (", self.host)?;
-        for (i, a) in self.addrs.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{a}")?;
-        }
-        f.write_str("); set allow_private_targets to deliver there")
+        write!(
+            f,
+            "`{}` resolves only to non-public addresses, which are not allowed",
+            self.host
+        )
     }
 }
 
@@ -299,13 +300,16 @@ impl Resolver for GuardedResolver {
         }
         if kept.is_empty() {
             let host = uri.host().unwrap_or_default().to_owned();
-            tracing::warn!(%host, ?refused, "delivery target refused: not a public address");
+            // The addresses are for the operator only; see `Blocked`.
+            tracing::warn!(
+                %host,
+                ?refused,
+                "delivery target refused: it resolves only to addresses that are not allowed \
+                 (allow them with Builder::allowed_networks or allow_private_targets)"
+            );
             return Err(ureq::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
-                Blocked {
-                    host,
-                    addrs: refused,
-                },
+                Blocked { host },
             )));
         }
         Ok(kept)
@@ -474,9 +478,12 @@ mod tests {
         for (i, addr) in ranges.iter().enumerate() {
             let err = resolve(&strict, &format!("http://h{i}.internal.test:8080/x")).unwrap_err();
             assert!(
-                err.contains("non-public") && err.contains(&format!("h{i}.internal.test")),
+                err.contains("not allowed") && err.contains(&format!("h{i}.internal.test")),
                 "{addr}: {err}"
             );
+            // The reason reaches tenants: it must not map the internal DNS.
+            let shown = addr.parse::<IpAddr>().unwrap().to_string();
+            assert!(!err.contains(&shown), "{addr}: {err}");
         }
         // Only the public address of a mixed answer survives: the
         // connection can go nowhere else.
