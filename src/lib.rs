@@ -119,7 +119,6 @@
 #![deny(missing_docs)]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
-pub mod api;
 mod bus;
 mod codec;
 mod config;
@@ -134,8 +133,9 @@ mod outbox;
 mod proptests;
 mod record;
 mod retry;
+pub mod rest;
 mod sender;
-pub mod signing;
+mod signing;
 mod ssrf;
 mod store;
 mod subscription;
@@ -150,8 +150,10 @@ pub use record::{
     Attempt, AttemptError, AttemptErrorKind, Delivery, DeliveryState, Event, OutboxStats,
 };
 pub use sender::USER_AGENT;
-pub use signing::{VerifyError, verify_signature, verify_standard};
-pub use ssrf::is_global;
+pub use signing::{
+    DEFAULT_TOLERANCE, VerifyError, decode_standard_secret, generate_secret, sign_sha1, sign_sha256,
+    sign_standard, verify_signature, verify_standard, verify_standard_at,
+};
 pub use subscription::{
     ALL_EVENTS, CONTENT_TYPE_JSON, NewSubscription, Secret, Subscription, SubscriptionPatch,
     Subscriptions,

@@ -27,7 +27,7 @@ use ureq::unversioned::transport::NextTimeout;
 /// (100::/64), every IPv6 address outside global unicast 2000::/3, and the
 /// IPv4-mapped, IPv4-compatible, NAT64 (64:ff9b::/96) and 6to4 (2002::/16)
 /// forms of any refused IPv4 address.
-pub fn is_global(ip: IpAddr) -> bool {
+pub(crate) fn is_global(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_global_v4(v4),
         IpAddr::V6(v6) => is_global_v6(v6),

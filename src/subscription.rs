@@ -157,11 +157,11 @@ impl NewSubscription {
     }
 
     /// Signs requests with a new random secret
-    /// ([`generate_secret`](crate::signing::generate_secret): `whsec_` and 32
+    /// ([`generate_secret`](crate::generate_secret): `whsec_` and 32
     /// random bytes in base64). Read it back from the returned
     /// [`Subscription::secret`] and hand it to the subscriber.
     pub fn generate_secret(mut self) -> Self {
-        self.secret = Some(Secret(crate::signing::generate_secret()));
+        self.secret = Some(Secret(crate::generate_secret()));
         self
     }
 

@@ -1,4 +1,4 @@
-use hookbus::api::{ApiRequest, ApiResponse, Caller, handle};
+use hookbus::rest::{ApiRequest, ApiResponse, Caller, handle};
 use serde_json::{Value, json};
 
 use crate::receiver::{Reply, TestReceiver};

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hookbus::signing::DEFAULT_TOLERANCE;
+use hookbus::DEFAULT_TOLERANCE;
 use hookbus::{DeliveryState, SubscriptionPatch};
 use serde_json::json;
 

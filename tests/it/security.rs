@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use hookbus::signing::DEFAULT_TOLERANCE;
+use hookbus::DEFAULT_TOLERANCE;
 use hookbus::{AttemptErrorKind, Error, NewSubscription, SubscriptionPatch};
 use serde_json::json;
 
@@ -43,7 +43,7 @@ fn standard_webhooks_mode_signs_per_the_spec_and_rotation_signs_with_both() {
     );
 
     // Rotate: both secrets sign until the old one expires.
-    let new_secret = hookbus::signing::generate_secret();
+    let new_secret = hookbus::generate_secret();
     let rotated = bus
         .subscriptions()
         .update(
@@ -63,7 +63,7 @@ fn standard_webhooks_mode_signs_per_the_spec_and_rotation_signs_with_both() {
         .update(
             sub.id,
             SubscriptionPatch::new()
-                .rotate_secret(hookbus::signing::generate_secret(), Duration::ZERO),
+                .rotate_secret(hookbus::generate_secret(), Duration::ZERO),
         )
         .unwrap();
     bus.publish("invoice.paid", &json!({"amount": 44})).unwrap();
