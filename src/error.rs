@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::ids::{DeliveryId, SubscriptionId};
+use crate::ids::{DeliveryId, ParseIdError, SubscriptionId};
 
 /// A `Result` whose error is [`hookbus::Error`](Error).
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -241,6 +241,14 @@ impl std::error::Error for StoreError {
 impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Self {
         Error::Store(StoreError(StoreErrorKind::Sled(e)))
+    }
+}
+
+impl From<ParseIdError> for Error {
+    fn from(e: ParseIdError) -> Self {
+        Error::InvalidId {
+            input: e.input().to_owned(),
+        }
     }
 }
 

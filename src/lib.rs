@@ -144,10 +144,11 @@ mod util;
 pub use bus::Bus;
 pub use config::{Builder, Config, default_retry_schedule};
 pub use error::{Error, Result, StoreError};
-pub use ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+pub use ids::{DeliveryId, EventId, ParseIdError, ParseTimestampError, SubscriptionId, Timestamp};
 pub use outbox::{Deliveries, Outbox};
 pub use record::{
     Attempt, AttemptError, AttemptErrorKind, Delivery, DeliveryState, Event, OutboxStats,
+    ParseDeliveryStateError,
 };
 pub use sender::USER_AGENT;
 pub use signing::{

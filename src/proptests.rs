@@ -127,6 +127,15 @@ proptest! {
     }
 
     #[test]
+    fn timestamps_round_trip_through_text_and_json(ms in any::<u64>(), s in ".{0,40}") {
+        let t = Timestamp::from_millis(ms);
+        prop_assert_eq!(t.to_string().parse::<Timestamp>(), Ok(t));
+        let json = serde_json::to_string(&t).unwrap();
+        prop_assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+        let _ = s.parse::<Timestamp>();
+    }
+
+    #[test]
     fn signatures_verify_and_garbage_never_panics(secret in proptest::collection::vec(any::<u8>(), 1..64),
                                                   body in proptest::collection::vec(any::<u8>(), 0..500),
                                                   header in ".{0,120}") {

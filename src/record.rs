@@ -67,16 +67,24 @@ impl fmt::Display for DeliveryState {
     }
 }
 
+/// A string that is not a [`DeliveryState`]: what its `FromStr` fails
+/// with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state `{input}`: expected pending, delivered or dead")]
+pub struct ParseDeliveryStateError {
+    input: String,
+}
+
 impl std::str::FromStr for DeliveryState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParseDeliveryStateError;
+    fn from_str(s: &str) -> Result<Self, ParseDeliveryStateError> {
         match s {
             "pending" => Ok(DeliveryState::Pending),
             "delivered" => Ok(DeliveryState::Delivered),
             "dead" => Ok(DeliveryState::Dead),
-            _ => Err(format!(
-                "unknown state `{s}`: expected pending, delivered or dead"
-            )),
+            _ => Err(ParseDeliveryStateError {
+                input: crate::util::clip(s),
+            }),
         }
     }
 }

@@ -281,3 +281,26 @@ fn internal_targets_are_refused_at_subscribe_unless_allowed() {
     bus.subscribe(NewSubscription::new("n", "https://example.com/hook").events(["a"]))
         .unwrap();
 }
+
+/// Issue 10: every `FromStr` error of the public API is a
+/// `std::error::Error`, so it works with `?` into `Box<dyn Error>`, clap,
+/// anyhow and the like.
+#[test]
+fn from_str_errors_are_std_errors() {
+    fn reason<T>(bad: &str) -> String
+    where
+        T: std::str::FromStr + std::fmt::Debug,
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        let e: Box<dyn std::error::Error + Send + Sync> = Box::new(bad.parse::<T>().unwrap_err());
+        e.to_string()
+    }
+    assert!(reason::<hookbus::DeliveryId>("nope").contains("`nope` is not a valid id"));
+    assert!(reason::<hookbus::EventId>("nope").contains("32 hex digits"));
+    assert!(reason::<hookbus::SubscriptionId>("").contains("not a valid id"));
+    assert!(reason::<hookbus::DeliveryState>("gone").contains("pending, delivered or dead"));
+    assert!(reason::<hookbus::Timestamp>("yesterday").contains("RFC 3339"));
+    // An id error still converts into the crate's error.
+    let e: hookbus::Error = "nope".parse::<hookbus::DeliveryId>().unwrap_err().into();
+    assert!(matches!(e, hookbus::Error::InvalidId { .. }));
+}
