@@ -135,6 +135,7 @@ mod record;
 mod retry;
 pub mod rest;
 mod sender;
+mod serde_views;
 mod signing;
 mod ssrf;
 mod store;

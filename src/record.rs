@@ -17,8 +17,9 @@ pub struct Event {
     pub id: EventId,
     /// The event name (`X-Webhook-Event`).
     pub name: String,
-    /// The serialized JSON body.
-    #[serde(with = "serde_bytes")]
+    /// The serialized JSON body. (In JSON and other human-readable formats
+    /// it is the JSON value itself.)
+    #[serde(with = "crate::serde_views::json_payload")]
     pub payload: Vec<u8>,
     /// When it was published.
     pub created_at: Timestamp,
@@ -184,8 +185,9 @@ pub struct Attempt {
     pub status: Option<u16>,
     /// Why no response came.
     pub error: Option<AttemptError>,
-    /// The first bytes (at most 1 KiB) of the response body.
-    #[serde(with = "serde_bytes")]
+    /// The first bytes (at most 1 KiB) of the response body. (In JSON and
+    /// other human-readable formats it is text.)
+    #[serde(with = "crate::serde_views::text")]
     pub response_excerpt: Vec<u8>,
 }
 

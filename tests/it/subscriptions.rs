@@ -304,3 +304,36 @@ fn from_str_errors_are_std_errors() {
     let e: hookbus::Error = "nope".parse::<hookbus::DeliveryId>().unwrap_err().into();
     assert!(matches!(e, hookbus::Error::InvalidId { .. }));
 }
+
+/// Issue 10: in JSON, an event's payload is the JSON it was published as,
+/// an attempt's response excerpt is text and times are RFC 3339 strings
+/// (the store keeps its binary form).
+#[test]
+fn records_serialize_to_readable_json() {
+    let rx = crate::receiver::TestReceiver::with(|_| crate::receiver::Reply::status(500).body(b"busy, try later"));
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    bus.subscribe(NewSubscription::new("n", rx.url("/in")).events(["a"]))
+        .unwrap();
+    let payload = serde_json::json!({"text": "I said hello", "n": [1, 2]});
+    let event_id = bus.publish("a", &payload).unwrap();
+    crate::wait_until(crate::LONG, "an attempt", || {
+        bus.outbox().pending().next().is_some_and(|d| d.unwrap().attempts > 0)
+    });
+    let event = bus.outbox().event(event_id).unwrap().unwrap();
+    let j = serde_json::to_value(&event).unwrap();
+    assert_eq!(j["payload"], payload, "{j}");
+    assert!(j["created_at"].is_string(), "{j}");
+    let back: hookbus::Event = serde_json::from_value(j).unwrap();
+    assert_eq!(back, event);
+
+    let d = bus.outbox().pending().next().unwrap().unwrap();
+    let attempt = bus.outbox().attempts(d.id).unwrap().remove(0);
+    let j = serde_json::to_value(&attempt).unwrap();
+    assert_eq!(j["response_excerpt"], "busy, try later", "{j}");
+    assert!(j["at"].as_str().unwrap().ends_with('Z'), "{j}");
+    let back: hookbus::Attempt = serde_json::from_value(j).unwrap();
+    assert_eq!(back, attempt);
+    let j = serde_json::to_value(&d).unwrap();
+    assert!(j["created_at"].is_string() && j["next_attempt_at"].is_string(), "{j}");
+}
