@@ -51,15 +51,6 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// A content type other than `application/json` was asked for.
-    #[error(
-        "content type `{content_type}` is not supported; the only one allowed is `application/json`"
-    )]
-    InvalidContentType {
-        /// The content type as given (truncated to 200 characters).
-        content_type: String,
-    },
-
     /// A secret is empty or too long.
     #[error("secret {reason}")]
     InvalidSecret {
@@ -257,5 +248,3 @@ impl From<std::io::Error> for Error {
         Error::Store(StoreError(StoreErrorKind::Io(e)))
     }
 }
-
-pub(crate) use crate::util::clip;

@@ -157,6 +157,5 @@ pub use signing::{
     sign_standard, verify_signature, verify_standard, verify_standard_at,
 };
 pub use subscription::{
-    ALL_EVENTS, CONTENT_TYPE_JSON, NewSubscription, Secret, Subscription, SubscriptionPatch,
-    Subscriptions,
+    ALL_EVENTS, NewSubscription, Secret, Signing, Subscription, SubscriptionPatch, Subscriptions,
 };

@@ -34,6 +34,9 @@ use crate::subscription::{NewSubscription, Subscription, SubscriptionPatch};
 /// The role that may search subscribers (the seed's relay role).
 pub const RELAY_ROLE: &str = "relay";
 const BASE: &str = "/webhooks/subscriptions";
+/// The one `contentType` the routes accept and show (ServiceStack's
+/// subscription shape has the field; hookbus always sends JSON).
+const CONTENT_TYPE_JSON: &str = "application/json";
 const MAX_HISTORY: usize = 100;
 
 /// Who is calling, as the application's authentication says.
@@ -184,7 +187,7 @@ fn dto(s: &Subscription) -> Value {
         events: &s.events,
         config: ConfigOut {
             url: &s.url,
-            content_type: &s.content_type,
+            content_type: CONTENT_TYPE_JSON,
         },
         is_active: s.active,
         has_secret: s.secret.is_some(),
@@ -226,11 +229,6 @@ fn from_error(e: &Error, in_config: bool) -> ApiResponse {
         Error::InvalidEventName { .. } => (400, "InvalidEventName", Some("events")),
         Error::NoEvents => (400, "NoEvents", Some("events")),
         Error::InvalidName { .. } => (400, "InvalidName", Some("name")),
-        Error::InvalidContentType { .. } => (
-            400,
-            "InvalidContentType",
-            f("contentType", "config.contentType"),
-        ),
         Error::InvalidSecret { .. } => (400, "InvalidSecret", f("secret", "config.secret")),
         Error::InvalidOwner { .. } => (400, "InvalidOwner", Some("createdById")),
         Error::Conflict { .. } => (409, "Conflict", Some("events")),
@@ -284,6 +282,29 @@ pub fn handle(bus: &Bus, req: ApiRequest<'_>) -> ApiResponse {
     }
 }
 
+/// A `contentType` other than `application/json` gets a 400 naming the
+/// field.
+fn check_content_type(ct: Option<&str>, in_config: bool) -> Result<(), ApiResponse> {
+    match ct {
+        Some(ct) if !ct.trim().eq_ignore_ascii_case(CONTENT_TYPE_JSON) => {
+            Err(ApiResponse::error(
+                400,
+                "InvalidContentType",
+                format!(
+                    "content type `{}` is not supported; the only one allowed is `{CONTENT_TYPE_JSON}`",
+                    crate::util::clip(ct)
+                ),
+                Some(if in_config {
+                    "config.contentType"
+                } else {
+                    "contentType"
+                }),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
     serde_json::from_slice(body).map_err(|e| {
         ApiResponse::error(
@@ -306,8 +327,8 @@ fn create(bus: &Bus, caller: &Caller, body: &[u8]) -> ApiResponse {
     if let Some(s) = dto_in.config.secret {
         new = new.secret(s);
     }
-    if let Some(ct) = dto_in.config.content_type {
-        new = new.content_type(ct);
+    if let Err(r) = check_content_type(dto_in.config.content_type.as_deref(), true) {
+        return r;
     }
     match bus.subscribe(new) {
         Ok(s) => ApiResponse::ok(201, json!({ "subscriptions": [dto(&s)] })),
@@ -434,8 +455,8 @@ fn update(bus: &Bus, id: SubscriptionId, body: &[u8]) -> ApiResponse {
             patch.secret(v)
         };
     }
-    if let Some(v) = u.content_type {
-        patch = patch.content_type(v);
+    if let Err(r) = check_content_type(u.content_type.as_deref(), false) {
+        return r;
     }
     if let Some(v) = u.is_active {
         patch = patch.active(v);
@@ -468,7 +489,7 @@ fn search(bus: &Bus, caller: &Caller, query: &str) -> ApiResponse {
             200,
             json!({ "subscribers": subs.iter().map(|s| json!({
                 "subscriptionId": s.id.to_string(),
-                "config": { "url": s.url, "contentType": s.content_type },
+                "config": { "url": s.url, "contentType": CONTENT_TYPE_JSON },
             })).collect::<Vec<_>>() }),
         ),
         Err(e) => from_error(&e, false),
