@@ -105,7 +105,10 @@ impl Config {
     /// notation (an IPv4-mapped network such as `::ffff:10.0.0.0/104` is
     /// shown as the IPv4 network it names, `10.0.0.0/8`).
     pub fn allowed_networks(&self) -> Vec<String> {
-        self.allowed_networks.iter().map(ToString::to_string).collect()
+        self.allowed_networks
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
     pub(crate) fn target_policy(&self) -> TargetPolicy {
         TargetPolicy {

@@ -218,7 +218,9 @@ impl<'de> Deserialize<'de> for Timestamp {
 /// A string that is not an RFC 3339 timestamp at or after the Unix epoch:
 /// what `Timestamp`'s `FromStr` fails with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{input}` is not an RFC 3339 timestamp such as 2026-11-28T09:34:55.123Z (at or after 1970)")]
+#[error(
+    "`{input}` is not an RFC 3339 timestamp such as 2026-11-28T09:34:55.123Z (at or after 1970)"
+)]
 pub struct ParseTimestampError {
     input: String,
 }
@@ -248,7 +250,20 @@ fn parse_rfc3339(s: &str) -> Option<Timestamp> {
     }
     let (y, m, d) = (num(y)?, num(m)?, num(d)?);
     let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     if !(1..=12).contains(&m) || d == 0 || d > month_days[(m - 1) as usize] {
         return None;
     }
@@ -287,7 +302,8 @@ fn parse_rfc3339(s: &str) -> Option<Timestamp> {
     }
     let ms: u64 = format!("{frac:0<3}")[..3].parse().ok()?;
     let days = days_from_civil(i128::from(y), m, d);
-    let secs = days * 86_400 + i128::from(hh * 3600 + mm * 60 + ss.min(59)) - i128::from(offset_secs);
+    let secs =
+        days * 86_400 + i128::from(hh * 3600 + mm * 60 + ss.min(59)) - i128::from(offset_secs);
     let total = secs.checked_mul(1000)? + i128::from(ms);
     u64::try_from(total).ok().map(Timestamp)
 }
@@ -439,14 +455,24 @@ mod tests {
             serde_json::to_string(&t).unwrap(),
             r#""2026-11-28T09:34:55.123Z""#
         );
-        assert_eq!(serde_json::from_str::<Timestamp>(r#""2026-11-28T09:34:55.123Z""#).unwrap(), t);
-        assert_eq!(serde_json::from_str::<Timestamp>("1795858495123").unwrap(), t);
+        assert_eq!(
+            serde_json::from_str::<Timestamp>(r#""2026-11-28T09:34:55.123Z""#).unwrap(),
+            t
+        );
+        assert_eq!(
+            serde_json::from_str::<Timestamp>("1795858495123").unwrap(),
+            t
+        );
         assert!(serde_json::from_str::<Timestamp>("-1").is_err());
         // The stored form is bincode's varint of the u64, as before.
         let cfg = bincode::config::standard();
         let stored = bincode::serde::encode_to_vec(t, cfg).unwrap();
-        assert_eq!(stored, bincode::serde::encode_to_vec(1_795_858_495_123u64, cfg).unwrap());
-        let (back, _): (Timestamp, usize) = bincode::serde::decode_from_slice(&stored, cfg).unwrap();
+        assert_eq!(
+            stored,
+            bincode::serde::encode_to_vec(1_795_858_495_123u64, cfg).unwrap()
+        );
+        let (back, _): (Timestamp, usize) =
+            bincode::serde::decode_from_slice(&stored, cfg).unwrap();
         assert_eq!(back, t);
     }
 

@@ -132,8 +132,8 @@ mod outbox;
 #[cfg(test)]
 mod proptests;
 mod record;
-mod retry;
 pub mod rest;
+mod retry;
 mod sender;
 mod serde_views;
 mod signing;
@@ -153,8 +153,8 @@ pub use record::{
 };
 pub use sender::USER_AGENT;
 pub use signing::{
-    DEFAULT_TOLERANCE, VerifyError, decode_standard_secret, generate_secret, sign_sha1, sign_sha256,
-    sign_standard, verify_signature, verify_standard, verify_standard_at,
+    DEFAULT_TOLERANCE, VerifyError, decode_standard_secret, generate_secret, sign_sha1,
+    sign_sha256, sign_standard, verify_signature, verify_standard, verify_standard_at,
 };
 pub use subscription::{
     ALL_EVENTS, NewSubscription, Secret, Signing, Subscription, SubscriptionPatch, Subscriptions,

@@ -92,7 +92,10 @@ impl std::fmt::Debug for ApiRequest<'_> {
             .field("path", &self.path)
             .field("query", &self.query)
             .field("caller", &self.caller)
-            .field("body", &format_args!("[{} bytes, redacted]", self.body.len()))
+            .field(
+                "body",
+                &format_args!("[{} bytes, redacted]", self.body.len()),
+            )
             .finish()
     }
 }
@@ -242,7 +245,7 @@ fn from_error(e: &Error, in_config: bool) -> ApiResponse {
         e.to_string()
     };
     if status == 500 {
-        tracing::error!(error = %e, "hookbus api request failed");
+        tracing::error!(error = %e, "hookbus REST request failed");
     }
     ApiResponse::error(status, code, message, field)
 }
@@ -286,21 +289,19 @@ pub fn handle(bus: &Bus, req: ApiRequest<'_>) -> ApiResponse {
 /// field.
 fn check_content_type(ct: Option<&str>, in_config: bool) -> Result<(), ApiResponse> {
     match ct {
-        Some(ct) if !ct.trim().eq_ignore_ascii_case(CONTENT_TYPE_JSON) => {
-            Err(ApiResponse::error(
-                400,
-                "InvalidContentType",
-                format!(
-                    "content type `{}` is not supported; the only one allowed is `{CONTENT_TYPE_JSON}`",
-                    crate::util::clip(ct)
-                ),
-                Some(if in_config {
-                    "config.contentType"
-                } else {
-                    "contentType"
-                }),
-            ))
-        }
+        Some(ct) if !ct.trim().eq_ignore_ascii_case(CONTENT_TYPE_JSON) => Err(ApiResponse::error(
+            400,
+            "InvalidContentType",
+            format!(
+                "content type `{}` is not supported; the only one allowed is `{CONTENT_TYPE_JSON}`",
+                crate::util::clip(ct)
+            ),
+            Some(if in_config {
+                "config.contentType"
+            } else {
+                "contentType"
+            }),
+        )),
         _ => Ok(()),
     }
 }

@@ -76,14 +76,24 @@ mod tests {
     fn binary_form_is_serde_bytes_and_json_is_readable() {
         let cfg = bincode::config::standard();
         let (a, b) = (br#"{"x":[1,2]}"#.to_vec(), b"nope \xff".to_vec());
-        let old = bincode::serde::encode_to_vec(Old { a: a.clone(), b: b.clone() }, cfg).unwrap();
+        let old = bincode::serde::encode_to_vec(
+            Old {
+                a: a.clone(),
+                b: b.clone(),
+            },
+            cfg,
+        )
+        .unwrap();
         let new = New { a, b };
         assert_eq!(bincode::serde::encode_to_vec(&new, cfg).unwrap(), old);
         let (back, _): (New, usize) = bincode::serde::decode_from_slice(&old, cfg).unwrap();
         assert_eq!(back, new);
         let j = serde_json::to_string(&new).unwrap();
         assert_eq!(j, r#"{"a":{"x":[1,2]},"b":"nope �"}"#);
-        let not_json = New { a: b"plain".to_vec(), b: vec![] };
+        let not_json = New {
+            a: b"plain".to_vec(),
+            b: vec![],
+        };
         assert_eq!(serde_json::to_value(&not_json).unwrap()["a"], "plain");
     }
 }

@@ -6,10 +6,10 @@ use serde::Serialize;
 
 use crate::bus::Bus;
 use crate::error::{Error, Result};
-use crate::util::clip;
 use crate::ids::{SubscriptionId, Timestamp};
 use crate::ssrf::TargetPolicy;
 use crate::store::SubscriptionRecord;
+use crate::util::clip;
 
 /// The content type every delivery is sent with (kept in the stored record).
 const CONTENT_TYPE_JSON: &str = "application/json";

@@ -194,7 +194,10 @@ fn outbox_cli_reads_repairs_and_purges() {
     // not arrays of numbers.
     assert_eq!(j["attempts"][0]["response_excerpt"], "nope", "{j}");
     for t in [&j["attempts"][0]["at"], &j["delivery"]["created_at"]] {
-        assert!(t.as_str().unwrap().parse::<hookbus::Timestamp>().is_ok(), "{j}");
+        assert!(
+            t.as_str().unwrap().parse::<hookbus::Timestamp>().is_ok(),
+            "{j}"
+        );
     }
     let text = ok(d, &["show", id]);
     assert!(

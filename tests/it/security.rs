@@ -66,8 +66,7 @@ fn standard_webhooks_mode_signs_per_the_spec_and_rotation_signs_with_both() {
     bus.subscriptions()
         .update(
             sub.id,
-            SubscriptionPatch::new()
-                .rotate_secret(hookbus::generate_secret(), Duration::ZERO),
+            SubscriptionPatch::new().rotate_secret(hookbus::generate_secret(), Duration::ZERO),
         )
         .unwrap();
     bus.publish("invoice.paid", &json!({"amount": 44})).unwrap();
@@ -253,7 +252,11 @@ fn mapped_allowed_networks_allow_only_their_own_addresses() {
             .allowed_networks([net])
             .open()
             .unwrap();
-        for target in ["http://127.0.0.1/", "http://169.254.169.254/", "http://[::1]/"] {
+        for target in [
+            "http://127.0.0.1/",
+            "http://169.254.169.254/",
+            "http://[::1]/",
+        ] {
             let r = bus.subscribe(NewSubscription::new("n", target).events(["a"]));
             assert!(
                 matches!(r, Err(Error::InvalidUrl { .. })),

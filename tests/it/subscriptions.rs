@@ -304,7 +304,9 @@ fn from_str_errors_are_std_errors() {
 /// (the store keeps its binary form).
 #[test]
 fn records_serialize_to_readable_json() {
-    let rx = crate::receiver::TestReceiver::with(|_| crate::receiver::Reply::status(500).body(b"busy, try later"));
+    let rx = crate::receiver::TestReceiver::with(|_| {
+        crate::receiver::Reply::status(500).body(b"busy, try later")
+    });
     let dir = tempfile::tempdir().unwrap();
     let bus = open(dir.path());
     bus.subscribe(NewSubscription::new("n", rx.url("/in")).events(["a"]))
@@ -312,7 +314,10 @@ fn records_serialize_to_readable_json() {
     let payload = serde_json::json!({"text": "I said hello", "n": [1, 2]});
     let event_id = bus.publish("a", &payload).unwrap();
     crate::wait_until(crate::LONG, "an attempt", || {
-        bus.outbox().pending().next().is_some_and(|d| d.unwrap().attempts > 0)
+        bus.outbox()
+            .pending()
+            .next()
+            .is_some_and(|d| d.unwrap().attempts > 0)
     });
     let event = bus.outbox().event(event_id).unwrap().unwrap();
     let j = serde_json::to_value(&event).unwrap();
@@ -329,5 +334,8 @@ fn records_serialize_to_readable_json() {
     let back: hookbus::Attempt = serde_json::from_value(j).unwrap();
     assert_eq!(back, attempt);
     let j = serde_json::to_value(&d).unwrap();
-    assert!(j["created_at"].is_string() && j["next_attempt_at"].is_string(), "{j}");
+    assert!(
+        j["created_at"].is_string() && j["next_attempt_at"].is_string(),
+        "{j}"
+    );
 }
