@@ -18,7 +18,11 @@
 //!
 //! Unlike the seed plugin, reads and changes of one subscription are
 //! checked against its owner: another caller gets 404, not the record.
-//! Secrets are never returned. Errors carry a ServiceStack-style
+//! Secrets are never returned, nor the addresses a refused target resolved
+//! to (the attempt says only that they are not allowed; the operator's logs
+//! have them). `contentType` is there for ServiceStack's shape: it is always
+//! `application/json`, and any other value is a 400. Times are RFC 3339
+//! strings. Errors carry a ServiceStack-style
 //! `responseStatus` with the field and the rule: 400 validation, 401 no
 //! caller, 403 missing role, 404 unknown, 405 wrong method, 409 conflict.
 
