@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use hookbus::{NewSubscription, signing};
+use hookbus::NewSubscription;
 
 use common::{Receiver, builder, dead_url, order, spread, wait};
 
@@ -226,7 +226,7 @@ fn end_to_end(c: &mut Criterion) {
 fn signing_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("signing");
     g.sample_size(30).measurement_time(Duration::from_secs(2));
-    let key = signing::decode_standard_secret(&signing::generate_secret()).unwrap();
+    let key = hookbus::decode_standard_secret(&hookbus::generate_secret()).unwrap();
     for size in [1024usize, 64 * 1024] {
         let body = vec![b'x'; size];
         g.throughput(Throughput::Bytes(size as u64));
@@ -237,14 +237,14 @@ fn signing_bench(c: &mut Criterion) {
             b.iter(|| sha2::Sha256::digest(black_box(&body)))
         });
         g.bench_function(BenchmarkId::new("sha1", size), |b| {
-            b.iter(|| signing::sign_sha1(b"secret", black_box(&body)))
+            b.iter(|| hookbus::sign_sha1(b"secret", black_box(&body)))
         });
         g.bench_function(BenchmarkId::new("sha256", size), |b| {
-            b.iter(|| signing::sign_sha256(b"secret", black_box(&body)))
+            b.iter(|| hookbus::sign_sha256(b"secret", black_box(&body)))
         });
         g.bench_function(BenchmarkId::new("standard_webhooks", size), |b| {
             b.iter(|| {
-                signing::sign_standard(
+                hookbus::sign_standard(
                     &key,
                     "01a2218ce58177cb96498be57489b70c",
                     1_795_858_495,

@@ -1,5 +1,5 @@
 //! A Rust web app adopting hookbus: the subscription REST routes from
-//! `hookbus::api`, mounted in axum, and a route that publishes an event.
+//! `hookbus::rest`, mounted in axum, and a route that publishes an event.
 //!
 //! ```text
 //! cargo run --example axum_server --features tokio
@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::{Json, Router};
 use hookbus::Bus;
-use hookbus::api::{ApiRequest, Caller};
+use hookbus::rest::{ApiRequest, Caller};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -67,7 +67,7 @@ async fn subscriptions(
             caller: caller.as_ref(),
             body: &body,
         };
-        hookbus::api::handle(&bus, req)
+        hookbus::rest::handle(&bus, req)
     })
     .await;
     match res {

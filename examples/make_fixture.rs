@@ -38,7 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         NewSubscription::new("Standard", "http://127.0.0.1:9/std")
             .events(["*"])
             .secret(STD_SECRET)
-            .standard_webhooks(true),
+            .signing(hookbus::Signing::StandardWebhooks),
     )?;
     let gone =
         bus.subscribe(NewSubscription::new("Gone", "http://127.0.0.1:9/gone").events(["hello"]))?;

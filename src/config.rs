@@ -104,9 +104,14 @@ impl Config {
     pub fn allow_private_targets(&self) -> bool {
         self.allow_private_targets
     }
-    /// Internal networks that deliveries may go to all the same.
-    pub fn allowed_networks(&self) -> &[IpNet] {
-        &self.allowed_networks
+    /// Internal networks that deliveries may go to all the same, in CIDR
+    /// notation (an IPv4-mapped network such as `::ffff:10.0.0.0/104` is
+    /// shown as the IPv4 network it names, `10.0.0.0/8`).
+    pub fn allowed_networks(&self) -> Vec<String> {
+        self.allowed_networks
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
     pub(crate) fn target_policy(&self) -> TargetPolicy {
         TargetPolicy {
@@ -243,7 +248,12 @@ impl Builder {
     /// deliveries may go to even though
     /// [`allow_private_targets`](Self::allow_private_targets) is off: for
     /// subscribers inside your own network. Everything else internal stays
-    /// refused.
+    /// refused. A bare address is a network of that one address. An
+    /// IPv4-mapped network counts as the IPv4 network it names
+    /// (`::ffff:10.0.0.0/104` is `10.0.0.0/8`); one with a prefix shorter
+    /// than `/96` is refused. [`build`](Self::build) and
+    /// [`open`](Self::open) fail with [`Error::InvalidConfig`] on a value
+    /// that is not a network.
     ///
     /// Defaults to none.
     pub fn allowed_networks<I, S>(mut self, networks: I) -> Self

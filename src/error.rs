@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::ids::{DeliveryId, SubscriptionId};
+use crate::ids::{DeliveryId, ParseIdError, SubscriptionId};
 
 /// A `Result` whose error is [`hookbus::Error`](Error).
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -49,15 +49,6 @@ pub enum Error {
     InvalidName {
         /// What is wrong with it and what is allowed.
         reason: &'static str,
-    },
-
-    /// A content type other than `application/json` was asked for.
-    #[error(
-        "content type `{content_type}` is not supported; the only one allowed is `application/json`"
-    )]
-    InvalidContentType {
-        /// The content type as given (truncated to 200 characters).
-        content_type: String,
     },
 
     /// A secret is empty or too long.
@@ -259,21 +250,16 @@ impl From<sled::Error> for Error {
     }
 }
 
+impl From<ParseIdError> for Error {
+    fn from(e: ParseIdError) -> Self {
+        Error::InvalidId {
+            input: e.input().to_owned(),
+        }
+    }
+}
+
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Store(StoreError(StoreErrorKind::Io(e)))
     }
-}
-
-/// Cuts user input that is echoed in an error message.
-pub(crate) fn clip(s: &str) -> String {
-    const MAX: usize = 200;
-    if s.len() <= MAX {
-        return s.to_owned();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }

@@ -119,7 +119,6 @@
 #![deny(missing_docs)]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
-pub mod api;
 mod bus;
 mod clock;
 mod codec;
@@ -136,27 +135,33 @@ mod outbox;
 #[cfg(test)]
 mod proptests;
 mod record;
+pub mod rest;
 mod retry;
 mod sender;
-pub mod signing;
+mod serde_views;
+mod signing;
 mod ssrf;
 mod storage;
 mod subscription;
+mod util;
 
 pub use bus::Bus;
 pub use config::{Builder, Config, default_retry_schedule};
 pub use error::{Error, Result, StoreError};
 pub use event::ALL_EVENTS;
-pub use ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+pub use ids::{DeliveryId, EventId, ParseIdError, ParseTimestampError, SubscriptionId, Timestamp};
 pub use outbox::{Deliveries, Outbox};
 pub use record::{
     Attempt, AttemptError, AttemptErrorKind, Delivery, DeliveryState, Event, OutboxStats,
+    ParseDeliveryStateError,
 };
 pub use sender::USER_AGENT;
-pub use signing::{VerifyError, verify_signature, verify_standard};
-pub use ssrf::{IpNet, is_global};
+pub use signing::{
+    DEFAULT_TOLERANCE, VerifyError, decode_standard_secret, generate_secret, sign_sha1,
+    sign_sha256, sign_standard, verify_signature, verify_standard, verify_standard_at,
+};
 pub use subscription::{
-    CONTENT_TYPE_JSON, NewSubscription, Secret, Subscription, SubscriptionPatch, Subscriptions,
+    NewSubscription, Secret, Signing, Subscription, SubscriptionPatch, Subscriptions,
 };
 
 /// The README's code blocks, compiled (and, unless marked `no_run`, run) as

@@ -102,6 +102,40 @@ proptest! {
     }
 
     #[test]
+    fn networks_never_panic_and_agree_with_prefix_arithmetic(net in any::<[u8; 16]>(), v4 in any::<bool>(),
+                                                            prefix in 0u8..=140, addr in any::<[u8; 16]>(), mapped in any::<bool>()) {
+        let net_ip = if v4 { IpAddr::from([net[0], net[1], net[2], net[3]]) } else { IpAddr::from(net) };
+        let text = format!("{net_ip}/{prefix}");
+        let target = if mapped { IpAddr::V6(Ipv4Addr::from([addr[0], addr[1], addr[2], addr[3]]).to_ipv6_mapped()) } else { IpAddr::from(addr) };
+        if let Ok(n) = text.parse::<crate::ssrf::IpNet>() {
+            let _ = n.contains(target);
+            let _ = n.contains(IpAddr::from([addr[0], addr[1], addr[2], addr[3]]));
+            // Whatever parses prints a network that parses to itself.
+            prop_assert_eq!(n.to_string().parse::<crate::ssrf::IpNet>().unwrap(), n);
+            // An IPv4 network never takes in every address unless it is /0.
+            if n.to_string().ends_with("/0") {
+                prop_assert!(prefix == 0 || prefix == 96);
+            }
+        }
+        // The mapped form of an IPv4 network is the same network.
+        let v4net = Ipv4Addr::from([net[0], net[1], net[2], net[3]]);
+        let p4 = prefix % 33;
+        if let (Ok(a), Ok(b)) = (format!("{v4net}/{p4}").parse::<crate::ssrf::IpNet>(),
+                                 format!("{}/{}", v4net.to_ipv6_mapped(), u32::from(p4) + 96).parse::<crate::ssrf::IpNet>()) {
+            prop_assert_eq!(a.contains(target), b.contains(target));
+        }
+    }
+
+    #[test]
+    fn timestamps_round_trip_through_text_and_json(ms in any::<u64>(), s in ".{0,40}") {
+        let t = Timestamp::from_millis(ms);
+        prop_assert_eq!(t.to_string().parse::<Timestamp>(), Ok(t));
+        let json = serde_json::to_string(&t).unwrap();
+        prop_assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+        let _ = s.parse::<Timestamp>();
+    }
+
+    #[test]
     fn signatures_verify_and_garbage_never_panics(secret in proptest::collection::vec(any::<u8>(), 1..64),
                                                   body in proptest::collection::vec(any::<u8>(), 0..500),
                                                   header in ".{0,120}") {

@@ -17,8 +17,9 @@ pub struct Event {
     pub id: EventId,
     /// The event name (`X-Webhook-Event`).
     pub name: String,
-    /// The serialized JSON body.
-    #[serde(with = "serde_bytes")]
+    /// The serialized JSON body. (In JSON and other human-readable formats
+    /// it is the JSON value itself.)
+    #[serde(with = "crate::serde_views::json_payload")]
     pub payload: Vec<u8>,
     /// When it was published.
     pub created_at: Timestamp,
@@ -67,16 +68,24 @@ impl fmt::Display for DeliveryState {
     }
 }
 
+/// A string that is not a [`DeliveryState`]: what its `FromStr` fails
+/// with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state `{input}`: expected pending, delivered or dead")]
+pub struct ParseDeliveryStateError {
+    input: String,
+}
+
 impl std::str::FromStr for DeliveryState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParseDeliveryStateError;
+    fn from_str(s: &str) -> Result<Self, ParseDeliveryStateError> {
         match s {
             "pending" => Ok(DeliveryState::Pending),
             "delivered" => Ok(DeliveryState::Delivered),
             "dead" => Ok(DeliveryState::Dead),
-            _ => Err(format!(
-                "unknown state `{s}`: expected pending, delivered or dead"
-            )),
+            _ => Err(ParseDeliveryStateError {
+                input: crate::util::clip(s),
+            }),
         }
     }
 }
@@ -176,8 +185,9 @@ pub struct Attempt {
     pub status: Option<u16>,
     /// Why no response came.
     pub error: Option<AttemptError>,
-    /// The first bytes (at most 1 KiB) of the response body.
-    #[serde(with = "serde_bytes")]
+    /// The first bytes (at most 1 KiB) of the response body. (In JSON and
+    /// other human-readable formats it is text.)
+    #[serde(with = "crate::serde_views::text")]
     pub response_excerpt: Vec<u8>,
 }
 

@@ -1,5 +1,6 @@
 //! Request signing and verification: pure functions, tested against fixed
-//! vectors.
+//! vectors. The module is private; its public items are re-exported at the
+//! crate root (`hookbus::verify_signature`, ...), their one path.
 //!
 //! hookbus signs the exact body bytes with HMAC, keyed by the subscription
 //! secret's UTF-8 bytes, and sends
@@ -45,12 +46,20 @@ pub fn sign_sha256(secret: &[u8], body: &[u8]) -> String {
 /// Checks an `X-Hub-Signature` (`sha1=…`) or `X-Hub-Signature-256`
 /// (`sha256=…`) header value against the body, in constant time.
 ///
+/// hookbus signs the exact body bytes with HMAC, keyed by the subscription
+/// secret's UTF-8 bytes, and sends `X-Hub-Signature: sha1=<hex HMAC-SHA1>`
+/// (GitHub's and ServiceStack.Webhooks' header) and `X-Hub-Signature-256:
+/// sha256=<hex HMAC-SHA256>`. Receivers should check the SHA-256 one; this
+/// function checks either. (Subscriptions with
+/// [`Signing::StandardWebhooks`](crate::Signing::StandardWebhooks) are
+/// checked with [`verify_standard`] instead.)
+///
 /// Returns `false` for a wrong secret, a changed body, an unknown algorithm
 /// or a malformed value; it never panics.
 ///
 /// ```
 /// let body = br#"{"text":"I said hello"}"#;
-/// let header = hookbus::signing::sign_sha256(b"shh", body);
+/// let header = hookbus::sign_sha256(b"shh", body);
 /// assert!(hookbus::verify_signature(b"shh", body, &header));
 /// assert!(!hookbus::verify_signature(b"wrong", body, &header));
 /// ```
@@ -77,7 +86,7 @@ pub fn verify_signature(secret: &[u8], body: &[u8], header_value: &str) -> bool 
 }
 
 /// The prefix of Standard Webhooks secrets.
-pub const SECRET_PREFIX: &str = "whsec_";
+pub(crate) const SECRET_PREFIX: &str = "whsec_";
 /// The default replay window of [`verify_standard`]: 5 minutes.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
@@ -141,11 +150,18 @@ pub enum VerifyError {
 /// headers (names in any case), `body` its exact bytes, `tolerance` the
 /// replay window ([`DEFAULT_TOLERANCE`] is the spec's 5 minutes).
 ///
+/// Subscriptions with
+/// [`Signing::StandardWebhooks`](crate::Signing::StandardWebhooks) get
+/// `webhook-id` (the delivery id), `webhook-timestamp` (unix seconds) and
+/// `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`,
+/// keyed with the base64-decoded `whsec_` secret; during a secret rotation
+/// one `v1,` entry per secret, space-separated.
+///
 /// Any one matching `v1,` signature passes, so requests signed during a
 /// secret rotation verify with either secret. Comparison is constant time.
 ///
 /// ```
-/// use hookbus::signing::{generate_secret, decode_standard_secret, sign_standard, verify_standard, DEFAULT_TOLERANCE};
+/// use hookbus::{generate_secret, decode_standard_secret, sign_standard, verify_standard, DEFAULT_TOLERANCE};
 /// let secret = generate_secret();
 /// let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
 /// let sig = sign_standard(&decode_standard_secret(&secret).unwrap(), "msg_1", now, b"{}");

@@ -27,7 +27,7 @@ use ureq::unversioned::transport::NextTimeout;
 /// (100::/64), every IPv6 address outside global unicast 2000::/3, and the
 /// IPv4-mapped, IPv4-compatible, NAT64 (64:ff9b::/96) and 6to4 (2002::/16)
 /// forms of any refused IPv4 address.
-pub fn is_global(ip: IpAddr) -> bool {
+pub(crate) fn is_global(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_global_v4(v4),
         IpAddr::V6(v6) => is_global_v6(v6),
@@ -85,29 +85,36 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
 
 /// A network in CIDR notation, such as `10.1.0.0/16` or `fd00::/8`, for
 /// [`Builder::allowed_networks`](crate::Builder::allowed_networks).
+///
+/// Invariant: `prefix` is at most 32 for an IPv4 `addr` and at most 128 for
+/// an IPv6 one. An IPv4-mapped network (`::ffff:10.0.0.0/104`) is stored as
+/// the IPv4 network it names (`10.0.0.0/8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
+pub(crate) struct IpNet {
     addr: IpAddr,
     prefix: u8,
+}
+
+/// The top `prefix` bits of a `bits`-wide address set; never panics (a
+/// prefix past the width counts as the full width).
+fn mask(bits: u32, prefix: u8) -> u128 {
+    let prefix = u32::from(prefix).min(bits);
+    let all = u128::MAX >> (128 - bits);
+    all.checked_shl(bits - prefix).map_or(0, |m| m & all)
 }
 
 impl IpNet {
     /// Whether `ip` is inside this network (IPv4-mapped IPv6 addresses count
     /// as their IPv4 address).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        match (self.addr, ip) {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
+                let m = mask(32, self.prefix);
+                u128::from(u32::from(net)) & m == u128::from(u32::from(ip)) & m
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
+                let m = mask(128, self.prefix);
+                u128::from(net) & m == u128::from(ip) & m
             }
             _ => false,
         }
@@ -117,22 +124,43 @@ impl IpNet {
 impl std::str::FromStr for IpNet {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad =
-            || format!("`{s}` is not a network in CIDR notation such as 10.1.0.0/16 or fd00::/8");
-        let (addr, prefix) = match s.trim().split_once('/') {
+        let s = s.trim();
+        let bad = || {
+            format!(
+                "`{}` is not a network in CIDR notation such as 10.1.0.0/16 or fd00::/8",
+                crate::util::clip(s)
+            )
+        };
+        let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
-            None => (s.trim(), None),
+            None => (s, None),
         };
         let addr: IpAddr = addr.parse().map_err(|_| bad())?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?
+            }
+            Some(_) => return Err(bad()),
             None => max,
         };
-        Ok(IpNet {
-            addr: addr.to_canonical(),
-            prefix,
-        })
+        match addr {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                // An IPv4-mapped network is the IPv4 network it names; the
+                // IPv6 prefix counts the 96 bits of `::ffff:` too.
+                Some(v4) if prefix >= 96 => Ok(IpNet {
+                    addr: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                }),
+                Some(_) => Err(format!(
+                    "`{}` is an IPv4-mapped network with a prefix shorter than /96; \
+                     write the IPv4 network instead, such as 10.0.0.0/8",
+                    crate::util::clip(s)
+                )),
+                None => Ok(IpNet { addr, prefix }),
+            },
+            IpAddr::V4(_) => Ok(IpNet { addr, prefix }),
+        }
     }
 }
 
@@ -181,22 +209,23 @@ impl TargetPolicy {
 
 /// The error inside the `io::Error` the resolver returns when every address
 /// of a host is refused.
+///
+/// Its message is stored with the attempt and shown to the subscription's
+/// owner (a tenant, through the REST adapter), so it never names the
+/// addresses the host resolved to: that would let tenants map the internal
+/// DNS. The resolver logs them for the operator instead.
 #[derive(Debug)]
 pub(crate) struct Blocked {
     host: String,
-    addrs: Vec<IpAddr>,
 }
 
 impl fmt::Display for Blocked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "`{}` resolves only to non-public addresses (", self.host)?;
-        for (i, a) in self.addrs.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{a}")?;
-        }
-        f.write_str("); set allow_private_targets to deliver there")
+        write!(
+            f,
+            "`{}` resolves only to non-public addresses, which are not allowed",
+            self.host
+        )
     }
 }
 
@@ -271,13 +300,16 @@ impl Resolver for GuardedResolver {
         }
         if kept.is_empty() {
             let host = uri.host().unwrap_or_default().to_owned();
-            tracing::warn!(%host, ?refused, "delivery target refused: not a public address");
+            // The addresses are for the operator only; see `Blocked`.
+            tracing::warn!(
+                %host,
+                ?refused,
+                "delivery target refused: it resolves only to addresses that are not allowed \
+                 (allow them with Builder::allowed_networks or allow_private_targets)"
+            );
             return Err(ureq::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
-                Blocked {
-                    host,
-                    addrs: refused,
-                },
+                Blocked { host },
             )));
         }
         Ok(kept)
@@ -446,9 +478,12 @@ mod tests {
         for (i, addr) in ranges.iter().enumerate() {
             let err = resolve(&strict, &format!("http://h{i}.internal.test:8080/x")).unwrap_err();
             assert!(
-                err.contains("non-public") && err.contains(&format!("h{i}.internal.test")),
+                err.contains("not allowed") && err.contains(&format!("h{i}.internal.test")),
                 "{addr}: {err}"
             );
+            // The reason reaches tenants: it must not map the internal DNS.
+            let shown = addr.parse::<IpAddr>().unwrap().to_string();
+            assert!(!err.contains(&shown), "{addr}: {err}");
         }
         // Only the public address of a mixed answer survives: the
         // connection can go nowhere else.
@@ -487,6 +522,31 @@ mod tests {
             "::ffff:10.0.0.1 is outside 10.1/16"
         );
         assert!(resolve(&some, "http://h0.internal.test/").is_err());
+    }
+
+    /// Issue 10: an IPv4-mapped network parsed to an IPv4 network with its
+    /// IPv6 prefix (104), so `32 - prefix` wrapped: every IPv4 address was
+    /// inside it in release builds, and debug builds panicked.
+    #[test]
+    fn mapped_networks_use_their_ipv4_prefix() {
+        let n: IpNet = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(n.to_string(), "10.0.0.0/8");
+        assert!(n.contains(ip("10.1.2.3")) && n.contains(ip("::ffff:10.9.9.9")));
+        for outside in ["127.0.0.1", "169.254.169.254", "11.0.0.1", "::1", "fd00::1"] {
+            assert!(!n.contains(ip(outside)), "{outside}");
+        }
+        let one: IpNet = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(one.to_string(), "10.1.2.3/32");
+        assert!(one.contains(ip("10.1.2.3")) && !one.contains(ip("127.0.0.1")));
+        // A mapped prefix shorter than /96 is not an IPv4 network at all.
+        let e = "::ffff:0.0.0.0/95".parse::<IpNet>().unwrap_err();
+        assert!(e.contains("IPv4-mapped"), "{e}");
+        let p = TargetPolicy {
+            allow_private: false,
+            allowed: vec![n],
+        };
+        assert!(!p.permits(ip("127.0.0.1")) && !p.permits(ip("169.254.169.254")));
+        assert!(p.permits(ip("10.200.0.1")));
     }
 
     #[test]

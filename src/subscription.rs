@@ -7,13 +7,14 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::delivery::reason;
 use crate::engine::Engine;
-use crate::error::{Error, Result, clip};
+use crate::error::{Error, Result};
 use crate::ids::{SubscriptionId, Timestamp};
 use crate::ssrf::TargetPolicy;
 use crate::storage::{Reader, SubscriptionRecord};
+use crate::util::clip;
 
-/// The only content type deliveries are sent with.
-pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// The content type every delivery is sent with (kept in the stored record).
+const CONTENT_TYPE_JSON: &str = "application/json";
 pub(crate) use crate::event::ALL_EVENTS;
 const MAX_URL_LEN: usize = 2048;
 const MAX_SECRET_LEN: usize = 1024;
@@ -43,6 +44,40 @@ impl fmt::Display for Secret {
     }
 }
 
+/// How a subscription's requests are signed (when it has a secret).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Signing {
+    /// `X-Hub-Signature: sha1=…` and `X-Hub-Signature-256: sha256=…`, HMACs
+    /// of the body keyed with the secret's bytes (GitHub's and
+    /// ServiceStack.Webhooks' headers); receivers check them with
+    /// [`verify_signature`](crate::verify_signature). Requests are unsigned
+    /// when the subscription has no secret.
+    #[default]
+    Hub,
+    /// [Standard Webhooks](https://www.standardwebhooks.com/): `webhook-id`,
+    /// `webhook-timestamp` and `webhook-signature`; receivers check them
+    /// with [`verify_standard`](crate::verify_standard). Needs a `whsec_`
+    /// secret (see [`NewSubscription::generate_secret`]).
+    StandardWebhooks,
+}
+
+impl Signing {
+    /// The stored form is a flag (`SubscriptionRecord::standard_webhooks`).
+    fn from_flag(standard_webhooks: bool) -> Self {
+        if standard_webhooks {
+            Signing::StandardWebhooks
+        } else {
+            Signing::Hub
+        }
+    }
+
+    fn is_standard(self) -> bool {
+        self == Signing::StandardWebhooks
+    }
+}
+
 /// A stored subscription.
 ///
 /// It serializes (for listings and APIs) without its secret.
@@ -60,16 +95,12 @@ pub struct Subscription {
     /// The signing secret, if any.
     #[serde(skip)]
     pub secret: Option<Secret>,
-    /// The `Content-Type` requests are sent with.
-    pub content_type: String,
     /// Inactive subscriptions get no new deliveries.
     pub active: bool,
     /// Who owns it, if the application tracks that.
     pub owner: Option<String>,
-    /// Whether requests are signed the Standard Webhooks way
-    /// (`webhook-id`, `webhook-timestamp`, `webhook-signature`) instead of
-    /// with `X-Hub-Signature` headers.
-    pub standard_webhooks: bool,
+    /// How requests are signed.
+    pub signing: Signing,
     /// While a secret rotation is under way: when the previous secret stops
     /// being used.
     pub previous_secret_until: Option<Timestamp>,
@@ -87,10 +118,9 @@ impl From<SubscriptionRecord> for Subscription {
             events: r.events,
             url: r.url,
             secret: r.secret.map(Secret),
-            content_type: r.content_type,
             active: r.active,
             owner: r.owner,
-            standard_webhooks: r.standard_webhooks,
+            signing: Signing::from_flag(r.standard_webhooks),
             previous_secret_until: r
                 .previous_secret
                 .map(|(_, until)| Timestamp::from_millis(until)),
@@ -115,9 +145,8 @@ pub struct NewSubscription {
     url: String,
     events: Vec<String>,
     secret: Option<Secret>,
-    content_type: Option<String>,
     owner: Option<String>,
-    standard_webhooks: bool,
+    signing: Signing,
 }
 
 impl NewSubscription {
@@ -129,9 +158,8 @@ impl NewSubscription {
             url: url.into(),
             events: Vec::new(),
             secret: None,
-            content_type: None,
             owner: None,
-            standard_webhooks: false,
+            signing: Signing::Hub,
         }
     }
 
@@ -158,28 +186,21 @@ impl NewSubscription {
     }
 
     /// Signs requests with a new random secret
-    /// ([`generate_secret`](crate::signing::generate_secret): `whsec_` and 32
-    /// random bytes in base64). Read it back from the returned
-    /// [`Subscription::secret`] and hand it to the subscriber.
+    /// ([`generate_secret`](crate::generate_secret): `whsec_` and 32
+    /// random bytes in base64), which suits both [`Signing`] modes. Read it
+    /// back from the returned [`Subscription::secret`] and hand it to the
+    /// subscriber.
     pub fn generate_secret(mut self) -> Self {
-        self.secret = Some(Secret(crate::signing::generate_secret()));
+        self.secret = Some(Secret(crate::generate_secret()));
         self
     }
 
-    /// Signs requests the [Standard Webhooks](https://www.standardwebhooks.com/)
-    /// way instead of with `X-Hub-Signature` headers. Needs a `whsec_`
-    /// secret (see [`generate_secret`](Self::generate_secret)).
+    /// How requests are signed. [`Signing::StandardWebhooks`] needs a
+    /// `whsec_` secret (see [`generate_secret`](Self::generate_secret)).
     ///
-    /// Defaults to `false`.
-    pub fn standard_webhooks(mut self, on: bool) -> Self {
-        self.standard_webhooks = on;
-        self
-    }
-
-    /// The `Content-Type` of requests; only `application/json` is accepted.
-    /// Defaults to `application/json`.
-    pub fn content_type(mut self, content_type: impl Into<String>) -> Self {
-        self.content_type = Some(content_type.into());
+    /// Defaults to [`Signing::Hub`].
+    pub fn signing(mut self, signing: Signing) -> Self {
+        self.signing = signing;
         self
     }
 
@@ -200,9 +221,8 @@ pub struct SubscriptionPatch {
     events: Option<Vec<String>>,
     secret: Option<Option<Secret>>,
     rotate: Option<(Secret, std::time::Duration)>,
-    content_type: Option<String>,
     active: Option<bool>,
-    standard_webhooks: Option<bool>,
+    signing: Option<Signing>,
 }
 
 impl SubscriptionPatch {
@@ -235,9 +255,10 @@ impl SubscriptionPatch {
         self
     }
     /// Rotates the secret: `new` becomes the current secret, and the one it
-    /// replaces stays valid for `keep_old_for`. In Standard Webhooks mode
-    /// requests carry a signature with each (receivers accept either); in
-    /// `X-Hub-Signature` mode they are signed with the new one.
+    /// replaces stays valid for `keep_old_for`. With
+    /// [`Signing::StandardWebhooks`] requests carry a signature with each
+    /// (receivers accept either); with [`Signing::Hub`] they are signed with
+    /// the new one.
     pub fn rotate_secret(
         mut self,
         new: impl Into<String>,
@@ -246,19 +267,15 @@ impl SubscriptionPatch {
         self.rotate = Some((Secret(new.into()), keep_old_for));
         self
     }
-    /// Switches Standard Webhooks signing on or off.
-    pub fn standard_webhooks(mut self, on: bool) -> Self {
-        self.standard_webhooks = Some(on);
+    /// A new signing mode ([`Signing::StandardWebhooks`] needs a `whsec_`
+    /// secret).
+    pub fn signing(mut self, signing: Signing) -> Self {
+        self.signing = Some(signing);
         self
     }
     /// Removes the secret: requests are sent unsigned.
     pub fn clear_secret(mut self) -> Self {
         self.secret = Some(None);
-        self
-    }
-    /// A new content type (only `application/json` is accepted).
-    pub fn content_type(mut self, content_type: impl Into<String>) -> Self {
-        self.content_type = Some(content_type.into());
         self
     }
     /// Activates or deactivates. Deactivating dead-letters the pending
@@ -313,16 +330,6 @@ fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate_content_type(ct: &str) -> Result<()> {
-    if ct.trim().eq_ignore_ascii_case(CONTENT_TYPE_JSON) {
-        Ok(())
-    } else {
-        Err(Error::InvalidContentType {
-            content_type: clip(ct),
-        })
-    }
-}
-
 fn validate_secret(s: &Secret) -> Result<()> {
     if s.0.is_empty() {
         return Err(Error::InvalidSecret {
@@ -337,9 +344,9 @@ fn validate_secret(s: &Secret) -> Result<()> {
     Ok(())
 }
 
-/// A subscription in Standard Webhooks mode needs a `whsec_` secret.
-fn validate_mode(standard: bool, secret: Option<&str>) -> Result<()> {
-    if !standard {
+/// A subscription signed the Standard Webhooks way needs a `whsec_` secret.
+fn validate_mode(signing: Signing, secret: Option<&str>) -> Result<()> {
+    if !signing.is_standard() {
         return Ok(());
     }
     match secret {
@@ -480,7 +487,7 @@ impl<'a> Subscriptions<'a> {
     ///
     /// Errors: [`Error::InvalidName`], [`Error::InvalidUrl`],
     /// [`Error::NoEvents`], [`Error::InvalidEventName`],
-    /// [`Error::InvalidContentType`], [`Error::InvalidSecret`],
+    /// [`Error::InvalidSecret`],
     /// [`Error::InvalidOwner`], [`Error::Conflict`], [`Error::Closed`].
     pub fn create(&self, new: NewSubscription) -> Result<Subscription> {
         let config = self.config;
@@ -490,16 +497,10 @@ impl<'a> Subscriptions<'a> {
         if let Some(s) = &new.secret {
             validate_secret(s)?;
         }
-        if let Some(ct) = &new.content_type {
-            validate_content_type(ct)?;
-        }
         if let Some(o) = &new.owner {
             validate_owner(o)?;
         }
-        validate_mode(
-            new.standard_webhooks,
-            new.secret.as_ref().map(Secret::expose),
-        )?;
+        validate_mode(new.signing, new.secret.as_ref().map(Secret::expose))?;
         let now = Timestamp::now();
         let rec = SubscriptionRecord {
             id: SubscriptionId::generate(),
@@ -511,7 +512,7 @@ impl<'a> Subscriptions<'a> {
             content_type: CONTENT_TYPE_JSON.to_owned(),
             active: true,
             owner: new.owner,
-            standard_webhooks: new.standard_webhooks,
+            standard_webhooks: new.signing.is_standard(),
             created_at: now,
             modified_at: now,
         };
@@ -587,9 +588,6 @@ impl<'a> Subscriptions<'a> {
         if let Some((s, _)) = &patch.rotate {
             validate_secret(s)?;
         }
-        if let Some(ct) = &patch.content_type {
-            validate_content_type(ct)?;
-        }
         self.engine.write(move |w| {
             let old = w
                 .reader()
@@ -614,10 +612,13 @@ impl<'a> Subscriptions<'a> {
                 new.previous_secret = old.secret.clone().map(|old| (old, until));
                 new.secret = Some(s.0);
             }
-            if let Some(on) = patch.standard_webhooks {
-                new.standard_webhooks = on;
+            if let Some(signing) = patch.signing {
+                new.standard_webhooks = signing.is_standard();
             }
-            validate_mode(new.standard_webhooks, new.secret.as_deref())?;
+            validate_mode(
+                Signing::from_flag(new.standard_webhooks),
+                new.secret.as_deref(),
+            )?;
             if let Some(a) = patch.active {
                 new.active = a;
             }

@@ -1,4 +1,4 @@
-use hookbus::api::{ApiRequest, ApiResponse, Caller, handle};
+use hookbus::rest::{ApiRequest, ApiResponse, Caller, handle};
 use serde_json::{Value, json};
 
 use crate::receiver::{Reply, TestReceiver};
@@ -302,4 +302,92 @@ fn every_route_role_and_status() {
         json!({"name": "n", "events": ["a"], "config": {"url": rx.url("/z")}}),
     );
     assert_eq!(r.status, 503);
+}
+
+/// Issue 10: the "target refused" reason named the internal addresses the
+/// subscription's host resolved to, and the REST routes showed it to the
+/// subscription's owner (an internal-DNS oracle). Tenants get a generic
+/// reason; the addresses stay in the operator's logs.
+#[test]
+fn refused_targets_do_not_reveal_internal_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = crate::builder(dir.path())
+        .allow_private_targets(false)
+        .dns_override(
+            "hooks.internal.test",
+            [std::net::IpAddr::from([10, 20, 30, 40])],
+        )
+        .open()
+        .unwrap();
+    let alice = Caller::new("alice", Vec::<String>::new());
+    let create = json!({"name": "n", "events": ["a"],
+        "config": {"url": "http://hooks.internal.test:9/in"}});
+    let r = call(
+        &bus,
+        "POST",
+        "/webhooks/subscriptions",
+        Some(&alice),
+        create,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["subscriptions"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bus.publish("a", &json!(1)).unwrap();
+    wait_until(LONG, "dead", || bus.outbox().stats().unwrap().dead == 1);
+
+    let one = call(
+        &bus,
+        "GET",
+        &format!("/webhooks/subscriptions/{id}"),
+        Some(&alice),
+        Value::Null,
+    );
+    let history = call(
+        &bus,
+        "GET",
+        &format!("/webhooks/subscriptions/{id}/history"),
+        Some(&alice),
+        Value::Null,
+    );
+    assert_eq!((one.status, history.status), (200, 200));
+    let described = one.body["history"][0]["statusDescription"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(described.contains("not allowed"), "{described}");
+    for body in [one.body.to_string(), history.body.to_string()] {
+        assert!(!body.contains("10.20.30.40"), "{body}");
+    }
+    let d = bus.outbox().dead().next().unwrap().unwrap();
+    let attempt = &bus.outbox().attempts(d.id).unwrap()[0];
+    let stored = attempt.error.as_ref().unwrap().message.clone();
+    assert!(!stored.contains("10.20.30.40"), "{stored}");
+    assert!(!d.last_error.unwrap_or_default().contains("10.20.30.40"));
+}
+
+/// Issue 10: `ApiRequest`'s derived `Debug` printed the body, secrets and
+/// all.
+#[test]
+fn request_debug_redacts_the_body() {
+    let caller = Caller::new("alice", ["user"]);
+    let body =
+        br#"{"name":"n","events":["a"],"config":{"url":"https://x/","secret":"top-secret-value"}}"#;
+    let req = ApiRequest {
+        method: "POST",
+        path: "/webhooks/subscriptions",
+        query: "",
+        caller: Some(&caller),
+        body,
+    };
+    let shown = format!("{req:?}");
+    assert!(!shown.contains("top-secret-value"), "{shown}");
+    // Nor as a list of byte values.
+    assert!(!shown.contains("116, 111, 112"), "{shown}");
+    assert!(
+        shown.contains("POST") && shown.contains("/webhooks/subscriptions"),
+        "{shown}"
+    );
+    assert!(shown.contains(&body.len().to_string()), "{shown}");
 }

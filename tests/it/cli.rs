@@ -190,6 +190,15 @@ fn outbox_cli_reads_repairs_and_purges() {
     assert_eq!(j["attempts"].as_array().unwrap().len(), 2);
     assert_eq!(j["attempts"][0]["status"], 500);
     assert_eq!(j["delivery"]["id"], id);
+    // Issue 10: times are RFC 3339 strings and the response excerpt is text,
+    // not arrays of numbers.
+    assert_eq!(j["attempts"][0]["response_excerpt"], "nope", "{j}");
+    for t in [&j["attempts"][0]["at"], &j["delivery"]["created_at"]] {
+        assert!(
+            t.as_str().unwrap().parse::<hookbus::Timestamp>().is_ok(),
+            "{j}"
+        );
+    }
     let text = ok(d, &["show", id]);
     assert!(
         text.contains(&format!(r#"{{"n":{n}}}"#)) && text.contains("500") && text.contains("nope"),

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hookbus::signing::DEFAULT_TOLERANCE;
+use hookbus::DEFAULT_TOLERANCE;
 use hookbus::{DeliveryState, SubscriptionPatch};
 use serde_json::json;
 
@@ -40,14 +40,18 @@ fn a_version_1_store_opens_and_delivers() {
         assert_eq!(names, ["Hub", "Standard"]);
         assert_eq!(subs[0].events, ["hello", "goodbye"]);
         assert_eq!(subs[0].owner.as_deref(), Some("alice"));
-        assert!(subs[1].standard_webhooks);
+        assert_eq!(subs[1].signing, hookbus::Signing::StandardWebhooks);
         let stats = bus.outbox().stats().unwrap();
         assert_eq!((stats.pending, stats.delivered, stats.dead), (5, 0, 1));
         let dead = bus.outbox().dead().next().unwrap().unwrap();
         assert_eq!(dead.last_error.as_deref(), Some("subscription was deleted"));
         // Point them at this test's receiver (the fixture names port 9).
         for s in &subs {
-            let path = if s.standard_webhooks { "/std" } else { "/hub" };
+            let path = if s.signing == hookbus::Signing::StandardWebhooks {
+                "/std"
+            } else {
+                "/hub"
+            };
             bus.subscriptions()
                 .update(s.id, SubscriptionPatch::new().url(rx.url(path)))
                 .unwrap();

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
-use hookbus::signing::DEFAULT_TOLERANCE;
-use hookbus::{AttemptErrorKind, Error, NewSubscription, SubscriptionPatch};
+use hookbus::DEFAULT_TOLERANCE;
+use hookbus::{AttemptErrorKind, Error, NewSubscription, Signing, SubscriptionPatch};
 use serde_json::json;
 
 use crate::receiver::TestReceiver;
@@ -17,10 +17,14 @@ fn standard_webhooks_mode_signs_per_the_spec_and_rotation_signs_with_both() {
             NewSubscription::new("std", rx.url("/std"))
                 .events(["invoice.paid"])
                 .generate_secret()
-                .standard_webhooks(true),
+                .signing(Signing::StandardWebhooks),
         )
         .unwrap();
-    assert!(sub.standard_webhooks);
+    assert_eq!(sub.signing, Signing::StandardWebhooks);
+    assert_eq!(
+        serde_json::to_value(&sub).unwrap()["signing"],
+        "standard_webhooks"
+    );
     let old_secret = sub.secret.clone().unwrap().expose().to_owned();
     assert!(old_secret.starts_with("whsec_"));
     bus.publish("invoice.paid", &json!({"amount": 42})).unwrap();
@@ -43,7 +47,7 @@ fn standard_webhooks_mode_signs_per_the_spec_and_rotation_signs_with_both() {
     );
 
     // Rotate: both secrets sign until the old one expires.
-    let new_secret = hookbus::signing::generate_secret();
+    let new_secret = hookbus::generate_secret();
     let rotated = bus
         .subscriptions()
         .update(
@@ -62,8 +66,7 @@ fn standard_webhooks_mode_signs_per_the_spec_and_rotation_signs_with_both() {
     bus.subscriptions()
         .update(
             sub.id,
-            SubscriptionPatch::new()
-                .rotate_secret(hookbus::signing::generate_secret(), Duration::ZERO),
+            SubscriptionPatch::new().rotate_secret(hookbus::generate_secret(), Duration::ZERO),
         )
         .unwrap();
     bus.publish("invoice.paid", &json!({"amount": 44})).unwrap();
@@ -104,15 +107,15 @@ fn hub_mode_rotation_signs_with_the_current_secret() {
 fn malformed_secrets_are_typed_errors_and_secrets_never_print() {
     let dir = tempfile::tempdir().unwrap();
     let bus = open(dir.path());
-    for (secret, standard) in [
-        (None, true),
-        (Some("plain-text"), true),
-        (Some("whsec_c2hvcnQ="), true),
-        (Some(""), false),
+    for (secret, signing) in [
+        (None, Signing::StandardWebhooks),
+        (Some("plain-text"), Signing::StandardWebhooks),
+        (Some("whsec_c2hvcnQ="), Signing::StandardWebhooks),
+        (Some(""), Signing::Hub),
     ] {
         let mut n = NewSubscription::new("n", "http://127.0.0.1:1/")
             .events(["a"])
-            .standard_webhooks(standard);
+            .signing(signing);
         if let Some(s) = secret {
             n = n.secret(s);
         }
@@ -138,15 +141,16 @@ fn malformed_secrets_are_typed_errors_and_secrets_never_print() {
     // Switching an existing subscription to Standard Webhooks needs a whsec_ secret.
     let err = bus
         .subscriptions()
-        .update(sub.id, SubscriptionPatch::new().standard_webhooks(true))
+        .update(
+            sub.id,
+            SubscriptionPatch::new().signing(Signing::StandardWebhooks),
+        )
         .unwrap_err();
     assert!(matches!(err, Error::InvalidSecret { .. }));
-    assert!(
-        !bus.subscriptions()
-            .get(sub.id)
-            .unwrap()
-            .unwrap()
-            .standard_webhooks
+    assert_eq!(sub.signing, Signing::default());
+    assert_eq!(
+        bus.subscriptions().get(sub.id).unwrap().unwrap().signing,
+        Signing::Hub
     );
 }
 
@@ -235,4 +239,31 @@ fn bad_network_configs_are_refused() {
         .open()
         .unwrap_err();
     assert!(matches!(err, Error::InvalidConfig(m) if m.contains("CIDR")));
+}
+
+/// Issue 10: `::ffff:10.0.0.0/104` allowed every IPv4 address (release) or
+/// panicked in `subscribe` (debug). It is the IPv4 network 10/8.
+#[test]
+fn mapped_allowed_networks_allow_only_their_own_addresses() {
+    for net in ["::ffff:10.0.0.0/104", "::ffff:10.1.2.3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = hookbus::Bus::builder()
+            .path(dir.path())
+            .allowed_networks([net])
+            .open()
+            .unwrap();
+        for target in [
+            "http://127.0.0.1/",
+            "http://169.254.169.254/",
+            "http://[::1]/",
+        ] {
+            let r = bus.subscribe(NewSubscription::new("n", target).events(["a"]));
+            assert!(
+                matches!(r, Err(Error::InvalidUrl { .. })),
+                "{net} let {target} through: {r:?}"
+            );
+        }
+        bus.subscribe(NewSubscription::new("n", "http://10.1.2.3/").events(["a"]))
+            .unwrap();
+    }
 }

@@ -18,7 +18,11 @@
 //!
 //! Unlike the seed plugin, reads and changes of one subscription are
 //! checked against its owner: another caller gets 404, not the record.
-//! Secrets are never returned. Errors carry a ServiceStack-style
+//! Secrets are never returned, nor the addresses a refused target resolved
+//! to (the attempt says only that they are not allowed; the operator's logs
+//! have them). `contentType` is there for ServiceStack's shape: it is always
+//! `application/json`, and any other value is a 400. Times are RFC 3339
+//! strings. Errors carry a ServiceStack-style
 //! `responseStatus` with the field and the rule: 400 validation, 401 no
 //! caller, 403 missing role, 404 unknown, 405 wrong method, 409 conflict.
 
@@ -34,6 +38,9 @@ use crate::subscription::{NewSubscription, Subscription, SubscriptionPatch};
 /// The role that may search subscribers (the seed's relay role).
 pub const RELAY_ROLE: &str = "relay";
 const BASE: &str = "/webhooks/subscriptions";
+/// The one `contentType` the routes accept and show (ServiceStack's
+/// subscription shape has the field; hookbus always sends JSON).
+const CONTENT_TYPE_JSON: &str = "application/json";
 const MAX_HISTORY: usize = 100;
 
 /// Who is calling, as the application's authentication says.
@@ -65,7 +72,10 @@ impl Caller {
 }
 
 /// One HTTP request, as the web framework received it.
-#[derive(Debug, Clone, Copy)]
+///
+/// Its `Debug` shows the body's length only: a body can carry a
+/// subscription secret.
+#[derive(Clone, Copy)]
 pub struct ApiRequest<'a> {
     /// `GET`, `POST`, `PUT`, `DELETE`.
     pub method: &'a str,
@@ -77,6 +87,21 @@ pub struct ApiRequest<'a> {
     pub caller: Option<&'a Caller>,
     /// The request body (JSON for POST and PUT).
     pub body: &'a [u8],
+}
+
+impl std::fmt::Debug for ApiRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("query", &self.query)
+            .field("caller", &self.caller)
+            .field(
+                "body",
+                &format_args!("[{} bytes, redacted]", self.body.len()),
+            )
+            .finish()
+    }
 }
 
 /// What to answer.
@@ -169,7 +194,7 @@ fn dto(s: &Subscription) -> Value {
         events: &s.events,
         config: ConfigOut {
             url: &s.url,
-            content_type: &s.content_type,
+            content_type: CONTENT_TYPE_JSON,
         },
         is_active: s.active,
         has_secret: s.secret.is_some(),
@@ -211,11 +236,6 @@ fn from_error(e: &Error, in_config: bool) -> ApiResponse {
         Error::InvalidEventName { .. } => (400, "InvalidEventName", Some("events")),
         Error::NoEvents => (400, "NoEvents", Some("events")),
         Error::InvalidName { .. } => (400, "InvalidName", Some("name")),
-        Error::InvalidContentType { .. } => (
-            400,
-            "InvalidContentType",
-            f("contentType", "config.contentType"),
-        ),
         Error::InvalidSecret { .. } => (400, "InvalidSecret", f("secret", "config.secret")),
         Error::InvalidOwner { .. } => (400, "InvalidOwner", Some("createdById")),
         Error::Conflict { .. } => (409, "Conflict", Some("events")),
@@ -229,7 +249,7 @@ fn from_error(e: &Error, in_config: bool) -> ApiResponse {
         e.to_string()
     };
     if status == 500 {
-        tracing::error!(error = %e, "hookbus api request failed");
+        tracing::error!(error = %e, "hookbus REST request failed");
     }
     ApiResponse::error(status, code, message, field)
 }
@@ -269,6 +289,27 @@ pub fn handle(bus: &Bus, req: ApiRequest<'_>) -> ApiResponse {
     }
 }
 
+/// A `contentType` other than `application/json` gets a 400 naming the
+/// field.
+fn check_content_type(ct: Option<&str>, in_config: bool) -> Result<(), ApiResponse> {
+    match ct {
+        Some(ct) if !ct.trim().eq_ignore_ascii_case(CONTENT_TYPE_JSON) => Err(ApiResponse::error(
+            400,
+            "InvalidContentType",
+            format!(
+                "content type `{}` is not supported; the only one allowed is `{CONTENT_TYPE_JSON}`",
+                crate::util::clip(ct)
+            ),
+            Some(if in_config {
+                "config.contentType"
+            } else {
+                "contentType"
+            }),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
     serde_json::from_slice(body).map_err(|e| {
         ApiResponse::error(
@@ -291,8 +332,8 @@ fn create(bus: &Bus, caller: &Caller, body: &[u8]) -> ApiResponse {
     if let Some(s) = dto_in.config.secret {
         new = new.secret(s);
     }
-    if let Some(ct) = dto_in.config.content_type {
-        new = new.content_type(ct);
+    if let Err(r) = check_content_type(dto_in.config.content_type.as_deref(), true) {
+        return r;
     }
     match bus.subscribe(new) {
         Ok(s) => ApiResponse::ok(201, json!({ "subscriptions": [dto(&s)] })),
@@ -419,8 +460,8 @@ fn update(bus: &Bus, id: SubscriptionId, body: &[u8]) -> ApiResponse {
             patch.secret(v)
         };
     }
-    if let Some(v) = u.content_type {
-        patch = patch.content_type(v);
+    if let Err(r) = check_content_type(u.content_type.as_deref(), false) {
+        return r;
     }
     if let Some(v) = u.is_active {
         patch = patch.active(v);
@@ -453,7 +494,7 @@ fn search(bus: &Bus, caller: &Caller, query: &str) -> ApiResponse {
             200,
             json!({ "subscribers": subs.iter().map(|s| json!({
                 "subscriptionId": s.id.to_string(),
-                "config": { "url": s.url, "contentType": s.content_type },
+                "config": { "url": s.url, "contentType": CONTENT_TYPE_JSON },
             })).collect::<Vec<_>>() }),
         ),
         Err(e) => from_error(&e, false),
