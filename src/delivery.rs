@@ -26,18 +26,103 @@
 //!   (`next_attempt_at.is_some() == (state == Pending)`), and finished
 //!   exactly when it has `finished_at`;
 //! * every stored delivery has exactly one state-index entry, the one of its
-//!   state (the storage layer keeps that; see [`crate::storage`]);
+//!   state (the storage layer keeps that);
 //! * the attempt count only grows, and saturates instead of overflowing;
 //! * an outcome that arrives for a delivery that already finished (it was
 //!   dead-lettered while its request was in flight) never makes it pending
 //!   again: a success still counts as delivered, anything else keeps the
 //!   reason it died.
 
+use std::fmt;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
-use crate::record::{Attempt, Delivery, DeliveryState};
+use crate::record::Attempt;
 use crate::retry::Decision;
+
+/// Where a delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum DeliveryState {
+    /// Not finished: due now or at `next_attempt_at` (this includes requests
+    /// in flight).
+    Pending,
+    /// A 2xx response was received.
+    Delivered,
+    /// Every attempt failed, or the subscription is gone or inactive; kept in
+    /// the dead letter queue until retried or purged.
+    Dead,
+}
+
+impl DeliveryState {
+    /// `pending`, `delivered` or `dead`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+}
+
+impl fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A string that is not a [`DeliveryState`]: what its `FromStr` fails
+/// with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state `{input}`: expected pending, delivered or dead")]
+pub struct ParseDeliveryStateError {
+    input: String,
+}
+
+impl std::str::FromStr for DeliveryState {
+    type Err = ParseDeliveryStateError;
+    fn from_str(s: &str) -> Result<Self, ParseDeliveryStateError> {
+        match s {
+            "pending" => Ok(DeliveryState::Pending),
+            "delivered" => Ok(DeliveryState::Delivered),
+            "dead" => Ok(DeliveryState::Dead),
+            _ => Err(ParseDeliveryStateError {
+                input: crate::util::clip(s),
+            }),
+        }
+    }
+}
+
+/// One event on its way to one subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// The delivery id, sent as `X-Webhook-Delivery`.
+    pub id: DeliveryId,
+    /// The event being delivered.
+    pub event_id: EventId,
+    /// The event's name.
+    pub event_name: String,
+    /// The subscription it goes to.
+    pub subscription_id: SubscriptionId,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// How many attempts were made.
+    pub attempts: u32,
+    /// When it was created (when its event was published).
+    pub created_at: Timestamp,
+    /// When it is due next; `Some` exactly when it is pending.
+    pub next_attempt_at: Option<Timestamp>,
+    /// When it was delivered or died.
+    pub finished_at: Option<Timestamp>,
+    /// The status code of the last response, if any.
+    pub last_status: Option<u16>,
+    /// The last error, or why it died without an attempt.
+    pub last_error: Option<String>,
+}
 
 /// Why a delivery was dead-lettered without (another) attempt.
 pub(crate) mod reason {

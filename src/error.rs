@@ -110,7 +110,7 @@ pub enum Error {
         /// The delivery.
         id: DeliveryId,
         /// Its current state.
-        state: crate::DeliveryState,
+        state: crate::delivery::DeliveryState,
     },
 
     /// A string is not an id.
@@ -192,7 +192,7 @@ pub enum Error {
         /// The cursor.
         id: DeliveryId,
         /// Its state now.
-        state: crate::record::DeliveryState,
+        state: crate::delivery::DeliveryState,
     },
 
     /// A background thread could not be started.

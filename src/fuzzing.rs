@@ -2,7 +2,8 @@
 //! `fuzzing`). Not part of the supported API.
 
 use crate::codec;
-use crate::record::{Attempt, Delivery, Event, OutboxStats};
+use crate::delivery::Delivery;
+use crate::record::{Attempt, Event, OutboxStats};
 use crate::ssrf::TargetPolicy;
 use crate::storage::SubscriptionRecord;
 

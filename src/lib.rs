@@ -147,14 +147,12 @@ mod util;
 
 pub use bus::Bus;
 pub use config::{Builder, Config, default_retry_schedule};
+pub use delivery::{Delivery, DeliveryState, ParseDeliveryStateError};
 pub use error::{Error, Result, StoreError};
 pub use event::ALL_EVENTS;
 pub use ids::{DeliveryId, EventId, ParseIdError, ParseTimestampError, SubscriptionId, Timestamp};
 pub use outbox::{Deliveries, Outbox};
-pub use record::{
-    Attempt, AttemptError, AttemptErrorKind, Delivery, DeliveryState, Event, OutboxStats,
-    ParseDeliveryStateError,
-};
+pub use record::{Attempt, AttemptError, AttemptErrorKind, Event, OutboxStats};
 pub use sender::USER_AGENT;
 pub use signing::{
     DEFAULT_TOLERANCE, VerifyError, decode_standard_secret, generate_secret, sign_sha1,

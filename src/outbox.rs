@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
+use crate::delivery::{Delivery, DeliveryState};
 use crate::engine::Engine;
 use crate::engine::maintenance::Job;
 use crate::error::{Error, Result};
 use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
-use crate::record::{Attempt, Delivery, DeliveryState, Event, OutboxStats};
+use crate::record::{Attempt, Event, OutboxStats};
 use crate::storage::{IndexEntry, Iter, Reader};
 
 /// The delivery outbox of a [`Bus`](crate::Bus): see

@@ -6,8 +6,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use proptest::prelude::*;
 
 use crate::codec;
+use crate::delivery::{Delivery, DeliveryState};
 use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
-use crate::record::{Attempt, AttemptError, AttemptErrorKind, Delivery, DeliveryState, Event};
+use crate::record::{Attempt, AttemptError, AttemptErrorKind, Event};
 use crate::signing;
 use crate::ssrf::{TargetPolicy, is_global};
 use crate::storage::SubscriptionRecord;

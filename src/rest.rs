@@ -205,7 +205,7 @@ fn dto(s: &Subscription) -> Value {
     .unwrap_or(Value::Null)
 }
 
-fn attempt_dto(s: SubscriptionId, d: &crate::record::Delivery, a: &Attempt) -> Value {
+fn attempt_dto(s: SubscriptionId, d: &crate::delivery::Delivery, a: &Attempt) -> Value {
     let description = match (&a.status, &a.error) {
         (Some(_), _) => String::from_utf8_lossy(&a.response_excerpt)
             .chars()

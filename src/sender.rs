@@ -95,8 +95,7 @@ pub(crate) fn spawn(
                 .name(name.clone())
                 .spawn(move || {
                     while let Ok(job) = work.recv() {
-                        let outcome = perform(&agent, job);
-                        if results.send(outcome).is_err() {
+                        if results.send(perform_guarded(&agent, job)).is_err() {
                             break;
                         }
                     }
@@ -104,6 +103,39 @@ pub(crate) fn spawn(
                 .map_err(|source| Error::Spawn { name, source })
         })
         .collect()
+}
+
+/// Makes one attempt; a panic inside it (a bug in a dependency or here)
+/// becomes a failed attempt, so the delivery is retried and the sender
+/// thread goes on with the next job instead of dying.
+fn perform_guarded(agent: &ureq::Agent, job: Job) -> Outcome {
+    let (delivery, subscription, number) = (job.delivery, job.subscription, job.attempt);
+    let at = Timestamp::now();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| perform(agent, job)));
+    caught.unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        tracing::error!(%delivery, %subscription, panic = %msg, "a sender panicked during an attempt; the delivery will be retried");
+        Outcome {
+            delivery,
+            subscription,
+            attempt: Attempt {
+                number,
+                at,
+                duration_ms: 0,
+                status: None,
+                error: Some(AttemptError {
+                    kind: AttemptErrorKind::Other,
+                    message: format!("sender panicked: {msg}"),
+                }),
+                response_excerpt: Vec::new(),
+            },
+            retry_after: None,
+        }
+    })
 }
 
 /// Makes one attempt.
@@ -121,6 +153,10 @@ pub(crate) fn perform(agent: &ureq::Agent, job: Job) -> Outcome {
     let _enter = span.enter();
     let at = Timestamp::now();
     let started = Instant::now();
+    #[cfg(test)]
+    if job.url.ends_with(tests::PANIC_PATH) {
+        panic!("injected by a test");
+    }
 
     let id = job.delivery.to_string();
     let mut req = agent
@@ -249,5 +285,103 @@ fn classify_io(e: &std::io::Error) -> AttemptError {
     AttemptError {
         kind,
         message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::time::{Duration, Instant};
+
+    use crate::{Bus, DeliveryState, NewSubscription};
+
+    /// A URL ending in this makes `perform` panic (tests only).
+    pub(super) const PANIC_PATH: &str = "/hookbus-test-panic";
+
+    /// A sender that panics is noticed: the attempt is recorded as failed,
+    /// the delivery retried (and dead-lettered when the schedule is spent),
+    /// and the same sender thread goes on to deliver other work.
+    #[test]
+    fn a_panicking_attempt_is_retried_and_the_sender_survives() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let server = std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(20);
+            let mut served = 0;
+            while served < 1 && Instant::now() < end {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                stream.set_nonblocking(false).unwrap();
+                let mut r = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                std::io::Read::read_exact(&mut r, &mut body).unwrap();
+                let mut w = stream;
+                w.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                    .unwrap();
+                served += 1;
+            }
+            served
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Bus::builder()
+            .path(dir.path())
+            .allow_private_targets(true)
+            .senders(1)
+            .retry_schedule(vec![Duration::from_millis(10)])
+            .open()
+            .unwrap();
+        let bad = bus
+            .subscribe(
+                NewSubscription::new("bad", format!("http://127.0.0.1:{port}{PANIC_PATH}"))
+                    .events(["e"]),
+            )
+            .unwrap();
+        bus.subscribe(
+            NewSubscription::new("good", format!("http://127.0.0.1:{port}/ok")).events(["e"]),
+        )
+        .unwrap();
+        bus.publish_durable("e", &serde_json::json!({"n": 1}))
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(20);
+        let (dead, delivered) = loop {
+            let s = bus.outbox().stats().unwrap();
+            if s.dead == 1 && s.delivered == 1 || Instant::now() > end {
+                break (s.dead, s.delivered);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!((dead, delivered), (1, 1));
+        let d = bus
+            .outbox()
+            .for_subscription(bad.id, false)
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.state, DeliveryState::Dead);
+        let attempts = bus.outbox().attempts(d.id).unwrap();
+        assert_eq!(attempts.len(), 2, "first try and one retry");
+        assert!(
+            attempts.iter().all(|a| a
+                .error
+                .as_ref()
+                .is_some_and(|e| e.message.contains("sender panicked"))),
+            "{attempts:?}"
+        );
+        assert_eq!(server.join().unwrap(), 1);
+        bus.shutdown(Duration::from_secs(1)).unwrap();
     }
 }

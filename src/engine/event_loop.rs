@@ -24,10 +24,11 @@ use super::scheduler::{self, Flow};
 use super::session::Session;
 use super::{Command, Done, JobDone};
 use crate::config::Config;
+use crate::delivery::DeliveryState;
 use crate::delivery::{self, reason};
 use crate::error::{Error, Result, StoreError};
 use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
-use crate::record::{AttemptErrorKind, DeliveryState, Event};
+use crate::record::{AttemptErrorKind, Event};
 use crate::retry::decide;
 use crate::sender::{self, Outcome};
 use crate::storage::{Damaged, IndexEntry, SubscriptionRecord, Writer};
@@ -645,7 +646,7 @@ impl Dispatcher {
         self.next_due = Some(self.next_due.map_or(at, |n| n.min(at)));
     }
 
-    fn dead_letter(&mut self, d: &crate::record::Delivery, why: &str) -> Option<sender::Job> {
+    fn dead_letter(&mut self, d: &crate::delivery::Delivery, why: &str) -> Option<sender::Job> {
         self.s.dead_letter(d, why);
         None
     }

@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 
+use crate::delivery::DeliveryState;
 use crate::error::Result;
 use crate::ids::{EventId, SubscriptionId};
-use crate::record::DeliveryState;
 use crate::storage::IndexEntry;
 
 use super::session::Session;

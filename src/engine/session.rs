@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::delivery;
+use crate::delivery::{Delivery, DeliveryState};
 use crate::error::{Error, Result};
 use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
-use crate::record::{Attempt, Delivery, DeliveryState, Event, OutboxStats};
+use crate::record::{Attempt, Event, OutboxStats};
 use crate::retry::Decision;
 use crate::storage::{Damaged, IndexEntry, Reader, SubscriptionRecord, Writer};
 

@@ -22,9 +22,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::delivery::{Delivery, DeliveryState};
 use crate::error::Result;
 use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
-use crate::record::{Attempt, Delivery, DeliveryState, Event, OutboxStats};
+use crate::record::{Attempt, Event, OutboxStats};
 
 /// A boxed, sendable iterator of fallible items.
 pub(crate) type Iter<T> = Box<dyn Iterator<Item = Result<T>> + Send>;

@@ -43,10 +43,11 @@ use super::{
     Writer,
 };
 use crate::codec;
+use crate::delivery::{Delivery, DeliveryState};
 use crate::error::{Error, Result};
 use crate::event::ALL_EVENTS;
 use crate::ids::{DeliveryId, EventId, SubscriptionId};
-use crate::record::{Attempt, Delivery, DeliveryState, Event, OutboxStats};
+use crate::record::{Attempt, Event, OutboxStats};
 
 /// The store layout version, kept under `m format`.
 pub(crate) const STORE_FORMAT: u8 = 1;
