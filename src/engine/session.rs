@@ -112,7 +112,12 @@ impl Session {
             *e = (*e).min(at);
         }
         self.w.put_delivery(old, &new);
-        self.staged.insert(new.id, Some(new));
+        // A new delivery cannot be read back before the commit (changes
+        // commit first, outcomes come after dispatch): only changed ones
+        // are kept, which keeps fan-out free of a copy per delivery.
+        if old.is_some() {
+            self.staged.insert(new.id, Some(new));
+        }
     }
 
     // ---- subscriptions ----

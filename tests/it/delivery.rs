@@ -8,7 +8,7 @@ use hookbus::{AttemptErrorKind, Bus, DeliveryState, NewSubscription};
 use serde_json::json;
 
 use crate::receiver::{Reply, TestReceiver};
-use crate::{LONG, builder, open, wait_until};
+use crate::{LONG, builder, consistent, open, wait_until};
 
 fn delivered(bus: &Bus, n: u64) -> impl FnMut() -> bool + '_ {
     move || bus.outbox().stats().unwrap().delivered >= n
@@ -91,6 +91,7 @@ fn the_request_has_exactly_the_documented_headers_and_a_correct_signature() {
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].status, Some(204));
     assert!(attempts[0].succeeded());
+    consistent(&bus);
 }
 
 #[test]
@@ -133,6 +134,7 @@ fn a_flaky_receiver_is_retried_with_the_same_delivery_id_until_it_succeeds() {
     );
     assert_eq!(a[2].status, Some(200));
     assert!(a.windows(2).all(|w| w[0].at <= w[1].at));
+    consistent(&bus);
 }
 
 #[test]
@@ -209,7 +211,7 @@ fn a_spent_schedule_dead_letters_with_every_attempt_recorded_and_retry_revives()
     );
     assert_eq!(bus.outbox().retry_all_dead(Some(sub.id)).unwrap(), 2);
     wait_until(LONG, "all delivered", delivered(&bus, 3));
-    let stats = bus.outbox().stats().unwrap();
+    let stats = consistent(&bus);
     assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 3, 0));
 }
 
@@ -256,6 +258,8 @@ fn gone_deactivates_the_subscription_and_dead_letters_its_pending_deliveries() {
         11,
         "the inactive subscription gets nothing new"
     );
+    wait_until(LONG, "the last one delivered", delivered(&bus, 6));
+    consistent(&bus);
 }
 
 #[test]
@@ -379,6 +383,7 @@ fn shutdown_with_requests_in_flight_loses_nothing() {
         .map(|r| r.json()["i"].as_i64().unwrap())
         .collect();
     assert_eq!(bodies, (0..6).collect());
+    consistent(&bus);
 }
 
 #[test]

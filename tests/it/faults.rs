@@ -206,4 +206,5 @@ fn every_bad_receiver_ends_delivered_or_dead_and_the_healthy_one_keeps_receiving
         EVENTS,
         "the healthy one got each event once"
     );
+    crate::consistent(&bus);
 }
