@@ -11,8 +11,9 @@ use crate::ssrf::{IpNet, TargetPolicy};
 /// The largest payload the codec will ever decode; `max_payload_bytes` may
 /// not be set above it.
 pub(crate) const PAYLOAD_HARD_LIMIT: usize = 16 * 1024 * 1024;
-/// The largest accepted `channel_capacity` (the queue is allocated up front).
-const MAX_CHANNEL_CAPACITY: usize = 1_000_000;
+/// The largest accepted `channel_capacity` (the queue's slots, about 100
+/// bytes each, are allocated up front: 10 M is about 1 GB).
+const MAX_CHANNEL_CAPACITY: usize = 10_000_000;
 /// The longest accepted connect or request timeout.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -205,7 +206,9 @@ impl Builder {
 
     /// How many published events may wait for the dispatcher thread before
     /// [`Bus::publish`](crate::Bus::publish) blocks (back-pressure). Memory held by the queue is at
-    /// most this many serialized payloads.
+    /// most this many serialized payloads; its slots (about 100 bytes each)
+    /// are allocated when the bus opens. At most 10 000 000
+    /// ([`Error::InvalidConfig`] above that).
     ///
     /// Defaults to 10 000.
     pub fn channel_capacity(mut self, n: usize) -> Self {

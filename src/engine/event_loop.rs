@@ -267,41 +267,31 @@ impl Dispatcher {
                 self.commit();
                 let lost = self.take_loss();
                 let done = f(&mut self.s);
-                let jobs: Vec<Job> = self.s.jobs.drain(..).collect();
-                match lost {
-                    Err(e) => self.done.push((done, Err(e))),
-                    Ok(()) if jobs.is_empty() => {
+                let mut jobs: Vec<Job> = self.s.jobs.drain(..).collect();
+                let last = jobs.pop();
+                for job in jobs {
+                    self.queue_job(job, None);
+                }
+                match (lost, last) {
+                    (Err(e), last) => {
+                        if let Some(job) = last {
+                            self.queue_job(job, None);
+                        }
+                        self.done.push((done, Err(e)));
+                    }
+                    (Ok(()), None) => {
                         self.in_batch.push(self.done.len());
                         self.done.push((done, Ok(())));
                     }
-                    Ok(()) => {
-                        // Completes when its maintenance is done.
-                        let n = jobs.len();
-                        let mut done = Some(done);
-                        for (i, job) in jobs.into_iter().enumerate() {
-                            let jd: Option<JobDone> = if i + 1 == n {
-                                let done = done.take();
-                                Some(Box::new(move |r: Result<u64>| {
-                                    if let Some(done) = done {
-                                        done(r.map(|_| ()));
-                                    }
-                                }))
-                            } else {
-                                None
-                            };
-                            self.jobs.push_back((job, jd));
-                        }
+                    // Completes when its maintenance is done.
+                    (Ok(()), Some(job)) => {
+                        self.queue_job(job, Some(Box::new(move |r| done(r.map(|_| ())))));
                     }
                 }
                 self.commit();
             }
-            Command::Job(job, done) => {
-                let lost = self.take_loss();
-                match lost {
-                    Err(e) => done(Err(e)),
-                    Ok(()) => self.queue_job(job, Some(done)),
-                }
-            }
+            // Not a barrier: maintenance reports its own result only.
+            Command::Job(job, done) => self.queue_job(job, Some(done)),
             Command::Shutdown(deadline) => self.begin_close(deadline),
         }
     }

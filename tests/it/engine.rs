@@ -5,7 +5,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hookbus::{Bus, Error, NewSubscription, SubscriptionPatch};
@@ -115,15 +114,13 @@ fn malformed_index_keys_are_skipped_and_quarantined() {
 #[test]
 fn gone_with_requests_in_flight_keeps_the_outbox_consistent() {
     // Hold requests until four are in flight, then answer all at once.
-    let arrived = Arc::new(AtomicUsize::new(0));
-    let a = arrived.clone();
+    // Every request of the first wave is answered 410 at the same instant,
+    // so their outcomes reach the dispatcher together.
+    let release = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let rx = TestReceiver::with(move |_| {
-        a.fetch_add(1, Ordering::SeqCst);
-        let end = Instant::now() + Duration::from_secs(5);
-        while a.load(Ordering::SeqCst) < 4 && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Reply::status(410)
+        let mut r = release.lock().unwrap();
+        let at = *r.get_or_insert_with(|| Instant::now() + Duration::from_millis(300));
+        Reply::status(410).delay(at.saturating_duration_since(Instant::now()))
     });
     let dir = tempfile::tempdir().unwrap();
     let bus = builder(dir.path()).senders(5).open().unwrap();
