@@ -9,7 +9,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use hookbus::NewSubscription;
 
 use common::{Receiver, builder, dead_url, order, spread, wait};
@@ -222,6 +224,129 @@ fn end_to_end(c: &mut Criterion) {
     g.finish();
 }
 
+/// A realistic receiver: 100 subscriptions (distinct paths on one receiver
+/// that answers 204 after 100 ms), 20 events, so 2 000 deliveries, timed
+/// until the receiver has answered all of them; the bus in its default
+/// configuration (only loopback allowed and a short retry schedule). The
+/// baseline is 64 plain threads each looping blocking ureq POSTs to the same
+/// receiver: the raw capacity at that thread count. Average requests in
+/// flight = deliveries/s x 0.1 s; each measurement prints it, with the peak
+/// the receiver saw.
+fn realistic_latency(c: &mut Criterion) {
+    const SUBS: u64 = 100;
+    const EVENTS: u64 = 20;
+    const DELIVERIES: u64 = SUBS * EVENTS;
+    const LATENCY: Duration = Duration::from_millis(100);
+    const THREADS: usize = 64;
+    // Generous: at one request in flight 2 000 deliveries take 200 s.
+    const TIMEOUT: Duration = Duration::from_secs(300);
+    let mut g = c.benchmark_group("realistic_latency");
+    // One run per sample (flat sampling, a measurement time shorter than
+    // ten runs, so criterion warns that it needs longer: expected), one
+    // warm-up run: 11 runs per function.
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(1))
+        .throughput(Throughput::Elements(DELIVERIES));
+    let rx = Receiver::start_with_delay(LATENCY);
+    let report = |name: &str, iters: u64, took: Duration, peak: u64| {
+        let rate = (iters * DELIVERIES) as f64 / took.as_secs_f64();
+        eprintln!(
+            "realistic_latency/{name}: {iters} x {DELIVERIES} in {took:.2?}: \
+             {rate:.0} deliveries/s, average in flight {:.1}, peak at the receiver {peak}",
+            rate * LATENCY.as_secs_f64()
+        );
+    };
+
+    let name = format!("baseline_ureq_threads_{THREADS}");
+    g.bench_function(&name, |b| {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_idle_connections_per_host(THREADS)
+            .max_idle_connections(THREADS)
+            .build()
+            .into();
+        let url = format!("{}/0", rx.url());
+        let body = serde_json::to_vec(&order(1)).unwrap();
+        b.iter_custom(|iters| {
+            rx.take_peak();
+            let start = Instant::now();
+            for _ in 0..iters {
+                let target = rx.count() + DELIVERIES;
+                let next = std::sync::atomic::AtomicU64::new(0);
+                std::thread::scope(|s| {
+                    for _ in 0..THREADS {
+                        let (agent, url, body, next) = (&agent, &url, &body, &next);
+                        s.spawn(move || {
+                            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                                < DELIVERIES
+                            {
+                                // Retries, as a pooled connection the server
+                                // closed fails its next request.
+                                for _ in 0..3 {
+                                    let res = agent
+                                        .post(url)
+                                        .header("Content-Type", "application/json")
+                                        .send(&body[..]);
+                                    if let Ok(mut r) = res {
+                                        let _ = r.body_mut().read_to_vec();
+                                        break;
+                                    }
+                                }
+                            }
+                        });
+                    }
+                });
+                wait("baseline requests", TIMEOUT, || rx.count() >= target);
+            }
+            let took = start.elapsed();
+            report(&name, iters, took, rx.take_peak());
+            took
+        })
+    });
+
+    g.bench_function("hookbus_default_config", |b| {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = builder(dir.path()).open().unwrap();
+        let base = rx.url();
+        for i in 0..SUBS {
+            bus.subscribe(
+                NewSubscription::new(format!("s{i}"), format!("{base}/{i}"))
+                    .events(["order.created"]),
+            )
+            .unwrap();
+        }
+        let ev = order(1);
+        b.iter_custom(|iters| {
+            rx.take_peak();
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                let delivered = bus.outbox().stats().unwrap().delivered + DELIVERIES;
+                let target = rx.count() + DELIVERIES;
+                let start = Instant::now();
+                for _ in 0..EVENTS {
+                    bus.publish("order.created", &ev).unwrap();
+                }
+                wait("deliveries at the receiver", TIMEOUT, || {
+                    rx.count() >= target
+                });
+                took += start.elapsed();
+                // Untimed: the bus records the last outcomes, so the next
+                // run starts from an idle bus.
+                wait("outcomes recorded", TIMEOUT, || {
+                    let st = bus.outbox().stats().unwrap();
+                    st.delivered >= delivered && st.pending == 0
+                });
+            }
+            report("hookbus_default_config", iters, took, rx.take_peak());
+            took
+        });
+        bus.shutdown(Duration::from_secs(5)).unwrap();
+    });
+    g.finish();
+}
+
 /// HMAC-SHA1, HMAC-SHA256 and Standard Webhooks signing over 1 KiB and 64 KiB.
 fn signing_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("signing");
@@ -309,6 +434,7 @@ criterion_group!(
     durable_publish,
     fan_out,
     end_to_end,
+    realistic_latency,
     signing_bench,
     recovery
 );

@@ -14,6 +14,10 @@ pub(crate) const PAYLOAD_HARD_LIMIT: usize = 16 * 1024 * 1024;
 /// The largest accepted `channel_capacity` (the queue's slots, about 100
 /// bytes each, are allocated up front: 10 M is about 1 GB).
 const MAX_CHANNEL_CAPACITY: usize = 10_000_000;
+/// The default most requests in flight (sender threads, started on demand).
+const DEFAULT_SENDERS: usize = 256;
+/// The largest accepted `senders`.
+const MAX_SENDERS: usize = 4096;
 /// The longest accepted connect or request timeout.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -25,6 +29,10 @@ pub struct Config {
     pub(crate) cache_capacity: u64,
     pub(crate) channel_capacity: usize,
     pub(crate) senders: usize,
+    pub(crate) per_subscription: usize,
+    pub(crate) per_host: usize,
+    pub(crate) breaker_after: u32,
+    pub(crate) breaker_wait: Duration,
     pub(crate) retry_schedule: Vec<Duration>,
     pub(crate) allow_private_targets: bool,
     pub(crate) allowed_networks: Vec<IpNet>,
@@ -44,7 +52,11 @@ impl Default for Config {
             path: PathBuf::new(),
             cache_capacity: 64 * 1024 * 1024,
             channel_capacity: 10_000,
-            senders: 8,
+            senders: DEFAULT_SENDERS,
+            per_subscription: 64,
+            per_host: 256,
+            breaker_after: 5,
+            breaker_wait: Duration::from_secs(30),
             retry_schedule: default_retry_schedule(),
             allow_private_targets: false,
             allowed_networks: Vec::new(),
@@ -95,6 +107,19 @@ impl Config {
     /// The number of sender threads.
     pub fn senders(&self) -> usize {
         self.senders
+    }
+    /// The most requests one subscription may have in flight.
+    pub fn max_in_flight_per_subscription(&self) -> usize {
+        self.per_subscription
+    }
+    /// The most requests one destination host may have in flight.
+    pub fn max_in_flight_per_host(&self) -> usize {
+        self.per_host
+    }
+    /// After how many connection failures or timeouts in a row a
+    /// subscription's circuit breaker opens, and for how long at first.
+    pub fn circuit_breaker(&self) -> (u32, Duration) {
+        (self.breaker_after, self.breaker_wait)
     }
     /// The delay before each retry.
     pub fn retry_schedule(&self) -> &[Duration] {
@@ -164,7 +189,10 @@ impl Config {
 /// | --- | --- |
 /// | `cache_capacity` | 64 MiB |
 /// | `channel_capacity` | 10 000 events |
-/// | `senders` | 8 threads |
+/// | `senders` | 256 in flight (threads started on demand) |
+/// | `max_in_flight_per_subscription` | 64 |
+/// | `max_in_flight_per_host` | 256 |
+/// | `circuit_breaker` | 5 failures, 30 s |
 /// | `retry_schedule` | 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h |
 /// | `allow_private_targets` | `false` |
 /// | `allowed_networks` | none |
@@ -216,13 +244,51 @@ impl Builder {
         self
     }
 
-    /// The number of sender threads performing HTTP requests. Senders block
-    /// on the network, so this is sized for I/O, not for cores. One
-    /// subscription never holds more than `senders - 1` of them.
+    /// The most requests in flight at once, which is also the most sender
+    /// threads. Senders are blocking threads started on demand (with small
+    /// stacks) and stopped after 30 s without work, so an idle bus holds
+    /// none and a dead or slow receiver costs a sleeping thread, not
+    /// throughput: deliveries per second are about this number divided by
+    /// the receivers' latency. One subscription never holds all of them
+    /// (see [`max_in_flight_per_subscription`](Self::max_in_flight_per_subscription)).
+    /// At most 4096.
     ///
-    /// Defaults to 8.
+    /// Defaults to 256.
     pub fn senders(mut self, n: usize) -> Self {
         self.config.senders = n;
+        self
+    }
+
+    /// The most requests one subscription may have in flight (it also never
+    /// holds more than its fair share while others have due work).
+    ///
+    /// Defaults to 64.
+    pub fn max_in_flight_per_subscription(mut self, n: usize) -> Self {
+        self.config.per_subscription = n;
+        self
+    }
+
+    /// The most requests one destination host (name and port) may have in
+    /// flight, over all subscriptions that point at it.
+    ///
+    /// Defaults to 256.
+    pub fn max_in_flight_per_host(mut self, n: usize) -> Self {
+        self.config.per_host = n;
+        self
+    }
+
+    /// A subscription's circuit breaker: after `failures` connection
+    /// failures or timeouts in a row (a response of any status resets the
+    /// count), its backlog waits for `wait`; then one request at a time
+    /// probes the receiver. An answer closes the breaker; another failure
+    /// opens it again for twice as long, up to 10 minutes. The deliveries'
+    /// own retry schedule goes on meanwhile (a delivery whose time came
+    /// while the breaker was open is sent when it closes).
+    ///
+    /// Defaults to 5 failures, 30 s.
+    pub fn circuit_breaker(mut self, failures: u32, wait: Duration) -> Self {
+        self.config.breaker_after = failures;
+        self.config.breaker_wait = wait;
         self
     }
 
@@ -370,8 +436,23 @@ impl Builder {
         if c.path.as_os_str().is_empty() {
             return bad("no store path: call Builder::path(dir)".into());
         }
-        if c.senders == 0 || c.senders > 1024 {
-            return bad(format!("senders must be 1..=1024, got {}", c.senders));
+        if c.senders == 0 || c.senders > MAX_SENDERS {
+            return bad(format!(
+                "senders must be 1..={MAX_SENDERS}, got {}",
+                c.senders
+            ));
+        }
+        if c.breaker_after == 0 || c.breaker_wait > MAX_TIMEOUT {
+            return bad(format!(
+                "circuit_breaker needs at least 1 failure and a wait of at most 1 hour, got {} and {:?}",
+                c.breaker_after, c.breaker_wait
+            ));
+        }
+        if c.per_subscription == 0 || c.per_host == 0 {
+            return bad(
+                "max_in_flight_per_subscription and max_in_flight_per_host must be at least 1"
+                    .into(),
+            );
         }
         if c.channel_capacity == 0 || c.channel_capacity > MAX_CHANNEL_CAPACITY {
             return bad(format!(

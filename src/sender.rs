@@ -3,6 +3,7 @@
 
 use std::io::Read;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -61,8 +62,8 @@ pub(crate) fn build_agent(config: &Config) -> ureq::Agent {
         .accept("application/json")
         .timeout_connect(Some(config.connect_timeout))
         .timeout_global(Some(config.request_timeout))
-        .max_idle_connections_per_host(config.senders)
-        .max_idle_connections(config.senders.max(10) * 4)
+        .max_idle_connections_per_host(config.per_host.min(config.senders))
+        .max_idle_connections(config.senders.max(10))
         .https_only(config.https_only)
         // rustls with the webpki roots; certificate verification is never
         // turned off.
@@ -81,28 +82,137 @@ pub(crate) fn build_agent(config: &Config) -> ureq::Agent {
     )
 }
 
-pub(crate) fn spawn(
-    config: &Config,
-    work: Receiver<Job>,
-    results: Sender<Outcome>,
-) -> Result<Vec<JoinHandle<()>>> {
-    let agent = build_agent(config);
-    (0..config.senders)
-        .map(|i| {
-            let name = format!("hookbus-sender-{i}");
-            let (agent, work, results) = (agent.clone(), work.clone(), results.clone());
-            std::thread::Builder::new()
-                .name(name.clone())
-                .spawn(move || {
-                    while let Ok(job) = work.recv() {
-                        if results.send(perform_guarded(&agent, job)).is_err() {
+/// A sender thread with no work for this long stops.
+const IDLE: Duration = Duration::from_secs(30);
+/// Sender threads only block on I/O: a small stack is enough.
+const STACK: usize = 512 * 1024;
+
+/// The elastic pool of blocking sender threads. Threads are started on
+/// demand, so that every job handed out has a thread, up to the configured
+/// most, and stop after [`IDLE`] without work. Each holds a clone of the
+/// outcome channel's sender: the channel reads as disconnected once all have
+/// ended.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    agent: ureq::Agent,
+    work: Option<Sender<Job>>,
+    work_rx: Receiver<Job>,
+    results: Option<Sender<Outcome>>,
+    /// Threads alive (counted down by a thread before it stops).
+    alive: Arc<AtomicUsize>,
+    threads: Vec<JoinHandle<()>>,
+    max: usize,
+    started: u64,
+}
+
+impl Pool {
+    pub(crate) fn new(config: &Config, results: Sender<Outcome>) -> Pool {
+        let (work, work_rx) = crossbeam_channel::unbounded();
+        Pool {
+            agent: build_agent(config),
+            work: Some(work),
+            work_rx,
+            results: Some(results),
+            alive: Arc::new(AtomicUsize::new(0)),
+            threads: Vec::new(),
+            max: config.senders,
+            started: 0,
+        }
+    }
+
+    /// Hands out a job; `in_flight` is how many jobs are out, this one
+    /// included. Starts a thread when fewer are alive.
+    pub(crate) fn submit(&mut self, job: Job, in_flight: usize) -> Result<()> {
+        let Some(work) = &self.work else {
+            return Err(Error::Closed);
+        };
+        work.send(job).map_err(|_| Error::Closed)?;
+        // After the send: a thread that is stopping checks the queue once
+        // more after counting itself out, so no job is left without one.
+        while self.alive.load(Ordering::SeqCst) < in_flight.min(self.max) {
+            self.spawn()?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        self.threads.retain(|h| !h.is_finished());
+        let Some(results) = &self.results else {
+            return Err(Error::Closed);
+        };
+        let name = format!("hookbus-sender-{}", self.started);
+        self.started += 1;
+        let (agent, work, results, alive) = (
+            self.agent.clone(),
+            self.work_rx.clone(),
+            results.clone(),
+            self.alive.clone(),
+        );
+        alive.fetch_add(1, Ordering::SeqCst);
+        let spawned = std::thread::Builder::new()
+            .name(name.clone())
+            .stack_size(STACK)
+            .spawn(move || sender_loop(&agent, &work, &results, &alive));
+        match spawned {
+            Ok(h) => {
+                self.threads.push(h);
+                Ok(())
+            }
+            Err(source) => {
+                self.alive.fetch_sub(1, Ordering::SeqCst);
+                Err(Error::Spawn { name, source })
+            }
+        }
+    }
+
+    /// No more jobs: threads end after their current one, and the outcome
+    /// channel disconnects when the last has ended.
+    pub(crate) fn close(&mut self) {
+        self.work = None;
+        self.results = None;
+    }
+
+    /// Joins the threads (call once the outcome channel is disconnected,
+    /// i.e. all have ended).
+    pub(crate) fn join(&mut self) {
+        for h in self.threads.drain(..) {
+            if h.join().is_err() {
+                tracing::error!("a hookbus sender thread panicked");
+            }
+        }
+    }
+}
+
+fn sender_loop(
+    agent: &ureq::Agent,
+    work: &Receiver<Job>,
+    results: &Sender<Outcome>,
+    alive: &AtomicUsize,
+) {
+    loop {
+        match work.recv_timeout(IDLE) {
+            Ok(job) => {
+                if results.send(perform_guarded(agent, job)).is_err() {
+                    break;
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                alive.fetch_sub(1, Ordering::SeqCst);
+                // A job sent while this thread was counting itself out.
+                match work.try_recv() {
+                    Ok(job) => {
+                        alive.fetch_add(1, Ordering::SeqCst);
+                        if results.send(perform_guarded(agent, job)).is_err() {
                             break;
                         }
                     }
-                })
-                .map_err(|source| Error::Spawn { name, source })
-        })
-        .collect()
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+    alive.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Makes one attempt; a panic inside it (a bug in a dependency or here)

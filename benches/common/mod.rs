@@ -1,5 +1,5 @@
-//! Shared set-up for the benches: stores in temp dirs, a fast receiver on
-//! 127.0.0.1, the event used everywhere.
+//! Shared set-up for the benches: stores in temp dirs, a receiver on
+//! 127.0.0.1 (fast, or answering after a delay), the event used everywhere.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -49,17 +49,39 @@ pub fn dead_url() -> String {
     format!("http://127.0.0.1:{port}/hook")
 }
 
-/// A fast receiver (axum on its own current-thread runtime) answering 204,
-/// counting requests.
+/// A receiver (axum on its own current-thread runtime) answering 204,
+/// counting requests answered and the most it held at once.
 pub struct Receiver {
     pub addr: SocketAddr,
     pub count: Arc<AtomicU64>,
+    in_flight: Arc<AtomicU64>,
+    peak: Arc<AtomicU64>,
+}
+
+/// Counts a request out of `in_flight` however its handler ends (a client
+/// that hangs up drops the handler mid-sleep).
+struct InFlight(Arc<AtomicU64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Receiver {
+    /// A fast receiver: answers at once.
     pub fn start() -> Receiver {
+        Receiver::start_with_delay(Duration::ZERO)
+    }
+
+    /// A receiver that answers each request `delay` after it arrived. The
+    /// wait is a tokio sleep, so the one runtime thread holds any number of
+    /// requests waiting at once; a request is counted when it is answered.
+    pub fn start_with_delay(delay: Duration) -> Receiver {
         let count = Arc::new(AtomicU64::new(0));
-        let c = count.clone();
+        let in_flight = Arc::new(AtomicU64::new(0));
+        let peak = Arc::new(AtomicU64::new(0));
+        let (c, f, p) = (count.clone(), in_flight.clone(), peak.clone());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -68,8 +90,13 @@ impl Receiver {
                 .unwrap();
             rt.block_on(async move {
                 let app = axum::Router::new().fallback(move || {
-                    let c = c.clone();
+                    let (c, f, p) = (c.clone(), f.clone(), p.clone());
                     async move {
+                        if !delay.is_zero() {
+                            p.fetch_max(f.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
+                            let _guard = InFlight(f);
+                            tokio::time::sleep(delay).await;
+                        }
                         c.fetch_add(1, Ordering::Relaxed);
                         axum::http::StatusCode::NO_CONTENT
                     }
@@ -80,7 +107,19 @@ impl Receiver {
             });
         });
         let addr = rx.recv().unwrap();
-        Receiver { addr, count }
+        Receiver {
+            addr,
+            count,
+            in_flight,
+            peak,
+        }
+    }
+
+    /// The most requests held at once since the last call (only counted
+    /// with a delay), and starts counting again from those held now.
+    pub fn take_peak(&self) -> u64 {
+        self.peak
+            .swap(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed)
     }
 
     pub fn url(&self) -> String {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, select};
 
 use super::maintenance::Job;
-use super::scheduler::{self, Flow};
+use super::scheduler::{self, Breaker, Flow, Limits};
 use super::session::Session;
 use super::{Command, Done, JobDone};
 use crate::config::Config;
@@ -49,7 +49,6 @@ pub(crate) fn start(
     config: Arc<Config>,
 ) -> Result<(Sender<Command>, JoinHandle<Result<()>>)> {
     let (tx, rx) = crossbeam_channel::bounded(config.channel_capacity);
-    let (work_tx, work_rx) = crossbeam_channel::bounded(config.senders);
     let (out_tx, out_rx) = crossbeam_channel::unbounded();
     let mut session = Session::new(writer, config.clone())?;
     let (due, damaged) = session.reader().pending_subscriptions()?;
@@ -57,18 +56,20 @@ pub(crate) fn start(
         session.quarantine(&damaged);
         session.commit()?;
     }
-    let (senders, outcomes) = if config.deliver {
-        (sender::spawn(&config, work_rx, out_tx)?, out_rx)
+    let (pool, outcomes) = if config.deliver {
+        (Some(sender::Pool::new(&config, out_tx)), out_rx)
     } else {
-        (Vec::new(), crossbeam_channel::never())
+        (None, crossbeam_channel::never())
     };
     let d = Dispatcher {
         horizon: delivery::due_horizon(&config.retry_schedule),
         s: session,
         commands: rx,
         outcomes,
-        work: Some(work_tx),
-        senders,
+        pool,
+        hosts: HashMap::new(),
+        host_index: HashMap::new(),
+        rr_cursor: None,
         in_flight: HashSet::new(),
         flows: HashMap::new(),
         done: Vec::new(),
@@ -112,8 +113,13 @@ struct Dispatcher {
     s: Session,
     commands: Receiver<Command>,
     outcomes: Receiver<Outcome>,
-    work: Option<Sender<sender::Job>>,
-    senders: Vec<JoinHandle<()>>,
+    /// The sender threads (`None` when the bus does not deliver).
+    pool: Option<sender::Pool>,
+    /// Each subscription's destination host, as an index of `host_index`.
+    hosts: HashMap<SubscriptionId, usize>,
+    host_index: HashMap<String, usize>,
+    /// The last subscription served: the next pass starts after it.
+    rr_cursor: Option<SubscriptionId>,
     in_flight: HashSet<DeliveryId>,
     flows: HashMap<SubscriptionId, Flow>,
     /// The waiters of this round, each with its own result so far.
@@ -444,12 +450,46 @@ impl Dispatcher {
         self.in_flight.remove(&o.delivery);
         let flow = self.flows.entry(o.subscription).or_default();
         flow.in_flight = flow.in_flight.saturating_sub(1);
-        flow.tripped = o
-            .attempt
-            .error
-            .as_ref()
-            .is_some_and(|e| e.kind == AttemptErrorKind::Timeout);
-        if flow.in_flight == 0 && !flow.tripped {
+        let kind = o.attempt.error.as_ref().map(|e| e.kind);
+        flow.tripped = kind == Some(AttemptErrorKind::Timeout);
+        let unreachable = matches!(
+            kind,
+            Some(
+                AttemptErrorKind::Timeout
+                    | AttemptErrorKind::Connect
+                    | AttemptErrorKind::Dns
+                    | AttemptErrorKind::Tls
+                    | AttemptErrorKind::Protocol
+            )
+        );
+        if unreachable {
+            flow.failures = flow.failures.saturating_add(1);
+            let (after, wait) = self.s.config.circuit_breaker();
+            if flow.failures >= after {
+                // Open (again): `wait`, doubling per further run, at most
+                // 10 min.
+                // Each failed probe after it opened doubles the wait.
+                let runs = (flow.failures - after + 1).min(6);
+                let wait = u64::try_from(wait.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .saturating_mul(1 << (runs - 1))
+                    .min(600_000);
+                if !matches!(flow.breaker, Breaker::Open { .. }) {
+                    tracing::warn!(subscription = %o.subscription, failures = flow.failures, wait_ms = wait, "circuit breaker open: the subscription's backlog waits");
+                }
+                flow.breaker = Breaker::Open {
+                    until: now_ms().saturating_add(wait),
+                };
+            }
+        } else if o.attempt.status.is_some() {
+            // The receiver answers (whatever it says): close the breaker.
+            if flow.breaker != Breaker::Closed {
+                tracing::info!(subscription = %o.subscription, "circuit breaker closed: the receiver answers again");
+            }
+            flow.failures = 0;
+            flow.breaker = Breaker::Closed;
+        }
+        if flow.in_flight == 0 && !flow.failing() {
             self.flows.remove(&o.subscription);
         }
         self.s.rescan = true;
@@ -494,38 +534,74 @@ impl Dispatcher {
         if !self.s.config.deliver {
             return;
         }
-        let senders = self.s.config.senders;
-        let free = senders.saturating_sub(self.in_flight.len());
+        let config = &self.s.config;
+        let limits = Limits {
+            total: config.senders,
+            per_subscription: config.per_subscription,
+            per_host: config.per_host,
+        };
+        let free = limits.total.saturating_sub(self.in_flight.len());
         let now = now_ms();
         let due_now = self.next_due.is_some_and(|at| at <= now);
         if !(self.s.rescan || due_now) {
             return;
         }
         if free == 0 {
-            // Every sender is busy: an outcome wakes the loop, not the clock.
+            // Every slot is busy: an outcome wakes the loop, not the clock.
             self.next_due = None;
             return;
         }
         self.s.rescan = false;
         self.read_failed = false;
-        // Subscriptions with due work, the one waiting longest first; and
-        // when the next one falls due.
-        let mut ready: Vec<(u64, SubscriptionId)> = Vec::new();
+        // Subscriptions with due work whose breaker lets them send, and
+        // when the next one falls due (or a breaker half-opens).
+        let mut ready: Vec<SubscriptionId> = Vec::new();
         let mut next: Option<u64> = None;
+        let mut wake = |at: u64| next = Some(next.map_or(at, |n: u64| n.min(at)));
         for (sub, at) in &self.due_subs {
-            if delivery::is_due(*at, now, self.horizon) {
-                ready.push((*at, *sub));
-            } else {
-                next = Some(next.map_or(*at, |n| n.min(*at)));
+            if !delivery::is_due(*at, now, self.horizon) {
+                wake(*at);
+                continue;
             }
+            if let Some(flow) = self.flows.get_mut(sub)
+                && let Some(until) = flow.open_until()
+            {
+                if until > now {
+                    wake(until);
+                    continue;
+                }
+                flow.breaker = Breaker::HalfOpen;
+            }
+            ready.push(*sub);
         }
         self.next_due = next;
         if ready.is_empty() {
             return;
         }
+        // Round-robin: in id order, starting after the last one served.
         ready.sort_unstable();
-        let order: Vec<SubscriptionId> = ready.iter().map(|(_, s)| *s).collect();
-        for (sub, room) in scheduler::plan(senders, free, &order, &self.flows) {
+        if let Some(c) = self.rr_cursor {
+            let split = ready.partition_point(|s| *s <= c);
+            ready.rotate_left(split);
+        }
+        let mut host_in_flight = vec![0usize; self.host_index.len()];
+        for (sub, flow) in &self.flows {
+            if let Some(h) = self.hosts.get(sub) {
+                host_in_flight[*h] += flow.in_flight;
+            }
+        }
+        let hosts = &self.hosts;
+        let host = |s: SubscriptionId| hosts.get(&s).copied();
+        let plan = scheduler::plan(
+            limits,
+            free,
+            &ready,
+            &self.flows,
+            &host,
+            &mut host_in_flight,
+        );
+        for (sub, room) in plan {
+            self.rr_cursor = Some(sub);
             if !self.send_due(sub, room, now) {
                 return;
             }
@@ -564,8 +640,12 @@ impl Dispatcher {
                 }
                 continue;
             };
-            let Some(work) = &self.work else { return false };
-            if work.try_send(job).is_err() {
+            let in_flight = self.in_flight.len() + 1;
+            let Some(pool) = &mut self.pool else {
+                return false;
+            };
+            if let Err(err) = pool.submit(job, in_flight) {
+                tracing::error!(error = %err, "could not hand a delivery to a sender");
                 return false;
             }
             self.in_flight.insert(e.delivery);
@@ -604,6 +684,11 @@ impl Dispatcher {
                 return None;
             }
         };
+        // Its host, as of its current URL.
+        let key = host_key(&sub.url);
+        let next = self.host_index.len();
+        let i = *self.host_index.entry(key).or_insert(next);
+        self.hosts.insert(d.subscription_id, i);
         let payload = match self.payload(d.event_id) {
             Ok(Some(p)) => p,
             Ok(None) => return self.dead_letter(&d, reason::EVENT_MISSING),
@@ -664,11 +749,13 @@ impl Dispatcher {
     /// stays pending and is sent after the next open).
     fn stop(mut self) -> Result<()> {
         self.finish_round();
-        self.work = None;
+        if let Some(pool) = &mut self.pool {
+            pool.close();
+        }
         let deadline = self.closing.unwrap_or_else(Instant::now);
         // Each sender holds the outcome channel until it ends: it reads as
         // disconnected once all have.
-        let all_ended = self.senders.is_empty()
+        let all_ended = self.pool.is_none()
             || loop {
                 match self.outcomes.recv_deadline(deadline) {
                     Ok(o) => self.on_outcome(o),
@@ -677,10 +764,8 @@ impl Dispatcher {
                 }
             };
         if all_ended {
-            for h in self.senders.drain(..) {
-                if h.join().is_err() {
-                    tracing::error!("a hookbus sender thread panicked");
-                }
+            if let Some(pool) = &mut self.pool {
+                pool.join();
             }
         } else {
             tracing::warn!(
@@ -695,6 +780,18 @@ impl Dispatcher {
         self.finish_round();
         self.s.commit()?;
         self.s.flush()
+    }
+}
+
+/// A destination host as the per-host cap counts it: host and port.
+fn host_key(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}:{}",
+            u.host_str().unwrap_or_default(),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => url.to_owned(),
     }
 }
 

@@ -1,74 +1,178 @@
-//! The scheduler: which subscriptions get how many of the free senders.
-//! A pure function of what is due and what is in flight, so it is tested
-//! without threads, clocks or a store.
+//! The scheduler: which subscriptions get how many of the free request
+//! slots. A pure function of what is due and what is in flight, so it is
+//! tested without threads, clocks or a store.
 //!
 //! Rules:
-//! * with `k` subscriptions wanting senders (due work or requests in
-//!   flight), each may hold `senders / k`, and the remainder goes one each
-//!   to the longest-waiting ones, so no sender idles while work is due;
-//! * a subscription never holds every sender while others may need one: at
-//!   most `senders - 1` (unless there is only one sender);
-//! * a subscription whose last request timed out (tripped) holds one at a
-//!   time until it answers again.
+//! * subscriptions are served round-robin (the caller rotates `ready`), not
+//!   oldest-first, so an old backlog cannot take every slot;
+//! * with `k` subscriptions wanting slots (due work or requests in flight),
+//!   each may hold `total / k`, the remainder going one each to the first
+//!   ones, so no slot idles while work is due; never more than
+//!   `per_subscription`, and never every slot (unless there is only one);
+//! * a destination host never has more than `per_host` in flight;
+//! * a subscription whose breaker is open gets nothing; half-open, or whose
+//!   last request timed out, one at a time (a probe);
+//! * subscriptions that are failing (connection errors or timeouts in a
+//!   row) together hold at most a quarter of the slots while healthy ones
+//!   have due work.
 
 use std::collections::HashMap;
 
 use crate::ids::SubscriptionId;
 
-/// What a subscription has in flight.
+/// What a subscription has in flight, and its circuit breaker.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Flow {
     pub(crate) in_flight: usize,
     /// Its last request timed out: one request at a time until it answers.
     pub(crate) tripped: bool,
+    /// Connection failures or timeouts in a row.
+    pub(crate) failures: u32,
+    pub(crate) breaker: Breaker,
+}
+
+/// A subscription's circuit breaker.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Breaker {
+    /// Requests flow.
+    #[default]
+    Closed,
+    /// Its backlog waits until the instant (ms).
+    Open { until: u64 },
+    /// One probe at a time tests the receiver.
+    HalfOpen,
+}
+
+impl Flow {
+    /// Whether it counts as failing (its share is bounded).
+    pub(crate) fn failing(&self) -> bool {
+        self.failures > 0 || self.tripped || self.breaker != Breaker::Closed
+    }
+
+    /// Whether it may have a request started now.
+    pub(crate) fn open_until(&self) -> Option<u64> {
+        match self.breaker {
+            Breaker::Open { until } => Some(until),
+            _ => None,
+        }
+    }
+}
+
+/// The caps the plan keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) total: usize,
+    pub(crate) per_subscription: usize,
+    pub(crate) per_host: usize,
 }
 
 /// How many requests to start per subscription. `ready` lists the
-/// subscriptions with due work, longest waiting first; `free` is how many
-/// senders are idle.
+/// subscriptions with due work in the order to serve them (rotated by the
+/// caller for round-robin); `free` is how many slots are idle; `host` maps
+/// a subscription to its destination host's index in `host_in_flight`
+/// (unknown: no host cap).
 pub(crate) fn plan(
-    senders: usize,
+    limits: Limits,
     free: usize,
     ready: &[SubscriptionId],
     flows: &HashMap<SubscriptionId, Flow>,
+    host: &dyn Fn(SubscriptionId) -> Option<usize>,
+    host_in_flight: &mut [usize],
 ) -> Vec<(SubscriptionId, usize)> {
     let mut out = Vec::new();
     if free == 0 || ready.is_empty() {
         return out;
     }
+    let flow_of = |s: &SubscriptionId| flows.get(s).copied().unwrap_or_default();
     let busy_elsewhere = flows
         .iter()
         .filter(|(id, f)| f.in_flight > 0 && !ready.contains(id))
         .count();
     let wanting = ready.len() + busy_elsewhere;
-    let most = senders.saturating_sub(1).max(1);
-    let base = (senders / wanting).clamp(1, most);
-    // The remainder, one each to the first ones.
-    let mut extra = if senders / wanting >= most {
+    let most = limits
+        .total
+        .saturating_sub(1)
+        .max(1)
+        .min(limits.per_subscription);
+    let base = (limits.total / wanting).clamp(1, most);
+    let mut extra = if base >= most {
         0
     } else {
-        senders % wanting
+        limits.total % wanting
     };
+    // Failing subscriptions share a quarter while healthy ones wait.
+    let healthy_waiting = ready.iter().any(|s| !flow_of(s).failing());
+    let failing_cap = if healthy_waiting {
+        (limits.total / 4).max(1)
+    } else {
+        limits.total
+    };
+    let mut failing_used: usize = flows
+        .values()
+        .filter(|f| f.failing())
+        .map(|f| f.in_flight)
+        .sum();
     let mut free = free;
     for &sub in ready {
         if free == 0 {
             break;
         }
-        let flow = flows.get(&sub).copied().unwrap_or_default();
-        let share = if flow.tripped {
-            1
-        } else if wanting == 1 {
-            most
-        } else if extra > 0 {
-            extra -= 1;
-            (base + 1).min(most)
-        } else {
-            base
+        let flow = flow_of(&sub);
+        let share = match flow.breaker {
+            Breaker::Open { .. } => 0,
+            Breaker::HalfOpen => 1,
+            Breaker::Closed if flow.tripped => 1,
+            Breaker::Closed if wanting == 1 => most,
+            Breaker::Closed if extra > 0 => {
+                extra -= 1;
+                (base + 1).min(most)
+            }
+            Breaker::Closed => base,
         };
-        let n = share.saturating_sub(flow.in_flight).min(free);
+        let mut n = share.saturating_sub(flow.in_flight).min(free);
+        if flow.failing() {
+            n = n.min(failing_cap.saturating_sub(failing_used));
+        }
+        let h = host(sub);
+        if let Some(h) = h {
+            n = n.min(limits.per_host.saturating_sub(host_in_flight[h]));
+        }
         if n > 0 {
             out.push((sub, n));
             free -= n;
+            if flow.failing() {
+                failing_used += n;
+            }
+            if let Some(h) = h {
+                host_in_flight[h] += n;
+            }
+        }
+    }
+    // Slots the caps left over go to healthy subscriptions, up to their
+    // own cap, so none idles while one of them has due work.
+    for &sub in ready {
+        if free == 0 {
+            break;
+        }
+        let flow = flow_of(&sub);
+        if flow.failing() {
+            continue;
+        }
+        let given = out.iter().find(|(s, _)| *s == sub).map_or(0, |(_, n)| *n);
+        let mut n = most.saturating_sub(flow.in_flight + given).min(free);
+        let h = host(sub);
+        if let Some(h) = h {
+            n = n.min(limits.per_host.saturating_sub(host_in_flight[h]));
+        }
+        if n > 0 {
+            match out.iter_mut().find(|(s, _)| *s == sub) {
+                Some((_, m)) => *m += n,
+                None => out.push((sub, n)),
+            }
+            free -= n;
+            if let Some(h) = h {
+                host_in_flight[h] += n;
+            }
         }
     }
     out
@@ -86,23 +190,49 @@ mod tests {
         p.iter().map(|(_, n)| n).sum()
     }
 
-    #[test]
-    fn one_subscription_gets_all_but_one() {
-        let s = subs(1);
-        let p = plan(8, 8, &s, &HashMap::new());
-        assert_eq!(p, vec![(s[0], 7)]);
-        // With a single sender it may use it.
-        assert_eq!(plan(1, 1, &s, &HashMap::new()), vec![(s[0], 1)]);
+    fn limits(total: usize) -> Limits {
+        Limits {
+            total,
+            per_subscription: usize::MAX,
+            per_host: usize::MAX,
+        }
+    }
+
+    fn no_host(_: SubscriptionId) -> Option<usize> {
+        None
+    }
+
+    fn simple(
+        total: usize,
+        free: usize,
+        ready: &[SubscriptionId],
+        flows: &HashMap<SubscriptionId, Flow>,
+    ) -> Vec<(SubscriptionId, usize)> {
+        plan(limits(total), free, ready, flows, &no_host, &mut [])
+    }
+
+    fn busy(in_flight: usize) -> Flow {
+        Flow {
+            in_flight,
+            ..Flow::default()
+        }
     }
 
     #[test]
-    fn no_sender_idles_while_work_is_due() {
-        // 8 senders, 5 busy subscriptions: floor(8/5) = 1 each left 3 idle.
+    fn one_subscription_gets_all_but_one() {
+        let s = subs(1);
+        assert_eq!(simple(8, 8, &s, &HashMap::new()), vec![(s[0], 7)]);
+        // With a single slot it may use it.
+        assert_eq!(simple(1, 1, &s, &HashMap::new()), vec![(s[0], 1)]);
+    }
+
+    #[test]
+    fn no_slot_idles_while_work_is_due() {
+        // 8 slots, 5 busy subscriptions: floor(8/5) = 1 each left 3 idle.
         let s = subs(5);
-        let p = plan(8, 8, &s, &HashMap::new());
+        let p = simple(8, 8, &s, &HashMap::new());
         assert_eq!(total(&p), 8, "{p:?}");
         assert!(p.iter().all(|(_, n)| (1..=2).contains(n)), "{p:?}");
-        // The longest waiting get the extra ones.
         assert_eq!(p[0].1, 2);
         assert_eq!(p[4].1, 1);
     }
@@ -110,57 +240,112 @@ mod tests {
     #[test]
     fn shares_count_requests_in_flight() {
         let s = subs(2);
-        let mut flows = HashMap::new();
-        flows.insert(
-            s[0],
-            Flow {
-                in_flight: 4,
-                tripped: false,
-            },
-        );
-        // 8 senders, 2 wanting: 4 each; s[0] already holds 4.
-        let p = plan(8, 4, &s, &flows);
-        assert_eq!(p, vec![(s[1], 4)]);
+        let flows = HashMap::from([(s[0], busy(4))]);
+        assert_eq!(simple(8, 4, &s, &flows), vec![(s[1], 4)]);
     }
 
     #[test]
     fn busy_subscriptions_without_due_work_still_count() {
         let s = subs(1);
-        let mut flows = HashMap::new();
-        flows.insert(
-            SubscriptionId::generate(),
-            Flow {
-                in_flight: 3,
-                tripped: false,
-            },
-        );
-        let p = plan(8, 5, &s, &flows);
-        assert_eq!(p, vec![(s[0], 4)]);
+        let flows = HashMap::from([(SubscriptionId::generate(), busy(3))]);
+        // Its share is 4; the one slot left over is not left idle.
+        assert_eq!(simple(8, 5, &s, &flows), vec![(s[0], 5)]);
     }
 
     #[test]
-    fn a_tripped_subscription_gets_one_at_a_time() {
+    fn a_tripped_or_half_open_subscription_gets_one_probe() {
+        let s = subs(3);
+        let flows = HashMap::from([
+            (
+                s[0],
+                Flow {
+                    tripped: true,
+                    ..Flow::default()
+                },
+            ),
+            (
+                s[1],
+                Flow {
+                    breaker: Breaker::HalfOpen,
+                    failures: 5,
+                    ..Flow::default()
+                },
+            ),
+        ]);
+        let p = simple(30, 30, &s, &flows);
+        assert_eq!(p[0], (s[0], 1));
+        assert_eq!(p[1], (s[1], 1));
+        // Its share is 10; what the probes leave goes to it too.
+        assert_eq!(p[2], (s[2], 28));
+    }
+
+    #[test]
+    fn an_open_breaker_gets_nothing() {
         let s = subs(2);
-        let mut flows = HashMap::new();
-        flows.insert(
+        let flows = HashMap::from([(
             s[0],
             Flow {
-                in_flight: 1,
-                tripped: true,
+                breaker: Breaker::Open { until: 99 },
+                failures: 5,
+                ..Flow::default()
             },
-        );
-        let p = plan(8, 7, &s, &flows);
-        assert_eq!(p, vec![(s[1], 4)]);
-        flows.get_mut(&s[0]).unwrap().in_flight = 0;
-        let p = plan(8, 8, &s, &flows);
-        assert_eq!(p[0], (s[0], 1));
+        )]);
+        let p = simple(8, 8, &s, &flows);
+        assert_eq!(p, vec![(s[1], 7)]);
+    }
+
+    #[test]
+    fn failing_subscriptions_share_a_quarter_while_healthy_ones_wait() {
+        // A dozen failing subscriptions first in line, one healthy last.
+        let s = subs(13);
+        let flows: HashMap<_, _> = s[..12]
+            .iter()
+            .map(|id| {
+                (
+                    *id,
+                    Flow {
+                        failures: 2,
+                        ..Flow::default()
+                    },
+                )
+            })
+            .collect();
+        let p = simple(16, 16, &s, &flows);
+        let failing: usize = p
+            .iter()
+            .filter(|(id, _)| *id != s[12])
+            .map(|(_, n)| n)
+            .sum();
+        assert!(failing <= 4, "{p:?}");
+        // The healthy one gets what the failing ones may not use.
+        assert_eq!(total(&p), 16, "{p:?}");
+        assert!(p.iter().any(|(id, n)| *id == s[12] && *n >= 12), "{p:?}");
+        // With no healthy one waiting, failing ones may use the slots.
+        let p = simple(16, 16, &s[..12], &flows);
+        assert_eq!(total(&p), 16);
+    }
+
+    #[test]
+    fn caps_per_subscription_and_per_host_hold() {
+        let s = subs(3);
+        let l = Limits {
+            total: 100,
+            per_subscription: 10,
+            per_host: 15,
+        };
+        // s[0] and s[1] share host 0; s[2] is on host 1.
+        let host = |id: SubscriptionId| Some(if id == s[2] { 1 } else { 0 });
+        let mut hosts = vec![0, 0];
+        let p = plan(l, 100, &s, &HashMap::new(), &host, &mut hosts);
+        assert_eq!(p, vec![(s[0], 10), (s[1], 5), (s[2], 10)]);
+        assert_eq!(hosts, vec![15, 10]);
     }
 
     #[test]
     fn never_more_than_free() {
         let s = subs(3);
         for free in 0..=8 {
-            let p = plan(8, free, &s, &HashMap::new());
+            let p = simple(8, free, &s, &HashMap::new());
             assert!(total(&p) <= free, "{free}: {p:?}");
         }
     }

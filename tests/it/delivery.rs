@@ -419,3 +419,46 @@ fn internal_targets_are_refused_at_delivery_time_without_a_request() {
         assert!(e.message.contains("non-public"), "{e}");
     }
 }
+
+/// Issue 11, isolation: a dozen subscriptions whose receiver hangs, with an
+/// older backlog than the healthy one's and more of them than request
+/// slots, cannot starve the healthy one (round-robin, and failing ones
+/// together hold at most a quarter of the slots), and the hanging ones
+/// never hold every slot.
+#[test]
+fn a_dozen_hanging_subscriptions_do_not_starve_a_healthy_one() {
+    let hang = TestReceiver::with(|_| Reply::ok().delay(Duration::from_secs(30)));
+    let healthy = TestReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path())
+        .senders(8)
+        .request_timeout(Duration::from_secs(3))
+        .retry_schedule(vec![Duration::from_millis(10); 20])
+        .open()
+        .unwrap();
+    for n in 0..12 {
+        bus.subscribe(
+            NewSubscription::new(format!("hang{n}"), hang.url(&format!("/{n}"))).events(["old"]),
+        )
+        .unwrap();
+    }
+    for i in 0..20 {
+        bus.publish("old", &json!({ "i": i })).unwrap();
+    }
+    bus.flush().unwrap();
+    // The hanging backlog is older; now the healthy subscription's events.
+    bus.subscribe(NewSubscription::new("healthy", healthy.url("/")).events(["new"]))
+        .unwrap();
+    for i in 0..50 {
+        bus.publish("new", &json!({ "i": i })).unwrap();
+    }
+    let got = healthy.wait_for(50, Duration::from_secs(20));
+    assert_eq!(got.len(), 50);
+    // Served oldest-first, the 240 older hanging deliveries (8 at a time,
+    // 3 s each) would have held every slot for about 90 s.
+    assert!(
+        hang.count() >= 1,
+        "the hanging subscriptions were tried too"
+    );
+    bus.shutdown(Duration::from_millis(100)).unwrap();
+}

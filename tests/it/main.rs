@@ -30,6 +30,8 @@ pub fn builder(dir: &Path) -> Builder {
         .retry_schedule(vec![Duration::from_millis(10); 3])
         .request_timeout(Duration::from_secs(5))
         .shutdown_timeout(Duration::from_secs(2))
+        // Tests point many deliveries at dead ports: keep breaker waits short.
+        .circuit_breaker(5, Duration::from_millis(100))
 }
 
 pub fn open(dir: &Path) -> Bus {
