@@ -84,10 +84,18 @@
 //!   deliveries.
 //! * A target that resolves only to internal addresses is refused without
 //!   a request and dead-lettered at once (see [`Builder::allow_private_targets`]).
-//! * Fairness: one subscription never holds more than its share of the
-//!   senders while others have due work, and never all of them; one whose
-//!   requests time out gets one request at a time until it answers again.
-//!   A slow or dead receiver therefore cannot stall the others.
+//! * Throughput and isolation: up to [`Builder::senders`] requests are in
+//!   flight at once (256 by default, on blocking threads started on
+//!   demand), so a receiver that answers in 100 ms still gets thousands of
+//!   deliveries a second. Subscriptions are served round-robin; one never
+//!   holds more than its share while others have due work, nor more than
+//!   [`Builder::max_in_flight_per_subscription`]; a host never more than
+//!   [`Builder::max_in_flight_per_host`]. Subscriptions whose requests fail
+//!   to connect or time out share at most a quarter of the slots while
+//!   healthy ones wait, and after a run of such failures a subscription's
+//!   circuit breaker opens ([`Builder::circuit_breaker`]): its backlog waits
+//!   and one probe at a time tests the receiver. A slow or dead receiver
+//!   therefore cannot stall the others.
 //!
 //! ## Guarantees and durability
 //!

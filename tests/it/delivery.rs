@@ -8,7 +8,7 @@ use hookbus::{AttemptErrorKind, Bus, DeliveryState, NewSubscription};
 use serde_json::json;
 
 use crate::receiver::{Reply, TestReceiver};
-use crate::{LONG, builder, consistent, open, wait_until};
+use crate::{LONG, builder, consistent, dead_url, open, wait_until};
 
 fn delivered(bus: &Bus, n: u64) -> impl FnMut() -> bool + '_ {
     move || bus.outbox().stats().unwrap().delivered >= n
@@ -461,4 +461,42 @@ fn a_dozen_hanging_subscriptions_do_not_starve_a_healthy_one() {
         "the hanging subscriptions were tried too"
     );
     bus.shutdown(Duration::from_millis(100)).unwrap();
+}
+
+/// Issue 11: after a run of connection failures a subscription's circuit
+/// breaker opens: its backlog waits for the breaker's time, then one probe
+/// goes out, and a failed probe doubles the wait. (That an answer closes
+/// it again has no test of its own yet.)
+#[test]
+fn the_circuit_breaker_pauses_a_subscription_that_cannot_be_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dead_url();
+    let bus = builder(dir.path())
+        .retry_schedule(vec![Duration::from_millis(10); 4])
+        .circuit_breaker(3, Duration::from_millis(600))
+        .open()
+        .unwrap();
+    bus.subscribe(NewSubscription::new("down", url).events(["e"]))
+        .unwrap();
+    bus.publish_durable("e", &json!({})).unwrap();
+    wait_until(LONG, "dead after 5 attempts", || {
+        bus.outbox().stats().unwrap().dead == 1
+    });
+    let d = bus.outbox().dead().next().unwrap().unwrap();
+    let a = bus.outbox().attempts(d.id).unwrap();
+    assert_eq!(a.len(), 5);
+    let gap = |i: usize| a[i].at.as_millis() - a[i - 1].at.as_millis();
+    // Attempts 1–3 follow the 10 ms schedule; the third failure opens the
+    // breaker, so the fourth waits ~600 ms; the failed probe doubles it.
+    assert!(
+        gap(3) >= 550,
+        "breaker wait after 3 failures: {} ms",
+        gap(3)
+    );
+    assert!(
+        gap(4) >= 1100,
+        "doubled after a failed probe: {} ms",
+        gap(4)
+    );
+    consistent(&bus);
 }
