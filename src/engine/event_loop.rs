@@ -675,14 +675,7 @@ impl Dispatcher {
             Ok(Some(s)) if s.active => s,
             Ok(Some(_)) => return self.dead_letter(&d, reason::INACTIVE),
             Ok(None) => return self.dead_letter(&d, reason::DELETED),
-            Err(e) if crate::engine::session::is_damage(&e) => {
-                return self.dead_letter(&d, &format!("subscription record is damaged: {e}"));
-            }
-            Err(e) => {
-                tracing::error!(delivery = %d.id, error = %e, "could not read a subscription; will try again");
-                self.retry_soon();
-                return None;
-            }
+            Err(e) => return self.unreadable(&d, "subscription", &e),
         };
         // Its host, as of its current URL.
         let key = host_key(&sub.url);
@@ -692,14 +685,7 @@ impl Dispatcher {
         let payload = match self.payload(d.event_id) {
             Ok(Some(p)) => p,
             Ok(None) => return self.dead_letter(&d, reason::EVENT_MISSING),
-            Err(e) if crate::engine::session::is_damage(&e) => {
-                return self.dead_letter(&d, &format!("event record is damaged: {e}"));
-            }
-            Err(e) => {
-                tracing::error!(delivery = %d.id, error = %e, "could not read an event; will try again");
-                self.retry_soon();
-                return None;
-            }
+            Err(e) => return self.unreadable(&d, "event", &e),
         };
         Some(sender::Job {
             delivery: d.id,
@@ -712,6 +698,23 @@ impl Dispatcher {
             standard_webhooks: sub.standard_webhooks,
             payload,
         })
+    }
+
+    /// A record a delivery needs could not be read: a damaged one
+    /// dead-letters the delivery; any other error may pass, so it is looked
+    /// at again in a second.
+    fn unreadable(
+        &mut self,
+        d: &crate::delivery::Delivery,
+        what: &str,
+        e: &Error,
+    ) -> Option<sender::Job> {
+        if crate::engine::session::is_damage(e) {
+            return self.dead_letter(d, &format!("{what} record is damaged: {e}"));
+        }
+        tracing::error!(delivery = %d.id, error = %e, what, "could not read a record; will try again");
+        self.retry_soon();
+        None
     }
 
     /// A read failed for a reason that may pass: look again in a second.

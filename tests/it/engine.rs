@@ -3,7 +3,6 @@
 //! maintenance, wall-clock steps, a crashed first open, a dispatcher that
 //! spun while every sender was busy, configuration values that panicked.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,30 +10,8 @@ use hookbus::{Bus, Error, NewSubscription, SubscriptionPatch};
 use serde_json::json;
 
 use crate::receiver::{Reply, TestReceiver};
+use crate::store_faults::{key, raw_tree};
 use crate::{LONG, builder, consistent, dead_url, wait_until};
-
-/// Opens the raw sled tree of a closed store (waiting for its lock).
-fn raw_tree(dir: &Path) -> (sled::Db, sled::Tree) {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        match sled::open(dir) {
-            Ok(db) => {
-                let t = db.open_tree("hookbus").unwrap();
-                return (db, t);
-            }
-            Err(e) => {
-                assert!(Instant::now() < end, "{e}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-fn key(prefix: u8, id: [u8; 16]) -> Vec<u8> {
-    let mut k = vec![prefix];
-    k.extend_from_slice(&id);
-    k
-}
 
 /// Defect 3: a publish that failed inside the dispatcher was dropped with a
 /// log line and the next flush said Ok. Now the loss is reported to the

@@ -12,7 +12,7 @@ use crate::receiver::TestReceiver;
 use crate::{LONG, builder, wait_until};
 
 /// Opens the raw sled tree of a closed store (waiting for its lock).
-fn raw_tree(dir: &Path) -> (sled::Db, sled::Tree) {
+pub(crate) fn raw_tree(dir: &Path) -> (sled::Db, sled::Tree) {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         match sled::open(dir) {
@@ -28,7 +28,8 @@ fn raw_tree(dir: &Path) -> (sled::Db, sled::Tree) {
     }
 }
 
-fn key(prefix: u8, id: [u8; 16]) -> Vec<u8> {
+/// A record key: prefix byte and 16-byte id.
+pub(crate) fn key(prefix: u8, id: [u8; 16]) -> Vec<u8> {
     let mut k = vec![prefix];
     k.extend_from_slice(&id);
     k
