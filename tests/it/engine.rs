@@ -48,6 +48,10 @@ fn a_loss_is_reported_to_the_next_barrier_once() {
     let got = rx.wait_for(2, LONG);
     assert!(got.iter().all(|r| r.path == "/good"), "{got:?}");
     assert!(bus.outbox().stats().unwrap().quarantined >= 1);
+    // The consistency check needs a quiet outbox: both recorded.
+    wait_until(LONG, "both delivered", || {
+        bus.outbox().stats().unwrap().delivered == 2
+    });
     consistent(&bus);
 }
 
@@ -82,6 +86,10 @@ fn malformed_index_keys_are_skipped_and_quarantined() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(q.len(), 2, "{q:?}");
+    // The consistency check needs a quiet outbox: the outcome recorded.
+    wait_until(LONG, "delivered", || {
+        bus.outbox().stats().unwrap().delivered == 1
+    });
     consistent(&bus);
 }
 

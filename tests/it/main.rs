@@ -62,7 +62,8 @@ pub const LONG: Duration = Duration::from_secs(30);
 
 /// Checks that the outbox counters equal a recount of the records and that
 /// every delivery is listed exactly once, in the listing of its state.
-/// Returns the counts.
+/// Returns the counts. Call it on a quiet outbox (nothing in flight, no
+/// retry about to fall due): it reads the store several times.
 pub fn consistent(bus: &Bus) -> hookbus::OutboxStats {
     let stats = bus.outbox().stats().unwrap();
     let recount = bus.outbox().recount().unwrap();
