@@ -109,6 +109,53 @@ fn durable_publish(c: &mut Criterion) {
             })
         });
     }
+    // Durability::PowerLoss: each barrier also fdatasyncs the log, against
+    // the same raw sled batch + flush followed by an fdatasync of its log.
+    let sync_dir = tempfile::tempdir().unwrap();
+    let sync_bus = builder(sync_dir.path())
+        .deliver(false)
+        .durability(hookbus::Durability::PowerLoss)
+        .open()
+        .unwrap();
+    sync_bus
+        .subscribe(NewSubscription::new("s", dead_url()).events(["order.created"]))
+        .unwrap();
+    let raw_log = std::fs::File::open(raw_dir.path().join("db")).unwrap();
+    for batch in [1u64, 100] {
+        g.throughput(Throughput::Elements(batch));
+        g.bench_function(
+            BenchmarkId::new("baseline_sled_batch_flush_fdatasync", batch),
+            |b| {
+                b.iter(|| {
+                    let mut wb = sled::Batch::default();
+                    for _ in 0..batch {
+                        key += 1;
+                        wb.insert(
+                            [&b"e"[..], &key.to_be_bytes()[..]].concat(),
+                            payload.as_slice(),
+                        );
+                        wb.insert([&b"d"[..], &key.to_be_bytes()[..]].concat(), &[0u8; 96][..]);
+                        wb.insert([&b"q"[..], &key.to_be_bytes()[..]].concat(), &[0u8; 16][..]);
+                    }
+                    tree.apply_batch(wb).unwrap();
+                    tree.flush().unwrap();
+                    raw_log.sync_data().unwrap();
+                })
+            },
+        );
+        g.bench_function(
+            BenchmarkId::new("hookbus_publish_flush_powerloss", batch),
+            |b| {
+                let ev = order(1);
+                b.iter(|| {
+                    for _ in 0..batch {
+                        sync_bus.publish("order.created", &ev).unwrap();
+                    }
+                    sync_bus.flush().unwrap();
+                })
+            },
+        );
+    }
     // Group commit: 8 threads each waiting for their own event to be durable.
     let threads = 8u64;
     g.throughput(Throughput::Elements(threads * 125));

@@ -78,8 +78,12 @@ impl Bus {
     /// the background threads. Errors as [`Bus::open`].
     pub fn open_with(config: Config) -> Result<Bus> {
         let config = Arc::new(config);
-        let (reader, writer) =
-            storage::sled::open(&config.path, config.cache_capacity, config.lock_timeout)?;
+        let (reader, writer) = storage::sled::open(
+            &config.path,
+            config.cache_capacity,
+            config.lock_timeout,
+            config.durability == crate::config::Durability::PowerLoss,
+        )?;
         let engine = Engine::start(Arc::new(reader), Box::new(writer), config.clone())?;
         Ok(Bus {
             inner: Arc::new(Inner { config, engine }),

@@ -32,6 +32,7 @@ pub struct Config {
     pub(crate) per_subscription: usize,
     pub(crate) per_host: usize,
     pub(crate) breaker_after: u32,
+    pub(crate) durability: Durability,
     pub(crate) breaker_wait: Duration,
     pub(crate) retry_schedule: Vec<Duration>,
     pub(crate) allow_private_targets: bool,
@@ -56,6 +57,7 @@ impl Default for Config {
             per_subscription: 64,
             per_host: 256,
             breaker_after: 5,
+            durability: Durability::Crash,
             breaker_wait: Duration::from_secs(30),
             retry_schedule: default_retry_schedule(),
             allow_private_targets: false,
@@ -70,6 +72,27 @@ impl Default for Config {
             lock_timeout: Duration::from_secs(2),
         }
     }
+}
+
+/// What a durability barrier ([`Bus::flush`](crate::Bus::flush),
+/// [`Bus::publish_durable`](crate::Bus::publish_durable), a subscription
+/// change) waits for before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// sled's flush: the store's log is written to the operating system
+    /// (on Linux sled ends with `sync_file_range`, not `fsync`), and sled's
+    /// background flusher `fsync`s every 500 ms. What a barrier confirmed
+    /// survives a crash or `kill -9` of the process; a power loss or kernel
+    /// crash can lose the last ≤ 500 ms of it.
+    #[default]
+    Crash,
+    /// As [`Crash`](Durability::Crash), and each barrier round also
+    /// `fdatasync`s the store's log file and `fsync`s blob files written
+    /// since the last round and their folder (one sync per round, shared by
+    /// every waiter of the round): what a barrier confirmed survives a power
+    /// loss too, on a disk that honours flushes.
+    PowerLoss,
 }
 
 /// The default delays before each retry: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
@@ -115,6 +138,10 @@ impl Config {
     /// The most requests one destination host may have in flight.
     pub fn max_in_flight_per_host(&self) -> usize {
         self.per_host
+    }
+    /// What a durability barrier waits for.
+    pub fn durability(&self) -> Durability {
+        self.durability
     }
     /// After how many connection failures or timeouts in a row a
     /// subscription's circuit breaker opens, and for how long at first.
@@ -193,6 +220,7 @@ impl Config {
 /// | `max_in_flight_per_subscription` | 64 |
 /// | `max_in_flight_per_host` | 256 |
 /// | `circuit_breaker` | 5 failures, 30 s |
+/// | `durability` | `Durability::Crash` |
 /// | `retry_schedule` | 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h |
 /// | `allow_private_targets` | `false` |
 /// | `allowed_networks` | none |
@@ -289,6 +317,15 @@ impl Builder {
     pub fn circuit_breaker(mut self, failures: u32, wait: Duration) -> Self {
         self.config.breaker_after = failures;
         self.config.breaker_wait = wait;
+        self
+    }
+
+    /// What a durability barrier waits for: see [`Durability`].
+    /// [`Durability::PowerLoss`] adds one `fdatasync` per barrier round.
+    ///
+    /// Defaults to [`Durability::Crash`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.config.durability = durability;
         self
     }
 

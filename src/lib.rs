@@ -111,7 +111,8 @@
 //!   on Linux, in `sync_file_range`, not `fsync`; sled's background flusher
 //!   does `fsync` every 500 ms. So a flushed event survives a crash of the
 //!   process; after a power loss or kernel crash, the last ≤ 500 ms of
-//!   flushed writes may be lost.
+//!   flushed writes may be lost. [`Durability::PowerLoss`] closes that gap:
+//!   each barrier round also `fdatasync`s the store.
 //! * Attempt outcomes are written at once but not flushed on their own: a
 //!   crash within sled's 500 ms flush interval can make a delivery that was
 //!   already answered be sent again (still at-least-once), never lost.
@@ -154,7 +155,7 @@ mod subscription;
 mod util;
 
 pub use bus::Bus;
-pub use config::{Builder, Config, default_retry_schedule};
+pub use config::{Builder, Config, Durability, default_retry_schedule};
 pub use delivery::{Delivery, DeliveryState, ParseDeliveryStateError};
 pub use error::{Error, Result, StoreError};
 pub use event::ALL_EVENTS;

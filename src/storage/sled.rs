@@ -189,10 +189,13 @@ fn parse_time_entry(key: &[u8], value: &[u8]) -> Result<IndexEntry> {
 /// hookbus data in it yet (sled made its files, the format marker was not
 /// written). Such an empty database is taken over; one that holds anything
 /// else is refused as [`Error::NotAStore`].
+/// With `sync`, every [`Writer::flush`] also syncs the store's files to the
+/// disk (see [`crate::Durability::PowerLoss`]).
 pub(crate) fn open(
     path: &Path,
     cache_capacity: u64,
     lock_timeout: Duration,
+    sync: bool,
 ) -> Result<(SledReader, SledWriter)> {
     check_is_store_or_empty(path)?;
     let db = open_db(
@@ -222,11 +225,13 @@ pub(crate) fn open(
         tree.flush()?;
     }
     check_format(&tree, path)?;
+    let syncer = if sync { Some(Syncer::new(path)?) } else { None };
     let reader = SledReader { db, tree };
     let writer = SledWriter {
         reader: reader.clone(),
         batch: sled::Batch::default(),
         ops: 0,
+        syncer,
     };
     Ok((reader, writer))
 }
@@ -496,6 +501,63 @@ pub(crate) struct SledWriter {
     reader: SledReader,
     batch: sled::Batch,
     ops: usize,
+    /// Set in [`crate::Durability::PowerLoss`] mode.
+    syncer: Option<Syncer>,
+}
+
+/// Syncs what sled's flush leaves to the OS: its log file (`db`, which sled
+/// ends with `sync_file_range` on Linux) and the blob files sled writes for
+/// large records without any sync, with their folder.
+#[derive(Debug)]
+struct Syncer {
+    log: std::fs::File,
+    blobs: std::path::PathBuf,
+    /// Blob files are named by increasing log sequence numbers: those up to
+    /// this one are synced.
+    synced_blob: u64,
+}
+
+impl Syncer {
+    fn new(path: &Path) -> Result<Syncer> {
+        let log = std::fs::File::open(path.join("db"))?;
+        // The folder's entries (db, conf, blobs/) once, now.
+        std::fs::File::open(path)?.sync_all()?;
+        Ok(Syncer {
+            log,
+            blobs: path.join("blobs"),
+            synced_blob: 0,
+        })
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.log.sync_data()?;
+        let Ok(entries) = std::fs::read_dir(&self.blobs) else {
+            return Ok(());
+        };
+        let mut newest = self.synced_blob;
+        let mut any = false;
+        for e in entries {
+            let e = e?;
+            let Some(id) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            if id > self.synced_blob {
+                match std::fs::File::open(e.path()) {
+                    Ok(f) => f.sync_data()?,
+                    // sled dropped it meanwhile (superseded): nothing to sync.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+                newest = newest.max(id);
+                any = true;
+            }
+        }
+        if any {
+            std::fs::File::open(&self.blobs)?.sync_all()?;
+            self.synced_blob = newest;
+        }
+        Ok(())
+    }
 }
 
 impl SledWriter {
@@ -631,6 +693,9 @@ impl Writer for SledWriter {
     /// docs on durability.
     fn flush(&mut self) -> Result<()> {
         self.reader.tree.flush()?;
+        if let Some(s) = &mut self.syncer {
+            s.sync()?;
+        }
         Ok(())
     }
 }
