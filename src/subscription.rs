@@ -490,6 +490,82 @@ impl<'a> Subscriptions<'a> {
     /// [`Error::InvalidSecret`],
     /// [`Error::InvalidOwner`], [`Error::Conflict`], [`Error::Closed`].
     pub fn create(&self, new: NewSubscription) -> Result<Subscription> {
+        let rec = self.record_of(new)?;
+        self.engine.write(move |w| {
+            check_conflict(w.reader(), &rec)?;
+            w.put_subscription(None, &rec);
+            Ok(Subscription::from(rec))
+        })
+    }
+
+    /// Makes sure a subscription exists as described, keyed by its owner
+    /// and name — for start-up code that runs on every start:
+    ///
+    /// * none with this owner and name: it is created;
+    /// * one with the same URL, events, secret and signing: it is returned
+    ///   unchanged;
+    /// * one that differs: it is updated to the description (keeping its
+    ///   id, its history and whether it is active; a changed secret
+    ///   replaces the old one at once).
+    ///
+    /// Give it a fixed secret: [`NewSubscription::generate_secret`] makes a
+    /// new one every time, which would rotate the secret on every start.
+    /// Errors as [`create`](Self::create).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hookbus::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let bus = hookbus::Bus::builder().path(dir.path()).allow_private_targets(true).open()?;
+    /// use hookbus::NewSubscription;
+    /// let describe = || {
+    ///     NewSubscription::new("orders", "http://127.0.0.1:9/hook")
+    ///         .events(["order.created"])
+    ///         .secret("shh")
+    /// };
+    /// let first = bus.subscriptions().ensure(describe())?;
+    /// let again = bus.subscriptions().ensure(describe())?; // the next start
+    /// assert_eq!(first.id, again.id);
+    /// assert_eq!(bus.subscriptions().list()?.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn ensure(&self, new: NewSubscription) -> Result<Subscription> {
+        let wanted = self.record_of(new)?;
+        self.engine.write(move |w| {
+            let mut existing = None;
+            for r in w.reader().subscriptions() {
+                let r = r?;
+                if r.owner == wanted.owner && r.name == wanted.name {
+                    existing = Some(r);
+                    break;
+                }
+            }
+            let Some(old) = existing else {
+                check_conflict(w.reader(), &wanted)?;
+                w.put_subscription(None, &wanted);
+                return Ok(Subscription::from(wanted));
+            };
+            let same = old.url == wanted.url
+                && old.events == wanted.events
+                && old.secret == wanted.secret
+                && old.standard_webhooks == wanted.standard_webhooks;
+            if same {
+                return Ok(Subscription::from(old));
+            }
+            let new = SubscriptionRecord {
+                id: old.id,
+                created_at: old.created_at,
+                active: old.active,
+                previous_secret: None,
+                ..wanted
+            };
+            check_conflict(w.reader(), &new)?;
+            w.put_subscription(Some(&old), &new);
+            Ok(Subscription::from(new))
+        })
+    }
+
+    /// Validates a description and makes the record it would be stored as.
+    fn record_of(&self, new: NewSubscription) -> Result<SubscriptionRecord> {
         let config = self.config;
         validate_name(&new.name)?;
         let url = validate_url(&new.url, &config.target_policy(), config.https_only)?;
@@ -502,7 +578,7 @@ impl<'a> Subscriptions<'a> {
         }
         validate_mode(new.signing, new.secret.as_ref().map(Secret::expose))?;
         let now = Timestamp::now();
-        let rec = SubscriptionRecord {
+        Ok(SubscriptionRecord {
             id: SubscriptionId::generate(),
             name: new.name,
             events,
@@ -515,11 +591,6 @@ impl<'a> Subscriptions<'a> {
             standard_webhooks: new.signing.is_standard(),
             created_at: now,
             modified_at: now,
-        };
-        self.engine.write(move |w| {
-            check_conflict(w.reader(), &rec)?;
-            w.put_subscription(None, &rec);
-            Ok(Subscription::from(rec))
         })
     }
 

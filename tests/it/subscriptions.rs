@@ -339,3 +339,60 @@ fn records_serialize_to_readable_json() {
         "{j}"
     );
 }
+
+/// Issue 13: idempotent set-up. `ensure` creates once, returns the same
+/// subscription on the next start (where `create` answers Conflict),
+/// updates it in place when the description changes, and keys by owner and
+/// name.
+#[test]
+fn ensure_creates_once_returns_the_same_and_updates_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = crate::open(dir.path());
+    let url_a = crate::dead_url();
+    let describe = |url: &str, events: &[&str]| {
+        hookbus::NewSubscription::new("orders", url)
+            .events(events.iter().copied())
+            .secret("shh")
+    };
+    let first = bus
+        .subscriptions()
+        .ensure(describe(&url_a, &["order.created"]))
+        .unwrap();
+    // What a second start used to do.
+    let err = bus
+        .subscriptions()
+        .create(describe(&url_a, &["order.created"]))
+        .unwrap_err();
+    assert!(matches!(err, hookbus::Error::Conflict { .. }), "{err:?}");
+    let again = bus
+        .subscriptions()
+        .ensure(describe(&url_a, &["order.created"]))
+        .unwrap();
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.modified_at, first.modified_at, "unchanged");
+    // A changed description updates the same subscription.
+    let url_b = crate::dead_url();
+    let changed = bus
+        .subscriptions()
+        .ensure(describe(&url_b, &["order.created", "order.paid"]))
+        .unwrap();
+    assert_eq!(changed.id, first.id);
+    assert_eq!(changed.url, url_b);
+    assert_eq!(changed.events.len(), 2);
+    assert_eq!(bus.subscriptions().list().unwrap().len(), 1);
+    // Another owner's subscription of the same name is its own.
+    let theirs = bus
+        .subscriptions()
+        .ensure(describe(&url_b, &["order.created"]).owner("tenant-b"))
+        .unwrap();
+    assert_ne!(theirs.id, first.id);
+    assert_eq!(bus.subscriptions().list().unwrap().len(), 2);
+    // Survives a reopen as the same one.
+    drop(bus);
+    let bus = crate::open(dir.path());
+    let after = bus
+        .subscriptions()
+        .ensure(describe(&url_b, &["order.created", "order.paid"]))
+        .unwrap();
+    assert_eq!(after.id, first.id);
+}
