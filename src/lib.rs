@@ -60,6 +60,7 @@
 //! User-Agent: hookbus/<version>
 //! X-Webhook-Delivery: <delivery id, 32 lowercase hex>
 //! X-Webhook-Event: hello
+//! X-Webhook-Event-Id: <event id, 32 lowercase hex: one event, every subscription>
 //! X-Hub-Signature: sha1=<hex HMAC-SHA1 of the body, keyed with the secret>
 //! X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>
 //!

@@ -30,6 +30,9 @@ const EXCERPT: usize = 1024;
 #[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) delivery: DeliveryId,
+    /// The event, sent as `X-Webhook-Event-Id` (the same for every
+    /// subscription it reached).
+    pub(crate) event: crate::ids::EventId,
     pub(crate) subscription: SubscriptionId,
     pub(crate) event_name: String,
     pub(crate) attempt: u32,
@@ -273,7 +276,8 @@ pub(crate) fn perform(agent: &ureq::Agent, job: Job) -> Outcome {
         .post(&job.url)
         .header("Content-Type", &job.content_type)
         .header("X-Webhook-Delivery", &id)
-        .header("X-Webhook-Event", &job.event_name);
+        .header("X-Webhook-Event", &job.event_name)
+        .header("X-Webhook-Event-Id", job.event.to_string());
     if job.standard_webhooks {
         let ts = at.as_millis() / 1000;
         let sigs: Vec<String> = job

@@ -689,6 +689,7 @@ impl Dispatcher {
         };
         Some(sender::Job {
             delivery: d.id,
+            event: d.event_id,
             subscription: d.subscription_id,
             attempt: delivery::next_attempt_number(&d),
             event_name: d.event_name,

@@ -35,11 +35,21 @@ fn the_request_has_exactly_the_documented_headers_and_a_correct_signature() {
     let unsigned = bus
         .subscribe(NewSubscription::new("plain", rx.url("/plain")).events(["hello"]))
         .unwrap();
-    bus.publish("hello", &json!({"text": "I said hello"}))
+    let event = bus
+        .publish("hello", &json!({"text": "I said hello"}))
         .unwrap();
     wait_until(LONG, "2 deliveries", delivered(&bus, 2));
 
     let reqs = rx.requests();
+    // One event: the same event id at both subscriptions, each with its own
+    // delivery id.
+    for r in &reqs {
+        assert_eq!(
+            r.header("x-webhook-event-id"),
+            Some(event.to_string().as_str())
+        );
+    }
+    assert_ne!(reqs[0].delivery_id(), reqs[1].delivery_id());
     assert_eq!(reqs.len(), 2);
     let r = reqs.iter().find(|r| r.path == "/api/incoming").unwrap();
     let body = br#"{"text":"I said hello"}"#;
