@@ -169,7 +169,7 @@ pub use signing::{
     sign_sha256, sign_standard, verify_signature, verify_standard, verify_standard_at,
 };
 pub use subscription::{
-    NewSubscription, Secret, Signing, Subscription, SubscriptionPatch, Subscriptions,
+    NewSubscription, PING_EVENT, Secret, Signing, Subscription, SubscriptionPatch, Subscriptions,
 };
 
 /// The README's code blocks, compiled (and, unless marked `no_run`, run) as

@@ -228,6 +228,26 @@ fn attempt_dto(s: SubscriptionId, d: &crate::delivery::Delivery, a: &Attempt) ->
     })
 }
 
+/// `POST {id}/ping`: a test request to the subscription now; the outcome.
+fn ping(bus: &Bus, id: SubscriptionId) -> ApiResponse {
+    match bus.subscriptions().ping(id) {
+        Ok(a) => ApiResponse::ok(
+            200,
+            json!({
+                "statusCode": a.status,
+                "succeeded": a.succeeded(),
+                "durationMs": a.duration_ms,
+                "error": a.error.as_ref().map(ToString::to_string),
+                "responseExcerpt": String::from_utf8_lossy(&a.response_excerpt)
+                    .chars()
+                    .take(200)
+                    .collect::<String>(),
+            }),
+        ),
+        Err(e) => from_error(&e, false),
+    }
+}
+
 /// Maps a hookbus error to a response, naming the request field at fault.
 fn from_error(e: &Error, in_config: bool) -> ApiResponse {
     let f = |name: &'static str, nested: &'static str| Some(if in_config { nested } else { name });
@@ -279,7 +299,8 @@ pub fn handle(bus: &Bus, req: ApiRequest<'_>) -> ApiResponse {
             }
         }),
         ("GET", [id, "history"]) => with_owned(bus, caller, id, |s| history(bus, &s, req.query)),
-        (_, [] | ["search"] | [_] | [_, "history"]) => ApiResponse::error(
+        ("POST", [id, "ping"]) => with_owned(bus, caller, id, |s| ping(bus, s.id)),
+        (_, [] | ["search"] | [_] | [_, "history"] | [_, "ping"]) => ApiResponse::error(
             405,
             "MethodNotAllowed",
             format!("{} is not allowed on {}", req.method, req.path),

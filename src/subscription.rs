@@ -16,6 +16,9 @@ use crate::util::clip;
 /// The content type every delivery is sent with (kept in the stored record).
 const CONTENT_TYPE_JSON: &str = "application/json";
 pub(crate) use crate::event::ALL_EVENTS;
+
+/// The event name of [`Subscriptions::ping`]'s test request.
+pub const PING_EVENT: &str = "hookbus.ping";
 const MAX_URL_LEN: usize = 2048;
 const MAX_SECRET_LEN: usize = 1024;
 const MAX_OWNER_LEN: usize = 200;
@@ -562,6 +565,44 @@ impl<'a> Subscriptions<'a> {
             w.put_subscription(Some(&old), &new);
             Ok(Subscription::from(new))
         })
+    }
+
+    /// Sends a test event to one subscription now, on the calling thread,
+    /// and returns the attempt: status (or why there was none), how long it
+    /// took, the start of the response. The request is exactly what a
+    /// delivery looks like — signed, through the same internal-address
+    /// guard — with event name [`PING_EVENT`], body
+    /// `{"ping":true,"subscription":"<id>"}` and fresh delivery and event
+    /// ids. Nothing is stored and nothing is retried; inactive
+    /// subscriptions can be pinged too. Blocks for up to the request
+    /// timeout.
+    ///
+    /// Errors: [`Error::SubscriptionNotFound`], store errors.
+    pub fn ping(&self, id: SubscriptionId) -> Result<crate::record::Attempt> {
+        let sub = self
+            .engine
+            .reader()?
+            .subscription(id)?
+            .ok_or(Error::SubscriptionNotFound(id))?;
+        let payload = serde_json::to_vec(&serde_json::json!({
+            "ping": true,
+            "subscription": id.to_string(),
+        }))
+        .map_err(Error::Serialize)?;
+        let job = crate::sender::Job {
+            delivery: crate::ids::DeliveryId::generate(),
+            event: crate::ids::EventId::generate(),
+            subscription: id,
+            event_name: PING_EVENT.to_owned(),
+            attempt: 1,
+            url: sub.url.clone(),
+            secrets: crate::engine::event_loop::secrets_of(&sub),
+            content_type: sub.content_type.clone(),
+            standard_webhooks: sub.standard_webhooks,
+            payload: payload.into(),
+        };
+        let agent = crate::sender::build_agent(self.config);
+        Ok(crate::sender::perform(&agent, job).attempt)
     }
 
     /// Validates a description and makes the record it would be stored as.

@@ -391,3 +391,51 @@ fn request_debug_redacts_the_body() {
     );
     assert!(shown.contains(&body.len().to_string()), "{shown}");
 }
+
+/// Issue 13: ping sends a signed test request now and returns the outcome;
+/// nothing is stored. Through the API and the REST route (owner only).
+#[test]
+fn ping_sends_a_signed_test_request_and_stores_nothing() {
+    let rx = TestReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    let sub = bus
+        .subscribe(
+            hookbus::NewSubscription::new("s", rx.url("/hook"))
+                .events(["e"])
+                .secret("shh")
+                .owner("alice"),
+        )
+        .unwrap();
+    let a = bus.subscriptions().ping(sub.id).unwrap();
+    assert_eq!(a.status, Some(204));
+    assert!(a.succeeded());
+    let reqs = rx.wait_for(1, LONG);
+    assert_eq!(reqs[0].header("x-webhook-event"), Some(hookbus::PING_EVENT));
+    assert!(reqs[0].signed_with(b"shh", "x-hub-signature-256"));
+    assert_eq!(reqs[0].json()["ping"], json!(true));
+    let stats = bus.outbox().stats().unwrap();
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 0, 0));
+
+    // A receiver that is not there: the error, not a panic or an Err.
+    let down = bus
+        .subscribe(hookbus::NewSubscription::new("down", crate::dead_url()).events(["e"]))
+        .unwrap();
+    let a = bus.subscriptions().ping(down.id).unwrap();
+    assert_eq!(a.status, None);
+    assert!(a.error.is_some());
+
+    // REST: the owner may ping; anyone else gets 404.
+    let alice = Caller::new("alice", Vec::<String>::new());
+    let bob = Caller::new("bob", Vec::<String>::new());
+    let path = format!("/webhooks/subscriptions/{}/ping", sub.id);
+    let r = call(&bus, "POST", &path, Some(&alice), Value::Null);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["statusCode"], json!(204));
+    assert_eq!(r.body["succeeded"], json!(true));
+    assert_eq!(rx.wait_for(2, LONG).len(), 2);
+    let r = call(&bus, "POST", &path, Some(&bob), Value::Null);
+    assert_eq!(r.status, 404);
+    let r = call(&bus, "GET", &path, Some(&alice), Value::Null);
+    assert_eq!(r.status, 405);
+}
