@@ -475,8 +475,8 @@ fn a_dozen_hanging_subscriptions_do_not_starve_a_healthy_one() {
 
 /// Issue 11: after a run of connection failures a subscription's circuit
 /// breaker opens: its backlog waits for the breaker's time, then one probe
-/// goes out, and a failed probe doubles the wait. (That an answer closes
-/// it again has no test of its own yet.)
+/// goes out, and a failed probe doubles the wait. (An answer closing it:
+/// `an_answer_closes_the_circuit_breaker`.)
 #[test]
 fn the_circuit_breaker_pauses_a_subscription_that_cannot_be_reached() {
     let dir = tempfile::tempdir().unwrap();
@@ -508,5 +508,57 @@ fn the_circuit_breaker_pauses_a_subscription_that_cannot_be_reached() {
         "doubled after a failed probe: {} ms",
         gap(4)
     );
+    consistent(&bus);
+}
+
+/// Issue 11: an answer closes the circuit breaker again — afterwards the
+/// subscription gets several requests at once, not one probe at a time.
+#[test]
+fn an_answer_closes_the_circuit_breaker() {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s = seen.clone();
+    let rx = TestReceiver::with(move |_| {
+        if s.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3 {
+            Reply::dropped()
+        } else {
+            Reply::ok().delay(Duration::from_millis(300))
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path())
+        .retry_schedule(vec![Duration::from_millis(10); 10])
+        .circuit_breaker(3, Duration::from_millis(200))
+        .open()
+        .unwrap();
+    bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["e"]))
+        .unwrap();
+    bus.publish("e", &json!({"first": true})).unwrap();
+    wait_until(LONG, "the probe delivered", delivered(&bus, 1));
+    let d = bus.outbox().delivered().next().unwrap().unwrap();
+    let a = bus.outbox().attempts(d.id).unwrap();
+    assert_eq!(
+        a.len(),
+        4,
+        "three dropped connections, then the probe: {a:?}"
+    );
+    assert!(a[..3].iter().all(|a| a.status.is_none()), "{a:?}");
+    // Closed again: the next ones overlap at the receiver (each is held
+    // 300 ms; one probe at a time would space them ≥ 300 ms apart).
+    for i in 0..6 {
+        bus.publish("e", &json!({ "i": i })).unwrap();
+    }
+    let reqs = rx.wait_for(10, LONG);
+    let mut later: Vec<_> = reqs[4..].iter().map(|r| r.at).collect();
+    later.sort();
+    let closest = later
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .min()
+        .unwrap();
+    assert!(
+        closest < Duration::from_millis(150),
+        "requests after the answer still came one at a time ({closest:?} apart)"
+    );
+    wait_until(LONG, "all delivered", delivered(&bus, 7));
     consistent(&bus);
 }
