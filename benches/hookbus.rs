@@ -61,6 +61,21 @@ fn publish(c: &mut Criterion) {
     g.finish();
 }
 
+/// `batch` events written the way hookbus writes them — an event, a
+/// delivery and its index entry each — as one raw sled batch (the
+/// durable-publish baselines).
+fn raw_batch(key: &mut u64, batch: u64, payload: &[u8]) -> sled::Batch {
+    let mut wb = sled::Batch::default();
+    for _ in 0..batch {
+        *key += 1;
+        let k = key.to_be_bytes();
+        wb.insert([&b"e"[..], &k[..]].concat(), payload);
+        wb.insert([&b"d"[..], &k[..]].concat(), &[0u8; 96][..]);
+        wb.insert([&b"q"[..], &k[..]].concat(), &[0u8; 16][..]);
+    }
+    wb
+}
+
 /// publish + flush in batches of 1, 100, 1000 with one matching
 /// subscription, against the same number of records written straight into
 /// a sled batch + flush; and many publishers sharing flushes.
@@ -84,18 +99,8 @@ fn durable_publish(c: &mut Criterion) {
         g.throughput(Throughput::Elements(batch));
         g.bench_function(BenchmarkId::new("baseline_sled_batch_flush", batch), |b| {
             b.iter(|| {
-                let mut wb = sled::Batch::default();
-                for _ in 0..batch {
-                    key += 1;
-                    // An event, a delivery and its index entry, as hookbus writes.
-                    wb.insert(
-                        [&b"e"[..], &key.to_be_bytes()[..]].concat(),
-                        payload.as_slice(),
-                    );
-                    wb.insert([&b"d"[..], &key.to_be_bytes()[..]].concat(), &[0u8; 96][..]);
-                    wb.insert([&b"q"[..], &key.to_be_bytes()[..]].concat(), &[0u8; 16][..]);
-                }
-                tree.apply_batch(wb).unwrap();
+                tree.apply_batch(raw_batch(&mut key, batch, &payload))
+                    .unwrap();
                 tree.flush().unwrap();
             })
         });
@@ -127,17 +132,8 @@ fn durable_publish(c: &mut Criterion) {
             BenchmarkId::new("baseline_sled_batch_flush_fdatasync", batch),
             |b| {
                 b.iter(|| {
-                    let mut wb = sled::Batch::default();
-                    for _ in 0..batch {
-                        key += 1;
-                        wb.insert(
-                            [&b"e"[..], &key.to_be_bytes()[..]].concat(),
-                            payload.as_slice(),
-                        );
-                        wb.insert([&b"d"[..], &key.to_be_bytes()[..]].concat(), &[0u8; 96][..]);
-                        wb.insert([&b"q"[..], &key.to_be_bytes()[..]].concat(), &[0u8; 16][..]);
-                    }
-                    tree.apply_batch(wb).unwrap();
+                    tree.apply_batch(raw_batch(&mut key, batch, &payload))
+                        .unwrap();
                     tree.flush().unwrap();
                     raw_log.sync_data().unwrap();
                 })

@@ -16,6 +16,7 @@ use crate::record::{Attempt, AttemptError, AttemptErrorKind};
 use crate::retry::parse_retry_after;
 use crate::signing;
 use crate::ssrf::{Blocked, GuardedResolver};
+use crate::storage::SubscriptionRecord;
 
 /// The `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("hookbus/", env!("CARGO_PKG_VERSION"));
@@ -42,6 +43,39 @@ pub(crate) struct Job {
     pub(crate) content_type: String,
     pub(crate) standard_webhooks: bool,
     pub(crate) payload: Arc<[u8]>,
+}
+
+impl Job {
+    /// Attempt number `attempt` of delivery `delivery` (of `event`) to
+    /// `sub`, signed with its current secret and, while it is still valid,
+    /// the one being rotated out.
+    pub(crate) fn to(
+        sub: &SubscriptionRecord,
+        delivery: DeliveryId,
+        event: crate::ids::EventId,
+        event_name: String,
+        attempt: u32,
+        payload: Arc<[u8]>,
+    ) -> Job {
+        let mut secrets: Vec<String> = sub.secret.iter().cloned().collect();
+        if let Some((old, until)) = &sub.previous_secret
+            && *until > Timestamp::now().as_millis()
+        {
+            secrets.push(old.clone());
+        }
+        Job {
+            delivery,
+            event,
+            subscription: sub.id,
+            event_name,
+            attempt,
+            url: sub.url.clone(),
+            secrets,
+            content_type: sub.content_type.clone(),
+            standard_webhooks: sub.standard_webhooks,
+            payload,
+        }
+    }
 }
 
 /// What came of a job.

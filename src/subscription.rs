@@ -589,18 +589,14 @@ impl<'a> Subscriptions<'a> {
             "subscription": id.to_string(),
         }))
         .map_err(Error::Serialize)?;
-        let job = crate::sender::Job {
-            delivery: crate::ids::DeliveryId::generate(),
-            event: crate::ids::EventId::generate(),
-            subscription: id,
-            event_name: PING_EVENT.to_owned(),
-            attempt: 1,
-            url: sub.url.clone(),
-            secrets: crate::engine::event_loop::secrets_of(&sub),
-            content_type: sub.content_type.clone(),
-            standard_webhooks: sub.standard_webhooks,
-            payload: payload.into(),
-        };
+        let job = crate::sender::Job::to(
+            &sub,
+            crate::ids::DeliveryId::generate(),
+            crate::ids::EventId::generate(),
+            PING_EVENT.to_owned(),
+            1,
+            payload.into(),
+        );
         let agent = crate::sender::build_agent(self.config);
         Ok(crate::sender::perform(&agent, job).attempt)
     }

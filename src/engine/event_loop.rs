@@ -31,7 +31,7 @@ use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
 use crate::record::{AttemptErrorKind, Event};
 use crate::retry::decide;
 use crate::sender::{self, Outcome};
-use crate::storage::{Damaged, IndexEntry, SubscriptionRecord, Writer};
+use crate::storage::{Damaged, IndexEntry, Writer};
 
 /// At most this many commands are taken into one round.
 const MAX_ROUND: usize = 4096;
@@ -428,7 +428,7 @@ impl Dispatcher {
         if let Err(e) = self.s.commit() {
             tracing::error!(error = %e, "maintenance chunk could not be written");
             if let Some((_, Some(done))) = self.jobs.pop_front() {
-                self.push_done(Box::new(move |_| done(Err(e))), Ok(()));
+                self.done.push((Box::new(move |_| done(Err(e))), Ok(())));
             }
             return;
         }
@@ -437,13 +437,10 @@ impl Dispatcher {
             let count = job.count;
             let result = step.map(|_| count);
             if let Some(done) = done {
-                self.push_done(Box::new(move |flushed| done(flushed.and(result))), Ok(()));
+                self.done
+                    .push((Box::new(move |flushed| done(flushed.and(result))), Ok(())));
             }
         }
-    }
-
-    fn push_done(&mut self, done: Done, r: Result<()>) {
-        self.done.push((done, r));
     }
 
     fn on_outcome(&mut self, o: Outcome) {
@@ -687,18 +684,15 @@ impl Dispatcher {
             Ok(None) => return self.dead_letter(&d, reason::EVENT_MISSING),
             Err(e) => return self.unreadable(&d, "event", &e),
         };
-        Some(sender::Job {
-            delivery: d.id,
-            event: d.event_id,
-            subscription: d.subscription_id,
-            attempt: delivery::next_attempt_number(&d),
-            event_name: d.event_name,
-            url: sub.url.clone(),
-            secrets: secrets_of(&sub),
-            content_type: sub.content_type.clone(),
-            standard_webhooks: sub.standard_webhooks,
+        let attempt = delivery::next_attempt_number(&d);
+        Some(sender::Job::to(
+            &sub,
+            d.id,
+            d.event_id,
+            d.event_name,
+            attempt,
             payload,
-        })
+        ))
     }
 
     /// A record a delivery needs could not be read: a damaged one
@@ -797,16 +791,4 @@ fn host_key(url: &str) -> String {
         ),
         Err(_) => url.to_owned(),
     }
-}
-
-/// The secrets a request is signed with: the current one, then one being
-/// rotated out while it has not expired.
-pub(crate) fn secrets_of(sub: &SubscriptionRecord) -> Vec<String> {
-    let mut v: Vec<String> = sub.secret.iter().cloned().collect();
-    if let Some((old, until)) = &sub.previous_secret
-        && *until > now_ms()
-    {
-        v.push(old.clone());
-    }
-    v
 }
