@@ -1,16 +1,17 @@
-//! A Rust web app adopting hookbus: the subscription REST routes from
-//! `hookbus::rest`, mounted in axum, and a route that publishes an event.
+//! A multi-tenant Rust web app adopting hookbus: the subscription REST routes
+//! from `hookbus::rest`, mounted in axum, and a route that publishes an event
+//! for one customer (tenant) — only that customer's subscriptions get it.
 //!
 //! ```text
 //! cargo run --example axum_server --features tokio
-//! curl -X POST localhost:3000/webhooks/subscriptions -H 'x-user-id: alice' \
+//! curl -X POST localhost:3000/webhooks/subscriptions -H 'x-user-id: alice' -H 'x-tenant-id: acme' \
 //!      -d '{"name":"mine","events":["order.created"],"config":{"url":"https://example.com/hook","secret":"shh"}}'
-//! curl -X POST localhost:3000/orders -d '{"id":1}'
-//! curl localhost:3000/webhooks/subscriptions -H 'x-user-id: alice'
+//! curl -X POST localhost:3000/orders -H 'x-tenant-id: acme' -d '{"id":1}'
+//! curl localhost:3000/webhooks/subscriptions -H 'x-user-id: alice' -H 'x-tenant-id: acme'
 //! ```
 //!
-//! The identity comes from an `x-user-id` header (and `x-roles`, comma
-//! separated) — a stand-in for your real authentication.
+//! The identity comes from `x-user-id`, `x-tenant-id` and `x-roles` (comma
+//! separated) headers — a stand-in for your real authentication.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -56,8 +57,15 @@ async fn subscriptions(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let caller = header("x-user-id")
-        .map(|id| Caller::new(id, header("x-roles").unwrap_or_default().split(',')));
+    // Your authentication decides who calls and for which tenant
+    // (customer); here, trusted headers stand in for it.
+    let caller = header("x-user-id").map(|id| {
+        let c = Caller::new(id, header("x-roles").unwrap_or_default().split(','));
+        match header("x-tenant-id") {
+            Some(t) => c.tenant(t),
+            None => c,
+        }
+    });
     // Changes wait for the store's writer: keep them off the async threads.
     let res = tokio::task::spawn_blocking(move || {
         let req = ApiRequest {
@@ -83,10 +91,21 @@ async fn subscriptions(
     }
 }
 
-/// The application's own route: it publishes, and answers once the event is
-/// durable, without blocking the runtime.
-async fn create_order(State(bus): State<Bus>, Json(order): Json<serde_json::Value>) -> Response {
-    match bus.publish_durable_async("order.created", &order).await {
+/// The application's own route: it publishes for the customer whose order it
+/// is — only that tenant's subscriptions receive it — and answers once the
+/// event is durable, without blocking the runtime.
+async fn create_order(
+    State(bus): State<Bus>,
+    headers: HeaderMap,
+    Json(order): Json<serde_json::Value>,
+) -> Response {
+    let Some(tenant) = headers.get("x-tenant-id").and_then(|v| v.to_str().ok()) else {
+        return (StatusCode::UNAUTHORIZED, "x-tenant-id missing").into_response();
+    };
+    match bus
+        .publish_durable_to_async(tenant, "order.created", &order)
+        .await
+    {
         Ok(id) => (
             StatusCode::ACCEPTED,
             Json(serde_json::json!({ "eventId": id })),

@@ -13,7 +13,9 @@ use crate::ids::{EventId, Timestamp};
 use crate::outbox::Outbox;
 use crate::record::Event;
 use crate::storage;
-use crate::subscription::{NewSubscription, Subscription, Subscriptions, validate_event_name};
+use crate::subscription::{
+    NewSubscription, Subscription, Subscriptions, validate_event_name, validate_tenant,
+};
 
 /// The handle to an open hookbus store and its background threads.
 ///
@@ -115,7 +117,77 @@ impl Bus {
     pub fn publish<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<EventId> {
         let event = self.prepare(event, data)?;
         let id = event.id;
-        self.send(Command::Publish { event, done: None })?;
+        self.send(Command::Publish {
+            event,
+            tenant: None,
+            done: None,
+        })?;
+        Ok(id)
+    }
+
+    /// Publishes `data` as event `event` for one tenant: only the active
+    /// subscriptions of `tenant` ([`NewSubscription::tenant`]) that name
+    /// the event (or `*`) get a delivery — never another tenant's, and
+    /// never the app-wide ones. Otherwise as [`publish`](Bus::publish).
+    ///
+    /// Plain [`publish`](Bus::publish) is app-wide: it reaches the
+    /// subscriptions without a tenant, and tenants' subscriptions only if
+    /// the bus was built with
+    /// [`tenants_receive_app_events`](Builder::tenants_receive_app_events).
+    ///
+    /// Errors: those of `publish`, and [`Error::InvalidTenant`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hookbus::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let bus = hookbus::Bus::builder().path(dir.path()).allow_private_targets(true).deliver(false).open()?;
+    /// use hookbus::NewSubscription;
+    /// let acme = bus.subscribe(
+    ///     NewSubscription::new("acme's", "http://127.0.0.1:9/a").event("*").tenant("acme"),
+    /// )?;
+    /// let other = bus.subscribe(
+    ///     NewSubscription::new("globex's", "http://127.0.0.1:9/g").event("*").tenant("globex"),
+    /// )?;
+    /// bus.publish_durable_to("acme", "invoice.paid", &serde_json::json!({"amount": 10}))?;
+    /// assert_eq!(bus.outbox().for_subscription(acme.id, false).count(), 1);
+    /// assert_eq!(bus.outbox().for_subscription(other.id, false).count(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn publish_to<T: Serialize + ?Sized>(
+        &self,
+        tenant: &str,
+        event: &str,
+        data: &T,
+    ) -> Result<EventId> {
+        validate_tenant(tenant)?;
+        let event = self.prepare(event, data)?;
+        let id = event.id;
+        self.send(Command::Publish {
+            event,
+            tenant: Some(tenant.to_owned()),
+            done: None,
+        })?;
+        Ok(id)
+    }
+
+    /// Like [`publish_to`](Bus::publish_to), but returns only once the
+    /// event and its deliveries are on disk.
+    pub fn publish_durable_to<T: Serialize + ?Sized>(
+        &self,
+        tenant: &str,
+        event: &str,
+        data: &T,
+    ) -> Result<EventId> {
+        validate_tenant(tenant)?;
+        let event = self.prepare(event, data)?;
+        let id = event.id;
+        let (done, rx) = completion();
+        self.send(Command::Publish {
+            event,
+            tenant: Some(tenant.to_owned()),
+            done: Some(done),
+        })?;
+        rx.recv().map_err(|_| Error::Closed)??;
         Ok(id)
     }
 
@@ -127,6 +199,7 @@ impl Bus {
         let (done, rx) = completion();
         self.send(Command::Publish {
             event,
+            tenant: None,
             done: Some(done),
         })?;
         rx.recv().map_err(|_| Error::Closed)??;
@@ -166,11 +239,32 @@ impl Bus {
         data: &T,
     ) -> Result<EventId> {
         let event = self.prepare(event, data)?;
+        self.publish_async(event, None).await
+    }
+
+    /// [`publish_durable_to`](Bus::publish_durable_to) for async callers:
+    /// returns once the tenant's event is on disk, without blocking the
+    /// runtime thread.
+    #[cfg(feature = "tokio")]
+    pub async fn publish_durable_to_async<T: Serialize + ?Sized>(
+        &self,
+        tenant: &str,
+        event: &str,
+        data: &T,
+    ) -> Result<EventId> {
+        validate_tenant(tenant)?;
+        let event = self.prepare(event, data)?;
+        self.publish_async(event, Some(tenant.to_owned())).await
+    }
+
+    #[cfg(feature = "tokio")]
+    async fn publish_async(&self, event: Event, tenant: Option<String>) -> Result<EventId> {
         let id = event.id;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let done: Done = Box::new(move |flushed| drop(tx.send(flushed)));
         self.send(Command::Publish {
             event,
+            tenant,
             done: Some(done),
         })?;
         rx.await.map_err(|_| Error::Closed)??;

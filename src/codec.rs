@@ -1,13 +1,31 @@
 //! The record codec: one leading format-version byte, then bincode 2 (through
 //! serde). Every record on disk goes through here, so the encoding can change
 //! with a new version byte without breaking stores already written.
+//!
+//! Versions:
+//! * 1 — the first format.
+//! * 2 — a subscription record carries its tenant, custom headers, rate
+//!   limit, ordering and FIFO halt. Every other record's body is as in 1.
+//!
+//! Each stored type is a [`Record`]: it says how to read the bodies of
+//! older versions (by default: the same layout).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The record format this build writes. It reads this version and every
 /// older one it knows.
-pub(crate) const RECORD_VERSION: u8 = 1;
+pub(crate) const RECORD_VERSION: u8 = 2;
+
+/// A type stored through the codec.
+pub(crate) trait Record: Serialize + DeserializeOwned {
+    /// Decodes the body of a record written with an older `version`
+    /// (`1 ..< RECORD_VERSION`). By default the layout did not change.
+    fn decode_old(version: u8, body: &[u8]) -> Result<Self, DecodeError> {
+        let _ = version;
+        decode_body(body)
+    }
+}
 
 /// Decoding never allocates more than this for one record, whatever length
 /// prefixes a damaged record claims.
@@ -49,13 +67,19 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Decodes a record written by [`encode`], checking the version byte and that
-/// nothing follows the record.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+/// Decodes a record written by [`encode`] (this version or an older one),
+/// checking the version byte and that nothing follows the record.
+pub(crate) fn decode<T: Record>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if version != RECORD_VERSION {
-        return Err(DecodeError::UnknownVersion(version));
+    match version {
+        RECORD_VERSION => decode_body(body),
+        1..RECORD_VERSION => T::decode_old(version, body),
+        _ => Err(DecodeError::UnknownVersion(version)),
     }
+}
+
+/// Decodes a bincode body as `T`, checking that nothing follows it.
+pub(crate) fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     let (value, used) = bincode::serde::decode_from_slice(body, config())
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != body.len() {
@@ -77,6 +101,8 @@ mod tests {
         n: u64,
     }
 
+    impl Record for Rec {}
+
     #[test]
     fn round_trip_and_damage() {
         let r = Rec {
@@ -92,6 +118,12 @@ mod tests {
         let mut bad = bytes.clone();
         bad[0] = 99;
         assert_eq!(decode::<Rec>(&bad), Err(DecodeError::UnknownVersion(99)));
+        bad[0] = 0;
+        assert_eq!(decode::<Rec>(&bad), Err(DecodeError::UnknownVersion(0)));
+        // An unchanged layout reads from version 1 as well.
+        let mut v1 = bytes.clone();
+        v1[0] = 1;
+        assert_eq!(decode::<Rec>(&v1).unwrap(), r);
         for cut in 1..bytes.len() {
             assert!(
                 decode::<Rec>(&bytes[..cut]).is_err(),

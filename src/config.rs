@@ -45,6 +45,8 @@ pub struct Config {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) deliver: bool,
     pub(crate) lock_timeout: Duration,
+    pub(crate) max_subscriptions_per_tenant: usize,
+    pub(crate) tenants_receive_app_events: bool,
 }
 
 impl Default for Config {
@@ -70,6 +72,8 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             deliver: true,
             lock_timeout: Duration::from_secs(2),
+            max_subscriptions_per_tenant: 100,
+            tenants_receive_app_events: false,
         }
     }
 }
@@ -138,6 +142,14 @@ impl Config {
     /// The most requests one destination host may have in flight.
     pub fn max_in_flight_per_host(&self) -> usize {
         self.per_host
+    }
+    /// The most subscriptions one tenant may have.
+    pub fn max_subscriptions_per_tenant(&self) -> usize {
+        self.max_subscriptions_per_tenant
+    }
+    /// Whether tenants' subscriptions also receive app-wide events.
+    pub fn tenants_receive_app_events(&self) -> bool {
+        self.tenants_receive_app_events
     }
     /// What a durability barrier waits for.
     pub fn durability(&self) -> Durability {
@@ -232,6 +244,8 @@ impl Config {
 /// | `shutdown_timeout` | 5 s |
 /// | `deliver` | `true` |
 /// | `lock_timeout` | 2 s |
+/// | `max_subscriptions_per_tenant` | 100 |
+/// | `tenants_receive_app_events` | `false` |
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct Builder {
@@ -293,6 +307,27 @@ impl Builder {
     /// Defaults to 64.
     pub fn max_in_flight_per_subscription(mut self, n: usize) -> Self {
         self.config.per_subscription = n;
+        self
+    }
+
+    /// The most subscriptions one tenant may have
+    /// ([`NewSubscription::tenant`](crate::NewSubscription::tenant));
+    /// creating one more fails with [`Error::TenantFull`]. Subscriptions
+    /// without a tenant are not counted.
+    ///
+    /// Defaults to 100.
+    pub fn max_subscriptions_per_tenant(mut self, n: usize) -> Self {
+        self.config.max_subscriptions_per_tenant = n;
+        self
+    }
+
+    /// Whether the subscriptions of tenants also receive app-wide events
+    /// (those published with [`Bus::publish`](crate::Bus::publish), without
+    /// a tenant). Off by default: a tenant's subscription receives its own
+    /// tenant's events only, so one customer never sees what the app
+    /// publishes for everyone unless the operator says so.
+    pub fn tenants_receive_app_events(mut self, yes: bool) -> Self {
+        self.config.tenants_receive_app_events = yes;
         self
     }
 
@@ -484,6 +519,9 @@ impl Builder {
                 "circuit_breaker needs at least 1 failure and a wait of at most 1 hour, got {} and {:?}",
                 c.breaker_after, c.breaker_wait
             ));
+        }
+        if c.max_subscriptions_per_tenant == 0 {
+            return bad("max_subscriptions_per_tenant must be at least 1".into());
         }
         if c.per_subscription == 0 || c.per_host == 0 {
             return bad(

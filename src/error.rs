@@ -65,6 +65,40 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A tenant id is empty, too long or has control characters.
+    #[error("tenant {reason}")]
+    InvalidTenant {
+        /// What is wrong with it and what is allowed.
+        reason: &'static str,
+    },
+
+    /// A rate limit or ordering setting is out of range.
+    #[error("{reason}")]
+    InvalidPolicy {
+        /// What is wrong with it and what is allowed.
+        reason: &'static str,
+    },
+
+    /// A tenant has as many subscriptions as
+    /// [`Builder::max_subscriptions_per_tenant`](crate::Builder::max_subscriptions_per_tenant)
+    /// allows.
+    #[error("tenant `{tenant}` already has {max} subscriptions, the most allowed")]
+    TenantFull {
+        /// The tenant (shortened if long).
+        tenant: String,
+        /// The cap.
+        max: usize,
+    },
+
+    /// A custom header's name or value is not allowed.
+    #[error("header `{name}` {reason}")]
+    InvalidHeader {
+        /// The header name (shortened if long); never the value.
+        name: String,
+        /// What is wrong with it and what is allowed.
+        reason: &'static str,
+    },
+
     /// The same owner already has a subscription for this URL that receives
     /// this event.
     #[error(

@@ -142,6 +142,7 @@ mod event;
 pub mod fuzzing;
 mod ids;
 mod outbox;
+mod policy;
 #[cfg(test)]
 mod proptests;
 mod record;
@@ -162,6 +163,7 @@ pub use error::{Error, Result, StoreError};
 pub use event::ALL_EVENTS;
 pub use ids::{DeliveryId, EventId, ParseIdError, ParseTimestampError, SubscriptionId, Timestamp};
 pub use outbox::{Deliveries, Outbox};
+pub use policy::{DeliveryOrder, MAX_RATE_PER_SECOND, OnDeadLetter, RateLimit};
 pub use record::{Attempt, AttemptError, AttemptErrorKind, Event, OutboxStats};
 pub use sender::USER_AGENT;
 pub use signing::{

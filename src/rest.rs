@@ -18,6 +18,24 @@
 //!
 //! Unlike the seed plugin, reads and changes of one subscription are
 //! checked against its owner: another caller gets 404, not the record.
+//!
+//! **Tenants.** What a caller creates belongs to its tenant
+//! ([`Caller::tenant`], or the caller's id when it has none): it receives
+//! the events published for that tenant with
+//! [`Bus::publish_to`](crate::Bus::publish_to), never another tenant's, and
+//! app-wide events ([`Bus::publish`](crate::Bus::publish)) only if the
+//! operator built the bus with
+//! [`tenants_receive_app_events`](crate::Builder::tenants_receive_app_events).
+//! A tenant may have at most
+//! [`max_subscriptions_per_tenant`](crate::Builder::max_subscriptions_per_tenant)
+//! subscriptions (409 `TenantFull` beyond).
+//!
+//! Beyond ServiceStack's shape, create and update take
+//! `config.headers` (`{"Authorization": "Bearer …"}`; responses show
+//! `config.headerNames` only), `rateLimit` (`{"perSecond": 5, "burst": 10}`,
+//! `null` on update removes it), `order` (`"unordered"`, or
+//! `{"fifo": {"onDeadLetter": "skip"}}` / `"halt"`), and update takes
+//! `"resume": true` for a FIFO subscription halted at a dead letter.
 //! Secrets are never returned, nor the addresses a refused target resolved
 //! to (the attempt says only that they are not allowed; the operator's logs
 //! have them). `contentType` is there for ServiceStack's shape: it is always
@@ -32,6 +50,7 @@ use serde_json::{Value, json};
 use crate::bus::Bus;
 use crate::error::Error;
 use crate::ids::SubscriptionId;
+use crate::policy::{DeliveryOrder, RateLimit};
 use crate::record::Attempt;
 use crate::subscription::{NewSubscription, Subscription, SubscriptionPatch};
 
@@ -46,11 +65,15 @@ const MAX_HISTORY: usize = 100;
 /// Who is calling, as the application's authentication says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The caller's user (or tenant) id; it becomes the owner of what it
-    /// creates.
+    /// The caller's user id; it becomes the owner of what it creates.
     pub id: String,
     /// The caller's roles.
     pub roles: Vec<String>,
+    /// The caller's tenant (customer, organisation); `None` means the
+    /// caller is a tenant of its own, with its `id` as tenant id. What a
+    /// caller creates belongs to this tenant: it receives the events
+    /// published for it ([`Bus::publish_to`]) and never another tenant's.
+    pub tenant: Option<String>,
 }
 
 impl Caller {
@@ -63,7 +86,28 @@ impl Caller {
         Caller {
             id: id.into(),
             roles: roles.into_iter().map(Into::into).collect(),
+            tenant: None,
         }
+    }
+
+    /// The caller belongs to this tenant.
+    #[must_use]
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// The tenant whose subscriptions this caller sees and creates.
+    fn tenant_id(&self) -> &str {
+        self.tenant.as_deref().unwrap_or(&self.id)
+    }
+
+    /// Whether the caller may see and change `s`: it created it, in its
+    /// tenant. (Subscriptions stored before tenants existed have none and
+    /// go by owner alone.)
+    fn owns(&self, s: &Subscription) -> bool {
+        s.owner.as_deref() == Some(self.id.as_str())
+            && s.tenant.as_deref().is_none_or(|t| t == self.tenant_id())
     }
 
     fn has_role(&self, role: &str) -> bool {
@@ -139,6 +183,9 @@ struct ConfigDto {
     secret: Option<String>,
     #[serde(default, alias = "content_type")]
     content_type: Option<String>,
+    /// Custom headers, name to value.
+    #[serde(default)]
+    headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +194,19 @@ struct CreateDto {
     name: String,
     events: Vec<String>,
     config: ConfigDto,
+    #[serde(default)]
+    rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    order: Option<DeliveryOrder>,
+}
+
+/// A field that may be absent (keep), `null` (remove) or a value.
+fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize, Default)]
@@ -164,6 +224,15 @@ struct UpdateDto {
     content_type: Option<String>,
     #[serde(default, alias = "is_active")]
     is_active: Option<bool>,
+    #[serde(default)]
+    headers: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    rate_limit: Option<Option<RateLimit>>,
+    #[serde(default)]
+    order: Option<DeliveryOrder>,
+    /// `true` resumes a FIFO subscription halted at a dead letter.
+    #[serde(default)]
+    resume: bool,
 }
 
 #[derive(Serialize)]
@@ -176,6 +245,10 @@ struct SubscriptionDto<'a> {
     is_active: bool,
     has_secret: bool,
     created_by_id: Option<&'a str>,
+    tenant: Option<&'a str>,
+    rate_limit: Option<RateLimit>,
+    order: DeliveryOrder,
+    halted_at: Option<String>,
     created_date_utc: String,
     last_modified_date_utc: String,
 }
@@ -185,6 +258,8 @@ struct SubscriptionDto<'a> {
 struct ConfigOut<'a> {
     url: &'a str,
     content_type: &'a str,
+    /// Header names only: values are secrets.
+    header_names: Vec<&'a str>,
 }
 
 fn dto(s: &Subscription) -> Value {
@@ -195,10 +270,15 @@ fn dto(s: &Subscription) -> Value {
         config: ConfigOut {
             url: &s.url,
             content_type: CONTENT_TYPE_JSON,
+            header_names: s.headers.iter().map(|(n, _)| n.as_str()).collect(),
         },
         is_active: s.active,
         has_secret: s.secret.is_some(),
         created_by_id: s.owner.as_deref(),
+        tenant: s.tenant.as_deref(),
+        rate_limit: s.rate_limit,
+        order: s.order,
+        halted_at: s.halted_at.map(|d| d.to_string()),
         created_date_utc: s.created_at.to_string(),
         last_modified_date_utc: s.modified_at.to_string(),
     })
@@ -258,6 +338,10 @@ fn from_error(e: &Error, in_config: bool) -> ApiResponse {
         Error::InvalidName { .. } => (400, "InvalidName", Some("name")),
         Error::InvalidSecret { .. } => (400, "InvalidSecret", f("secret", "config.secret")),
         Error::InvalidOwner { .. } => (400, "InvalidOwner", Some("createdById")),
+        Error::InvalidTenant { .. } => (400, "InvalidTenant", Some("tenant")),
+        Error::InvalidHeader { .. } => (400, "InvalidHeader", f("headers", "config.headers")),
+        Error::InvalidPolicy { .. } => (400, "InvalidPolicy", Some("rateLimit")),
+        Error::TenantFull { .. } => (409, "TenantFull", None),
         Error::Conflict { .. } => (409, "Conflict", Some("events")),
         Error::SubscriptionNotFound(_) => (404, "NotFound", None),
         Error::Closed => (503, "Unavailable", None),
@@ -349,9 +433,19 @@ fn create(bus: &Bus, caller: &Caller, body: &[u8]) -> ApiResponse {
     };
     let mut new = NewSubscription::new(dto_in.name, dto_in.config.url)
         .events(dto_in.events)
-        .owner(caller.id.clone());
+        .owner(caller.id.clone())
+        .tenant(caller.tenant_id());
     if let Some(s) = dto_in.config.secret {
         new = new.secret(s);
+    }
+    for (name, value) in dto_in.config.headers.unwrap_or_default() {
+        new = new.header(name, value);
+    }
+    if let Some(limit) = dto_in.rate_limit {
+        new = new.rate_limit(limit);
+    }
+    if let Some(order) = dto_in.order {
+        new = new.order(order);
     }
     if let Err(r) = check_content_type(dto_in.config.content_type.as_deref(), true) {
         return r;
@@ -366,7 +460,11 @@ fn list(bus: &Bus, caller: &Caller) -> ApiResponse {
     match bus.subscriptions().list_by_owner(&caller.id) {
         Ok(subs) => ApiResponse::ok(
             200,
-            json!({ "subscriptions": subs.iter().map(dto).collect::<Vec<_>>() }),
+            json!({ "subscriptions": subs
+                .iter()
+                .filter(|s| caller.owns(s))
+                .map(dto)
+                .collect::<Vec<_>>() }),
         ),
         Err(e) => from_error(&e, false),
     }
@@ -391,7 +489,7 @@ fn with_owned(
         return not_found();
     };
     match bus.subscriptions().get(id) {
-        Ok(Some(s)) if s.owner.as_deref() == Some(caller.id.as_str()) => f(s),
+        Ok(Some(s)) if caller.owns(&s) => f(s),
         Ok(_) => not_found(),
         Err(e) => from_error(&e, false),
     }
@@ -486,6 +584,18 @@ fn update(bus: &Bus, id: SubscriptionId, body: &[u8]) -> ApiResponse {
     }
     if let Some(v) = u.is_active {
         patch = patch.active(v);
+    }
+    if let Some(h) = u.headers {
+        patch = patch.headers(h);
+    }
+    if let Some(limit) = u.rate_limit {
+        patch = patch.rate_limit(limit);
+    }
+    if let Some(order) = u.order {
+        patch = patch.order(order);
+    }
+    if u.resume {
+        patch = patch.resume();
     }
     match bus.subscriptions().update(id, patch) {
         Ok(s) => ApiResponse::ok(200, json!({ "subscription": dto(&s) })),

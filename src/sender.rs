@@ -27,8 +27,8 @@ const READ_CAP: u64 = 64 * 1024;
 /// At most this much of it is kept with the attempt.
 const EXCERPT: usize = 1024;
 
-/// One request to make.
-#[derive(Debug)]
+/// One request to make. Its `Debug` leaves out the secrets and header
+/// values.
 pub(crate) struct Job {
     pub(crate) delivery: DeliveryId,
     /// The event, sent as `X-Webhook-Event-Id` (the same for every
@@ -42,7 +42,31 @@ pub(crate) struct Job {
     pub(crate) secrets: Vec<String>,
     pub(crate) content_type: String,
     pub(crate) standard_webhooks: bool,
+    /// The subscription's custom headers (validated when stored).
+    pub(crate) headers: Vec<(String, String)>,
     pub(crate) payload: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("delivery", &self.delivery)
+            .field("event", &self.event)
+            .field("subscription", &self.subscription)
+            .field("event_name", &self.event_name)
+            .field("attempt", &self.attempt)
+            .field("url", &self.url)
+            .field(
+                "secrets",
+                &format_args!("[{} redacted]", self.secrets.len()),
+            )
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("payload", &format_args!("[{} bytes]", self.payload.len()))
+            .finish()
+    }
 }
 
 impl Job {
@@ -73,6 +97,7 @@ impl Job {
             secrets,
             content_type: sub.content_type.clone(),
             standard_webhooks: sub.standard_webhooks,
+            headers: sub.headers.clone(),
             payload,
         }
     }
@@ -306,8 +331,12 @@ pub(crate) fn perform(agent: &ureq::Agent, job: Job) -> Outcome {
     }
 
     let id = job.delivery.to_string();
-    let mut req = agent
-        .post(&job.url)
+    let mut req = agent.post(&job.url);
+    // Custom headers first: the names were checked not to be any of ours.
+    for (name, value) in &job.headers {
+        req = req.header(name, value);
+    }
+    let mut req = req
         .header("Content-Type", &job.content_type)
         .header("X-Webhook-Delivery", &id)
         .header("X-Webhook-Event", &job.event_name)

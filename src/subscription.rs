@@ -8,7 +8,8 @@ use crate::config::Config;
 use crate::delivery::reason;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::ids::{SubscriptionId, Timestamp};
+use crate::ids::{DeliveryId, SubscriptionId, Timestamp};
+use crate::policy::{DeliveryOrder, RateLimit};
 use crate::ssrf::TargetPolicy;
 use crate::storage::{Reader, SubscriptionRecord};
 use crate::util::clip;
@@ -23,6 +24,31 @@ const MAX_URL_LEN: usize = 2048;
 const MAX_SECRET_LEN: usize = 1024;
 const MAX_OWNER_LEN: usize = 200;
 const MAX_EVENTS: usize = 100;
+const MAX_HEADERS: usize = 20;
+const MAX_HEADER_NAME_LEN: usize = 100;
+const MAX_HEADER_VALUE_LEN: usize = 4096;
+/// Headers hookbus sets itself (or that HTTP owns): custom headers may not
+/// name them. Compared case-insensitively; names starting with
+/// `x-webhook-`, `x-hub-` or `webhook-` are refused too.
+const RESERVED_HEADERS: &[&str] = &[
+    "accept",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "expect",
+    "host",
+    "keep-alive",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "user-agent",
+    "traceparent",
+    "tracestate",
+];
+const RESERVED_PREFIXES: &[&str] = &["x-webhook-", "x-hub-", "webhook-"];
 
 /// A subscription secret. Its `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -107,10 +133,32 @@ pub struct Subscription {
     /// While a secret rotation is under way: when the previous secret stops
     /// being used.
     pub previous_secret_until: Option<Timestamp>,
+    /// The tenant whose events it receives (see
+    /// [`Bus::publish_to`](crate::Bus::publish_to)); `None`: app-wide events.
+    pub tenant: Option<String>,
+    /// Extra headers sent with every request. Values are secrets: `Debug`
+    /// and serialization show the names only.
+    #[serde(serialize_with = "header_names")]
+    pub headers: Vec<(String, Secret)>,
+    /// Its rate limit, if any.
+    pub rate_limit: Option<RateLimit>,
+    /// In which order its deliveries are sent.
+    pub order: DeliveryOrder,
+    /// A FIFO subscription halted at this dead letter
+    /// ([`OnDeadLetter::Halt`](crate::OnDeadLetter::Halt)): nothing is sent
+    /// until [`SubscriptionPatch::resume`].
+    pub halted_at: Option<DeliveryId>,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it was last changed.
     pub modified_at: Timestamp,
+}
+
+fn header_names<S: serde::Serializer>(
+    headers: &[(String, Secret)],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(headers.iter().map(|(n, _)| n))
 }
 
 impl From<SubscriptionRecord> for Subscription {
@@ -127,6 +175,11 @@ impl From<SubscriptionRecord> for Subscription {
             previous_secret_until: r
                 .previous_secret
                 .map(|(_, until)| Timestamp::from_millis(until)),
+            tenant: r.tenant,
+            headers: r.headers.into_iter().map(|(n, v)| (n, Secret(v))).collect(),
+            rate_limit: r.rate_limit,
+            order: r.order,
+            halted_at: r.halted_at,
             created_at: r.created_at,
             modified_at: r.modified_at,
         }
@@ -150,6 +203,10 @@ pub struct NewSubscription {
     secret: Option<Secret>,
     owner: Option<String>,
     signing: Signing,
+    tenant: Option<String>,
+    headers: Vec<(String, Secret)>,
+    rate_limit: Option<RateLimit>,
+    order: DeliveryOrder,
 }
 
 impl NewSubscription {
@@ -163,6 +220,10 @@ impl NewSubscription {
             secret: None,
             owner: None,
             signing: Signing::Hub,
+            tenant: None,
+            headers: Vec::new(),
+            rate_limit: None,
+            order: DeliveryOrder::Unordered,
         }
     }
 
@@ -207,9 +268,44 @@ impl NewSubscription {
         self
     }
 
-    /// The owner (a user or tenant id of the application).
+    /// The owner (a user id of the application): who may see and change it
+    /// through the REST adapter.
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = Some(owner.into());
+        self
+    }
+
+    /// The tenant it belongs to: it receives the events published for this
+    /// tenant ([`Bus::publish_to`](crate::Bus::publish_to)), and app-wide
+    /// events ([`Bus::publish`](crate::Bus::publish)) only if the bus is
+    /// built with
+    /// [`tenants_receive_app_events`](crate::Builder::tenants_receive_app_events).
+    /// Without a tenant it receives app-wide events only. Fixed once
+    /// created.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Sends this header with every request (for example `Authorization`).
+    /// The value is kept like a secret. Names are HTTP tokens and may not
+    /// be one hookbus sets (`Content-Type`, `User-Agent`, `X-Webhook-*`,
+    /// `X-Hub-*`, `Webhook-*`, `traceparent`, …); at most 20 headers.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), Secret(value.into())));
+        self
+    }
+
+    /// Limits how fast requests are sent to it (see [`RateLimit`]).
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// In which order its deliveries are sent (default
+    /// [`DeliveryOrder::Unordered`]).
+    pub fn order(mut self, order: DeliveryOrder) -> Self {
+        self.order = order;
         self
     }
 }
@@ -226,6 +322,10 @@ pub struct SubscriptionPatch {
     rotate: Option<(Secret, std::time::Duration)>,
     active: Option<bool>,
     signing: Option<Signing>,
+    headers: Option<Vec<(String, Secret)>>,
+    rate_limit: Option<Option<RateLimit>>,
+    order: Option<DeliveryOrder>,
+    resume: bool,
 }
 
 impl SubscriptionPatch {
@@ -285,6 +385,40 @@ impl SubscriptionPatch {
     /// deliveries of the subscription (retry them after reactivating).
     pub fn active(mut self, active: bool) -> Self {
         self.active = Some(active);
+        self
+    }
+    /// Replaces the custom headers (an empty list removes them all); rules
+    /// as [`NewSubscription::header`].
+    pub fn headers<I, N, V>(mut self, headers: I) -> Self
+    where
+        I: IntoIterator<Item = (N, V)>,
+        N: Into<String>,
+        V: Into<String>,
+    {
+        self.headers = Some(
+            headers
+                .into_iter()
+                .map(|(n, v)| (n.into(), Secret(v.into())))
+                .collect(),
+        );
+        self
+    }
+    /// Sets (`Some`) or removes (`None`) the rate limit.
+    pub fn rate_limit(mut self, limit: Option<RateLimit>) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+    /// Changes the delivery order. Turning FIFO on applies to what is sent
+    /// from then on: requests already in flight finish first.
+    pub fn order(mut self, order: DeliveryOrder) -> Self {
+        self.order = Some(order);
+        self
+    }
+    /// Resumes a FIFO subscription halted at a dead letter
+    /// ([`Subscription::halted_at`]): the oldest pending delivery is sent
+    /// next (a dead letter retried before resuming is that one).
+    pub fn resume(mut self) -> Self {
+        self.resume = true;
         self
     }
 }
@@ -385,6 +519,69 @@ fn validate_owner(o: &str) -> Result<()> {
     Ok(())
 }
 
+pub(crate) fn validate_tenant(t: &str) -> Result<()> {
+    let bad = |reason| Err(Error::InvalidTenant { reason });
+    if t.is_empty() {
+        return bad("is empty; give 1 to 200 printable characters");
+    }
+    if t.len() > MAX_OWNER_LEN {
+        return bad("is longer than 200 bytes");
+    }
+    if t.chars().any(char::is_control) {
+        return bad("has control characters");
+    }
+    Ok(())
+}
+
+/// Checks custom headers: HTTP token names that hookbus does not set
+/// itself, each once, values without control characters.
+pub(crate) fn validate_headers(headers: &[(String, Secret)]) -> Result<()> {
+    if headers.len() > MAX_HEADERS {
+        return Err(Error::InvalidHeader {
+            name: format!("({} headers)", headers.len()),
+            reason: "list is too long; a subscription may have at most 20 headers",
+        });
+    }
+    for (i, (name, value)) in headers.iter().enumerate() {
+        let bad = |reason| {
+            Err(Error::InvalidHeader {
+                name: clip(name),
+                reason,
+            })
+        };
+        if name.is_empty() || name.len() > MAX_HEADER_NAME_LEN {
+            return bad("name must be 1 to 100 characters");
+        }
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if !name.bytes().all(token) {
+            return bad("name may only have letters, digits and !#$%&'*+-.^_`|~");
+        }
+        let lower = name.to_ascii_lowercase();
+        if RESERVED_HEADERS.contains(&lower.as_str())
+            || RESERVED_PREFIXES.iter().any(|p| lower.starts_with(p))
+        {
+            return bad("is set by hookbus (or by HTTP) and cannot be overridden");
+        }
+        if headers[..i]
+            .iter()
+            .any(|(other, _)| other.eq_ignore_ascii_case(name))
+        {
+            return bad("is given twice");
+        }
+        let v = value.expose();
+        if v.len() > MAX_HEADER_VALUE_LEN {
+            return bad("value is longer than 4096 bytes");
+        }
+        if v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return bad("value has control characters (line breaks are not allowed)");
+        }
+        if v.starts_with([' ', '\t']) || v.ends_with([' ', '\t']) {
+            return bad("value has leading or trailing white space");
+        }
+    }
+    Ok(())
+}
+
 /// Checks a subscription URL and returns its normalised form.
 pub(crate) fn validate_url(url: &str, policy: &TargetPolicy, https_only: bool) -> Result<String> {
     let bad = |reason: String| {
@@ -447,7 +644,7 @@ fn normalise_events(events: &[String]) -> Result<Vec<String>> {
 }
 
 /// Fails with [`Error::Conflict`] if another subscription of the same owner
-/// sends one of `rec`'s events to `rec`'s URL.
+/// and tenant sends one of `rec`'s events to `rec`'s URL.
 fn check_conflict(store: &dyn Reader, rec: &SubscriptionRecord) -> Result<()> {
     for event in &rec.events {
         for id in store.subscribers_of(event)?.ids {
@@ -457,7 +654,11 @@ fn check_conflict(store: &dyn Reader, rec: &SubscriptionRecord) -> Result<()> {
             let Some(other) = store.subscription(id)? else {
                 continue;
             };
-            if other.owner == rec.owner && other.url == rec.url && other.events.contains(event) {
+            if other.owner == rec.owner
+                && other.tenant == rec.tenant
+                && other.url == rec.url
+                && other.events.contains(event)
+            {
                 return Err(Error::Conflict {
                     event: event.clone(),
                     url: rec.url.clone(),
@@ -465,6 +666,27 @@ fn check_conflict(store: &dyn Reader, rec: &SubscriptionRecord) -> Result<()> {
                 });
             }
         }
+    }
+    Ok(())
+}
+
+/// Fails with [`Error::TenantFull`] if `tenant` already has `cap`
+/// subscriptions. (A scan of every subscription: creating one is rare.)
+fn check_tenant_cap(store: &dyn Reader, tenant: Option<&str>, cap: usize) -> Result<()> {
+    let Some(tenant) = tenant else {
+        return Ok(());
+    };
+    let mut n = 0;
+    for r in store.subscriptions() {
+        if r?.tenant.as_deref() == Some(tenant) {
+            n += 1;
+        }
+    }
+    if n >= cap {
+        return Err(Error::TenantFull {
+            tenant: clip(tenant),
+            max: cap,
+        });
     }
     Ok(())
 }
@@ -494,8 +716,10 @@ impl<'a> Subscriptions<'a> {
     /// [`Error::InvalidOwner`], [`Error::Conflict`], [`Error::Closed`].
     pub fn create(&self, new: NewSubscription) -> Result<Subscription> {
         let rec = self.record_of(new)?;
+        let cap = self.config.max_subscriptions_per_tenant;
         self.engine.write(move |w| {
             check_conflict(w.reader(), &rec)?;
+            check_tenant_cap(w.reader(), rec.tenant.as_deref(), cap)?;
             w.put_subscription(None, &rec);
             Ok(Subscription::from(rec))
         })
@@ -533,24 +757,29 @@ impl<'a> Subscriptions<'a> {
     /// ```
     pub fn ensure(&self, new: NewSubscription) -> Result<Subscription> {
         let wanted = self.record_of(new)?;
+        let cap = self.config.max_subscriptions_per_tenant;
         self.engine.write(move |w| {
             let mut existing = None;
             for r in w.reader().subscriptions() {
                 let r = r?;
-                if r.owner == wanted.owner && r.name == wanted.name {
+                if r.tenant == wanted.tenant && r.owner == wanted.owner && r.name == wanted.name {
                     existing = Some(r);
                     break;
                 }
             }
             let Some(old) = existing else {
                 check_conflict(w.reader(), &wanted)?;
+                check_tenant_cap(w.reader(), wanted.tenant.as_deref(), cap)?;
                 w.put_subscription(None, &wanted);
                 return Ok(Subscription::from(wanted));
             };
             let same = old.url == wanted.url
                 && old.events == wanted.events
                 && old.secret == wanted.secret
-                && old.standard_webhooks == wanted.standard_webhooks;
+                && old.standard_webhooks == wanted.standard_webhooks
+                && old.headers == wanted.headers
+                && old.rate_limit == wanted.rate_limit
+                && old.order == wanted.order;
             if same {
                 return Ok(Subscription::from(old));
             }
@@ -559,6 +788,7 @@ impl<'a> Subscriptions<'a> {
                 created_at: old.created_at,
                 active: old.active,
                 previous_secret: None,
+                halted_at: old.halted_at,
                 ..wanted
             };
             check_conflict(w.reader(), &new)?;
@@ -614,6 +844,13 @@ impl<'a> Subscriptions<'a> {
             validate_owner(o)?;
         }
         validate_mode(new.signing, new.secret.as_ref().map(Secret::expose))?;
+        if let Some(t) = &new.tenant {
+            validate_tenant(t)?;
+        }
+        validate_headers(&new.headers)?;
+        if let Some(limit) = &new.rate_limit {
+            limit.validate()?;
+        }
         let now = Timestamp::now();
         Ok(SubscriptionRecord {
             id: SubscriptionId::generate(),
@@ -628,6 +865,11 @@ impl<'a> Subscriptions<'a> {
             standard_webhooks: new.signing.is_standard(),
             created_at: now,
             modified_at: now,
+            tenant: new.tenant,
+            headers: new.headers.into_iter().map(|(n, v)| (n, v.0)).collect(),
+            rate_limit: new.rate_limit,
+            order: new.order,
+            halted_at: None,
         })
     }
 
@@ -696,6 +938,12 @@ impl<'a> Subscriptions<'a> {
         if let Some((s, _)) = &patch.rotate {
             validate_secret(s)?;
         }
+        if let Some(h) = &patch.headers {
+            validate_headers(h)?;
+        }
+        if let Some(Some(limit)) = &patch.rate_limit {
+            limit.validate()?;
+        }
         self.engine.write(move |w| {
             let old = w
                 .reader()
@@ -729,6 +977,18 @@ impl<'a> Subscriptions<'a> {
             )?;
             if let Some(a) = patch.active {
                 new.active = a;
+            }
+            if let Some(h) = patch.headers {
+                new.headers = h.into_iter().map(|(n, v)| (n, v.0)).collect();
+            }
+            if let Some(limit) = patch.rate_limit {
+                new.rate_limit = limit;
+            }
+            if let Some(order) = patch.order {
+                new.order = order;
+            }
+            if patch.resume || !new.order.is_fifo() {
+                new.halted_at = None;
             }
             new.modified_at = Timestamp::now();
             check_conflict(w.reader(), &new)?;

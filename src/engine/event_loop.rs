@@ -252,8 +252,12 @@ impl Dispatcher {
     fn handle(&mut self, cmd: Command) {
         self.must_flush = true;
         match cmd {
-            Command::Publish { event, done } => {
-                let result = self.on_publish(&event);
+            Command::Publish {
+                event,
+                tenant,
+                done,
+            } => {
+                let result = self.on_publish(&event, tenant.as_deref());
                 match done {
                     Some(done) => {
                         let r = self.take_loss().and(result);
@@ -308,7 +312,11 @@ impl Dispatcher {
         self.jobs.push_back((job, done));
     }
 
-    fn on_publish(&mut self, event: &Event) -> Result<()> {
+    /// Fans an event out: to the active subscriptions of `tenant` that
+    /// name it, or (no tenant) to the app-wide ones (and to tenants' ones
+    /// if the configuration says so).
+    fn on_publish(&mut self, event: &Event, tenant: Option<&str>) -> Result<()> {
+        let app_events_to_tenants = self.s.config.tenants_receive_app_events;
         let found = self.s.reader().subscribers_of(&event.name)?;
         if !found.damaged.is_empty() {
             self.s.quarantine(&found.damaged);
@@ -317,7 +325,15 @@ impl Dispatcher {
         let mut missed = Vec::new();
         for id in found.ids {
             match self.s.reader().subscription(id) {
-                Ok(Some(s)) if s.active => subs.push(id),
+                Ok(Some(s))
+                    if s.active
+                        && match tenant {
+                            Some(t) => s.tenant.as_deref() == Some(t),
+                            None => s.tenant.is_none() || app_events_to_tenants,
+                        } =>
+                {
+                    subs.push(id)
+                }
                 Ok(_) => {}
                 Err(e) => {
                     if let Error::Corrupt { key, reason } = &e

@@ -38,8 +38,13 @@ pub(crate) type JobDone = Box<dyn FnOnce(Result<u64>) + Send>;
 
 /// What handles send to the engine thread.
 pub(crate) enum Command {
-    /// A published event; `done` makes it a barrier (`publish_durable`).
-    Publish { event: Event, done: Option<Done> },
+    /// A published event, for a tenant's subscriptions or (no tenant)
+    /// app-wide; `done` makes it a barrier (`publish_durable`).
+    Publish {
+        event: Event,
+        tenant: Option<String>,
+        done: Option<Done>,
+    },
     /// A change (or a plain barrier: `flush`).
     Write(WriteFn),
     /// Maintenance to run in chunks; `done` gets how many records changed.

@@ -22,16 +22,19 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec;
 use crate::delivery::{Delivery, DeliveryState};
 use crate::error::Result;
 use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+use crate::policy::{DeliveryOrder, RateLimit};
 use crate::record::{Attempt, Event, OutboxStats};
 
 /// A boxed, sendable iterator of fallible items.
 pub(crate) type Iter<T> = Box<dyn Iterator<Item = Result<T>> + Send>;
 
-/// A subscription as stored. Unlike [`crate::Subscription`] it serializes
-/// its secrets, so it never leaves the crate.
+/// A subscription as stored (record format 2). Unlike
+/// [`crate::Subscription`] it serializes its secrets and header values, so
+/// it never leaves the crate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct SubscriptionRecord {
     pub(crate) id: SubscriptionId,
@@ -47,7 +50,65 @@ pub(crate) struct SubscriptionRecord {
     pub(crate) standard_webhooks: bool,
     pub(crate) created_at: Timestamp,
     pub(crate) modified_at: Timestamp,
+    // Since format 2:
+    /// The tenant whose events it receives (`None`: app-wide events only).
+    pub(crate) tenant: Option<String>,
+    /// Extra request headers (validated names, secret values).
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) order: DeliveryOrder,
+    /// A FIFO subscription that halts at dead letters: the dead letter it
+    /// halted at. Nothing is sent while set.
+    pub(crate) halted_at: Option<DeliveryId>,
 }
+
+/// The subscription record of format 1.
+#[derive(Deserialize)]
+struct SubscriptionRecordV1 {
+    id: SubscriptionId,
+    name: String,
+    events: Vec<String>,
+    url: String,
+    secret: Option<String>,
+    previous_secret: Option<(String, u64)>,
+    content_type: String,
+    active: bool,
+    owner: Option<String>,
+    standard_webhooks: bool,
+    created_at: Timestamp,
+    modified_at: Timestamp,
+}
+
+impl codec::Record for SubscriptionRecord {
+    fn decode_old(version: u8, body: &[u8]) -> std::result::Result<Self, codec::DecodeError> {
+        debug_assert_eq!(version, 1, "the only older format");
+        let v1: SubscriptionRecordV1 = codec::decode_body(body)?;
+        Ok(SubscriptionRecord {
+            id: v1.id,
+            name: v1.name,
+            events: v1.events,
+            url: v1.url,
+            secret: v1.secret,
+            previous_secret: v1.previous_secret,
+            content_type: v1.content_type,
+            active: v1.active,
+            owner: v1.owner,
+            standard_webhooks: v1.standard_webhooks,
+            created_at: v1.created_at,
+            modified_at: v1.modified_at,
+            tenant: None,
+            headers: Vec::new(),
+            rate_limit: None,
+            order: DeliveryOrder::Unordered,
+            halted_at: None,
+        })
+    }
+}
+
+impl codec::Record for Delivery {}
+impl codec::Record for Event {}
+impl codec::Record for Attempt {}
+impl codec::Record for OutboxStats {}
 
 /// An entry of a state index: when (due time for pending deliveries, finish
 /// time otherwise, in ms), which delivery, which subscription. Also the

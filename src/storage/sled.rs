@@ -36,7 +36,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::{
     Damaged, IndexEntry, Iter, PendingSubscriptions, Reader, Subscribers, SubscriptionRecord,
@@ -49,8 +48,12 @@ use crate::event::ALL_EVENTS;
 use crate::ids::{DeliveryId, EventId, SubscriptionId};
 use crate::record::{Attempt, Event, OutboxStats};
 
-/// The store layout version, kept under `m format`.
-pub(crate) const STORE_FORMAT: u8 = 1;
+/// The store layout version, kept under `m format`: the record format
+/// ([`codec::RECORD_VERSION`]) it may hold. A store of an older version is
+/// marked as this one when opened (its records are read as they are and
+/// rewritten in the new format when they change), so an older build that
+/// cannot read the new records refuses the store instead of meeting them.
+pub(crate) const STORE_FORMAT: u8 = codec::RECORD_VERSION;
 const TREE: &str = "hookbus";
 
 const META_FORMAT: &[u8] = b"mformat";
@@ -157,7 +160,7 @@ fn corrupt(key: &[u8], reason: impl std::fmt::Display) -> Error {
     }
 }
 
-fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+fn decode<T: codec::Record>(key: &[u8], bytes: &[u8]) -> Result<T> {
     codec::decode(bytes).map_err(|e| corrupt(key, e))
 }
 
@@ -225,6 +228,11 @@ pub(crate) fn open(
         tree.flush()?;
     }
     check_format(&tree, path)?;
+    if tree.get(META_FORMAT)?.as_deref() != Some(&[STORE_FORMAT][..]) {
+        tree.insert(META_FORMAT, &[STORE_FORMAT])?;
+        tree.flush()?;
+        tracing::info!(path = %path.display(), format = STORE_FORMAT, "store format upgraded");
+    }
     let syncer = if sync { Some(Syncer::new(path)?) } else { None };
     let reader = SledReader { db, tree };
     let writer = SledWriter {

@@ -148,8 +148,9 @@ fn every_route_role_and_status() {
     );
     assert_eq!(r.body["subscriptions"], json!([]));
 
-    // A delivery and its failed attempts show in the history.
-    bus.publish("hello", &json!({"x": 1})).unwrap();
+    // A delivery and its failed attempts show in the history. (Alice is a
+    // tenant of her own: her subscription receives her tenant's events.)
+    bus.publish_to("alice", "hello", &json!({"x": 1})).unwrap();
     wait_until(LONG, "an attempt", || rx.count() >= 2);
     // The receiver always fails: wait for two attempts to check their order.
     wait_until(LONG, "two attempts recorded", || {
@@ -334,7 +335,7 @@ fn refused_targets_do_not_reveal_internal_addresses() {
         .as_str()
         .unwrap()
         .to_owned();
-    bus.publish("a", &json!(1)).unwrap();
+    bus.publish_to("alice", "a", &json!(1)).unwrap();
     wait_until(LONG, "dead", || bus.outbox().stats().unwrap().dead == 1);
 
     let one = call(
