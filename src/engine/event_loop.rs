@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, select};
 
 use super::maintenance::Job;
-use super::scheduler::{self, Breaker, Flow, Limits};
+use super::scheduler::{self, Breaker, Bucket, Flow, Limits};
 use super::session::Session;
 use super::{Command, Done, JobDone};
 use crate::config::Config;
@@ -28,6 +28,7 @@ use crate::delivery::DeliveryState;
 use crate::delivery::{self, reason};
 use crate::error::{Error, Result, StoreError};
 use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+use crate::policy::{DeliveryOrder, OnDeadLetter, RateLimit};
 use crate::record::{AttemptErrorKind, Event};
 use crate::retry::decide;
 use crate::sender::{self, Outcome};
@@ -83,6 +84,9 @@ pub(crate) fn start(
         payloads: PayloadCache::default(),
         jobs: VecDeque::new(),
         read_failed: false,
+        policies: HashMap::new(),
+        buckets: HashMap::new(),
+        fifo_heads: HashMap::new(),
     };
     let handle = std::thread::Builder::new()
         .name("hookbus-dispatcher".into())
@@ -144,7 +148,27 @@ struct Dispatcher {
     horizon: Duration,
     /// A read failed in this dispatch pass for a reason that may pass.
     read_failed: bool,
+    /// The delivery policy of subscriptions met lately (dropped when the
+    /// subscription changes).
+    policies: HashMap<SubscriptionId, Policy>,
+    /// The token buckets of rate-limited subscriptions.
+    buckets: HashMap<SubscriptionId, Bucket>,
+    /// FIFO subscriptions: the oldest delivery not known to be finished.
+    /// Every older one is; the queue's head is found from here on.
+    fifo_heads: HashMap<SubscriptionId, DeliveryId>,
 }
+
+/// What the dispatcher needs to know of a subscription's policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Policy {
+    rate: Option<RateLimit>,
+    order: DeliveryOrder,
+    /// A FIFO subscription halted at a dead letter.
+    halted: bool,
+}
+
+/// The most ms a 429 without `Retry-After` pauses a subscription.
+const DEFAULT_429_PAUSE_MS: u64 = 5_000;
 
 impl Dispatcher {
     fn run(mut self) -> Result<()> {
@@ -391,6 +415,14 @@ impl Dispatcher {
             let e = self.due_subs.entry(sub).or_insert(at);
             *e = (*e).min(at);
         }
+        for sub in self.s.changed_subs.drain() {
+            self.policies.remove(&sub);
+            self.fifo_heads.remove(&sub);
+            self.buckets.remove(&sub);
+        }
+        for sub in self.s.revived_subs.drain() {
+            self.fifo_heads.remove(&sub);
+        }
         let touched: Vec<SubscriptionId> = self.s.touched.drain().collect();
         for sub in touched {
             match self.s.reader().due(sub).next().transpose() {
@@ -502,10 +534,26 @@ impl Dispatcher {
             flow.failures = 0;
             flow.breaker = Breaker::Closed;
         }
-        if flow.in_flight == 0 && !flow.failing() {
+        // "Too many requests": the whole subscription waits, not only this
+        // delivery (which is retried on its own schedule, no sooner).
+        let status = o.attempt.status;
+        if status == Some(429) || (status == Some(503) && o.retry_after.is_some()) {
+            let pause = o.retry_after.map_or(DEFAULT_429_PAUSE_MS, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+            });
+            flow.paused_until = now_ms().saturating_add(pause);
+            tracing::info!(subscription = %o.subscription, status, pause_ms = pause, "receiver asked to slow down: subscription paused");
+        }
+        if flow.in_flight == 0 && !flow.failing() && flow.paused_until <= now_ms() {
             self.flows.remove(&o.subscription);
         }
         self.s.rescan = true;
+        // A FIFO queue's outcomes are flushed in their round: one lost in a
+        // crash would send an acknowledged delivery again after later ones
+        // (out of order), not merely twice.
+        if self.policy(o.subscription).order.is_fifo() {
+            self.must_flush = true;
+        }
         let decision = decide(
             &self.s.config.retry_schedule,
             &o.attempt,
@@ -518,10 +566,104 @@ impl Dispatcher {
                     tracing::error!(subscription = %o.subscription, error = %e, "could not deactivate");
                 }
             }
+            Ok(false) if matches!(decision, crate::retry::Decision::Dead(_)) => {
+                self.halt_if_fifo(o.subscription, o.delivery);
+            }
             Ok(false) => {}
             // The delivery stays pending as stored: it is sent again.
             Err(e) => {
                 tracing::error!(delivery = %o.delivery, error = %e, "could not record a delivery attempt")
+            }
+        }
+    }
+
+    /// A FIFO subscription that halts at dead letters halts at `dead`.
+    fn halt_if_fifo(&mut self, sub: SubscriptionId, dead: DeliveryId) {
+        let halts = matches!(
+            self.policy(sub).order,
+            DeliveryOrder::Fifo {
+                on_dead_letter: OnDeadLetter::Halt
+            }
+        );
+        if !halts {
+            return;
+        }
+        match self.s.reader().subscription(sub) {
+            Ok(Some(mut s)) if s.halted_at.is_none() => {
+                tracing::warn!(subscription = %sub, delivery = %dead, "FIFO subscription halted at a dead letter; resume it to go on");
+                let old = s.clone();
+                s.halted_at = Some(dead);
+                s.modified_at = Timestamp::now();
+                self.s.put_subscription(Some(&old), &s);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(subscription = %sub, error = %e, "could not halt a FIFO subscription")
+            }
+        }
+    }
+
+    /// The delivery policy of `sub` (default if it cannot be read: the
+    /// delivery itself then finds out why).
+    fn policy(&mut self, sub: SubscriptionId) -> Policy {
+        if let Some(p) = self.policies.get(&sub) {
+            return *p;
+        }
+        let p = match self.s.reader().subscription(sub) {
+            Ok(Some(r)) => Policy {
+                rate: r.rate_limit,
+                order: r.order,
+                halted: r.halted_at.is_some() && r.order.is_fifo(),
+            },
+            _ => Policy::default(),
+        };
+        self.policies.insert(sub, p);
+        p
+    }
+
+    /// The head of a FIFO subscription's queue: its oldest pending
+    /// delivery. `None` if it has none, or it could not be read (then it
+    /// is looked at again soon).
+    fn fifo_head(&mut self, sub: SubscriptionId) -> Option<IndexEntry> {
+        let found = match self.fifo_heads.get(&sub) {
+            // Walk on from the last head: every older one is finished.
+            Some(&from) => {
+                let mut found = Ok(None);
+                for id in self.s.reader().deliveries_of_from(sub, from) {
+                    match id.and_then(|id| self.s.delivery(id)) {
+                        Ok(Some(d)) if d.state == DeliveryState::Pending => {
+                            found = Ok(Some(IndexEntry::of(&d)));
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            found = Err(e);
+                            break;
+                        }
+                    }
+                }
+                found
+            }
+            // Not known (first look, or a dead letter was revived): the
+            // oldest of its pending deliveries.
+            None => self
+                .s
+                .reader()
+                .due(sub)
+                .try_fold(None, |min: Option<IndexEntry>, e| {
+                    e.map(|e| Some(min.map_or(e, |m| if e.delivery < m.delivery { e } else { m })))
+                }),
+        };
+        match found {
+            Ok(Some(e)) => {
+                self.fifo_heads.insert(sub, e.delivery);
+                Some(e)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(subscription = %sub, error = %e, "could not find the head of a FIFO queue; will try again");
+                self.retry_soon();
+                None
             }
         }
     }
@@ -568,26 +710,81 @@ impl Dispatcher {
         self.read_failed = false;
         // Subscriptions with due work whose breaker lets them send, and
         // when the next one falls due (or a breaker half-opens).
-        let mut ready: Vec<SubscriptionId> = Vec::new();
+        let mut candidates: Vec<SubscriptionId> = Vec::new();
         let mut next: Option<u64> = None;
-        let mut wake = |at: u64| next = Some(next.map_or(at, |n: u64| n.min(at)));
+        fn wake(next: &mut Option<u64>, at: u64) {
+            *next = Some(next.map_or(at, |n| n.min(at)));
+        }
         for (sub, at) in &self.due_subs {
             if !delivery::is_due(*at, now, self.horizon) {
-                wake(*at);
+                wake(&mut next, *at);
                 continue;
             }
-            if let Some(flow) = self.flows.get_mut(sub)
-                && let Some(until) = flow.open_until()
-            {
-                if until > now {
-                    wake(until);
+            if let Some(flow) = self.flows.get_mut(sub) {
+                if let Some(until) = flow.open_until() {
+                    if until > now {
+                        wake(&mut next, until);
+                        continue;
+                    }
+                    flow.breaker = Breaker::HalfOpen;
+                }
+                if flow.paused_until > now {
+                    wake(&mut next, flow.paused_until);
                     continue;
                 }
-                flow.breaker = Breaker::HalfOpen;
             }
-            ready.push(*sub);
+            candidates.push(*sub);
         }
-        self.next_due = next;
+        // Their own policies: a halted FIFO queue waits for a person; a
+        // rate limit lets as many start as it has tokens; a FIFO queue
+        // sends its head alone, once it is due.
+        let mut ready: Vec<SubscriptionId> = Vec::with_capacity(candidates.len());
+        let mut starts: HashMap<SubscriptionId, usize> = HashMap::new();
+        let mut heads: HashMap<SubscriptionId, IndexEntry> = HashMap::new();
+        for sub in candidates {
+            let policy = self.policy(sub);
+            if policy.halted {
+                continue;
+            }
+            let mut n = usize::MAX;
+            if let Some(limit) = policy.rate {
+                let bucket = self
+                    .buckets
+                    .entry(sub)
+                    .or_insert_with(|| Bucket::full(limit, now));
+                bucket.refill(limit, now);
+                n = bucket.available();
+                if n == 0 {
+                    wake(&mut next, bucket.ready_at(limit));
+                    continue;
+                }
+            }
+            if policy.order.is_fifo() {
+                // One in flight: its outcome wakes the loop.
+                if self.flows.get(&sub).is_some_and(|f| f.in_flight > 0) {
+                    continue;
+                }
+                let Some(head) = self.fifo_head(sub) else {
+                    continue;
+                };
+                if !delivery::is_due(head.at, now, self.horizon) {
+                    wake(&mut next, head.at);
+                    continue;
+                }
+                heads.insert(sub, head);
+                n = 1;
+            }
+            if n != usize::MAX {
+                starts.insert(sub, n);
+            }
+            ready.push(sub);
+        }
+        self.next_due = match (self.next_due, next) {
+            // A read to try again soon, set while looking at heads.
+            (Some(soon), Some(n)) if self.read_failed => Some(soon.min(n)),
+            (Some(soon), None) if self.read_failed => Some(soon),
+            (_, n) => n,
+        };
         if ready.is_empty() {
             return;
         }
@@ -605,6 +802,7 @@ impl Dispatcher {
         }
         let hosts = &self.hosts;
         let host = |s: SubscriptionId| hosts.get(&s).copied();
+        let own = |s: SubscriptionId| starts.get(&s).copied().unwrap_or(usize::MAX);
         let plan = scheduler::plan(
             limits,
             free,
@@ -612,10 +810,15 @@ impl Dispatcher {
             &self.flows,
             &host,
             &mut host_in_flight,
+            &own,
         );
         for (sub, room) in plan {
             self.rr_cursor = Some(sub);
-            if !self.send_due(sub, room, now) {
+            let sent = match heads.get(&sub) {
+                Some(head) => self.send(sub, vec![*head]),
+                None => self.send_due(sub, room, now),
+            };
+            if !sent {
                 return;
             }
         }
@@ -643,6 +846,12 @@ impl Dispatcher {
                 }
             }
         }
+        self.send(sub, batch)
+    }
+
+    /// Hands these due deliveries of `sub` to the senders. Returns `false`
+    /// when the senders took no more.
+    fn send(&mut self, sub: SubscriptionId, batch: Vec<IndexEntry>) -> bool {
         for e in batch {
             let Some(job) = self.prepare(e) else {
                 // Finished instead of sent: the room it would have taken
@@ -663,6 +872,11 @@ impl Dispatcher {
             }
             self.in_flight.insert(e.delivery);
             self.flows.entry(sub).or_default().in_flight += 1;
+            if self.policies.get(&sub).is_some_and(|p| p.rate.is_some())
+                && let Some(bucket) = self.buckets.get_mut(&sub)
+            {
+                bucket.take();
+            }
         }
         true
     }

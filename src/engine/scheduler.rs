@@ -14,11 +14,61 @@
 //!   last request timed out, one at a time (a probe);
 //! * subscriptions that are failing (connection errors or timeouts in a
 //!   row) together hold at most a quarter of the slots while healthy ones
-//!   have due work.
+//!   have due work;
+//! * a subscription never starts more than its own `starts` allows now
+//!   (the tokens of its rate limit; one for a FIFO subscription).
+//!
+//! [`Bucket`] is the token bucket of a subscription's rate limit.
 
 use std::collections::HashMap;
 
 use crate::ids::SubscriptionId;
+use crate::policy::RateLimit;
+
+/// A token bucket: `burst` tokens at most, refilled at `per_second`; each
+/// request takes one. Times in ms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Bucket {
+    tokens: f64,
+    at: u64,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub(crate) fn full(limit: RateLimit, now: u64) -> Self {
+        Bucket {
+            tokens: f64::from(limit.burst),
+            at: now,
+        }
+    }
+
+    /// Adds the tokens earned since it was last refilled, up to the burst.
+    pub(crate) fn refill(&mut self, limit: RateLimit, now: u64) {
+        let elapsed = now.saturating_sub(self.at) as f64;
+        self.tokens = (self.tokens + elapsed * f64::from(limit.per_second) / 1000.0)
+            .min(f64::from(limit.burst));
+        self.at = self.at.max(now);
+    }
+
+    /// How many requests may start now.
+    pub(crate) fn available(&self) -> usize {
+        // At most the burst (≤ 100 000): the cast cannot truncate.
+        self.tokens.max(0.0).floor() as usize
+    }
+
+    pub(crate) fn take(&mut self) {
+        self.tokens -= 1.0;
+    }
+
+    /// When the next whole token is there.
+    pub(crate) fn ready_at(&self, limit: RateLimit) -> u64 {
+        if self.tokens >= 1.0 {
+            return self.at;
+        }
+        let ms = ((1.0 - self.tokens) * 1000.0 / f64::from(limit.per_second)).ceil();
+        self.at.saturating_add(ms as u64)
+    }
+}
 
 /// What a subscription has in flight, and its circuit breaker.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +79,9 @@ pub(crate) struct Flow {
     /// Connection failures or timeouts in a row.
     pub(crate) failures: u32,
     pub(crate) breaker: Breaker,
+    /// The receiver asked for a pause (429 with `Retry-After`): nothing is
+    /// started before this instant (ms; 0: no pause).
+    pub(crate) paused_until: u64,
 }
 
 /// A subscription's circuit breaker.
@@ -70,7 +123,8 @@ pub(crate) struct Limits {
 /// subscriptions with due work in the order to serve them (rotated by the
 /// caller for round-robin); `free` is how many slots are idle; `host` maps
 /// a subscription to its destination host's index in `host_in_flight`
-/// (unknown: no host cap).
+/// (unknown: no host cap); `starts` says how many requests a subscription
+/// may start now, whatever the caps allow (its rate limit's tokens).
 pub(crate) fn plan(
     limits: Limits,
     free: usize,
@@ -78,6 +132,7 @@ pub(crate) fn plan(
     flows: &HashMap<SubscriptionId, Flow>,
     host: &dyn Fn(SubscriptionId) -> Option<usize>,
     host_in_flight: &mut [usize],
+    starts: &dyn Fn(SubscriptionId) -> usize,
 ) -> Vec<(SubscriptionId, usize)> {
     let mut out = Vec::new();
     if free == 0 || ready.is_empty() {
@@ -129,7 +184,10 @@ pub(crate) fn plan(
             }
             Breaker::Closed => base,
         };
-        let mut n = share.saturating_sub(flow.in_flight).min(free);
+        let mut n = share
+            .saturating_sub(flow.in_flight)
+            .min(free)
+            .min(starts(sub));
         if flow.failing() {
             n = n.min(failing_cap.saturating_sub(failing_used));
         }
@@ -159,7 +217,10 @@ pub(crate) fn plan(
             continue;
         }
         let given = out.iter().find(|(s, _)| *s == sub).map_or(0, |(_, n)| *n);
-        let mut n = most.saturating_sub(flow.in_flight + given).min(free);
+        let mut n = most
+            .saturating_sub(flow.in_flight + given)
+            .min(free)
+            .min(starts(sub).saturating_sub(given));
         let h = host(sub);
         if let Some(h) = h {
             n = n.min(limits.per_host.saturating_sub(host_in_flight[h]));
@@ -208,7 +269,15 @@ mod tests {
         ready: &[SubscriptionId],
         flows: &HashMap<SubscriptionId, Flow>,
     ) -> Vec<(SubscriptionId, usize)> {
-        plan(limits(total), free, ready, flows, &no_host, &mut [])
+        plan(
+            limits(total),
+            free,
+            ready,
+            flows,
+            &no_host,
+            &mut [],
+            &|_| usize::MAX,
+        )
     }
 
     fn busy(in_flight: usize) -> Flow {
@@ -336,9 +405,62 @@ mod tests {
         // s[0] and s[1] share host 0; s[2] is on host 1.
         let host = |id: SubscriptionId| Some(if id == s[2] { 1 } else { 0 });
         let mut hosts = vec![0, 0];
-        let p = plan(l, 100, &s, &HashMap::new(), &host, &mut hosts);
+        let any = |_| usize::MAX;
+        let p = plan(l, 100, &s, &HashMap::new(), &host, &mut hosts, &any);
         assert_eq!(p, vec![(s[0], 10), (s[1], 5), (s[2], 10)]);
         assert_eq!(hosts, vec![15, 10]);
+    }
+
+    #[test]
+    fn own_starts_cap_each_subscription_and_free_slots_go_elsewhere() {
+        let s = subs(3);
+        // s[0] may start 2 (its rate limit's tokens), s[1] one (FIFO).
+        let starts = |id: SubscriptionId| {
+            if id == s[0] {
+                2
+            } else if id == s[1] {
+                1
+            } else {
+                usize::MAX
+            }
+        };
+        let p = plan(
+            limits(30),
+            30,
+            &s,
+            &HashMap::new(),
+            &no_host,
+            &mut [],
+            &starts,
+        );
+        assert_eq!(p, vec![(s[0], 2), (s[1], 1), (s[2], 27)]);
+    }
+
+    #[test]
+    fn token_bucket_spaces_requests_and_bursts_up_to_its_size() {
+        let limit = RateLimit::per_second(5).burst(2);
+        let mut b = Bucket::full(limit, 1_000);
+        assert_eq!(b.available(), 2);
+        b.take();
+        b.take();
+        assert_eq!(b.available(), 0);
+        // One token every 200 ms.
+        assert_eq!(b.ready_at(limit), 1_200);
+        b.refill(limit, 1_199);
+        assert_eq!(b.available(), 0);
+        b.refill(limit, 1_200);
+        assert_eq!(b.available(), 1);
+        // A long quiet spell fills it to the burst, no more.
+        b.refill(limit, 60_000);
+        assert_eq!(b.available(), 2);
+        // A clock that goes back earns nothing.
+        b.take();
+        b.refill(limit, 10);
+        assert_eq!(b.available(), 1);
+        let slow = RateLimit::per_second(1);
+        let mut b = Bucket::full(slow, 0);
+        b.take();
+        assert_eq!(b.ready_at(slow), 1_000);
     }
 
     #[test]

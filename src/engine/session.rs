@@ -41,6 +41,12 @@ pub(crate) struct Session {
     pub(crate) added: HashMap<SubscriptionId, u64>,
     /// Maintenance the current change asked for (run in chunks later).
     pub(crate) jobs: Vec<Job>,
+    /// Subscriptions written or removed since the last round: the
+    /// dispatcher drops what it keeps about their policy.
+    pub(crate) changed_subs: HashSet<SubscriptionId>,
+    /// Subscriptions with a dead delivery made pending again since the last
+    /// round (it may be older than a FIFO queue's head).
+    pub(crate) revived_subs: HashSet<SubscriptionId>,
 }
 
 impl Session {
@@ -57,6 +63,8 @@ impl Session {
             touched: HashSet::new(),
             added: HashMap::new(),
             jobs: Vec::new(),
+            changed_subs: HashSet::new(),
+            revived_subs: HashSet::new(),
         })
     }
 
@@ -128,10 +136,14 @@ impl Session {
         new: &SubscriptionRecord,
     ) {
         self.w.put_subscription(old, new);
+        self.changed_subs.insert(new.id);
+        self.rescan = true;
     }
 
     pub(crate) fn remove_subscription(&mut self, old: &SubscriptionRecord) {
         self.w.remove_subscription(old);
+        self.changed_subs.insert(old.id);
+        self.rescan = true;
     }
 
     /// Dead-letters every pending delivery of `sub` with `reason`, in
@@ -191,6 +203,7 @@ impl Session {
     pub(crate) fn revive(&mut self, d: &Delivery) -> Delivery {
         let new = delivery::revived(d, Timestamp::now());
         self.put_delivery(Some(d), new.clone());
+        self.revived_subs.insert(d.subscription_id);
         new
     }
 

@@ -180,6 +180,9 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     fn deliveries(&self, after: Option<DeliveryId>) -> Iter<Delivery>;
     /// The ids of one subscription's deliveries, oldest or newest first.
     fn deliveries_of(&self, sub: SubscriptionId, newest_first: bool) -> Iter<DeliveryId>;
+    /// The ids of one subscription's deliveries from `from` on (itself
+    /// included, if it exists), oldest first.
+    fn deliveries_of_from(&self, sub: SubscriptionId, from: DeliveryId) -> Iter<DeliveryId>;
     /// A state index (pending: by subscription, then due time; delivered and
     /// dead: by finish time), starting after `after`.
     fn index(&self, state: DeliveryState, after: Option<IndexEntry>) -> Iter<IndexEntry>;

@@ -424,6 +424,21 @@ impl Reader for SledReader {
         }
     }
 
+    fn deliveries_of_from(&self, sub: SubscriptionId, from: DeliveryId) -> Iter<DeliveryId> {
+        let start = by_sub_key(sub, from).to_vec();
+        let prefix = key16(BY_SUB, sub.to_bytes());
+        Box::new(
+            self.tree
+                .range(start..)
+                .take_while(move |kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+                .map(|kv| {
+                    let (k, _) = kv?;
+                    DeliveryId::from_slice(&k[17..])
+                        .ok_or_else(|| corrupt(&k, "malformed subscription index key"))
+                }),
+        )
+    }
+
     fn index(&self, state: DeliveryState, after: Option<IndexEntry>) -> Iter<IndexEntry> {
         let start = match after {
             Some(e) => {

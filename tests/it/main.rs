@@ -9,6 +9,7 @@ mod crash;
 mod delivery;
 mod engine;
 mod faults;
+mod flow_control;
 mod publish;
 mod receiver;
 mod security;
