@@ -1,16 +1,40 @@
-//! Format compatibility: a store written by format version 1 (the fixture
-//! `tests/fixtures/store-v1`, made by `examples/make_fixture.rs`) opens and
-//! delivers. A format change that breaks old stores fails here.
+//! Format compatibility: stores written by earlier format versions (the
+//! fixtures `tests/fixtures/store-v1` and `tests/fixtures/store-v2`, made by
+//! `examples/make_fixture.rs`, whose docs list what each holds) open, read
+//! back every field and deliver. A format change that breaks old stores
+//! fails here.
+//!
+//! * v1: records of format 1 read with the format-2 defaults (no tenant, no
+//!   headers, no rate limit, unordered); the store's marker is upgraded to
+//!   2 on open.
+//! * v2: a tenant's subscription with custom headers, a rate limit and FIFO
+//!   order.
 
 use std::path::Path;
 use std::time::Duration;
 
 use hookbus::DEFAULT_TOLERANCE;
-use hookbus::{DeliveryState, SubscriptionPatch};
+use hookbus::{DeliveryOrder, DeliveryState, RateLimit, Subscription, SubscriptionPatch};
 use serde_json::json;
 
 use crate::receiver::TestReceiver;
-use crate::{LONG, builder, wait_until};
+use crate::store_faults::raw_tree;
+use crate::{LONG, builder, consistent, wait_until};
+
+/// The store format marker (`m format`) of a closed store.
+fn format_marker(store: &Path) -> Vec<u8> {
+    let (_db, tree) = raw_tree(store);
+    tree.get(b"mformat").unwrap().unwrap().to_vec()
+}
+
+/// What a subscription of record format 1 reads as.
+fn assert_v1_defaults(s: &Subscription) {
+    assert_eq!(s.tenant, None, "{}", s.name);
+    assert!(s.headers.is_empty(), "{}", s.name);
+    assert_eq!(s.rate_limit, None, "{}", s.name);
+    assert_eq!(s.order, DeliveryOrder::Unordered, "{}", s.name);
+    assert_eq!(s.halted_at, None, "{}", s.name);
+}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -31,6 +55,7 @@ fn a_version_1_store_opens_and_delivers() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     copy_dir(&fixture, &store);
+    assert_eq!(format_marker(&store), [1], "the fixture is a v1 store");
 
     let rx = TestReceiver::start();
     {
@@ -41,6 +66,7 @@ fn a_version_1_store_opens_and_delivers() {
         assert_eq!(subs[0].events, ["hello", "goodbye"]);
         assert_eq!(subs[0].owner.as_deref(), Some("alice"));
         assert_eq!(subs[1].signing, hookbus::Signing::StandardWebhooks);
+        subs.iter().for_each(assert_v1_defaults);
         let stats = bus.outbox().stats().unwrap();
         assert_eq!((stats.pending, stats.delivered, stats.dead), (5, 0, 1));
         let dead = bus.outbox().dead().next().unwrap().unwrap();
@@ -58,6 +84,7 @@ fn a_version_1_store_opens_and_delivers() {
         }
         bus.shutdown(Duration::from_secs(1)).unwrap();
     }
+    assert_eq!(format_marker(&store), [2], "the marker is upgraded on open");
     let bus = builder(&store).open().unwrap();
     wait_until(LONG, "5 deliveries", || {
         bus.outbox().stats().unwrap().delivered == 5
@@ -112,5 +139,204 @@ fn a_version_1_store_opens_and_delivers() {
         events
             .iter()
             .all(|e| bus.outbox().event(*e).unwrap().is_some())
+    );
+}
+
+/// The v2 fixture's secrets and header value (see `examples/make_fixture.rs`).
+const TENANT_SECRET: &[u8] = b"fixture-tenant-secret";
+const TENANT_AUTH: &str = "Bearer fixture-token";
+
+#[test]
+fn a_version_1_store_reopens_after_its_upgrade() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1");
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    copy_dir(&fixture, &store);
+    // Open and close without changing anything, twice: the records stay
+    // format 1 on disk, the marker says 2, and both read the same.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let bus = builder(&store).deliver(false).open().unwrap();
+        let subs = bus.subscriptions().list().unwrap();
+        subs.iter().for_each(assert_v1_defaults);
+        let stats = consistent(&bus);
+        assert_eq!((stats.pending, stats.delivered, stats.dead), (5, 0, 1));
+        seen.push(subs);
+        bus.shutdown(Duration::from_secs(1)).unwrap();
+        drop(bus);
+        assert_eq!(format_marker(&store), [2]);
+    }
+    assert_eq!(seen[0], seen[1]);
+    // A v1 record rewritten as v2 (by an update) reads back with its new
+    // fields.
+    let hub = seen[0][0].id;
+    {
+        let bus = builder(&store).deliver(false).open().unwrap();
+        bus.subscriptions()
+            .update(
+                hub,
+                SubscriptionPatch::new()
+                    .headers([("X-Upgraded", "yes")])
+                    .rate_limit(Some(RateLimit::per_second(3))),
+            )
+            .unwrap();
+        bus.shutdown(Duration::from_secs(1)).unwrap();
+    }
+    let bus = builder(&store).deliver(false).open().unwrap();
+    let s = bus.subscriptions().get(hub).unwrap().unwrap();
+    assert_eq!(s.headers.len(), 1);
+    assert_eq!(
+        (s.headers[0].0.as_str(), s.headers[0].1.expose()),
+        ("X-Upgraded", "yes")
+    );
+    assert_eq!(s.rate_limit, Some(RateLimit::per_second(3)));
+    assert_eq!((s.tenant, s.order), (None, DeliveryOrder::Unordered));
+    assert_eq!(s.owner.as_deref(), Some("alice"));
+    assert_eq!(s.secret.as_ref().unwrap().expose(), "fixture-secret");
+}
+
+#[test]
+fn a_version_2_store_opens_and_delivers() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v2");
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    copy_dir(&fixture, &store);
+    assert_eq!(format_marker(&store), [2]);
+
+    let check = |subs: &[Subscription], urls_moved: bool| {
+        let names: Vec<_> = subs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["Hub", "Standard", "Tenant"]);
+        let (hub, std, tenant) = (&subs[0], &subs[1], &subs[2]);
+        assert_eq!(hub.events, ["hello", "goodbye"]);
+        assert_eq!(hub.owner.as_deref(), Some("alice"));
+        assert_eq!(hub.signing, hookbus::Signing::Hub);
+        assert_eq!(hub.secret.as_ref().unwrap().expose(), "fixture-secret");
+        assert_v1_defaults(hub);
+        assert_eq!(std.events, ["*"]);
+        assert_eq!(std.owner, None);
+        assert_eq!(std.signing, hookbus::Signing::StandardWebhooks);
+        assert_eq!(
+            std.secret.as_ref().unwrap().expose(),
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        );
+        assert_v1_defaults(std);
+
+        assert_eq!(tenant.events, ["hello", "invoice.paid"]);
+        assert_eq!(tenant.owner.as_deref(), Some("bob"));
+        assert_eq!(tenant.tenant.as_deref(), Some("acme"));
+        assert_eq!(tenant.signing, hookbus::Signing::Hub);
+        assert_eq!(
+            tenant.secret.as_ref().unwrap().expose().as_bytes(),
+            TENANT_SECRET
+        );
+        assert_eq!(tenant.headers.len(), 1);
+        assert_eq!(tenant.headers[0].0, "Authorization");
+        assert_eq!(tenant.headers[0].1.expose(), TENANT_AUTH);
+        assert_eq!(tenant.rate_limit, Some(RateLimit::per_second(5).burst(2)));
+        assert_eq!(
+            tenant.rate_limit.map(|r| (r.per_second, r.burst)),
+            Some((5, 2))
+        );
+        assert_eq!(tenant.order, DeliveryOrder::FIFO);
+        assert_eq!(tenant.halted_at, None);
+        for s in subs {
+            assert!(s.active, "{}", s.name);
+            assert_eq!(s.previous_secret_until, None);
+            assert!(s.created_at <= s.modified_at);
+            assert_eq!(s.url.starts_with("http://127.0.0.1:9/"), !urls_moved);
+        }
+    };
+
+    let rx = TestReceiver::start();
+    let tenant_id;
+    {
+        let bus = builder(&store).deliver(false).open().unwrap();
+        let subs = bus.subscriptions().list().unwrap();
+        check(&subs, false);
+        tenant_id = subs[2].id;
+        let stats = consistent(&bus);
+        assert_eq!((stats.pending, stats.delivered, stats.dead), (7, 0, 1));
+        let dead = bus.outbox().dead().next().unwrap().unwrap();
+        assert_eq!(dead.last_error.as_deref(), Some("subscription was deleted"));
+        let tenant_events: Vec<_> = bus
+            .outbox()
+            .for_subscription(tenant_id, false)
+            .map(|d| d.unwrap().event_name)
+            .collect();
+        assert_eq!(tenant_events, ["invoice.paid", "hello"]);
+        for s in &subs {
+            let path = match s.name.as_str() {
+                "Hub" => "/hub",
+                "Standard" => "/std",
+                _ => "/tenant",
+            };
+            bus.subscriptions()
+                .update(s.id, SubscriptionPatch::new().url(rx.url(path)))
+                .unwrap();
+        }
+        // An update keeps every other field.
+        check(&bus.subscriptions().list().unwrap(), true);
+        bus.shutdown(Duration::from_secs(1)).unwrap();
+    }
+    assert_eq!(format_marker(&store), [2]);
+
+    let bus = builder(&store).open().unwrap();
+    check(&bus.subscriptions().list().unwrap(), true);
+    wait_until(LONG, "7 deliveries", || {
+        bus.outbox().stats().unwrap().delivered == 7
+    });
+    let stats = consistent(&bus);
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 7, 1));
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 7);
+    let mut seen = Vec::new();
+    for r in &reqs {
+        let body = r.json();
+        seen.push((r.path.clone(), body["n"].as_i64().unwrap()));
+        match r.path.as_str() {
+            "/hub" => assert!(r.signed_with(b"fixture-secret", "x-hub-signature-256")),
+            "/std" => hookbus::verify_standard(
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                r.header_pairs(),
+                &r.body,
+                DEFAULT_TOLERANCE,
+            )
+            .unwrap(),
+            _ => {
+                assert!(r.signed_with(TENANT_SECRET, "x-hub-signature-256"));
+                assert_eq!(r.header("authorization"), Some(TENANT_AUTH));
+            }
+        }
+        if r.path != "/tenant" {
+            assert_eq!(r.header("authorization"), None);
+        }
+        if body["n"] == 4 {
+            assert_eq!(body, json!({"text": "paid", "n": 4}));
+        }
+    }
+    // FIFO: the tenant's two arrive in publish order.
+    let tenant_order: Vec<_> = seen
+        .iter()
+        .filter(|(p, _)| p == "/tenant")
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(tenant_order, [4, 5]);
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("/hub".into(), 1),
+            ("/hub".into(), 2),
+            ("/std".into(), 1),
+            ("/std".into(), 2),
+            ("/std".into(), 3),
+            ("/tenant".into(), 4),
+            ("/tenant".into(), 5),
+        ]
+    );
+    assert_eq!(
+        bus.outbox().for_subscription(tenant_id, false).count(),
+        2,
+        "the tenant's deliveries"
     );
 }

@@ -15,6 +15,7 @@ mod receiver;
 mod security;
 mod store_faults;
 mod subscriptions;
+mod tenants;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
