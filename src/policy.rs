@@ -68,7 +68,7 @@ impl RateLimit {
 
 /// In which order a subscription's deliveries are sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
 #[non_exhaustive]
 pub enum DeliveryOrder {
     /// As fast as the caps allow: many requests in flight at once, and a
