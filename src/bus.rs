@@ -116,13 +116,7 @@ impl Bus {
     /// it fails.
     pub fn publish<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<EventId> {
         let event = self.prepare(event, data)?;
-        let id = event.id;
-        self.send(Command::Publish {
-            event,
-            tenant: None,
-            done: None,
-        })?;
-        Ok(id)
+        self.queue(event, None)
     }
 
     /// Publishes `data` as event `event` for one tenant: only the active
@@ -161,13 +155,7 @@ impl Bus {
     ) -> Result<EventId> {
         validate_tenant(tenant)?;
         let event = self.prepare(event, data)?;
-        let id = event.id;
-        self.send(Command::Publish {
-            event,
-            tenant: Some(tenant.to_owned()),
-            done: None,
-        })?;
-        Ok(id)
+        self.queue(event, Some(tenant.to_owned()))
     }
 
     /// Like [`publish_to`](Bus::publish_to), but returns only once the
@@ -180,30 +168,14 @@ impl Bus {
     ) -> Result<EventId> {
         validate_tenant(tenant)?;
         let event = self.prepare(event, data)?;
-        let id = event.id;
-        let (done, rx) = completion();
-        self.send(Command::Publish {
-            event,
-            tenant: Some(tenant.to_owned()),
-            done: Some(done),
-        })?;
-        rx.recv().map_err(|_| Error::Closed)??;
-        Ok(id)
+        self.queue_durable(event, Some(tenant.to_owned()))
     }
 
     /// Like [`publish`](Bus::publish), but returns only once the event and its
     /// deliveries are on disk.
     pub fn publish_durable<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<EventId> {
         let event = self.prepare(event, data)?;
-        let id = event.id;
-        let (done, rx) = completion();
-        self.send(Command::Publish {
-            event,
-            tenant: None,
-            done: Some(done),
-        })?;
-        rx.recv().map_err(|_| Error::Closed)??;
-        Ok(id)
+        self.queue_durable(event, None)
     }
 
     /// A durability barrier: returns once everything published (by any
@@ -318,6 +290,30 @@ impl Bus {
             payload,
             created_at: Timestamp::now(),
         })
+    }
+
+    /// Queues a prepared event for the dispatcher.
+    fn queue(&self, event: Event, tenant: Option<String>) -> Result<EventId> {
+        let id = event.id;
+        self.send(Command::Publish {
+            event,
+            tenant,
+            done: None,
+        })?;
+        Ok(id)
+    }
+
+    /// Queues a prepared event and waits until it is on disk.
+    fn queue_durable(&self, event: Event, tenant: Option<String>) -> Result<EventId> {
+        let id = event.id;
+        let (done, rx) = completion();
+        self.send(Command::Publish {
+            event,
+            tenant,
+            done: Some(done),
+        })?;
+        rx.recv().map_err(|_| Error::Closed)??;
+        Ok(id)
     }
 
     fn send(&self, cmd: Command) -> Result<()> {
