@@ -2,7 +2,7 @@
 //! change of the on-disk format that breaks existing stores fails CI.
 //!
 //! ```text
-//! cargo run --example make_fixture -- tests/fixtures/store-v2
+//! cargo run --example make_fixture -- tests/fixtures/store-v3
 //! ```
 //!
 //! Run it only when introducing a new format version (into a new folder,
@@ -22,10 +22,19 @@
 //!   per second in bursts of 2, FIFO order) with two events published for
 //!   `acme` (`invoice.paid` n 4, then `hello` n 5; the app-wide `hello`
 //!   does not reach it): 7 pending deliveries, 1 dead.
+//! * `tests/fixtures/store-v3` — record format 3: all of the above (every
+//!   delivery now numbered per subscription: Hub 1, 2; Standard 1, 2, 3;
+//!   Tenant 1, 2, 3 with the following), plus `invoice.paid` n 6 for `acme` published as a
+//!   `Message` with idempotency key `invoice-6` and traceparent
+//!   `00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01`, twice (the
+//!   second stores nothing): 8 pending deliveries, 1 dead.
 
 use std::time::Duration;
 
 use hookbus::{Bus, NewSubscription};
+
+/// The trace context of the format-3 event.
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 /// The secrets and payloads the compatibility test checks against.
 const HUB_SECRET: &str = "fixture-secret";
@@ -82,6 +91,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &serde_json::json!({"text": "paid", "n": 4}),
     )?;
     bus.publish_to("acme", "hello", &serde_json::json!({"n": 5}))?;
+    // Since format 3: a trace context with the event, an idempotency key.
+    let message = || {
+        hookbus::Message::new("invoice.paid", &serde_json::json!({"n": 6}))
+            .tenant("acme")
+            .idempotency_key("invoice-6")
+            .traceparent(TRACEPARENT)
+    };
+    let first = bus.publish_message(message())?;
+    assert_eq!(bus.publish_message(message())?, first);
     bus.flush()?;
     // Its pending delivery becomes a dead one.
     bus.subscriptions().delete(gone.id)?;

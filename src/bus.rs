@@ -1,15 +1,16 @@
 //! The [`Bus`] handle: publishing, durability barriers and shutdown.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::config::{Builder, Config};
-use crate::engine::{Command, Done, Engine, Session};
+use crate::engine::{Command, Done, Engine, KeyHolder, Keyed, Session};
 use crate::error::{Error, Result};
 use crate::ids::{EventId, Timestamp};
+use crate::message::Message;
 use crate::outbox::Outbox;
 use crate::record::Event;
 use crate::storage;
@@ -237,6 +238,7 @@ impl Bus {
         self.send(Command::Publish {
             event,
             tenant,
+            key: None,
             done: Some(done),
         })?;
         rx.await.map_err(|_| Error::Closed)??;
@@ -277,6 +279,15 @@ impl Bus {
     fn prepare<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<Event> {
         validate_event_name(event, false)?;
         let payload = serde_json::to_vec(data).map_err(Error::Serialize)?;
+        self.event_of(event, payload, None)
+    }
+
+    fn event_of(
+        &self,
+        event: &str,
+        payload: Vec<u8>,
+        traceparent: Option<String>,
+    ) -> Result<Event> {
         let max = self.inner.config.max_payload_bytes;
         if payload.len() > max {
             return Err(Error::PayloadTooLarge {
@@ -289,7 +300,89 @@ impl Bus {
             name: event.to_owned(),
             payload,
             created_at: Timestamp::now(),
+            traceparent,
         })
+    }
+
+    /// Checks a message and makes the command that publishes it; `wait`
+    /// makes it a barrier. Returns the command, where the id of the event
+    /// that holds its idempotency key will be, and its own event id.
+    fn command_of(
+        &self,
+        m: Message,
+        done: Option<Done>,
+    ) -> Result<(Command, Option<KeyHolder>, EventId)> {
+        validate_event_name(&m.name, false)?;
+        if let Some(t) = &m.tenant {
+            validate_tenant(t)?;
+        }
+        if let Some(k) = &m.key {
+            crate::message::validate_key(k)?;
+        }
+        if let Some(tp) = &m.traceparent {
+            crate::message::validate_traceparent(tp)?;
+        }
+        let payload = m.payload.map_err(Error::Serialize)?;
+        let event = self.event_of(&m.name, payload, m.traceparent)?;
+        let id = event.id;
+        let holder = m.key.as_ref().map(|_| Arc::new(OnceLock::new()));
+        let key = m.key.map(|k| Keyed {
+            key: format!("{}\0{k}", m.tenant.as_deref().unwrap_or("")),
+            holder: holder.clone().unwrap_or_default(),
+        });
+        let cmd = Command::Publish {
+            event,
+            tenant: m.tenant,
+            key,
+            done,
+        };
+        Ok((cmd, holder, id))
+    }
+
+    /// Publishes a [`Message`]: an event with options (a tenant, an
+    /// idempotency key, a trace context).
+    ///
+    /// Without an idempotency key it returns at once, like
+    /// [`publish`](Bus::publish). With one it returns once the event is
+    /// stored (like [`publish_message_durable`](Bus::publish_message_durable)),
+    /// because the id it returns is that of the event that holds the key:
+    /// this one, or the first one published with the same key (and
+    /// tenant) within the [`idempotency_window`](Builder::idempotency_window),
+    /// in which case nothing new is stored.
+    ///
+    /// Errors: those of [`publish`](Bus::publish) and
+    /// [`publish_to`](Bus::publish_to), [`Error::InvalidIdempotencyKey`],
+    /// [`Error::InvalidTraceparent`].
+    pub fn publish_message(&self, message: Message) -> Result<EventId> {
+        if message.key.is_some() {
+            return self.publish_message_durable(message);
+        }
+        let (cmd, _, id) = self.command_of(message, None)?;
+        self.send(cmd)?;
+        Ok(id)
+    }
+
+    /// Publishes a [`Message`] and returns once it is on disk, with the id
+    /// of the event that holds its idempotency key (see
+    /// [`publish_message`](Bus::publish_message)).
+    pub fn publish_message_durable(&self, message: Message) -> Result<EventId> {
+        let (done, rx) = completion();
+        let (cmd, holder, id) = self.command_of(message, Some(done))?;
+        self.send(cmd)?;
+        rx.recv().map_err(|_| Error::Closed)??;
+        Ok(holder.and_then(|h| h.get().copied()).unwrap_or(id))
+    }
+
+    /// [`publish_message_durable`](Bus::publish_message_durable) for async
+    /// callers: waits without blocking the runtime thread.
+    #[cfg(feature = "tokio")]
+    pub async fn publish_message_durable_async(&self, message: Message) -> Result<EventId> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done: Done = Box::new(move |flushed| drop(tx.send(flushed)));
+        let (cmd, holder, id) = self.command_of(message, Some(done))?;
+        self.send(cmd)?;
+        rx.await.map_err(|_| Error::Closed)??;
+        Ok(holder.and_then(|h| h.get().copied()).unwrap_or(id))
     }
 
     /// Queues a prepared event for the dispatcher.
@@ -298,6 +391,7 @@ impl Bus {
         self.send(Command::Publish {
             event,
             tenant,
+            key: None,
             done: None,
         })?;
         Ok(id)
@@ -310,6 +404,7 @@ impl Bus {
         self.send(Command::Publish {
             event,
             tenant,
+            key: None,
             done: Some(done),
         })?;
         rx.recv().map_err(|_| Error::Closed)??;

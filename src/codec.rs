@@ -5,7 +5,9 @@
 //! Versions:
 //! * 1 — the first format.
 //! * 2 — a subscription record carries its tenant, custom headers, rate
-//!   limit, ordering and FIFO halt. Every other record's body is as in 1.
+//!   limit, ordering and FIFO halt. Every other record as in 1.
+//! * 3 — a delivery carries its sequence number, an event its trace
+//!   context. Every other record as in 2.
 //!
 //! Each stored type is a [`Record`]: it says how to read the bodies of
 //! older versions (by default: the same layout).
@@ -15,7 +17,7 @@ use serde::de::DeserializeOwned;
 
 /// The record format this build writes. It reads this version and every
 /// older one it knows.
-pub(crate) const RECORD_VERSION: u8 = 2;
+pub(crate) const RECORD_VERSION: u8 = 3;
 
 /// A type stored through the codec.
 pub(crate) trait Record: Serialize + DeserializeOwned {

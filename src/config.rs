@@ -47,6 +47,7 @@ pub struct Config {
     pub(crate) lock_timeout: Duration,
     pub(crate) max_subscriptions_per_tenant: usize,
     pub(crate) tenants_receive_app_events: bool,
+    pub(crate) idempotency_window: Duration,
 }
 
 impl Default for Config {
@@ -74,6 +75,7 @@ impl Default for Config {
             lock_timeout: Duration::from_secs(2),
             max_subscriptions_per_tenant: 100,
             tenants_receive_app_events: false,
+            idempotency_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -150,6 +152,10 @@ impl Config {
     /// Whether tenants' subscriptions also receive app-wide events.
     pub fn tenants_receive_app_events(&self) -> bool {
         self.tenants_receive_app_events
+    }
+    /// How long an idempotency key is remembered.
+    pub fn idempotency_window(&self) -> Duration {
+        self.idempotency_window
     }
     /// What a durability barrier waits for.
     pub fn durability(&self) -> Durability {
@@ -246,6 +252,7 @@ impl Config {
 /// | `lock_timeout` | 2 s |
 /// | `max_subscriptions_per_tenant` | 100 |
 /// | `tenants_receive_app_events` | `false` |
+/// | `idempotency_window` | 24 h |
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct Builder {
@@ -328,6 +335,18 @@ impl Builder {
     /// publishes for everyone unless the operator says so.
     pub fn tenants_receive_app_events(mut self, yes: bool) -> Self {
         self.config.tenants_receive_app_events = yes;
+        self
+    }
+
+    /// How long an idempotency key
+    /// ([`Message::idempotency_key`](crate::Message::idempotency_key)) is
+    /// remembered: a message with a key used less than this long ago stores
+    /// nothing and returns the first event's id. 1 s to 365 days; keys
+    /// older than this are forgotten in the background.
+    ///
+    /// Defaults to 24 hours.
+    pub fn idempotency_window(mut self, window: Duration) -> Self {
+        self.config.idempotency_window = window;
         self
     }
 
@@ -518,6 +537,14 @@ impl Builder {
             return bad(format!(
                 "circuit_breaker needs at least 1 failure and a wait of at most 1 hour, got {} and {:?}",
                 c.breaker_after, c.breaker_wait
+            ));
+        }
+        if c.idempotency_window < Duration::from_secs(1)
+            || c.idempotency_window > Duration::from_secs(365 * 24 * 3600)
+        {
+            return bad(format!(
+                "idempotency_window must be 1 s to 365 days, got {:?}",
+                c.idempotency_window
             ));
         }
         if c.max_subscriptions_per_tenant == 0 {

@@ -122,6 +122,10 @@ pub struct Delivery {
     pub last_status: Option<u16>,
     /// The last error, or why it died without an attempt.
     pub last_error: Option<String>,
+    /// Its place among the deliveries of its subscription: 1, 2, 3, … in
+    /// publish order, sent as `X-Webhook-Sequence` (0: made before
+    /// sequence numbers existed, and not sent).
+    pub sequence: u64,
 }
 
 /// Why a delivery was dead-lettered without (another) attempt.
@@ -133,12 +137,14 @@ pub(crate) mod reason {
     pub(crate) const EVENT_MISSING: &str = "event record is missing";
 }
 
-/// A new pending delivery of `event` to `subscription`, due at `now`.
+/// A new pending delivery of `event` to `subscription`, due at `now`,
+/// number `sequence` of the subscription.
 pub(crate) fn created(
     event: EventId,
     event_name: &str,
     event_created_at: Timestamp,
     subscription: SubscriptionId,
+    sequence: u64,
     now: Timestamp,
 ) -> Delivery {
     Delivery {
@@ -153,6 +159,7 @@ pub(crate) fn created(
         finished_at: None,
         last_status: None,
         last_error: None,
+        sequence,
     }
 }
 
@@ -258,6 +265,7 @@ mod tests {
             "hello",
             Timestamp::from_millis(1_000),
             SubscriptionId::generate(),
+            1,
             Timestamp::from_millis(1_000),
         )
     }

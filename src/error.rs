@@ -90,6 +90,24 @@ pub enum Error {
         max: usize,
     },
 
+    /// An idempotency key is empty, too long or has control characters.
+    #[error("idempotency key `{key}` {reason}")]
+    InvalidIdempotencyKey {
+        /// The key (shortened if long).
+        key: String,
+        /// What is wrong with it and what is allowed.
+        reason: &'static str,
+    },
+
+    /// A `traceparent` is not a W3C trace context.
+    #[error("traceparent `{value}` {reason}")]
+    InvalidTraceparent {
+        /// The value (shortened if long).
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
     /// A custom header's name or value is not allowed.
     #[error("header `{name}` {reason}")]
     InvalidHeader {

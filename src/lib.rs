@@ -61,6 +61,8 @@
 //! X-Webhook-Delivery: <delivery id, 32 lowercase hex>
 //! X-Webhook-Event: hello
 //! X-Webhook-Event-Id: <event id, 32 lowercase hex: one event, every subscription>
+//! X-Webhook-Sequence: <1, 2, 3, … per subscription, in publish order>
+//! traceparent: <the publisher's W3C trace context, if it gave one>
 //! X-Hub-Signature: sha1=<hex HMAC-SHA1 of the body, keyed with the secret>
 //! X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>
 //!
@@ -141,6 +143,7 @@ mod event;
 #[doc(hidden)]
 pub mod fuzzing;
 mod ids;
+mod message;
 mod outbox;
 mod policy;
 #[cfg(test)]
@@ -162,6 +165,7 @@ pub use delivery::{Delivery, DeliveryState, ParseDeliveryStateError};
 pub use error::{Error, Result, StoreError};
 pub use event::ALL_EVENTS;
 pub use ids::{DeliveryId, EventId, ParseIdError, ParseTimestampError, SubscriptionId, Timestamp};
+pub use message::Message;
 pub use outbox::{Deliveries, Outbox};
 pub use policy::{DeliveryOrder, MAX_RATE_PER_SECOND, OnDeadLetter, RateLimit};
 pub use record::{Attempt, AttemptError, AttemptErrorKind, Event, OutboxStats};

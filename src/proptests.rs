@@ -29,12 +29,12 @@ fn state() -> impl Strategy<Value = DeliveryState> {
 prop_compose! {
     fn delivery()(id in id_bytes(), ev in id_bytes(), sub in id_bytes(), name in "[a-z.]{1,20}", state in state(),
                    attempts in any::<u32>(), t in any::<u64>(), next in any::<Option<u64>>(), fin in any::<Option<u64>>(),
-                   status in any::<Option<u16>>(), err in any::<Option<String>>()) -> Delivery {
+                   status in any::<Option<u16>>(), err in any::<Option<String>>(), seq in any::<u64>()) -> Delivery {
         Delivery {
             id: DeliveryId::from_bytes(id), event_id: EventId::from_bytes(ev), event_name: name,
             subscription_id: SubscriptionId::from_bytes(sub), state, attempts, created_at: Timestamp::from_millis(t),
             next_attempt_at: next.map(Timestamp::from_millis), finished_at: fin.map(Timestamp::from_millis),
-            last_status: status, last_error: err,
+            last_status: status, last_error: err, sequence: seq,
         }
     }
 }
@@ -63,8 +63,8 @@ proptest! {
 
     #[test]
     fn events_and_attempts_round_trip(payload in proptest::collection::vec(any::<u8>(), 0..2000), name in "[A-Za-z0-9_.-]{1,100}",
-                                      n in any::<u32>(), status in any::<Option<u16>>(), msg in ".{0,50}") {
-        let e = Event { id: EventId::generate(), name, payload: payload.clone(), created_at: Timestamp::now() };
+                                      n in any::<u32>(), status in any::<Option<u16>>(), msg in ".{0,50}", tp in proptest::option::of("[0-9a-f-]{0,55}")) {
+        let e = Event { id: EventId::generate(), name, payload: payload.clone(), created_at: Timestamp::now(), traceparent: tp };
         prop_assert_eq!(codec::decode::<Event>(&codec::encode(&e).unwrap()).unwrap(), e);
         let a = Attempt {
             number: n, at: Timestamp::now(), duration_ms: 3, status,

@@ -24,6 +24,9 @@ pub struct Event {
     pub payload: Vec<u8>,
     /// When it was published.
     pub created_at: Timestamp,
+    /// The W3C trace context of the code that published it, sent as
+    /// `traceparent` with every attempt, so deliveries join that trace.
+    pub traceparent: Option<String>,
 }
 
 impl fmt::Debug for Event {
@@ -33,6 +36,7 @@ impl fmt::Debug for Event {
             .field("name", &self.name)
             .field("payload", &String::from_utf8_lossy(&self.payload))
             .field("created_at", &self.created_at)
+            .field("traceparent", &self.traceparent)
             .finish()
     }
 }

@@ -44,7 +44,19 @@ pub(crate) struct Job {
     pub(crate) standard_webhooks: bool,
     /// The subscription's custom headers (validated when stored).
     pub(crate) headers: Vec<(String, String)>,
+    /// The delivery's place in its subscription (`X-Webhook-Sequence`;
+    /// 0: not sent).
+    pub(crate) sequence: u64,
     pub(crate) payload: Arc<[u8]>,
+    /// The publisher's trace context, sent as `traceparent`.
+    pub(crate) traceparent: Option<Arc<str>>,
+}
+
+/// What is sent of an event: its body and trace context.
+#[derive(Debug, Clone)]
+pub(crate) struct Body {
+    pub(crate) payload: Arc<[u8]>,
+    pub(crate) traceparent: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -64,7 +76,9 @@ impl std::fmt::Debug for Job {
                 "headers",
                 &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
+            .field("sequence", &self.sequence)
             .field("payload", &format_args!("[{} bytes]", self.payload.len()))
+            .field("traceparent", &self.traceparent)
             .finish()
     }
 }
@@ -79,7 +93,7 @@ impl Job {
         event: crate::ids::EventId,
         event_name: String,
         attempt: u32,
-        payload: Arc<[u8]>,
+        body: Body,
     ) -> Job {
         let mut secrets: Vec<String> = sub.secret.iter().cloned().collect();
         if let Some((old, until)) = &sub.previous_secret
@@ -98,7 +112,9 @@ impl Job {
             content_type: sub.content_type.clone(),
             standard_webhooks: sub.standard_webhooks,
             headers: sub.headers.clone(),
-            payload,
+            sequence: 0,
+            payload: body.payload,
+            traceparent: body.traceparent,
         }
     }
 }
@@ -341,6 +357,12 @@ pub(crate) fn perform(agent: &ureq::Agent, job: Job) -> Outcome {
         .header("X-Webhook-Delivery", &id)
         .header("X-Webhook-Event", &job.event_name)
         .header("X-Webhook-Event-Id", job.event.to_string());
+    if job.sequence > 0 {
+        req = req.header("X-Webhook-Sequence", job.sequence.to_string());
+    }
+    if let Some(tp) = &job.traceparent {
+        req = req.header("traceparent", &**tp);
+    }
     if job.standard_webhooks {
         let ts = at.as_millis() / 1000;
         let sigs: Vec<String> = job

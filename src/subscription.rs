@@ -825,7 +825,10 @@ impl<'a> Subscriptions<'a> {
             crate::ids::EventId::generate(),
             PING_EVENT.to_owned(),
             1,
-            payload.into(),
+            crate::sender::Body {
+                payload: payload.into(),
+                traceparent: None,
+            },
         );
         let agent = crate::sender::build_agent(self.config);
         Ok(crate::sender::perform(&agent, job).attempt)

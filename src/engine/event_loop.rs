@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, select
 use super::maintenance::Job;
 use super::scheduler::{self, Breaker, Bucket, Flow, Limits};
 use super::session::Session;
-use super::{Command, Done, JobDone};
+use super::{Command, Done, JobDone, Keyed};
 use crate::config::Config;
 use crate::delivery::DeliveryState;
 use crate::delivery::{self, reason};
@@ -87,6 +87,7 @@ pub(crate) fn start(
         policies: HashMap::new(),
         buckets: HashMap::new(),
         fifo_heads: HashMap::new(),
+        next_key_sweep: 0,
     };
     let handle = std::thread::Builder::new()
         .name("hookbus-dispatcher".into())
@@ -106,10 +107,10 @@ fn store_error(m: &str) -> Error {
     Error::Store(StoreError::message(m.to_owned()))
 }
 
-/// Event payloads recently sent, capped by bytes.
+/// What was sent of recent events, capped by bytes.
 #[derive(Default)]
 struct PayloadCache {
-    map: HashMap<EventId, Arc<[u8]>>,
+    map: HashMap<EventId, sender::Body>,
     bytes: usize,
 }
 
@@ -156,6 +157,8 @@ struct Dispatcher {
     /// FIFO subscriptions: the oldest delivery not known to be finished.
     /// Every older one is; the queue's head is found from here on.
     fifo_heads: HashMap<SubscriptionId, DeliveryId>,
+    /// When to look for expired idempotency keys next (ms).
+    next_key_sweep: u64,
 }
 
 /// What the dispatcher needs to know of a subscription's policy.
@@ -184,6 +187,7 @@ impl Dispatcher {
             }
             if self.closing.is_none() {
                 self.dispatch();
+                self.sweep_keys();
                 self.finish_round();
             }
             if let Some(deadline) = self.closing
@@ -279,9 +283,13 @@ impl Dispatcher {
             Command::Publish {
                 event,
                 tenant,
+                key,
                 done,
             } => {
-                let result = self.on_publish(&event, tenant.as_deref());
+                let result = match &key {
+                    Some(k) => self.on_keyed_publish(&event, tenant.as_deref(), k),
+                    None => self.on_publish(&event, tenant.as_deref()),
+                };
                 match done {
                     Some(done) => {
                         let r = self.take_loss().and(result);
@@ -336,6 +344,77 @@ impl Dispatcher {
         self.jobs.push_back((job, done));
     }
 
+    /// An event with an idempotency key: stored unless the key was used
+    /// within the window; `key.holder` gets the id of the event holding it.
+    fn on_keyed_publish(&mut self, event: &Event, tenant: Option<&str>, key: &Keyed) -> Result<()> {
+        let now = now_ms();
+        let window =
+            u64::try_from(self.s.config.idempotency_window.as_millis()).unwrap_or(u64::MAX);
+        let held = match self.s.idempotency_key(&key.key) {
+            Ok(held) => held,
+            Err(e) if crate::engine::session::is_damage(&e) => {
+                // A damaged key record is moved aside; the event is new.
+                self.quarantine_error(&e);
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some((first, at)) = held
+            && now.saturating_sub(at) < window
+        {
+            let _ = key.holder.set(first);
+            return Ok(());
+        }
+        self.on_publish(event, tenant)?;
+        self.s
+            .put_idempotency_key(&key.key, event.id, now, held.map(|(_, at)| at));
+        let _ = key.holder.set(event.id);
+        Ok(())
+    }
+
+    /// Moves the record named by a [`Error::Corrupt`] aside.
+    fn quarantine_error(&mut self, e: &Error) {
+        if let Error::Corrupt { key, reason } = e
+            && let Ok(key) = hex::decode(key)
+        {
+            self.s.quarantine(&[Damaged {
+                key,
+                reason: reason.clone(),
+            }]);
+        }
+    }
+
+    /// Forgets idempotency keys older than the window, a chunk at a time
+    /// (at most every 10 minutes once none are left).
+    fn sweep_keys(&mut self) {
+        let now = now_ms();
+        if now < self.next_key_sweep {
+            return;
+        }
+        let window =
+            u64::try_from(self.s.config.idempotency_window.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now.saturating_sub(window);
+        let found: Vec<Result<(String, u64)>> = self
+            .s
+            .reader()
+            .idempotency_keys_before(cutoff)
+            .take(super::maintenance::CHUNK)
+            .collect();
+        let full = found.len() == super::maintenance::CHUNK;
+        for r in found {
+            let r = r.and_then(|(key, at)| self.s.expire_idempotency_key(&key, at));
+            if let Err(e) = r {
+                tracing::error!(error = %e, "could not expire an idempotency key");
+                self.quarantine_error(&e);
+            }
+        }
+        self.next_key_sweep = if full {
+            now
+        } else {
+            now.saturating_add(600_000)
+        };
+    }
+
     /// Fans an event out: to the active subscriptions of `tenant` that
     /// name it, or (no tenant) to the app-wide ones (and to tenants' ones
     /// if the configuration says so).
@@ -360,19 +439,12 @@ impl Dispatcher {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    if let Error::Corrupt { key, reason } = &e
-                        && let Ok(key) = hex::decode(key)
-                    {
-                        self.s.quarantine(&[Damaged {
-                            key,
-                            reason: reason.clone(),
-                        }]);
-                    }
+                    self.quarantine_error(&e);
                     missed.push(format!("subscription {id}: {e}"));
                 }
             }
         }
-        self.s.publish(event, &subs);
+        self.s.publish(event, &subs)?;
         tracing::trace!(event = %event.name, id = %event.id, deliveries = subs.len(), "event published");
         if missed.is_empty() {
             Ok(())
@@ -915,14 +987,9 @@ impl Dispatcher {
             Err(e) => return self.unreadable(&d, "event", &e),
         };
         let attempt = delivery::next_attempt_number(&d);
-        Some(sender::Job::to(
-            &sub,
-            d.id,
-            d.event_id,
-            d.event_name,
-            attempt,
-            payload,
-        ))
+        let mut job = sender::Job::to(&sub, d.id, d.event_id, d.event_name, attempt, payload);
+        job.sequence = d.sequence;
+        Some(job)
     }
 
     /// A record a delivery needs could not be read: a damaged one
@@ -954,7 +1021,7 @@ impl Dispatcher {
         None
     }
 
-    fn payload(&mut self, id: EventId) -> Result<Option<Arc<[u8]>>> {
+    fn payload(&mut self, id: EventId) -> Result<Option<sender::Body>> {
         if let Some(p) = self.payloads.map.get(&id) {
             return Ok(Some(p.clone()));
         }
@@ -965,8 +1032,11 @@ impl Dispatcher {
             self.payloads.map.clear();
             self.payloads.bytes = 0;
         }
-        let p: Arc<[u8]> = event.payload.into();
-        self.payloads.bytes += p.len();
+        let p = sender::Body {
+            payload: event.payload.into(),
+            traceparent: event.traceparent.map(Into::into),
+        };
+        self.payloads.bytes += p.payload.len();
         self.payloads.map.insert(id, p.clone());
         Ok(Some(p))
     }

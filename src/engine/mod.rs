@@ -36,6 +36,18 @@ pub(crate) type WriteFn = Box<dyn FnOnce(&mut Session) -> Done + Send>;
 /// Called once a maintenance job is done and flushed, with its count.
 pub(crate) type JobDone = Box<dyn FnOnce(Result<u64>) + Send>;
 
+/// An idempotency key of a published event, and where the engine puts the
+/// id of the event that holds it (this one, or the first with the key).
+#[derive(Debug)]
+pub(crate) struct Keyed {
+    /// Tenant, `0x00`, key.
+    pub(crate) key: String,
+    pub(crate) holder: KeyHolder,
+}
+
+/// Where the engine puts the id of the event that holds a key.
+pub(crate) type KeyHolder = Arc<std::sync::OnceLock<crate::ids::EventId>>;
+
 /// What handles send to the engine thread.
 pub(crate) enum Command {
     /// A published event, for a tenant's subscriptions or (no tenant)
@@ -43,6 +55,7 @@ pub(crate) enum Command {
     Publish {
         event: Event,
         tenant: Option<String>,
+        key: Option<Keyed>,
         done: Option<Done>,
     },
     /// A change (or a plain barrier: `flush`).

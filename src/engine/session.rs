@@ -47,6 +47,12 @@ pub(crate) struct Session {
     /// Subscriptions with a dead delivery made pending again since the last
     /// round (it may be older than a FIFO queue's head).
     pub(crate) revived_subs: HashSet<SubscriptionId>,
+    /// The last sequence number given per subscription, as far as known;
+    /// and which of them are not written yet.
+    sequences: HashMap<SubscriptionId, u64>,
+    sequences_dirty: HashSet<SubscriptionId>,
+    /// Idempotency keys staged in this round.
+    keys: HashMap<String, (EventId, u64)>,
 }
 
 impl Session {
@@ -65,6 +71,9 @@ impl Session {
             jobs: Vec::new(),
             changed_subs: HashSet::new(),
             revived_subs: HashSet::new(),
+            sequences: HashMap::new(),
+            sequences_dirty: HashSet::new(),
+            keys: HashMap::new(),
         })
     }
 
@@ -142,6 +151,8 @@ impl Session {
 
     pub(crate) fn remove_subscription(&mut self, old: &SubscriptionRecord) {
         self.w.remove_subscription(old);
+        self.sequences.remove(&old.id);
+        self.sequences_dirty.remove(&old.id);
         self.changed_subs.insert(old.id);
         self.rescan = true;
     }
@@ -156,17 +167,30 @@ impl Session {
 
     /// Stores an event with one new pending delivery per subscription in
     /// `subs`. Nothing is stored when `subs` is empty.
-    pub(crate) fn publish(&mut self, event: &Event, subs: &[SubscriptionId]) {
+    pub(crate) fn publish(&mut self, event: &Event, subs: &[SubscriptionId]) -> Result<()> {
         if subs.is_empty() {
-            return;
+            return Ok(());
+        }
+        // Sequence numbers first: a counter that cannot be read stores
+        // nothing of the event.
+        let mut numbered = Vec::with_capacity(subs.len());
+        for &sub in subs {
+            let last = match self.sequences.get(&sub) {
+                Some(n) => *n,
+                None => self.w.reader().sequence(sub)?,
+            };
+            numbered.push((sub, last.saturating_add(1)));
         }
         let now = Timestamp::now();
-        for &sub in subs {
-            let d = delivery::created(event.id, &event.name, event.created_at, sub, now);
+        for (sub, seq) in numbered {
+            self.sequences.insert(sub, seq);
+            self.sequences_dirty.insert(sub);
+            let d = delivery::created(event.id, &event.name, event.created_at, sub, seq, now);
             self.put_delivery(None, d);
         }
         self.w
             .put_event(event, u32::try_from(subs.len()).unwrap_or(u32::MAX));
+        Ok(())
     }
 
     /// Applies an attempt's outcome to the delivery as it stands now.
@@ -278,8 +302,49 @@ impl Session {
         }
     }
 
+    // ---- idempotency keys ----
+
+    /// The event that holds an idempotency key, and since when (ms): as
+    /// staged in this round, else as committed.
+    pub(crate) fn idempotency_key(&self, key: &str) -> Result<Option<(EventId, u64)>> {
+        match self.keys.get(key) {
+            Some(held) => Ok(Some(*held)),
+            None => self.w.reader().idempotency_key(key),
+        }
+    }
+
+    /// `key` is held by `event` from `at` (ms) on, replacing a use at
+    /// `old_at`.
+    pub(crate) fn put_idempotency_key(
+        &mut self,
+        key: &str,
+        event: EventId,
+        at: u64,
+        old_at: Option<u64>,
+    ) {
+        self.w.put_idempotency_key(key, event, at, old_at);
+        self.keys.insert(key.to_owned(), (event, at));
+    }
+
+    /// Forgets `key` if it is still the use at `at`.
+    pub(crate) fn expire_idempotency_key(&mut self, key: &str, at: u64) -> Result<()> {
+        if let Some((_, current)) = self.idempotency_key(key)?
+            && current == at
+        {
+            self.w.remove_idempotency_key(key, at);
+            self.keys.remove(key);
+        }
+        Ok(())
+    }
+
     /// Applies what is staged (visible at once, durable at the next flush).
     pub(crate) fn commit(&mut self) -> Result<()> {
+        self.keys.clear();
+        for sub in self.sequences_dirty.drain() {
+            if let Some(&last) = self.sequences.get(&sub) {
+                self.w.put_sequence(sub, last);
+            }
+        }
         if self.stats_dirty {
             let stats = self.stats;
             self.w.put_stats(&stats);
@@ -293,6 +358,7 @@ impl Session {
         if let Err(e) = self.w.commit() {
             // The batch is gone; the counters on disk are the truth again.
             self.stats = self.w.reader().stats().unwrap_or(self.stats);
+            self.sequences.clear();
             return Err(e);
         }
         Ok(())

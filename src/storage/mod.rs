@@ -32,7 +32,7 @@ use crate::record::{Attempt, Event, OutboxStats};
 /// A boxed, sendable iterator of fallible items.
 pub(crate) type Iter<T> = Box<dyn Iterator<Item = Result<T>> + Send>;
 
-/// A subscription as stored (record format 2). Unlike
+/// A subscription as stored (record format 2 and later). Unlike
 /// [`crate::Subscription`] it serializes its secrets and header values, so
 /// it never leaves the crate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,7 +81,10 @@ struct SubscriptionRecordV1 {
 
 impl codec::Record for SubscriptionRecord {
     fn decode_old(version: u8, body: &[u8]) -> std::result::Result<Self, codec::DecodeError> {
-        debug_assert_eq!(version, 1, "the only older format");
+        if version >= 2 {
+            // Unchanged since format 2.
+            return codec::decode_body(body);
+        }
         let v1: SubscriptionRecordV1 = codec::decode_body(body)?;
         Ok(SubscriptionRecord {
             id: v1.id,
@@ -105,8 +108,66 @@ impl codec::Record for SubscriptionRecord {
     }
 }
 
-impl codec::Record for Delivery {}
-impl codec::Record for Event {}
+/// The delivery record of formats 1 and 2 (no sequence number).
+#[derive(Deserialize)]
+struct DeliveryV1 {
+    id: DeliveryId,
+    event_id: EventId,
+    event_name: String,
+    subscription_id: SubscriptionId,
+    state: DeliveryState,
+    attempts: u32,
+    created_at: Timestamp,
+    next_attempt_at: Option<Timestamp>,
+    finished_at: Option<Timestamp>,
+    last_status: Option<u16>,
+    last_error: Option<String>,
+}
+
+impl codec::Record for Delivery {
+    fn decode_old(version: u8, body: &[u8]) -> std::result::Result<Self, codec::DecodeError> {
+        let _ = version; // 1 and 2: the same layout
+        let v1: DeliveryV1 = codec::decode_body(body)?;
+        Ok(Delivery {
+            id: v1.id,
+            event_id: v1.event_id,
+            event_name: v1.event_name,
+            subscription_id: v1.subscription_id,
+            state: v1.state,
+            attempts: v1.attempts,
+            created_at: v1.created_at,
+            next_attempt_at: v1.next_attempt_at,
+            finished_at: v1.finished_at,
+            last_status: v1.last_status,
+            last_error: v1.last_error,
+            sequence: 0,
+        })
+    }
+}
+
+/// The event record of formats 1 and 2 (no trace context).
+#[derive(Deserialize)]
+struct EventV1 {
+    id: EventId,
+    name: String,
+    #[serde(with = "crate::serde_views::json_payload")]
+    payload: Vec<u8>,
+    created_at: Timestamp,
+}
+
+impl codec::Record for Event {
+    fn decode_old(version: u8, body: &[u8]) -> std::result::Result<Self, codec::DecodeError> {
+        let _ = version; // 1 and 2: the same layout
+        let v1: EventV1 = codec::decode_body(body)?;
+        Ok(Event {
+            id: v1.id,
+            name: v1.name,
+            payload: v1.payload,
+            created_at: v1.created_at,
+            traceparent: None,
+        })
+    }
+}
 impl codec::Record for Attempt {}
 impl codec::Record for OutboxStats {}
 
@@ -193,6 +254,13 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     fn pending_subscriptions(&self) -> Result<PendingSubscriptions>;
     /// The attempts of a delivery, in order.
     fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>>;
+    /// The event an idempotency key was first used for, and when (ms).
+    fn idempotency_key(&self, key: &str) -> Result<Option<(EventId, u64)>>;
+    /// Idempotency keys used before `before` (ms), oldest first: the key
+    /// and when it was used.
+    fn idempotency_keys_before(&self, before: u64) -> Iter<(String, u64)>;
+    /// The last sequence number given to a delivery of `sub` (0: none).
+    fn sequence(&self, sub: SubscriptionId) -> Result<u64>;
     /// Records moved aside as damaged: their original key and raw bytes.
     fn quarantined(&self) -> Iter<(Vec<u8>, Vec<u8>)>;
     /// The store's size on disk, in bytes.
@@ -208,6 +276,7 @@ pub(crate) trait Writer: Send + fmt::Debug {
     /// Writes a subscription with its event-index entries (those of `old`
     /// that `new` no longer names go).
     fn put_subscription(&mut self, old: Option<&SubscriptionRecord>, new: &SubscriptionRecord);
+    /// Removes a subscription, its index entries and its sequence counter.
     fn remove_subscription(&mut self, old: &SubscriptionRecord);
     /// Writes an event with the number of deliveries that refer to it.
     fn put_event(&mut self, event: &Event, refs: u32);
@@ -220,6 +289,13 @@ pub(crate) trait Writer: Send + fmt::Debug {
     fn remove_delivery(&mut self, old: &Delivery) -> Result<()>;
     fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt);
     fn put_stats(&mut self, stats: &OutboxStats);
+    /// Records that `key` was used for `event` at `at` (ms), replacing an
+    /// older use `old_at` of the same key.
+    fn put_idempotency_key(&mut self, key: &str, event: EventId, at: u64, old_at: Option<u64>);
+    /// Forgets a key used at `at`.
+    fn remove_idempotency_key(&mut self, key: &str, at: u64);
+    /// Records the last sequence number given to a delivery of `sub`.
+    fn put_sequence(&mut self, sub: SubscriptionId, last: u64);
     /// Moves a delivery record that fails to decode aside and drops the
     /// index entry that led to it.
     fn quarantine_delivery(&mut self, state: DeliveryState, entry: IndexEntry) -> Result<()>;

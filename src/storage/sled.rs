@@ -22,6 +22,9 @@
 //! | `r` | subscription id, next attempt (u64 BE ms), delivery id | subscription id: pending, by subscription and due time |
 //! | `b` | subscription id, delivery id | empty: deliveries by subscription |
 //! | `a` | delivery id, attempt number (u32 BE) | [`Attempt`] |
+//! | `k` | idempotency key (tenant, `0x00`, key) | event id (16), used at (u64 BE ms) |
+//! | `t` | used at (u64 BE ms), idempotency key | empty: keys by age, for expiry |
+//! | `q` | subscription id (16) | the last sequence number given to one of its deliveries (u64 BE) |
 //! | `z` | the damaged record's key | its raw bytes (quarantine) |
 //!
 //! Invariant: every delivery has exactly one state-index entry (`r`, `y` or
@@ -69,6 +72,24 @@ const ATT: u8 = b'a';
 const BY_SUB: u8 = b'b';
 const DUE_BY_SUB: u8 = b'r';
 const QUARANTINE: u8 = b'z';
+const SEQUENCE: u8 = b'q';
+const IDEM: u8 = b'k';
+const IDEM_BY_TIME: u8 = b't';
+
+fn idem_key(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(IDEM);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn idem_time_key(at: u64, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 9);
+    k.push(IDEM_BY_TIME);
+    k.extend_from_slice(&at.to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
 
 fn key16(prefix: u8, id: [u8; 16]) -> [u8; 17] {
     let mut k = [0u8; 17];
@@ -504,6 +525,46 @@ impl Reader for SledReader {
             .collect()
     }
 
+    fn idempotency_key(&self, key: &str) -> Result<Option<(EventId, u64)>> {
+        let k = idem_key(key);
+        let Some(v) = self.tree.get(&k)? else {
+            return Ok(None);
+        };
+        match (v.get(..16).and_then(EventId::from_slice), v.get(16..)) {
+            (Some(id), Some(at)) if at.len() == 8 => {
+                let at = u64::from_be_bytes(at.try_into().unwrap_or([0; 8]));
+                Ok(Some((id, at)))
+            }
+            _ => Err(corrupt(&k, "malformed idempotency key record")),
+        }
+    }
+
+    fn idempotency_keys_before(&self, before: u64) -> Iter<(String, u64)> {
+        let start = vec![IDEM_BY_TIME];
+        let end = idem_time_key(before, "");
+        Box::new(self.tree.range(start..end).map(|kv| {
+            let (k, _) = kv?;
+            let at = k
+                .get(1..9)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            match (at, std::str::from_utf8(&k[9.min(k.len())..])) {
+                (Some(at), Ok(key)) => Ok((key.to_owned(), at)),
+                _ => Err(corrupt(&k, "malformed idempotency time index key")),
+            }
+        }))
+    }
+
+    fn sequence(&self, sub: SubscriptionId) -> Result<u64> {
+        let k = key16(SEQUENCE, sub.to_bytes());
+        match self.tree.get(k)? {
+            None => Ok(0),
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| corrupt(&k, "malformed sequence counter")),
+        }
+    }
+
     fn quarantined(&self) -> Iter<(Vec<u8>, Vec<u8>)> {
         Box::new(self.tree.scan_prefix([QUARANTINE]).map(|kv| {
             let (k, v) = kv?;
@@ -628,6 +689,7 @@ impl Writer for SledWriter {
             self.remove(&index_key(e, old.id));
         }
         self.remove(&key16(SUB, old.id.to_bytes()));
+        self.remove(&key16(SEQUENCE, old.id.to_bytes()));
     }
 
     fn put_event(&mut self, event: &Event, refs: u32) {
@@ -676,6 +738,25 @@ impl Writer for SledWriter {
 
     fn put_stats(&mut self, stats: &OutboxStats) {
         self.insert(META_STATS, &encode(stats));
+    }
+
+    fn put_idempotency_key(&mut self, key: &str, event: EventId, at: u64, old_at: Option<u64>) {
+        if let Some(old) = old_at {
+            self.remove(&idem_time_key(old, key));
+        }
+        let mut v = event.to_bytes().to_vec();
+        v.extend_from_slice(&at.to_be_bytes());
+        self.insert(&idem_key(key), &v);
+        self.insert(&idem_time_key(at, key), &[]);
+    }
+
+    fn remove_idempotency_key(&mut self, key: &str, at: u64) {
+        self.remove(&idem_key(key));
+        self.remove(&idem_time_key(at, key));
+    }
+
+    fn put_sequence(&mut self, sub: SubscriptionId, last: u64) {
+        self.insert(&key16(SEQUENCE, sub.to_bytes()), &last.to_be_bytes());
     }
 
     fn quarantine_delivery(&mut self, state: DeliveryState, entry: IndexEntry) -> Result<()> {

@@ -84,7 +84,7 @@ fn a_version_1_store_opens_and_delivers() {
         }
         bus.shutdown(Duration::from_secs(1)).unwrap();
     }
-    assert_eq!(format_marker(&store), [2], "the marker is upgraded on open");
+    assert_eq!(format_marker(&store), [3], "the marker is upgraded on open");
     let bus = builder(&store).open().unwrap();
     wait_until(LONG, "5 deliveries", || {
         bus.outbox().stats().unwrap().delivered == 5
@@ -153,7 +153,7 @@ fn a_version_1_store_reopens_after_its_upgrade() {
     let store = dir.path().join("store");
     copy_dir(&fixture, &store);
     // Open and close without changing anything, twice: the records stay
-    // format 1 on disk, the marker says 2, and both read the same.
+    // format 1 on disk, the marker says 3, and both read the same.
     let mut seen = Vec::new();
     for _ in 0..2 {
         let bus = builder(&store).deliver(false).open().unwrap();
@@ -164,7 +164,7 @@ fn a_version_1_store_reopens_after_its_upgrade() {
         seen.push(subs);
         bus.shutdown(Duration::from_secs(1)).unwrap();
         drop(bus);
-        assert_eq!(format_marker(&store), [2]);
+        assert_eq!(format_marker(&store), [3]);
     }
     assert_eq!(seen[0], seen[1]);
     // A v1 record rewritten as v2 (by an update) reads back with its new
@@ -278,7 +278,7 @@ fn a_version_2_store_opens_and_delivers() {
         check(&bus.subscriptions().list().unwrap(), true);
         bus.shutdown(Duration::from_secs(1)).unwrap();
     }
-    assert_eq!(format_marker(&store), [2]);
+    assert_eq!(format_marker(&store), [3]);
 
     let bus = builder(&store).open().unwrap();
     check(&bus.subscriptions().list().unwrap(), true);
@@ -339,4 +339,81 @@ fn a_version_2_store_opens_and_delivers() {
         2,
         "the tenant's deliveries"
     );
+}
+
+#[test]
+fn a_version_3_store_opens_remembers_its_keys_and_delivers_numbered() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v3");
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    copy_dir(&fixture, &store);
+    assert_eq!(format_marker(&store), [3]);
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    let rx = TestReceiver::start();
+    let keyed;
+    {
+        let bus = builder(&store).deliver(false).open().unwrap();
+        let stats = consistent(&bus);
+        assert_eq!((stats.pending, stats.delivered, stats.dead), (8, 0, 1));
+        let subs = bus.subscriptions().list().unwrap();
+        let names: Vec<_> = subs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["Hub", "Standard", "Tenant"]);
+        // Numbered per subscription, in publish order.
+        for (s, n) in [(&subs[0], 2), (&subs[1], 3), (&subs[2], 3)] {
+            let seqs: Vec<u64> = bus
+                .outbox()
+                .for_subscription(s.id, false)
+                .map(|d| d.unwrap().sequence)
+                .collect();
+            assert_eq!(seqs, (1..=n).collect::<Vec<u64>>(), "{}", s.name);
+        }
+        // The keyed event, with its trace context; its key still holds
+        // after the reopen: publishing it again stores nothing.
+        let last = bus
+            .outbox()
+            .for_subscription(subs[2].id, true)
+            .next()
+            .unwrap()
+            .unwrap();
+        let event = bus.outbox().event(last.event_id).unwrap().unwrap();
+        assert_eq!(event.traceparent.as_deref(), Some(tp));
+        assert_eq!(event.payload, br#"{"n":6}"#);
+        keyed = event.id;
+        let again = bus
+            .publish_message(
+                hookbus::Message::new("invoice.paid", &json!({"n": 6}))
+                    .tenant("acme")
+                    .idempotency_key("invoice-6"),
+            )
+            .unwrap();
+        assert_eq!(again, keyed);
+        assert_eq!(bus.outbox().stats().unwrap().pending, 8);
+        for s in &subs {
+            bus.subscriptions()
+                .update(
+                    s.id,
+                    SubscriptionPatch::new().url(rx.url(&format!("/{}", s.name))),
+                )
+                .unwrap();
+        }
+        bus.shutdown(Duration::from_secs(1)).unwrap();
+    }
+    let bus = builder(&store).open().unwrap();
+    wait_until(LONG, "8 deliveries", || {
+        bus.outbox().stats().unwrap().delivered == 8
+    });
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 8);
+    let mut tenant_seqs = Vec::new();
+    for r in &reqs {
+        assert!(r.header("x-webhook-sequence").is_some(), "{r:?}");
+        if r.path == "/Tenant" {
+            tenant_seqs.push(r.header("x-webhook-sequence").unwrap().to_owned());
+        }
+        let is_keyed = r.header("x-webhook-event-id") == Some(keyed.to_string().as_str());
+        assert_eq!(r.header("traceparent"), is_keyed.then_some(tp), "{r:?}");
+    }
+    // FIFO: in order.
+    assert_eq!(tenant_seqs, ["1", "2", "3"]);
 }

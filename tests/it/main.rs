@@ -10,6 +10,7 @@ mod delivery;
 mod engine;
 mod faults;
 mod flow_control;
+mod messages;
 mod publish;
 mod receiver;
 mod security;

@@ -1,0 +1,164 @@
+//! [`Message`]: an event to publish with options — for a tenant, with an
+//! idempotency key, with the publisher's trace context.
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::util::clip;
+
+const MAX_KEY_LEN: usize = 255;
+
+/// An event to publish with [`Bus::publish_message`](crate::Bus::publish_message)
+/// or [`Bus::publish_message_durable`](crate::Bus::publish_message_durable),
+/// when plain [`publish`](crate::Bus::publish) is not enough.
+///
+/// ```
+/// # fn main() -> Result<(), hookbus::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let bus = hookbus::Bus::builder().path(dir.path()).deliver(false).open()?;
+/// use hookbus::Message;
+/// let order = serde_json::json!({"id": 42});
+/// let message = || {
+///     Message::new("order.paid", &order)
+///         .tenant("acme")
+///         .idempotency_key("order-42-paid")
+///         .traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+/// };
+/// let first = bus.publish_message(message())?;
+/// let again = bus.publish_message(message())?; // a retried request handler
+/// assert_eq!(first, again); // stored once
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use]
+pub struct Message {
+    pub(crate) name: String,
+    /// The serialized body, or why it could not be serialized (reported
+    /// when published).
+    pub(crate) payload: std::result::Result<Vec<u8>, serde_json::Error>,
+    pub(crate) tenant: Option<String>,
+    pub(crate) key: Option<String>,
+    pub(crate) traceparent: Option<String>,
+}
+
+impl Message {
+    /// Event `event` with `data` as its JSON body (serialized now; an error
+    /// is reported when it is published, as [`Error::Serialize`]).
+    pub fn new<T: Serialize + ?Sized>(event: &str, data: &T) -> Self {
+        Message {
+            name: event.to_owned(),
+            payload: serde_json::to_vec(data),
+            tenant: None,
+            key: None,
+            traceparent: None,
+        }
+    }
+
+    /// For this tenant only (see [`Bus::publish_to`](crate::Bus::publish_to)).
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// An idempotency key (1 to 255 bytes of printable text): a second
+    /// message with the same key (and tenant) within the bus's
+    /// [`idempotency_window`](crate::Builder::idempotency_window) (default
+    /// 24 h) stores nothing and returns the first one's event id — also
+    /// after a restart. Use what identifies the business fact, such as
+    /// `"invoice-42-paid"`.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// The publisher's W3C trace context (`traceparent` header value, such
+    /// as `00-<32 hex trace id>-<16 hex span id>-01`): stored with the
+    /// event and sent as `traceparent` with every attempt, so deliveries
+    /// join the publishing request's trace.
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+}
+
+/// Checks an idempotency key.
+pub(crate) fn validate_key(key: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidIdempotencyKey {
+            // Escaped: a key with line breaks must not break a log line.
+            key: clip(key).escape_debug().to_string(),
+            reason,
+        })
+    };
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return bad("must be 1 to 255 bytes");
+    }
+    if key.chars().any(char::is_control) {
+        return bad("has control characters");
+    }
+    Ok(())
+}
+
+/// Checks a W3C `traceparent`: version `00`, a 32-hex trace id and a
+/// 16-hex parent id that are not all zeros, 2 hex flags, lowercase.
+pub(crate) fn validate_traceparent(tp: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidTraceparent {
+            value: clip(tp).escape_debug().to_string(),
+            reason,
+        })
+    };
+    let parts: Vec<&str> = tp.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let [version, trace, parent, flags] = parts.as_slice() else {
+        return bad("must be version-traceid-parentid-flags");
+    };
+    if *version != "00" {
+        return bad("has a version other than 00");
+    }
+    if !hex(trace, 32) || trace.bytes().all(|b| b == b'0') {
+        return bad("needs a trace id of 32 lowercase hex digits, not all zero");
+    }
+    if !hex(parent, 16) || parent.bytes().all(|b| b == b'0') {
+        return bad("needs a parent id of 16 lowercase hex digits, not all zero");
+    }
+    if !hex(flags, 2) {
+        return bad("needs flags of 2 lowercase hex digits");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents() {
+        validate_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nx: y",
+            "00-0af7651916cd43dd8448eb211c80319-b7ad6b7169203331-01",
+        ] {
+            assert!(validate_traceparent(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keys() {
+        validate_key("order-42-paid").unwrap();
+        validate_key(&"k".repeat(255)).unwrap();
+        for bad in [String::new(), "k".repeat(256), "a\nb".into()] {
+            assert!(validate_key(&bad).is_err(), "{bad:?}");
+        }
+    }
+}
