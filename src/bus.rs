@@ -10,7 +10,7 @@ use crate::config::{Builder, Config};
 use crate::engine::{Command, Done, Engine, KeyHolder, Keyed, Session};
 use crate::error::{Error, Result};
 use crate::ids::{EventId, Timestamp};
-use crate::message::Message;
+use crate::message::{EventType, Message};
 use crate::outbox::Outbox;
 use crate::record::Event;
 use crate::storage;
@@ -337,6 +337,17 @@ impl Bus {
             done,
         };
         Ok((cmd, holder, id))
+    }
+
+    /// Publishes a typed event ([`EventType`]): `publish(E::NAME, event)`.
+    pub fn emit<E: EventType>(&self, event: &E) -> Result<EventId> {
+        self.publish(E::NAME, event)
+    }
+
+    /// Publishes a typed event for one tenant: `publish_to(tenant, E::NAME,
+    /// event)`.
+    pub fn emit_to<E: EventType>(&self, tenant: &str, event: &E) -> Result<EventId> {
+        self.publish_to(tenant, E::NAME, event)
     }
 
     /// Publishes a [`Message`]: an event with options (a tenant, an

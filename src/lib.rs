@@ -72,6 +72,32 @@
 //! Signature headers are sent only when the subscription has a secret.
 //! Receivers written in Rust check them with [`verify_signature`].
 //!
+//! ## A multi-tenant app
+//!
+//! Each customer's subscriptions carry its tenant, and its events are
+//! published for that tenant only; subscriptions made through the REST
+//! adapter ([`rest`]) belong to the caller's tenant. `examples/axum_server.rs`
+//! is such an axum app.
+//!
+//! ```
+//! # fn main() -> Result<(), hookbus::Error> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! use hookbus::rest::{ApiRequest, Caller, handle};
+//! let bus = hookbus::Bus::builder().path(dir.path()).deliver(false).open()?;
+//! // Alice of customer "acme" registers an endpoint through the REST routes.
+//! let alice = Caller::new("alice", ["user"]).tenant("acme");
+//! let body = br#"{"name": "mine", "events": ["*"], "config": {"url": "https://acme.example/hooks"}}"#;
+//! let created = handle(&bus, ApiRequest {
+//!     method: "POST", path: "/webhooks/subscriptions", query: "", caller: Some(&alice), body,
+//! });
+//! assert_eq!(created.status, 201);
+//! // The app publishes for acme: acme's endpoints get it, nobody else's.
+//! bus.publish_durable_to("acme", "invoice.paid", &serde_json::json!({"invoice": 42}))?;
+//! bus.publish_durable_to("globex", "invoice.paid", &serde_json::json!({"invoice": 7}))?;
+//! assert_eq!(bus.outbox().stats()?.pending, 1);
+//! # Ok(()) }
+//! ```
+//!
 //! ## Delivery policy
 //!
 //! * A 2xx response delivers. Anything else — 3xx (redirects are never
@@ -165,7 +191,7 @@ pub use delivery::{Delivery, DeliveryState, ParseDeliveryStateError};
 pub use error::{Error, Result, StoreError};
 pub use event::ALL_EVENTS;
 pub use ids::{DeliveryId, EventId, ParseIdError, ParseTimestampError, SubscriptionId, Timestamp};
-pub use message::Message;
+pub use message::{EventType, Message};
 pub use outbox::{Deliveries, Outbox};
 pub use policy::{DeliveryOrder, MAX_RATE_PER_SECOND, OnDeadLetter, RateLimit};
 pub use record::{Attempt, AttemptError, AttemptErrorKind, Event, OutboxStats};

@@ -8,6 +8,46 @@ use crate::util::clip;
 
 const MAX_KEY_LEN: usize = 255;
 
+/// An event type declared once in Rust: its name and its payload type
+/// together, so publishing the wrong payload for a name does not compile.
+///
+/// ```
+/// # fn main() -> Result<(), hookbus::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let bus = hookbus::Bus::builder().path(dir.path()).deliver(false).open()?;
+/// #[derive(serde::Serialize)]
+/// struct InvoicePaid {
+///     invoice: u64,
+///     amount_cents: u64,
+/// }
+///
+/// impl hookbus::EventType for InvoicePaid {
+///     const NAME: &'static str = "invoice.paid";
+/// }
+///
+/// bus.emit(&InvoicePaid { invoice: 42, amount_cents: 1999 })?;
+/// bus.emit_to("acme", &InvoicePaid { invoice: 43, amount_cents: 500 })?;
+/// let with_options = hookbus::Message::of(&InvoicePaid { invoice: 44, amount_cents: 1 })
+///     .idempotency_key("invoice-44-paid");
+/// bus.publish_message(with_options)?;
+/// # Ok(()) }
+/// ```
+///
+/// A payload of another type for the same name is a type error:
+///
+/// ```compile_fail
+/// # let bus: hookbus::Bus = unimplemented!();
+/// #[derive(serde::Serialize)]
+/// struct InvoicePaid { invoice: u64 }
+/// impl hookbus::EventType for InvoicePaid { const NAME: &'static str = "invoice.paid"; }
+/// bus.emit(&serde_json::json!({"invoice": "not a number"})); // no EventType: does not compile
+/// ```
+pub trait EventType: Serialize {
+    /// The event name (`X-Webhook-Event`): 1 to 100 letters, digits, `_`,
+    /// `-` and `.`; checked when published.
+    const NAME: &'static str;
+}
+
 /// An event to publish with [`Bus::publish_message`](crate::Bus::publish_message)
 /// or [`Bus::publish_message_durable`](crate::Bus::publish_message_durable),
 /// when plain [`publish`](crate::Bus::publish) is not enough.
@@ -52,6 +92,11 @@ impl Message {
             key: None,
             traceparent: None,
         }
+    }
+
+    /// A typed event (see [`EventType`]).
+    pub fn of<E: EventType>(event: &E) -> Self {
+        Message::new(E::NAME, event)
     }
 
     /// For this tenant only (see [`Bus::publish_to`](crate::Bus::publish_to)).
