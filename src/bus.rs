@@ -81,6 +81,19 @@ impl Bus {
     /// the background threads. Errors as [`Bus::open`].
     pub fn open_with(config: Config) -> Result<Bus> {
         let config = Arc::new(config);
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &config.postgres {
+            // A claim outlives the longest request by a margin.
+            let lease = config
+                .request_timeout
+                .saturating_add(config.connect_timeout)
+                .saturating_add(Duration::from_secs(30));
+            let (reader, writer) = storage::postgres::open(&pg.url, &pg.schema, lease)?;
+            let engine = Engine::start(Arc::new(reader), Box::new(writer), config.clone())?;
+            return Ok(Bus {
+                inner: Arc::new(Inner { config, engine }),
+            });
+        }
         let (reader, writer) = storage::sled::open(
             &config.path,
             config.cache_capacity,

@@ -48,6 +48,36 @@ pub struct Config {
     pub(crate) max_subscriptions_per_tenant: usize,
     pub(crate) tenants_receive_app_events: bool,
     pub(crate) idempotency_window: Duration,
+    /// The PostgreSQL store instead of sled: its URL and schema.
+    #[cfg(feature = "postgres")]
+    pub(crate) postgres: Option<Postgres>,
+}
+
+/// Where a PostgreSQL store is. Its `Debug` hides the URL's password.
+#[cfg(feature = "postgres")]
+#[derive(Clone)]
+pub(crate) struct Postgres {
+    pub(crate) url: String,
+    pub(crate) schema: String,
+}
+
+#[cfg(feature = "postgres")]
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = match url::Url::parse(&self.url) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                u.to_string()
+            }
+            Err(_) => "[unparsable]".into(),
+        };
+        f.debug_struct("Postgres")
+            .field("url", &url)
+            .field("schema", &self.schema)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -76,6 +106,8 @@ impl Default for Config {
             max_subscriptions_per_tenant: 100,
             tenants_receive_app_events: false,
             idempotency_window: Duration::from_secs(24 * 3600),
+            #[cfg(feature = "postgres")]
+            postgres: None,
         }
     }
 }
@@ -269,6 +301,47 @@ impl Builder {
     /// The folder of the store; created if missing. Required.
     pub fn path(mut self, path: impl AsRef<Path>) -> Self {
         self.config.path = path.as_ref().to_path_buf();
+        self
+    }
+
+    /// Keeps the store in PostgreSQL instead of a sled folder (feature
+    /// `postgres`): `url` is a libpq-style connection string
+    /// (`postgres://user:password@host:5432/database` or
+    /// `host=… user=… dbname=…`); the tables live in the schema
+    /// [`postgres_schema`](Self::postgres_schema) (default `hookbus`),
+    /// created and migrated on open. Several instances of an app may open
+    /// the same database and schema: they share subscriptions and the
+    /// outbox, and each delivery is claimed by one instance at a time.
+    /// [`path`](Self::path) is then not needed.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(mut self, url: impl Into<String>) -> Self {
+        let schema = self
+            .config
+            .postgres
+            .take()
+            .map_or_else(|| "hookbus".to_owned(), |p| p.schema);
+        self.config.postgres = Some(Postgres {
+            url: url.into(),
+            schema,
+        });
+        self
+    }
+
+    /// The PostgreSQL schema of the store (lowercase letters, digits and
+    /// `_`; default `hookbus`): several apps, or tests, can share one
+    /// database with a schema each. Only with [`postgres`](Self::postgres).
+    #[cfg(feature = "postgres")]
+    pub fn postgres_schema(mut self, schema: impl Into<String>) -> Self {
+        let url = self
+            .config
+            .postgres
+            .take()
+            .map(|p| p.url)
+            .unwrap_or_default();
+        self.config.postgres = Some(Postgres {
+            url,
+            schema: schema.into(),
+        });
         self
     }
 
@@ -524,7 +597,22 @@ impl Builder {
                 "dns_override for `{h}` needs a host name and at least one address"
             ));
         }
-        if c.path.as_os_str().is_empty() {
+        #[cfg(feature = "postgres")]
+        let shared = match &c.postgres {
+            Some(p) => {
+                if p.url.is_empty() {
+                    return bad(
+                        "postgres_schema without postgres(url): give the database URL".into(),
+                    );
+                }
+                crate::storage::postgres::validate_schema(&p.schema)?;
+                true
+            }
+            None => false,
+        };
+        #[cfg(not(feature = "postgres"))]
+        let shared = false;
+        if c.path.as_os_str().is_empty() && !shared {
             return bad("no store path: call Builder::path(dir)".into());
         }
         if c.senders == 0 || c.senders > MAX_SENDERS {

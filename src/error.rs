@@ -268,6 +268,8 @@ enum StoreErrorKind {
     Sled(sled::Error),
     Io(std::io::Error),
     Message(String),
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::Error),
 }
 
 impl StoreError {
@@ -282,6 +284,11 @@ impl std::fmt::Display for StoreError {
             StoreErrorKind::Sled(e) => write!(f, "{e}"),
             StoreErrorKind::Io(e) => write!(f, "{e}"),
             StoreErrorKind::Message(m) => f.write_str(m),
+            #[cfg(feature = "postgres")]
+            StoreErrorKind::Postgres(e) => match e.as_db_error() {
+                Some(db) => write!(f, "postgres: {}: {}", db.code().code(), db.message()),
+                None => write!(f, "postgres: {e}"),
+            },
         }
     }
 }
@@ -292,7 +299,16 @@ impl std::error::Error for StoreError {
             StoreErrorKind::Sled(e) => Some(e),
             StoreErrorKind::Io(e) => Some(e),
             StoreErrorKind::Message(_) => None,
+            #[cfg(feature = "postgres")]
+            StoreErrorKind::Postgres(e) => Some(e),
         }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl From<postgres::Error> for Error {
+    fn from(e: postgres::Error) -> Self {
+        Error::Store(StoreError(StoreErrorKind::Postgres(e)))
     }
 }
 

@@ -14,13 +14,14 @@
 //! | `PUT /webhooks/subscriptions/{id}` | its owner | change `url`, `secret`, `contentType`, `isActive`, `name`, `events` |
 //! | `DELETE /webhooks/subscriptions/{id}` | its owner | delete |
 //! | `GET /webhooks/subscriptions/{id}/history` | its owner | its latest deliveries (`?limit=`, ≤ 100) |
-//! | `GET /webhooks/subscriptions/search?eventName=` | role `relay` | the active subscribers of an event |
+//! | `GET /webhooks/subscriptions/search?eventName=` | role `relay` | the active subscribers an event reaches: the caller's tenant's, or (a caller without tenant) the app-wide ones |
 //!
 //! Unlike the seed plugin, reads and changes of one subscription are
 //! checked against its owner: another caller gets 404, not the record.
 //!
 //! **Tenants.** What a caller creates belongs to its tenant
-//! ([`Caller::tenant`], or the caller's id when it has none): it receives
+//! ([`Caller::tenant`], or `user:<id>` when it has none: see
+//! [`Caller::tenant_id`]): it receives
 //! the events published for that tenant with
 //! [`Bus::publish_to`](crate::Bus::publish_to), never another tenant's, and
 //! app-wide events ([`Bus::publish`](crate::Bus::publish)) only if the
@@ -53,6 +54,10 @@ use crate::ids::SubscriptionId;
 use crate::policy::{DeliveryOrder, RateLimit};
 use crate::record::Attempt;
 use crate::subscription::{NewSubscription, Subscription, SubscriptionPatch};
+
+/// The tenant namespace of REST callers without a tenant: `user:<id>`.
+/// Explicit tenant ids may not start with it.
+pub const USER_TENANT_PREFIX: &str = "user:";
 
 /// The role that may search subscribers (the seed's relay role).
 pub const RELAY_ROLE: &str = "relay";
@@ -97,17 +102,30 @@ impl Caller {
         self
     }
 
-    /// The tenant whose subscriptions this caller sees and creates.
-    fn tenant_id(&self) -> &str {
-        self.tenant.as_deref().unwrap_or(&self.id)
+    /// The tenant whose subscriptions this caller sees and creates: its
+    /// [`tenant`](Caller::tenant), or `user:<id>` when it has none (a
+    /// tenant of its own, in a namespace explicit tenants cannot use). Publish
+    /// for it with [`Bus::publish_to`](crate::Bus::publish_to) and this id.
+    pub fn tenant_id(&self) -> String {
+        match &self.tenant {
+            Some(t) => t.clone(),
+            None => format!("{USER_TENANT_PREFIX}{}", self.id),
+        }
     }
 
     /// Whether the caller may see and change `s`: it created it, in its
-    /// tenant. (Subscriptions stored before tenants existed have none and
-    /// go by owner alone.)
+    /// tenant. A subscription without a tenant (made through the Rust API,
+    /// or stored before tenants existed) is reachable only by a caller
+    /// without a tenant and with the same owner id.
     fn owns(&self, s: &Subscription) -> bool {
-        s.owner.as_deref() == Some(self.id.as_str())
-            && s.tenant.as_deref().is_none_or(|t| t == self.tenant_id())
+        if s.owner.as_deref() != Some(self.id.as_str()) {
+            return false;
+        }
+        match (&s.tenant, &self.tenant) {
+            (Some(t), _) => *t == self.tenant_id(),
+            (None, None) => true,
+            (None, Some(_)) => false,
+        }
     }
 
     fn has_role(&self, role: &str) -> bool {
@@ -433,8 +451,11 @@ fn create(bus: &Bus, caller: &Caller, body: &[u8]) -> ApiResponse {
     };
     let mut new = NewSubscription::new(dto_in.name, dto_in.config.url)
         .events(dto_in.events)
-        .owner(caller.id.clone())
-        .tenant(caller.tenant_id());
+        .owner(caller.id.clone());
+    new = match &caller.tenant {
+        Some(t) => new.tenant(t.clone()),
+        None => new.user_tenant(caller.tenant_id()),
+    };
     if let Some(s) = dto_in.config.secret {
         new = new.secret(s);
     }
@@ -620,7 +641,13 @@ fn search(bus: &Bus, caller: &Caller, query: &str) -> ApiResponse {
             Some("eventName"),
         );
     };
-    match bus.subscriptions().for_event(&event) {
+    // A relay with a tenant sees what that tenant's events reach; one
+    // without, what app-wide events reach.
+    let found = match &caller.tenant {
+        Some(t) => bus.subscriptions().for_tenant_event(t, &event),
+        None => bus.subscriptions().for_event(&event),
+    };
+    match found {
         Ok(subs) => ApiResponse::ok(
             200,
             json!({ "subscribers": subs.iter().map(|s| json!({

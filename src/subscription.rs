@@ -207,6 +207,8 @@ pub struct NewSubscription {
     headers: Vec<(String, Secret)>,
     rate_limit: Option<RateLimit>,
     order: DeliveryOrder,
+    /// The tenant is a REST caller's own (`user:<id>`).
+    user_tenant: bool,
 }
 
 impl NewSubscription {
@@ -224,6 +226,7 @@ impl NewSubscription {
             headers: Vec::new(),
             rate_limit: None,
             order: DeliveryOrder::Unordered,
+            user_tenant: false,
         }
     }
 
@@ -281,9 +284,17 @@ impl NewSubscription {
     /// built with
     /// [`tenants_receive_app_events`](crate::Builder::tenants_receive_app_events).
     /// Without a tenant it receives app-wide events only. Fixed once
-    /// created.
+    /// created. Tenant ids starting with `user:` are kept for REST callers
+    /// without a tenant ([`Error::InvalidTenant`]).
     pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
         self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// The tenant of a REST caller without one (`user:<id>`).
+    pub(crate) fn user_tenant(mut self, tenant: String) -> Self {
+        self.tenant = Some(tenant);
+        self.user_tenant = true;
         self
     }
 
@@ -670,6 +681,19 @@ fn check_conflict(store: &dyn Reader, rec: &SubscriptionRecord) -> Result<()> {
     Ok(())
 }
 
+/// Whether an event published for `tenant` (`None`: app-wide) reaches
+/// subscription `r` (the fan-out rule; activity and event names aside).
+pub(crate) fn reaches(
+    r: &SubscriptionRecord,
+    tenant: Option<&str>,
+    app_events_to_tenants: bool,
+) -> bool {
+    match tenant {
+        Some(t) => r.tenant.as_deref() == Some(t),
+        None => r.tenant.is_none() || app_events_to_tenants,
+    }
+}
+
 /// Fails with [`Error::TenantFull`] if `tenant` already has `cap`
 /// subscriptions. (A scan of every subscription: creating one is rare.)
 fn check_tenant_cap(store: &dyn Reader, tenant: Option<&str>, cap: usize) -> Result<()> {
@@ -788,7 +812,9 @@ impl<'a> Subscriptions<'a> {
                 created_at: old.created_at,
                 active: old.active,
                 previous_secret: None,
-                halted_at: old.halted_at,
+                halted_at: old
+                    .halted_at
+                    .filter(|_| wanted.order == DeliveryOrder::FIFO_HALT),
                 ..wanted
             };
             check_conflict(w.reader(), &new)?;
@@ -849,6 +875,11 @@ impl<'a> Subscriptions<'a> {
         validate_mode(new.signing, new.secret.as_ref().map(Secret::expose))?;
         if let Some(t) = &new.tenant {
             validate_tenant(t)?;
+            if t.starts_with(crate::rest::USER_TENANT_PREFIX) && !new.user_tenant {
+                return Err(Error::InvalidTenant {
+                    reason: "starts with `user:`, which is kept for REST callers without a tenant",
+                });
+            }
         }
         validate_headers(&new.headers)?;
         if let Some(limit) = &new.rate_limit {
@@ -906,8 +937,22 @@ impl<'a> Subscriptions<'a> {
         Ok(out)
     }
 
-    /// The active subscriptions that receive `event` (by name or `*`).
+    /// The active subscriptions an app-wide [`publish`](crate::Bus::publish)
+    /// of `event` reaches (by name or `*`): those without a tenant, and
+    /// tenants' ones only if the bus was built with
+    /// [`tenants_receive_app_events`](crate::Builder::tenants_receive_app_events).
     pub fn for_event(&self, event: &str) -> Result<Vec<Subscription>> {
+        self.reached_by(event, None)
+    }
+
+    /// The active subscriptions [`publish_to`](crate::Bus::publish_to)
+    /// `tenant` of `event` reaches.
+    pub fn for_tenant_event(&self, tenant: &str, event: &str) -> Result<Vec<Subscription>> {
+        validate_tenant(tenant)?;
+        self.reached_by(event, Some(tenant))
+    }
+
+    fn reached_by(&self, event: &str, tenant: Option<&str>) -> Result<Vec<Subscription>> {
         validate_event_name(event, false)?;
         let store = self.engine.reader()?;
         let ids = store.subscribers_of(event)?.ids;
@@ -915,6 +960,7 @@ impl<'a> Subscriptions<'a> {
         for id in ids {
             if let Some(r) = store.subscription(id)?
                 && r.active
+                && reaches(&r, tenant, self.config.tenants_receive_app_events)
             {
                 out.push(Subscription::from(r));
             }
@@ -990,7 +1036,7 @@ impl<'a> Subscriptions<'a> {
             if let Some(order) = patch.order {
                 new.order = order;
             }
-            if patch.resume || !new.order.is_fifo() {
+            if patch.resume || new.order != DeliveryOrder::FIFO_HALT {
                 new.halted_at = None;
             }
             new.modified_at = Timestamp::now();

@@ -32,7 +32,7 @@ use crate::policy::{DeliveryOrder, OnDeadLetter, RateLimit};
 use crate::record::{AttemptErrorKind, Event};
 use crate::retry::decide;
 use crate::sender::{self, Outcome};
-use crate::storage::{Damaged, IndexEntry, Writer};
+use crate::storage::{IndexEntry, Writer};
 
 /// At most this many commands are taken into one round.
 const MAX_ROUND: usize = 4096;
@@ -88,6 +88,7 @@ pub(crate) fn start(
         buckets: HashMap::new(),
         fifo_heads: HashMap::new(),
         next_key_sweep: 0,
+        next_poll: 0,
     };
     let handle = std::thread::Builder::new()
         .name("hookbus-dispatcher".into())
@@ -159,6 +160,8 @@ struct Dispatcher {
     fifo_heads: HashMap<SubscriptionId, DeliveryId>,
     /// When to look for expired idempotency keys next (ms).
     next_key_sweep: u64,
+    /// When to poll a shared store for other instances' work next (ms).
+    next_poll: u64,
 }
 
 /// What the dispatcher needs to know of a subscription's policy.
@@ -169,6 +172,10 @@ struct Policy {
     /// A FIFO subscription halted at a dead letter.
     halted: bool,
 }
+
+/// How often an instance looks for work other instances added to a shared
+/// store (ms).
+const SHARED_POLL_MS: u64 = 1_000;
 
 /// The most ms a 429 without `Retry-After` pauses a subscription.
 const DEFAULT_429_PAUSE_MS: u64 = 5_000;
@@ -354,7 +361,7 @@ impl Dispatcher {
             Ok(held) => held,
             Err(e) if crate::engine::session::is_damage(&e) => {
                 // A damaged key record is moved aside; the event is new.
-                self.quarantine_error(&e);
+                self.s.quarantine_error(&e);
                 None
             }
             Err(e) => return Err(e),
@@ -365,23 +372,16 @@ impl Dispatcher {
             let _ = key.holder.set(first);
             return Ok(());
         }
-        self.on_publish(event, tenant)?;
-        self.s
-            .put_idempotency_key(&key.key, event.id, now, held.map(|(_, at)| at));
-        let _ = key.holder.set(event.id);
-        Ok(())
-    }
-
-    /// Moves the record named by a [`Error::Corrupt`] aside.
-    fn quarantine_error(&mut self, e: &Error) {
-        if let Error::Corrupt { key, reason } = e
-            && let Ok(key) = hex::decode(key)
-        {
-            self.s.quarantine(&[Damaged {
-                key,
-                reason: reason.clone(),
-            }]);
+        // The key is recorded once the event is stored, even if some
+        // subscription's damaged record was missed (reported below): a
+        // retry with the key must not store it a second time.
+        let (stored, result) = self.fan_out(event, tenant);
+        if stored {
+            self.s
+                .put_idempotency_key(&key.key, event.id, now, held.map(|(_, at)| at));
+            let _ = key.holder.set(event.id);
         }
+        result
     }
 
     /// Forgets idempotency keys older than the window, a chunk at a time
@@ -405,7 +405,7 @@ impl Dispatcher {
             let r = r.and_then(|(key, at)| self.s.expire_idempotency_key(&key, at));
             if let Err(e) = r {
                 tracing::error!(error = %e, "could not expire an idempotency key");
-                self.quarantine_error(&e);
+                self.s.quarantine_error(&e);
             }
         }
         self.next_key_sweep = if full {
@@ -419,8 +419,17 @@ impl Dispatcher {
     /// name it, or (no tenant) to the app-wide ones (and to tenants' ones
     /// if the configuration says so).
     fn on_publish(&mut self, event: &Event, tenant: Option<&str>) -> Result<()> {
+        self.fan_out(event, tenant).1
+    }
+
+    /// [`on_publish`](Self::on_publish), also saying whether the event was
+    /// stored (to every subscription found, or to none of them: `false`).
+    fn fan_out(&mut self, event: &Event, tenant: Option<&str>) -> (bool, Result<()>) {
         let app_events_to_tenants = self.s.config.tenants_receive_app_events;
-        let found = self.s.reader().subscribers_of(&event.name)?;
+        let found = match self.s.reader().subscribers_of(&event.name) {
+            Ok(found) => found,
+            Err(e) => return (false, Err(e)),
+        };
         if !found.damaged.is_empty() {
             self.s.quarantine(&found.damaged);
         }
@@ -430,30 +439,32 @@ impl Dispatcher {
             match self.s.reader().subscription(id) {
                 Ok(Some(s))
                     if s.active
-                        && match tenant {
-                            Some(t) => s.tenant.as_deref() == Some(t),
-                            None => s.tenant.is_none() || app_events_to_tenants,
-                        } =>
+                        && crate::subscription::reaches(&s, tenant, app_events_to_tenants) =>
                 {
                     subs.push(id)
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.quarantine_error(&e);
+                    self.s.quarantine_error(&e);
                     missed.push(format!("subscription {id}: {e}"));
                 }
             }
         }
-        self.s.publish(event, &subs)?;
+        if let Err(e) = self.s.publish(event, &subs) {
+            return (false, Err(e));
+        }
         tracing::trace!(event = %event.name, id = %event.id, deliveries = subs.len(), "event published");
         if missed.is_empty() {
-            Ok(())
+            (true, Ok(()))
         } else {
-            Err(store_error(&format!(
-                "not delivered to {} subscription(s) whose record is damaged (moved aside): {}",
-                missed.len(),
-                missed.join(", ")
-            )))
+            (
+                true,
+                Err(store_error(&format!(
+                    "not delivered to {} subscription(s) whose record is damaged (moved aside): {}",
+                    missed.len(),
+                    missed.join(", ")
+                ))),
+            )
         }
     }
 
@@ -491,6 +502,11 @@ impl Dispatcher {
             self.policies.remove(&sub);
             self.fifo_heads.remove(&sub);
             self.buckets.remove(&sub);
+            // A changed subscription (a new URL, say) is not held to the
+            // old receiver's "slow down".
+            if let Some(flow) = self.flows.get_mut(&sub) {
+                flow.paused_until = 0;
+            }
         }
         for sub in self.s.revived_subs.drain() {
             self.fifo_heads.remove(&sub);
@@ -611,7 +627,7 @@ impl Dispatcher {
         let status = o.attempt.status;
         if status == Some(429) || (status == Some(503) && o.retry_after.is_some()) {
             let pause = o.retry_after.map_or(DEFAULT_429_PAUSE_MS, |d| {
-                u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+                u64::try_from(d.min(crate::retry::MAX_RETRY_AFTER).as_millis()).unwrap_or(u64::MAX)
             });
             flow.paused_until = now_ms().saturating_add(pause);
             tracing::info!(subscription = %o.subscription, status, pause_ms = pause, "receiver asked to slow down: subscription paused");
@@ -681,16 +697,25 @@ impl Dispatcher {
         if let Some(p) = self.policies.get(&sub) {
             return *p;
         }
-        let p = match self.s.reader().subscription(sub) {
-            Ok(Some(r)) => Policy {
-                rate: r.rate_limit,
-                order: r.order,
-                halted: r.halted_at.is_some() && r.order.is_fifo(),
-            },
-            _ => Policy::default(),
-        };
-        self.policies.insert(sub, p);
-        p
+        match self.s.reader().subscription(sub) {
+            Ok(Some(r)) => {
+                let p = Policy {
+                    rate: r.rate_limit,
+                    order: r.order,
+                    halted: r.halted_at.is_some() && r.order.is_fifo(),
+                };
+                self.policies.insert(sub, p);
+                p
+            }
+            // Gone: nothing to keep (its deliveries find out in `prepare`).
+            Ok(None) => Policy::default(),
+            // Not cached: read again soon.
+            Err(e) => {
+                tracing::error!(subscription = %sub, error = %e, "could not read a subscription's policy; will try again");
+                self.retry_soon();
+                Policy::default()
+            }
+        }
     }
 
     /// The head of a FIFO subscription's queue: its oldest pending
@@ -699,32 +724,34 @@ impl Dispatcher {
     fn fifo_head(&mut self, sub: SubscriptionId) -> Option<IndexEntry> {
         let found = match self.fifo_heads.get(&sub) {
             // Walk on from the last head: every older one is finished.
-            Some(&from) => {
-                let mut found = Ok(None);
-                for id in self.s.reader().deliveries_of_from(sub, from) {
-                    match id.and_then(|id| self.s.delivery(id)) {
-                        Ok(Some(d)) if d.state == DeliveryState::Pending => {
-                            found = Ok(Some(IndexEntry::of(&d)));
-                            break;
+            Some(&from) => self.fifo_walk(sub, from),
+            // Not known (first look, or a dead letter was revived): the
+            // oldest of its pending deliveries.
+            None => {
+                let mut min: Option<IndexEntry> = None;
+                let mut failed = None;
+                for e in self.s.reader().due(sub) {
+                    match e {
+                        Ok(e) => {
+                            if min.is_none_or(|m| e.delivery < m.delivery) {
+                                min = Some(e);
+                            }
                         }
-                        Ok(_) => {}
+                        // A damaged index entry is moved aside, not met again.
+                        Err(e) if crate::engine::session::is_damage(&e) => {
+                            self.s.quarantine_error(&e);
+                        }
                         Err(e) => {
-                            found = Err(e);
+                            failed = Some(e);
                             break;
                         }
                     }
                 }
-                found
+                match failed {
+                    Some(e) => Err(e),
+                    None => Ok(min),
+                }
             }
-            // Not known (first look, or a dead letter was revived): the
-            // oldest of its pending deliveries.
-            None => self
-                .s
-                .reader()
-                .due(sub)
-                .try_fold(None, |min: Option<IndexEntry>, e| {
-                    e.map(|e| Some(min.map_or(e, |m| if e.delivery < m.delivery { e } else { m })))
-                }),
         };
         match found {
             Ok(Some(e)) => {
@@ -738,6 +765,44 @@ impl Dispatcher {
                 None
             }
         }
+    }
+
+    /// The oldest pending delivery of `sub` from `from` on. A delivery
+    /// record that does not decode is quarantined on the way (if it is
+    /// pending) and skipped, so it cannot stall the queue.
+    fn fifo_walk(&mut self, sub: SubscriptionId, from: DeliveryId) -> Result<Option<IndexEntry>> {
+        let ids: Vec<Result<DeliveryId>> = self.s.reader().deliveries_of_from(sub, from).collect();
+        for id in ids {
+            let id = match id {
+                Ok(id) => id,
+                Err(e) if crate::engine::session::is_damage(&e) => {
+                    self.s.quarantine_error(&e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match self.s.delivery(id) {
+                Ok(Some(d)) if d.state == DeliveryState::Pending => {
+                    return Ok(Some(IndexEntry::of(&d)));
+                }
+                Ok(_) => {}
+                Err(e) if crate::engine::session::is_damage(&e) => {
+                    // Its pending-index entry, if it is pending: quarantined
+                    // with it, so the counters stay right.
+                    let entry = self
+                        .s
+                        .reader()
+                        .due(sub)
+                        .filter_map(Result::ok)
+                        .find(|x| x.delivery == id);
+                    if let Some(entry) = entry {
+                        self.s.on_read_error(DeliveryState::Pending, entry, &e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// 410 Gone: the subscription is deactivated and its pending deliveries
@@ -769,6 +834,7 @@ impl Dispatcher {
         };
         let free = limits.total.saturating_sub(self.in_flight.len());
         let now = now_ms();
+        self.poll_shared(now);
         let due_now = self.next_due.is_some_and(|at| at <= now);
         if !(self.s.rescan || due_now) {
             return;
@@ -887,6 +953,18 @@ impl Dispatcher {
         for (sub, room) in plan {
             self.rr_cursor = Some(sub);
             let sent = match heads.get(&sub) {
+                Some(head) if self.s.reader().shared() => {
+                    match self.s.reader().claim_one(head.delivery, now) {
+                        Ok(Some(e)) => self.send(sub, vec![e]),
+                        // Another instance sends it.
+                        Ok(None) => true,
+                        Err(e) => {
+                            tracing::error!(subscription = %sub, error = %e, "could not claim a FIFO head; will try again");
+                            self.retry_soon();
+                            true
+                        }
+                    }
+                }
                 Some(head) => self.send(sub, vec![*head]),
                 None => self.send_due(sub, room, now),
             };
@@ -896,9 +974,39 @@ impl Dispatcher {
         }
     }
 
+    /// In a shared store other instances add deliveries this one does not
+    /// see: look at what is pending there every [`SHARED_POLL_MS`].
+    fn poll_shared(&mut self, now: u64) {
+        if !self.s.reader().shared() || now < self.next_poll {
+            return;
+        }
+        self.next_poll = now.saturating_add(SHARED_POLL_MS);
+        match self.s.reader().pending_subscriptions() {
+            Ok((due, _)) => {
+                self.due_subs = due.into_iter().collect();
+                self.s.rescan = true;
+            }
+            Err(e) => tracing::error!(error = %e, "could not poll the shared store"),
+        }
+        // Wake for the next poll.
+        let at = self.next_poll;
+        self.next_due = Some(self.next_due.map_or(at, |n| n.min(at)));
+    }
+
     /// Sends up to `room` due deliveries of `sub`. Returns `false` when the
     /// senders took no more.
     fn send_due(&mut self, sub: SubscriptionId, room: usize, now: u64) -> bool {
+        if self.s.reader().shared() {
+            // Other instances send too: take only what this one claims.
+            return match self.s.reader().claim(sub, room, now, now) {
+                Ok(batch) => self.send(sub, batch),
+                Err(e) => {
+                    tracing::error!(subscription = %sub, error = %e, "could not claim due deliveries; will try again");
+                    self.retry_soon();
+                    true
+                }
+            };
+        }
         // Its due deliveries not already in flight: at most `in_flight`
         // entries are skipped on the way.
         let mut batch = Vec::with_capacity(room);

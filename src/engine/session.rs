@@ -174,17 +174,34 @@ impl Session {
         // Sequence numbers first: a counter that cannot be read stores
         // nothing of the event.
         let mut numbered = Vec::with_capacity(subs.len());
-        for &sub in subs {
-            let last = match self.sequences.get(&sub) {
-                Some(n) => *n,
-                None => self.w.reader().sequence(sub)?,
-            };
-            numbered.push((sub, last.saturating_add(1)));
+        if self.w.reader().shared() {
+            // Other instances number too: the store hands them out.
+            let seqs = self.w.reader().reserve_sequences(subs)?;
+            numbered.extend(subs.iter().copied().zip(seqs));
+        } else {
+            for &sub in subs {
+                let last = match self.sequences.get(&sub) {
+                    Some(n) => *n,
+                    None => match self.w.reader().sequence(sub) {
+                        Ok(n) => n,
+                        // A damaged counter is moved aside and counted again
+                        // from the subscription's newest delivery.
+                        Err(e) if is_damage(&e) => {
+                            self.quarantine_error(&e);
+                            self.last_sequence_of(sub)?
+                        }
+                        Err(e) => return Err(e),
+                    },
+                };
+                numbered.push((sub, last.saturating_add(1)));
+            }
+            for &(sub, next) in &numbered {
+                self.sequences.insert(sub, next);
+                self.sequences_dirty.insert(sub);
+            }
         }
         let now = Timestamp::now();
         for (sub, seq) in numbered {
-            self.sequences.insert(sub, seq);
-            self.sequences_dirty.insert(sub);
             let d = delivery::created(event.id, &event.name, event.created_at, sub, seq, now);
             self.put_delivery(None, d);
         }
@@ -288,6 +305,19 @@ impl Session {
         true
     }
 
+    /// Moves the record named by an [`Error::Corrupt`] aside (other errors:
+    /// nothing).
+    pub(crate) fn quarantine_error(&mut self, e: &Error) {
+        if let Error::Corrupt { key, reason } = e
+            && let Ok(key) = hex::decode(key)
+        {
+            self.quarantine(&[Damaged {
+                key,
+                reason: reason.clone(),
+            }]);
+        }
+    }
+
     /// Moves damaged index entries or records aside.
     pub(crate) fn quarantine(&mut self, damaged: &[Damaged]) {
         for d in damaged {
@@ -300,6 +330,20 @@ impl Session {
                 Err(e) => tracing::error!(record = ?d, error = %e, "could not quarantine"),
             }
         }
+    }
+
+    /// The highest sequence number among the newest deliveries of `sub`
+    /// (a counter rebuilt after damage; purged history may hide higher
+    /// ones, which only the newest can have).
+    fn last_sequence_of(&self, sub: SubscriptionId) -> Result<u64> {
+        let mut last = 0;
+        for id in self.w.reader().deliveries_of(sub, true).take(64) {
+            if let Ok(Some(d)) = self.delivery(id?) {
+                last = last.max(d.sequence);
+            }
+        }
+        tracing::warn!(subscription = %sub, last, "damaged sequence counter rebuilt");
+        Ok(last)
     }
 
     // ---- idempotency keys ----
@@ -328,10 +372,19 @@ impl Session {
 
     /// Forgets `key` if it is still the use at `at`.
     pub(crate) fn expire_idempotency_key(&mut self, key: &str, at: u64) -> Result<()> {
-        if let Some((_, current)) = self.idempotency_key(key)?
-            && current == at
-        {
-            self.w.remove_idempotency_key(key, at);
+        let current = match self.idempotency_key(key) {
+            Ok(held) => held.map(|(_, at)| at),
+            // A damaged record goes; so does its time entry below.
+            Err(e) if is_damage(&e) => {
+                self.quarantine_error(&e);
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        // The time entry always goes (a renewed key has a newer one); the
+        // key itself only if this is still its use.
+        self.w.remove_idempotency_key(key, at, current == Some(at));
+        if current == Some(at) {
             self.keys.remove(key);
         }
         Ok(())

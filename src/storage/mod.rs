@@ -16,6 +16,8 @@
 //!
 //! [`sled`] is the embedded backend, in-process.
 
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 pub(crate) mod sled;
 
 use std::fmt;
@@ -265,6 +267,46 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     fn quarantined(&self) -> Iter<(Vec<u8>, Vec<u8>)>;
     /// The store's size on disk, in bytes.
     fn size_on_disk(&self) -> Result<u64>;
+
+    /// Whether other processes share this store: then due work is claimed
+    /// ([`Reader::claim`]), sequence numbers are reserved in the store, and
+    /// the deliveries other instances create are found by polling.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Claims for this instance up to `n` pending deliveries of `sub` due
+    /// by `due_by` (ms) that nobody holds a claim on at `now`; they are
+    /// this instance's until their lease runs out or their result is
+    /// written. Shared stores only.
+    fn claim(
+        &self,
+        _sub: SubscriptionId,
+        _n: usize,
+        _due_by: u64,
+        _now: u64,
+    ) -> Result<Vec<IndexEntry>> {
+        Err(not_shared())
+    }
+
+    /// Claims one pending delivery (a FIFO queue's head); `None` if it is
+    /// not pending or held by another instance. Shared stores only.
+    fn claim_one(&self, _id: DeliveryId, _now: u64) -> Result<Option<IndexEntry>> {
+        Err(not_shared())
+    }
+
+    /// Gives each subscription in `subs` its next sequence number, at once
+    /// and for every instance (0 for one that no longer exists). Shared
+    /// stores only.
+    fn reserve_sequences(&self, _subs: &[SubscriptionId]) -> Result<Vec<u64>> {
+        Err(not_shared())
+    }
+}
+
+fn not_shared() -> crate::error::Error {
+    crate::error::Error::Store(crate::error::StoreError::message(
+        "claims are only made in a shared store",
+    ))
 }
 
 /// The one writer: stages writes, commits them as one atomic round.
@@ -292,8 +334,9 @@ pub(crate) trait Writer: Send + fmt::Debug {
     /// Records that `key` was used for `event` at `at` (ms), replacing an
     /// older use `old_at` of the same key.
     fn put_idempotency_key(&mut self, key: &str, event: EventId, at: u64, old_at: Option<u64>);
-    /// Forgets a key used at `at`.
-    fn remove_idempotency_key(&mut self, key: &str, at: u64);
+    /// Forgets the use of `key` at `at` (its entry by age), and with
+    /// `record` the key itself.
+    fn remove_idempotency_key(&mut self, key: &str, at: u64, record: bool);
     /// Records the last sequence number given to a delivery of `sub`.
     fn put_sequence(&mut self, sub: SubscriptionId, last: u64);
     /// Moves a delivery record that fails to decode aside and drops the

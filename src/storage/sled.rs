@@ -750,8 +750,10 @@ impl Writer for SledWriter {
         self.insert(&idem_time_key(at, key), &[]);
     }
 
-    fn remove_idempotency_key(&mut self, key: &str, at: u64) {
-        self.remove(&idem_key(key));
+    fn remove_idempotency_key(&mut self, key: &str, at: u64, record: bool) {
+        if record {
+            self.remove(&idem_key(key));
+        }
         self.remove(&idem_time_key(at, key));
     }
 

@@ -150,7 +150,8 @@ fn every_route_role_and_status() {
 
     // A delivery and its failed attempts show in the history. (Alice is a
     // tenant of her own: her subscription receives her tenant's events.)
-    bus.publish_to("alice", "hello", &json!({"x": 1})).unwrap();
+    bus.publish_to("user:alice", "hello", &json!({"x": 1}))
+        .unwrap();
     wait_until(LONG, "an attempt", || rx.count() >= 2);
     // The receiver always fails: wait for two attempts to check their order.
     wait_until(LONG, "two attempts recorded", || {
@@ -238,6 +239,19 @@ fn every_route_role_and_status() {
         "GET",
         "/webhooks/subscriptions/search?eventName=hello",
         Some(&relay),
+        Value::Null,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A relay without a tenant sees what app-wide events reach: REST
+    // subscriptions belong to their callers' tenants, so none.
+    assert_eq!(r.body["subscribers"], json!([]));
+    // A relay of bob's tenant sees bob's.
+    let bobs_relay = Caller::new("relay-svc", ["relay"]).tenant(bob.tenant_id());
+    let r = call(
+        &bus,
+        "GET",
+        "/webhooks/subscriptions/search?eventName=hello",
+        Some(&bobs_relay),
         Value::Null,
     );
     assert_eq!(r.status, 200, "{}", r.body);
@@ -335,7 +349,7 @@ fn refused_targets_do_not_reveal_internal_addresses() {
         .as_str()
         .unwrap()
         .to_owned();
-    bus.publish_to("alice", "a", &json!(1)).unwrap();
+    bus.publish_to("user:alice", "a", &json!(1)).unwrap();
     wait_until(LONG, "dead", || bus.outbox().stats().unwrap().dead == 1);
 
     let one = call(

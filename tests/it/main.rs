@@ -10,7 +10,10 @@ mod delivery;
 mod engine;
 mod faults;
 mod flow_control;
+mod hardening;
 mod messages;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod publish;
 mod receiver;
 mod security;

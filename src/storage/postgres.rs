@@ -1,0 +1,1199 @@
+//! The shared backend of the storage seam: PostgreSQL (feature `postgres`),
+//! for apps with several instances on one database.
+//!
+//! # Schema
+//!
+//! Everything lives in one schema (default `hookbus`; one per app or test),
+//! created and migrated on open under a transaction-scoped advisory lock,
+//! so instances that start at once migrate once. Records are the same
+//! codec bytes as in sled ([`crate::codec`]); the columns beside them are
+//! what queries sort and filter on.
+//!
+//! | table | rows |
+//! | --- | --- |
+//! | `migrations` | applied schema versions |
+//! | `subscriptions` | id, record, `seq` (the last sequence number given) |
+//! | `subscription_events` | (event name or `*`, subscription id): the fan-out index |
+//! | `events` | id, record |
+//! | `deliveries` | id, subscription, event, state, `at` (due if pending, else finished, ms), record, `claim`, `claimed_until` |
+//! | `attempts` | (delivery, number), record |
+//! | `idempotency` | key, event, `at` |
+//! | `quarantine` | key, raw bytes, reason |
+//!
+//! # Several instances
+//!
+//! Every instance runs its own dispatcher and senders. Due deliveries are
+//! claimed ([`Reader::claim`]): `UPDATE … WHERE id IN (SELECT … FOR UPDATE
+//! SKIP LOCKED LIMIT n)` sets the instance's token and a lease, and commits
+//! at once; no transaction is open while a request is. A result is written
+//! only if the delivery is not claimed by another instance whose lease is
+//! running, so a stale result (a stalled or partitioned instance whose
+//! lease ran out and whose delivery was claimed again) does not overwrite
+//! newer state. Instances see each other's new deliveries by polling
+//! ([`Reader::pending_subscriptions`]) every second.
+//!
+//! Counters are counted (`stats`), and an event's references are its
+//! deliveries (an event row is deleted only when none refers to it), so
+//! neither is a value one instance could overwrite with a stale one.
+
+use std::sync::{Arc, Mutex};
+
+use postgres::{Client, NoTls, Row};
+
+use super::{
+    Damaged, IndexEntry, Iter, PendingSubscriptions, Reader, Subscribers, SubscriptionRecord,
+    Writer,
+};
+use crate::codec;
+use crate::delivery::{Delivery, DeliveryState};
+use crate::error::{Error, Result, StoreError};
+use crate::event::ALL_EVENTS;
+use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+use crate::record::{Attempt, Event, OutboxStats};
+
+/// Rows fetched per page by listings.
+const PAGE: i64 = 512;
+/// The schema version this build migrates to.
+const SCHEMA_VERSION: i32 = 1;
+
+/// Checks a schema name: lowercase letters, digits and `_`, starting with a
+/// letter or `_`, at most 63 bytes (it is spliced into SQL, so nothing
+/// else is allowed).
+pub(crate) fn validate_schema(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "postgres schema `{}` must be 1 to 63 lowercase letters, digits and `_`, not starting with a digit",
+            crate::util::clip(name)
+        )))
+    }
+}
+
+fn store_error(m: impl Into<String>) -> Error {
+    Error::Store(StoreError::message(m))
+}
+
+fn corrupt(what: &str, key: &[u8], reason: impl std::fmt::Display) -> Error {
+    let mut k = what.as_bytes()[..1].to_vec();
+    k.extend_from_slice(key);
+    Error::Corrupt {
+        key: hex::encode(k),
+        reason: reason.to_string(),
+    }
+}
+
+fn decode<T: codec::Record>(what: &str, key: &[u8], bytes: &[u8]) -> Result<T> {
+    codec::decode(bytes).map_err(|e| corrupt(what, key, e))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    codec::encode(value).expect("hookbus records always encode")
+}
+
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn unms(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn state_code(s: DeliveryState) -> i16 {
+    match s {
+        DeliveryState::Pending => 0,
+        DeliveryState::Delivered => 1,
+        DeliveryState::Dead => 2,
+    }
+}
+
+fn id_of<T>(row: &Row, col: &str, parse: impl Fn(&[u8]) -> Option<T>) -> Result<T> {
+    let b: Vec<u8> = row.try_get(col)?;
+    parse(&b).ok_or_else(|| store_error(format!("malformed id in column {col}")))
+}
+
+fn entry_of(row: &Row) -> Result<IndexEntry> {
+    Ok(IndexEntry {
+        at: unms(row.try_get("at")?),
+        delivery: id_of(row, "id", DeliveryId::from_slice)?,
+        subscription: id_of(row, "sub", SubscriptionId::from_slice)?,
+    })
+}
+
+/// Connections shared by the readers of one store.
+struct Pool {
+    url: String,
+    schema: String,
+    idle: Mutex<Vec<Client>>,
+    /// This instance's claim token.
+    token: [u8; 16],
+    /// How long a claim holds, in ms.
+    lease_ms: u64,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the URL: it may carry a password.
+        f.debug_struct("Pool")
+            .field("schema", &self.schema)
+            .field("token", &hex::encode(self.token))
+            .finish()
+    }
+}
+
+impl Pool {
+    fn connect(&self) -> Result<Client> {
+        Ok(Client::connect(&self.url, NoTls)?)
+    }
+
+    /// Runs `f` with a connection (one from the pool, or a new one); a
+    /// connection that failed is not given back.
+    fn with<R>(&self, f: impl FnOnce(&mut Client) -> Result<R>) -> Result<R> {
+        let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut client = match taken {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect()?,
+        };
+        let r = f(&mut client);
+        if r.is_ok() && !client.is_closed() {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < 8 {
+                idle.push(client);
+            }
+        }
+        r
+    }
+
+    fn t(&self, table: &str) -> String {
+        format!("\"{}\".{table}", self.schema)
+    }
+}
+
+/// Opens the store in `schema` of the database at `url`, creating or
+/// migrating the schema. `lease` is how long a claim holds.
+pub(crate) fn open(
+    url: &str,
+    schema: &str,
+    lease: std::time::Duration,
+) -> Result<(PgReader, PgWriter)> {
+    validate_schema(schema)?;
+    let mut client = Client::connect(url, NoTls).map_err(|e| {
+        store_error(format!(
+            "cannot connect to PostgreSQL ({}): {e}",
+            redact_url(url)
+        ))
+    })?;
+    migrate(&mut client, schema)?;
+    let mut token = [0u8; 16];
+    getrandom::fill(&mut token)
+        .map_err(|e| store_error(format!("no randomness for a claim token: {e}")))?;
+    let pool = Arc::new(Pool {
+        url: url.to_owned(),
+        schema: schema.to_owned(),
+        idle: Mutex::new(Vec::new()),
+        token,
+        lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+    });
+    let reader = PgReader { pool: pool.clone() };
+    let writer = PgWriter {
+        reader: reader.clone(),
+        client,
+        ops: Vec::new(),
+    };
+    Ok((reader, writer))
+}
+
+/// The URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "an unparsable URL".into(),
+    }
+}
+
+/// Creates the schema and applies missing migrations, once even when
+/// several instances start at once (a transaction-scoped advisory lock
+/// keyed by the schema name).
+fn migrate(client: &mut Client, schema: &str) -> Result<()> {
+    let s = format!("\"{schema}\"");
+    let mut tx = client.transaction()?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('hookbus migrate ' || $1))",
+        &[&schema],
+    )?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+         CREATE TABLE IF NOT EXISTS {s}.migrations (
+             version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now());"
+    ))?;
+    let current: i32 = tx
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {s}.migrations"),
+            &[],
+        )?
+        .get(0);
+    if current > SCHEMA_VERSION {
+        return Err(store_error(format!(
+            "the PostgreSQL schema `{schema}` is at version {current}; this hookbus knows up to {SCHEMA_VERSION}"
+        )));
+    }
+    if current < 1 {
+        tx.batch_execute(&format!(
+            "CREATE TABLE {s}.subscriptions (
+                 id bytea PRIMARY KEY,
+                 record bytea NOT NULL,
+                 seq bigint NOT NULL DEFAULT 0);
+             CREATE TABLE {s}.subscription_events (
+                 event text NOT NULL,
+                 sub bytea NOT NULL,
+                 PRIMARY KEY (event, sub));
+             CREATE TABLE {s}.events (
+                 id bytea PRIMARY KEY,
+                 record bytea NOT NULL);
+             CREATE TABLE {s}.deliveries (
+                 id bytea PRIMARY KEY,
+                 sub bytea NOT NULL,
+                 event_id bytea NOT NULL,
+                 state smallint NOT NULL,
+                 at bigint NOT NULL,
+                 record bytea NOT NULL,
+                 claim bytea,
+                 claimed_until bigint NOT NULL DEFAULT 0);
+             CREATE INDEX deliveries_due ON {s}.deliveries (sub, at, id) WHERE state = 0;
+             CREATE INDEX deliveries_state ON {s}.deliveries (state, at, id);
+             CREATE INDEX deliveries_by_sub ON {s}.deliveries (sub, id);
+             CREATE INDEX deliveries_event ON {s}.deliveries (event_id);
+             CREATE TABLE {s}.attempts (
+                 delivery bytea NOT NULL,
+                 n integer NOT NULL,
+                 record bytea NOT NULL,
+                 PRIMARY KEY (delivery, n));
+             CREATE TABLE {s}.idempotency (
+                 key bytea PRIMARY KEY,
+                 event bytea NOT NULL,
+                 at bigint NOT NULL);
+             CREATE INDEX idempotency_at ON {s}.idempotency (at, key);
+             CREATE TABLE {s}.quarantine (
+                 key bytea PRIMARY KEY,
+                 value bytea NOT NULL,
+                 reason text NOT NULL);
+             INSERT INTO {s}.migrations (version) VALUES (1);"
+        ))?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Reads of the PostgreSQL store, through a small connection pool.
+#[derive(Clone, Debug)]
+pub(crate) struct PgReader {
+    pool: Arc<Pool>,
+}
+
+/// Reads the page after a cursor: the rows, each with its own cursor.
+type PageFn<T, C> = Box<dyn FnMut(Option<&C>) -> Result<Vec<(T, C)>> + Send>;
+
+/// A listing read a page at a time (keyset paging): `next_page` gets the
+/// last row's cursor and returns the next rows.
+struct Paged<T, C> {
+    page: std::vec::IntoIter<Result<T>>,
+    cursor: Option<C>,
+    done: bool,
+    next_page: PageFn<T, C>,
+}
+
+impl<T: Send + 'static, C: Send + 'static> Paged<T, C> {
+    fn boxed(next_page: impl FnMut(Option<&C>) -> Result<Vec<(T, C)>> + Send + 'static) -> Iter<T> {
+        Box::new(Paged {
+            page: Vec::new().into_iter(),
+            cursor: None,
+            done: false,
+            next_page: Box::new(next_page),
+        })
+    }
+}
+
+impl<T, C> Iterator for Paged<T, C> {
+    type Item = Result<T>;
+    fn next(&mut self) -> Option<Result<T>> {
+        if let Some(x) = self.page.next() {
+            return Some(x);
+        }
+        if self.done {
+            return None;
+        }
+        match (self.next_page)(self.cursor.as_ref()) {
+            Ok(rows) => {
+                if (rows.len() as i64) < PAGE {
+                    self.done = true;
+                }
+                let mut items = Vec::with_capacity(rows.len());
+                for (item, cursor) in rows {
+                    self.cursor = Some(cursor);
+                    items.push(Ok(item));
+                }
+                self.page = items.into_iter();
+                self.page.next()
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl PgReader {
+    fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
+        self.pool.with(|c| Ok(c.query(sql, params)?))
+    }
+
+    fn t(&self, table: &str) -> String {
+        self.pool.t(table)
+    }
+
+    fn delivery_of(&self, row: &Row) -> Result<Delivery> {
+        let id: Vec<u8> = row.try_get("id")?;
+        let record: Vec<u8> = row.try_get("record")?;
+        decode("d", &id, &record)
+    }
+
+    /// Claims one pending delivery for this instance (for a FIFO queue's
+    /// head); `None` if another instance holds it or it is not pending.
+    pub(crate) fn claim_one(&self, id: DeliveryId, now: u64) -> Result<Option<IndexEntry>> {
+        let rows = self.query(
+            &format!(
+                "UPDATE {} SET claim = $1, claimed_until = $2
+                 WHERE id = $3 AND state = 0 AND (claimed_until < $4 OR claim = $1)
+                 RETURNING id, sub, at",
+                self.t("deliveries")
+            ),
+            &[
+                &&self.pool.token[..],
+                &ms(now.saturating_add(self.pool.lease_ms)),
+                &&id.to_bytes()[..],
+                &ms(now),
+            ],
+        )?;
+        rows.first().map(entry_of).transpose()
+    }
+}
+
+impl Reader for PgReader {
+    fn stats(&self) -> Result<OutboxStats> {
+        let mut stats = OutboxStats::default();
+        for row in self.query(
+            &format!(
+                "SELECT state, count(*) FROM {} GROUP BY state",
+                self.t("deliveries")
+            ),
+            &[],
+        )? {
+            let state: i16 = row.try_get(0)?;
+            let n = unms(row.try_get(1)?);
+            match state {
+                0 => stats.pending = n,
+                1 => stats.delivered = n,
+                _ => stats.dead += n,
+            }
+        }
+        let q: i64 = self
+            .query(
+                &format!("SELECT count(*) FROM {}", self.t("quarantine")),
+                &[],
+            )?
+            .first()
+            .map_or(Ok(0), |r| r.try_get(0))?;
+        stats.quarantined = unms(q);
+        Ok(stats)
+    }
+
+    fn subscription(&self, id: SubscriptionId) -> Result<Option<SubscriptionRecord>> {
+        let rows = self.query(
+            &format!(
+                "SELECT record FROM {} WHERE id = $1",
+                self.t("subscriptions")
+            ),
+            &[&&id.to_bytes()[..]],
+        )?;
+        rows.first()
+            .map(|r| decode("s", &id.to_bytes(), &r.try_get::<_, Vec<u8>>(0)?))
+            .transpose()
+    }
+
+    fn subscriptions(&self) -> Iter<SubscriptionRecord> {
+        let r = self.clone();
+        Paged::boxed(move |after: Option<&Vec<u8>>| {
+            let after = after.cloned().unwrap_or_default();
+            let rows = r.query(
+                &format!(
+                    "SELECT id, record FROM {} WHERE id > $1 ORDER BY id LIMIT $2",
+                    r.t("subscriptions")
+                ),
+                &[&after, &PAGE],
+            )?;
+            rows.iter()
+                .map(|row| {
+                    let id: Vec<u8> = row.try_get(0)?;
+                    let rec = decode("s", &id, &row.try_get::<_, Vec<u8>>(1)?)?;
+                    Ok((rec, id))
+                })
+                .collect()
+        })
+    }
+
+    fn subscribers_of(&self, event: &str) -> Result<Subscribers> {
+        let rows = self.query(
+            &format!(
+                "SELECT DISTINCT sub FROM {} WHERE event = $1 OR event = $2 ORDER BY sub",
+                self.t("subscription_events")
+            ),
+            &[&event, &ALL_EVENTS],
+        )?;
+        let mut out = Subscribers::default();
+        for row in rows {
+            out.ids
+                .push(id_of(&row, "sub", SubscriptionId::from_slice)?);
+        }
+        Ok(out)
+    }
+
+    fn event(&self, id: EventId) -> Result<Option<Event>> {
+        let rows = self.query(
+            &format!("SELECT record FROM {} WHERE id = $1", self.t("events")),
+            &[&&id.to_bytes()[..]],
+        )?;
+        rows.first()
+            .map(|r| decode("e", &id.to_bytes(), &r.try_get::<_, Vec<u8>>(0)?))
+            .transpose()
+    }
+
+    fn event_refs(&self, id: EventId) -> Result<Option<u32>> {
+        let n: i64 = self
+            .query(
+                &format!(
+                    "SELECT count(*) FROM {} WHERE event_id = $1",
+                    self.t("deliveries")
+                ),
+                &[&&id.to_bytes()[..]],
+            )?
+            .first()
+            .map_or(Ok(0), |r| r.try_get(0))?;
+        Ok(Some(u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+
+    fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>> {
+        let rows = self.query(
+            &format!(
+                "SELECT id, record FROM {} WHERE id = $1",
+                self.t("deliveries")
+            ),
+            &[&&id.to_bytes()[..]],
+        )?;
+        rows.first().map(|r| self.delivery_of(r)).transpose()
+    }
+
+    fn deliveries(&self, after: Option<DeliveryId>) -> Iter<Delivery> {
+        let r = self.clone();
+        let start = after.map(|a| a.to_bytes().to_vec()).unwrap_or_default();
+        Paged::boxed(move |cursor: Option<&Vec<u8>>| {
+            let after = cursor.cloned().unwrap_or_else(|| start.clone());
+            let rows = r.query(
+                &format!(
+                    "SELECT id, record FROM {} WHERE id > $1 ORDER BY id LIMIT $2",
+                    r.t("deliveries")
+                ),
+                &[&after, &PAGE],
+            )?;
+            rows.iter()
+                .map(|row| Ok((r.delivery_of(row)?, row.try_get::<_, Vec<u8>>(0)?)))
+                .collect()
+        })
+    }
+
+    fn deliveries_of(&self, sub: SubscriptionId, newest_first: bool) -> Iter<DeliveryId> {
+        let r = self.clone();
+        let s = sub.to_bytes().to_vec();
+        Paged::boxed(move |cursor: Option<&Vec<u8>>| {
+            let (cmp, order) = if newest_first {
+                ("<", "DESC")
+            } else {
+                (">", "ASC")
+            };
+            let first = if newest_first { vec![0xff; 17] } else { vec![] };
+            let after = cursor.cloned().unwrap_or(first);
+            let rows = r.query(
+                &format!(
+                    "SELECT id FROM {} WHERE sub = $1 AND id {cmp} $2 ORDER BY id {order} LIMIT $3",
+                    r.t("deliveries")
+                ),
+                &[&s, &after, &PAGE],
+            )?;
+            rows.iter()
+                .map(|row| {
+                    let id = id_of(row, "id", DeliveryId::from_slice)?;
+                    Ok((id, id.to_bytes().to_vec()))
+                })
+                .collect()
+        })
+    }
+
+    fn deliveries_of_from(&self, sub: SubscriptionId, from: DeliveryId) -> Iter<DeliveryId> {
+        let r = self.clone();
+        let s = sub.to_bytes().to_vec();
+        let start = from.to_bytes().to_vec();
+        Paged::boxed(move |cursor: Option<&Vec<u8>>| {
+            let (cmp, after) = match cursor {
+                Some(c) => (">", c.clone()),
+                None => (">=", start.clone()),
+            };
+            let rows = r.query(
+                &format!(
+                    "SELECT id FROM {} WHERE sub = $1 AND id {cmp} $2 ORDER BY id LIMIT $3",
+                    r.t("deliveries")
+                ),
+                &[&s, &after, &PAGE],
+            )?;
+            rows.iter()
+                .map(|row| {
+                    let id = id_of(row, "id", DeliveryId::from_slice)?;
+                    Ok((id, id.to_bytes().to_vec()))
+                })
+                .collect()
+        })
+    }
+
+    fn index(&self, state: DeliveryState, after: Option<IndexEntry>) -> Iter<IndexEntry> {
+        let r = self.clone();
+        let code = state_code(state);
+        Paged::boxed(move |cursor: Option<&IndexEntry>| {
+            let c = cursor.copied().or(after);
+            let rows = match (state, c) {
+                // Pending: by subscription, then due time (as sled's index).
+                (DeliveryState::Pending, Some(c)) => r.query(
+                    &format!(
+                        "SELECT id, sub, at FROM {} WHERE state = 0 AND (sub, at, id) > ($1, $2, $3)
+                         ORDER BY sub, at, id LIMIT $4",
+                        r.t("deliveries")
+                    ),
+                    &[
+                        &&c.subscription.to_bytes()[..],
+                        &ms(c.at),
+                        &&c.delivery.to_bytes()[..],
+                        &PAGE,
+                    ],
+                )?,
+                (DeliveryState::Pending, None) => r.query(
+                    &format!(
+                        "SELECT id, sub, at FROM {} WHERE state = 0 ORDER BY sub, at, id LIMIT $1",
+                        r.t("deliveries")
+                    ),
+                    &[&PAGE],
+                )?,
+                (_, Some(c)) => r.query(
+                    &format!(
+                        "SELECT id, sub, at FROM {} WHERE state = $1 AND (at, id) > ($2, $3)
+                         ORDER BY at, id LIMIT $4",
+                        r.t("deliveries")
+                    ),
+                    &[&code, &ms(c.at), &&c.delivery.to_bytes()[..], &PAGE],
+                )?,
+                (_, None) => r.query(
+                    &format!(
+                        "SELECT id, sub, at FROM {} WHERE state = $1 ORDER BY at, id LIMIT $2",
+                        r.t("deliveries")
+                    ),
+                    &[&code, &PAGE],
+                )?,
+            };
+            rows.iter()
+                .map(|row| {
+                    let e = entry_of(row)?;
+                    Ok((e, e))
+                })
+                .collect()
+        })
+    }
+
+    fn due(&self, sub: SubscriptionId) -> Iter<IndexEntry> {
+        let r = self.clone();
+        let s = sub.to_bytes().to_vec();
+        Paged::boxed(move |cursor: Option<&IndexEntry>| {
+            let rows = match cursor {
+                Some(c) => r.query(
+                    &format!(
+                        "SELECT id, sub, at FROM {} WHERE sub = $1 AND state = 0 AND (at, id) > ($2, $3)
+                         ORDER BY at, id LIMIT $4",
+                        r.t("deliveries")
+                    ),
+                    &[&s, &ms(c.at), &&c.delivery.to_bytes()[..], &PAGE],
+                )?,
+                None => r.query(
+                    &format!(
+                        "SELECT id, sub, at FROM {} WHERE sub = $1 AND state = 0 ORDER BY at, id LIMIT $2",
+                        r.t("deliveries")
+                    ),
+                    &[&s, &PAGE],
+                )?,
+            };
+            rows.iter()
+                .map(|row| {
+                    let e = entry_of(row)?;
+                    Ok((e, e))
+                })
+                .collect()
+        })
+    }
+
+    fn pending_subscriptions(&self) -> Result<PendingSubscriptions> {
+        let rows = self.query(
+            &format!(
+                "SELECT sub, min(at) AS at FROM {} WHERE state = 0 GROUP BY sub",
+                self.t("deliveries")
+            ),
+            &[],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push((
+                id_of(&row, "sub", SubscriptionId::from_slice)?,
+                unms(row.try_get("at")?),
+            ));
+        }
+        Ok((out, Vec::new()))
+    }
+
+    fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>> {
+        let rows = self.query(
+            &format!(
+                "SELECT n, record FROM {} WHERE delivery = $1 ORDER BY n",
+                self.t("attempts")
+            ),
+            &[&&id.to_bytes()[..]],
+        )?;
+        rows.iter()
+            .map(|r| decode("a", &id.to_bytes(), &r.try_get::<_, Vec<u8>>(1)?))
+            .collect()
+    }
+
+    fn idempotency_key(&self, key: &str) -> Result<Option<(EventId, u64)>> {
+        let rows = self.query(
+            &format!(
+                "SELECT event, at FROM {} WHERE key = $1",
+                self.t("idempotency")
+            ),
+            &[&key.as_bytes()],
+        )?;
+        rows.first()
+            .map(|r| {
+                Ok((
+                    id_of(r, "event", EventId::from_slice)?,
+                    unms(r.try_get("at")?),
+                ))
+            })
+            .transpose()
+    }
+
+    fn idempotency_keys_before(&self, before: u64) -> Iter<(String, u64)> {
+        let r = self.clone();
+        Paged::boxed(move |cursor: Option<&(i64, Vec<u8>)>| {
+            let (at, key) = cursor.cloned().unwrap_or((-1, Vec::new()));
+            let rows = r.query(
+                &format!(
+                    "SELECT key, at FROM {} WHERE at < $1 AND (at, key) > ($2, $3)
+                     ORDER BY at, key LIMIT $4",
+                    r.t("idempotency")
+                ),
+                &[&ms(before), &at, &key, &PAGE],
+            )?;
+            rows.iter()
+                .map(|row| {
+                    let key: Vec<u8> = row.try_get(0)?;
+                    let at: i64 = row.try_get(1)?;
+                    let text = String::from_utf8(key.clone())
+                        .map_err(|_| corrupt("k", &key, "idempotency key is not UTF-8"))?;
+                    Ok(((text, unms(at)), (at, key)))
+                })
+                .collect()
+        })
+    }
+
+    fn sequence(&self, sub: SubscriptionId) -> Result<u64> {
+        let rows = self.query(
+            &format!("SELECT seq FROM {} WHERE id = $1", self.t("subscriptions")),
+            &[&&sub.to_bytes()[..]],
+        )?;
+        Ok(rows.first().map_or(Ok(0), |r| r.try_get(0)).map(unms)?)
+    }
+
+    fn quarantined(&self) -> Iter<(Vec<u8>, Vec<u8>)> {
+        let r = self.clone();
+        Paged::boxed(move |cursor: Option<&Vec<u8>>| {
+            let after = cursor.cloned().unwrap_or_default();
+            let rows = r.query(
+                &format!(
+                    "SELECT key, value FROM {} WHERE key > $1 ORDER BY key LIMIT $2",
+                    r.t("quarantine")
+                ),
+                &[&after, &PAGE],
+            )?;
+            rows.iter()
+                .map(|row| {
+                    let k: Vec<u8> = row.try_get(0)?;
+                    let v: Vec<u8> = row.try_get(1)?;
+                    Ok(((k.clone(), v), k))
+                })
+                .collect()
+        })
+    }
+
+    fn size_on_disk(&self) -> Result<u64> {
+        let rows = self.query(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relkind = 'r'",
+            &[&self.pool.schema],
+        )?;
+        Ok(unms(rows.first().map_or(Ok(0), |r| r.try_get(0))?))
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn claim(
+        &self,
+        sub: SubscriptionId,
+        n: usize,
+        due_by: u64,
+        now: u64,
+    ) -> Result<Vec<IndexEntry>> {
+        let rows = self.query(
+            &format!(
+                "UPDATE {d} SET claim = $1, claimed_until = $2
+                 WHERE id IN (
+                     SELECT id FROM {d}
+                     WHERE sub = $3 AND state = 0 AND at <= $4 AND claimed_until < $5
+                     ORDER BY at, id LIMIT $6
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING id, sub, at",
+                d = self.t("deliveries")
+            ),
+            &[
+                &&self.pool.token[..],
+                &ms(now.saturating_add(self.pool.lease_ms)),
+                &&sub.to_bytes()[..],
+                &ms(due_by),
+                &ms(now),
+                &i64::try_from(n).unwrap_or(i64::MAX),
+            ],
+        )?;
+        let mut out: Vec<IndexEntry> = rows.iter().map(entry_of).collect::<Result<_>>()?;
+        out.sort_by_key(|e| (e.at, e.delivery));
+        Ok(out)
+    }
+
+    fn claim_one(&self, id: DeliveryId, now: u64) -> Result<Option<IndexEntry>> {
+        PgReader::claim_one(self, id, now)
+    }
+
+    fn reserve_sequences(&self, subs: &[SubscriptionId]) -> Result<Vec<u64>> {
+        let ids: Vec<Vec<u8>> = subs.iter().map(|s| s.to_bytes().to_vec()).collect();
+        let rows = self.query(
+            &format!(
+                "UPDATE {} SET seq = seq + 1 WHERE id = ANY($1) RETURNING id, seq",
+                self.t("subscriptions")
+            ),
+            &[&ids],
+        )?;
+        let mut got = std::collections::HashMap::new();
+        for row in rows {
+            got.insert(
+                id_of(&row, "id", SubscriptionId::from_slice)?,
+                unms(row.try_get("seq")?),
+            );
+        }
+        // A subscription deleted meanwhile gets no number (0: not sent).
+        Ok(subs
+            .iter()
+            .map(|s| got.get(s).copied().unwrap_or(0))
+            .collect())
+    }
+}
+
+/// One staged write.
+enum Op {
+    PutSubscription(Option<Vec<String>>, SubscriptionRecord),
+    RemoveSubscription(SubscriptionRecord),
+    PutEvent(Event),
+    RemoveEvent(EventId),
+    PutDelivery(bool, Delivery),
+    RemoveDelivery(DeliveryId),
+    PutAttempt(DeliveryId, Attempt),
+    QuarantineDelivery(DeliveryId),
+    QuarantineRaw(Damaged),
+    PutKey(String, EventId, u64),
+    RemoveKey(String, u64),
+    PutSequence(SubscriptionId, u64),
+}
+
+/// The one writer of an instance: stages writes, commits them as one
+/// transaction on its own connection.
+pub(crate) struct PgWriter {
+    reader: PgReader,
+    client: Client,
+    ops: Vec<Op>,
+}
+
+impl std::fmt::Debug for PgWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgWriter")
+            .field("reader", &self.reader)
+            .field("staged", &self.ops.len())
+            .finish()
+    }
+}
+
+impl PgWriter {
+    fn apply(&mut self) -> Result<()> {
+        let pool = self.reader.pool.clone();
+        let t = |name: &str| pool.t(name);
+        let me: &[u8] = &pool.token[..];
+        let now = ms(Timestamp::now().as_millis());
+        let mut tx = self.client.transaction()?;
+        // New deliveries go in one multi-row insert per round.
+        let mut new_deliveries: Vec<&Delivery> = Vec::new();
+        for op in &self.ops {
+            if let Op::PutDelivery(true, d) = op {
+                new_deliveries.push(d);
+            }
+        }
+        for op in &self.ops {
+            match op {
+                Op::PutSubscription(old_events, new) => {
+                    let id = &new.id.to_bytes()[..];
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO {} (id, record) VALUES ($1, $2)
+                             ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+                            t("subscriptions")
+                        ),
+                        &[&id, &encode(new)],
+                    )?;
+                    if let Some(old) = old_events {
+                        for e in old.iter().filter(|e| !new.events.contains(e)) {
+                            tx.execute(
+                                &format!(
+                                    "DELETE FROM {} WHERE event = $1 AND sub = $2",
+                                    t("subscription_events")
+                                ),
+                                &[e, &id],
+                            )?;
+                        }
+                    }
+                    for e in &new.events {
+                        tx.execute(
+                            &format!(
+                                "INSERT INTO {} (event, sub) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                                t("subscription_events")
+                            ),
+                            &[e, &id],
+                        )?;
+                    }
+                }
+                Op::RemoveSubscription(old) => {
+                    let id = &old.id.to_bytes()[..];
+                    tx.execute(
+                        &format!("DELETE FROM {} WHERE sub = $1", t("subscription_events")),
+                        &[&id],
+                    )?;
+                    tx.execute(
+                        &format!("DELETE FROM {} WHERE id = $1", t("subscriptions")),
+                        &[&id],
+                    )?;
+                }
+                Op::PutEvent(e) => {
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO {} (id, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                            t("events")
+                        ),
+                        &[&&e.id.to_bytes()[..], &encode(e)],
+                    )?;
+                }
+                Op::RemoveEvent(id) => {
+                    let id = &id.to_bytes()[..];
+                    tx.execute(
+                        &format!(
+                            "DELETE FROM {} WHERE id = $1
+                             AND NOT EXISTS (SELECT 1 FROM {} WHERE event_id = $1)",
+                            t("events"),
+                            t("deliveries")
+                        ),
+                        &[&id],
+                    )?;
+                }
+                Op::PutDelivery(true, _) => {}
+                Op::PutDelivery(false, d) => {
+                    let at = IndexEntry::of(d).at;
+                    // Not over a claim another instance holds now: its
+                    // result is newer than ours.
+                    tx.execute(
+                        &format!(
+                            "UPDATE {} SET state = $2, at = $3, record = $4, claim = NULL, claimed_until = 0
+                             WHERE id = $1 AND (claim IS NULL OR claim = $5 OR claimed_until < $6)",
+                            t("deliveries")
+                        ),
+                        &[
+                            &&d.id.to_bytes()[..],
+                            &state_code(d.state),
+                            &ms(at),
+                            &encode(d),
+                            &me,
+                            &now,
+                        ],
+                    )?;
+                }
+                Op::RemoveDelivery(id) => {
+                    let id = &id.to_bytes()[..];
+                    tx.execute(
+                        &format!("DELETE FROM {} WHERE delivery = $1", t("attempts")),
+                        &[&id],
+                    )?;
+                    tx.execute(
+                        &format!("DELETE FROM {} WHERE id = $1", t("deliveries")),
+                        &[&id],
+                    )?;
+                }
+                Op::PutAttempt(id, a) => {
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO {} (delivery, n, record) VALUES ($1, $2, $3)
+                             ON CONFLICT (delivery, n) DO UPDATE SET record = EXCLUDED.record",
+                            t("attempts")
+                        ),
+                        &[
+                            &&id.to_bytes()[..],
+                            &i32::try_from(a.number).unwrap_or(i32::MAX),
+                            &encode(a),
+                        ],
+                    )?;
+                }
+                Op::QuarantineDelivery(id) => {
+                    let id = &id.to_bytes()[..];
+                    let mut key = vec![b'd'];
+                    key.extend_from_slice(id);
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO {} (key, value, reason)
+                             SELECT $1, record, 'damaged delivery record' FROM {} WHERE id = $2
+                             ON CONFLICT (key) DO NOTHING",
+                            t("quarantine"),
+                            t("deliveries")
+                        ),
+                        &[&key, &id],
+                    )?;
+                    tx.execute(
+                        &format!("DELETE FROM {} WHERE id = $1", t("deliveries")),
+                        &[&id],
+                    )?;
+                }
+                Op::QuarantineRaw(d) => {
+                    // Keys are a table letter and the row's id (see
+                    // `corrupt`).
+                    let Some((&kind, id)) = d.key.split_first() else {
+                        continue;
+                    };
+                    let table = match kind {
+                        b'd' => "deliveries",
+                        b's' => "subscriptions",
+                        b'e' => "events",
+                        _ => continue,
+                    };
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO {} (key, value, reason)
+                             SELECT $1, record, $3 FROM {} WHERE id = $2
+                             ON CONFLICT (key) DO NOTHING",
+                            t("quarantine"),
+                            t(table)
+                        ),
+                        &[&d.key, &id, &d.reason],
+                    )?;
+                    if kind == b's' {
+                        tx.execute(
+                            &format!("DELETE FROM {} WHERE sub = $1", t("subscription_events")),
+                            &[&id],
+                        )?;
+                    }
+                    tx.execute(&format!("DELETE FROM {} WHERE id = $1", t(table)), &[&id])?;
+                }
+                Op::PutKey(key, event, at) => {
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO {} (key, event, at) VALUES ($1, $2, $3)
+                             ON CONFLICT (key) DO UPDATE SET event = EXCLUDED.event, at = EXCLUDED.at",
+                            t("idempotency")
+                        ),
+                        &[&key.as_bytes(), &&event.to_bytes()[..], &ms(*at)],
+                    )?;
+                }
+                Op::RemoveKey(key, at) => {
+                    tx.execute(
+                        &format!(
+                            "DELETE FROM {} WHERE key = $1 AND at = $2",
+                            t("idempotency")
+                        ),
+                        &[&key.as_bytes(), &ms(*at)],
+                    )?;
+                }
+                Op::PutSequence(sub, last) => {
+                    tx.execute(
+                        &format!(
+                            "UPDATE {} SET seq = GREATEST(seq, $2) WHERE id = $1",
+                            t("subscriptions")
+                        ),
+                        &[&&sub.to_bytes()[..], &ms(*last)],
+                    )?;
+                }
+            }
+        }
+        for chunk in new_deliveries.chunks(1000) {
+            let mut sql = format!(
+                "INSERT INTO {} (id, sub, event_id, state, at, record) VALUES ",
+                t("deliveries")
+            );
+            let mut params: Vec<Box<dyn postgres::types::ToSql + Sync>> = Vec::new();
+            for (i, d) in chunk.iter().enumerate() {
+                let b = i * 6;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                ));
+                params.push(Box::new(d.id.to_bytes().to_vec()));
+                params.push(Box::new(d.subscription_id.to_bytes().to_vec()));
+                params.push(Box::new(d.event_id.to_bytes().to_vec()));
+                params.push(Box::new(state_code(d.state)));
+                params.push(Box::new(ms(IndexEntry::of(d).at)));
+                params.push(Box::new(encode(*d)));
+            }
+            sql.push_str(" ON CONFLICT (id) DO NOTHING");
+            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                params.iter().map(|p| p.as_ref()).collect();
+            tx.execute(&sql, &refs)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+impl Writer for PgWriter {
+    fn reader(&self) -> &dyn Reader {
+        &self.reader
+    }
+
+    fn put_subscription(&mut self, old: Option<&SubscriptionRecord>, new: &SubscriptionRecord) {
+        self.ops.push(Op::PutSubscription(
+            old.map(|o| o.events.clone()),
+            new.clone(),
+        ));
+    }
+
+    fn remove_subscription(&mut self, old: &SubscriptionRecord) {
+        self.ops.push(Op::RemoveSubscription(old.clone()));
+    }
+
+    fn put_event(&mut self, event: &Event, _refs: u32) {
+        self.ops.push(Op::PutEvent(event.clone()));
+    }
+
+    /// References are counted from the deliveries.
+    fn set_event_refs(&mut self, _id: EventId, _refs: u32) {}
+
+    fn remove_event(&mut self, id: EventId) {
+        self.ops.push(Op::RemoveEvent(id));
+    }
+
+    fn put_delivery(&mut self, old: Option<&Delivery>, new: &Delivery) {
+        self.ops.push(Op::PutDelivery(old.is_none(), new.clone()));
+    }
+
+    fn remove_delivery(&mut self, old: &Delivery) -> Result<()> {
+        self.ops.push(Op::RemoveDelivery(old.id));
+        Ok(())
+    }
+
+    fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt) {
+        self.ops.push(Op::PutAttempt(id, attempt.clone()));
+    }
+
+    /// Counters are counted.
+    fn put_stats(&mut self, _stats: &OutboxStats) {}
+
+    fn put_idempotency_key(&mut self, key: &str, event: EventId, at: u64, _old_at: Option<u64>) {
+        self.ops.push(Op::PutKey(key.to_owned(), event, at));
+    }
+
+    /// The row is its own entry by age: it goes if it is still that use.
+    fn remove_idempotency_key(&mut self, key: &str, at: u64, _record: bool) {
+        self.ops.push(Op::RemoveKey(key.to_owned(), at));
+    }
+
+    fn put_sequence(&mut self, sub: SubscriptionId, last: u64) {
+        self.ops.push(Op::PutSequence(sub, last));
+    }
+
+    fn quarantine_delivery(&mut self, _state: DeliveryState, entry: IndexEntry) -> Result<()> {
+        self.ops.push(Op::QuarantineDelivery(entry.delivery));
+        Ok(())
+    }
+
+    fn quarantine_raw(&mut self, damaged: &Damaged) -> Result<()> {
+        self.ops.push(Op::QuarantineRaw(damaged.clone()));
+        Ok(())
+    }
+
+    /// Rows carry their own state: there is no separate index entry.
+    fn remove_index_entry(&mut self, _state: DeliveryState, _entry: IndexEntry) {}
+
+    fn staged(&self) -> usize {
+        self.ops.len()
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        let r = self.apply();
+        self.ops.clear();
+        r
+    }
+
+    /// A commit is durable in PostgreSQL (its own `synchronous_commit`).
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+}

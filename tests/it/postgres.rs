@@ -1,0 +1,304 @@
+//! The PostgreSQL store (feature `postgres`) against a real server: by
+//! default `host=127.0.0.1 user=postgres dbname=test` (this project's
+//! machines run one), or `HOOKBUS_TEST_POSTGRES`. Each test works in a
+//! schema of its own, dropped at the end. Without a server the tests print
+//! a notice and pass, unless `HOOKBUS_REQUIRE_POSTGRES` is set (`.ci/run`
+//! sets it after checking that the server answers, so CI always runs them).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hookbus::{Builder, Bus, DeliveryOrder, DeliveryState, Message, NewSubscription};
+use serde_json::json;
+
+use crate::receiver::{Reply, TestReceiver};
+use crate::{LONG, consistent, wait_until};
+
+fn url() -> String {
+    std::env::var("HOOKBUS_TEST_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test connect_timeout=5".into())
+}
+
+/// A schema of this test's own, dropped when it ends; `None` (with a
+/// printed notice) when no server answers.
+struct Schema(String);
+
+impl Schema {
+    fn new(test: &str) -> Option<Schema> {
+        let mut client = match postgres::Client::connect(&url(), postgres::NoTls) {
+            Ok(c) => c,
+            Err(e) if std::env::var_os("HOOKBUS_REQUIRE_POSTGRES").is_some() => {
+                panic!(
+                    "HOOKBUS_REQUIRE_POSTGRES is set but PostgreSQL at {} does not answer: {e}",
+                    url()
+                )
+            }
+            Err(e) => {
+                eprintln!("NOTICE: {test} skipped: no PostgreSQL at {} ({e})", url());
+                return None;
+            }
+        };
+        let name = format!("hb_{}_{:08x}", test, fastrand::u32(..));
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+            .unwrap();
+        Some(Schema(name))
+    }
+
+    fn builder(&self) -> Builder {
+        Bus::builder()
+            .postgres(url())
+            .postgres_schema(&self.0)
+            .allow_private_targets(true)
+            .senders(8)
+            .retry_schedule(vec![Duration::from_millis(10); 3])
+            .request_timeout(Duration::from_secs(5))
+            .shutdown_timeout(Duration::from_secs(2))
+            .circuit_breaker(5, Duration::from_millis(100))
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(&url(), postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0));
+        }
+    }
+}
+
+#[test]
+fn the_whole_api_works_on_postgres_and_survives_a_reopen() {
+    let Some(schema) = Schema::new("api") else {
+        return;
+    };
+    // /fail always fails; the rest succeed.
+    let rx = TestReceiver::with(|req| {
+        if req.path == "/fail" {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    });
+    let (ok, ordered, tenant_id);
+    {
+        let bus = schema.builder().open().unwrap();
+        ok = bus
+            .subscribe(
+                NewSubscription::new("ok", rx.url("/ok"))
+                    .events(["hello"])
+                    .secret("shh")
+                    .header("Authorization", "Bearer t"),
+            )
+            .unwrap();
+        bus.subscribe(NewSubscription::new("fail", rx.url("/fail")).event("hello"))
+            .unwrap();
+        ordered = bus
+            .subscribe(
+                NewSubscription::new("ordered", rx.url("/ordered"))
+                    .event("hello")
+                    .order(DeliveryOrder::FIFO),
+            )
+            .unwrap();
+        tenant_id = bus
+            .subscribe(
+                NewSubscription::new("acme", rx.url("/acme"))
+                    .event("*")
+                    .tenant("acme"),
+            )
+            .unwrap()
+            .id;
+        assert_eq!(bus.subscriptions().list().unwrap().len(), 4);
+        assert_eq!(bus.subscriptions().for_event("hello").unwrap().len(), 3);
+        for n in 0..10 {
+            bus.publish("hello", &json!({ "n": n })).unwrap();
+        }
+        let keyed = || {
+            Message::new("paid", &json!({"n": 99}))
+                .tenant("acme")
+                .idempotency_key("k1")
+        };
+        let first = bus.publish_message(keyed()).unwrap();
+        assert_eq!(bus.publish_message(keyed()).unwrap(), first);
+        bus.flush().unwrap();
+        wait_until(LONG, "31 finished", || {
+            let s = bus.outbox().stats().unwrap();
+            s.delivered == 21 && s.dead == 10
+        });
+        let stats = consistent(&bus);
+        assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 21, 10));
+        // Signed, with the custom header, numbered.
+        let reqs = rx.requests();
+        let to_ok: Vec<_> = reqs.iter().filter(|r| r.path == "/ok").collect();
+        assert_eq!(to_ok.len(), 10);
+        for r in &to_ok {
+            assert!(r.signed_with(b"shh", "x-hub-signature-256"));
+            assert_eq!(r.header("authorization"), Some("Bearer t"));
+        }
+        let mut seqs: Vec<u64> = to_ok
+            .iter()
+            .map(|r| r.header("x-webhook-sequence").unwrap().parse().unwrap())
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=10).collect::<Vec<u64>>());
+        // FIFO order.
+        let fifo: Vec<i64> = reqs
+            .iter()
+            .filter(|r| r.path == "/ordered")
+            .map(|r| r.json()["n"].as_i64().unwrap())
+            .collect();
+        assert_eq!(fifo, (0..10).collect::<Vec<i64>>());
+        // The tenant got only its own event.
+        let acme: Vec<_> = reqs.iter().filter(|r| r.path == "/acme").collect();
+        assert_eq!(acme.len(), 1);
+        assert_eq!(acme[0].json()["n"], 99);
+        // Dead letters have their attempts.
+        let dead = bus.outbox().dead().next().unwrap().unwrap();
+        assert_eq!(bus.outbox().attempts(dead.id).unwrap().len(), 4);
+        bus.shutdown(Duration::from_secs(2)).unwrap();
+    }
+    // Another process (here: another Bus) opening the same schema sees it all.
+    let bus = schema.builder().open().unwrap();
+    assert_eq!(bus.subscriptions().list().unwrap().len(), 4);
+    assert_eq!(
+        bus.subscriptions().get(ordered.id).unwrap().unwrap().order,
+        DeliveryOrder::FIFO
+    );
+    let keyed = Message::new("paid", &json!({"n": 1}))
+        .tenant("acme")
+        .idempotency_key("k1");
+    let again = bus.publish_message(keyed).unwrap();
+    assert_eq!(
+        bus.outbox()
+            .for_subscription(tenant_id, false)
+            .map(|d| d.unwrap().event_id)
+            .collect::<Vec<_>>(),
+        [again],
+        "the key held across the reopen"
+    );
+    // Retrying the dead letters delivers them once the receiver agrees.
+    rx.respond(|_| Reply::ok());
+    assert_eq!(bus.outbox().retry_all_dead(None).unwrap(), 10);
+    wait_until(LONG, "all delivered", || {
+        bus.outbox().stats().unwrap().delivered == 31
+    });
+    let stats = consistent(&bus);
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 31, 0));
+    // Purge and delete.
+    let purged = bus
+        .outbox()
+        .purge_delivered_before(hookbus::Timestamp::now().saturating_add(Duration::from_secs(1)))
+        .unwrap();
+    assert_eq!(purged, 31);
+    bus.subscriptions().delete(ok.id).unwrap();
+    assert_eq!(bus.subscriptions().list().unwrap().len(), 3);
+    assert_eq!(consistent(&bus).delivered, 0);
+}
+
+#[test]
+fn three_instances_share_one_store_and_never_send_a_delivery_twice_at_once() {
+    let Some(schema) = Schema::new("three") else {
+        return;
+    };
+    // Each request takes 20 ms, and the receiver counts requests per
+    // delivery id and how many of one id were in flight at once.
+    let live: Arc<std::sync::Mutex<HashMap<String, usize>>> = Arc::default();
+    let overlap = Arc::new(AtomicUsize::new(0));
+    let (l, o) = (live.clone(), overlap.clone());
+    let rx = TestReceiver::with(move |req| {
+        let id = req.delivery_id();
+        {
+            let mut m = l.lock().unwrap();
+            let n = m.entry(id.clone()).or_default();
+            *n += 1;
+            if *n > 1 {
+                o.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        *l.lock().unwrap().get_mut(&id).unwrap() -= 1;
+        Reply::ok()
+    });
+    let buses: Vec<Bus> = (0..3).map(|_| schema.builder().open().unwrap()).collect();
+    // Made on one instance, used by all.
+    buses[0]
+        .subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
+        .unwrap();
+    buses[1]
+        .subscribe(NewSubscription::new("t", rx.url("/t")).event("e"))
+        .unwrap();
+    for (i, bus) in buses.iter().enumerate() {
+        for n in 0..50 {
+            bus.publish("e", &json!({ "i": i, "n": n })).unwrap();
+        }
+        bus.flush().unwrap();
+    }
+    wait_until(LONG, "300 delivered", || {
+        buses[2].outbox().stats().unwrap().delivered == 300
+    });
+    let reqs = rx.requests();
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for r in &reqs {
+        *per_id.entry(r.delivery_id()).or_default() += 1;
+    }
+    assert_eq!(per_id.len(), 300, "one delivery per event and subscription");
+    assert_eq!(
+        overlap.load(Ordering::SeqCst),
+        0,
+        "a delivery was in flight from two instances at once"
+    );
+    assert!(
+        per_id.values().all(|n| *n == 1),
+        "a delivery was sent twice: {:?}",
+        per_id.values().filter(|n| **n > 1).count()
+    );
+    // Every instance sees the same outbox.
+    for bus in &buses {
+        let s = consistent(bus);
+        assert_eq!((s.pending, s.delivered, s.dead), (0, 300, 0));
+    }
+    // Sequence numbers are per subscription across instances: 1..=150 each.
+    let mut by_path: HashMap<String, Vec<u64>> = HashMap::new();
+    for r in &reqs {
+        by_path
+            .entry(r.path.clone())
+            .or_default()
+            .push(r.header("x-webhook-sequence").unwrap().parse().unwrap());
+    }
+    for (path, mut seqs) in by_path {
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=150).collect::<Vec<u64>>(), "{path}");
+    }
+    assert!(buses.iter().all(|b| {
+        b.outbox()
+            .all()
+            .all(|d| d.unwrap().state == DeliveryState::Delivered)
+    }));
+}
+
+#[test]
+fn instances_that_start_at_once_migrate_once() {
+    let Some(schema) = Schema::new("migrate") else {
+        return;
+    };
+    let opened: Vec<Bus> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| schema.builder().deliver(false).open().unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(opened.len(), 4);
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    let rows = c
+        .query(&format!("SELECT version FROM {}.migrations", schema.0), &[])
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    // A bad schema name is refused before anything is sent to the server.
+    let err = Bus::builder()
+        .postgres(url())
+        .postgres_schema("x; DROP TABLE y")
+        .open()
+        .unwrap_err();
+    assert!(matches!(err, hookbus::Error::InvalidConfig(_)), "{err:?}");
+}
