@@ -317,14 +317,9 @@ impl Bus {
         })
     }
 
-    /// Checks a message and makes the command that publishes it; `wait`
-    /// makes it a barrier. Returns the command, where the id of the event
-    /// that holds its idempotency key will be, and its own event id.
-    fn command_of(
-        &self,
-        m: Message,
-        done: Option<Done>,
-    ) -> Result<(Command, Option<KeyHolder>, EventId)> {
+    /// Checks a message: its event, tenant and namespaced idempotency key
+    /// (tenant, `0x00`, key).
+    fn checked(&self, m: Message) -> Result<(Event, Option<String>, Option<String>)> {
         validate_event_name(&m.name, false)?;
         if let Some(t) = &m.tenant {
             validate_tenant(t)?;
@@ -337,19 +332,72 @@ impl Bus {
         }
         let payload = m.payload.map_err(Error::Serialize)?;
         let event = self.event_of(&m.name, payload, m.traceparent)?;
+        let key = m
+            .key
+            .map(|k| format!("{}\0{k}", m.tenant.as_deref().unwrap_or("")));
+        Ok((event, m.tenant, key))
+    }
+
+    /// Checks a message and makes the command that publishes it (`done`
+    /// makes it a barrier). Returns the command, where the id of the event
+    /// that holds its idempotency key will be, and its own event id.
+    fn command_of(
+        &self,
+        m: Message,
+        done: Option<Done>,
+    ) -> Result<(Command, Option<KeyHolder>, EventId)> {
+        let (event, tenant, key) = self.checked(m)?;
         let id = event.id;
-        let holder = m.key.as_ref().map(|_| Arc::new(OnceLock::new()));
-        let key = m.key.map(|k| Keyed {
-            key: format!("{}\0{k}", m.tenant.as_deref().unwrap_or("")),
+        let holder = key.as_ref().map(|_| Arc::new(OnceLock::new()));
+        let key = key.map(|key| Keyed {
+            key,
             holder: holder.clone().unwrap_or_default(),
         });
         let cmd = Command::Publish {
             event,
-            tenant: m.tenant,
+            tenant,
             key,
             done,
         };
         Ok((cmd, holder, id))
+    }
+
+    /// Publishes a [`Message`] inside your own PostgreSQL transaction
+    /// (feature `postgres`, a bus opened with
+    /// [`Builder::postgres`]): the event and its deliveries are written in
+    /// `tx`, so they exist exactly when your business change commits — a
+    /// rollback sends nothing, a commit cannot lose the event. Every
+    /// instance's senders find them within about a second of the commit.
+    /// `tx` must be a transaction on the database (and schema) the bus
+    /// uses. With an idempotency key, a key held within the window returns
+    /// the first event's id and stores nothing (concurrent transactions
+    /// with one key wait for each other on the key's row).
+    ///
+    /// Errors: those of [`publish_message`](Bus::publish_message), and
+    /// [`Error::InvalidConfig`] if this bus does not use PostgreSQL; a
+    /// database error leaves `tx` for you to roll back.
+    #[cfg(feature = "postgres")]
+    pub fn publish_in(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        message: Message,
+    ) -> Result<EventId> {
+        let Some(pg) = &self.inner.config.postgres else {
+            return Err(Error::InvalidConfig(
+                "publish_in needs a bus opened with Builder::postgres".into(),
+            ));
+        };
+        let (event, tenant, key) = self.checked(message)?;
+        let window =
+            u64::try_from(self.inner.config.idempotency_window.as_millis()).unwrap_or(u64::MAX);
+        storage::postgres::publish_in(
+            tx,
+            &pg.schema,
+            &event,
+            tenant.as_deref(),
+            self.inner.config.tenants_receive_app_events,
+            key.as_deref().map(|k| (k, window)),
+        )
     }
 
     /// Publishes a typed event ([`EventType`]): `publish(E::NAME, event)`.

@@ -1197,3 +1197,108 @@ impl Writer for PgWriter {
         Ok(())
     }
 }
+
+/// Writes `event` and its deliveries inside the caller's transaction `tx`
+/// (the fan-out rule of the engine: active subscriptions naming the event
+/// or `*`, of `tenant` or app-wide). Visible to every instance's senders
+/// once `tx` commits (they poll); nothing if it rolls back. With `key`, an
+/// idempotency key held within `window_ms` returns its holder instead and
+/// stores nothing; the key's row serialises concurrent transactions.
+pub(crate) fn publish_in(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &str,
+    event: &Event,
+    tenant: Option<&str>,
+    app_events_to_tenants: bool,
+    key: Option<(&str, u64)>,
+) -> Result<EventId> {
+    let t = |name: &str| format!("\"{schema}\".{name}");
+    let now = Timestamp::now().as_millis();
+    if let Some((key, window_ms)) = key {
+        // Take the key, or find who holds it (waits for a concurrent
+        // transaction that took it first).
+        let took = tx.query(
+            &format!(
+                "INSERT INTO {} (key, event, at) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET event = EXCLUDED.event, at = EXCLUDED.at
+                 WHERE {}.at < $4
+                 RETURNING event",
+                t("idempotency"),
+                t("idempotency")
+            ),
+            &[
+                &key.as_bytes(),
+                &&event.id.to_bytes()[..],
+                &ms(now),
+                &ms(now.saturating_sub(window_ms)),
+            ],
+        )?;
+        if took.is_empty() {
+            let held = tx.query_one(
+                &format!("SELECT event FROM {} WHERE key = $1", t("idempotency")),
+                &[&key.as_bytes()],
+            )?;
+            return id_of(&held, "event", EventId::from_slice);
+        }
+    }
+    let rows = tx.query(
+        &format!(
+            "SELECT DISTINCT s.id, s.record FROM {} e JOIN {} s ON s.id = e.sub
+             WHERE e.event = $1 OR e.event = $2 ORDER BY s.id",
+            t("subscription_events"),
+            t("subscriptions")
+        ),
+        &[&event.name, &ALL_EVENTS],
+    )?;
+    let mut subs = Vec::new();
+    for row in rows {
+        let id: Vec<u8> = row.try_get(0)?;
+        let rec: SubscriptionRecord = decode("s", &id, &row.try_get::<_, Vec<u8>>(1)?)?;
+        if rec.active && crate::subscription::reaches(&rec, tenant, app_events_to_tenants) {
+            subs.push(rec.id);
+        }
+    }
+    if subs.is_empty() {
+        return Ok(event.id);
+    }
+    let ids: Vec<Vec<u8>> = subs.iter().map(|s| s.to_bytes().to_vec()).collect();
+    let mut seqs = std::collections::HashMap::new();
+    for row in tx.query(
+        &format!(
+            "UPDATE {} SET seq = seq + 1 WHERE id = ANY($1) RETURNING id, seq",
+            t("subscriptions")
+        ),
+        &[&ids],
+    )? {
+        seqs.insert(
+            id_of(&row, "id", SubscriptionId::from_slice)?,
+            unms(row.try_get("seq")?),
+        );
+    }
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (id, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            t("events")
+        ),
+        &[&&event.id.to_bytes()[..], &encode(event)],
+    )?;
+    let at = Timestamp::from_millis(now);
+    for sub in subs {
+        let seq = seqs.get(&sub).copied().unwrap_or(0);
+        let d = crate::delivery::created(event.id, &event.name, event.created_at, sub, seq, at);
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (id, sub, event_id, state, at, record) VALUES ($1, $2, $3, 0, $4, $5)",
+                t("deliveries")
+            ),
+            &[
+                &&d.id.to_bytes()[..],
+                &&sub.to_bytes()[..],
+                &&event.id.to_bytes()[..],
+                &ms(now),
+                &encode(&d),
+            ],
+        )?;
+    }
+    Ok(event.id)
+}

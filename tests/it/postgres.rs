@@ -302,3 +302,83 @@ fn instances_that_start_at_once_migrate_once() {
         .unwrap_err();
     assert!(matches!(err, hookbus::Error::InvalidConfig(_)), "{err:?}");
 }
+
+#[test]
+fn publishing_in_the_apps_own_transaction_sends_on_commit_and_nothing_on_rollback() {
+    let Some(schema) = Schema::new("tx") else {
+        return;
+    };
+    let rx = TestReceiver::start();
+    let bus = schema.builder().open().unwrap();
+    bus.subscribe(NewSubscription::new("orders", rx.url("/orders")).event("order.created"))
+        .unwrap();
+    let mut app = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    app.batch_execute(&format!(
+        "CREATE TABLE {}.orders (id bigint PRIMARY KEY, total bigint NOT NULL)",
+        schema.0
+    ))
+    .unwrap();
+    let insert = format!(
+        "INSERT INTO {}.orders (id, total) VALUES ($1, $2)",
+        schema.0
+    );
+
+    // Rolled back: neither the order nor the event exists, nothing is sent.
+    {
+        let mut tx = app.transaction().unwrap();
+        tx.execute(&insert, &[&1i64, &100i64]).unwrap();
+        bus.publish_in(&mut tx, Message::new("order.created", &json!({"order": 1})))
+            .unwrap();
+        tx.rollback().unwrap();
+    }
+    // Committed: both exist, and the event is delivered.
+    let id = {
+        let mut tx = app.transaction().unwrap();
+        tx.execute(&insert, &[&2i64, &250i64]).unwrap();
+        let id = bus
+            .publish_in(
+                &mut tx,
+                Message::new("order.created", &json!({"order": 2})).idempotency_key("order-2"),
+            )
+            .unwrap();
+        // Not visible before the commit.
+        assert_eq!(bus.outbox().stats().unwrap().pending, 0);
+        tx.commit().unwrap();
+        id
+    };
+    wait_until(LONG, "the committed event delivered", || {
+        bus.outbox().stats().unwrap().delivered == 1
+    });
+    // Well after the commit, still only the committed one arrived.
+    std::thread::sleep(Duration::from_millis(1500));
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].json()["order"], 2);
+    assert_eq!(
+        reqs[0].header("x-webhook-event-id"),
+        Some(id.to_string().as_str())
+    );
+    assert_eq!(reqs[0].header("x-webhook-sequence"), Some("1"));
+    let orders: i64 = app
+        .query_one(&format!("SELECT count(*) FROM {}.orders", schema.0), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(orders, 1);
+    // The key holds in a later transaction too, and across the API.
+    let mut tx = app.transaction().unwrap();
+    let again = bus
+        .publish_in(
+            &mut tx,
+            Message::new("order.created", &json!({"order": 2})).idempotency_key("order-2"),
+        )
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(again, id);
+    assert_eq!(
+        bus.publish_message(Message::new("order.created", &json!({})).idempotency_key("order-2"))
+            .unwrap(),
+        id
+    );
+    let stats = consistent(&bus);
+    assert_eq!((stats.pending, stats.delivered), (0, 1));
+}
