@@ -84,15 +84,35 @@ impl Bus {
         #[cfg(feature = "postgres")]
         if let Some(pg) = &config.postgres {
             // A claim outlives the longest request by a margin.
-            let lease = config
-                .request_timeout
-                .saturating_add(config.connect_timeout)
-                .saturating_add(Duration::from_secs(30));
+            let lease = pg.lease.unwrap_or_else(|| {
+                config
+                    .request_timeout
+                    .saturating_add(config.connect_timeout)
+                    .saturating_add(Duration::from_secs(30))
+            });
             let (reader, writer) = storage::postgres::open(&pg.url, &pg.schema, lease)?;
             let engine = Engine::start(Arc::new(reader), Box::new(writer), config.clone())?;
-            return Ok(Bus {
-                inner: Arc::new(Inner { config, engine }),
+            let bus = Bus {
+                inner: Arc::new(Inner {
+                    config: config.clone(),
+                    engine,
+                }),
+            };
+            // Woken by other instances' commits; it holds no handle, so
+            // it never keeps the bus open.
+            let weak = Arc::downgrade(&bus.inner);
+            let listening = storage::postgres::spawn_listener(&pg.url, &pg.schema, move |wake| {
+                match weak.upgrade() {
+                    Some(inner) if inner.engine.is_open() => {
+                        !wake || inner.engine.send(Command::Poll).is_ok()
+                    }
+                    _ => false,
+                }
             });
+            if let Err(e) = listening {
+                tracing::warn!(error = %e, "no PostgreSQL notifications; instances poll every second");
+            }
+            return Ok(bus);
         }
         let (reader, writer) = storage::sled::open(
             &config.path,

@@ -48,6 +48,9 @@ pub struct Config {
     pub(crate) max_subscriptions_per_tenant: usize,
     pub(crate) tenants_receive_app_events: bool,
     pub(crate) idempotency_window: Duration,
+    /// How often an instance of a shared store looks for work the others
+    /// added (a backstop to their notifications).
+    pub(crate) shared_poll: Duration,
     /// The PostgreSQL store instead of sled: its URL and schema.
     #[cfg(feature = "postgres")]
     pub(crate) postgres: Option<Postgres>,
@@ -59,6 +62,8 @@ pub struct Config {
 pub(crate) struct Postgres {
     pub(crate) url: String,
     pub(crate) schema: String,
+    /// How long a claim holds (`None`: the request timeouts + 30 s).
+    pub(crate) lease: Option<Duration>,
 }
 
 #[cfg(feature = "postgres")]
@@ -76,6 +81,7 @@ impl std::fmt::Debug for Postgres {
         f.debug_struct("Postgres")
             .field("url", &url)
             .field("schema", &self.schema)
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -106,6 +112,7 @@ impl Default for Config {
             max_subscriptions_per_tenant: 100,
             tenants_receive_app_events: false,
             idempotency_window: Duration::from_secs(24 * 3600),
+            shared_poll: Duration::from_secs(1),
             #[cfg(feature = "postgres")]
             postgres: None,
         }
@@ -315,14 +322,45 @@ impl Builder {
     /// [`path`](Self::path) is then not needed.
     #[cfg(feature = "postgres")]
     pub fn postgres(mut self, url: impl Into<String>) -> Self {
-        let schema = self
-            .config
-            .postgres
-            .take()
-            .map_or_else(|| "hookbus".to_owned(), |p| p.schema);
+        let old = self.config.postgres.take();
         self.config.postgres = Some(Postgres {
             url: url.into(),
-            schema,
+            schema: old
+                .as_ref()
+                .map_or_else(|| "hookbus".to_owned(), |p| p.schema.clone()),
+            lease: old.and_then(|p| p.lease),
+        });
+        self
+    }
+
+    /// How often an instance looks for deliveries other instances added
+    /// (PostgreSQL only; 100 ms to 1 hour). Instances also notify each other
+    /// when they commit (`LISTEN/NOTIFY`), so this is the backstop for a
+    /// lost notification.
+    ///
+    /// Defaults to 1 s.
+    #[cfg(feature = "postgres")]
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.config.shared_poll = every;
+        self
+    }
+
+    /// How long an instance's claim on a delivery holds before another
+    /// instance may take it over (PostgreSQL only; 1 s to 1 day). A claim
+    /// ends early when its result is written; one whose instance stalled or
+    /// died runs out, and the delivery is sent again by another. Keep it
+    /// above the longest request.
+    ///
+    /// Defaults to the connect and request timeouts plus 30 s.
+    #[cfg(feature = "postgres")]
+    pub fn claim_lease(mut self, lease: Duration) -> Self {
+        let old = self.config.postgres.take();
+        self.config.postgres = Some(Postgres {
+            url: old.as_ref().map(|p| p.url.clone()).unwrap_or_default(),
+            schema: old
+                .as_ref()
+                .map_or_else(|| "hookbus".to_owned(), |p| p.schema.clone()),
+            lease: Some(lease),
         });
         self
     }
@@ -332,15 +370,11 @@ impl Builder {
     /// database with a schema each. Only with [`postgres`](Self::postgres).
     #[cfg(feature = "postgres")]
     pub fn postgres_schema(mut self, schema: impl Into<String>) -> Self {
-        let url = self
-            .config
-            .postgres
-            .take()
-            .map(|p| p.url)
-            .unwrap_or_default();
+        let old = self.config.postgres.take();
         self.config.postgres = Some(Postgres {
-            url,
+            url: old.as_ref().map(|p| p.url.clone()).unwrap_or_default(),
             schema: schema.into(),
+            lease: old.and_then(|p| p.lease),
         });
         self
     }
@@ -633,6 +667,12 @@ impl Builder {
             return bad(format!(
                 "idempotency_window must be 1 s to 365 days, got {:?}",
                 c.idempotency_window
+            ));
+        }
+        if c.shared_poll < Duration::from_millis(100) || c.shared_poll > MAX_TIMEOUT {
+            return bad(format!(
+                "poll_interval must be 100 ms to 1 hour, got {:?}",
+                c.shared_poll
             ));
         }
         if c.max_subscriptions_per_tenant == 0 {

@@ -173,10 +173,6 @@ struct Policy {
     halted: bool,
 }
 
-/// How often an instance looks for work other instances added to a shared
-/// store (ms).
-const SHARED_POLL_MS: u64 = 1_000;
-
 /// The most ms a 429 without `Retry-After` pauses a subscription.
 const DEFAULT_429_PAUSE_MS: u64 = 5_000;
 
@@ -285,8 +281,15 @@ impl Dispatcher {
     }
 
     fn handle(&mut self, cmd: Command) {
+        if let Command::Poll = cmd {
+            // Nothing to write: no flush for it.
+            self.next_poll = 0;
+            self.s.rescan = true;
+            return;
+        }
         self.must_flush = true;
         match cmd {
+            Command::Poll => {}
             Command::Publish {
                 event,
                 tenant,
@@ -975,12 +978,14 @@ impl Dispatcher {
     }
 
     /// In a shared store other instances add deliveries this one does not
-    /// see: look at what is pending there every [`SHARED_POLL_MS`].
+    /// see: look at what is pending there every `Config::shared_poll` (and
+    /// when a notification says so: [`Command::Poll`]).
     fn poll_shared(&mut self, now: u64) {
         if !self.s.reader().shared() || now < self.next_poll {
             return;
         }
-        self.next_poll = now.saturating_add(SHARED_POLL_MS);
+        let every = u64::try_from(self.s.config.shared_poll.as_millis()).unwrap_or(u64::MAX);
+        self.next_poll = now.saturating_add(every);
         match self.s.reader().pending_subscriptions() {
             Ok((due, _)) => {
                 self.due_subs = due.into_iter().collect();

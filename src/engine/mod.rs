@@ -62,6 +62,8 @@ pub(crate) enum Command {
     Write(WriteFn),
     /// Maintenance to run in chunks; `done` gets how many records changed.
     Job(maintenance::Job, JobDone),
+    /// Another instance of a shared store added work: look now.
+    Poll,
     /// The last command: stop, giving requests in flight until the instant.
     Shutdown(std::time::Instant),
 }

@@ -38,6 +38,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls, Row};
 
 use super::{
@@ -50,6 +51,58 @@ use crate::error::{Error, Result, StoreError};
 use crate::event::ALL_EVENTS;
 use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
 use crate::record::{Attempt, Event, OutboxStats};
+
+/// The `NOTIFY` channel of a schema: short and fixed, whatever the
+/// schema's length (FNV-1a of its name).
+fn channel(schema: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in schema.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("hookbus_{h:016x}")
+}
+
+/// Listens for the notifications instances send when they commit new
+/// deliveries, on a connection and thread of its own, and calls
+/// `poke(true)` for each (the engine then looks at once instead of at its
+/// next poll); `poke(false)` is called every second to ask whether to go
+/// on. Ends when `poke` says `false` or the connection is lost (polling
+/// still finds the work then).
+pub(crate) fn spawn_listener(
+    url: &str,
+    schema: &str,
+    poke: impl Fn(bool) -> bool + Send + 'static,
+) -> Result<()> {
+    let mut client = Client::connect(url, NoTls)?;
+    client.batch_execute(&format!("LISTEN {}", channel(schema)))?;
+    std::thread::Builder::new()
+        .name("hookbus-pg-listen".into())
+        .spawn(move || {
+            loop {
+                let mut notifications = client.notifications();
+                let next = notifications
+                    .timeout_iter(std::time::Duration::from_secs(1))
+                    .next();
+                let go_on = match next {
+                    Ok(Some(_)) => poke(true),
+                    Ok(None) => poke(false),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "PostgreSQL notifications lost; polling goes on");
+                        false
+                    }
+                };
+                if !go_on {
+                    break;
+                }
+            }
+        })
+        .map_err(|source| Error::Spawn {
+            name: "hookbus-pg-listen".into(),
+            source,
+        })?;
+    Ok(())
+}
 
 /// Rows fetched per page by listings.
 const PAGE: i64 = 512;
@@ -842,7 +895,9 @@ enum Op {
     RemoveSubscription(SubscriptionRecord),
     PutEvent(Event),
     RemoveEvent(EventId),
-    PutDelivery(bool, Delivery),
+    /// A new delivery (`None`), or a change of the one stored as `old`
+    /// (its record's bytes).
+    PutDelivery(Option<Vec<u8>>, Delivery),
     RemoveDelivery(DeliveryId),
     PutAttempt(DeliveryId, Attempt),
     QuarantineDelivery(DeliveryId),
@@ -879,7 +934,7 @@ impl PgWriter {
         // New deliveries go in one multi-row insert per round.
         let mut new_deliveries: Vec<&Delivery> = Vec::new();
         for op in &self.ops {
-            if let Op::PutDelivery(true, d) = op {
+            if let Op::PutDelivery(None, d) = op {
                 new_deliveries.push(d);
             }
         }
@@ -948,15 +1003,19 @@ impl PgWriter {
                         &[&id],
                     )?;
                 }
-                Op::PutDelivery(true, _) => {}
-                Op::PutDelivery(false, d) => {
+                Op::PutDelivery(None, _) => {}
+                Op::PutDelivery(Some(old), d) => {
                     let at = IndexEntry::of(d).at;
-                    // Not over a claim another instance holds now: its
-                    // result is newer than ours.
-                    tx.execute(
+                    // Only over the record this change was made from (a
+                    // result from a claim whose lease ran out, after
+                    // another instance moved the delivery on, changes
+                    // nothing), and not over a running claim of another
+                    // instance (its result is the newer one).
+                    let changed = tx.execute(
                         &format!(
                             "UPDATE {} SET state = $2, at = $3, record = $4, claim = NULL, claimed_until = 0
-                             WHERE id = $1 AND (claim IS NULL OR claim = $5 OR claimed_until < $6)",
+                             WHERE id = $1 AND record = $7
+                             AND (claim IS NULL OR claim = $5 OR claimed_until < $6)",
                             t("deliveries")
                         ),
                         &[
@@ -966,8 +1025,12 @@ impl PgWriter {
                             &encode(d),
                             &me,
                             &now,
+                            old,
                         ],
                     )?;
+                    if changed == 0 {
+                        tracing::info!(delivery = %d.id, "a change of a delivery that another instance moved on is dropped");
+                    }
                 }
                 Op::RemoveDelivery(id) => {
                     let id = &id.to_bytes()[..];
@@ -984,7 +1047,7 @@ impl PgWriter {
                     tx.execute(
                         &format!(
                             "INSERT INTO {} (delivery, n, record) VALUES ($1, $2, $3)
-                             ON CONFLICT (delivery, n) DO UPDATE SET record = EXCLUDED.record",
+                             ON CONFLICT (delivery, n) DO NOTHING",
                             t("attempts")
                         ),
                         &[
@@ -1073,6 +1136,10 @@ impl PgWriter {
                 }
             }
         }
+        if !new_deliveries.is_empty() {
+            // Delivered to listening instances when this commits.
+            tx.execute("SELECT pg_notify($1, '')", &[&channel(&pool.schema)])?;
+        }
         for chunk in new_deliveries.chunks(1000) {
             let mut sql = format!(
                 "INSERT INTO {} (id, sub, event_id, state, at, record) VALUES ",
@@ -1138,7 +1205,7 @@ impl Writer for PgWriter {
     }
 
     fn put_delivery(&mut self, old: Option<&Delivery>, new: &Delivery) {
-        self.ops.push(Op::PutDelivery(old.is_none(), new.clone()));
+        self.ops.push(Op::PutDelivery(old.map(encode), new.clone()));
     }
 
     fn remove_delivery(&mut self, old: &Delivery) -> Result<()> {
@@ -1300,5 +1367,7 @@ pub(crate) fn publish_in(
             ],
         )?;
     }
+    // Instances listening hear of it when the caller commits.
+    tx.execute("SELECT pg_notify($1, '')", &[&channel(schema)])?;
     Ok(event.id)
 }

@@ -382,3 +382,88 @@ fn publishing_in_the_apps_own_transaction_sends_on_commit_and_nothing_on_rollbac
     let stats = consistent(&bus);
     assert_eq!((stats.pending, stats.delivered), (0, 1));
 }
+
+#[test]
+fn a_result_from_an_expired_claim_does_not_overwrite_newer_state() {
+    let Some(schema) = Schema::new("lease") else {
+        return;
+    };
+    // The first request hangs 4 s and then fails; later ones succeed at once.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    let rx = TestReceiver::with(move |_| {
+        if s.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::status(500).delay(Duration::from_secs(4))
+        } else {
+            Reply::ok()
+        }
+    });
+    let lease = |b: Builder| b.claim_lease(Duration::from_secs(1));
+    let a = lease(schema.builder()).open().unwrap();
+    a.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
+        .unwrap();
+    a.publish_durable("e", &json!({"n": 1})).unwrap();
+    // Instance A claimed it and is stuck in the request.
+    let first = rx.wait_for(1, LONG)[0].clone();
+    // Instance B takes it over once A's lease ran out, and delivers.
+    let b = lease(schema.builder()).open().unwrap();
+    wait_until(LONG, "delivered by B", || {
+        b.outbox().stats().unwrap().delivered == 1
+    });
+    let second = rx.requests()[1].clone();
+    assert_eq!(
+        second.delivery_id(),
+        first.delivery_id(),
+        "the same delivery"
+    );
+    assert!(
+        second.at - first.at >= Duration::from_millis(900),
+        "not before the lease ran out"
+    );
+    // A's late 500 arrives now: it must not undo B's delivery (it would make
+    // the delivery pending again and send it a third time).
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(rx.count(), 2);
+    let stats = consistent(&b);
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 1, 0));
+    let d = b.outbox().delivered().next().unwrap().unwrap();
+    assert_eq!(d.last_status, Some(204));
+}
+
+#[test]
+fn an_instance_hears_of_other_instances_work_without_polling() {
+    let Some(schema) = Schema::new("notify") else {
+        return;
+    };
+    let rx = TestReceiver::start();
+    // A delivers but polls only once an hour: only a notification can tell
+    // it of B's events in time. B stores and sends nothing itself.
+    let a = schema
+        .builder()
+        .poll_interval(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    a.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
+        .unwrap();
+    // A's first poll (at open) is behind it.
+    std::thread::sleep(Duration::from_millis(300));
+    let b = schema.builder().deliver(false).open().unwrap();
+    b.publish_durable("e", &json!({"from": "b"})).unwrap();
+    let got = rx.wait_for(1, LONG);
+    assert_eq!(got[0].json()["from"], "b");
+    // And an app's own transaction notifies too.
+    let mut app = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    let mut tx = app.transaction().unwrap();
+    b.publish_in(&mut tx, Message::new("e", &json!({"from": "tx"})))
+        .unwrap();
+    tx.commit().unwrap();
+    let got = rx.wait_for(2, LONG);
+    assert_eq!(got[1].json()["from"], "tx");
+    // A bad interval is refused.
+    let err = schema
+        .builder()
+        .poll_interval(Duration::from_millis(10))
+        .open()
+        .unwrap_err();
+    assert!(matches!(err, hookbus::Error::InvalidConfig(_)), "{err:?}");
+}
