@@ -467,3 +467,180 @@ fn an_instance_hears_of_other_instances_work_without_polling() {
         .unwrap_err();
     assert!(matches!(err, hookbus::Error::InvalidConfig(_)), "{err:?}");
 }
+
+const CHAOS_BATCHES: u32 = 12;
+
+/// The child side of the chaos test: opens the shared schema, publishes
+/// batches of 20 with a flush after each, prints what each flush confirmed,
+/// then keeps delivering until killed.
+#[test]
+#[ignore = "child process of three_processes_and_sigkill_lose_nothing; run by it"]
+fn pg_chaos_child() {
+    let (Ok(schema), Ok(name)) = (
+        std::env::var("HOOKBUS_PG_CHAOS_SCHEMA"),
+        std::env::var("HOOKBUS_PG_CHAOS_NAME"),
+    ) else {
+        return;
+    };
+    let bus = Bus::builder()
+        .postgres(url())
+        .postgres_schema(schema)
+        .allow_private_targets(true)
+        .senders(8)
+        .retry_schedule(vec![Duration::from_millis(10); 20])
+        .request_timeout(Duration::from_secs(2))
+        .claim_lease(Duration::from_secs(1))
+        .open()
+        .unwrap();
+    for batch in 0..CHAOS_BATCHES {
+        let ids: Vec<String> = (0..20)
+            .map(|i| {
+                bus.publish("tick", &json!({ "from": name, "batch": batch, "i": i }))
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        bus.flush().unwrap();
+        println!("\nFLUSHED {}", ids.join(" "));
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    println!("\nDONE");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Three processes publish and deliver on one database; one of them is
+/// killed with SIGKILL at seeded random moments and started again. At the
+/// end every event a flush confirmed is delivered to both subscriptions,
+/// and a delivery sent more than once always carries the same delivery id
+/// (at least once, never two ids for one event and subscription).
+#[test]
+fn three_processes_and_sigkill_lose_nothing() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+
+    let Some(schema) = Schema::new("chaos") else {
+        return;
+    };
+    let seed: u64 = std::env::var("HOOKBUS_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("pg chaos seed: {seed} (rerun with HOOKBUS_CHAOS_SEED={seed})");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let rx = TestReceiver::with(|_| Reply::ok().delay(Duration::from_millis(2)));
+    {
+        let bus = schema.builder().deliver(false).open().unwrap();
+        bus.subscribe(NewSubscription::new("a", rx.url("/a")).event("tick"))
+            .unwrap();
+        bus.subscribe(NewSubscription::new("b", rx.url("/b")).event("tick"))
+            .unwrap();
+        bus.shutdown(Duration::from_secs(1)).unwrap();
+    }
+    let confirmed: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let spawn = |name: String| -> Child {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "postgres::pg_chaos_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("HOOKBUS_PG_CHAOS_SCHEMA", &schema.0)
+            .env("HOOKBUS_PG_CHAOS_NAME", name)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let confirmed = confirmed.clone();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if let Some(ids) = line.strip_prefix("FLUSHED ") {
+                    confirmed
+                        .lock()
+                        .unwrap()
+                        .extend(ids.split(' ').map(str::to_owned));
+                }
+            }
+        });
+        child
+    };
+    let mut children: Vec<Child> = (0..3).map(|i| spawn(format!("p{i}-0"))).collect();
+    // Six kills at random moments, each followed by a restart.
+    for kill in 1..=6 {
+        std::thread::sleep(Duration::from_millis(rng.u64(150..700)));
+        let victim = rng.usize(0..3);
+        children[victim].kill().unwrap(); // SIGKILL
+        children[victim].wait().unwrap();
+        children[victim] = spawn(format!("p{victim}-{kill}"));
+    }
+    // Let the survivors finish publishing, then stop them all.
+    std::thread::sleep(Duration::from_secs(2));
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let confirmed: Vec<String> = confirmed.lock().unwrap().clone();
+    assert!(
+        confirmed.len() >= 200,
+        "too little was published: {}",
+        confirmed.len()
+    );
+    // One more instance finishes what the killed ones left (their claims
+    // run out after a second).
+    let bus = schema
+        .builder()
+        .claim_lease(Duration::from_secs(1))
+        .open()
+        .unwrap();
+    wait_until(LONG, "nothing pending", || {
+        bus.outbox().stats().unwrap().pending == 0
+    });
+    let stats = consistent(&bus);
+    assert_eq!(stats.dead, 0);
+    // Every confirmed event: a delivery to each subscription, delivered.
+    let mut deliveries: HashMap<(String, hookbus::SubscriptionId), Vec<String>> = HashMap::new();
+    for d in bus.outbox().all() {
+        let d = d.unwrap();
+        assert_eq!(d.state, DeliveryState::Delivered);
+        deliveries
+            .entry((d.event_id.to_string(), d.subscription_id))
+            .or_default()
+            .push(d.id.to_string());
+    }
+    let subs = bus.subscriptions().list().unwrap();
+    for e in &confirmed {
+        for s in &subs {
+            let ids = deliveries.get(&(e.clone(), s.id));
+            assert_eq!(ids.map(Vec::len), Some(1), "event {e} to {}", s.name);
+        }
+    }
+    // At the receiver: every confirmed event arrived at both, and one event
+    // at one subscription always under the same delivery id.
+    let mut seen: HashMap<(String, String), std::collections::HashSet<String>> = HashMap::new();
+    for r in rx.requests() {
+        seen.entry((
+            r.header("x-webhook-event-id").unwrap().to_owned(),
+            r.path.clone(),
+        ))
+        .or_default()
+        .insert(r.delivery_id());
+    }
+    for e in &confirmed {
+        for path in ["/a", "/b"] {
+            let ids = seen.get(&(e.clone(), path.to_owned()));
+            assert_eq!(
+                ids.map(|s| s.len()),
+                Some(1),
+                "event {e} at {path}: {ids:?}"
+            );
+        }
+    }
+    println!(
+        "pg chaos: {} confirmed events, {} requests for {} deliveries",
+        confirmed.len(),
+        rx.count(),
+        stats.delivered
+    );
+}
