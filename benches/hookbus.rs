@@ -471,6 +471,120 @@ fn recovery(c: &mut Criterion) {
     g.finish();
 }
 
+/// The PostgreSQL store (feature `postgres`; a server at 127.0.0.1:5432, or
+/// `HOOKBUS_BENCH_POSTGRES`) beside sled in the same run: one durable
+/// publish, and 1 000 events end to end to a loopback receiver with one bus
+/// on sled, one instance on PostgreSQL, and three instances on one
+/// PostgreSQL schema (events published round-robin over them). 8 senders
+/// per instance.
+#[cfg(feature = "postgres")]
+fn postgres_store(c: &mut Criterion) {
+    const N: u64 = 1000;
+    let url = std::env::var("HOOKBUS_BENCH_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into());
+    let Ok(mut admin) = postgres::Client::connect(&url, postgres::NoTls) else {
+        eprintln!("NOTICE: postgres benches skipped: no server at {url}");
+        return;
+    };
+    let schema = format!("hb_bench_{:08x}", fastrand::u32(..));
+    let pg = |schema: &str| {
+        hookbus::Bus::builder()
+            .postgres(&url)
+            .postgres_schema(schema)
+            .allow_private_targets(true)
+            .retry_schedule(vec![Duration::from_millis(1); 5])
+            .senders(8)
+    };
+    let rx = Receiver::start();
+    let ev = order(1);
+
+    let mut g = c.benchmark_group("postgres_durable_publish");
+    g.sample_size(20);
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = builder(dir.path()).deliver(false).open().unwrap();
+        bus.subscribe(NewSubscription::new("s", rx.url()).events(["order.created"]))
+            .unwrap();
+        g.bench_function("sled", |b| {
+            b.iter(|| {
+                bus.publish_durable("order.created", black_box(&ev))
+                    .unwrap()
+            })
+        });
+        bus.shutdown(Duration::from_secs(5)).unwrap();
+    }
+    {
+        let bus = pg(&format!("{schema}_p")).deliver(false).open().unwrap();
+        bus.subscriptions()
+            .ensure(NewSubscription::new("s", rx.url()).events(["order.created"]))
+            .unwrap();
+        g.bench_function("postgres", |b| {
+            b.iter(|| {
+                bus.publish_durable("order.created", black_box(&ev))
+                    .unwrap()
+            })
+        });
+        bus.shutdown(Duration::from_secs(5)).unwrap();
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("postgres_end_to_end");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(10))
+        .throughput(Throughput::Elements(N));
+    let run = |b: &mut criterion::Bencher<'_>, buses: &[hookbus::Bus]| {
+        // Criterion may call a routine more than once: the same schema.
+        buses[0]
+            .subscriptions()
+            .ensure(NewSubscription::new("s", rx.url()).events(["order.created"]))
+            .unwrap();
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let target = buses[0].outbox().stats().unwrap().delivered + N;
+                for i in 0..N {
+                    buses[i as usize % buses.len()]
+                        .publish("order.created", &ev)
+                        .unwrap();
+                }
+                for bus in buses {
+                    bus.flush().unwrap();
+                }
+                let end = Instant::now() + LONG;
+                while buses[0].outbox().stats().unwrap().delivered < target {
+                    assert!(Instant::now() < end, "bench timed out");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            start.elapsed()
+        });
+        for bus in buses {
+            bus.shutdown(Duration::from_secs(5)).unwrap();
+        }
+    };
+    g.bench_function("sled", |b| {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = builder(dir.path()).senders(8).open().unwrap();
+        run(b, &[bus]);
+    });
+    g.bench_function("postgres_1_instance", |b| {
+        let bus = pg(&format!("{schema}_e1")).open().unwrap();
+        run(b, &[bus]);
+    });
+    g.bench_function("postgres_3_instances", |b| {
+        let s = format!("{schema}_e3");
+        let buses: Vec<hookbus::Bus> = (0..3).map(|_| pg(&s).open().unwrap()).collect();
+        run(b, &buses);
+    });
+    g.finish();
+    for suffix in ["p", "e1", "e3"] {
+        let _ = admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema}_{suffix} CASCADE"));
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+fn postgres_store(_: &mut Criterion) {}
+
 criterion_group!(
     benches,
     publish,
@@ -479,6 +593,7 @@ criterion_group!(
     end_to_end,
     realistic_latency,
     signing_bench,
-    recovery
+    recovery,
+    postgres_store
 );
 criterion_main!(benches);
