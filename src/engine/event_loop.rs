@@ -32,7 +32,7 @@ use crate::policy::{DeliveryOrder, OnDeadLetter, RateLimit};
 use crate::record::{AttemptErrorKind, Event};
 use crate::retry::decide;
 use crate::sender::{self, Outcome};
-use crate::storage::{IndexEntry, Writer};
+use crate::storage::{IndexEntry, SubscriptionRecord, Writer};
 
 /// At most this many commands are taken into one round.
 const MAX_ROUND: usize = 4096;
@@ -89,6 +89,8 @@ pub(crate) fn start(
         fifo_heads: HashMap::new(),
         next_key_sweep: 0,
         next_poll: 0,
+        subs: HashMap::new(),
+        fanout: HashMap::new(),
     };
     let handle = std::thread::Builder::new()
         .name("hookbus-dispatcher".into())
@@ -162,7 +164,14 @@ struct Dispatcher {
     next_key_sweep: u64,
     /// When to poll a shared store for other instances' work next (ms).
     next_poll: u64,
+    /// Subscriptions as last read (see [`Dispatcher::subscription`]).
+    subs: HashMap<SubscriptionId, Arc<SubscriptionRecord>>,
+    /// Who is indexed under an event name, as last read.
+    fanout: HashMap<String, Arc<[SubscriptionId]>>,
 }
+
+/// The subscription cache is cleared when it holds this many.
+const SUBSCRIPTION_CACHE: usize = 4096;
 
 /// What the dispatcher needs to know of a subscription's policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -429,17 +438,14 @@ impl Dispatcher {
     /// stored (to every subscription found, or to none of them: `false`).
     fn fan_out(&mut self, event: &Event, tenant: Option<&str>) -> (bool, Result<()>) {
         let app_events_to_tenants = self.s.config.tenants_receive_app_events;
-        let found = match self.s.reader().subscribers_of(&event.name) {
-            Ok(found) => found,
+        let ids = match self.subscribers_of(&event.name) {
+            Ok(ids) => ids,
             Err(e) => return (false, Err(e)),
         };
-        if !found.damaged.is_empty() {
-            self.s.quarantine(&found.damaged);
-        }
-        let mut subs = Vec::with_capacity(found.ids.len());
+        let mut subs = Vec::with_capacity(ids.len());
         let mut missed = Vec::new();
-        for id in found.ids {
-            match self.s.reader().subscription(id) {
+        for &id in ids.iter() {
+            match self.subscription(id) {
                 Ok(Some(s))
                     if s.active
                         && crate::subscription::reaches(&s, tenant, app_events_to_tenants) =>
@@ -501,7 +507,11 @@ impl Dispatcher {
             let e = self.due_subs.entry(sub).or_insert(at);
             *e = (*e).min(at);
         }
+        if !self.s.changed_subs.is_empty() {
+            self.fanout.clear();
+        }
         for sub in self.s.changed_subs.drain() {
+            self.subs.remove(&sub);
             self.policies.remove(&sub);
             self.fifo_heads.remove(&sub);
             self.buckets.remove(&sub);
@@ -986,6 +996,10 @@ impl Dispatcher {
         }
         let every = u64::try_from(self.s.config.shared_poll.as_millis()).unwrap_or(u64::MAX);
         self.next_poll = now.saturating_add(every);
+        // Other instances may have changed subscriptions.
+        self.subs.clear();
+        self.fanout.clear();
+        self.policies.clear();
         match self.s.reader().pending_subscriptions() {
             Ok((due, _)) => {
                 self.due_subs = due.into_iter().collect();
@@ -1083,7 +1097,7 @@ impl Dispatcher {
                 return None;
             }
         };
-        let sub = match self.s.reader().subscription(d.subscription_id) {
+        let sub = match self.subscription(d.subscription_id) {
             Ok(Some(s)) if s.active => s,
             Ok(Some(_)) => return self.dead_letter(&d, reason::INACTIVE),
             Ok(None) => return self.dead_letter(&d, reason::DELETED),
@@ -1103,6 +1117,56 @@ impl Dispatcher {
         let mut job = sender::Job::to(&sub, d.id, d.event_id, d.event_name, attempt, payload);
         job.sequence = d.sequence;
         Some(job)
+    }
+
+    /// Drops what the caches hold of subscriptions changed in this round
+    /// (they are seen by the very next publish).
+    fn sync_caches(&mut self) {
+        if self.s.changed_subs.is_empty() {
+            return;
+        }
+        self.fanout.clear();
+        for id in &self.s.changed_subs {
+            self.subs.remove(id);
+        }
+    }
+
+    /// The subscriptions indexed under `event` or `*` (active or not), as
+    /// of this instance's last look (see [`Dispatcher::subscription`]).
+    fn subscribers_of(&mut self, event: &str) -> Result<Arc<[SubscriptionId]>> {
+        self.sync_caches();
+        if let Some(ids) = self.fanout.get(event) {
+            return Ok(ids.clone());
+        }
+        let found = self.s.reader().subscribers_of(event)?;
+        if !found.damaged.is_empty() {
+            self.s.quarantine(&found.damaged);
+        }
+        if self.fanout.len() >= SUBSCRIPTION_CACHE {
+            self.fanout.clear();
+        }
+        let ids: Arc<[SubscriptionId]> = found.ids.into();
+        self.fanout.insert(event.to_owned(), ids.clone());
+        Ok(ids)
+    }
+
+    /// A subscription as of this instance's last look: cached until it
+    /// changes here, and (a shared store, where other instances change
+    /// subscriptions too) until the next poll.
+    fn subscription(&mut self, id: SubscriptionId) -> Result<Option<Arc<SubscriptionRecord>>> {
+        self.sync_caches();
+        if let Some(r) = self.subs.get(&id) {
+            return Ok(Some(r.clone()));
+        }
+        let Some(r) = self.s.reader().subscription(id)? else {
+            return Ok(None);
+        };
+        if self.subs.len() >= SUBSCRIPTION_CACHE {
+            self.subs.clear();
+        }
+        let r = Arc::new(r);
+        self.subs.insert(id, r.clone());
+        Ok(Some(r))
     }
 
     /// A record a delivery needs could not be read: a damaged one
