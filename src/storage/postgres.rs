@@ -1207,8 +1207,13 @@ impl PgWriter {
                 }
             }
         }
-        if !new_deliveries.is_empty() {
-            // Delivered to listening instances when this commits.
+        let subscriptions_changed = self
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::PutSubscription(..) | Op::RemoveSubscription(_)));
+        if !new_deliveries.is_empty() || subscriptions_changed {
+            // Delivered to listening instances when this commits: they look
+            // for new work, and forget the subscriptions they cached.
             tx.execute("SELECT pg_notify($1, '')", &[&channel(&pool.schema)])?;
         }
         for chunk in new_deliveries.chunks(1000) {

@@ -644,3 +644,44 @@ fn three_processes_and_sigkill_lose_nothing() {
         stats.delivered
     );
 }
+
+#[test]
+fn a_subscription_changed_on_one_instance_is_followed_by_the_others() {
+    let Some(schema) = Schema::new("subchange") else {
+        return;
+    };
+    // /old always fails, so B keeps retrying there until it learns of the
+    // move.
+    let rx = TestReceiver::with(|req| {
+        if req.path == "/old" {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    });
+    let a = schema.builder().deliver(false).open().unwrap();
+    let sub = a
+        .subscribe(NewSubscription::new("s", rx.url("/old")).event("e"))
+        .unwrap();
+    a.publish_durable("e", &json!({"n": 1})).unwrap();
+    // B delivers, caches the subscription and polls only hourly: only a
+    // notification of A's change can tell it.
+    let b = schema
+        .builder()
+        .retry_schedule(vec![Duration::from_millis(200); 100])
+        .poll_interval(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    rx.wait_for(2, LONG);
+    a.subscriptions()
+        .update(
+            sub.id,
+            hookbus::SubscriptionPatch::new().url(rx.url("/new")),
+        )
+        .unwrap();
+    wait_until(LONG, "B follows the move", || {
+        b.outbox().stats().unwrap().delivered == 1
+    });
+    let last = rx.requests().pop().unwrap();
+    assert_eq!(last.path, "/new");
+}
