@@ -12,6 +12,13 @@
 //! Every read command takes `--json` for scripts. sled lets one process hold
 //! a store: while your application runs, this tool says so and exits 1; use
 //! the same calls in-process through `bus.outbox()` instead.
+//!
+//! A PostgreSQL store (built with `--features postgres`) can be inspected
+//! and repaired while the application's instances run:
+//!
+//! ```text
+//! cargo run --features postgres --example outbox -- --postgres "host=127.0.0.1 user=postgres dbname=app" --schema hookbus stats
+//! ```
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,9 +31,20 @@ use serde_json::{Value, json};
 #[derive(Parser)]
 #[command(name = "outbox", about = "Inspect and repair a hookbus outbox")]
 struct Cli {
-    /// The store folder.
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    /// The store folder (a sled store).
+    #[arg(long, value_name = "DIR", required_unless_present = "postgres")]
+    data: Option<PathBuf>,
+    /// A PostgreSQL store's connection string (feature `postgres`).
+    #[arg(long, value_name = "URL", conflicts_with = "data")]
+    postgres: Option<String>,
+    /// The PostgreSQL store's schema.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "hookbus",
+        requires = "postgres"
+    )]
+    schema: String,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -113,12 +131,33 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    if !cli.data.exists() {
-        return Err(format!("no store at {}", cli.data.display()).into());
+/// Opens the store without sending anything (inspection only).
+fn open(cli: &Cli) -> Result<Bus, Box<dyn std::error::Error>> {
+    if let Some(url) = &cli.postgres {
+        #[cfg(feature = "postgres")]
+        return Ok(Bus::builder()
+            .postgres(url)
+            .postgres_schema(&cli.schema)
+            .deliver(false)
+            .open()?);
+        #[cfg(not(feature = "postgres"))]
+        return Err(format!(
+            "--postgres {url}: this build has no PostgreSQL support (build with --features postgres)"
+        )
+        .into());
     }
-    // Inspection only: open without sending anything.
-    let bus = Bus::builder().path(&cli.data).deliver(false).open()?;
+    let data = cli
+        .data
+        .as_ref()
+        .ok_or("give --data DIR or --postgres URL")?;
+    if !data.exists() {
+        return Err(format!("no store at {}", data.display()).into());
+    }
+    Ok(Bus::builder().path(data).deliver(false).open()?)
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let bus = open(&cli)?;
     let out = match cli.command {
         Cmd::Stats => stats(&bus, cli.json)?,
         Cmd::Subscriptions => subscriptions(&bus, cli.json)?,

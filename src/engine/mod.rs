@@ -63,6 +63,7 @@ pub(crate) enum Command {
     /// Maintenance to run in chunks; `done` gets how many records changed.
     Job(maintenance::Job, JobDone),
     /// Another instance of a shared store added work: look now.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Poll,
     /// The last command: stop, giving requests in flight until the instant.
     Shutdown(std::time::Instant),

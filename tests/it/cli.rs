@@ -13,7 +13,7 @@ use crate::receiver::{Reply, TestReceiver};
 use crate::{LONG, builder, wait_until};
 
 /// The example binary, built (once per test run) in the same profile.
-fn outbox_bin() -> &'static Path {
+pub(crate) fn outbox_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let debug = std::env::current_exe()
@@ -28,6 +28,10 @@ fn outbox_bin() -> &'static Path {
         let mut args = vec!["build", "--quiet", "--example", "outbox"];
         if !cfg!(debug_assertions) {
             args.push("--release");
+        }
+        // The same features as these tests (the PostgreSQL test runs it too).
+        if cfg!(feature = "postgres") {
+            args.extend(["--features", "postgres"]);
         }
         let status = Command::new(env!("CARGO"))
             .args(&args)

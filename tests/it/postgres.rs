@@ -685,3 +685,57 @@ fn a_subscription_changed_on_one_instance_is_followed_by_the_others() {
     let last = rx.requests().pop().unwrap();
     assert_eq!(last.path, "/new");
 }
+
+#[test]
+fn the_outbox_cli_works_on_postgres_while_the_app_runs() {
+    let Some(schema) = Schema::new("cli") else {
+        return;
+    };
+    // The receiver fails until told otherwise: deliveries die.
+    let rx = TestReceiver::with(|_| Reply::status(500));
+    let app = schema.builder().open().unwrap();
+    app.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
+        .unwrap();
+    for n in 0..3 {
+        app.publish("e", &json!({ "n": n })).unwrap();
+    }
+    wait_until(LONG, "3 dead", || app.outbox().stats().unwrap().dead == 3);
+    let cli = |args: &[&str]| -> std::process::Output {
+        std::process::Command::new(crate::cli::outbox_bin())
+            .args(["--postgres", &url(), "--schema", &schema.0])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Read while the app runs (no lock to fight over).
+    let out = cli(&["stats", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["dead"], 3, "{stats}");
+    let out = cli(&["list", "--state", "dead", "--json"]);
+    assert!(out.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["deliveries"].as_array().map(Vec::len), Some(3), "{listed}");
+    // Repair: the app's instance sends them, now that the receiver agrees.
+    rx.respond(|_| Reply::ok());
+    let out = cli(&["retry", "--all-dead"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(LONG, "3 delivered", || {
+        app.outbox().stats().unwrap().delivered == 3
+    });
+    // The connection string's password never shows in an error.
+    let out = std::process::Command::new(crate::cli::outbox_bin())
+        .args(["--postgres", "postgres://u:s3cret@127.0.0.1:1/db", "stats"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
+}
