@@ -410,6 +410,7 @@ impl Bus {
         let (event, tenant, key) = self.checked(message)?;
         let window =
             u64::try_from(self.inner.config.idempotency_window.as_millis()).unwrap_or(u64::MAX);
+        let reader = self.inner.engine.reader()?;
         storage::postgres::publish_in(
             tx,
             &pg.schema,
@@ -417,6 +418,7 @@ impl Bus {
             tenant.as_deref(),
             self.inner.config.tenants_receive_app_events,
             key.as_deref().map(|k| (k, window)),
+            &|subs| reader.reserve_sequences(subs),
         )
     }
 

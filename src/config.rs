@@ -69,15 +69,7 @@ pub(crate) struct Postgres {
 #[cfg(feature = "postgres")]
 impl std::fmt::Debug for Postgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let url = match url::Url::parse(&self.url) {
-            Ok(mut u) => {
-                if u.password().is_some() {
-                    let _ = u.set_password(Some("***"));
-                }
-                u.to_string()
-            }
-            Err(_) => "[unparsable]".into(),
-        };
+        let url = crate::storage::postgres::redact_url(&self.url);
         f.debug_struct("Postgres")
             .field("url", &url)
             .field("schema", &self.schema)
@@ -636,8 +628,14 @@ impl Builder {
             Some(p) => {
                 if p.url.is_empty() {
                     return bad(
-                        "postgres_schema without postgres(url): give the database URL".into(),
+                        "postgres_schema or claim_lease without postgres(url): give the database URL"
+                            .into(),
                     );
+                }
+                if let Some(l) = p.lease
+                    && (l < Duration::from_secs(1) || l > Duration::from_secs(24 * 3600))
+                {
+                    return bad(format!("claim_lease must be 1 s to 1 day, got {l:?}"));
                 }
                 crate::storage::postgres::validate_schema(&p.schema)?;
                 true

@@ -188,6 +188,7 @@ const DEFAULT_429_PAUSE_MS: u64 = 5_000;
 impl Dispatcher {
     fn run(mut self) -> Result<()> {
         // What was pending when the store was opened is due at once.
+        self.poll_shared(now_ms());
         self.dispatch();
         self.finish_round();
         loop {
@@ -198,6 +199,7 @@ impl Dispatcher {
                 self.finish_round();
             }
             if self.closing.is_none() {
+                self.poll_shared(now_ms());
                 self.dispatch();
                 self.sweep_keys();
                 self.finish_round();
@@ -735,9 +737,16 @@ impl Dispatcher {
     /// delivery. `None` if it has none, or it could not be read (then it
     /// is looked at again soon).
     fn fifo_head(&mut self, sub: SubscriptionId) -> Option<IndexEntry> {
-        let found = match self.fifo_heads.get(&sub) {
+        // With other instances, ids do not come in commit order (each
+        // instance's clock, a late commit): the head is looked up afresh.
+        let cursor = if self.s.reader().shared() {
+            None
+        } else {
+            self.fifo_heads.get(&sub).copied()
+        };
+        let found = match cursor {
             // Walk on from the last head: every older one is finished.
-            Some(&from) => self.fifo_walk(sub, from),
+            Some(from) => self.fifo_walk(sub, from),
             // Not known (first look, or a dead letter was revived): the
             // oldest of its pending deliveries.
             None => {
@@ -847,7 +856,6 @@ impl Dispatcher {
         };
         let free = limits.total.saturating_sub(self.in_flight.len());
         let now = now_ms();
-        self.poll_shared(now);
         let due_now = self.next_due.is_some_and(|at| at <= now);
         if !(self.s.rescan || due_now) {
             return;
@@ -1000,6 +1008,10 @@ impl Dispatcher {
         self.subs.clear();
         self.fanout.clear();
         self.policies.clear();
+        self.fifo_heads.clear();
+        if !self.s.config.deliver {
+            return;
+        }
         match self.s.reader().pending_subscriptions() {
             Ok((due, _)) => {
                 self.due_subs = due.into_iter().collect();
@@ -1018,7 +1030,12 @@ impl Dispatcher {
         if self.s.reader().shared() {
             // Other instances send too: take only what this one claims.
             return match self.s.reader().claim(sub, room, now, now) {
-                Ok(batch) => self.send(sub, batch),
+                Ok(mut batch) => {
+                    // Never a second request for one of its own in flight
+                    // (a claim of its own that ran out).
+                    batch.retain(|e| !self.in_flight.contains(&e.delivery));
+                    self.send(sub, batch)
+                }
                 Err(e) => {
                     tracing::error!(subscription = %sub, error = %e, "could not claim due deliveries; will try again");
                     self.retry_soon();

@@ -108,6 +108,16 @@ impl Session {
     /// Stages a delivery, replacing `old` (as this session reads it), and
     /// keeps the counters and the due bookkeeping in step.
     fn put_delivery(&mut self, old: Option<&Delivery>, new: Delivery) {
+        self.stage_delivery(old, new, false);
+    }
+
+    /// [`put_delivery`](Self::put_delivery) for an attempt's outcome, which a
+    /// shared store writes only under this instance's own claim.
+    fn put_outcome(&mut self, old: &Delivery, new: Delivery) {
+        self.stage_delivery(Some(old), new, true);
+    }
+
+    fn stage_delivery(&mut self, old: Option<&Delivery>, new: Delivery, outcome: bool) {
         match old {
             Some(o) if o.state == new.state => {}
             Some(o) => {
@@ -128,7 +138,10 @@ impl Session {
             let e = self.added.entry(new.subscription_id).or_insert(at);
             *e = (*e).min(at);
         }
-        self.w.put_delivery(old, &new);
+        match old {
+            Some(old) if outcome => self.w.put_outcome(old, &new),
+            _ => self.w.put_delivery(old, &new),
+        }
         // A new delivery cannot be read back before the commit (changes
         // commit first, outcomes come after dispatch): only changed ones
         // are kept, which keeps fan-out free of a copy per delivery.
@@ -229,7 +242,7 @@ impl Session {
         {
             tracing::warn!(delivery = %id, subscription = %current.subscription_id, %reason, "delivery dead-lettered");
         }
-        self.put_delivery(Some(&current), new);
+        self.put_outcome(&current, new);
         Ok(gone)
     }
 

@@ -327,6 +327,12 @@ pub(crate) trait Writer: Send + fmt::Debug {
     /// Writes a delivery; `old` is the record as committed (or staged)
     /// before, so its state-index entry can be replaced.
     fn put_delivery(&mut self, old: Option<&Delivery>, new: &Delivery);
+    /// Writes an attempt's outcome. A shared store writes it only while
+    /// this instance's claim on the delivery stands (a late result from a
+    /// claim another instance took over changes nothing).
+    fn put_outcome(&mut self, old: &Delivery, new: &Delivery) {
+        self.put_delivery(Some(old), new);
+    }
     /// Removes a finished delivery, its index entries and its attempts.
     fn remove_delivery(&mut self, old: &Delivery) -> Result<()>;
     fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt);

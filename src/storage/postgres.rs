@@ -104,6 +104,9 @@ pub(crate) fn spawn_listener(
     Ok(())
 }
 
+/// The database's clock in ms, for claims: one clock for every instance.
+const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
 /// Rows fetched per page by listings.
 const PAGE: i64 = 512;
 /// The schema version this build migrates to.
@@ -266,15 +269,20 @@ pub(crate) fn open(
     Ok((reader, writer))
 }
 
-/// The URL without its password, for messages.
-fn redact_url(url: &str) -> String {
+/// The connection string without secrets, for messages and `Debug`:
+/// user, host, port and database of a URL (no password, no query, where
+/// one may be given too); a `key=value` string is not shown at all.
+pub(crate) fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "an unparsable URL".into(),
+        Ok(u) => format!(
+            "{}://{}@{}{}{}",
+            u.scheme(),
+            u.username(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default(),
+            u.path()
+        ),
+        Err(_) => "[a key=value connection string, not shown]".into(),
     }
 }
 
@@ -480,19 +488,20 @@ impl PgReader {
 
     /// Claims one pending delivery for this instance (for a FIFO queue's
     /// head); `None` if another instance holds it or it is not pending.
-    pub(crate) fn claim_one(&self, id: DeliveryId, now: u64) -> Result<Option<IndexEntry>> {
+    pub(crate) fn claim_one(&self, id: DeliveryId, _now: u64) -> Result<Option<IndexEntry>> {
+        // Claims are timed by the database's clock, which every instance
+        // shares, not by the instances' own.
         let rows = self.query(
             &format!(
-                "UPDATE {} SET claim = $1, claimed_until = $2
-                 WHERE id = $3 AND state = 0 AND (claimed_until < $4 OR claim = $1)
+                "UPDATE {} SET claim = $1, claimed_until = {DB_NOW} + $2
+                 WHERE id = $3 AND state = 0 AND (claimed_until < {DB_NOW} OR claim = $1)
                  RETURNING id, sub, at",
                 self.t("deliveries")
             ),
             &[
                 &&self.pool.token[..],
-                &ms(now.saturating_add(self.pool.lease_ms)),
+                &ms(self.pool.lease_ms),
                 &&id.to_bytes()[..],
-                &ms(now),
             ],
         )?;
         rows.first().map(entry_of).transpose()
@@ -894,25 +903,26 @@ impl Reader for PgReader {
         sub: SubscriptionId,
         n: usize,
         due_by: u64,
-        now: u64,
+        _now: u64,
     ) -> Result<Vec<IndexEntry>> {
+        // Timed by the database's clock (see `claim_one`); due times are
+        // the instances' own.
         let rows = self.query(
             &format!(
-                "UPDATE {d} SET claim = $1, claimed_until = $2
+                "UPDATE {d} SET claim = $1, claimed_until = {DB_NOW} + $2
                  WHERE id IN (
                      SELECT id FROM {d}
-                     WHERE sub = $3 AND state = 0 AND at <= $4 AND claimed_until < $5
-                     ORDER BY at, id LIMIT $6
+                     WHERE sub = $3 AND state = 0 AND at <= $4 AND claimed_until < {DB_NOW}
+                     ORDER BY at, id LIMIT $5
                      FOR UPDATE SKIP LOCKED)
                  RETURNING id, sub, at, record",
                 d = self.t("deliveries")
             ),
             &[
                 &&self.pool.token[..],
-                &ms(now.saturating_add(self.pool.lease_ms)),
+                &ms(self.pool.lease_ms),
                 &&sub.to_bytes()[..],
                 &ms(due_by),
-                &ms(now),
                 &i64::try_from(n).unwrap_or(i64::MAX),
             ],
         )?;
@@ -954,6 +964,121 @@ impl Reader for PgReader {
     }
 }
 
+/// A delivery's change: id, state, at, new record, the record it was made
+/// from, and whether it is an attempt's outcome (written only under this
+/// instance's own claim).
+type Update = (Vec<u8>, i16, i64, Vec<u8>, Vec<u8>, bool);
+
+/// Delivery changes and attempts of a round, sent as one statement each
+/// (`unnest` arrays) instead of one per row.
+#[derive(Default)]
+struct Batch {
+    updates: Vec<Update>,
+    /// Where each delivery's change is in `updates`.
+    at: std::collections::HashMap<DeliveryId, usize>,
+    attempts: Vec<(Vec<u8>, i32, Vec<u8>)>,
+}
+
+impl Batch {
+    /// A change of a delivery from the record `old`; a second change of
+    /// the same delivery in the round replaces the first's outcome and
+    /// keeps its starting record.
+    fn update(&mut self, old: &[u8], outcome: bool, d: &Delivery) {
+        let row = (
+            d.id.to_bytes().to_vec(),
+            state_code(d.state),
+            ms(IndexEntry::of(d).at),
+            encode(d),
+            old.to_vec(),
+            outcome,
+        );
+        match self.at.get(&d.id) {
+            Some(&i) => {
+                let first_old = std::mem::take(&mut self.updates[i].4);
+                let outcome = self.updates[i].5 || outcome;
+                self.updates[i] = (row.0, row.1, row.2, row.3, first_old, outcome);
+            }
+            None => {
+                self.at.insert(d.id, self.updates.len());
+                self.updates.push(row);
+            }
+        }
+    }
+
+    fn attempt(&mut self, id: DeliveryId, a: &Attempt) {
+        self.attempts.push((
+            id.to_bytes().to_vec(),
+            i32::try_from(a.number).unwrap_or(i32::MAX),
+            encode(a),
+        ));
+    }
+
+    /// Sends what is batched (and empties it). A change is written only
+    /// over the record it was made from (a result from a claim whose lease
+    /// ran out, after another instance moved the delivery on, changes
+    /// nothing) and not over a running claim of another instance (its
+    /// result is the newer one).
+    fn send(&mut self, tx: &mut postgres::Transaction<'_>, schema: &str, me: &[u8]) -> Result<()> {
+        if !self.updates.is_empty() {
+            let rows = std::mem::take(&mut self.updates);
+            self.at.clear();
+            let n = rows.len();
+            let mut ids = Vec::with_capacity(n);
+            let mut states = Vec::with_capacity(n);
+            let mut ats = Vec::with_capacity(n);
+            let mut records = Vec::with_capacity(n);
+            let mut olds = Vec::with_capacity(n);
+            let mut outcomes = Vec::with_capacity(n);
+            for (id, state, at, record, old, outcome) in rows {
+                ids.push(id);
+                states.push(state);
+                ats.push(at);
+                records.push(record);
+                olds.push(old);
+                outcomes.push(outcome);
+            }
+            let changed = tx.execute(
+                &format!(
+                    "UPDATE \"{schema}\".deliveries d
+                     SET state = v.state, at = v.at, record = v.record, claim = NULL, claimed_until = 0
+                     FROM unnest($1::bytea[], $2::int2[], $3::int8[], $4::bytea[], $5::bytea[], $6::bool[])
+                          AS v(id, state, at, record, old, outcome)
+                     WHERE d.id = v.id AND d.record = v.old
+                     AND CASE WHEN v.outcome THEN d.claim = $7
+                         ELSE (d.claim IS NULL OR d.claim = $7 OR d.claimed_until < {DB_NOW}) END"
+                ),
+                &[&ids, &states, &ats, &records, &olds, &outcomes, &me],
+            )?;
+            if changed < n as u64 {
+                tracing::info!(
+                    dropped = n as u64 - changed,
+                    "changes of deliveries that another instance moved on are dropped"
+                );
+            }
+        }
+        if !self.attempts.is_empty() {
+            let rows = std::mem::take(&mut self.attempts);
+            let mut ids = Vec::with_capacity(rows.len());
+            let mut ns = Vec::with_capacity(rows.len());
+            let mut records = Vec::with_capacity(rows.len());
+            for (id, n, record) in rows {
+                ids.push(id);
+                ns.push(n);
+                records.push(record);
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO \"{schema}\".attempts (delivery, n, record)
+                     SELECT * FROM unnest($1::bytea[], $2::int4[], $3::bytea[])
+                     ON CONFLICT (delivery, n) DO NOTHING"
+                ),
+                &[&ids, &ns, &records],
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// One staged write.
 enum Op {
     PutSubscription(Option<Vec<String>>, SubscriptionRecord),
@@ -961,9 +1086,11 @@ enum Op {
     PutEvent(Event),
     RemoveEvent(EventId),
     /// A new delivery (`None`), or a change of the one stored as `old`
-    /// (its record's bytes).
-    PutDelivery(Option<Vec<u8>>, Delivery),
-    RemoveDelivery(DeliveryId),
+    /// (its record's bytes), and whether the change is an attempt's
+    /// outcome.
+    PutDelivery(Option<(Vec<u8>, bool)>, Delivery),
+    /// A finished delivery, as the record it was read as.
+    RemoveDelivery(DeliveryId, Vec<u8>),
     PutAttempt(DeliveryId, Attempt),
     QuarantineDelivery(DeliveryId),
     QuarantineRaw(Damaged),
@@ -992,11 +1119,22 @@ impl std::fmt::Debug for PgWriter {
 }
 
 impl PgWriter {
+    /// A connection that was lost (a server restart, a failover, a proxy
+    /// that cut it) is replaced before the next round, so one lost
+    /// connection costs one round, not every round after it.
+    fn reconnect_if_closed(&mut self) -> Result<()> {
+        if self.client.is_closed() {
+            tracing::warn!("PostgreSQL connection of the writer lost; reconnecting");
+            self.client = self.reader.pool.connect()?;
+        }
+        Ok(())
+    }
+
     fn apply(&mut self) -> Result<()> {
+        self.reconnect_if_closed()?;
         let pool = self.reader.pool.clone();
         let t = |name: &str| pool.t(name);
         let me: &[u8] = &pool.token[..];
-        let now = ms(Timestamp::now().as_millis());
         let mut tx = self.client.transaction()?;
         // Group commit, as with sled: a round is visible at once but made
         // durable only by `flush` (a barrier), which a crash can only make
@@ -1009,7 +1147,13 @@ impl PgWriter {
                 new_deliveries.push(d);
             }
         }
+        let mut batch = Batch::default();
         for op in &self.ops {
+            // Changes of deliveries and attempts are sent together; any
+            // other write first sends what is batched, so the order holds.
+            if !matches!(op, Op::PutDelivery(..) | Op::PutAttempt(..)) {
+                batch.send(&mut tx, &pool.schema, me)?;
+            }
             match op {
                 Op::PutSubscription(old_events, new) => {
                     let id = &new.id.to_bytes()[..];
@@ -1075,59 +1219,26 @@ impl PgWriter {
                     )?;
                 }
                 Op::PutDelivery(None, _) => {}
-                Op::PutDelivery(Some(old), d) => {
-                    let at = IndexEntry::of(d).at;
-                    // Only over the record this change was made from (a
-                    // result from a claim whose lease ran out, after
-                    // another instance moved the delivery on, changes
-                    // nothing), and not over a running claim of another
-                    // instance (its result is the newer one).
-                    let changed = tx.execute(
+                Op::PutDelivery(Some((old, outcome)), d) => batch.update(old, *outcome, d),
+                Op::RemoveDelivery(id, record) => {
+                    // Only the record it was read as (not one another
+                    // instance revived meanwhile), and its attempts with it.
+                    let id = &id.to_bytes()[..];
+                    let gone = tx.execute(
                         &format!(
-                            "UPDATE {} SET state = $2, at = $3, record = $4, claim = NULL, claimed_until = 0
-                             WHERE id = $1 AND record = $7
-                             AND (claim IS NULL OR claim = $5 OR claimed_until < $6)",
+                            "DELETE FROM {} WHERE id = $1 AND record = $2",
                             t("deliveries")
                         ),
-                        &[
-                            &&d.id.to_bytes()[..],
-                            &state_code(d.state),
-                            &ms(at),
-                            &encode(d),
-                            &me,
-                            &now,
-                            old,
-                        ],
+                        &[&id, record],
                     )?;
-                    if changed == 0 {
-                        tracing::info!(delivery = %d.id, "a change of a delivery that another instance moved on is dropped");
+                    if gone > 0 {
+                        tx.execute(
+                            &format!("DELETE FROM {} WHERE delivery = $1", t("attempts")),
+                            &[&id],
+                        )?;
                     }
                 }
-                Op::RemoveDelivery(id) => {
-                    let id = &id.to_bytes()[..];
-                    tx.execute(
-                        &format!("DELETE FROM {} WHERE delivery = $1", t("attempts")),
-                        &[&id],
-                    )?;
-                    tx.execute(
-                        &format!("DELETE FROM {} WHERE id = $1", t("deliveries")),
-                        &[&id],
-                    )?;
-                }
-                Op::PutAttempt(id, a) => {
-                    tx.execute(
-                        &format!(
-                            "INSERT INTO {} (delivery, n, record) VALUES ($1, $2, $3)
-                             ON CONFLICT (delivery, n) DO NOTHING",
-                            t("attempts")
-                        ),
-                        &[
-                            &&id.to_bytes()[..],
-                            &i32::try_from(a.number).unwrap_or(i32::MAX),
-                            &encode(a),
-                        ],
-                    )?;
-                }
+                Op::PutAttempt(id, a) => batch.attempt(*id, a),
                 Op::QuarantineDelivery(id) => {
                     let id = &id.to_bytes()[..];
                     let mut key = vec![b'd'];
@@ -1207,6 +1318,7 @@ impl PgWriter {
                 }
             }
         }
+        batch.send(&mut tx, &pool.schema, me)?;
         let subscriptions_changed = self
             .ops
             .iter()
@@ -1281,11 +1393,18 @@ impl Writer for PgWriter {
     }
 
     fn put_delivery(&mut self, old: Option<&Delivery>, new: &Delivery) {
-        self.ops.push(Op::PutDelivery(old.map(encode), new.clone()));
+        let old = old.map(|o| (encode(o), false));
+        self.ops.push(Op::PutDelivery(old, new.clone()));
+    }
+
+    /// Only while this instance's claim stands (see [`Batch::send`]).
+    fn put_outcome(&mut self, old: &Delivery, new: &Delivery) {
+        self.ops
+            .push(Op::PutDelivery(Some((encode(old), true)), new.clone()));
     }
 
     fn remove_delivery(&mut self, old: &Delivery) -> Result<()> {
-        self.ops.push(Op::RemoveDelivery(old.id));
+        self.ops.push(Op::RemoveDelivery(old.id, encode(old)));
         Ok(())
     }
 
@@ -1345,7 +1464,9 @@ impl Writer for PgWriter {
         if !self.unflushed {
             return Ok(());
         }
+        self.reconnect_if_closed()?;
         let mut tx = self.client.transaction()?;
+        tx.batch_execute("SET LOCAL synchronous_commit TO on")?;
         tx.query("SELECT txid_current()", &[])?;
         tx.commit()?;
         self.unflushed = false;
@@ -1366,6 +1487,7 @@ pub(crate) fn publish_in(
     tenant: Option<&str>,
     app_events_to_tenants: bool,
     key: Option<(&str, u64)>,
+    reserve_sequences: &dyn Fn(&[SubscriptionId]) -> Result<Vec<u64>>,
 ) -> Result<EventId> {
     let t = |name: &str| format!("\"{schema}\".{name}");
     let now = Timestamp::now().as_millis();
@@ -1416,20 +1538,13 @@ pub(crate) fn publish_in(
     if subs.is_empty() {
         return Ok(event.id);
     }
-    let ids: Vec<Vec<u8>> = subs.iter().map(|s| s.to_bytes().to_vec()).collect();
-    let mut seqs = std::collections::HashMap::new();
-    for row in tx.query(
-        &format!(
-            "UPDATE {} SET seq = seq + 1 WHERE id = ANY($1) RETURNING id, seq",
-            t("subscriptions")
-        ),
-        &[&ids],
-    )? {
-        seqs.insert(
-            id_of(&row, "id", SubscriptionId::from_slice)?,
-            unms(row.try_get("seq")?),
-        );
-    }
+    // Numbered outside the caller's transaction: holding the
+    // subscriptions' rows until it commits would stall every instance that
+    // publishes to them (and deadlock an app that waits on the bus inside
+    // it). A rollback leaves a gap in the numbers, as a failed round does.
+    let numbers = reserve_sequences(&subs)?;
+    let seqs: std::collections::HashMap<SubscriptionId, u64> =
+        subs.iter().copied().zip(numbers).collect();
     tx.execute(
         &format!(
             "INSERT INTO {} (id, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",

@@ -358,7 +358,9 @@ fn publishing_in_the_apps_own_transaction_sends_on_commit_and_nothing_on_rollbac
         reqs[0].header("x-webhook-event-id"),
         Some(id.to_string().as_str())
     );
-    assert_eq!(reqs[0].header("x-webhook-sequence"), Some("1"));
+    // Numbers are taken outside the app's transaction: the rolled-back
+    // event's number is a gap the receiver can see.
+    assert_eq!(reqs[0].header("x-webhook-sequence"), Some("2"));
     let orders: i64 = app
         .query_one(&format!("SELECT count(*) FROM {}.orders", schema.0), &[])
         .unwrap()
@@ -399,7 +401,12 @@ fn a_result_from_an_expired_claim_does_not_overwrite_newer_state() {
         }
     });
     let lease = |b: Builder| b.claim_lease(Duration::from_secs(1));
-    let a = lease(schema.builder()).open().unwrap();
+    // A stalls after sending: it looks for work only hourly, so it never
+    // renews its claim (a live instance does, on its next pass).
+    let a = lease(schema.builder())
+        .poll_interval(Duration::from_secs(3600))
+        .open()
+        .unwrap();
     a.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
         .unwrap();
     a.publish_durable("e", &json!({"n": 1})).unwrap();
@@ -719,7 +726,11 @@ fn the_outbox_cli_works_on_postgres_while_the_app_runs() {
     let out = cli(&["list", "--state", "dead", "--json"]);
     assert!(out.status.success());
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(listed["deliveries"].as_array().map(Vec::len), Some(3), "{listed}");
+    assert_eq!(
+        listed["deliveries"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
     // Repair: the app's instance sends them, now that the receiver agrees.
     rx.respond(|_| Reply::ok());
     let out = cli(&["retry", "--all-dead"]);
@@ -738,4 +749,86 @@ fn the_outbox_cli_works_on_postgres_while_the_app_runs() {
         .unwrap();
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
+}
+
+#[test]
+fn a_late_failure_from_an_expired_claim_does_not_undo_a_newer_retry() {
+    let Some(schema) = Schema::new("lease2") else {
+        return;
+    };
+    // Request 1 hangs 4 s then fails; request 2 fails at once.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    let rx = TestReceiver::with(move |_| {
+        if s.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::status(500).delay(Duration::from_secs(4))
+        } else {
+            Reply::status(500)
+        }
+    });
+    // One retry, an hour later: a second failure would make it dead.
+    let slow = |b: Builder| {
+        b.claim_lease(Duration::from_secs(1))
+            .retry_schedule(vec![Duration::from_secs(3600)])
+    };
+    // A stalls after sending (see the test above).
+    let a = slow(schema.builder())
+        .poll_interval(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    a.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
+        .unwrap();
+    a.publish_durable("e", &json!({"n": 1})).unwrap();
+    rx.wait_for(1, LONG);
+    // B takes it over after A's lease and records its failure: a retry in
+    // an hour.
+    let b = slow(schema.builder()).open().unwrap();
+    rx.wait_for(2, LONG);
+    wait_until(LONG, "B's attempt recorded", || {
+        b.outbox()
+            .pending()
+            .next()
+            .is_some_and(|d| d.unwrap().attempts == 1)
+    });
+    let after_b = b.outbox().all().next().unwrap().unwrap();
+    // A's late failure must change nothing: B's claim replaced A's, and
+    // B's result (its retry time, its error) is the newer state.
+    std::thread::sleep(Duration::from_secs(5));
+    let d = b.outbox().all().next().unwrap().unwrap();
+    assert_eq!(d, after_b, "a stale result was written");
+    assert_eq!(d.state, DeliveryState::Pending, "{d:?}");
+    assert_eq!(d.attempts, 1);
+    assert_eq!(rx.count(), 2);
+}
+
+#[test]
+fn a_publishing_only_instance_follows_subscriptions_made_elsewhere() {
+    let Some(schema) = Schema::new("pubonly") else {
+        return;
+    };
+    // A only publishes (a web instance); it polls hourly, so only a
+    // notification can tell it of B's new subscription.
+    let a = schema
+        .builder()
+        .deliver(false)
+        .poll_interval(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    let b = schema.builder().deliver(false).open().unwrap();
+    let first = b
+        .subscribe(NewSubscription::new("first", "http://127.0.0.1:9/first").event("e"))
+        .unwrap();
+    // A reads (and caches) who receives `e`.
+    wait_until(LONG, "A reaches the first", || {
+        a.publish_durable("e", &json!({})).unwrap();
+        a.outbox().for_subscription(first.id, false).count() > 0
+    });
+    let second = b
+        .subscribe(NewSubscription::new("second", "http://127.0.0.1:9/second").event("e"))
+        .unwrap();
+    wait_until(LONG, "A reaches the second", || {
+        a.publish_durable("e", &json!({})).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        a.outbox().for_subscription(second.id, false).count() > 0
+    });
 }
