@@ -55,9 +55,7 @@ use crate::policy::{DeliveryOrder, RateLimit};
 use crate::record::Attempt;
 use crate::subscription::{NewSubscription, Subscription, SubscriptionPatch};
 
-/// The tenant namespace of REST callers without a tenant: `user:<id>`.
-/// Explicit tenant ids may not start with it.
-pub const USER_TENANT_PREFIX: &str = "user:";
+pub use crate::subscription::USER_TENANT_PREFIX;
 
 /// The role that may search subscribers (the seed's relay role).
 pub const RELAY_ROLE: &str = "relay";

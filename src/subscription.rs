@@ -25,6 +25,9 @@ const MAX_SECRET_LEN: usize = 1024;
 const MAX_OWNER_LEN: usize = 200;
 const MAX_EVENTS: usize = 100;
 const MAX_HEADERS: usize = 20;
+/// The tenant namespace of REST callers without a tenant: `user:<id>`.
+/// Explicit tenant ids may not start with it.
+pub const USER_TENANT_PREFIX: &str = "user:";
 const MAX_HEADER_NAME_LEN: usize = 100;
 const MAX_HEADER_VALUE_LEN: usize = 4096;
 /// Headers hookbus sets itself (or that HTTP owns): custom headers may not
@@ -681,19 +684,6 @@ fn check_conflict(store: &dyn Reader, rec: &SubscriptionRecord) -> Result<()> {
     Ok(())
 }
 
-/// Whether an event published for `tenant` (`None`: app-wide) reaches
-/// subscription `r` (the fan-out rule; activity and event names aside).
-pub(crate) fn reaches(
-    r: &SubscriptionRecord,
-    tenant: Option<&str>,
-    app_events_to_tenants: bool,
-) -> bool {
-    match tenant {
-        Some(t) => r.tenant.as_deref() == Some(t),
-        None => r.tenant.is_none() || app_events_to_tenants,
-    }
-}
-
 /// Fails with [`Error::TenantFull`] if `tenant` already has `cap`
 /// subscriptions. (A scan of every subscription: creating one is rare.)
 fn check_tenant_cap(store: &dyn Reader, tenant: Option<&str>, cap: usize) -> Result<()> {
@@ -875,7 +865,7 @@ impl<'a> Subscriptions<'a> {
         validate_mode(new.signing, new.secret.as_ref().map(Secret::expose))?;
         if let Some(t) = &new.tenant {
             validate_tenant(t)?;
-            if t.starts_with(crate::rest::USER_TENANT_PREFIX) && !new.user_tenant {
+            if t.starts_with(USER_TENANT_PREFIX) && !new.user_tenant {
                 return Err(Error::InvalidTenant {
                     reason: "starts with `user:`, which is kept for REST callers without a tenant",
                 });
@@ -960,7 +950,7 @@ impl<'a> Subscriptions<'a> {
         for id in ids {
             if let Some(r) = store.subscription(id)?
                 && r.active
-                && reaches(&r, tenant, self.config.tenants_receive_app_events)
+                && r.reached_by(tenant, self.config.tenants_receive_app_events)
             {
                 out.push(Subscription::from(r));
             }

@@ -448,10 +448,7 @@ impl Dispatcher {
         let mut missed = Vec::new();
         for &id in ids.iter() {
             match self.subscription(id) {
-                Ok(Some(s))
-                    if s.active
-                        && crate::subscription::reaches(&s, tenant, app_events_to_tenants) =>
-                {
+                Ok(Some(s)) if s.active && s.reached_by(tenant, app_events_to_tenants) => {
                     subs.push(id)
                 }
                 Ok(_) => {}

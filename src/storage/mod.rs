@@ -64,6 +64,18 @@ pub(crate) struct SubscriptionRecord {
     pub(crate) halted_at: Option<DeliveryId>,
 }
 
+impl SubscriptionRecord {
+    /// Whether an event published for `tenant` (`None`: app-wide) reaches
+    /// this subscription (the fan-out rule; activity and event names
+    /// aside).
+    pub(crate) fn reached_by(&self, tenant: Option<&str>, app_events_to_tenants: bool) -> bool {
+        match tenant {
+            Some(t) => self.tenant.as_deref() == Some(t),
+            None => self.tenant.is_none() || app_events_to_tenants,
+        }
+    }
+}
+
 /// The subscription record of format 1.
 #[derive(Deserialize)]
 struct SubscriptionRecordV1 {
