@@ -85,7 +85,13 @@ pub(crate) fn spawn_listener(
                     .timeout_iter(std::time::Duration::from_secs(1))
                     .next();
                 let go_on = match next {
-                    Ok(Some(_)) => poke(true),
+                    Ok(Some(_)) => {
+                        // A burst of commits is one poke: what else has
+                        // arrived meanwhile is taken with it.
+                        let mut more = notifications.iter();
+                        while let Ok(Some(_)) = more.next() {}
+                        poke(true)
+                    }
                     Ok(None) => poke(false),
                     Err(e) => {
                         tracing::warn!(error = %e, "PostgreSQL notifications lost; polling goes on");
