@@ -187,9 +187,8 @@ impl Bus {
         event: &str,
         data: &T,
     ) -> Result<EventId> {
-        validate_tenant(tenant)?;
-        let event = self.prepare(event, data)?;
-        self.queue(event, Some(tenant.to_owned()))
+        let (event, tenant) = self.prepare_for(tenant, event, data)?;
+        self.queue(event, tenant)
     }
 
     /// Like [`publish_to`](Bus::publish_to), but returns only once the
@@ -200,9 +199,8 @@ impl Bus {
         event: &str,
         data: &T,
     ) -> Result<EventId> {
-        validate_tenant(tenant)?;
-        let event = self.prepare(event, data)?;
-        self.queue_durable(event, Some(tenant.to_owned()))
+        let (event, tenant) = self.prepare_for(tenant, event, data)?;
+        self.queue_durable(event, tenant)
     }
 
     /// Like [`publish`](Bus::publish), but returns only once the event and its
@@ -258,9 +256,8 @@ impl Bus {
         event: &str,
         data: &T,
     ) -> Result<EventId> {
-        validate_tenant(tenant)?;
-        let event = self.prepare(event, data)?;
-        self.publish_async(event, Some(tenant.to_owned())).await
+        let (event, tenant) = self.prepare_for(tenant, event, data)?;
+        self.publish_async(event, tenant).await
     }
 
     #[cfg(feature = "tokio")]
@@ -313,6 +310,17 @@ impl Bus {
         validate_event_name(event, false)?;
         let payload = serde_json::to_vec(data).map_err(Error::Serialize)?;
         self.event_of(event, payload, None)
+    }
+
+    /// [`prepare`](Self::prepare) for a tenant's event.
+    fn prepare_for<T: Serialize + ?Sized>(
+        &self,
+        tenant: &str,
+        event: &str,
+        data: &T,
+    ) -> Result<(Event, Option<String>)> {
+        validate_tenant(tenant)?;
+        Ok((self.prepare(event, data)?, Some(tenant.to_owned())))
     }
 
     fn event_of(

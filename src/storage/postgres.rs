@@ -188,6 +188,26 @@ fn entry_of(row: &Row) -> Result<IndexEntry> {
     })
 }
 
+/// A page of delivery ids, each its own cursor.
+fn id_page(rows: &[Row]) -> Result<Vec<(DeliveryId, Vec<u8>)>> {
+    rows.iter()
+        .map(|row| {
+            let id = id_of(row, "id", DeliveryId::from_slice)?;
+            Ok((id, id.to_bytes().to_vec()))
+        })
+        .collect()
+}
+
+/// A page of index entries, each its own cursor.
+fn entry_page(rows: &[Row]) -> Result<Vec<(IndexEntry, IndexEntry)>> {
+    rows.iter()
+        .map(|row| {
+            let e = entry_of(row)?;
+            Ok((e, e))
+        })
+        .collect()
+}
+
 /// Connections shared by the readers of one store.
 struct Pool {
     url: String,
@@ -491,27 +511,6 @@ impl PgReader {
         let record: Vec<u8> = row.try_get("record")?;
         decode("d", &id, &record)
     }
-
-    /// Claims one pending delivery for this instance (for a FIFO queue's
-    /// head); `None` if another instance holds it or it is not pending.
-    pub(crate) fn claim_one(&self, id: DeliveryId, _now: u64) -> Result<Option<IndexEntry>> {
-        // Claims are timed by the database's clock, which every instance
-        // shares, not by the instances' own.
-        let rows = self.query(
-            &format!(
-                "UPDATE {} SET claim = $1, claimed_until = {DB_NOW} + $2
-                 WHERE id = $3 AND state = 0 AND (claimed_until < {DB_NOW} OR claim = $1)
-                 RETURNING id, sub, at",
-                self.t("deliveries")
-            ),
-            &[
-                &&self.pool.token[..],
-                &ms(self.pool.lease_ms),
-                &&id.to_bytes()[..],
-            ],
-        )?;
-        rows.first().map(entry_of).transpose()
-    }
 }
 
 impl Reader for PgReader {
@@ -672,12 +671,7 @@ impl Reader for PgReader {
                 ),
                 &[&s, &after, &PAGE],
             )?;
-            rows.iter()
-                .map(|row| {
-                    let id = id_of(row, "id", DeliveryId::from_slice)?;
-                    Ok((id, id.to_bytes().to_vec()))
-                })
-                .collect()
+            id_page(&rows)
         })
     }
 
@@ -697,12 +691,7 @@ impl Reader for PgReader {
                 ),
                 &[&s, &after, &PAGE],
             )?;
-            rows.iter()
-                .map(|row| {
-                    let id = id_of(row, "id", DeliveryId::from_slice)?;
-                    Ok((id, id.to_bytes().to_vec()))
-                })
-                .collect()
+            id_page(&rows)
         })
     }
 
@@ -749,12 +738,7 @@ impl Reader for PgReader {
                     &[&code, &PAGE],
                 )?,
             };
-            rows.iter()
-                .map(|row| {
-                    let e = entry_of(row)?;
-                    Ok((e, e))
-                })
-                .collect()
+            entry_page(&rows)
         })
     }
 
@@ -779,12 +763,7 @@ impl Reader for PgReader {
                     &[&s, &PAGE],
                 )?,
             };
-            rows.iter()
-                .map(|row| {
-                    let e = entry_of(row)?;
-                    Ok((e, e))
-                })
-                .collect()
+            entry_page(&rows)
         })
     }
 
@@ -942,8 +921,23 @@ impl Reader for PgReader {
         Ok(out)
     }
 
-    fn claim_one(&self, id: DeliveryId, now: u64) -> Result<Option<IndexEntry>> {
-        PgReader::claim_one(self, id, now)
+    fn claim_one(&self, id: DeliveryId, _now: u64) -> Result<Option<IndexEntry>> {
+        // Claims are timed by the database's clock, which every instance
+        // shares, not by the instances' own.
+        let rows = self.query(
+            &format!(
+                "UPDATE {} SET claim = $1, claimed_until = {DB_NOW} + $2
+                 WHERE id = $3 AND state = 0 AND (claimed_until < {DB_NOW} OR claim = $1)
+                 RETURNING id, sub, at",
+                self.t("deliveries")
+            ),
+            &[
+                &&self.pool.token[..],
+                &ms(self.pool.lease_ms),
+                &&id.to_bytes()[..],
+            ],
+        )?;
+        rows.first().map(entry_of).transpose()
     }
 
     fn reserve_sequences(&self, subs: &[SubscriptionId]) -> Result<Vec<u64>> {

@@ -4,7 +4,9 @@ use serde_json::{Value, json};
 use crate::receiver::{Reply, TestReceiver};
 use crate::{LONG, open, wait_until};
 
-fn call(
+/// One request to the REST adapter (`path` may carry `?query`); a `Null`
+/// body is none.
+pub(crate) fn call(
     bus: &hookbus::Bus,
     method: &str,
     path: &str,

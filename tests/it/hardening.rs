@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hookbus::rest::{ApiRequest, ApiResponse, Caller, handle};
+use hookbus::rest::{ApiResponse, Caller};
 use hookbus::{Bus, DeliveryOrder, NewSubscription, SubscriptionPatch};
 use serde_json::{Value, json};
 
@@ -19,21 +19,12 @@ fn call(
     caller: &Caller,
     body: Value,
 ) -> ApiResponse {
-    let body = if body.is_null() {
-        Vec::new()
+    let path = if query.is_empty() {
+        path.to_owned()
     } else {
-        serde_json::to_vec(&body).unwrap()
+        format!("{path}?{query}")
     };
-    handle(
-        bus,
-        ApiRequest {
-            method,
-            path,
-            query,
-            caller: Some(caller),
-            body: &body,
-        },
-    )
+    crate::api::call(bus, method, &path, Some(caller), body)
 }
 
 #[test]

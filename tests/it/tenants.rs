@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use hookbus::rest::{ApiRequest, ApiResponse, Caller, handle};
+use hookbus::rest::{ApiResponse, Caller};
 use hookbus::{Bus, DeliveryOrder, Error, EventId, NewSubscription, RateLimit, SubscriptionPatch};
 use serde_json::{Value, json};
 
@@ -16,21 +16,7 @@ use crate::receiver::{Request, TestReceiver};
 use crate::{LONG, builder, consistent, open, wait_until};
 
 fn call(bus: &Bus, method: &str, path: &str, caller: &Caller, body: Value) -> ApiResponse {
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        serde_json::to_vec(&body).unwrap()
-    };
-    handle(
-        bus,
-        ApiRequest {
-            method,
-            path,
-            query: "",
-            caller: Some(caller),
-            body: &body,
-        },
-    )
+    crate::api::call(bus, method, path, Some(caller), body)
 }
 
 const BASE: &str = "/webhooks/subscriptions";
