@@ -290,6 +290,15 @@ impl Bus {
         Outbox::new(&self.inner.engine)
     }
 
+    /// Operational notices — a subscription disabled or recovered, a
+    /// delivery dead-lettered — kept until acknowledged, so none is lost
+    /// to a restart. See [`Notices`](crate::Notices).
+    pub fn notices(&self) -> crate::Notices<'_> {
+        crate::Notices {
+            engine: &self.inner.engine,
+        }
+    }
+
     /// Stops the bus: no more events are accepted; everything already
     /// published is written and flushed; requests in flight get until
     /// `deadline` to finish; then the threads are joined. Deliveries not

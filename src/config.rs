@@ -48,6 +48,7 @@ pub struct Config {
     pub(crate) max_subscriptions_per_tenant: usize,
     pub(crate) tenants_receive_app_events: bool,
     pub(crate) idempotency_window: Duration,
+    pub(crate) auto_disable_after: Option<Duration>,
     /// How often an instance of a shared store looks for work the others
     /// added (a backstop to their notifications).
     pub(crate) shared_poll: Duration,
@@ -104,6 +105,7 @@ impl Default for Config {
             max_subscriptions_per_tenant: 100,
             tenants_receive_app_events: false,
             idempotency_window: Duration::from_secs(24 * 3600),
+            auto_disable_after: Some(Duration::from_secs(5 * 24 * 3600)),
             shared_poll: Duration::from_secs(1),
             #[cfg(feature = "postgres")]
             postgres: None,
@@ -187,6 +189,11 @@ impl Config {
     /// How long an idempotency key is remembered.
     pub fn idempotency_window(&self) -> Duration {
         self.idempotency_window
+    }
+    /// After how long of failing continuously a subscription is disabled
+    /// (`None`: never).
+    pub fn auto_disable_after(&self) -> Option<Duration> {
+        self.auto_disable_after
     }
     /// What a durability barrier waits for.
     pub fn durability(&self) -> Durability {
@@ -449,6 +456,22 @@ impl Builder {
         self
     }
 
+    /// Disables a subscription whose attempts have all failed for this
+    /// long (`None`: never). A disabled subscription is inactive: it gets
+    /// no new deliveries, and its pending ones wait — they are not
+    /// dead-lettered — until it is enabled again
+    /// ([`SubscriptionPatch::active`](crate::SubscriptionPatch::active)`(true)`),
+    /// which resumes them. The app hears of it as a
+    /// [`NoticeKind::SubscriptionDisabled`](crate::NoticeKind::SubscriptionDisabled)
+    /// notice, and [`EndpointHealth`](crate::EndpointHealth) says when and
+    /// why. The check runs at each failed attempt. 1 s to 365 days.
+    ///
+    /// Defaults to 5 days (like Svix).
+    pub fn auto_disable_after(mut self, window: Option<Duration>) -> Self {
+        self.config.auto_disable_after = window;
+        self
+    }
+
     /// The most requests one destination host (name and port) may have in
     /// flight, over all subscriptions that point at it.
     ///
@@ -665,6 +688,13 @@ impl Builder {
             return bad(format!(
                 "idempotency_window must be 1 s to 365 days, got {:?}",
                 c.idempotency_window
+            ));
+        }
+        if let Some(w) = c.auto_disable_after
+            && (w < Duration::from_secs(1) || w > Duration::from_secs(365 * 24 * 3600))
+        {
+            return bad(format!(
+                "auto_disable_after must be 1 s to 365 days (or None), got {w:?}"
             ));
         }
         if c.shared_poll < Duration::from_millis(100) || c.shared_poll > MAX_TIMEOUT {

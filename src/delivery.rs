@@ -131,9 +131,7 @@ pub struct Delivery {
 /// Why a delivery was dead-lettered without (another) attempt.
 pub(crate) mod reason {
     pub(crate) const GONE: &str = "410 Gone: subscription deactivated";
-    pub(crate) const DEACTIVATED: &str = "subscription was deactivated";
     pub(crate) const DELETED: &str = "subscription was deleted";
-    pub(crate) const INACTIVE: &str = "subscription is inactive";
     pub(crate) const EVENT_MISSING: &str = "event record is missing";
 }
 

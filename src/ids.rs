@@ -155,6 +155,10 @@ id_type!(
     SubscriptionId
 );
 id_type!(
+    /// Identifies an operational [`Notice`](crate::Notice).
+    NoticeId
+);
+id_type!(
     /// Identifies one delivery: one event to one subscription. It is sent as
     /// `X-Webhook-Delivery` and stays the same on every attempt and across
     /// restarts, so receivers can de-duplicate on it.

@@ -110,7 +110,10 @@
 //!   dead letter queue with every attempt recorded, until
 //!   [`Outbox::retry`] or [`Outbox::retry_all_dead`] gives it another try.
 //! * `410 Gone` deactivates the subscription and dead-letters its pending
-//!   deliveries.
+//!   deliveries. A subscription deactivated by hand, or disabled after
+//!   failing for [`Builder::auto_disable_after`], keeps its pending
+//!   deliveries waiting until it is active again; [`Bus::notices`] tells
+//!   the app (see [`Notices`]).
 //! * A target that resolves only to internal addresses is refused without
 //!   a request and dead-lettered at once (see [`Builder::allow_private_targets`]).
 //! * Throughput and isolation: up to [`Builder::senders`] requests are in
@@ -168,8 +171,10 @@ mod event;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod health;
 mod ids;
 mod message;
+mod notice;
 mod outbox;
 mod policy;
 #[cfg(test)]
@@ -190,8 +195,12 @@ pub use config::{Builder, Config, Durability, default_retry_schedule};
 pub use delivery::{Delivery, DeliveryState, ParseDeliveryStateError};
 pub use error::{Error, Result, StoreError};
 pub use event::ALL_EVENTS;
-pub use ids::{DeliveryId, EventId, ParseIdError, ParseTimestampError, SubscriptionId, Timestamp};
+pub use health::{EndpointHealth, HealthStatus};
+pub use ids::{
+    DeliveryId, EventId, NoticeId, ParseIdError, ParseTimestampError, SubscriptionId, Timestamp,
+};
 pub use message::{EventType, Message};
+pub use notice::{MAX_NOTICES, Notice, NoticeKind, Notices};
 pub use outbox::{Deliveries, Outbox};
 pub use policy::{DeliveryOrder, MAX_RATE_PER_SECOND, OnDeadLetter, RateLimit};
 pub use record::{Attempt, AttemptError, AttemptErrorKind, Event, OutboxStats};

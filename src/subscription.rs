@@ -959,8 +959,9 @@ impl<'a> Subscriptions<'a> {
     }
 
     /// Applies `patch` to a subscription. Validation and the conflict rule are
-    /// the same as for [`create`](Self::create). Deactivating it dead-letters
-    /// its pending deliveries.
+    /// the same as for [`create`](Self::create). Deactivating it pauses its
+    /// pending deliveries (they wait, they are not dead-lettered);
+    /// activating it again resumes them.
     pub fn update(&self, id: SubscriptionId, patch: SubscriptionPatch) -> Result<Subscription> {
         let config = self.config;
         if let Some(n) = &patch.name {
@@ -1033,10 +1034,44 @@ impl<'a> Subscriptions<'a> {
             check_conflict(w.reader(), &new)?;
             w.put_subscription(Some(&old), &new);
             if old.active && !new.active {
-                w.dead_letter_pending(id, reason::DEACTIVATED);
+                w.set_disabled(
+                    id,
+                    Some((new.modified_at, "deactivated through the API".into())),
+                );
+            } else if !old.active && new.active {
+                w.set_disabled(id, None);
             }
             Ok(Subscription::from(new))
         })
+    }
+
+    /// How one subscription's receiver is doing: attempts, failures, the
+    /// current run of failures, last success and failure, latency
+    /// percentiles, backlog, and why it is disabled if it is.
+    ///
+    /// Errors: [`Error::SubscriptionNotFound`], store errors.
+    pub fn health(&self, id: SubscriptionId) -> Result<crate::EndpointHealth> {
+        let store = self.engine.reader()?;
+        let sub = store
+            .subscription(id)?
+            .ok_or(Error::SubscriptionNotFound(id))?;
+        let h = store.health(id)?.unwrap_or_default();
+        Ok(crate::EndpointHealth::new(&sub, h, store.backlog(id)?))
+    }
+
+    /// The health of every subscription, those that need a person first:
+    /// failing ones (longest run of failures first), then disabled ones,
+    /// then the rest.
+    pub fn health_all(&self) -> Result<Vec<crate::EndpointHealth>> {
+        let store = self.engine.reader()?;
+        let mut out = Vec::new();
+        for sub in store.subscriptions() {
+            let sub = sub?;
+            let h = store.health(sub.id)?.unwrap_or_default();
+            out.push(crate::EndpointHealth::new(&sub, h, store.backlog(sub.id)?));
+        }
+        crate::EndpointHealth::triage(&mut out);
+        Ok(out)
     }
 
     /// Deletes a subscription. Its pending deliveries are dead-lettered;

@@ -28,6 +28,7 @@ use crate::delivery::DeliveryState;
 use crate::delivery::{self, reason};
 use crate::error::{Error, Result, StoreError};
 use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+use crate::notice::NoticeKind;
 use crate::policy::{DeliveryOrder, OnDeadLetter, RateLimit};
 use crate::record::{AttemptErrorKind, Event};
 use crate::retry::decide;
@@ -91,6 +92,7 @@ pub(crate) fn start(
         next_poll: 0,
         subs: HashMap::new(),
         fanout: HashMap::new(),
+        warned: HashMap::new(),
     };
     let handle = std::thread::Builder::new()
         .name("hookbus-dispatcher".into())
@@ -168,6 +170,9 @@ struct Dispatcher {
     subs: HashMap<SubscriptionId, Arc<SubscriptionRecord>>,
     /// Who is indexed under an event name, as last read.
     fanout: HashMap<String, Arc<[SubscriptionId]>>,
+    /// When a subscription's failure was last logged at WARN (ms), and how
+    /// many were not logged since.
+    warned: HashMap<SubscriptionId, (u64, u64)>,
 }
 
 /// The subscription cache is cleared when it holds this many.
@@ -180,7 +185,15 @@ struct Policy {
     order: DeliveryOrder,
     /// A FIFO subscription halted at a dead letter.
     halted: bool,
+    /// Inactive (deactivated, disabled): its pending deliveries wait.
+    inactive: bool,
 }
+
+/// A success after at least this many failed attempts in a row is a
+/// recovery notice.
+const RECOVERY_AFTER: u64 = 3;
+/// A subscription's failed attempts are logged at WARN at most this often.
+const WARN_EVERY_MS: u64 = 60_000;
 
 /// The most ms a 429 without `Retry-After` pauses a subscription.
 const DEFAULT_429_PAUSE_MS: u64 = 5_000;
@@ -654,6 +667,7 @@ impl Dispatcher {
         if self.policy(o.subscription).order.is_fifo() {
             self.must_flush = true;
         }
+        self.note_health(o.subscription, &o.attempt);
         let decision = decide(
             &self.s.config.retry_schedule,
             &o.attempt,
@@ -673,6 +687,70 @@ impl Dispatcher {
             // The delivery stays pending as stored: it is sent again.
             Err(e) => {
                 tracing::error!(delivery = %o.delivery, error = %e, "could not record a delivery attempt")
+            }
+        }
+    }
+
+    /// Adds an attempt to its subscription's health: a failure is logged
+    /// at WARN (at most once a minute per subscription, with how many
+    /// were not logged); a success after a run of failures is a recovery
+    /// notice; failing for the whole auto-disable window disables the
+    /// subscription (its pending deliveries wait).
+    fn note_health(&mut self, sub: SubscriptionId, attempt: &crate::record::Attempt) {
+        let before = self.s.note_attempt(sub, attempt);
+        let now = Timestamp::now();
+        if attempt.succeeded() {
+            if before.consecutive_failures >= RECOVERY_AFTER {
+                tracing::info!(subscription = %sub, failures = before.consecutive_failures, "subscription answers again");
+                self.s.notice(NoticeKind::SubscriptionRecovered {
+                    subscription: sub,
+                    failures: before.consecutive_failures,
+                });
+            }
+            self.warned.remove(&sub);
+            return;
+        }
+        let reason = crate::health::failure_reason(attempt);
+        let w = self.warned.entry(sub).or_insert((0, 0));
+        if now.as_millis().saturating_sub(w.0) >= WARN_EVERY_MS {
+            tracing::warn!(subscription = %sub, attempt = attempt.number, %reason, failures = before.consecutive_failures + 1, not_logged = w.1, "delivery attempt failed");
+            *w = (now.as_millis(), 0);
+        } else {
+            w.1 += 1;
+        }
+        if self.warned.len() > SUBSCRIPTION_CACHE {
+            self.warned.clear();
+        }
+        let Some(window) = self.s.config.auto_disable_after else {
+            return;
+        };
+        let mut after = before;
+        after.consecutive_failures += 1;
+        after.failing_since.get_or_insert(attempt.at);
+        if !after.failing_for(window, now) {
+            return;
+        }
+        match self.s.reader().subscription(sub) {
+            Ok(Some(mut r)) if r.active => {
+                let since = after.failing_since.unwrap_or(now);
+                let why = format!(
+                    "every attempt failed since {since} ({} in a row; last: {reason})",
+                    after.consecutive_failures
+                );
+                tracing::warn!(subscription = %sub, url = %r.url, reason = %why, "subscription disabled; its pending deliveries wait until it is enabled again");
+                let old = r.clone();
+                r.active = false;
+                r.modified_at = now;
+                self.s.put_subscription(Some(&old), &r);
+                self.s.set_disabled(sub, Some((now, why.clone())));
+                self.s.notice(NoticeKind::SubscriptionDisabled {
+                    subscription: sub,
+                    reason: why,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(subscription = %sub, error = %e, "could not disable a failing subscription")
             }
         }
     }
@@ -715,6 +793,7 @@ impl Dispatcher {
                     rate: r.rate_limit,
                     order: r.order,
                     halted: r.halted_at.is_some() && r.order.is_fifo(),
+                    inactive: !r.active,
                 };
                 self.policies.insert(sub, p);
                 p
@@ -835,6 +914,12 @@ impl Dispatcher {
             s.active = false;
             s.modified_at = Timestamp::now();
             self.s.put_subscription(Some(&old), &s);
+            self.s
+                .set_disabled(id, Some((s.modified_at, reason::GONE.to_owned())));
+            self.s.notice(NoticeKind::SubscriptionDisabled {
+                subscription: id,
+                reason: reason::GONE.to_owned(),
+            });
             self.queue_job(Job::dead_letter_pending(id, reason::GONE), None);
         }
         Ok(())
@@ -899,7 +984,7 @@ impl Dispatcher {
         let mut heads: HashMap<SubscriptionId, IndexEntry> = HashMap::new();
         for sub in candidates {
             let policy = self.policy(sub);
-            if policy.halted {
+            if policy.halted || policy.inactive {
                 continue;
             }
             let mut n = usize::MAX;
@@ -1006,6 +1091,7 @@ impl Dispatcher {
         self.fanout.clear();
         self.policies.clear();
         self.fifo_heads.clear();
+        self.s.forget_health_views();
         if !self.s.config.deliver {
             return;
         }
@@ -1113,7 +1199,11 @@ impl Dispatcher {
         };
         let sub = match self.subscription(d.subscription_id) {
             Ok(Some(s)) if s.active => s,
-            Ok(Some(_)) => return self.dead_letter(&d, reason::INACTIVE),
+            // Paused while inactive: the next pass skips it by its policy.
+            Ok(Some(_)) => {
+                self.policies.remove(&d.subscription_id);
+                return None;
+            }
             Ok(None) => return self.dead_letter(&d, reason::DELETED),
             Err(e) => return self.unreadable(&d, "subscription", &e),
         };

@@ -14,7 +14,9 @@ use crate::config::Config;
 use crate::delivery;
 use crate::delivery::{Delivery, DeliveryState};
 use crate::error::{Error, Result};
+use crate::health::{HealthDelta, HealthRecord};
 use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+use crate::notice::{Notice, NoticeKind};
 use crate::record::{Attempt, Event, OutboxStats};
 use crate::retry::Decision;
 use crate::storage::{Damaged, IndexEntry, Reader, SubscriptionRecord, Writer};
@@ -53,7 +55,16 @@ pub(crate) struct Session {
     sequences_dirty: HashSet<SubscriptionId>,
     /// Idempotency keys staged in this round.
     keys: HashMap<String, (EventId, u64)>,
+    /// What happened to subscriptions' health in this round (merged into
+    /// the store at commit: one write per subscription per round).
+    health: HashMap<SubscriptionId, HealthDelta>,
+    /// Subscriptions' health as this instance last knew it (its own
+    /// attempts included), for the auto-disable and recovery rules.
+    health_views: HashMap<SubscriptionId, HealthRecord>,
 }
+
+/// The health cache is cleared when it holds this many.
+const HEALTH_VIEWS: usize = 4096;
 
 impl Session {
     pub(crate) fn new(w: Box<dyn Writer>, config: Arc<Config>) -> Result<Self> {
@@ -74,6 +85,8 @@ impl Session {
             sequences: HashMap::new(),
             sequences_dirty: HashSet::new(),
             keys: HashMap::new(),
+            health: HashMap::new(),
+            health_views: HashMap::new(),
         })
     }
 
@@ -241,6 +254,12 @@ impl Session {
             && current.state == DeliveryState::Pending
         {
             tracing::warn!(delivery = %id, subscription = %current.subscription_id, %reason, "delivery dead-lettered");
+            self.notice(NoticeKind::DeliveryDeadLettered {
+                delivery: id,
+                subscription: current.subscription_id,
+                event: current.event_name.clone(),
+                reason: reason.to_string(),
+            });
         }
         self.put_outcome(&current, new);
         Ok(gone)
@@ -249,6 +268,15 @@ impl Session {
     /// Dead-letters a pending delivery that cannot be sent.
     pub(crate) fn dead_letter(&mut self, d: &Delivery, reason: &str) {
         tracing::warn!(delivery = %d.id, subscription = %d.subscription_id, reason, "delivery dead-lettered");
+        // The app's own deletions need no notice; a 410 has its own.
+        if reason != delivery::reason::DELETED && reason != delivery::reason::GONE {
+            self.notice(NoticeKind::DeliveryDeadLettered {
+                delivery: d.id,
+                subscription: d.subscription_id,
+                event: d.event_name.clone(),
+                reason: reason.to_owned(),
+            });
+        }
         let new = delivery::dead_lettered(d, Timestamp::now(), reason);
         self.put_delivery(Some(d), new);
     }
@@ -359,6 +387,68 @@ impl Session {
         Ok(last)
     }
 
+    // ---- health and notices ----
+
+    /// A subscription's health as last known here (read once, then kept
+    /// up to date with this instance's own attempts).
+    pub(crate) fn health_view(&mut self, sub: SubscriptionId) -> HealthRecord {
+        if let Some(h) = self.health_views.get(&sub) {
+            return h.clone();
+        }
+        let h = match self.w.reader().health(sub) {
+            Ok(h) => h.unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(subscription = %sub, error = %e, "could not read a subscription's health");
+                HealthRecord::default()
+            }
+        };
+        if self.health_views.len() >= HEALTH_VIEWS {
+            self.health_views.clear();
+        }
+        self.health_views.insert(sub, h.clone());
+        h
+    }
+
+    /// Forgets the health views (other instances add attempts too).
+    pub(crate) fn forget_health_views(&mut self) {
+        self.health_views.clear();
+    }
+
+    /// Adds an attempt to `sub`'s health; returns the health before it.
+    pub(crate) fn note_attempt(&mut self, sub: SubscriptionId, a: &Attempt) -> HealthRecord {
+        let before = self.health_view(sub);
+        let mut one = HealthDelta::default();
+        one.record(a);
+        self.health_views.insert(sub, before.clone().merge(&one));
+        self.health.entry(sub).or_default().record(a);
+        before
+    }
+
+    /// Records that `sub` was disabled (`Some`: when and why) or enabled
+    /// again (`None`).
+    pub(crate) fn set_disabled(
+        &mut self,
+        sub: SubscriptionId,
+        disabled: Option<(Timestamp, String)>,
+    ) {
+        let mut one = HealthDelta::default();
+        one.set_disabled(disabled.clone());
+        if let Some(view) = self.health_views.remove(&sub) {
+            self.health_views.insert(sub, view.merge(&one));
+        }
+        self.health.entry(sub).or_default().set_disabled(disabled);
+    }
+
+    /// Stores a notice with this round's writes.
+    pub(crate) fn notice(&mut self, kind: NoticeKind) {
+        self.w.put_notice(&Notice::new(kind));
+    }
+
+    /// Removes an acknowledged notice.
+    pub(crate) fn remove_notice(&mut self, id: crate::ids::NoticeId) {
+        self.w.remove_notice(id);
+    }
+
     // ---- idempotency keys ----
 
     /// The event that holds an idempotency key, and since when (ms): as
@@ -406,6 +496,16 @@ impl Session {
     /// Applies what is staged (visible at once, durable at the next flush).
     pub(crate) fn commit(&mut self) -> Result<()> {
         self.keys.clear();
+        for (sub, delta) in self.health.drain() {
+            if delta.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.w.merge_health(sub, &delta) {
+                // Health is a report: a failed read costs this round's
+                // counts, never the round.
+                tracing::error!(subscription = %sub, error = %e, "could not record a subscription's health");
+            }
+        }
         for sub in self.sequences_dirty.drain() {
             if let Some(&last) = self.sequences.get(&sub) {
                 self.w.put_sequence(sub, last);

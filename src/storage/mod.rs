@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::delivery::{Delivery, DeliveryState};
 use crate::error::Result;
-use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+use crate::health::{HealthDelta, HealthRecord};
+use crate::ids::{DeliveryId, EventId, NoticeId, SubscriptionId, Timestamp};
+use crate::notice::Notice;
 use crate::policy::{DeliveryOrder, RateLimit};
 use crate::record::{Attempt, Event, OutboxStats};
 
@@ -279,6 +281,19 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     fn quarantined(&self) -> Iter<(Vec<u8>, Vec<u8>)>;
     /// The store's size on disk, in bytes.
     fn size_on_disk(&self) -> Result<u64>;
+    /// A subscription's health, if anything was recorded.
+    fn health(&self, sub: SubscriptionId) -> Result<Option<HealthRecord>>;
+    /// How many pending deliveries a subscription has.
+    fn backlog(&self, sub: SubscriptionId) -> Result<u64> {
+        let mut n = 0u64;
+        for e in self.due(sub) {
+            e?;
+            n += 1;
+        }
+        Ok(n)
+    }
+    /// Unacknowledged notices, oldest first.
+    fn notices(&self) -> Iter<Notice>;
 
     /// Whether other processes share this store: then due work is claimed
     /// ([`Reader::claim`]), sequence numbers are reserved in the store, and
@@ -348,6 +363,11 @@ pub(crate) trait Writer: Send + fmt::Debug {
     /// Removes a finished delivery, its index entries and its attempts.
     fn remove_delivery(&mut self, old: &Delivery) -> Result<()>;
     fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt);
+    /// Merges what happened to a subscription's health into its stored
+    /// record (at most once per subscription per commit).
+    fn merge_health(&mut self, sub: SubscriptionId, delta: &HealthDelta) -> Result<()>;
+    fn put_notice(&mut self, notice: &Notice);
+    fn remove_notice(&mut self, id: NoticeId);
     fn put_stats(&mut self, stats: &OutboxStats);
     /// Records that `key` was used for `event` at `at` (ms), replacing an
     /// older use `old_at` of the same key.

@@ -49,7 +49,9 @@ use crate::codec;
 use crate::delivery::{Delivery, DeliveryState};
 use crate::error::{Error, Result, StoreError};
 use crate::event::ALL_EVENTS;
-use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+use crate::health::{HealthDelta, HealthRecord};
+use crate::ids::{DeliveryId, EventId, NoticeId, SubscriptionId, Timestamp};
+use crate::notice::Notice;
 use crate::record::{Attempt, Event, OutboxStats};
 
 /// The `NOTIFY` channel of a schema: short and fixed, whatever the
@@ -116,7 +118,7 @@ const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 /// Rows fetched per page by listings.
 const PAGE: i64 = 512;
 /// The schema version this build migrates to.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 /// Checks a schema name: lowercase letters, digits and `_`, starting with a
 /// letter or `_`, at most 63 bytes (it is spliced into SQL, so nothing
@@ -380,6 +382,17 @@ fn migrate(client: &mut Client, schema: &str) -> Result<()> {
                  value bytea NOT NULL,
                  reason text NOT NULL);
              INSERT INTO {s}.migrations (version) VALUES (1);"
+        ))?;
+    }
+    if current < 2 {
+        tx.batch_execute(&format!(
+            "CREATE TABLE {s}.health (
+                 sub bytea PRIMARY KEY,
+                 record bytea NOT NULL);
+             CREATE TABLE {s}.notices (
+                 id bytea PRIMARY KEY,
+                 record bytea NOT NULL);
+             INSERT INTO {s}.migrations (version) VALUES (2);"
         ))?;
     }
     tx.commit()?;
@@ -848,6 +861,49 @@ impl Reader for PgReader {
         Ok(rows.first().map_or(Ok(0), |r| r.try_get(0)).map(unms)?)
     }
 
+    fn health(&self, sub: SubscriptionId) -> Result<Option<HealthRecord>> {
+        let id = sub.to_bytes();
+        let rows = self.query(
+            &format!("SELECT record FROM {} WHERE sub = $1", self.t("health")),
+            &[&&id[..]],
+        )?;
+        rows.first()
+            .map(|r| decode("h", &id, &r.try_get::<_, Vec<u8>>(0)?))
+            .transpose()
+    }
+
+    fn backlog(&self, sub: SubscriptionId) -> Result<u64> {
+        let rows = self.query(
+            &format!(
+                "SELECT count(*) FROM {} WHERE sub = $1 AND state = 0",
+                self.t("deliveries")
+            ),
+            &[&&sub.to_bytes()[..]],
+        )?;
+        Ok(unms(rows.first().map_or(Ok(0), |r| r.try_get(0))?))
+    }
+
+    fn notices(&self) -> Iter<Notice> {
+        let r = self.clone();
+        Paged::boxed(move |cursor: Option<&Vec<u8>>| {
+            let after = cursor.cloned().unwrap_or_default();
+            let rows = r.query(
+                &format!(
+                    "SELECT id, record FROM {} WHERE id > $1 ORDER BY id LIMIT $2",
+                    r.t("notices")
+                ),
+                &[&after, &PAGE],
+            )?;
+            rows.iter()
+                .map(|row| {
+                    let k: Vec<u8> = row.try_get(0)?;
+                    let n: Notice = decode("o", &k, &row.try_get::<_, Vec<u8>>(1)?)?;
+                    Ok((n, k))
+                })
+                .collect()
+        })
+    }
+
     fn quarantined(&self) -> Iter<(Vec<u8>, Vec<u8>)> {
         let r = self.clone();
         Paged::boxed(move |cursor: Option<&Vec<u8>>| {
@@ -1097,6 +1153,9 @@ enum Op {
     PutKey(String, EventId, u64),
     RemoveKey(String, u64),
     PutSequence(SubscriptionId, u64),
+    MergeHealth(SubscriptionId, HealthDelta),
+    PutNotice(Notice),
+    RemoveNotice(NoticeId),
 }
 
 /// The one writer of an instance: stages writes, commits them as one
@@ -1194,6 +1253,10 @@ impl PgWriter {
                     )?;
                     tx.execute(
                         &format!("DELETE FROM {} WHERE id = $1", t("subscriptions")),
+                        &[&id],
+                    )?;
+                    tx.execute(
+                        &format!("DELETE FROM {} WHERE sub = $1", t("health")),
                         &[&id],
                     )?;
                 }
@@ -1316,6 +1379,45 @@ impl PgWriter {
                         &[&&sub.to_bytes()[..], &ms(*last)],
                     )?;
                 }
+                Op::MergeHealth(sub, delta) => {
+                    // Merged under the row's lock: instances add up.
+                    let id = &sub.to_bytes()[..];
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO {} (sub, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                            t("health")
+                        ),
+                        &[&id, &encode(&HealthRecord::default())],
+                    )?;
+                    let row = tx.query_one(
+                        &format!(
+                            "SELECT record FROM {} WHERE sub = $1 FOR UPDATE",
+                            t("health")
+                        ),
+                        &[&id],
+                    )?;
+                    let base: HealthRecord =
+                        decode("h", id, &row.try_get::<_, Vec<u8>>(0)?).unwrap_or_default();
+                    tx.execute(
+                        &format!("UPDATE {} SET record = $2 WHERE sub = $1", t("health")),
+                        &[&id, &encode(&base.merge(delta))],
+                    )?;
+                }
+                Op::PutNotice(n) => {
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO {} (id, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                            t("notices")
+                        ),
+                        &[&&n.id.to_bytes()[..], &encode(n)],
+                    )?;
+                }
+                Op::RemoveNotice(id) => {
+                    tx.execute(
+                        &format!("DELETE FROM {} WHERE id = $1", t("notices")),
+                        &[&&id.to_bytes()[..]],
+                    )?;
+                }
             }
         }
         batch.send(&mut tx, &pool.schema, me)?;
@@ -1414,6 +1516,19 @@ impl Writer for PgWriter {
 
     /// Counters are counted.
     fn put_stats(&mut self, _stats: &OutboxStats) {}
+
+    fn merge_health(&mut self, sub: SubscriptionId, delta: &HealthDelta) -> Result<()> {
+        self.ops.push(Op::MergeHealth(sub, delta.clone()));
+        Ok(())
+    }
+
+    fn put_notice(&mut self, notice: &Notice) {
+        self.ops.push(Op::PutNotice(notice.clone()));
+    }
+
+    fn remove_notice(&mut self, id: NoticeId) {
+        self.ops.push(Op::RemoveNotice(id));
+    }
 
     fn put_idempotency_key(&mut self, key: &str, event: EventId, at: u64, _old_at: Option<u64>) {
         self.ops.push(Op::PutKey(key.to_owned(), event, at));

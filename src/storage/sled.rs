@@ -25,6 +25,8 @@
 //! | `k` | idempotency key (tenant, `0x00`, key) | event id (16), used at (u64 BE ms) |
 //! | `t` | used at (u64 BE ms), idempotency key | empty: keys by age, for expiry |
 //! | `q` | subscription id (16) | the last sequence number given to one of its deliveries (u64 BE) |
+//! | `h` | subscription id (16) | its [`HealthRecord`] (since 0.1 unreleased; older builds ignore it) |
+//! | `o` | notice id (16) | an unacknowledged [`Notice`] (likewise) |
 //! | `z` | the damaged record's key | its raw bytes (quarantine) |
 //!
 //! Invariant: every delivery has exactly one state-index entry (`r`, `y` or
@@ -48,7 +50,9 @@ use crate::codec;
 use crate::delivery::{Delivery, DeliveryState};
 use crate::error::{Error, Result};
 use crate::event::ALL_EVENTS;
-use crate::ids::{DeliveryId, EventId, SubscriptionId};
+use crate::health::{HealthDelta, HealthRecord};
+use crate::ids::{DeliveryId, EventId, NoticeId, SubscriptionId};
+use crate::notice::Notice;
 use crate::record::{Attempt, Event, OutboxStats};
 
 /// The store layout version, kept under `m format`: the record format
@@ -75,6 +79,8 @@ const QUARANTINE: u8 = b'z';
 const SEQUENCE: u8 = b'q';
 const IDEM: u8 = b'k';
 const IDEM_BY_TIME: u8 = b't';
+const HEALTH: u8 = b'h';
+const NOTICE: u8 = b'o';
 
 fn idem_key(key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
@@ -565,6 +571,18 @@ impl Reader for SledReader {
         }
     }
 
+    fn health(&self, sub: SubscriptionId) -> Result<Option<HealthRecord>> {
+        let k = key16(HEALTH, sub.to_bytes());
+        self.tree.get(k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    fn notices(&self) -> Iter<Notice> {
+        Box::new(self.tree.scan_prefix([NOTICE]).map(|kv| {
+            let (k, v) = kv?;
+            decode(&k, &v)
+        }))
+    }
+
     fn quarantined(&self) -> Iter<(Vec<u8>, Vec<u8>)> {
         Box::new(self.tree.scan_prefix([QUARANTINE]).map(|kv| {
             let (k, v) = kv?;
@@ -690,6 +708,7 @@ impl Writer for SledWriter {
         }
         self.remove(&key16(SUB, old.id.to_bytes()));
         self.remove(&key16(SEQUENCE, old.id.to_bytes()));
+        self.remove(&key16(HEALTH, old.id.to_bytes()));
     }
 
     fn put_event(&mut self, event: &Event, refs: u32) {
@@ -734,6 +753,28 @@ impl Writer for SledWriter {
 
     fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt) {
         self.insert(&attempt_key(id, attempt.number), &encode(attempt));
+    }
+
+    fn merge_health(&mut self, sub: SubscriptionId, delta: &HealthDelta) -> Result<()> {
+        // One merge per subscription per commit (the session gathers the
+        // round's attempts), so the committed record is the one to merge
+        // into. A damaged one is replaced.
+        let base = match self.reader.health(sub) {
+            Ok(h) => h.unwrap_or_default(),
+            Err(Error::Corrupt { .. }) => HealthRecord::default(),
+            Err(e) => return Err(e),
+        };
+        let merged = base.merge(delta);
+        self.insert(&key16(HEALTH, sub.to_bytes()), &encode(&merged));
+        Ok(())
+    }
+
+    fn put_notice(&mut self, notice: &Notice) {
+        self.insert(&key16(NOTICE, notice.id.to_bytes()), &encode(notice));
+    }
+
+    fn remove_notice(&mut self, id: NoticeId) {
+        self.remove(&key16(NOTICE, id.to_bytes()));
     }
 
     fn put_stats(&mut self, stats: &OutboxStats) {

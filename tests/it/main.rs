@@ -12,6 +12,7 @@ mod faults;
 mod flow_control;
 mod hardening;
 mod messages;
+mod operations;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod publish;
