@@ -127,7 +127,8 @@ pub struct Subscription {
     /// The signing secret, if any.
     #[serde(skip)]
     pub secret: Option<Secret>,
-    /// Inactive subscriptions get no new deliveries.
+    /// Inactive subscriptions get no new deliveries, and their pending
+    /// ones wait until they are active again.
     pub active: bool,
     /// Who owns it, if the application tracks that.
     pub owner: Option<String>,
@@ -395,8 +396,9 @@ impl SubscriptionPatch {
         self.secret = Some(None);
         self
     }
-    /// Activates or deactivates. Deactivating dead-letters the pending
-    /// deliveries of the subscription (retry them after reactivating).
+    /// Activates or deactivates. Deactivating pauses the subscription:
+    /// it gets no new deliveries and its pending ones wait (they are not
+    /// dead-lettered); activating it again resumes them.
     pub fn active(mut self, active: bool) -> Self {
         self.active = Some(active);
         self
