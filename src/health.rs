@@ -229,12 +229,14 @@ pub struct EndpointHealth {
 }
 
 impl EndpointHealth {
+    /// The health of subscription `id` (`name`, `url`, `active`) from its
+    /// stored record and backlog.
     pub(crate) fn new(
-        sub: &crate::storage::SubscriptionRecord,
+        (id, name, url, active): (SubscriptionId, &str, &str, bool),
         h: HealthRecord,
         backlog: u64,
     ) -> EndpointHealth {
-        let status = if !sub.active {
+        let status = if !active {
             HealthStatus::Disabled
         } else if h.attempts == 0 {
             HealthStatus::Unknown
@@ -245,7 +247,7 @@ impl EndpointHealth {
         };
         let mut sorted = h.latencies_ms.clone();
         sorted.sort_unstable();
-        let (disabled_at, disabled_reason) = match h.disabled.filter(|_| !sub.active) {
+        let (disabled_at, disabled_reason) = match h.disabled.filter(|_| !active) {
             Some((at, why)) => (Some(at), Some(why)),
             None => (None, None),
         };
@@ -254,10 +256,10 @@ impl EndpointHealth {
             None => (None, None),
         };
         EndpointHealth {
-            subscription: sub.id,
-            name: sub.name.clone(),
-            url: sub.url.clone(),
-            active: sub.active,
+            subscription: id,
+            name: name.to_owned(),
+            url: url.to_owned(),
+            active,
             status,
             attempts: h.attempts,
             successes: h.successes,

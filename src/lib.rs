@@ -200,8 +200,8 @@ pub use ids::{
     DeliveryId, EventId, NoticeId, ParseIdError, ParseTimestampError, SubscriptionId, Timestamp,
 };
 pub use message::{EventType, Message};
-pub use notice::{MAX_NOTICES, Notice, NoticeKind, Notices};
-pub use outbox::{Deliveries, Outbox};
+pub use notice::{MAX_NOTICES, Notice, NoticeKind};
+pub use outbox::{Deliveries, Notices, Outbox};
 pub use policy::{DeliveryOrder, MAX_RATE_PER_SECOND, OnDeadLetter, RateLimit};
 pub use record::{Attempt, AttemptError, AttemptErrorKind, Event, OutboxStats};
 pub use sender::USER_AGENT;

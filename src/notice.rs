@@ -2,22 +2,20 @@
 //! act on — a subscription disabled, a delivery dead-lettered, a failing
 //! subscription answering again. They are stored in the same atomic write
 //! as the change they describe and stay until the app acknowledges them
-//! ([`Notices::ack`]), so none is lost to a crash or restart (at least
+//! ([`Notices::ack`](crate::Notices::ack)), so none is lost to a crash or restart (at least
 //! once: one handled but not yet acknowledged comes again).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Engine;
-use crate::error::Result;
 use crate::ids::{DeliveryId, NoticeId, SubscriptionId, Timestamp};
 
 /// At most this many unacknowledged notices are kept; beyond it the oldest
 /// are dropped (with a warning in the log).
 pub const MAX_NOTICES: usize = 10_000;
 
-/// Something a person may need to act on. See [`Notices`].
+/// Something a person may need to act on. See [`Notices`](crate::Notices).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Notice {
@@ -100,43 +98,5 @@ impl Notice {
             at: Timestamp::now(),
             kind,
         }
-    }
-}
-
-/// The bus's operational notices, oldest first, from
-/// [`Bus::notices`](crate::Bus::notices).
-///
-/// Read them with [`pending`](Self::pending), act, then
-/// [`ack`](Self::ack) them (for example from a thread of the app that
-/// looks every few seconds).
-///
-/// ```
-/// # fn main() -> Result<(), hookbus::Error> {
-/// # let dir = tempfile::tempdir().unwrap();
-/// let bus = hookbus::Bus::builder().path(dir.path()).open()?;
-/// for notice in bus.notices().pending(100)? {
-///     eprintln!("hookbus: {}", notice.kind);
-///     bus.notices().ack(notice.id)?;
-/// }
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Copy, Debug)]
-pub struct Notices<'a> {
-    pub(crate) engine: &'a Engine,
-}
-
-impl Notices<'_> {
-    /// Up to `limit` unacknowledged notices, oldest first.
-    pub fn pending(&self, limit: usize) -> Result<Vec<Notice>> {
-        self.engine.reader()?.notices().take(limit).collect()
-    }
-
-    /// Acknowledges a notice: it is not handed out again. Acknowledging
-    /// one that is gone is not an error.
-    pub fn ack(&self, id: NoticeId) -> Result<()> {
-        self.engine.write(move |w| {
-            w.remove_notice(id);
-            Ok(())
-        })
     }
 }

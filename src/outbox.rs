@@ -7,7 +7,8 @@ use crate::delivery::{Delivery, DeliveryState};
 use crate::engine::Engine;
 use crate::engine::maintenance::Job;
 use crate::error::{Error, Result};
-use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+use crate::ids::{DeliveryId, EventId, NoticeId, SubscriptionId, Timestamp};
+use crate::notice::Notice;
 use crate::record::{Attempt, Event, OutboxStats};
 use crate::storage::{IndexEntry, Iter, Reader};
 
@@ -282,5 +283,43 @@ impl<'a> Outbox<'a> {
     /// The store's size on disk, in bytes.
     pub fn size_on_disk(&self) -> Result<u64> {
         self.reader()?.size_on_disk()
+    }
+}
+
+/// The bus's operational notices, oldest first, from
+/// [`Bus::notices`](crate::Bus::notices).
+///
+/// Read them with [`pending`](Self::pending), act, then
+/// [`ack`](Self::ack) them (for example from a thread of the app that
+/// looks every few seconds).
+///
+/// ```
+/// # fn main() -> Result<(), hookbus::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let bus = hookbus::Bus::builder().path(dir.path()).open()?;
+/// for notice in bus.notices().pending(100)? {
+///     eprintln!("hookbus: {}", notice.kind);
+///     bus.notices().ack(notice.id)?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Notices<'a> {
+    pub(crate) engine: &'a Engine,
+}
+
+impl Notices<'_> {
+    /// Up to `limit` unacknowledged notices, oldest first.
+    pub fn pending(&self, limit: usize) -> Result<Vec<Notice>> {
+        self.engine.reader()?.notices().take(limit).collect()
+    }
+
+    /// Acknowledges a notice: it is not handed out again. Acknowledging
+    /// one that is gone is not an error.
+    pub fn ack(&self, id: NoticeId) -> Result<()> {
+        self.engine.write(move |w| {
+            w.remove_notice(id);
+            Ok(())
+        })
     }
 }

@@ -1058,7 +1058,11 @@ impl<'a> Subscriptions<'a> {
             .subscription(id)?
             .ok_or(Error::SubscriptionNotFound(id))?;
         let h = store.health(id)?.unwrap_or_default();
-        Ok(crate::EndpointHealth::new(&sub, h, store.backlog(id)?))
+        Ok(crate::EndpointHealth::new(
+            (sub.id, &sub.name, &sub.url, sub.active),
+            h,
+            store.backlog(id)?,
+        ))
     }
 
     /// The health of every subscription, those that need a person first:
@@ -1070,7 +1074,11 @@ impl<'a> Subscriptions<'a> {
         for sub in store.subscriptions() {
             let sub = sub?;
             let h = store.health(sub.id)?.unwrap_or_default();
-            out.push(crate::EndpointHealth::new(&sub, h, store.backlog(sub.id)?));
+            out.push(crate::EndpointHealth::new(
+                (sub.id, &sub.name, &sub.url, sub.active),
+                h,
+                store.backlog(sub.id)?,
+            ));
         }
         crate::EndpointHealth::triage(&mut out);
         Ok(out)
