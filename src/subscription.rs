@@ -1057,12 +1057,7 @@ impl<'a> Subscriptions<'a> {
         let sub = store
             .subscription(id)?
             .ok_or(Error::SubscriptionNotFound(id))?;
-        let h = store.health(id)?.unwrap_or_default();
-        Ok(crate::EndpointHealth::new(
-            (sub.id, &sub.name, &sub.url, sub.active),
-            h,
-            store.backlog(id)?,
-        ))
+        health_of(&*store, &sub)
     }
 
     /// The health of every subscription, those that need a person first:
@@ -1072,13 +1067,7 @@ impl<'a> Subscriptions<'a> {
         let store = self.engine.reader()?;
         let mut out = Vec::new();
         for sub in store.subscriptions() {
-            let sub = sub?;
-            let h = store.health(sub.id)?.unwrap_or_default();
-            out.push(crate::EndpointHealth::new(
-                (sub.id, &sub.name, &sub.url, sub.active),
-                h,
-                store.backlog(sub.id)?,
-            ));
+            out.push(health_of(&*store, &sub?)?);
         }
         crate::EndpointHealth::triage(&mut out);
         Ok(out)
@@ -1097,6 +1086,18 @@ impl<'a> Subscriptions<'a> {
             Ok(())
         })
     }
+}
+
+/// A subscription's health as stored, with its backlog.
+fn health_of(
+    store: &dyn crate::storage::Reader,
+    sub: &SubscriptionRecord,
+) -> Result<crate::EndpointHealth> {
+    Ok(crate::EndpointHealth::new(
+        (sub.id, &sub.name, &sub.url, sub.active),
+        store.health(sub.id)?.unwrap_or_default(),
+        store.backlog(sub.id)?,
+    ))
 }
 
 #[cfg(test)]

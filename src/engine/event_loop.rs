@@ -697,7 +697,7 @@ impl Dispatcher {
     /// notice; failing for the whole auto-disable window disables the
     /// subscription (its pending deliveries wait).
     fn note_health(&mut self, sub: SubscriptionId, attempt: &crate::record::Attempt) {
-        let before = self.s.note_attempt(sub, attempt);
+        let (before, after) = self.s.note_attempt(sub, attempt);
         let now = Timestamp::now();
         if attempt.succeeded() {
             if before.consecutive_failures >= RECOVERY_AFTER {
@@ -713,7 +713,7 @@ impl Dispatcher {
         let reason = crate::health::failure_reason(attempt);
         let w = self.warned.entry(sub).or_insert((0, 0));
         if now.as_millis().saturating_sub(w.0) >= WARN_EVERY_MS {
-            tracing::warn!(subscription = %sub, attempt = attempt.number, %reason, failures = before.consecutive_failures + 1, not_logged = w.1, "delivery attempt failed");
+            tracing::warn!(subscription = %sub, attempt = attempt.number, %reason, failures = after.consecutive_failures, not_logged = w.1, "delivery attempt failed");
             *w = (now.as_millis(), 0);
         } else {
             w.1 += 1;
@@ -724,35 +724,37 @@ impl Dispatcher {
         let Some(window) = self.s.config.auto_disable_after else {
             return;
         };
-        let mut after = before;
-        after.consecutive_failures += 1;
-        after.failing_since.get_or_insert(attempt.at);
         if !after.failing_for(window, now) {
             return;
         }
-        match self.s.reader().subscription(sub) {
-            Ok(Some(mut r)) if r.active => {
-                let since = after.failing_since.unwrap_or(now);
-                let why = format!(
-                    "every attempt failed since {since} ({} in a row; last: {reason})",
-                    after.consecutive_failures
-                );
-                tracing::warn!(subscription = %sub, url = %r.url, reason = %why, "subscription disabled; its pending deliveries wait until it is enabled again");
-                let old = r.clone();
-                r.active = false;
-                r.modified_at = now;
-                self.s.put_subscription(Some(&old), &r);
-                self.s.set_disabled(sub, Some((now, why.clone())));
-                self.s.notice(NoticeKind::SubscriptionDisabled {
-                    subscription: sub,
-                    reason: why,
-                });
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(subscription = %sub, error = %e, "could not disable a failing subscription")
-            }
+        let since = after.failing_since.unwrap_or(now);
+        let why = format!(
+            "every attempt failed since {since} ({} in a row; last: {reason})",
+            after.consecutive_failures
+        );
+        if let Err(e) = self.disable(sub, why) {
+            tracing::error!(subscription = %sub, error = %e, "could not disable a failing subscription");
         }
+    }
+
+    /// Disables an active subscription (`why` goes to its health and a
+    /// notice): no new deliveries, its pending ones wait. Returns whether
+    /// it was active.
+    fn disable(&mut self, id: SubscriptionId, why: String) -> Result<bool> {
+        let Some(mut s) = self.s.reader().subscription(id)?.filter(|s| s.active) else {
+            return Ok(false);
+        };
+        tracing::warn!(subscription = %id, url = %s.url, reason = %why, "subscription disabled; its pending deliveries wait until it is enabled again");
+        let old = s.clone();
+        s.active = false;
+        s.modified_at = Timestamp::now();
+        self.s.put_subscription(Some(&old), &s);
+        self.s.set_disabled(id, Some((s.modified_at, why.clone())));
+        self.s.notice(NoticeKind::SubscriptionDisabled {
+            subscription: id,
+            reason: why,
+        });
+        Ok(true)
     }
 
     /// A FIFO subscription that halts at dead letters halts at `dead`.
@@ -906,20 +908,7 @@ impl Dispatcher {
     /// 410 Gone: the subscription is deactivated and its pending deliveries
     /// die (in chunks, after this round).
     fn deactivate(&mut self, id: SubscriptionId) -> Result<()> {
-        if let Some(mut s) = self.s.reader().subscription(id)?
-            && s.active
-        {
-            tracing::warn!(subscription = %id, url = %s.url, "receiver answered 410 Gone; subscription deactivated");
-            let old = s.clone();
-            s.active = false;
-            s.modified_at = Timestamp::now();
-            self.s.put_subscription(Some(&old), &s);
-            self.s
-                .set_disabled(id, Some((s.modified_at, reason::GONE.to_owned())));
-            self.s.notice(NoticeKind::SubscriptionDisabled {
-                subscription: id,
-                reason: reason::GONE.to_owned(),
-            });
+        if self.disable(id, reason::GONE.to_owned())? {
             self.queue_job(Job::dead_letter_pending(id, reason::GONE), None);
         }
         Ok(())

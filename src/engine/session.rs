@@ -414,14 +414,20 @@ impl Session {
         self.health_views.clear();
     }
 
-    /// Adds an attempt to `sub`'s health; returns the health before it.
-    pub(crate) fn note_attempt(&mut self, sub: SubscriptionId, a: &Attempt) -> HealthRecord {
+    /// Adds an attempt to `sub`'s health; returns the health before and
+    /// after it.
+    pub(crate) fn note_attempt(
+        &mut self,
+        sub: SubscriptionId,
+        a: &Attempt,
+    ) -> (HealthRecord, HealthRecord) {
         let before = self.health_view(sub);
         let mut one = HealthDelta::default();
         one.record(a);
-        self.health_views.insert(sub, before.clone().merge(&one));
+        let after = before.clone().merge(&one);
+        self.health_views.insert(sub, after.clone());
         self.health.entry(sub).or_default().record(a);
-        before
+        (before, after)
     }
 
     /// Records that `sub` was disabled (`Some`: when and why) or enabled
