@@ -329,7 +329,9 @@ impl Bus {
         data: &T,
     ) -> Result<(Event, Option<String>)> {
         validate_tenant(tenant)?;
-        Ok((self.prepare(event, data)?, Some(tenant.to_owned())))
+        let mut e = self.prepare(event, data)?;
+        e.tenant = Some(tenant.to_owned());
+        Ok((e, Some(tenant.to_owned())))
     }
 
     fn event_of(
@@ -351,6 +353,8 @@ impl Bus {
             payload,
             created_at: Timestamp::now(),
             traceparent,
+            tenant: None,
+            scope_unknown: false,
         })
     }
 
@@ -368,7 +372,8 @@ impl Bus {
             crate::message::validate_traceparent(tp)?;
         }
         let payload = m.payload.map_err(Error::Serialize)?;
-        let event = self.event_of(&m.name, payload, m.traceparent)?;
+        let mut event = self.event_of(&m.name, payload, m.traceparent)?;
+        event.tenant.clone_from(&m.tenant);
         let key = m
             .key
             .map(|k| format!("{}\0{k}", m.tenant.as_deref().unwrap_or("")));

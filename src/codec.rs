@@ -8,6 +8,8 @@
 //!   limit, ordering and FIFO halt. Every other record as in 1.
 //! * 3 — a delivery carries its sequence number, an event its trace
 //!   context. Every other record as in 2.
+//! * 4 — an event carries its tenant (for replay). Every other record as
+//!   in 3.
 //!
 //! Each stored type is a [`Record`]: it says how to read the bodies of
 //! older versions (by default: the same layout).
@@ -17,7 +19,7 @@ use serde::de::DeserializeOwned;
 
 /// The record format this build writes. It reads this version and every
 /// older one it knows.
-pub(crate) const RECORD_VERSION: u8 = 3;
+pub(crate) const RECORD_VERSION: u8 = 4;
 
 /// A type stored through the codec.
 pub(crate) trait Record: Serialize + DeserializeOwned {

@@ -18,6 +18,10 @@ const MAX_CHANNEL_CAPACITY: usize = 10_000_000;
 const DEFAULT_SENDERS: usize = 256;
 /// The largest accepted `senders`.
 const MAX_SENDERS: usize = 4096;
+/// How long finished deliveries are kept by default.
+const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The longest accepted retention window.
+const MAX_RETENTION: Duration = Duration::from_secs(3650 * 24 * 3600);
 /// The longest accepted connect or request timeout.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -49,6 +53,9 @@ pub struct Config {
     pub(crate) tenants_receive_app_events: bool,
     pub(crate) idempotency_window: Duration,
     pub(crate) auto_disable_after: Option<Duration>,
+    pub(crate) keep_delivered: Option<Duration>,
+    pub(crate) keep_dead: Option<Duration>,
+    pub(crate) attempts_kept: u32,
     /// How often an instance of a shared store looks for work the others
     /// added (a backstop to their notifications).
     pub(crate) shared_poll: Duration,
@@ -106,6 +113,9 @@ impl Default for Config {
             tenants_receive_app_events: false,
             idempotency_window: Duration::from_secs(24 * 3600),
             auto_disable_after: Some(Duration::from_secs(5 * 24 * 3600)),
+            keep_delivered: Some(DEFAULT_RETENTION),
+            keep_dead: Some(DEFAULT_RETENTION),
+            attempts_kept: 20,
             shared_poll: Duration::from_secs(1),
             #[cfg(feature = "postgres")]
             postgres: None,
@@ -194,6 +204,20 @@ impl Config {
     /// (`None`: never).
     pub fn auto_disable_after(&self) -> Option<Duration> {
         self.auto_disable_after
+    }
+    /// How long delivered deliveries (and their events and attempts) are
+    /// kept after they finished (`None`: until purged by hand).
+    pub fn keep_delivered_for(&self) -> Option<Duration> {
+        self.keep_delivered
+    }
+    /// How long dead letters are kept after they died (`None`: until
+    /// purged by hand).
+    pub fn keep_dead_for(&self) -> Option<Duration> {
+        self.keep_dead
+    }
+    /// How many attempts are kept per delivery (the newest).
+    pub fn attempts_kept(&self) -> u32 {
+        self.attempts_kept
     }
     /// What a durability barrier waits for.
     pub fn durability(&self) -> Durability {
@@ -291,6 +315,10 @@ impl Config {
 /// | `max_subscriptions_per_tenant` | 100 |
 /// | `tenants_receive_app_events` | `false` |
 /// | `idempotency_window` | 24 h |
+/// | `auto_disable_after` | 5 days |
+/// | `keep_delivered_for` | 30 days |
+/// | `keep_dead_for` | 30 days |
+/// | `attempts_kept` | 20 per delivery |
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct Builder {
@@ -469,6 +497,43 @@ impl Builder {
     /// Defaults to 5 days (like Svix).
     pub fn auto_disable_after(mut self, window: Option<Duration>) -> Self {
         self.config.auto_disable_after = window;
+        self
+    }
+
+    /// Keeps delivered deliveries — with their attempts, and their events
+    /// while any delivery refers to one — for this long after they
+    /// finished (`None`: until [`Outbox::purge_delivered_before`]
+    /// (crate::Outbox::purge_delivered_before)). Older ones are removed in
+    /// the background, in bounded chunks between rounds, so a steady load
+    /// keeps the store's size flat. Events stay replayable
+    /// ([`Outbox::replay`](crate::Outbox::replay)) for as long as one of
+    /// their deliveries is kept. 1 s to 10 years.
+    ///
+    /// Defaults to 30 days.
+    pub fn keep_delivered_for(mut self, window: Option<Duration>) -> Self {
+        self.config.keep_delivered = window;
+        self
+    }
+
+    /// Keeps dead letters for this long after they died (`None`: until
+    /// [`Outbox::purge_dead_before`](crate::Outbox::purge_dead_before)),
+    /// as [`keep_delivered_for`](Builder::keep_delivered_for) does for
+    /// delivered ones. A dead letter a FIFO subscription is halted at is
+    /// kept while it halts there. 1 s to 10 years.
+    ///
+    /// Defaults to 30 days.
+    pub fn keep_dead_for(mut self, window: Option<Duration>) -> Self {
+        self.config.keep_dead = window;
+        self
+    }
+
+    /// How many attempts are kept per delivery: when an attempt beyond
+    /// this count is recorded, the oldest kept one is removed (a delivery
+    /// retried by hand again and again stays bounded). 1 to 10 000.
+    ///
+    /// Defaults to 20 (the default retry schedule makes 8).
+    pub fn attempts_kept(mut self, n: u32) -> Self {
+        self.config.attempts_kept = n;
         self
     }
 
@@ -695,6 +760,24 @@ impl Builder {
         {
             return bad(format!(
                 "auto_disable_after must be 1 s to 365 days (or None), got {w:?}"
+            ));
+        }
+        for (name, w) in [
+            ("keep_delivered_for", c.keep_delivered),
+            ("keep_dead_for", c.keep_dead),
+        ] {
+            if let Some(w) = w
+                && (w < Duration::from_secs(1) || w > MAX_RETENTION)
+            {
+                return bad(format!(
+                    "{name} must be 1 s to 10 years (or None), got {w:?}"
+                ));
+            }
+        }
+        if !(1..=10_000).contains(&c.attempts_kept) {
+            return bad(format!(
+                "attempts_kept must be 1 to 10 000, got {}",
+                c.attempts_kept
             ));
         }
         if c.shared_poll < Duration::from_millis(100) || c.shared_poll > MAX_TIMEOUT {

@@ -165,6 +165,20 @@ pub enum Error {
         state: crate::delivery::DeliveryState,
     },
 
+    /// No stored event has this id (never stored: it reached no
+    /// subscription; or removed with its last delivery).
+    #[error("no stored event with id {0}")]
+    EventNotFound(crate::ids::EventId),
+
+    /// A replay that cannot be made as asked: the span is empty or longer
+    /// than [`MAX_REPLAY_SPAN`](crate::MAX_REPLAY_SPAN), the subscription
+    /// does not take the event (another tenant, another event name), or
+    /// the event was stored before its tenant was (record format 3 or
+    /// older: replay it per delivery with
+    /// [`Outbox::replay_since`](crate::Outbox::replay_since)).
+    #[error("cannot replay: {0}")]
+    InvalidReplay(String),
+
     /// A string is not an id.
     #[error("`{input}` is not a valid id: expected 32 hex digits or a hyphenated uuid")]
     InvalidId {

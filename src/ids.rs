@@ -103,6 +103,15 @@ macro_rules! id_type {
                 *self.0.as_bytes()
             }
 
+            /// The smallest id made at `ms` (unix ms) or later: a range
+            /// bound for ids, which sort by creation time.
+            #[allow(dead_code)]
+            pub(crate) fn first_at(ms: u64) -> Self {
+                let mut b = [0u8; 16];
+                b[..6].copy_from_slice(&ms.min(0xFFFF_FFFF_FFFF).to_be_bytes()[2..]);
+                Self(Uuid::from_bytes(b))
+            }
+
             #[allow(dead_code)]
             pub(crate) fn from_bytes(b: [u8; 16]) -> Self {
                 Self(Uuid::from_bytes(b))

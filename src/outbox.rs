@@ -7,10 +7,15 @@ use crate::delivery::{Delivery, DeliveryState};
 use crate::engine::Engine;
 use crate::engine::maintenance::Job;
 use crate::error::{Error, Result};
+use crate::event::ALL_EVENTS;
 use crate::ids::{DeliveryId, EventId, NoticeId, SubscriptionId, Timestamp};
 use crate::notice::Notice;
 use crate::record::{Attempt, Event, OutboxStats};
-use crate::storage::{IndexEntry, Iter, Reader};
+use crate::storage::{IndexEntry, Iter, Reader, SubscriptionRecord};
+
+/// The longest span [`Outbox::replay_since`] replays at once (14 days, as
+/// Svix).
+pub const MAX_REPLAY_SPAN: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
 
 /// The delivery outbox of a [`Bus`](crate::Bus): see
 /// [`Bus::outbox`](crate::Bus::outbox).
@@ -252,8 +257,9 @@ impl<'a> Outbox<'a> {
     }
 
     /// Makes every dead delivery due now (of one subscription, or of all
-    /// with `None`). Returns how many. Deliveries of a deleted or inactive
-    /// subscription die again at once. Runs in chunks between the
+    /// with `None`). Returns how many. Deliveries of a deleted
+    /// subscription die again at once; those of an inactive one wait until
+    /// it is enabled. Runs in chunks between the
     /// dispatcher's rounds, so publishing goes on meanwhile; a damaged
     /// record on the way is quarantined and skipped.
     pub fn retry_all_dead(&self, subscription: Option<SubscriptionId>) -> Result<u64> {
@@ -267,6 +273,130 @@ impl<'a> Outbox<'a> {
     pub fn purge_delivered_before(&self, before: Timestamp) -> Result<u64> {
         self.engine
             .run_job(Job::purge_delivered(before.as_millis()))
+    }
+
+    /// Removes dead letters that died before `before` (with their attempts,
+    /// and each event once its last delivery is gone), except one a FIFO
+    /// subscription is halted at. Returns how many. Runs in chunks like
+    /// [`retry_all_dead`](Outbox::retry_all_dead). (Retention does this by
+    /// itself: [`Builder::keep_dead_for`](crate::Builder::keep_dead_for).)
+    pub fn purge_dead_before(&self, before: Timestamp) -> Result<u64> {
+        self.engine.run_job(Job::purge_dead(before.as_millis()))
+    }
+
+    /// Sends a stored event again, as new deliveries: to one subscription,
+    /// or with `None` to every active subscription it reaches now (by
+    /// event name and tenant, as when it was published). Returns the new
+    /// deliveries' ids. They are pending like any other, with the
+    /// subscription's next sequence numbers; the old ones are untouched.
+    /// The receiver sees the same event id and body under a new delivery
+    /// id (`X-Webhook-Delivery`), so it can tell a replay from a retry.
+    ///
+    /// An event is kept while one of its deliveries is (see
+    /// [`Builder::keep_delivered_for`](crate::Builder::keep_delivered_for));
+    /// one that reached no subscription was never stored.
+    ///
+    /// Errors: [`Error::EventNotFound`], [`Error::SubscriptionNotFound`],
+    /// [`Error::InvalidReplay`] if the subscription does not take the event
+    /// (another tenant's, or another event name) or the event was stored
+    /// without its tenant (before record format 4).
+    pub fn replay(
+        &self,
+        event: EventId,
+        subscription: Option<SubscriptionId>,
+    ) -> Result<Vec<DeliveryId>> {
+        self.engine.write(move |s| {
+            let app_events_to_tenants = s.config.tenants_receive_app_events;
+            let e = s
+                .reader()
+                .event(event)?
+                .ok_or(Error::EventNotFound(event))?;
+            if e.scope_unknown {
+                return Err(Error::InvalidReplay(format!(
+                    "event {event} was stored before events kept their tenant; \
+                     replay it per delivery with Outbox::replay_since"
+                )));
+            }
+            let takes = |r: &SubscriptionRecord| {
+                r.reached_by(e.tenant.as_deref(), app_events_to_tenants)
+                    && r.events.iter().any(|n| n == &e.name || n == ALL_EVENTS)
+            };
+            let subs = match subscription {
+                Some(id) => {
+                    let r = s
+                        .reader()
+                        .subscription(id)?
+                        .ok_or(Error::SubscriptionNotFound(id))?;
+                    if !takes(&r) {
+                        return Err(Error::InvalidReplay(format!(
+                            "subscription {id} does not take event {event} (`{}`{})",
+                            e.name,
+                            e.tenant
+                                .as_deref()
+                                .map(|t| format!(", tenant `{t}`"))
+                                .unwrap_or_default()
+                        )));
+                    }
+                    vec![id]
+                }
+                None => {
+                    let found = s.reader().subscribers_of(&e.name)?;
+                    if !found.damaged.is_empty() {
+                        s.quarantine(&found.damaged);
+                    }
+                    let mut subs = Vec::new();
+                    for id in found.ids {
+                        if let Some(r) = s.reader().subscription(id)?
+                            && r.active
+                            && takes(&r)
+                        {
+                            subs.push(id);
+                        }
+                    }
+                    subs
+                }
+            };
+            s.replay(&e, &subs)
+        })
+    }
+
+    /// Sends again everything a subscription was sent or gave up on
+    /// (delivered and dead deliveries) that was created from `from` until
+    /// `until` — after a receiver lost data, say. Pending deliveries in the
+    /// span are left alone: they are still to be sent. Returns how many
+    /// new deliveries were made. Runs as a background job in chunks between
+    /// the dispatcher's rounds (publishing goes on), oldest first; the
+    /// call returns when it is done. `until` later than now counts as now.
+    ///
+    /// Errors: [`Error::InvalidReplay`] if `until` is not after `from` or
+    /// the span is longer than [`MAX_REPLAY_SPAN`] (14 days, as Svix);
+    /// [`Error::SubscriptionNotFound`].
+    pub fn replay_since(
+        &self,
+        subscription: SubscriptionId,
+        from: Timestamp,
+        until: Timestamp,
+    ) -> Result<u64> {
+        if until <= from {
+            return Err(Error::InvalidReplay(format!(
+                "the span is empty: until ({until}) is not after from ({from})"
+            )));
+        }
+        if until.since(from) > MAX_REPLAY_SPAN {
+            return Err(Error::InvalidReplay(format!(
+                "the span from {from} until {until} is longer than {} days",
+                MAX_REPLAY_SPAN.as_secs() / 86_400
+            )));
+        }
+        if self.reader()?.subscription(subscription)?.is_none() {
+            return Err(Error::SubscriptionNotFound(subscription));
+        }
+        let until = until.min(Timestamp::now());
+        self.engine.run_job(Job::replay_since(
+            subscription,
+            from.as_millis(),
+            until.as_millis(),
+        ))
     }
 
     /// Records the dispatcher moved aside as damaged (see

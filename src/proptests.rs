@@ -64,7 +64,7 @@ proptest! {
     #[test]
     fn events_and_attempts_round_trip(payload in proptest::collection::vec(any::<u8>(), 0..2000), name in "[A-Za-z0-9_.-]{1,100}",
                                       n in any::<u32>(), status in any::<Option<u16>>(), msg in ".{0,50}", tp in proptest::option::of("[0-9a-f-]{0,55}")) {
-        let e = Event { id: EventId::generate(), name, payload: payload.clone(), created_at: Timestamp::now(), traceparent: tp };
+        let e = Event { id: EventId::generate(), name, payload: payload.clone(), created_at: Timestamp::now(), traceparent: tp.clone(), tenant: tp, scope_unknown: false };
         prop_assert_eq!(codec::decode::<Event>(&codec::encode(&e).unwrap()).unwrap(), e);
         let a = Attempt {
             number: n, at: Timestamp::now(), duration_ms: 3, status,

@@ -27,6 +27,15 @@ pub struct Event {
     /// The W3C trace context of the code that published it, sent as
     /// `traceparent` with every attempt, so deliveries join that trace.
     pub traceparent: Option<String>,
+    /// The tenant it was published for (`None`: app-wide). Since record
+    /// format 4; an event stored by an older build reads as `None`.
+    pub tenant: Option<String>,
+    /// Stored before format 4, so whether it had a tenant is not known:
+    /// such an event is replayed only per delivery
+    /// ([`Outbox::replay_since`](crate::Outbox::replay_since)), never
+    /// fanned out again, so it cannot reach another tenant.
+    #[serde(skip)]
+    pub(crate) scope_unknown: bool,
 }
 
 impl fmt::Debug for Event {
@@ -37,6 +46,7 @@ impl fmt::Debug for Event {
             .field("payload", &String::from_utf8_lossy(&self.payload))
             .field("created_at", &self.created_at)
             .field("traceparent", &self.traceparent)
+            .field("tenant", &self.tenant)
             .finish()
     }
 }

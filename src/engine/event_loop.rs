@@ -89,6 +89,7 @@ pub(crate) fn start(
         buckets: HashMap::new(),
         fifo_heads: HashMap::new(),
         next_key_sweep: 0,
+        next_retention: 0,
         next_poll: 0,
         subs: HashMap::new(),
         fanout: HashMap::new(),
@@ -164,6 +165,8 @@ struct Dispatcher {
     fifo_heads: HashMap<SubscriptionId, DeliveryId>,
     /// When to look for expired idempotency keys next (ms).
     next_key_sweep: u64,
+    /// When to start the retention jobs next (ms).
+    next_retention: u64,
     /// When to poll a shared store for other instances' work next (ms).
     next_poll: u64,
     /// Subscriptions as last read (see [`Dispatcher::subscription`]).
@@ -195,6 +198,9 @@ const RECOVERY_AFTER: u64 = 3;
 /// A subscription's failed attempts are logged at WARN at most this often.
 const WARN_EVERY_MS: u64 = 60_000;
 
+/// Retention runs at least this often.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
 /// The most ms a 429 without `Retry-After` pauses a subscription.
 const DEFAULT_429_PAUSE_MS: u64 = 5_000;
 
@@ -215,6 +221,7 @@ impl Dispatcher {
                 self.poll_shared(now_ms());
                 self.dispatch();
                 self.sweep_keys();
+                self.retention();
                 self.finish_round();
             }
             if let Some(deadline) = self.closing
@@ -277,6 +284,8 @@ impl Dispatcher {
 
     fn begin_close(&mut self, deadline: Instant) {
         self.commands = crossbeam_channel::never();
+        // Retention is the engine's own: it goes on after the next open.
+        self.jobs.retain(|(j, _)| !j.background);
         if self.closing.is_none() {
             self.closing = Some(deadline);
         }
@@ -440,6 +449,38 @@ impl Dispatcher {
         } else {
             now.saturating_add(600_000)
         };
+    }
+
+    /// Starts the retention jobs (purge delivered history and dead letters
+    /// past their windows, trim notices) when they are due and none is
+    /// still running. They run in chunks like any maintenance.
+    fn retention(&mut self) {
+        let now = now_ms();
+        if now < self.next_retention || self.jobs.iter().any(|(j, _)| j.background) {
+            return;
+        }
+        let c = &self.s.config;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut jobs = Vec::new();
+        if let Some(keep) = c.keep_delivered {
+            jobs.push(Job::purge_delivered(now.saturating_sub(ms(keep))));
+        }
+        if let Some(keep) = c.keep_dead {
+            jobs.push(Job::purge_dead(now.saturating_sub(ms(keep))));
+        }
+        jobs.push(Job::trim_notices());
+        // Every quarter of the shortest window, at most once a minute and
+        // at least every 250 ms apart.
+        let shortest = [c.keep_delivered, c.keep_dead]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(RETENTION_EVERY);
+        let every = (shortest / 4).clamp(Duration::from_millis(250), RETENTION_EVERY);
+        self.next_retention = now.saturating_add(ms(every));
+        for job in jobs {
+            self.queue_job(job.in_background(), None);
+        }
     }
 
     /// Fans an event out: to the active subscriptions of `tenant` that

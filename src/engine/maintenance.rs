@@ -1,5 +1,6 @@
 //! Maintenance that touches many records — dead-lettering a subscription's
-//! backlog, reviving the dead letter queue, purging delivered history —
+//! backlog, reviving the dead letter queue, purging delivered history and
+//! dead letters, trimming notices, replaying a subscription's past —
 //! runs in bounded chunks between rounds, so it never stalls publishing.
 //! A damaged record on the way is quarantined and skipped, never the end of
 //! the job.
@@ -8,10 +9,11 @@ use std::collections::HashMap;
 
 use crate::delivery::DeliveryState;
 use crate::error::Result;
-use crate::ids::{EventId, SubscriptionId};
+use crate::ids::{DeliveryId, EventId, SubscriptionId};
+use crate::notice::MAX_NOTICES;
 use crate::storage::IndexEntry;
 
-use super::session::Session;
+use super::session::{Session, is_damage};
 
 /// At most this many records are looked at per chunk.
 pub(crate) const CHUNK: usize = 256;
@@ -24,6 +26,8 @@ pub(crate) struct Job {
     after: Option<IndexEntry>,
     /// How many records it changed so far.
     pub(crate) count: u64,
+    /// Started by the engine itself (retention), not by a caller.
+    pub(crate) background: bool,
 }
 
 #[derive(Debug)]
@@ -37,6 +41,20 @@ enum Kind {
     },
     PurgeDelivered {
         before_ms: u64,
+    },
+    PurgeDead {
+        before_ms: u64,
+    },
+    /// Drops the oldest unacknowledged notices beyond [`MAX_NOTICES`].
+    TrimNotices,
+    /// New deliveries of what `sub` was sent (or dead-lettered) from
+    /// `next` (a delivery id, itself included unless `skip_next`) until
+    /// `until_ms` (creation time).
+    ReplaySince {
+        sub: SubscriptionId,
+        next: DeliveryId,
+        skip_next: bool,
+        until_ms: u64,
     },
 }
 
@@ -53,11 +71,37 @@ impl Job {
         Job::new(Kind::PurgeDelivered { before_ms })
     }
 
+    pub(crate) fn purge_dead(before_ms: u64) -> Job {
+        Job::new(Kind::PurgeDead { before_ms })
+    }
+
+    pub(crate) fn trim_notices() -> Job {
+        Job::new(Kind::TrimNotices)
+    }
+
+    /// Replays what `sub` was sent from `from_ms` until `until_ms`
+    /// (delivery creation times).
+    pub(crate) fn replay_since(sub: SubscriptionId, from_ms: u64, until_ms: u64) -> Job {
+        Job::new(Kind::ReplaySince {
+            sub,
+            next: DeliveryId::first_at(from_ms),
+            skip_next: false,
+            until_ms,
+        })
+    }
+
+    /// Marks the job as the engine's own (no caller waits for it).
+    pub(crate) fn in_background(mut self) -> Job {
+        self.background = true;
+        self
+    }
+
     fn new(kind: Kind) -> Job {
         Job {
             kind,
             after: None,
             count: 0,
+            background: false,
         }
     }
 
@@ -68,7 +112,11 @@ impl Job {
             Kind::DeadLetterPending { sub, .. } => (DeliveryState::Pending, Some(sub)),
             Kind::RetryDead { sub } => (DeliveryState::Dead, sub),
             Kind::PurgeDelivered { .. } => (DeliveryState::Delivered, None),
+            Kind::PurgeDead { .. } => (DeliveryState::Dead, None),
+            Kind::TrimNotices => return self.trim_notices_step(s),
+            Kind::ReplaySince { .. } => return self.replay_step(s),
         };
+        let mut halted: HashMap<SubscriptionId, Option<DeliveryId>> = HashMap::new();
         let entries: Vec<Result<IndexEntry>> = match (state, sub) {
             (DeliveryState::Pending, Some(sub)) => s.reader().due(sub).take(CHUNK + 1).collect(),
             _ => s
@@ -82,7 +130,7 @@ impl Job {
         for entry in entries.into_iter().take(CHUNK) {
             let entry = entry?;
             self.after = Some(entry);
-            if let Kind::PurgeDelivered { before_ms } = self.kind
+            if let Kind::PurgeDelivered { before_ms } | Kind::PurgeDead { before_ms } = self.kind
                 && entry.at >= before_ms
             {
                 self.finish_chunk(s, released)?;
@@ -109,15 +157,130 @@ impl Job {
                 Kind::RetryDead { .. } => {
                     s.revive(&d);
                 }
+                Kind::PurgeDead { .. } => {
+                    // A FIFO subscription halted at this dead letter keeps
+                    // it: it is what a human has to look at.
+                    let at = match halted.get(&d.subscription_id) {
+                        Some(at) => *at,
+                        None => {
+                            let at = s
+                                .reader()
+                                .subscription(d.subscription_id)
+                                .ok()
+                                .flatten()
+                                .and_then(|r| r.halted_at);
+                            halted.insert(d.subscription_id, at);
+                            at
+                        }
+                    };
+                    if at == Some(d.id) {
+                        continue;
+                    }
+                    s.remove_delivery(&d)?;
+                    *released.entry(d.event_id).or_default() += 1;
+                }
                 Kind::PurgeDelivered { .. } => {
                     s.remove_delivery(&d)?;
                     *released.entry(d.event_id).or_default() += 1;
                 }
+                Kind::TrimNotices | Kind::ReplaySince { .. } => unreachable!("handled above"),
             }
             self.count += 1;
         }
         self.finish_chunk(s, released)?;
         Ok(!more)
+    }
+
+    /// Drops up to a chunk of the oldest notices beyond [`MAX_NOTICES`].
+    fn trim_notices_step(&mut self, s: &mut Session) -> Result<bool> {
+        let mut held = 0usize;
+        for n in s.reader().notices().take(MAX_NOTICES + CHUNK + 1) {
+            n?;
+            held += 1;
+        }
+        let excess = held.saturating_sub(MAX_NOTICES);
+        if excess == 0 {
+            return Ok(true);
+        }
+        let oldest: Vec<_> = s
+            .reader()
+            .notices()
+            .take(excess.min(CHUNK))
+            .collect::<Result<_>>()?;
+        tracing::warn!(
+            dropped = oldest.len(),
+            max = MAX_NOTICES,
+            "too many unacknowledged notices: the oldest are dropped"
+        );
+        for n in oldest {
+            s.remove_notice(n.id);
+            self.count += 1;
+        }
+        Ok(excess <= CHUNK)
+    }
+
+    /// One chunk of a replay: a new delivery for each delivered or dead
+    /// delivery of the subscription in the span (pending ones are still to
+    /// be sent anyway).
+    fn replay_step(&mut self, s: &mut Session) -> Result<bool> {
+        let Kind::ReplaySince {
+            sub,
+            next,
+            skip_next,
+            until_ms,
+        } = self.kind
+        else {
+            return Ok(true);
+        };
+        if s.reader().subscription(sub)?.is_none() {
+            return Ok(true); // deleted meanwhile
+        }
+        let ids: Vec<Result<DeliveryId>> = s
+            .reader()
+            .deliveries_of_from(sub, next)
+            .take(CHUNK + 1)
+            .collect();
+        let more = ids.len() > CHUNK;
+        let mut last = None;
+        for id in ids.into_iter().take(CHUNK) {
+            let id = id?;
+            if skip_next && id == next {
+                continue;
+            }
+            last = Some(id);
+            let d = match s.delivery(id) {
+                Ok(Some(d)) => d,
+                Ok(None) => continue,
+                Err(e) if is_damage(&e) => {
+                    s.quarantine_error(&e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if d.created_at.as_millis() >= until_ms {
+                return Ok(true);
+            }
+            if d.state == DeliveryState::Pending {
+                continue;
+            }
+            let Some(event) = s.reader().event(d.event_id)? else {
+                continue; // purged with its deliveries
+            };
+            s.replay(&event, &[sub])?;
+            self.count += 1;
+        }
+        match last {
+            Some(id) => {
+                self.kind = Kind::ReplaySince {
+                    sub,
+                    next: id,
+                    skip_next: true,
+                    until_ms,
+                };
+                Ok(!more)
+            }
+            None => Ok(true),
+        }
     }
 
     fn finish_chunk(&self, s: &mut Session, released: HashMap<EventId, u32>) -> Result<()> {

@@ -61,6 +61,9 @@ pub(crate) struct Session {
     /// Subscriptions' health as this instance last knew it (its own
     /// attempts included), for the auto-disable and recovery rules.
     health_views: HashMap<SubscriptionId, HealthRecord>,
+    /// Event reference counts changed in this round (replays add
+    /// deliveries to stored events, purges remove them).
+    event_refs: HashMap<EventId, Option<u32>>,
 }
 
 /// The health cache is cleared when it holds this many.
@@ -87,6 +90,7 @@ impl Session {
             keys: HashMap::new(),
             health: HashMap::new(),
             health_views: HashMap::new(),
+            event_refs: HashMap::new(),
         })
     }
 
@@ -197,6 +201,48 @@ impl Session {
         if subs.is_empty() {
             return Ok(());
         }
+        self.create_deliveries(event, subs)?;
+        self.w
+            .put_event(event, u32::try_from(subs.len()).unwrap_or(u32::MAX));
+        Ok(())
+    }
+
+    /// Sends a stored event again: one new pending delivery per
+    /// subscription in `subs` (numbered after the subscription's others).
+    pub(crate) fn replay(
+        &mut self,
+        event: &Event,
+        subs: &[SubscriptionId],
+    ) -> Result<Vec<DeliveryId>> {
+        if subs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refs = self.refs_of(event.id)?;
+        let ids = self.create_deliveries(event, subs)?;
+        let added = u32::try_from(subs.len()).unwrap_or(u32::MAX);
+        if let Some(refs) = refs {
+            let refs = refs.saturating_add(added);
+            self.w.set_event_refs(event.id, refs);
+            self.event_refs.insert(event.id, Some(refs));
+        }
+        Ok(ids)
+    }
+
+    /// An event's reference count as this round sees it.
+    fn refs_of(&self, event: EventId) -> Result<Option<u32>> {
+        match self.event_refs.get(&event) {
+            Some(refs) => Ok(*refs),
+            None => self.w.reader().event_refs(event),
+        }
+    }
+
+    /// One new pending delivery of `event` per subscription in `subs`, each
+    /// with the subscription's next sequence number.
+    fn create_deliveries(
+        &mut self,
+        event: &Event,
+        subs: &[SubscriptionId],
+    ) -> Result<Vec<DeliveryId>> {
         // Sequence numbers first: a counter that cannot be read stores
         // nothing of the event.
         let mut numbered = Vec::with_capacity(subs.len());
@@ -227,13 +273,13 @@ impl Session {
             }
         }
         let now = Timestamp::now();
+        let mut ids = Vec::with_capacity(numbered.len());
         for (sub, seq) in numbered {
             let d = delivery::created(event.id, &event.name, event.created_at, sub, seq, now);
+            ids.push(d.id);
             self.put_delivery(None, d);
         }
-        self.w
-            .put_event(event, u32::try_from(subs.len()).unwrap_or(u32::MAX));
-        Ok(())
+        Ok(ids)
     }
 
     /// Applies an attempt's outcome to the delivery as it stands now.
@@ -249,6 +295,10 @@ impl Session {
             return Ok(false); // purged meanwhile
         };
         self.w.put_attempt(id, attempt);
+        let kept = self.config.attempts_kept;
+        if attempt.number > kept {
+            self.w.remove_attempt(id, attempt.number - kept);
+        }
         let (new, gone) = delivery::attempted(&current, attempt, decision, Timestamp::now());
         if let Decision::Dead(reason) = decision
             && current.state == DeliveryState::Pending
@@ -303,9 +353,15 @@ impl Session {
     /// `gone` deliveries of `event` were removed: drop the event with its
     /// last one.
     pub(crate) fn release_event(&mut self, event: EventId, gone: u32) -> Result<()> {
-        match self.w.reader().event_refs(event)? {
-            Some(refs) if refs <= gone => self.w.remove_event(event),
-            Some(refs) => self.w.set_event_refs(event, refs - gone),
+        match self.refs_of(event)? {
+            Some(refs) if refs <= gone => {
+                self.w.remove_event(event);
+                self.event_refs.insert(event, Some(0));
+            }
+            Some(refs) => {
+                self.w.set_event_refs(event, refs - gone);
+                self.event_refs.insert(event, Some(refs - gone));
+            }
             None => {} // counted by no older store: keep it
         }
         Ok(())
@@ -502,6 +558,7 @@ impl Session {
     /// Applies what is staged (visible at once, durable at the next flush).
     pub(crate) fn commit(&mut self) -> Result<()> {
         self.keys.clear();
+        self.event_refs.clear();
         for (sub, delta) in self.health.drain() {
             if delta.is_empty() {
                 continue;

@@ -142,7 +142,10 @@ struct DeliveryV1 {
 
 impl codec::Record for Delivery {
     fn decode_old(version: u8, body: &[u8]) -> std::result::Result<Self, codec::DecodeError> {
-        let _ = version; // 1 and 2: the same layout
+        if version >= 3 {
+            // Unchanged since format 3.
+            return codec::decode_body(body);
+        }
         let v1: DeliveryV1 = codec::decode_body(body)?;
         Ok(Delivery {
             id: v1.id,
@@ -171,16 +174,40 @@ struct EventV1 {
     created_at: Timestamp,
 }
 
+/// The event record of format 3 (no tenant).
+#[derive(Deserialize)]
+struct EventV3 {
+    id: EventId,
+    name: String,
+    #[serde(with = "crate::serde_views::json_payload")]
+    payload: Vec<u8>,
+    created_at: Timestamp,
+    traceparent: Option<String>,
+}
+
 impl codec::Record for Event {
     fn decode_old(version: u8, body: &[u8]) -> std::result::Result<Self, codec::DecodeError> {
-        let _ = version; // 1 and 2: the same layout
-        let v1: EventV1 = codec::decode_body(body)?;
+        let v3 = if version >= 3 {
+            codec::decode_body::<EventV3>(body)?
+        } else {
+            // 1 and 2: the same layout, without trace context.
+            let v1: EventV1 = codec::decode_body(body)?;
+            EventV3 {
+                id: v1.id,
+                name: v1.name,
+                payload: v1.payload,
+                created_at: v1.created_at,
+                traceparent: None,
+            }
+        };
         Ok(Event {
-            id: v1.id,
-            name: v1.name,
-            payload: v1.payload,
-            created_at: v1.created_at,
-            traceparent: None,
+            id: v3.id,
+            name: v3.name,
+            payload: v3.payload,
+            created_at: v3.created_at,
+            traceparent: v3.traceparent,
+            tenant: None,
+            scope_unknown: true,
         })
     }
 }
@@ -363,6 +390,9 @@ pub(crate) trait Writer: Send + fmt::Debug {
     /// Removes a finished delivery, its index entries and its attempts.
     fn remove_delivery(&mut self, old: &Delivery) -> Result<()>;
     fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt);
+    /// Removes attempt number `n` of a delivery (kept attempts are
+    /// bounded), if it is there.
+    fn remove_attempt(&mut self, id: DeliveryId, n: u32);
     /// Merges what happened to a subscription's health into its stored
     /// record (at most once per subscription per commit).
     fn merge_health(&mut self, sub: SubscriptionId, delta: &HealthDelta) -> Result<()>;

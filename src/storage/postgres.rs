@@ -1148,6 +1148,7 @@ enum Op {
     /// A finished delivery, as the record it was read as.
     RemoveDelivery(DeliveryId, Vec<u8>),
     PutAttempt(DeliveryId, Attempt),
+    RemoveAttempt(DeliveryId, u32),
     QuarantineDelivery(DeliveryId),
     QuarantineRaw(Damaged),
     PutKey(String, EventId, u64),
@@ -1302,6 +1303,16 @@ impl PgWriter {
                     }
                 }
                 Op::PutAttempt(id, a) => batch.attempt(*id, a),
+                Op::RemoveAttempt(id, n) => {
+                    let n = i32::try_from(*n).unwrap_or(i32::MAX);
+                    tx.execute(
+                        &format!(
+                            "DELETE FROM {} WHERE delivery = $1 AND n = $2",
+                            t("attempts")
+                        ),
+                        &[&&id.to_bytes()[..], &n],
+                    )?;
+                }
                 Op::QuarantineDelivery(id) => {
                     let id = &id.to_bytes()[..];
                     let mut key = vec![b'd'];
@@ -1512,6 +1523,10 @@ impl Writer for PgWriter {
 
     fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt) {
         self.ops.push(Op::PutAttempt(id, attempt.clone()));
+    }
+
+    fn remove_attempt(&mut self, id: DeliveryId, n: u32) {
+        self.ops.push(Op::RemoveAttempt(id, n));
     }
 
     /// Counters are counted.

@@ -755,6 +755,10 @@ impl Writer for SledWriter {
         self.insert(&attempt_key(id, attempt.number), &encode(attempt));
     }
 
+    fn remove_attempt(&mut self, id: DeliveryId, n: u32) {
+        self.remove(&attempt_key(id, n));
+    }
+
     fn merge_health(&mut self, sub: SubscriptionId, delta: &HealthDelta) -> Result<()> {
         // One merge per subscription per commit (the session gathers the
         // round's attempts), so the committed record is the one to merge

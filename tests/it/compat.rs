@@ -84,7 +84,7 @@ fn a_version_1_store_opens_and_delivers() {
         }
         bus.shutdown(Duration::from_secs(1)).unwrap();
     }
-    assert_eq!(format_marker(&store), [3], "the marker is upgraded on open");
+    assert_eq!(format_marker(&store), [4], "the marker is upgraded on open");
     let bus = builder(&store).open().unwrap();
     wait_until(LONG, "5 deliveries", || {
         bus.outbox().stats().unwrap().delivered == 5
@@ -164,7 +164,7 @@ fn a_version_1_store_reopens_after_its_upgrade() {
         seen.push(subs);
         bus.shutdown(Duration::from_secs(1)).unwrap();
         drop(bus);
-        assert_eq!(format_marker(&store), [3]);
+        assert_eq!(format_marker(&store), [4]);
     }
     assert_eq!(seen[0], seen[1]);
     // A v1 record rewritten as v2 (by an update) reads back with its new
@@ -278,7 +278,7 @@ fn a_version_2_store_opens_and_delivers() {
         check(&bus.subscriptions().list().unwrap(), true);
         bus.shutdown(Duration::from_secs(1)).unwrap();
     }
-    assert_eq!(format_marker(&store), [3]);
+    assert_eq!(format_marker(&store), [4]);
 
     let bus = builder(&store).open().unwrap();
     check(&bus.subscriptions().list().unwrap(), true);
@@ -396,6 +396,13 @@ fn a_version_3_store_opens_remembers_its_keys_and_delivers_numbered() {
             .unwrap();
         assert_eq!(again, keyed);
         assert_eq!(bus.outbox().stats().unwrap().pending, 8);
+        // A format-3 event does not say whether it had a tenant: it is not
+        // fanned out again (it could reach another tenant), and the error
+        // says what to do instead.
+        assert_eq!(event.tenant, None);
+        let e = bus.outbox().replay(keyed, None).unwrap_err();
+        assert!(matches!(e, hookbus::Error::InvalidReplay(_)), "{e}");
+        assert!(e.to_string().contains("replay_since"), "{e}");
         for s in &subs {
             bus.subscriptions()
                 .update(
@@ -423,4 +430,36 @@ fn a_version_3_store_opens_remembers_its_keys_and_delivers_numbered() {
     }
     // FIFO: in order.
     assert_eq!(tenant_seqs, ["1", "2", "3"]);
+
+    // Per delivery, the fixture's events replay (a span from the fixture's
+    // first delivery on: not tied to today's date).
+    let tenant = bus.subscriptions().list().unwrap()[2].clone();
+    let first = bus
+        .outbox()
+        .for_subscription(tenant.id, false)
+        .next()
+        .unwrap()
+        .unwrap();
+    let from = hookbus::Timestamp::from_millis(first.created_at.as_millis() - 1);
+    let until = from.saturating_add(Duration::from_secs(3600));
+    assert_eq!(
+        bus.outbox().replay_since(tenant.id, from, until).unwrap(),
+        3
+    );
+    let again = rx.wait_for(11, LONG);
+    let seqs: Vec<&str> = again[8..]
+        .iter()
+        .map(|r| {
+            assert_eq!(r.path, "/Tenant");
+            r.header("x-webhook-sequence").unwrap()
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        ["4", "5", "6"],
+        "replays are numbered after the others"
+    );
+    bus.shutdown(Duration::from_secs(1)).unwrap();
+    drop(bus);
+    assert_eq!(format_marker(&store), [4], "the marker is upgraded on open");
 }

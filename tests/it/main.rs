@@ -17,6 +17,8 @@ mod operations;
 mod postgres;
 mod publish;
 mod receiver;
+mod replay;
+mod retention;
 mod security;
 mod store_faults;
 mod subscriptions;
