@@ -502,8 +502,9 @@ impl Builder {
 
     /// Keeps delivered deliveries — with their attempts, and their events
     /// while any delivery refers to one — for this long after they
-    /// finished (`None`: until [`Outbox::purge_delivered_before`]
-    /// (crate::Outbox::purge_delivered_before)). Older ones are removed in
+    /// finished (`None`: until
+    /// [`Outbox::purge_delivered_before`](crate::Outbox::purge_delivered_before)).
+    /// Older ones are removed in
     /// the background, in bounded chunks between rounds, so a steady load
     /// keeps the store's size flat. Events stay replayable
     /// ([`Outbox::replay`](crate::Outbox::replay)) for as long as one of

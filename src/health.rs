@@ -304,6 +304,36 @@ fn percentile(sorted: &[u32], p: usize) -> Option<u64> {
     Some(u64::from(sorted[rank - 1]))
 }
 
+/// The bus's own health, for readiness and liveness probes: from
+/// [`Bus::health`](crate::Bus::health).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BusHealth {
+    /// The dispatcher answered and the store took a write in time, and no
+    /// problem below stops delivery: serve traffic.
+    pub ready: bool,
+    /// The dispatcher thread runs and answered the probe in time.
+    pub dispatcher_alive: bool,
+    /// The probe's write was committed and flushed (sled: the outbox
+    /// counters were rewritten; PostgreSQL: the round committed and the
+    /// counters were read back).
+    pub store_writable: bool,
+    /// Sender threads alive (started on demand, up to
+    /// [`Builder::senders`](crate::Builder::senders); a thread that ended is
+    /// started again with the next request).
+    pub senders_alive: usize,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Pending deliveries.
+    pub backlog: u64,
+    /// How long the longest-waiting due delivery has been due (`None`:
+    /// nothing is due). Growing under a steady load means the senders do
+    /// not keep up, or receivers are failing.
+    pub oldest_due_age: Option<Duration>,
+    /// What is wrong, as sentences (empty when healthy).
+    pub problems: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

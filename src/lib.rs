@@ -153,7 +153,29 @@
 //!
 //! ## Events that match no subscription
 //!
-//! They are accepted and dropped: nothing is stored for them.
+//! They are accepted and dropped: nothing is stored for them (so they
+//! cannot be replayed).
+//!
+//! ## Operating it
+//!
+//! * **Health per endpoint**: [`Subscriptions::health_all`], failing ones
+//!   first; subscriptions failing for [`Builder::auto_disable_after`] are
+//!   disabled, their backlog paused until re-enabled.
+//! * **What needs a human**: [`Bus::notices`], kept until acknowledged.
+//! * **Replay**: [`Outbox::replay`] (one event) and
+//!   [`Outbox::replay_since`] (a subscription's span, up to
+//!   [`MAX_REPLAY_SPAN`]).
+//! * **Retention**: [`Builder::keep_delivered_for`],
+//!   [`Builder::keep_dead_for`] (30 days each by default),
+//!   [`Builder::attempts_kept`].
+//! * **Readiness**: [`Bus::health`]. With the feature `metrics`, counters,
+//!   gauges and histograms go to the app's [`metrics`](https://docs.rs/metrics)
+//!   recorder (names in the README's "Operating hookbus").
+//!
+//! ## Features
+//!
+//! `tokio` (async barriers), `postgres` (a store several instances share),
+//! `metrics` (delivery metrics); none is on by default.
 //!
 //! [sled]: https://docs.rs/sled/0.34
 #![forbid(unsafe_code)]
@@ -188,6 +210,7 @@ mod signing;
 mod ssrf;
 mod storage;
 mod subscription;
+mod telemetry;
 mod util;
 
 pub use bus::Bus;
@@ -195,7 +218,7 @@ pub use config::{Builder, Config, Durability, default_retry_schedule};
 pub use delivery::{Delivery, DeliveryState, ParseDeliveryStateError};
 pub use error::{Error, Result, StoreError};
 pub use event::ALL_EVENTS;
-pub use health::{EndpointHealth, HealthStatus};
+pub use health::{BusHealth, EndpointHealth, HealthStatus};
 pub use ids::{
     DeliveryId, EventId, NoticeId, ParseIdError, ParseTimestampError, SubscriptionId, Timestamp,
 };

@@ -34,6 +34,7 @@ use crate::record::{AttemptErrorKind, Event};
 use crate::retry::decide;
 use crate::sender::{self, Outcome};
 use crate::storage::{IndexEntry, SubscriptionRecord, Writer};
+use crate::telemetry;
 
 /// At most this many commands are taken into one round.
 const MAX_ROUND: usize = 4096;
@@ -49,6 +50,7 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 pub(crate) fn start(
     writer: Box<dyn Writer>,
     config: Arc<Config>,
+    vitals: Arc<super::Vitals>,
 ) -> Result<(Sender<Command>, JoinHandle<Result<()>>)> {
     let (tx, rx) = crossbeam_channel::bounded(config.channel_capacity);
     let (out_tx, out_rx) = crossbeam_channel::unbounded();
@@ -65,6 +67,7 @@ pub(crate) fn start(
     };
     let d = Dispatcher {
         horizon: delivery::due_horizon(&config.retry_schedule),
+        vitals,
         s: session,
         commands: rx,
         outcomes,
@@ -167,6 +170,8 @@ struct Dispatcher {
     next_key_sweep: u64,
     /// When to start the retention jobs next (ms).
     next_retention: u64,
+    /// What `Bus::health` reads of this thread.
+    vitals: Arc<super::Vitals>,
     /// When to poll a shared store for other instances' work next (ms).
     next_poll: u64,
     /// Subscriptions as last read (see [`Dispatcher::subscription`]).
@@ -614,6 +619,14 @@ impl Dispatcher {
         for (done, r) in self.done.drain(..) {
             done(r);
         }
+        let senders = self.pool.as_ref().map_or(0, sender::Pool::alive);
+        self.vitals
+            .in_flight
+            .store(self.in_flight.len(), std::sync::atomic::Ordering::Relaxed);
+        self.vitals
+            .senders_alive
+            .store(senders, std::sync::atomic::Ordering::Relaxed);
+        telemetry::round(self.in_flight.len(), self.s.pending());
     }
 
     fn run_job_chunk(&mut self) {

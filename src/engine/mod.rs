@@ -16,6 +16,7 @@ pub(crate) mod maintenance;
 pub(crate) mod scheduler;
 pub(crate) mod session;
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -69,6 +70,27 @@ pub(crate) enum Command {
     Shutdown(std::time::Instant),
 }
 
+/// What the dispatcher reports of itself at the end of every round, for
+/// [`Bus::health`](crate::Bus::health).
+#[derive(Debug, Default)]
+pub(crate) struct Vitals {
+    /// Requests in flight.
+    pub(crate) in_flight: AtomicUsize,
+    /// Sender threads alive.
+    pub(crate) senders_alive: AtomicUsize,
+}
+
+/// How [`Engine::probe`] went.
+#[derive(Debug)]
+pub(crate) enum Probe {
+    /// Answered; the write was committed and flushed.
+    Ok,
+    /// No answer in time.
+    Late,
+    /// Answered with an error (or the engine is closed).
+    Failed(Error),
+}
+
 /// The running engine of one store: the command channel in, the reader
 /// out, and the dispatcher thread. Shared by every clone of a `Bus`.
 #[derive(Debug)]
@@ -77,6 +99,7 @@ pub(crate) struct Engine {
     reader: RwLock<Option<Arc<dyn Reader>>>,
     life: Mutex<Life>,
     shutdown_timeout: Duration,
+    vitals: Arc<Vitals>,
 }
 
 #[derive(Debug, Default)]
@@ -94,7 +117,8 @@ impl Engine {
         config: Arc<Config>,
     ) -> Result<Engine> {
         let shutdown_timeout = config.shutdown_timeout;
-        let (tx, thread) = event_loop::start(writer, config)?;
+        let vitals = Arc::new(Vitals::default());
+        let (tx, thread) = event_loop::start(writer, config, vitals.clone())?;
         Ok(Engine {
             tx: RwLock::new(Some(tx)),
             reader: RwLock::new(Some(reader)),
@@ -103,6 +127,7 @@ impl Engine {
                 ended: None,
             }),
             shutdown_timeout,
+            vitals,
         })
     }
 
@@ -114,6 +139,17 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .ok_or(Error::Closed)
+    }
+
+    /// Whether the dispatcher thread is running (it was started and has
+    /// not ended).
+    pub(crate) fn dispatcher_running(&self) -> bool {
+        self.life
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .thread
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
     }
 
     pub(crate) fn is_open(&self) -> bool {
@@ -148,6 +184,45 @@ impl Engine {
             done
         })))?;
         rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Checks that the engine thread answers and the store takes a write:
+    /// a change that rewrites the outbox counters, committed and flushed,
+    /// within `timeout` (the command queue included).
+    pub(crate) fn probe(&self, timeout: Duration) -> Probe {
+        let deadline = std::time::Instant::now() + timeout;
+        let (tx, rx) = crossbeam_channel::bounded::<Result<()>>(1);
+        let cmd = Command::Write(Box::new(move |s: &mut Session| {
+            s.touch_stats();
+            let done: Done = Box::new(move |flushed: Result<()>| {
+                let _ = tx.send(flushed);
+            });
+            done
+        }));
+        {
+            let guard = self.tx.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(sender) = guard.as_ref() else {
+                return Probe::Failed(Error::Closed);
+            };
+            match sender.send_deadline(cmd, deadline) {
+                Ok(()) => {}
+                Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => return Probe::Late,
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => {
+                    return Probe::Failed(Error::Closed);
+                }
+            }
+        }
+        match rx.recv_deadline(deadline) {
+            Ok(Ok(())) => Probe::Ok,
+            Ok(Err(e)) => Probe::Failed(e),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Probe::Late,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Probe::Failed(Error::Closed),
+        }
+    }
+
+    /// What the dispatcher last reported of itself.
+    pub(crate) fn vitals(&self) -> &Vitals {
+        &self.vitals
     }
 
     /// Runs a maintenance job in chunks between rounds; returns how many

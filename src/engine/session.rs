@@ -20,6 +20,7 @@ use crate::notice::{Notice, NoticeKind};
 use crate::record::{Attempt, Event, OutboxStats};
 use crate::retry::Decision;
 use crate::storage::{Damaged, IndexEntry, Reader, SubscriptionRecord, Writer};
+use crate::telemetry;
 
 use super::maintenance::Job;
 
@@ -204,6 +205,7 @@ impl Session {
         self.create_deliveries(event, subs)?;
         self.w
             .put_event(event, u32::try_from(subs.len()).unwrap_or(u32::MAX));
+        telemetry::published(subs.len());
         Ok(())
     }
 
@@ -299,10 +301,13 @@ impl Session {
         if attempt.number > kept {
             self.w.remove_attempt(id, attempt.number - kept);
         }
-        let (new, gone) = delivery::attempted(&current, attempt, decision, Timestamp::now());
+        let now = Timestamp::now();
+        telemetry::attempt(attempt, current.state, now.since(current.created_at));
+        let (new, gone) = delivery::attempted(&current, attempt, decision, now);
         if let Decision::Dead(reason) = decision
             && current.state == DeliveryState::Pending
         {
+            telemetry::dead_lettered();
             tracing::warn!(delivery = %id, subscription = %current.subscription_id, %reason, "delivery dead-lettered");
             self.notice(NoticeKind::DeliveryDeadLettered {
                 delivery: id,
@@ -318,6 +323,7 @@ impl Session {
     /// Dead-letters a pending delivery that cannot be sent.
     pub(crate) fn dead_letter(&mut self, d: &Delivery, reason: &str) {
         tracing::warn!(delivery = %d.id, subscription = %d.subscription_id, reason, "delivery dead-lettered");
+        telemetry::dead_lettered();
         // The app's own deletions need no notice; a 410 has its own.
         if reason != delivery::reason::DELETED && reason != delivery::reason::GONE {
             self.notice(NoticeKind::DeliveryDeadLettered {
@@ -553,6 +559,17 @@ impl Session {
             self.keys.remove(key);
         }
         Ok(())
+    }
+
+    /// Rewrites the outbox counters at the next commit (a write that
+    /// proves the store takes writes: [`Engine::probe`](super::Engine::probe)).
+    pub(crate) fn touch_stats(&mut self) {
+        self.stats_dirty = true;
+    }
+
+    /// Pending deliveries, as counted.
+    pub(crate) fn pending(&self) -> u64 {
+        self.stats.pending
     }
 
     /// Applies what is staged (visible at once, durable at the next flush).

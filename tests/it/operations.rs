@@ -192,3 +192,64 @@ fn health_counts_survive_a_reopen_and_failing_subscriptions_come_first() {
             if *subscription == bad_id && reason.contains("500")
     )));
 }
+
+#[test]
+fn bus_health_reports_readiness_backlog_and_how_long_work_has_been_due() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing is sent: what is published stays due.
+    let bus = builder(dir.path()).deliver(false).open().unwrap();
+    let h = bus.health(Duration::from_secs(5));
+    assert!(h.ready && h.dispatcher_alive && h.store_writable, "{h:?}");
+    assert!(h.problems.is_empty());
+    assert_eq!((h.backlog, h.in_flight, h.oldest_due_age), (0, 0, None));
+
+    bus.subscribe(NewSubscription::new("s", "http://127.0.0.1:9/").events(["e"]))
+        .unwrap();
+    for n in 0..3 {
+        bus.publish("e", &json!({ "n": n })).unwrap();
+    }
+    bus.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(120));
+    let h = bus.health(Duration::from_secs(5));
+    assert!(h.ready, "{h:?}");
+    assert_eq!(h.backlog, 3);
+    let age = h.oldest_due_age.expect("due work");
+    assert!(age >= Duration::from_millis(100), "{age:?}");
+    assert_eq!(h.senders_alive, 0, "no senders without delivery");
+
+    // After a shutdown it is not ready, and says why.
+    bus.shutdown(Duration::from_secs(1)).unwrap();
+    let h = bus.health(Duration::from_secs(1));
+    assert!(
+        !h.ready && !h.dispatcher_alive && !h.store_writable,
+        "{h:?}"
+    );
+    assert!(
+        h.problems
+            .iter()
+            .any(|p| p.contains("dispatcher thread is not running")),
+        "{:?}",
+        h.problems
+    );
+}
+
+#[test]
+fn bus_health_counts_the_senders_that_deliver() {
+    let (rx, failing) = switchable();
+    failing.store(false, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path()).open().unwrap();
+    bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["e"]))
+        .unwrap();
+    for n in 0..8 {
+        bus.publish("e", &json!({ "n": n })).unwrap();
+    }
+    rx.wait_for(8, LONG);
+    wait_until(LONG, "delivered", || {
+        bus.outbox().stats().unwrap().delivered == 8
+    });
+    let h = bus.health(Duration::from_secs(5));
+    assert!(h.ready, "{h:?}");
+    assert_eq!((h.backlog, h.oldest_due_age), (0, None));
+    assert!((1..=4).contains(&h.senders_alive), "{h:?}");
+}
