@@ -2,6 +2,7 @@
 //! receiver on 127.0.0.1, real child processes killed with SIGKILL.
 
 #![allow(missing_docs, unreachable_pub, dead_code)]
+mod admin;
 mod api;
 mod cli;
 mod compat;

@@ -16,6 +16,24 @@
 //! | `GET /webhooks/subscriptions/{id}/history` | its owner | its latest deliveries (`?limit=`, ≤ 100) |
 //! | `GET /webhooks/subscriptions/search?eventName=` | role `relay` | the active subscribers an event reaches: the caller's tenant's, or (a caller without tenant) the app-wide ones |
 //!
+//! **Operator routes**, for callers with the [`ADMIN_ROLE`] (`admin`):
+//! what the outbox CLI does, usable while the app runs (bodies are the
+//! Rust types' serde forms, snake_case, in camelCase wrappers):
+//!
+//! | route | does |
+//! | --- | --- |
+//! | `GET /webhooks/admin/health` | [`Bus::health`](crate::Bus::health): 200 ready, 503 not, with the problems |
+//! | `GET /webhooks/admin/subscriptions` | every subscription's [`EndpointHealth`](crate::EndpointHealth), failing first |
+//! | `GET /webhooks/admin/subscriptions/{id}` | one's health and its latest failed attempts (`?limit=`, 20) |
+//! | `POST /webhooks/admin/subscriptions/{id}/retry-dead` | its dead letters due again: `{"retried": n}` |
+//! | `POST /webhooks/admin/subscriptions/{id}/replay` | `{"from": RFC 3339, "until"?: RFC 3339}`: [`Outbox::replay_since`](crate::Outbox::replay_since) |
+//! | `POST /webhooks/admin/events/{id}/replay` | `{"subscriptionId"?: id}` or no body: [`Outbox::replay`](crate::Outbox::replay) |
+//! | `GET /webhooks/admin/deliveries?state=&after=&limit=` | finished deliveries in finish order (`delivered`, or `dead`), after a cursor: poll it to follow |
+//! | `GET /webhooks/admin/deliveries/{id}` | one delivery and its attempts, response excerpts as text |
+//! | `POST /webhooks/admin/deliveries/{id}/retry` | a dead letter due again |
+//! | `GET /webhooks/admin/notices?limit=` | unacknowledged [`Notice`](crate::Notice)s, oldest first |
+//! | `DELETE /webhooks/admin/notices/{id}` | acknowledge one |
+//!
 //! Unlike the seed plugin, reads and changes of one subscription are
 //! checked against its owner: another caller gets 404, not the record.
 //!
@@ -45,6 +63,8 @@
 //! `responseStatus` with the field and the rule: 400 validation, 401 no
 //! caller, 403 missing role, 404 unknown, 405 wrong method, 409 conflict.
 
+mod admin;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -59,7 +79,11 @@ pub use crate::subscription::USER_TENANT_PREFIX;
 
 /// The role that may search subscribers (the seed's relay role).
 pub const RELAY_ROLE: &str = "relay";
+/// The role of operators: the `/webhooks/admin` routes (every
+/// subscription's health, replay, retries, notices).
+pub const ADMIN_ROLE: &str = "admin";
 const BASE: &str = "/webhooks/subscriptions";
+const ADMIN_BASE: &str = "/webhooks/admin";
 /// The one `contentType` the routes accept and show (ServiceStack's
 /// subscription shape has the field; hookbus always sends JSON).
 const CONTENT_TYPE_JSON: &str = "application/json";
@@ -359,7 +383,11 @@ fn from_error(e: &Error, in_config: bool) -> ApiResponse {
         Error::InvalidPolicy { .. } => (400, "InvalidPolicy", Some("rateLimit")),
         Error::TenantFull { .. } => (409, "TenantFull", None),
         Error::Conflict { .. } => (409, "Conflict", Some("events")),
-        Error::SubscriptionNotFound(_) => (404, "NotFound", None),
+        Error::SubscriptionNotFound(_) | Error::DeliveryNotFound(_) | Error::EventNotFound(_) => {
+            (404, "NotFound", None)
+        }
+        Error::NotDead { .. } => (409, "NotDead", None),
+        Error::InvalidReplay(_) => (400, "InvalidReplay", None),
         Error::Closed => (503, "Unavailable", None),
         _ => (500, "InternalError", None),
     };
@@ -378,6 +406,25 @@ fn from_error(e: &Error, in_config: bool) -> ApiResponse {
 /// `responseStatus` body.
 pub fn handle(bus: &Bus, req: ApiRequest<'_>) -> ApiResponse {
     let path = req.path.trim_end_matches('/');
+    if let Some(rest) = path
+        .strip_prefix(ADMIN_BASE)
+        .filter(|r| r.is_empty() || r.starts_with('/'))
+    {
+        let Some(caller) = req.caller else {
+            return ApiResponse::error(401, "Unauthorized", "authentication required", None);
+        };
+        if !caller.has_role(ADMIN_ROLE) {
+            return ApiResponse::error(
+                403,
+                "Forbidden",
+                format!("the admin routes need the `{ADMIN_ROLE}` role"),
+                None,
+            );
+        }
+        let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let method = req.method.to_ascii_uppercase();
+        return admin::route(bus, &method, &segments, req.query, req.body);
+    }
     let Some(rest) = path.strip_prefix(BASE) else {
         return ApiResponse::error(404, "NotFound", format!("no route for {}", req.path), None);
     };
