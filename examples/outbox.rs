@@ -7,11 +7,19 @@
 //! cargo run --example outbox -- --data DIR show DELIVERY_ID
 //! cargo run --example outbox -- --data DIR retry --all-dead
 //! cargo run --example outbox -- --data DIR purge --delivered-before 7d
+//! cargo run --example outbox -- --data DIR health
+//! cargo run --example outbox -- --data DIR replay --subscription ID --since 2h
+//! cargo run --example outbox -- --data DIR replay --event ID
+//! cargo run --example outbox -- --data DIR tail --for 1m
 //! ```
 //!
 //! Every read command takes `--json` for scripts. sled lets one process hold
 //! a store: while your application runs, this tool says so and exits 1; use
-//! the same calls in-process through `bus.outbox()` instead.
+//! the same operations in-process (`bus.outbox()`,
+//! `bus.subscriptions().health_all()`, `bus.notices()`) or through the REST
+//! adapter's operator routes (`/webhooks/admin/...`, role `admin`: see
+//! `hookbus::rest`) instead. What this tool changes (retries, replays) is
+//! sent by the application when it runs.
 //!
 //! A PostgreSQL store (built with `--features postgres`) can be inspected
 //! and repaired while the application's instances run:
@@ -92,12 +100,60 @@ enum Cmd {
         #[arg(long, value_name = "ID", requires = "all_dead")]
         subscription: Option<SubscriptionId>,
     },
-    /// Remove delivered deliveries (and their attempts) older than this.
+    /// Remove finished deliveries (and their attempts) older than this.
     Purge {
-        /// An age such as 30m, 24h, 7d (or 0s for all).
+        /// Delivered ones older than this age, such as 30m, 24h, 7d (or 0s
+        /// for all).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, required_unless_present = "dead_before")]
+        delivered_before: Option<Duration>,
+        /// Dead letters older than this age.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-        delivered_before: Duration,
+        dead_before: Option<Duration>,
     },
+    /// Every subscription's endpoint health, failing ones first.
+    Health,
+    /// Send again: one stored event, or what a subscription was sent in a
+    /// span (at most 14 days).
+    Replay {
+        /// The event to send again (to --subscription, or to every active
+        /// subscription it reaches).
+        #[arg(long, value_name = "ID", required_unless_present = "since")]
+        event: Option<hookbus::EventId>,
+        /// The subscription.
+        #[arg(long, value_name = "ID", required_unless_present = "event")]
+        subscription: Option<SubscriptionId>,
+        /// The span's start: an age (2h, 1d) or a time (RFC 3339).
+        #[arg(long, value_name = "AGE|TIME", value_parser = parse_when, conflicts_with = "event", requires = "subscription")]
+        since: Option<Timestamp>,
+        /// The span's end (default: now).
+        #[arg(long, value_name = "AGE|TIME", value_parser = parse_when, requires = "since")]
+        until: Option<Timestamp>,
+    },
+    /// Print deliveries as they finish (delivered and dead), oldest first.
+    Tail {
+        /// Stop after this long (default: run until interrupted).
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        run_for: Option<Duration>,
+        /// Start with deliveries that finished within this age (default:
+        /// only new ones).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        since: Option<Duration>,
+    },
+}
+
+/// An age before now (`2h`) or a time (`2026-12-04T09:00:00Z`).
+fn parse_when(s: &str) -> Result<Timestamp, String> {
+    if let Ok(t) = s.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    let age = parse_duration(s).map_err(|_| {
+        format!("`{s}` is neither an age such as 2h or 7d nor a time such as 2026-12-04T09:00:00Z")
+    })?;
+    Ok(Timestamp::from_millis(
+        Timestamp::now()
+            .as_millis()
+            .saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+    ))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -131,7 +187,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens the store without sending anything (inspection only).
+/// Opens the store without sending anything (inspection only) and without
+/// retention (the application's windows may be longer than the defaults:
+/// this tool removes nothing unless told to).
 fn open(cli: &Cli) -> Result<Bus, Box<dyn std::error::Error>> {
     if let Some(url) = &cli.postgres {
         #[cfg(feature = "postgres")]
@@ -139,6 +197,8 @@ fn open(cli: &Cli) -> Result<Bus, Box<dyn std::error::Error>> {
             .postgres(url)
             .postgres_schema(&cli.schema)
             .deliver(false)
+            .keep_delivered_for(None)
+            .keep_dead_for(None)
             .open()?);
         #[cfg(not(feature = "postgres"))]
         return Err(format!(
@@ -153,7 +213,12 @@ fn open(cli: &Cli) -> Result<Bus, Box<dyn std::error::Error>> {
     if !data.exists() {
         return Err(format!("no store at {}", data.display()).into());
     }
-    Ok(Bus::builder().path(data).deliver(false).open()?)
+    Ok(Bus::builder()
+        .path(data)
+        .deliver(false)
+        .keep_delivered_for(None)
+        .keep_dead_for(None)
+        .open()?)
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -182,16 +247,227 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             format!("{n} dead deliveries are due again; the application sends them when it runs")
         }
         Cmd::Retry { .. } => return Err("give a delivery id or --all-dead".into()),
-        Cmd::Purge { delivered_before } => {
-            let cutoff =
-                Timestamp::from_system_time(std::time::SystemTime::now() - delivered_before);
-            let n = bus.outbox().purge_delivered_before(cutoff)?;
-            format!("purged {n} delivered deliveries finished before {cutoff}")
+        Cmd::Purge {
+            delivered_before,
+            dead_before,
+        } => {
+            let cutoff = |age: Duration| {
+                Timestamp::from_system_time(
+                    std::time::SystemTime::now()
+                        .checked_sub(age)
+                        .unwrap_or(std::time::UNIX_EPOCH),
+                )
+            };
+            let mut lines = Vec::new();
+            if let Some(age) = delivered_before {
+                let at = cutoff(age);
+                let n = bus.outbox().purge_delivered_before(at)?;
+                lines.push(format!(
+                    "purged {n} delivered deliveries finished before {at}"
+                ));
+            }
+            if let Some(age) = dead_before {
+                let at = cutoff(age);
+                let n = bus.outbox().purge_dead_before(at)?;
+                lines.push(format!("purged {n} dead letters that died before {at}"));
+            }
+            lines.join("\n")
+        }
+        Cmd::Health => health(&bus, cli.json)?,
+        Cmd::Replay {
+            event: Some(event),
+            subscription,
+            ..
+        } => {
+            let ids = bus.outbox().replay(event, subscription)?;
+            if cli.json {
+                json!({ "deliveries": ids.iter().map(ToString::to_string).collect::<Vec<_>>() })
+                    .to_string()
+            } else {
+                format!(
+                    "event {event}: {} new deliveries; the application sends them when it runs",
+                    ids.len()
+                )
+            }
+        }
+        Cmd::Replay {
+            subscription: Some(sub),
+            since: Some(from),
+            until,
+            ..
+        } => {
+            let until = until.unwrap_or_else(Timestamp::now);
+            let n = bus.outbox().replay_since(sub, from, until)?;
+            if cli.json {
+                json!({ "replayed": n }).to_string()
+            } else {
+                format!(
+                    "{n} deliveries from {from} until {until} made again; the application sends them when it runs"
+                )
+            }
+        }
+        Cmd::Replay { .. } => {
+            return Err("give --event ID, or --subscription ID --since AGE".into());
+        }
+        Cmd::Tail { run_for, since } => {
+            tail(&bus, cli.json, run_for, since)?;
+            String::new()
         }
     };
     bus.shutdown(Duration::from_secs(5))?;
-    println!("{out}");
+    if !out.is_empty() {
+        println!("{out}");
+    }
     Ok(())
+}
+
+fn ms(t: Option<u64>) -> String {
+    t.map(|v| format!("{v} ms")).unwrap_or_default()
+}
+
+fn health(bus: &Bus, as_json: bool) -> Result<String, hookbus::Error> {
+    let all = bus.subscriptions().health_all()?;
+    if as_json {
+        return Ok(serde_json::to_string(&all).unwrap_or_default());
+    }
+    let rows = all
+        .iter()
+        .map(|h| {
+            vec![
+                format!("{:?}", h.status).to_lowercase(),
+                h.name.clone(),
+                h.subscription.to_string(),
+                h.consecutive_failures.to_string(),
+                h.failing_since.map(|t| t.to_string()).unwrap_or_default(),
+                h.last_failure_reason.clone().unwrap_or_default(),
+                format!("{}/{}", h.successes, h.attempts),
+                ms(h.latency_p50_ms),
+                ms(h.latency_p99_ms),
+                h.backlog.to_string(),
+                h.disabled_reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &[
+            "status",
+            "name",
+            "subscription",
+            "failing",
+            "since",
+            "last failure",
+            "ok/all",
+            "p50",
+            "p99",
+            "backlog",
+            "disabled because",
+        ],
+        rows,
+    ))
+}
+
+/// Prints deliveries as they finish, polling the finished listings from a
+/// cursor each; bounded by `run_for` when given.
+fn tail(
+    bus: &Bus,
+    as_json: bool,
+    run_for: Option<Duration>,
+    since: Option<Duration>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    const PAGE: usize = 1000;
+    let start = std::time::Instant::now();
+    let horizon = Timestamp::from_system_time(
+        std::time::SystemTime::now()
+            .checked_sub(since.unwrap_or(Duration::ZERO))
+            .unwrap_or(std::time::UNIX_EPOCH),
+    );
+    let outbox = bus.outbox();
+    // Per finished state: the last delivery printed (the cursor), and the
+    // finish time of the last ones printed with their ids, so a listing
+    // started again (the cursor was retried or purged) prints nothing twice.
+    struct Follow {
+        state: DeliveryState,
+        cursor: Option<DeliveryId>,
+        last_at: Timestamp,
+        at_last: std::collections::HashSet<DeliveryId>,
+    }
+    let mut follows: Vec<Follow> = [DeliveryState::Delivered, DeliveryState::Dead]
+        .into_iter()
+        .map(|state| Follow {
+            state,
+            cursor: None,
+            last_at: horizon,
+            at_last: Default::default(),
+        })
+        .collect();
+    let stdout = std::io::stdout();
+    loop {
+        let mut batch = Vec::new();
+        let mut full = false;
+        for f in &mut follows {
+            let listing = match f.cursor {
+                Some(c) => outbox.list_after(f.state, c),
+                None => outbox.list(f.state),
+            };
+            let mut n = 0;
+            for d in listing.take(PAGE) {
+                n += 1;
+                let d = match d {
+                    Ok(d) => d,
+                    Err(
+                        hookbus::Error::CursorMoved { .. } | hookbus::Error::DeliveryNotFound(_),
+                    ) => {
+                        f.cursor = None;
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                f.cursor = Some(d.id);
+                let Some(at) = d.finished_at else { continue };
+                if at < f.last_at || (at == f.last_at && f.at_last.contains(&d.id)) {
+                    continue;
+                }
+                if at > f.last_at {
+                    f.last_at = at;
+                    f.at_last.clear();
+                }
+                f.at_last.insert(d.id);
+                batch.push(d);
+            }
+            full |= n == PAGE;
+        }
+        batch.sort_by_key(|d| d.finished_at);
+        let mut out = stdout.lock();
+        for d in &batch {
+            if as_json {
+                writeln!(out, "{}", delivery_json(d))?;
+            } else {
+                writeln!(
+                    out,
+                    "{}  {:<9}  {}  {}  attempts={}  {}",
+                    d.finished_at.map(|t| t.to_string()).unwrap_or_default(),
+                    d.state.to_string(),
+                    d.id,
+                    d.event_name,
+                    d.attempts,
+                    d.last_status
+                        .map(|s| format!("HTTP {s}"))
+                        .or_else(|| d.last_error.clone())
+                        .unwrap_or_default()
+                )?;
+            }
+        }
+        out.flush()?;
+        drop(out);
+        if run_for.is_some_and(|r| start.elapsed() >= r) {
+            return Ok(());
+        }
+        // Catching up on a long history: no pause between full pages.
+        if !full {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
 }
 
 fn stats(bus: &Bus, as_json: bool) -> Result<String, hookbus::Error> {

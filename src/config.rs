@@ -510,6 +510,10 @@ impl Builder {
     /// ([`Outbox::replay`](crate::Outbox::replay)) for as long as one of
     /// their deliveries is kept. 1 s to 10 years.
     ///
+    /// Every bus that opens the store purges by its own settings: give
+    /// every instance of a shared store the same windows, and open tools
+    /// that only inspect with `None` (the outbox CLI does).
+    ///
     /// Defaults to 30 days.
     pub fn keep_delivered_for(mut self, window: Option<Duration>) -> Self {
         self.config.keep_delivered = window;

@@ -313,9 +313,13 @@ fn deliveries(bus: &Bus, query: &str) -> ApiResponse {
                 json!({ "deliveries": page.iter().map(delivery_json).collect::<Vec<_>>(), "next": next }),
             )
         }
-        Err(e @ Error::CursorMoved { .. }) => {
-            ApiResponse::error(409, "CursorMoved", e.to_string(), Some("after"))
-        }
+        // The cursor's delivery left the listing (retried, purged).
+        Err(e @ (Error::CursorMoved { .. } | Error::DeliveryNotFound(_))) => ApiResponse::error(
+            409,
+            "CursorMoved",
+            format!("{e}; list again from the start"),
+            Some("after"),
+        ),
         Err(e) => from_error(&e, false),
     }
 }

@@ -291,3 +291,101 @@ fn outbox_cli_errors_are_clear_and_exit_non_zero() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no store at"));
 }
+
+#[test]
+fn outbox_cli_shows_health_replays_tails_and_purges_dead_letters() {
+    let rx = TestReceiver::with(|r| {
+        if r.path == "/fail" {
+            Reply::status(500).body(b"nope")
+        } else {
+            Reply::ok()
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (good, bad) = prepare(d, &rx);
+
+    // Health: the failing subscription on top.
+    let text = ok(d, &["health"]);
+    let first_row = text.lines().nth(2).unwrap();
+    assert!(
+        first_row.starts_with("failing")
+            && first_row.contains("Bad")
+            && first_row.contains("HTTP 500"),
+        "{text}"
+    );
+    let j = ok_json(d, &["health"]);
+    assert_eq!(
+        (j[0]["name"].as_str(), j[0]["status"].as_str()),
+        (Some("Bad"), Some("failing"))
+    );
+    assert_eq!(
+        (j[1]["name"].as_str(), j[1]["successes"].as_u64()),
+        (Some("Good"), Some(3))
+    );
+
+    // Tail from an hour ago, bounded: the 5 finished ones, oldest first.
+    let out = ok(d, &["tail", "--since", "1h", "--for", "0s", "--json"]);
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    let states: Vec<&str> = lines.iter().map(|l| l["state"].as_str().unwrap()).collect();
+    assert_eq!(states.iter().filter(|s| **s == "dead").count(), 2);
+    let finished: Vec<&str> = lines
+        .iter()
+        .map(|l| l["finished_at"].as_str().unwrap())
+        .collect();
+    assert!(finished.windows(2).all(|w| w[0] <= w[1]), "{finished:?}");
+    // Without --since only what finishes from now on is shown: nothing.
+    assert_eq!(ok(d, &["tail", "--for", "0s"]), "");
+
+    // Replay: the good subscription's last hour, and one dead event.
+    let out = ok(d, &["replay", "--subscription", &good, "--since", "1h"]);
+    assert!(out.starts_with("3 deliveries from"), "{out}");
+    let dead = ok_json(d, &["list", "--state", "dead"]);
+    let event = dead["deliveries"][0]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let j = ok_json(d, &["replay", "--event", &event]);
+    assert_eq!(j["deliveries"].as_array().unwrap().len(), 1, "{j}");
+    let j = ok_json(d, &["stats"]);
+    assert_eq!(
+        (j["pending"].as_u64(), j["dead"].as_u64()),
+        (Some(4), Some(2))
+    );
+
+    // Purge the dead letters.
+    assert!(ok(d, &["purge", "--dead-before", "0s"]).contains("purged 2 dead letters"));
+    assert_eq!(ok_json(d, &["stats"])["dead"].as_u64(), Some(0));
+
+    // Clear errors.
+    for (args, needle) in [
+        (vec!["replay", "--since", "1h"], "required"),
+        (
+            vec!["replay", "--subscription", bad.as_str(), "--since", "30d"],
+            "longer than 14 days",
+        ),
+        (
+            vec!["replay", "--subscription", bad.as_str(), "--since", "soon"],
+            "neither an age",
+        ),
+        (
+            vec!["replay", "--event", "0192a6f0c4b27c3e8f1e2d3c4b5a6978"],
+            "no stored event",
+        ),
+    ] {
+        let out = run(d, &args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+
+    // The application sends what the CLI replayed once it runs.
+    let before = rx.count();
+    let bus = builder(d).open().unwrap();
+    rx.wait_for(before + 4, LONG);
+    drop(bus);
+}

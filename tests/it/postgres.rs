@@ -738,6 +738,20 @@ fn the_outbox_cli_works_on_postgres_while_the_app_runs() {
         Some(3),
         "{listed}"
     );
+    // Follow while the app runs: `tail` prints the deliveries as the app's
+    // instance finishes them.
+    let tail = std::process::Command::new(crate::cli::outbox_bin())
+        .args(["--postgres", &url(), "--schema", &schema.0])
+        .args(["tail", "--for", "4s", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Health shows the failing subscription while the app runs.
+    let out = cli(&["health", "--json"]);
+    assert!(out.status.success());
+    let health: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(health[0]["failures"], 12, "{health}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
     // Repair: the app's instance sends them, now that the receiver agrees.
     rx.respond(|_| Reply::ok());
     let out = cli(&["retry", "--all-dead"]);
@@ -749,6 +763,14 @@ fn the_outbox_cli_works_on_postgres_while_the_app_runs() {
     wait_until(LONG, "3 delivered", || {
         app.outbox().stats().unwrap().delivered == 3
     });
+    let followed = tail.wait_with_output().unwrap();
+    assert!(followed.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&followed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines.iter().all(|l| l["state"] == "delivered"), "{lines:?}");
     // The connection string's password never shows in an error.
     let out = std::process::Command::new(crate::cli::outbox_bin())
         .args(["--postgres", "postgres://u:s3cret@127.0.0.1:1/db", "stats"])
