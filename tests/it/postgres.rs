@@ -861,3 +861,100 @@ fn a_publishing_only_instance_follows_subscriptions_made_elsewhere() {
         a.outbox().for_subscription(second.id, false).count() > 0
     });
 }
+
+/// Issue 14 on a shared store: two instances add up one subscription's
+/// health (each merges its own attempts under the row's lock), and events
+/// keep their tenant, so replay works from either instance.
+#[test]
+fn two_instances_add_up_health_and_replay_on_postgres() {
+    let Some(schema) = Schema::new("ops") else {
+        return;
+    };
+    let rx = TestReceiver::with(|req| {
+        if req.path == "/fail" {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    });
+    let a = schema.builder().open().unwrap();
+    let b = schema.builder().open().unwrap();
+    let fail = a
+        .subscribe(NewSubscription::new("fail", rx.url("/fail")).event("e"))
+        .unwrap();
+    let ok = a
+        .subscribe(
+            NewSubscription::new("ok", rx.url("/ok"))
+                .event("e")
+                .tenant("acme"),
+        )
+        .unwrap();
+    // 10 events to each subscription, published from both instances.
+    for n in 0..5 {
+        a.publish("e", &json!({ "n": n })).unwrap();
+        b.publish("e", &json!({ "n": n + 5 })).unwrap();
+        a.publish_to("acme", "e", &json!({ "n": n })).unwrap();
+        b.publish_to("acme", "e", &json!({ "n": n + 5 })).unwrap();
+    }
+    wait_until(LONG, "10 dead, 10 delivered", || {
+        let s = a.outbox().stats().unwrap();
+        (s.dead, s.delivered, s.pending) == (10, 10, 0)
+    });
+    // Merged from whichever instance made each attempt: 10 × 4 failures.
+    for bus in [&a, &b] {
+        let h = bus.subscriptions().health(fail.id).unwrap();
+        assert_eq!(
+            (h.attempts, h.failures, h.consecutive_failures),
+            (40, 40, 40)
+        );
+        let h = bus.subscriptions().health(ok.id).unwrap();
+        assert_eq!((h.attempts, h.successes), (10, 10));
+    }
+    assert_eq!(a.subscriptions().health_all().unwrap()[0].name, "fail");
+
+    // Replay from the other instance: the tenant's event to its
+    // subscription only, then the tenant subscription's whole span.
+    let acme_event = a
+        .outbox()
+        .for_subscription(ok.id, false)
+        .next()
+        .unwrap()
+        .unwrap()
+        .event_id;
+    assert_eq!(
+        b.outbox()
+            .event(acme_event)
+            .unwrap()
+            .unwrap()
+            .tenant
+            .as_deref(),
+        Some("acme")
+    );
+    assert_eq!(b.outbox().replay(acme_event, None).unwrap().len(), 1);
+    wait_until(LONG, "the replay delivered", || {
+        a.outbox().stats().unwrap().delivered == 11
+    });
+    let from = hookbus::Timestamp::from_millis(hookbus::Timestamp::now().as_millis() - 60_000);
+    assert_eq!(
+        b.outbox()
+            .replay_since(ok.id, from, hookbus::Timestamp::now())
+            .unwrap(),
+        11,
+        "the 10 delivered ones and the replay"
+    );
+    wait_until(LONG, "22 delivered", || {
+        a.outbox().stats().unwrap().delivered == 22
+    });
+    let to_ok = rx.requests().iter().filter(|r| r.path == "/ok").count();
+    assert_eq!(to_ok, 22);
+    // Retention from an instance: dead letters purged by hand are gone for
+    // both.
+    assert_eq!(
+        a.outbox()
+            .purge_dead_before(hookbus::Timestamp::now())
+            .unwrap(),
+        10
+    );
+    assert_eq!(b.outbox().stats().unwrap().dead, 0);
+    consistent(&a);
+}
