@@ -46,9 +46,9 @@ pub struct Bus {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: Arc<Config>,
-    engine: Engine,
+    pub(crate) engine: Engine,
 }
 
 impl fmt::Debug for Bus {
@@ -297,6 +297,35 @@ impl Bus {
         crate::Notices {
             engine: &self.inner.engine,
         }
+    }
+
+    /// Calls `handler` for each operational notice, oldest first, on a
+    /// thread of its own that looks for new ones every quarter second —
+    /// the push form of [`notices`](Bus::notices). A notice is
+    /// acknowledged when `handler` returns `true`; on `false` (or a panic,
+    /// which is logged) it stays and is offered again at the next look, so
+    /// every notice reaches the handler at least once, across restarts
+    /// too (call `on_notice` again after opening). The thread ends when
+    /// the returned [`NoticeListener`](crate::NoticeListener) is stopped
+    /// or dropped, or when the bus shuts down; it does not keep the bus
+    /// open.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hookbus::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let bus = hookbus::Bus::builder().path(dir.path()).open()?;
+    /// let listener = bus.on_notice(|notice| {
+    ///     eprintln!("hookbus needs a human: {}", notice.kind);
+    ///     true // handled: acknowledge it
+    /// })?;
+    /// # listener.stop();
+    /// # Ok(()) }
+    /// ```
+    pub fn on_notice<F>(&self, handler: F) -> Result<crate::NoticeListener>
+    where
+        F: FnMut(&crate::Notice) -> bool + Send + 'static,
+    {
+        crate::outbox::NoticeListener::start(Arc::downgrade(&self.inner), handler)
     }
 
     /// The bus's own health, for a readiness probe: the dispatcher thread

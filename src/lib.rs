@@ -224,7 +224,7 @@ pub use ids::{
 };
 pub use message::{EventType, Message};
 pub use notice::{MAX_NOTICES, Notice, NoticeKind};
-pub use outbox::{Deliveries, MAX_REPLAY_SPAN, Notices, Outbox};
+pub use outbox::{Deliveries, MAX_REPLAY_SPAN, NoticeListener, Notices, Outbox};
 pub use policy::{DeliveryOrder, MAX_RATE_PER_SECOND, OnDeadLetter, RateLimit};
 pub use record::{Attempt, AttemptError, AttemptErrorKind, Event, OutboxStats};
 pub use sender::USER_AGENT;

@@ -453,3 +453,90 @@ impl Notices<'_> {
         })
     }
 }
+
+/// The thread of [`Bus::on_notice`](crate::Bus::on_notice): stop it with
+/// [`stop`](Self::stop) (which waits for it) or by dropping it (which
+/// does not).
+#[derive(Debug)]
+pub struct NoticeListener {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How often a [`NoticeListener`] looks for new notices.
+const NOTICE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl NoticeListener {
+    pub(crate) fn start<F>(bus: std::sync::Weak<crate::bus::Inner>, mut handler: F) -> Result<Self>
+    where
+        F: FnMut(&Notice) -> bool + Send + 'static,
+    {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("hookbus-notices".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::SeqCst) {
+                    // A strong handle only while looking: the listener does
+                    // not keep the bus open.
+                    let Some(inner) = bus.upgrade() else { return };
+                    let notices = Notices {
+                        engine: &inner.engine,
+                    };
+                    match notices.pending(100) {
+                        Ok(list) => {
+                            for n in list {
+                                if stopped.load(Ordering::SeqCst) {
+                                    return;
+                                }
+                                let handled = std::panic::catch_unwind(
+                                    std::panic::AssertUnwindSafe(|| handler(&n)),
+                                );
+                                match handled {
+                                    Ok(true) => {
+                                        if let Err(e) = notices.ack(n.id) {
+                                            tracing::error!(notice = %n.id, error = %e, "could not acknowledge a notice");
+                                        }
+                                    }
+                                    // Offered again at the next look.
+                                    Ok(false) => break,
+                                    Err(_) => {
+                                        tracing::error!(notice = %n.id, "the notice handler panicked; the notice is offered again");
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        Err(Error::Closed) => return,
+                        Err(e) => tracing::error!(error = %e, "could not read notices"),
+                    }
+                    drop(inner);
+                    std::thread::sleep(NOTICE_POLL);
+                }
+            })
+            .map_err(|source| Error::Spawn {
+                name: "hookbus-notices".into(),
+                source,
+            })?;
+        Ok(NoticeListener {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it (for the handler call in
+    /// progress, if any).
+    pub fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for NoticeListener {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -253,3 +253,55 @@ fn bus_health_counts_the_senders_that_deliver() {
     assert_eq!((h.backlog, h.oldest_due_age), (0, None));
     assert!((1..=4).contains(&h.senders_alive), "{h:?}");
 }
+
+#[test]
+fn notices_reach_a_handler_at_least_once_and_are_acknowledged_when_handled() {
+    let (rx, _failing) = switchable();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path()).open().unwrap();
+    bus.subscribe(NewSubscription::new("flaky", rx.url("/")).events(["e"]))
+        .unwrap();
+    // The handler declines the first offer, then takes every notice.
+    let (tx, got) = crossbeam_channel::unbounded();
+    let offers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let o = offers.clone();
+    let listener = bus
+        .on_notice(move |n| {
+            let first = o.fetch_add(1, Ordering::SeqCst) == 0;
+            if !first {
+                tx.send(n.clone()).unwrap();
+            }
+            !first
+        })
+        .unwrap();
+    bus.publish("e", &json!({ "n": 1 })).unwrap();
+    let n = got.recv_timeout(LONG).expect("a notice");
+    assert!(
+        matches!(n.kind, NoticeKind::DeliveryDeadLettered { .. }),
+        "{n:?}"
+    );
+    assert!(
+        offers.load(Ordering::SeqCst) >= 2,
+        "offered again after a no"
+    );
+    wait_until(LONG, "acknowledged", || {
+        bus.notices().pending(10).unwrap().is_empty()
+    });
+    listener.stop();
+
+    // After stop, notices wait for the next handler (or a pull).
+    bus.publish("e", &json!({ "n": 2 })).unwrap();
+    wait_until(LONG, "second dead letter", || {
+        bus.notices().pending(10).unwrap().len() == 1
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(got.try_recv().is_err(), "a stopped listener calls nothing");
+    assert_eq!(bus.notices().pending(10).unwrap().len(), 1);
+    // A listener does not keep the bus open: dropping the bus releases the
+    // store although one still runs.
+    let _running = bus.on_notice(|_| false).unwrap();
+    drop(bus);
+    wait_until(LONG, "the store released", || {
+        builder(dir.path()).open().is_ok()
+    });
+}
