@@ -65,6 +65,31 @@ fn channel(schema: &str) -> String {
     format!("hookbus_{h:016x}")
 }
 
+/// Every statement of hookbus's own connections ends after this long.
+const STATEMENT_TIMEOUT_MS: u64 = 60_000;
+/// hookbus's own connections wait at most this long for a lock.
+const LOCK_TIMEOUT_MS: u64 = 15_000;
+/// The most connections the readers of one store hold open at once.
+const MAX_READ_CONNECTIONS: usize = 16;
+/// How long a read waits for a connection when all are in use.
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Connects to `url` with hookbus's statement and lock timeouts (added
+/// to any `options` the URL gives), so a stuck statement or lock ends
+/// with an error instead of stalling the engine.
+fn connect(url: &str) -> Result<Client> {
+    let mut config: postgres::Config = url.parse()?;
+    let mut options = config.get_options().unwrap_or("").to_owned();
+    if !options.is_empty() {
+        options.push(' ');
+    }
+    options.push_str(&format!(
+        "-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+    ));
+    config.options(&options);
+    Ok(config.connect(NoTls)?)
+}
+
 /// Listens for the notifications instances send when they commit new
 /// deliveries, on a connection and thread of its own, and calls
 /// `poke(true)` for each (the engine then looks at once instead of at its
@@ -76,7 +101,7 @@ pub(crate) fn spawn_listener(
     schema: &str,
     poke: impl Fn(bool) -> bool + Send + 'static,
 ) -> Result<()> {
-    let mut client = Client::connect(url, NoTls)?;
+    let mut client = connect(url)?;
     client.batch_execute(&format!("LISTEN {}", channel(schema)))?;
     std::thread::Builder::new()
         .name("hookbus-pg-listen".into())
@@ -191,30 +216,35 @@ fn entry_of(row: &Row) -> Result<IndexEntry> {
 }
 
 /// A page of delivery ids, each its own cursor.
-fn id_page(rows: &[Row]) -> Result<Vec<(DeliveryId, Vec<u8>)>> {
+fn id_page(rows: &[Row]) -> Result<Vec<(Result<DeliveryId>, Vec<u8>)>> {
     rows.iter()
         .map(|row| {
             let id = id_of(row, "id", DeliveryId::from_slice)?;
-            Ok((id, id.to_bytes().to_vec()))
+            Ok((Ok(id), id.to_bytes().to_vec()))
         })
         .collect()
 }
 
 /// A page of index entries, each its own cursor.
-fn entry_page(rows: &[Row]) -> Result<Vec<(IndexEntry, IndexEntry)>> {
+fn entry_page(rows: &[Row]) -> Result<Vec<(Result<IndexEntry>, IndexEntry)>> {
     rows.iter()
         .map(|row| {
             let e = entry_of(row)?;
-            Ok((e, e))
+            Ok((Ok(e), e))
         })
         .collect()
 }
 
-/// Connections shared by the readers of one store.
+/// Connections shared by the readers of one store: at most
+/// [`MAX_READ_CONNECTIONS`] open at once (a read waits up to
+/// [`POOL_WAIT`] for one), up to 8 kept idle.
 struct Pool {
     url: String,
     schema: String,
     idle: Mutex<Vec<Client>>,
+    /// Connections handed out now.
+    busy: Mutex<usize>,
+    freed: std::sync::Condvar,
     /// This instance's claim token.
     token: [u8; 16],
     /// How long a claim holds, in ms.
@@ -232,17 +262,43 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    fn connect(&self) -> Result<Client> {
-        Ok(Client::connect(&self.url, NoTls)?)
-    }
-
     /// Runs `f` with a connection (one from the pool, or a new one); a
     /// connection that failed is not given back.
     fn with<R>(&self, f: impl FnOnce(&mut Client) -> Result<R>) -> Result<R> {
+        self.acquire()?;
+        let r = self.with_slot(f);
+        *self.busy.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        self.freed.notify_one();
+        r
+    }
+
+    /// Takes one of the [`MAX_READ_CONNECTIONS`] slots, waiting up to
+    /// [`POOL_WAIT`].
+    fn acquire(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + POOL_WAIT;
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy >= MAX_READ_CONNECTIONS {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(store_error(format!(
+                    "all {MAX_READ_CONNECTIONS} PostgreSQL read connections stayed busy for {POOL_WAIT:?}"
+                )));
+            }
+            busy = self
+                .freed
+                .wait_timeout(busy, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *busy += 1;
+        Ok(())
+    }
+
+    fn with_slot<R>(&self, f: impl FnOnce(&mut Client) -> Result<R>) -> Result<R> {
         let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut client = match taken {
             Some(c) if !c.is_closed() => c,
-            _ => self.connect()?,
+            _ => connect(&self.url)?,
         };
         let r = f(&mut client);
         if r.is_ok() && !client.is_closed() {
@@ -267,7 +323,7 @@ pub(crate) fn open(
     lease: std::time::Duration,
 ) -> Result<(PgReader, PgWriter)> {
     validate_schema(schema)?;
-    let mut client = Client::connect(url, NoTls).map_err(|e| {
+    let mut client = connect(url).map_err(|e| {
         store_error(format!(
             "cannot connect to PostgreSQL ({}): {e}",
             redact_url(url)
@@ -281,6 +337,8 @@ pub(crate) fn open(
         url: url.to_owned(),
         schema: schema.to_owned(),
         idle: Mutex::new(Vec::new()),
+        busy: Mutex::new(0),
+        freed: std::sync::Condvar::new(),
         token,
         lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
     });
@@ -319,6 +377,16 @@ pub(crate) fn redact_url(url: &str) -> String {
 /// keyed by the schema name).
 fn migrate(client: &mut Client, schema: &str) -> Result<()> {
     let s = format!("\"{schema}\"");
+    // Already at this version: nothing to create, so opening needs no
+    // CREATE privilege (an app may run with a role that only reads and
+    // writes the tables).
+    if let Ok(row) = client.query_one(
+        &format!("SELECT coalesce(max(version), 0) FROM {s}.migrations"),
+        &[],
+    ) && row.try_get::<_, i32>(0).ok() == Some(SCHEMA_VERSION)
+    {
+        return Ok(());
+    }
     let mut tx = client.transaction()?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('hookbus migrate ' || $1))",
@@ -400,12 +468,25 @@ fn migrate(client: &mut Client, schema: &str) -> Result<()> {
 }
 
 /// Reads of the PostgreSQL store, through a small connection pool.
-#[derive(Clone, Debug)]
+///
+/// A clone shares the pool but not the claim cache: only the reader that
+/// claims (the engine's) reads the records that came with its claims, so
+/// a handle's read never takes one from it nor sees one as it was claimed.
+#[derive(Debug)]
 pub(crate) struct PgReader {
     pool: Arc<Pool>,
     /// What the last claim returned (the claimed deliveries and their
     /// events), so the dispatcher's reads right after it need no query.
     claimed: Arc<Mutex<Claimed>>,
+}
+
+impl Clone for PgReader {
+    fn clone(&self) -> Self {
+        PgReader {
+            pool: self.pool.clone(),
+            claimed: Arc::default(),
+        }
+    }
 }
 
 /// Records that came with a claim; each is handed out once.
@@ -415,8 +496,10 @@ struct Claimed {
     events: std::collections::HashMap<EventId, Event>,
 }
 
-/// Reads the page after a cursor: the rows, each with its own cursor.
-type PageFn<T, C> = Box<dyn FnMut(Option<&C>) -> Result<Vec<(T, C)>> + Send>;
+/// Reads the page after a cursor: the rows, each with its own cursor; a
+/// row whose record does not decode is an `Err` item, and the listing
+/// goes on after it.
+type PageFn<T, C> = Box<dyn FnMut(Option<&C>) -> Result<Vec<(Result<T>, C)>> + Send>;
 
 /// A listing read a page at a time (keyset paging): `next_page` gets the
 /// last row's cursor and returns the next rows.
@@ -428,7 +511,9 @@ struct Paged<T, C> {
 }
 
 impl<T: Send + 'static, C: Send + 'static> Paged<T, C> {
-    fn boxed(next_page: impl FnMut(Option<&C>) -> Result<Vec<(T, C)>> + Send + 'static) -> Iter<T> {
+    fn boxed(
+        next_page: impl FnMut(Option<&C>) -> Result<Vec<(Result<T>, C)>> + Send + 'static,
+    ) -> Iter<T> {
         Box::new(Paged {
             page: Vec::new().into_iter(),
             cursor: None,
@@ -455,7 +540,7 @@ impl<T, C> Iterator for Paged<T, C> {
                 let mut items = Vec::with_capacity(rows.len());
                 for (item, cursor) in rows {
                     self.cursor = Some(cursor);
-                    items.push(Ok(item));
+                    items.push(item);
                 }
                 self.page = items.into_iter();
                 self.page.next()
@@ -582,7 +667,7 @@ impl Reader for PgReader {
             rows.iter()
                 .map(|row| {
                     let id: Vec<u8> = row.try_get(0)?;
-                    let rec = decode("s", &id, &row.try_get::<_, Vec<u8>>(1)?)?;
+                    let rec = decode("s", &id, &row.try_get::<_, Vec<u8>>(1)?);
                     Ok((rec, id))
                 })
                 .collect()
@@ -661,7 +746,7 @@ impl Reader for PgReader {
                 &[&after, &PAGE],
             )?;
             rows.iter()
-                .map(|row| Ok((r.delivery_of(row)?, row.try_get::<_, Vec<u8>>(0)?)))
+                .map(|row| Ok((r.delivery_of(row), row.try_get::<_, Vec<u8>>(0)?)))
                 .collect()
         })
     }
@@ -847,7 +932,7 @@ impl Reader for PgReader {
                     let at: i64 = row.try_get(1)?;
                     let text = String::from_utf8(key.clone())
                         .map_err(|_| corrupt("k", &key, "idempotency key is not UTF-8"))?;
-                    Ok(((text, unms(at)), (at, key)))
+                    Ok((Ok((text, unms(at))), (at, key)))
                 })
                 .collect()
         })
@@ -897,7 +982,7 @@ impl Reader for PgReader {
             rows.iter()
                 .map(|row| {
                     let k: Vec<u8> = row.try_get(0)?;
-                    let n: Notice = decode("o", &k, &row.try_get::<_, Vec<u8>>(1)?)?;
+                    let n = decode::<Notice>("o", &k, &row.try_get::<_, Vec<u8>>(1)?);
                     Ok((n, k))
                 })
                 .collect()
@@ -919,7 +1004,7 @@ impl Reader for PgReader {
                 .map(|row| {
                     let k: Vec<u8> = row.try_get(0)?;
                     let v: Vec<u8> = row.try_get(1)?;
-                    Ok(((k.clone(), v), k))
+                    Ok((Ok((k.clone(), v)), k))
                 })
                 .collect()
         })
@@ -1185,7 +1270,7 @@ impl PgWriter {
     fn reconnect_if_closed(&mut self) -> Result<()> {
         if self.client.is_closed() {
             tracing::warn!("PostgreSQL connection of the writer lost; reconnecting");
-            self.client = self.reader.pool.connect()?;
+            self.client = connect(&self.reader.pool.url)?;
         }
         Ok(())
     }

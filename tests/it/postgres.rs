@@ -958,3 +958,72 @@ fn two_instances_add_up_health_and_replay_on_postgres() {
     assert_eq!(b.outbox().stats().unwrap().dead, 0);
     consistent(&a);
 }
+
+/// A role that may only read and write the tables (no CREATE on the
+/// database or the schema) opens a store that is already migrated, and a
+/// damaged row in a listing is one error item, not the end of the listing.
+#[test]
+fn a_role_without_create_opens_a_migrated_store_and_damage_does_not_end_a_listing() {
+    let Some(schema) = Schema::new("role") else {
+        return;
+    };
+    let rx = TestReceiver::with(|_| Reply::ok());
+    {
+        let owner = schema.builder().open().unwrap();
+        owner
+            .subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
+            .unwrap();
+        owner.shutdown(Duration::from_secs(2)).unwrap();
+    }
+    let role = format!("{}_app", schema.0);
+    let mut admin = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN;
+             GRANT USAGE ON SCHEMA {s} TO {role};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {role};",
+            s = schema.0
+        ))
+        .unwrap();
+    let app_url = format!("{} user={role}", url());
+    let result = std::panic::catch_unwind(|| {
+        let app = Bus::builder()
+            .postgres(&app_url)
+            .postgres_schema(&schema.0)
+            .allow_private_targets(true)
+            .open()
+            .expect("a migrated store opens without CREATE privilege");
+        for n in 0..5 {
+            app.publish("e", &json!({ "n": n })).unwrap();
+        }
+        wait_until(LONG, "5 delivered", || {
+            app.outbox().stats().unwrap().delivered == 5
+        });
+        // Damage one delivery's record behind the store's back.
+        let victim = app.outbox().all().nth(2).unwrap().unwrap().id;
+        let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+        c.execute(
+            &format!(
+                "UPDATE {}.deliveries SET record = $1 WHERE id = $2",
+                schema.0
+            ),
+            &[&vec![9u8, 0xff], &&victim.to_bytes()[..]],
+        )
+        .unwrap();
+        let listed: Vec<_> = app.outbox().all().collect();
+        assert_eq!(listed.len(), 5, "every row is listed, the damaged one too");
+        let bad: Vec<_> = listed.iter().filter(|r| r.is_err()).collect();
+        assert_eq!(bad.len(), 1);
+        assert!(
+            matches!(bad[0], Err(hookbus::Error::Corrupt { .. })),
+            "{bad:?}"
+        );
+        app.shutdown(Duration::from_secs(2)).unwrap();
+    });
+    admin
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+        .unwrap();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}
