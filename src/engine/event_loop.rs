@@ -710,6 +710,12 @@ impl Dispatcher {
             });
             flow.paused_until = now_ms().saturating_add(pause);
             tracing::info!(subscription = %o.subscription, status, pause_ms = pause, "receiver asked to slow down: subscription paused");
+            // Every instance of a shared store holds back too.
+            if self.s.reader().shared()
+                && let Err(e) = self.s.reader().pause(o.subscription, pause)
+            {
+                tracing::warn!(subscription = %o.subscription, error = %e, "could not share a receiver's pause with the other instances");
+            }
         }
         if flow.in_flight == 0 && !flow.failing() && flow.paused_until <= now_ms() {
             self.flows.remove(&o.subscription);
@@ -1154,12 +1160,40 @@ impl Dispatcher {
     /// senders took no more.
     fn send_due(&mut self, sub: SubscriptionId, room: usize, now: u64) -> bool {
         if self.s.reader().shared() {
+            // A rate limit holds for every instance together: take its
+            // tokens from the store first (a receiver's pause counts too).
+            let rate = self.policies.get(&sub).and_then(|p| p.rate);
+            let mut room = room;
+            if let Some(limit) = rate {
+                match self.s.reader().take_tokens(sub, room, limit) {
+                    Ok((0, wait)) => {
+                        let at = now.saturating_add(wait);
+                        self.next_due = Some(self.next_due.map_or(at, |n| n.min(at)));
+                        return true;
+                    }
+                    Ok((granted, _)) => room = granted,
+                    Err(e) => {
+                        tracing::error!(subscription = %sub, error = %e, "could not take rate-limit tokens; will try again");
+                        self.retry_soon();
+                        return true;
+                    }
+                }
+            }
             // Other instances send too: take only what this one claims.
             return match self.s.reader().claim(sub, room, now, now) {
                 Ok(mut batch) => {
                     // Never a second request for one of its own in flight
                     // (a claim of its own that ran out).
                     batch.retain(|e| !self.in_flight.contains(&e.delivery));
+                    if let Some(limit) = rate
+                        && batch.len() < room
+                        && let Err(e) =
+                            self.s
+                                .reader()
+                                .return_tokens(sub, room - batch.len(), limit)
+                    {
+                        tracing::warn!(subscription = %sub, error = %e, "could not give back unused rate-limit tokens");
+                    }
                     self.send(sub, batch)
                 }
                 Err(e) => {

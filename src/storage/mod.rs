@@ -349,6 +349,32 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
         Err(not_shared())
     }
 
+    /// Takes up to `want` request tokens of `sub`'s rate limit, shared by
+    /// every instance, unless a receiver's pause holds it: how many were
+    /// granted, and when none, how many ms until one may be. Shared stores
+    /// only.
+    fn take_tokens(
+        &self,
+        _sub: SubscriptionId,
+        _want: usize,
+        _limit: RateLimit,
+    ) -> Result<(usize, u64)> {
+        Err(not_shared())
+    }
+
+    /// Gives back tokens taken but not used (fewer deliveries were due).
+    /// Shared stores only.
+    fn return_tokens(&self, _sub: SubscriptionId, _n: usize, _limit: RateLimit) -> Result<()> {
+        Err(not_shared())
+    }
+
+    /// Pauses `sub` for every instance for `for_ms` (a receiver said
+    /// "slow down"): claims take none of its deliveries meanwhile. Shared
+    /// stores only.
+    fn pause(&self, _sub: SubscriptionId, _for_ms: u64) -> Result<()> {
+        Err(not_shared())
+    }
+
     /// Gives each subscription in `subs` its next sequence number, at once
     /// and for every instance (0 for one that no longer exists). Shared
     /// stores only.

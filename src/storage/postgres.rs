@@ -52,6 +52,7 @@ use crate::event::ALL_EVENTS;
 use crate::health::{HealthDelta, HealthRecord};
 use crate::ids::{DeliveryId, EventId, NoticeId, SubscriptionId, Timestamp};
 use crate::notice::Notice;
+use crate::policy::RateLimit;
 use crate::record::{Attempt, Event, OutboxStats};
 
 /// The `NOTIFY` channel of a schema: short and fixed, whatever the
@@ -143,7 +144,7 @@ const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 /// Rows fetched per page by listings.
 const PAGE: i64 = 512;
 /// The schema version this build migrates to.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 /// Checks a schema name: lowercase letters, digits and `_`, starting with a
 /// letter or `_`, at most 63 bytes (it is spliced into SQL, so nothing
@@ -461,6 +462,18 @@ fn migrate(client: &mut Client, schema: &str) -> Result<()> {
                  id bytea PRIMARY KEY,
                  record bytea NOT NULL);
              INSERT INTO {s}.migrations (version) VALUES (2);"
+        ))?;
+    }
+    if current < 3 {
+        // A subscription's flow shared by every instance: its rate
+        // limit's tokens and a receiver's "slow down" pause.
+        tx.batch_execute(&format!(
+            "CREATE TABLE {s}.flow (
+                 sub bytea PRIMARY KEY,
+                 tokens float8 NOT NULL,
+                 at bigint NOT NULL,
+                 paused_until bigint NOT NULL DEFAULT 0);
+             INSERT INTO {s}.migrations (version) VALUES (3);"
         ))?;
     }
     tx.commit()?;
@@ -1039,10 +1052,12 @@ impl Reader for PgReader {
                  WHERE id IN (
                      SELECT id FROM {d}
                      WHERE sub = $3 AND state = 0 AND at <= $4 AND claimed_until < {DB_NOW}
+                     AND NOT EXISTS (SELECT 1 FROM {f} WHERE sub = $3 AND paused_until > {DB_NOW})
                      ORDER BY at, id LIMIT $5
                      FOR UPDATE SKIP LOCKED)
                  RETURNING id, sub, at, record",
-                d = self.t("deliveries")
+                d = self.t("deliveries"),
+                f = self.t("flow")
             ),
             &[
                 &&self.pool.token[..],
@@ -1079,6 +1094,88 @@ impl Reader for PgReader {
             ],
         )?;
         rows.first().map(entry_of).transpose()
+    }
+
+    fn take_tokens(
+        &self,
+        sub: SubscriptionId,
+        want: usize,
+        limit: RateLimit,
+    ) -> Result<(usize, u64)> {
+        let f = self.t("flow");
+        let id = &sub.to_bytes()[..];
+        let burst = f64::from(limit.burst.max(1));
+        let rate = f64::from(limit.per_second.max(1));
+        self.pool.with(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO {f} (sub, tokens, at) VALUES ($1, $2, {DB_NOW})
+                     ON CONFLICT (sub) DO NOTHING"
+                ),
+                &[&id, &burst],
+            )?;
+            let row = tx.query_one(
+                &format!(
+                    "SELECT tokens, at, paused_until, {DB_NOW} FROM {f} WHERE sub = $1 FOR UPDATE"
+                ),
+                &[&id],
+            )?;
+            let (tokens, at, paused, now): (f64, i64, i64, i64) = (
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+            );
+            if paused > now {
+                tx.commit()?;
+                return Ok((0, unms(paused - now)));
+            }
+            #[allow(clippy::cast_precision_loss)]
+            let avail = (tokens + (now - at).max(0) as f64 * rate / 1000.0).min(burst);
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let granted = (avail.floor().max(0.0) as usize).min(want);
+            #[allow(clippy::cast_precision_loss)]
+            let left = avail - granted as f64;
+            tx.execute(
+                &format!("UPDATE {f} SET tokens = $2, at = $3 WHERE sub = $1"),
+                &[&id, &left, &now],
+            )?;
+            tx.commit()?;
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let wait = if granted == 0 {
+                (((1.0 - left) * 1000.0 / rate).ceil().max(1.0)) as u64
+            } else {
+                0
+            };
+            Ok((granted, wait))
+        })
+    }
+
+    fn return_tokens(&self, sub: SubscriptionId, n: usize, limit: RateLimit) -> Result<()> {
+        #[allow(clippy::cast_precision_loss)]
+        let n = n as f64;
+        self.query(
+            &format!(
+                "UPDATE {} SET tokens = least($2, tokens + $3) WHERE sub = $1",
+                self.t("flow")
+            ),
+            &[&&sub.to_bytes()[..], &f64::from(limit.burst.max(1)), &n],
+        )?;
+        Ok(())
+    }
+
+    fn pause(&self, sub: SubscriptionId, for_ms: u64) -> Result<()> {
+        self.query(
+            &format!(
+                "INSERT INTO {f} (sub, tokens, at, paused_until) VALUES ($1, 0, {DB_NOW}, {DB_NOW} + $2)
+                 ON CONFLICT (sub) DO UPDATE
+                 SET paused_until = greatest({f}.paused_until, EXCLUDED.paused_until)",
+                f = self.t("flow")
+            ),
+            &[&&sub.to_bytes()[..], &ms(for_ms)],
+        )?;
+        Ok(())
     }
 
     fn reserve_sequences(&self, subs: &[SubscriptionId]) -> Result<Vec<u64>> {
@@ -1309,6 +1406,12 @@ impl PgWriter {
                             t("subscriptions")
                         ),
                         &[&id, &encode(new)],
+                    )?;
+                    // A changed subscription (a new URL, say) is not held
+                    // to the old receiver's "slow down".
+                    tx.execute(
+                        &format!("UPDATE {} SET paused_until = 0 WHERE sub = $1", t("flow")),
+                        &[&id],
                     )?;
                     if let Some(old) = old_events {
                         for e in old.iter().filter(|e| !new.events.contains(e)) {

@@ -300,7 +300,7 @@ fn instances_that_start_at_once_migrate_once() {
         )
         .unwrap();
     let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, [1, 2], "each migration applied once");
+    assert_eq!(versions, [1, 2, 3], "each migration applied once");
     // A bad schema name is refused before anything is sent to the server.
     let err = Bus::builder()
         .postgres(url())
@@ -1025,5 +1025,115 @@ fn a_role_without_create_opens_a_migrated_store_and_damage_does_not_end_a_listin
         .unwrap();
     if let Err(p) = result {
         std::panic::resume_unwind(p);
+    }
+}
+
+/// Issue 12, item 4: a rate limit holds for all instances together (the
+/// tokens live in the store), and a receiver's 429 pauses the subscription
+/// for every instance.
+#[test]
+fn a_rate_limit_and_a_429_pause_hold_across_three_instances() {
+    let Some(schema) = Schema::new("flow") else {
+        return;
+    };
+    // The first request to /paused gets "429, come back in 2 s".
+    let first = Arc::new(AtomicUsize::new(0));
+    let seen = first.clone();
+    let rx = TestReceiver::with(move |r| {
+        if r.path == "/paused" && seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::status(429).header("Retry-After", "2")
+        } else {
+            Reply::ok()
+        }
+    });
+    let instances: Vec<Bus> = (0..3)
+        .map(|_| {
+            schema
+                .builder()
+                .poll_interval(Duration::from_millis(100))
+                .open()
+                .unwrap()
+        })
+        .collect();
+    let limited = instances[0]
+        .subscribe(
+            NewSubscription::new("limited", rx.url("/limited"))
+                .event("tick")
+                .rate_limit(hookbus::RateLimit::per_second(5)),
+        )
+        .unwrap();
+    assert!(limited.rate_limit.is_some());
+    // 12 events at 5/s in bursts of 1: at least 11 × 200 ms apart in all,
+    // whichever instances send them (3 local buckets alone would allow
+    // three times as many).
+    for n in 0..12 {
+        instances[n % 3]
+            .publish("tick", &json!({ "n": n }))
+            .unwrap();
+    }
+    for i in &instances {
+        i.flush().unwrap();
+    }
+    wait_until(LONG, "12 delivered", || {
+        instances[0].outbox().stats().unwrap().delivered == 12
+    });
+    let mut at: Vec<std::time::Instant> = rx
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/limited")
+        .map(|r| r.at)
+        .collect();
+    at.sort();
+    assert_eq!(at.len(), 12);
+    let span = at[11] - at[0];
+    assert!(
+        span >= Duration::from_millis(1900),
+        "12 requests at 5/s over 3 instances arrived within {span:?}"
+    );
+
+    // A 429 to one instance holds back the others.
+    instances[1]
+        .subscribe(NewSubscription::new("paused", rx.url("/paused")).event("e"))
+        .unwrap();
+    instances[0]
+        .publish_durable("e", &json!({ "n": 0 }))
+        .unwrap();
+    let throttled = loop {
+        if let Some(r) = rx.requests().into_iter().find(|r| r.path == "/paused") {
+            break r.at;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    wait_until(LONG, "the 429 recorded", || {
+        instances[0]
+            .outbox()
+            .all()
+            .filter_map(|d| d.ok())
+            .any(|d| d.event_name == "e" && d.attempts >= 1)
+    });
+    for n in 1..7 {
+        instances[n % 3].publish("e", &json!({ "n": n })).unwrap();
+    }
+    for i in &instances {
+        i.flush().unwrap();
+    }
+    wait_until(LONG, "6 delivered after the pause", || {
+        instances[0].outbox().stats().unwrap().delivered == 12 + 7
+    });
+    let after: Vec<Duration> = rx
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/paused" && r.at > throttled)
+        .map(|r| r.at - throttled)
+        .collect();
+    assert_eq!(after.len(), 7, "6 new ones and the retry");
+    for waited in after {
+        assert!(
+            waited >= Duration::from_millis(1800),
+            "sent {waited:?} after a 429 asking for 2 s"
+        );
+    }
+    for i in instances {
+        i.shutdown(Duration::from_secs(2)).unwrap();
     }
 }
