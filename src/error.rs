@@ -189,7 +189,7 @@ pub enum Error {
     /// Another process (or another open `Bus` in this process) holds the
     /// store. sled allows one process per store.
     #[error(
-        "store at {} is in use by another process; stop it or use the in-process outbox API",
+        "store at {} is in use by another process; stop it, or use the in-process API (Bus::outbox, Subscriptions::health_all, Bus::notices) or the REST adapter's /webhooks/admin routes of the process that holds it",
         path.display()
     )]
     StoreLocked {

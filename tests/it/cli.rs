@@ -260,7 +260,8 @@ fn outbox_cli_errors_are_clear_and_exit_non_zero() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("is in use by another process; stop it or use the in-process outbox API"),
+        err.contains("is in use by another process; stop it, or use the in-process API")
+            && err.contains("/webhooks/admin"),
         "{err}"
     );
     drop(bus);
