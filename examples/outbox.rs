@@ -421,6 +421,11 @@ fn tail(
                         f.cursor = None;
                         break;
                     }
+                    // A damaged record: said, and stepped over.
+                    Err(e @ hookbus::Error::Corrupt { .. }) => {
+                        eprintln!("skipped a damaged record: {e}");
+                        continue;
+                    }
                     Err(e) => return Err(e.into()),
                 };
                 f.cursor = Some(d.id);

@@ -303,12 +303,16 @@ impl Bus {
     /// thread of its own that looks for new ones every quarter second —
     /// the push form of [`notices`](Bus::notices). A notice is
     /// acknowledged when `handler` returns `true`; on `false` (or a panic,
-    /// which is logged) it stays and is offered again at the next look, so
-    /// every notice reaches the handler at least once, across restarts
-    /// too (call `on_notice` again after opening). The thread ends when
-    /// the returned [`NoticeListener`](crate::NoticeListener) is stopped
-    /// or dropped, or when the bus shuts down; it does not keep the bus
-    /// open.
+    /// which is logged) it stays and is offered again at the next look
+    /// (newer ones are offered meanwhile), so every notice reaches the
+    /// handler at least once, across restarts too (call `on_notice` again
+    /// after opening) — unless more than [`MAX_NOTICES`](crate::MAX_NOTICES)
+    /// pile up unacknowledged, when the oldest are dropped. The thread ends
+    /// when the returned [`NoticeListener`](crate::NoticeListener) is
+    /// stopped or dropped, or when the bus shuts down. It holds the bus
+    /// only while it reads or acknowledges, so it does not keep the bus
+    /// open — unless `handler` owns a `Bus` clone: use a channel to reach
+    /// code that has one.
     ///
     /// ```
     /// # fn main() -> Result<(), hookbus::Error> {
@@ -354,7 +358,10 @@ impl Bus {
         let mut problems = Vec::new();
         let running = engine.dispatcher_running();
         if !running {
-            problems.push("the dispatcher thread is not running (shut down, or it ended)".into());
+            problems.push(
+                "the dispatcher thread is not running (shut down or shutting down, or it ended)"
+                    .into(),
+            );
         }
         let probe = if running {
             engine.probe(timeout)
@@ -389,13 +396,25 @@ impl Bus {
                 }
                 match r.pending_subscriptions() {
                     Ok((due, _)) => {
+                        // The oldest due work of a subscription that may
+                        // send (a disabled or halted one waits on purpose).
                         let now = Timestamp::now().as_millis();
+                        let mut due: Vec<(u64, crate::ids::SubscriptionId)> = due
+                            .iter()
+                            .filter(|(_, at)| *at <= now)
+                            .map(|(s, at)| (*at, *s))
+                            .collect();
+                        due.sort_unstable();
                         oldest_due_age = due
                             .iter()
-                            .map(|(_, at)| *at)
-                            .filter(|at| *at <= now)
-                            .min()
-                            .map(|at| Duration::from_millis(now - at));
+                            .take(100)
+                            .find(|(_, s)| {
+                                r.subscription(*s)
+                                    .ok()
+                                    .flatten()
+                                    .is_some_and(|rec| rec.active && rec.halted_at.is_none())
+                            })
+                            .map(|(at, _)| Duration::from_millis(now - at));
                     }
                     Err(e) => problems.push(format!("the due index could not be read: {e}")),
                 }

@@ -9,7 +9,10 @@
 //! * 3 — a delivery carries its sequence number, an event its trace
 //!   context. Every other record as in 2.
 //! * 4 — an event carries its tenant (for replay). Every other record as
-//!   in 3.
+//!   in 3, and still written as 3 (so a build that reads up to 3 can read
+//!   every record but events: instances of a shared store in a rolling
+//!   deploy; the PostgreSQL store writes events as 3 too, with the tenant
+//!   in columns of their own).
 //!
 //! Each stored type is a [`Record`]: it says how to read the bodies of
 //! older versions (by default: the same layout).
@@ -17,12 +20,17 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The record format this build writes. It reads this version and every
-/// older one it knows.
+/// The newest record format this build reads (and writes, for the types
+/// whose layout it changed). It reads every older one it knows.
 pub(crate) const RECORD_VERSION: u8 = 4;
 
 /// A type stored through the codec.
 pub(crate) trait Record: Serialize + DeserializeOwned {
+    /// The version its records are written with: the format of its last
+    /// layout change (3 unless a type says otherwise). Versions from this
+    /// one up to [`RECORD_VERSION`] share its layout.
+    const WRITE_VERSION: u8 = 3;
+
     /// Decodes the body of a record written with an older `version`
     /// (`1 ..< RECORD_VERSION`). By default the layout did not change.
     fn decode_old(version: u8, body: &[u8]) -> Result<Self, DecodeError> {
@@ -64,8 +72,14 @@ impl std::fmt::Display for DecodeError {
 
 /// Encodes a record. Only fails for types serde cannot describe to bincode,
 /// which no record type of this crate is; the error is kept regardless.
-pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    let mut out = vec![RECORD_VERSION];
+pub(crate) fn encode<T: Record>(value: &T) -> Result<Vec<u8>, String> {
+    encode_as(T::WRITE_VERSION, value)
+}
+
+/// Encodes a value with an explicit version byte (an older layout written
+/// on purpose, such as the PostgreSQL store's format-3 events).
+pub(crate) fn encode_as<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, String> {
+    let mut out = vec![version];
     let body = bincode::serde::encode_to_vec(value, config()).map_err(|e| e.to_string())?;
     out.extend_from_slice(&body);
     Ok(out)
@@ -76,9 +90,10 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
 pub(crate) fn decode<T: Record>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     match version {
-        RECORD_VERSION => decode_body(body),
-        1..RECORD_VERSION => T::decode_old(version, body),
-        _ => Err(DecodeError::UnknownVersion(version)),
+        0 => Err(DecodeError::UnknownVersion(version)),
+        v if v > RECORD_VERSION => Err(DecodeError::UnknownVersion(version)),
+        v if v >= T::WRITE_VERSION => decode_body(body),
+        _ => T::decode_old(version, body),
     }
 }
 
@@ -115,7 +130,7 @@ mod tests {
             n: 7,
         };
         let bytes = encode(&r).unwrap();
-        assert_eq!(bytes[0], RECORD_VERSION);
+        assert_eq!(bytes[0], Rec::WRITE_VERSION);
         assert_eq!(decode::<Rec>(&bytes).unwrap(), r);
 
         assert_eq!(decode::<Rec>(&[]), Err(DecodeError::Empty));
@@ -144,5 +159,41 @@ mod tests {
         // version, then a string length claiming ~2^64 bytes.
         let evil = [RECORD_VERSION, 253, 255, 255, 255, 255, 255, 255, 255, 255];
         assert!(decode::<Rec>(&evil).is_err());
+    }
+
+    #[test]
+    fn only_events_are_written_in_format_4() {
+        use crate::ids::{EventId, SubscriptionId, Timestamp};
+        let e = crate::record::Event {
+            id: EventId::generate(),
+            name: "e".into(),
+            payload: b"{}".to_vec(),
+            created_at: Timestamp::now(),
+            traceparent: None,
+            tenant: Some("t".into()),
+            scope_unknown: false,
+        };
+        let bytes = encode(&e).unwrap();
+        assert_eq!(bytes[0], 4);
+        assert_eq!(decode::<crate::record::Event>(&bytes).unwrap(), e);
+        let d = crate::delivery::created(
+            e.id,
+            "e",
+            e.created_at,
+            SubscriptionId::generate(),
+            1,
+            Timestamp::now(),
+        );
+        let bytes = encode(&d).unwrap();
+        assert_eq!(bytes[0], 3, "a build that reads up to 3 reads it");
+        assert_eq!(decode::<crate::delivery::Delivery>(&bytes).unwrap(), d);
+        // Version 4 of a type whose layout did not change reads the same.
+        let mut v4 = bytes.clone();
+        v4[0] = 4;
+        assert_eq!(decode::<crate::delivery::Delivery>(&v4).unwrap(), d);
+        assert!(matches!(
+            decode::<crate::delivery::Delivery>(&[5, 0]),
+            Err(DecodeError::UnknownVersion(5))
+        ));
     }
 }

@@ -326,9 +326,10 @@ pub struct BusHealth {
     pub in_flight: usize,
     /// Pending deliveries.
     pub backlog: u64,
-    /// How long the longest-waiting due delivery has been due (`None`:
-    /// nothing is due). Growing under a steady load means the senders do
-    /// not keep up, or receivers are failing.
+    /// How long the longest-waiting due delivery of a subscription that
+    /// may send (active, not halted) has been due (`None`: nothing is
+    /// due). Growing under a steady load means the senders do not keep
+    /// up, or receivers are failing.
     pub oldest_due_age: Option<Duration>,
     /// What is wrong, as sentences (empty when healthy).
     pub problems: Vec<String>,

@@ -447,7 +447,7 @@ impl Notices<'_> {
     /// Acknowledges a notice: it is not handed out again. Acknowledging
     /// one that is gone is not an error.
     pub fn ack(&self, id: NoticeId) -> Result<()> {
-        self.engine.write(move |w| {
+        self.engine.write_quiet(move |w| {
             w.remove_notice(id);
             Ok(())
         })
@@ -478,13 +478,17 @@ impl NoticeListener {
             .name("hookbus-notices".into())
             .spawn(move || {
                 while !stopped.load(Ordering::SeqCst) {
-                    // A strong handle only while looking: the listener does
-                    // not keep the bus open.
-                    let Some(inner) = bus.upgrade() else { return };
-                    let notices = Notices {
-                        engine: &inner.engine,
+                    // A strong handle only while reading or acknowledging,
+                    // never while the handler runs: the listener does not
+                    // keep the bus open.
+                    let pending = match bus.upgrade() {
+                        Some(inner) => Notices {
+                            engine: &inner.engine,
+                        }
+                        .pending(100),
+                        None => return,
                     };
-                    match notices.pending(100) {
+                    match pending {
                         Ok(list) => {
                             for n in list {
                                 if stopped.load(Ordering::SeqCst) {
@@ -495,15 +499,24 @@ impl NoticeListener {
                                 );
                                 match handled {
                                     Ok(true) => {
-                                        if let Err(e) = notices.ack(n.id) {
-                                            tracing::error!(notice = %n.id, error = %e, "could not acknowledge a notice");
+                                        let Some(inner) = bus.upgrade() else { return };
+                                        let acked = Notices {
+                                            engine: &inner.engine,
+                                        }
+                                        .ack(n.id);
+                                        match acked {
+                                            Ok(()) => {}
+                                            Err(Error::Closed) => return,
+                                            Err(e) => {
+                                                tracing::error!(notice = %n.id, error = %e, "could not acknowledge a notice");
+                                            }
                                         }
                                     }
-                                    // Offered again at the next look.
-                                    Ok(false) => break,
+                                    // Offered again at the next look; the
+                                    // newer ones are offered meanwhile.
+                                    Ok(false) => {}
                                     Err(_) => {
                                         tracing::error!(notice = %n.id, "the notice handler panicked; the notice is offered again");
-                                        break;
                                     }
                                 }
                             }
@@ -511,7 +524,6 @@ impl NoticeListener {
                         Err(Error::Closed) => return,
                         Err(e) => tracing::error!(error = %e, "could not read notices"),
                     }
-                    drop(inner);
                     std::thread::sleep(NOTICE_POLL);
                 }
             })

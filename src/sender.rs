@@ -198,13 +198,13 @@ impl Pool {
         }
     }
 
-    /// Hands out a job; `in_flight` is how many jobs are out, this one
-    /// included. Starts a thread when fewer are alive.
     /// How many sender threads are alive.
     pub(crate) fn alive(&self) -> usize {
         self.alive.load(Ordering::Relaxed)
     }
 
+    /// Hands out a job; `in_flight` is how many jobs are out, this one
+    /// included. Starts a thread when fewer are alive.
     pub(crate) fn submit(&mut self, job: Job, in_flight: usize) -> Result<()> {
         let Some(work) = &self.work else {
             return Err(Error::Closed);

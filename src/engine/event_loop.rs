@@ -352,44 +352,66 @@ impl Dispatcher {
                     }
                 }
             }
-            Command::Write(f) => {
-                // The change must see every earlier one.
-                self.commit();
-                let lost = self.take_loss();
-                let done = f(&mut self.s);
-                let mut jobs: Vec<Job> = self.s.jobs.drain(..).collect();
-                let last = jobs.pop();
-                for job in jobs {
-                    self.queue_job(job, None);
-                }
-                match (lost, last) {
-                    (Err(e), last) => {
-                        if let Some(job) = last {
-                            self.queue_job(job, None);
-                        }
-                        self.done.push((done, Err(e)));
-                    }
-                    (Ok(()), None) => {
-                        self.in_batch.push(self.done.len());
-                        self.done.push((done, Ok(())));
-                    }
-                    // Completes when its maintenance is done.
-                    (Ok(()), Some(job)) => {
-                        self.queue_job(job, Some(Box::new(move |r| done(r.map(|_| ())))));
-                    }
-                }
-                self.commit();
-            }
+            Command::Write(f) => self.on_write(f, true),
+            Command::Quiet(f) => self.on_write(f, false),
             // Not a barrier: maintenance reports its own result only.
             Command::Job(job, done) => self.queue_job(job, Some(done)),
             Command::Shutdown(deadline) => self.begin_close(deadline),
         }
     }
 
+    /// Runs a change. A barrier (`report_loss`) also reports events lost
+    /// since the last barrier; a quiet one (a health probe, acknowledging
+    /// a notice) leaves that report for the app's next barrier.
+    fn on_write(&mut self, f: super::WriteFn, report_loss: bool) {
+        // The change must see every earlier one.
+        self.commit();
+        let lost = if report_loss {
+            self.take_loss()
+        } else {
+            Ok(())
+        };
+        let done = f(&mut self.s);
+        let mut jobs: Vec<Job> = self.s.jobs.drain(..).collect();
+        let last = jobs.pop();
+        for job in jobs {
+            self.queue_job(job, None);
+        }
+        match (lost, last) {
+            (Err(e), last) => {
+                if let Some(job) = last {
+                    self.queue_job(job, None);
+                }
+                self.done.push((done, Err(e)));
+            }
+            (Ok(()), None) => {
+                self.in_batch.push(self.done.len());
+                self.done.push((done, Ok(())));
+            }
+            // Completes when its maintenance is done.
+            (Ok(()), Some(job)) => {
+                self.queue_job(job, Some(Box::new(move |r| done(r.map(|_| ())))));
+            }
+        }
+        self.commit();
+    }
+
     /// Runs a maintenance job on this thread, in chunks; `done` gets how
-    /// many records it changed.
+    /// many records it changed. The engine's own background jobs
+    /// (retention) go last; every other job goes before them, so a caller
+    /// never waits behind a long purge (a background job started resumes
+    /// where it was).
     fn queue_job(&mut self, job: Job, done: Option<JobDone>) {
-        self.jobs.push_back((job, done));
+        if job.background {
+            self.jobs.push_back((job, done));
+        } else {
+            let at = self
+                .jobs
+                .iter()
+                .position(|(j, _)| j.background)
+                .unwrap_or(self.jobs.len());
+            self.jobs.insert(at, (job, done));
+        }
     }
 
     /// An event with an idempotency key: stored unless the key was used
@@ -634,6 +656,12 @@ impl Dispatcher {
             return;
         };
         let step = job.step(&mut self.s);
+        if let Err(e) = &step
+            && job.background
+        {
+            // No caller hears of it: retention tries again at its next turn.
+            tracing::error!(error = %e, job = ?job, "retention job stopped early");
+        }
         let finished = match step {
             Ok(true) => true,
             Ok(false) => false,
@@ -1106,10 +1134,35 @@ impl Dispatcher {
             self.rr_cursor = Some(sub);
             let sent = match heads.get(&sub) {
                 Some(head) if self.s.reader().shared() => {
+                    // A rate limit holds for every instance together.
+                    let rate = self.policies.get(&sub).and_then(|p| p.rate);
+                    if let Some(limit) = rate {
+                        match self.s.reader().take_tokens(sub, 1, limit) {
+                            Ok((0, wait)) => {
+                                let at = now.saturating_add(wait);
+                                self.next_due = Some(self.next_due.map_or(at, |n| n.min(at)));
+                                continue;
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::error!(subscription = %sub, error = %e, "could not take rate-limit tokens; will try again");
+                                self.retry_soon();
+                                continue;
+                            }
+                        }
+                    }
                     match self.s.reader().claim_one(head.delivery, now) {
                         Ok(Some(e)) => self.send(sub, vec![e]),
-                        // Another instance sends it.
-                        Ok(None) => true,
+                        // Another instance sends it (or a receiver's pause
+                        // holds every instance back).
+                        Ok(None) => {
+                            if let Some(limit) = rate
+                                && let Err(e) = self.s.reader().return_tokens(sub, 1, limit)
+                            {
+                                tracing::warn!(subscription = %sub, error = %e, "could not give back an unused rate-limit token");
+                            }
+                            true
+                        }
                         Err(e) => {
                             tracing::error!(subscription = %sub, error = %e, "could not claim a FIFO head; will try again");
                             self.retry_soon();

@@ -106,8 +106,23 @@ impl Job {
     }
 
     /// Does one chunk of the job. Returns `true` when the job is done.
-    /// The caller commits after each chunk.
+    /// The caller commits after each chunk — also after an error, so what
+    /// the chunk did before it is kept, with the events of the deliveries
+    /// it removed released.
     pub(crate) fn step(&mut self, s: &mut Session) -> Result<bool> {
+        let mut released: HashMap<EventId, u32> = HashMap::new();
+        let r = self.step_records(s, &mut released);
+        let finished = self.finish_chunk(s, released);
+        let done = r?;
+        finished?;
+        Ok(done)
+    }
+
+    fn step_records(
+        &mut self,
+        s: &mut Session,
+        released: &mut HashMap<EventId, u32>,
+    ) -> Result<bool> {
         let (state, sub) = match self.kind {
             Kind::DeadLetterPending { sub, .. } => (DeliveryState::Pending, Some(sub)),
             Kind::RetryDead { sub } => (DeliveryState::Dead, sub),
@@ -126,14 +141,12 @@ impl Job {
                 .collect(),
         };
         let more = entries.len() > CHUNK;
-        let mut released: HashMap<EventId, u32> = HashMap::new();
         for entry in entries.into_iter().take(CHUNK) {
             let entry = entry?;
             self.after = Some(entry);
             if let Kind::PurgeDelivered { before_ms } | Kind::PurgeDead { before_ms } = self.kind
                 && entry.at >= before_ms
             {
-                self.finish_chunk(s, released)?;
                 return Ok(true);
             }
             if sub.is_some_and(|want| want != entry.subscription) {
@@ -163,12 +176,13 @@ impl Job {
                     let at = match halted.get(&d.subscription_id) {
                         Some(at) => *at,
                         None => {
-                            let at = s
-                                .reader()
-                                .subscription(d.subscription_id)
-                                .ok()
-                                .flatten()
-                                .and_then(|r| r.halted_at);
+                            // A subscription that cannot be read may be
+                            // halted here: keep the dead letter (`Some`
+                            // of its own id) until it can be.
+                            let at = match s.reader().subscription(d.subscription_id) {
+                                Ok(r) => r.and_then(|r| r.halted_at),
+                                Err(_) => Some(d.id),
+                            };
                             halted.insert(d.subscription_id, at);
                             at
                         }
@@ -187,7 +201,6 @@ impl Job {
             }
             self.count += 1;
         }
-        self.finish_chunk(s, released)?;
         Ok(!more)
     }
 
@@ -251,10 +264,9 @@ impl Job {
             let d = match s.delivery(id) {
                 Ok(Some(d)) => d,
                 Ok(None) => continue,
-                Err(e) if is_damage(&e) => {
-                    s.quarantine_error(&e);
-                    continue;
-                }
+                // Left to the listings and the dispatcher, which move it
+                // aside with its index entry and counters.
+                Err(e) if is_damage(&e) => continue,
                 Err(e) => return Err(e),
             };
             if d.created_at.as_millis() >= until_ms {
@@ -284,6 +296,8 @@ impl Job {
     }
 
     fn finish_chunk(&self, s: &mut Session, released: HashMap<EventId, u32>) -> Result<()> {
+        // (Released events of one chunk are counted together: one
+        // reference update per event.)
         // An event goes with its last delivery.
         for (event, gone) in released {
             s.release_event(event, gone)?;

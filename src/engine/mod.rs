@@ -61,6 +61,9 @@ pub(crate) enum Command {
     },
     /// A change (or a plain barrier: `flush`).
     Write(WriteFn),
+    /// A change that is not a barrier: it does not take the report of
+    /// events lost since the last barrier (a health probe, an ack).
+    Quiet(WriteFn),
     /// Maintenance to run in chunks; `done` gets how many records changed.
     Job(maintenance::Job, JobDone),
     /// Another instance of a shared store added work: look now.
@@ -142,14 +145,18 @@ impl Engine {
     }
 
     /// Whether the dispatcher thread is running (it was started and has
-    /// not ended).
+    /// not ended). `false` while a shutdown is in progress (it holds the
+    /// lifecycle lock): this never waits for one.
     pub(crate) fn dispatcher_running(&self) -> bool {
-        self.life
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .thread
-            .as_ref()
-            .is_some_and(|t| !t.is_finished())
+        match self.life.try_lock() {
+            Ok(life) => life.thread.as_ref().is_some_and(|t| !t.is_finished()),
+            Err(std::sync::TryLockError::Poisoned(p)) => p
+                .into_inner()
+                .thread
+                .as_ref()
+                .is_some_and(|t| !t.is_finished()),
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        }
     }
 
     pub(crate) fn is_open(&self) -> bool {
@@ -175,14 +182,37 @@ impl Engine {
         R: Send + 'static,
         F: FnOnce(&mut Session) -> Result<R> + Send + 'static,
     {
+        self.write_as(f, true)
+    }
+
+    /// [`write`](Self::write) that is not a barrier: events lost since the
+    /// last barrier stay to be reported to the app's next one.
+    pub(crate) fn write_quiet<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Session) -> Result<R> + Send + 'static,
+    {
+        self.write_as(f, false)
+    }
+
+    fn write_as<R, F>(&self, f: F, barrier: bool) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Session) -> Result<R> + Send + 'static,
+    {
         let (tx, rx) = crossbeam_channel::bounded::<Result<R>>(1);
-        self.send(Command::Write(Box::new(move |s: &mut Session| {
+        let f: WriteFn = Box::new(move |s: &mut Session| {
             let r = f(s);
             let done: Done = Box::new(move |flushed: Result<()>| {
                 let _ = tx.send(flushed.and(r));
             });
             done
-        })))?;
+        });
+        self.send(if barrier {
+            Command::Write(f)
+        } else {
+            Command::Quiet(f)
+        })?;
         rx.recv().map_err(|_| Error::Closed)?
     }
 
@@ -192,7 +222,7 @@ impl Engine {
     pub(crate) fn probe(&self, timeout: Duration) -> Probe {
         let deadline = std::time::Instant::now() + timeout;
         let (tx, rx) = crossbeam_channel::bounded::<Result<()>>(1);
-        let cmd = Command::Write(Box::new(move |s: &mut Session| {
+        let cmd = Command::Quiet(Box::new(move |s: &mut Session| {
             s.touch_stats();
             let done: Done = Box::new(move |flushed: Result<()>| {
                 let _ = tx.send(flushed);

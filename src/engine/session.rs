@@ -565,6 +565,7 @@ impl Session {
     /// proves the store takes writes: [`Engine::probe`](super::Engine::probe)).
     pub(crate) fn touch_stats(&mut self) {
         self.stats_dirty = true;
+        self.w.probe();
     }
 
     /// Pending deliveries, as counted.
@@ -576,7 +577,12 @@ impl Session {
     pub(crate) fn commit(&mut self) -> Result<()> {
         self.keys.clear();
         self.event_refs.clear();
-        for (sub, delta) in self.health.drain() {
+        // In subscription order: on a shared store each merge locks the
+        // subscription's health row until the round commits, and two
+        // instances locking the same rows in different orders deadlock.
+        let mut health: Vec<(SubscriptionId, HealthDelta)> = self.health.drain().collect();
+        health.sort_unstable_by_key(|(sub, _)| *sub);
+        for (sub, delta) in health {
             if delta.is_empty() {
                 continue;
             }

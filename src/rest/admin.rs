@@ -304,24 +304,35 @@ fn deliveries(bus: &Bus, query: &str) -> ApiResponse {
         Some(a) => bus.outbox().list_after(state, a),
         None => bus.outbox().list(state),
     };
-    let page: Result<Vec<Delivery>, Error> = listing.take(n).collect();
-    match page {
-        Ok(page) => {
-            let next = page.last().map(|d| d.id.to_string());
-            ApiResponse::ok(
-                200,
-                json!({ "deliveries": page.iter().map(delivery_json).collect::<Vec<_>>(), "next": next }),
-            )
+    let mut page: Vec<Delivery> = Vec::new();
+    // Records that do not decode are counted and stepped over (the
+    // dispatcher moves them aside), not the end of the listing.
+    let mut damaged = 0u64;
+    for item in listing.take(n) {
+        match item {
+            Ok(d) => page.push(d),
+            Err(Error::Corrupt { .. }) => damaged += 1,
+            // The cursor's delivery left the listing (retried, purged).
+            Err(e @ (Error::CursorMoved { .. } | Error::DeliveryNotFound(_))) => {
+                return ApiResponse::error(
+                    409,
+                    "CursorMoved",
+                    format!("{e}; list again from the start"),
+                    Some("after"),
+                );
+            }
+            Err(e) => return from_error(&e, false),
         }
-        // The cursor's delivery left the listing (retried, purged).
-        Err(e @ (Error::CursorMoved { .. } | Error::DeliveryNotFound(_))) => ApiResponse::error(
-            409,
-            "CursorMoved",
-            format!("{e}; list again from the start"),
-            Some("after"),
-        ),
-        Err(e) => from_error(&e, false),
     }
+    let next = page.last().map(|d| d.id.to_string());
+    ApiResponse::ok(
+        200,
+        json!({
+            "deliveries": page.iter().map(delivery_json).collect::<Vec<_>>(),
+            "next": next,
+            "damaged": damaged,
+        }),
+    )
 }
 
 /// One delivery with its attempts (response excerpts as text).

@@ -16,8 +16,10 @@
 //! | `GET /webhooks/subscriptions/{id}/history` | its owner | its latest deliveries (`?limit=`, ≤ 100) |
 //! | `GET /webhooks/subscriptions/search?eventName=` | role `relay` | the active subscribers an event reaches: the caller's tenant's, or (a caller without tenant) the app-wide ones |
 //!
-//! **Operator routes**, for callers with the [`ADMIN_ROLE`] (`admin`):
-//! what the outbox CLI does, usable while the app runs (bodies are the
+//! **Operator routes**, for callers with the [`ADMIN_ROLE`] (`admin`) and
+//! no tenant (they see every tenant's subscriptions and deliveries, so a
+//! tenant's caller gets 403 whatever its roles): what the outbox CLI does,
+//! usable while the app runs (bodies are the
 //! Rust types' serde forms, snake_case, in camelCase wrappers):
 //!
 //! | route | does |
@@ -418,6 +420,16 @@ pub fn handle(bus: &Bus, req: ApiRequest<'_>) -> ApiResponse {
                 403,
                 "Forbidden",
                 format!("the admin routes need the `{ADMIN_ROLE}` role"),
+                None,
+            );
+        }
+        // They see every tenant's subscriptions and deliveries: for the
+        // app's own operators, never a tenant's administrators.
+        if caller.tenant.is_some() {
+            return ApiResponse::error(
+                403,
+                "Forbidden",
+                "the admin routes are for the app's operators, not for a tenant's callers",
                 None,
             );
         }

@@ -174,9 +174,11 @@ struct EventV1 {
     created_at: Timestamp,
 }
 
-/// The event record of format 3 (no tenant).
-#[derive(Deserialize)]
-struct EventV3 {
+/// The event record of format 3 (no tenant). The PostgreSQL store still
+/// writes events in it (the tenant in columns of their own), so instances
+/// of an older build running beside newer ones can read them.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct EventV3 {
     id: EventId,
     name: String,
     #[serde(with = "crate::serde_views::json_payload")]
@@ -185,7 +187,23 @@ struct EventV3 {
     traceparent: Option<String>,
 }
 
+impl EventV3 {
+    /// The format-3 form of an event (without its tenant).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn of(e: &Event) -> EventV3 {
+        EventV3 {
+            id: e.id,
+            name: e.name.clone(),
+            payload: e.payload.clone(),
+            created_at: e.created_at,
+            traceparent: e.traceparent.clone(),
+        }
+    }
+}
+
 impl codec::Record for Event {
+    const WRITE_VERSION: u8 = 4;
+
     fn decode_old(version: u8, body: &[u8]) -> std::result::Result<Self, codec::DecodeError> {
         let v3 = if version >= 3 {
             codec::decode_body::<EventV3>(body)?
@@ -425,6 +443,9 @@ pub(crate) trait Writer: Send + fmt::Debug {
     fn put_notice(&mut self, notice: &Notice);
     fn remove_notice(&mut self, id: NoticeId);
     fn put_stats(&mut self, stats: &OutboxStats);
+    /// Stages a write that proves the store takes writes (a health probe);
+    /// by default the counters rewritten with it are that write.
+    fn probe(&mut self) {}
     /// Records that `key` was used for `event` at `at` (ms), replacing an
     /// older use `old_at` of the same key.
     fn put_idempotency_key(&mut self, key: &str, event: EventId, at: u64, old_at: Option<u64>);

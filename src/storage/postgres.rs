@@ -75,19 +75,36 @@ const MAX_READ_CONNECTIONS: usize = 16;
 /// How long a read waits for a connection when all are in use.
 const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Connects to `url` with hookbus's statement and lock timeouts (added
-/// to any `options` the URL gives), so a stuck statement or lock ends
-/// with an error instead of stalling the engine.
+/// Connects to `url` with hookbus's timeouts, so a stuck statement, lock
+/// or network ends with an error instead of stalling the engine: a
+/// statement and a lock timeout (unless the URL's `options` set their
+/// own), a 10 s connect timeout (unless the URL sets one), TCP keepalives
+/// and a TCP user timeout (a server that stops answering is noticed in
+/// about a minute). A pooler such as PgBouncer must let the `options`
+/// startup parameter through (`ignore_startup_parameters = options` drops
+/// it, and with it the two server-side timeouts).
 fn connect(url: &str) -> Result<Client> {
     let mut config: postgres::Config = url.parse()?;
     let mut options = config.get_options().unwrap_or("").to_owned();
-    if !options.is_empty() {
-        options.push(' ');
+    for (name, ms) in [
+        ("statement_timeout", STATEMENT_TIMEOUT_MS),
+        ("lock_timeout", LOCK_TIMEOUT_MS),
+    ] {
+        if !options.contains(name) {
+            if !options.is_empty() {
+                options.push(' ');
+            }
+            options.push_str(&format!("-c {name}={ms}"));
+        }
     }
-    options.push_str(&format!(
-        "-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
-    ));
     config.options(&options);
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(30))
+        .tcp_user_timeout(std::time::Duration::from_secs(60));
     Ok(config.connect(NoTls)?)
 }
 
@@ -183,8 +200,26 @@ fn decode<T: codec::Record>(what: &str, key: &[u8], bytes: &[u8]) -> Result<T> {
     codec::decode(bytes).map_err(|e| corrupt(what, key, e))
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+fn encode<T: codec::Record>(value: &T) -> Vec<u8> {
     codec::encode(value).expect("hookbus records always encode")
+}
+
+/// An event's record as this store keeps it: format 3 (which every build
+/// that knows this schema reads, also an older one in a rolling deploy);
+/// its tenant goes in the `tenant` and `scoped` columns.
+fn encode_event(e: &Event) -> Vec<u8> {
+    codec::encode_as(3, &super::EventV3::of(e)).expect("hookbus records always encode")
+}
+
+/// An event read from its record and its `tenant` and `scoped` columns
+/// (`scoped` false: written by a build that did not keep the tenant).
+fn event_of(id: &[u8], record: &[u8], tenant: Option<String>, scoped: bool) -> Result<Event> {
+    let mut e: Event = decode("e", id, record)?;
+    if scoped {
+        e.tenant = tenant;
+        e.scope_unknown = false;
+    }
+    Ok(e)
 }
 
 fn ms(v: u64) -> i64 {
@@ -267,10 +302,16 @@ impl Pool {
     /// connection that failed is not given back.
     fn with<R>(&self, f: impl FnOnce(&mut Client) -> Result<R>) -> Result<R> {
         self.acquire()?;
-        let r = self.with_slot(f);
-        *self.busy.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        self.freed.notify_one();
-        r
+        // Given back however `f` ends (a panic too).
+        struct Slot<'a>(&'a Pool);
+        impl Drop for Slot<'_> {
+            fn drop(&mut self) {
+                *self.0.busy.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                self.0.freed.notify_one();
+            }
+        }
+        let _slot = Slot(self);
+        self.with_slot(f)
     }
 
     /// Takes one of the [`MAX_READ_CONNECTIONS`] slots, waiting up to
@@ -473,6 +514,9 @@ fn migrate(client: &mut Client, schema: &str) -> Result<()> {
                  tokens float8 NOT NULL,
                  at bigint NOT NULL,
                  paused_until bigint NOT NULL DEFAULT 0);
+             ALTER TABLE {s}.events
+                 ADD COLUMN tenant text,
+                 ADD COLUMN scoped boolean NOT NULL DEFAULT false;
              INSERT INTO {s}.migrations (version) VALUES (3);"
         ))?;
     }
@@ -587,14 +631,19 @@ impl PgReader {
         if !events.is_empty() {
             for row in self.query(
                 &format!(
-                    "SELECT id, record FROM {} WHERE id = ANY($1)",
+                    "SELECT id, record, tenant, scoped FROM {} WHERE id = ANY($1)",
                     self.t("events")
                 ),
                 &[&events],
             )? {
                 let id: Vec<u8> = row.try_get(0)?;
                 // A damaged one is read (and reported) the normal way.
-                if let Ok(e) = decode::<Event>("e", &id, &row.try_get::<_, Vec<u8>>(1)?) {
+                if let Ok(e) = event_of(
+                    &id,
+                    &row.try_get::<_, Vec<u8>>(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                ) {
                     by_id.insert(e.id, e);
                 }
             }
@@ -709,11 +758,21 @@ impl Reader for PgReader {
             return Ok(Some(e));
         }
         let rows = self.query(
-            &format!("SELECT record FROM {} WHERE id = $1", self.t("events")),
+            &format!(
+                "SELECT record, tenant, scoped FROM {} WHERE id = $1",
+                self.t("events")
+            ),
             &[&&id.to_bytes()[..]],
         )?;
         rows.first()
-            .map(|r| decode("e", &id.to_bytes(), &r.try_get::<_, Vec<u8>>(0)?))
+            .map(|r| {
+                event_of(
+                    &id.to_bytes(),
+                    &r.try_get::<_, Vec<u8>>(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                )
+            })
             .transpose()
     }
 
@@ -1082,10 +1141,12 @@ impl Reader for PgReader {
         // shares, not by the instances' own.
         let rows = self.query(
             &format!(
-                "UPDATE {} SET claim = $1, claimed_until = {DB_NOW} + $2
+                "UPDATE {d} SET claim = $1, claimed_until = {DB_NOW} + $2
                  WHERE id = $3 AND state = 0 AND (claimed_until < {DB_NOW} OR claim = $1)
+                 AND NOT EXISTS (SELECT 1 FROM {f} WHERE {f}.sub = {d}.sub AND paused_until > {DB_NOW})
                  RETURNING id, sub, at",
-                self.t("deliveries")
+                d = self.t("deliveries"),
+                f = self.t("flow")
             ),
             &[
                 &&self.pool.token[..],
@@ -1331,6 +1392,9 @@ enum Op {
     RemoveDelivery(DeliveryId, Vec<u8>),
     PutAttempt(DeliveryId, Attempt),
     RemoveAttempt(DeliveryId, u32),
+    /// A write that changes nothing but fails where writes fail (a
+    /// read-only server): the health probe.
+    Probe,
     QuarantineDelivery(DeliveryId),
     QuarantineRaw(Damaged),
     PutKey(String, EventId, u64),
@@ -1448,14 +1512,16 @@ impl PgWriter {
                         &format!("DELETE FROM {} WHERE sub = $1", t("health")),
                         &[&id],
                     )?;
+                    tx.execute(&format!("DELETE FROM {} WHERE sub = $1", t("flow")), &[&id])?;
                 }
                 Op::PutEvent(e) => {
                     tx.execute(
                         &format!(
-                            "INSERT INTO {} (id, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                            "INSERT INTO {} (id, record, tenant, scoped) VALUES ($1, $2, $3, true)
+                             ON CONFLICT DO NOTHING",
                             t("events")
                         ),
-                        &[&&e.id.to_bytes()[..], &encode(e)],
+                        &[&&e.id.to_bytes()[..], &encode_event(e), &e.tenant],
                     )?;
                 }
                 Op::RemoveEvent(id) => {
@@ -1491,6 +1557,15 @@ impl PgWriter {
                     }
                 }
                 Op::PutAttempt(id, a) => batch.attempt(*id, a),
+                Op::Probe => {
+                    tx.execute(
+                        &format!(
+                            "UPDATE {} SET applied_at = applied_at WHERE version = -1",
+                            t("migrations")
+                        ),
+                        &[],
+                    )?;
+                }
                 Op::RemoveAttempt(id, n) => {
                     let n = i32::try_from(*n).unwrap_or(i32::MAX);
                     tx.execute(
@@ -1717,6 +1792,10 @@ impl Writer for PgWriter {
         self.ops.push(Op::RemoveAttempt(id, n));
     }
 
+    fn probe(&mut self) {
+        self.ops.push(Op::Probe);
+    }
+
     /// Counters are counted.
     fn put_stats(&mut self, _stats: &OutboxStats) {}
 
@@ -1865,10 +1944,15 @@ pub(crate) fn publish_in(
         subs.iter().copied().zip(numbers).collect();
     tx.execute(
         &format!(
-            "INSERT INTO {} (id, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            "INSERT INTO {} (id, record, tenant, scoped) VALUES ($1, $2, $3, true)
+             ON CONFLICT DO NOTHING",
             t("events")
         ),
-        &[&&event.id.to_bytes()[..], &encode(event)],
+        &[
+            &&event.id.to_bytes()[..],
+            &encode_event(event),
+            &event.tenant,
+        ],
     )?;
     let at = Timestamp::from_millis(now);
     for sub in subs {

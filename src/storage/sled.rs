@@ -40,8 +40,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use super::{
     Damaged, IndexEntry, Iter, PendingSubscriptions, Reader, Subscribers, SubscriptionRecord,
     Writer,
@@ -191,7 +189,7 @@ fn decode<T: codec::Record>(key: &[u8], bytes: &[u8]) -> Result<T> {
     codec::decode(bytes).map_err(|e| corrupt(key, e))
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+fn encode<T: codec::Record>(value: &T) -> Vec<u8> {
     // Every record type here is plain data that bincode can encode; a failure
     // would be a bug in this crate, not bad input.
     codec::encode(value).expect("hookbus records always encode")

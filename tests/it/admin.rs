@@ -48,6 +48,21 @@ fn operators_see_health_retry_replay_and_follow_deliveries_while_the_bus_runs() 
     assert!(r.body.to_string().contains("`admin` role"), "{}", r.body);
     let r = call(&bus, "GET", "/webhooks/admin/health", None, Value::Null);
     assert_eq!(r.status, 401);
+    // A tenant's admin is not the app's operator.
+    let tenant_admin = Caller::new("boss", [ADMIN_ROLE]).tenant("acme");
+    let r = call(
+        &bus,
+        "GET",
+        "/webhooks/admin/subscriptions",
+        Some(&tenant_admin),
+        Value::Null,
+    );
+    assert_eq!(r.status, 403);
+    assert!(
+        r.body.to_string().contains("not for a tenant"),
+        "{}",
+        r.body
+    );
 
     let r = call(
         &bus,

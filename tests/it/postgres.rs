@@ -930,6 +930,25 @@ fn two_instances_add_up_health_and_replay_on_postgres() {
             .as_deref(),
         Some("acme")
     );
+    // Every record is written in format 3, which a build that reads only
+    // up to 3 (an older instance in a rolling deploy) can read: events
+    // keep their tenant in columns of their own.
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    for table in ["events", "deliveries", "subscriptions", "health"] {
+        let versions: Vec<i32> = c
+            .query(
+                &format!(
+                    "SELECT DISTINCT get_byte(record, 0) FROM {}.{table}",
+                    schema.0
+                ),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(versions, [3], "{table}");
+    }
     assert_eq!(b.outbox().replay(acme_event, None).unwrap().len(), 1);
     wait_until(LONG, "the replay delivered", || {
         a.outbox().stats().unwrap().delivered == 11
