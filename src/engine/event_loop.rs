@@ -496,6 +496,10 @@ impl Dispatcher {
             jobs.push(Job::purge_dead(now.saturating_sub(ms(keep))));
         }
         jobs.push(Job::trim_notices());
+        if self.s.reader().shared() {
+            // Events created over 10 minutes ago with no delivery left.
+            jobs.push(Job::sweep_orphans(now.saturating_sub(600_000)));
+        }
         // Every quarter of the shortest window, at most once a minute and
         // at least every 250 ms apart.
         let shortest = [c.keep_delivered, c.keep_dead]

@@ -47,6 +47,11 @@ enum Kind {
     },
     /// Drops the oldest unacknowledged notices beyond [`MAX_NOTICES`].
     TrimNotices,
+    /// Removes events older than this that no delivery refers to (shared
+    /// stores).
+    SweepOrphans {
+        before_ms: u64,
+    },
     /// New deliveries of what `sub` was sent (or dead-lettered) from
     /// `next` (a delivery id, itself included unless `skip_next`) until
     /// `until_ms` (creation time).
@@ -77,6 +82,10 @@ impl Job {
 
     pub(crate) fn trim_notices() -> Job {
         Job::new(Kind::TrimNotices)
+    }
+
+    pub(crate) fn sweep_orphans(before_ms: u64) -> Job {
+        Job::new(Kind::SweepOrphans { before_ms })
     }
 
     /// Replays what `sub` was sent from `from_ms` until `until_ms`
@@ -129,6 +138,10 @@ impl Job {
             Kind::PurgeDelivered { .. } => (DeliveryState::Delivered, None),
             Kind::PurgeDead { .. } => (DeliveryState::Dead, None),
             Kind::TrimNotices => return self.trim_notices_step(s),
+            Kind::SweepOrphans { before_ms } => {
+                s.sweep_orphan_events(before_ms);
+                return Ok(true);
+            }
             Kind::ReplaySince { .. } => return self.replay_step(s),
         };
         let mut halted: HashMap<SubscriptionId, Option<DeliveryId>> = HashMap::new();
@@ -197,7 +210,9 @@ impl Job {
                     s.remove_delivery(&d)?;
                     *released.entry(d.event_id).or_default() += 1;
                 }
-                Kind::TrimNotices | Kind::ReplaySince { .. } => unreachable!("handled above"),
+                Kind::TrimNotices | Kind::SweepOrphans { .. } | Kind::ReplaySince { .. } => {
+                    unreachable!("handled above")
+                }
             }
             self.count += 1;
         }

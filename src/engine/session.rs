@@ -359,6 +359,13 @@ impl Session {
     /// `gone` deliveries of `event` were removed: drop the event with its
     /// last one.
     pub(crate) fn release_event(&mut self, event: EventId, gone: u32) -> Result<()> {
+        if self.w.reader().shared() {
+            // Other instances may be removing the event's other deliveries
+            // at once: the store removes the event if none is left when
+            // this round commits (and a periodic sweep catches a race).
+            self.w.remove_event(event);
+            return Ok(());
+        }
         match self.refs_of(event)? {
             Some(refs) if refs <= gone => {
                 self.w.remove_event(event);
@@ -559,6 +566,12 @@ impl Session {
             self.keys.remove(key);
         }
         Ok(())
+    }
+
+    /// Removes events older than `before_ms` that no delivery refers to
+    /// (shared stores; see [`Writer::sweep_orphan_events`]).
+    pub(crate) fn sweep_orphan_events(&mut self, before_ms: u64) {
+        self.w.sweep_orphan_events(before_ms);
     }
 
     /// Rewrites the outbox counters at the next commit (a write that

@@ -422,6 +422,11 @@ pub(crate) trait Writer: Send + fmt::Debug {
     fn put_event(&mut self, event: &Event, refs: u32);
     fn set_event_refs(&mut self, id: EventId, refs: u32);
     fn remove_event(&mut self, id: EventId);
+    /// Removes events created before `before_ms` that no delivery refers
+    /// to (a shared store's purges can leave some when instances remove an
+    /// event's deliveries at once). A no-op where references are counted
+    /// exactly (sled).
+    fn sweep_orphan_events(&mut self, _before_ms: u64) {}
     /// Writes a delivery; `old` is the record as committed (or staged)
     /// before, so its state-index entry can be replaced.
     fn put_delivery(&mut self, old: Option<&Delivery>, new: &Delivery);

@@ -1384,6 +1384,8 @@ enum Op {
     RemoveSubscription(SubscriptionRecord),
     PutEvent(Event),
     RemoveEvent(EventId),
+    /// Events created before this id that no delivery refers to.
+    SweepOrphans(EventId),
     /// A new delivery (`None`), or a change of the one stored as `old`
     /// (its record's bytes), and whether the change is an attempt's
     /// outcome.
@@ -1522,6 +1524,19 @@ impl PgWriter {
                             t("events")
                         ),
                         &[&&e.id.to_bytes()[..], &encode_event(e), &e.tenant],
+                    )?;
+                }
+                Op::SweepOrphans(before) => {
+                    tx.execute(
+                        &format!(
+                            "DELETE FROM {e} WHERE id IN (
+                                 SELECT ev.id FROM {e} ev WHERE ev.id < $1
+                                 AND NOT EXISTS (SELECT 1 FROM {d} dl WHERE dl.event_id = ev.id)
+                                 LIMIT 1000)",
+                            e = t("events"),
+                            d = t("deliveries")
+                        ),
+                        &[&&before.to_bytes()[..]],
                     )?;
                 }
                 Op::RemoveEvent(id) => {
@@ -1766,6 +1781,11 @@ impl Writer for PgWriter {
 
     fn remove_event(&mut self, id: EventId) {
         self.ops.push(Op::RemoveEvent(id));
+    }
+
+    fn sweep_orphan_events(&mut self, before_ms: u64) {
+        self.ops
+            .push(Op::SweepOrphans(EventId::first_at(before_ms)));
     }
 
     fn put_delivery(&mut self, old: Option<&Delivery>, new: &Delivery) {

@@ -1156,3 +1156,58 @@ fn a_rate_limit_and_a_429_pause_hold_across_three_instances() {
         i.shutdown(Duration::from_secs(2)).unwrap();
     }
 }
+
+/// Retention on a shared store: delivered history goes after its window
+/// from either instance, events go with their last delivery, and an event
+/// no delivery refers to (left by two instances purging at once) is swept.
+#[test]
+fn retention_purges_on_postgres_and_sweeps_orphaned_events() {
+    let Some(schema) = Schema::new("keep") else {
+        return;
+    };
+    let rx = TestReceiver::with(|_| Reply::ok());
+    let open = || {
+        schema
+            .builder()
+            .keep_delivered_for(Some(Duration::from_secs(1)))
+            .open()
+            .unwrap()
+    };
+    let (a, b) = (open(), open());
+    for i in 0..3 {
+        a.subscribe(NewSubscription::new(format!("s{i}"), rx.url(&format!("/{i}"))).event("e"))
+            .unwrap();
+    }
+    for n in 0..10 {
+        [&a, &b][n % 2].publish("e", &json!({ "n": n })).unwrap();
+    }
+    wait_until(LONG, "30 delivered", || rx.count() == 30);
+    // An orphan: an event row from an hour ago that no delivery refers to.
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    let hour_ago = hookbus::Timestamp::now().as_millis() - 3_600_000;
+    let mut orphan = hour_ago.to_be_bytes()[2..].to_vec();
+    orphan.extend_from_slice(&[0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, 1]);
+    c.execute(
+        &format!(
+            "INSERT INTO {}.events (id, record) VALUES ($1, $2)",
+            schema.0
+        ),
+        &[&orphan, &vec![3u8]],
+    )
+    .unwrap();
+    wait_until(LONG, "history purged", || {
+        a.outbox().stats().unwrap().delivered == 0
+    });
+    // Events went with their last deliveries (one that two instances'
+    // purges left behind at once would be swept once 10 minutes old), and
+    // the old orphan is swept.
+    wait_until(LONG, "the orphan swept", || {
+        c.query(
+            &format!("SELECT 1 FROM {}.events WHERE id = $1", schema.0),
+            &[&orphan],
+        )
+        .unwrap()
+        .is_empty()
+    });
+    consistent(&a);
+}
