@@ -46,9 +46,9 @@ pub struct Bus {
     inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
+struct Inner {
     config: Arc<Config>,
-    pub(crate) engine: Engine,
+    engine: Engine,
 }
 
 impl fmt::Debug for Bus {
@@ -329,7 +329,7 @@ impl Bus {
     where
         F: FnMut(&crate::Notice) -> bool + Send + 'static,
     {
-        crate::outbox::NoticeListener::start(Arc::downgrade(&self.inner), handler)
+        NoticeListener::start(Arc::downgrade(&self.inner), handler)
     }
 
     /// The bus's own health, for a readiness probe: the dispatcher thread
@@ -746,5 +746,104 @@ mod async_tests {
         );
         bus.shutdown(Duration::from_secs(1)).unwrap();
         assert!(matches!(rt.block_on(bus.flush_async()), Err(Error::Closed)));
+    }
+}
+
+/// The thread of [`Bus::on_notice`](crate::Bus::on_notice): stop it with
+/// [`stop`](Self::stop) (which waits for it) or by dropping it (which
+/// does not).
+#[derive(Debug)]
+pub struct NoticeListener {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How often a [`NoticeListener`] looks for new notices.
+const NOTICE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl NoticeListener {
+    fn start<F>(bus: std::sync::Weak<Inner>, mut handler: F) -> Result<Self>
+    where
+        F: FnMut(&crate::Notice) -> bool + Send + 'static,
+    {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("hookbus-notices".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::SeqCst) {
+                    // A strong handle only while reading or acknowledging,
+                    // never while the handler runs: the listener does not
+                    // keep the bus open.
+                    let pending = match bus.upgrade() {
+                        Some(inner) => crate::Notices {
+                            engine: &inner.engine,
+                        }
+                        .pending(100),
+                        None => return,
+                    };
+                    match pending {
+                        Ok(list) => {
+                            for n in list {
+                                if stopped.load(Ordering::SeqCst) {
+                                    return;
+                                }
+                                let handled = std::panic::catch_unwind(
+                                    std::panic::AssertUnwindSafe(|| handler(&n)),
+                                );
+                                match handled {
+                                    Ok(true) => {
+                                        let Some(inner) = bus.upgrade() else { return };
+                                        let acked = crate::Notices {
+                                            engine: &inner.engine,
+                                        }
+                                        .ack(n.id);
+                                        match acked {
+                                            Ok(()) => {}
+                                            Err(Error::Closed) => return,
+                                            Err(e) => {
+                                                tracing::error!(notice = %n.id, error = %e, "could not acknowledge a notice");
+                                            }
+                                        }
+                                    }
+                                    // Offered again at the next look; the
+                                    // newer ones are offered meanwhile.
+                                    Ok(false) => {}
+                                    Err(_) => {
+                                        tracing::error!(notice = %n.id, "the notice handler panicked; the notice is offered again");
+                                    }
+                                }
+                            }
+                        }
+                        Err(Error::Closed) => return,
+                        Err(e) => tracing::error!(error = %e, "could not read notices"),
+                    }
+                    std::thread::sleep(NOTICE_POLL);
+                }
+            })
+            .map_err(|source| Error::Spawn {
+                name: "hookbus-notices".into(),
+                source,
+            })?;
+        Ok(NoticeListener {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it (for the handler call in
+    /// progress, if any).
+    pub fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for NoticeListener {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }

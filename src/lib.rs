@@ -213,7 +213,7 @@ mod subscription;
 mod telemetry;
 mod util;
 
-pub use bus::Bus;
+pub use bus::{Bus, NoticeListener};
 pub use config::{Builder, Config, Durability, default_retry_schedule};
 pub use delivery::{Delivery, DeliveryState, ParseDeliveryStateError};
 pub use error::{Error, Result, StoreError};
@@ -224,7 +224,7 @@ pub use ids::{
 };
 pub use message::{EventType, Message};
 pub use notice::{MAX_NOTICES, Notice, NoticeKind};
-pub use outbox::{Deliveries, MAX_REPLAY_SPAN, NoticeListener, Notices, Outbox};
+pub use outbox::{Deliveries, MAX_REPLAY_SPAN, Notices, Outbox};
 pub use policy::{DeliveryOrder, MAX_RATE_PER_SECOND, OnDeadLetter, RateLimit};
 pub use record::{Attempt, AttemptError, AttemptErrorKind, Event, OutboxStats};
 pub use sender::USER_AGENT;
