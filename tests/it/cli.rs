@@ -99,13 +99,7 @@ fn prepare(dir: &Path, rx: &TestReceiver) -> (String, String) {
 
 #[test]
 fn outbox_cli_reads_repairs_and_purges() {
-    let rx = TestReceiver::with(|r| {
-        if r.path == "/fail" {
-            Reply::status(500).body(b"nope")
-        } else {
-            Reply::ok()
-        }
-    });
+    let rx = TestReceiver::failing_under("/fail", Reply::status(500).body(b"nope"));
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (good, bad) = prepare(d, &rx);
@@ -295,13 +289,7 @@ fn outbox_cli_errors_are_clear_and_exit_non_zero() {
 
 #[test]
 fn outbox_cli_shows_health_replays_tails_and_purges_dead_letters() {
-    let rx = TestReceiver::with(|r| {
-        if r.path == "/fail" {
-            Reply::status(500).body(b"nope")
-        } else {
-            Reply::ok()
-        }
-    });
+    let rx = TestReceiver::failing_under("/fail", Reply::status(500).body(b"nope"));
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (good, bad) = prepare(d, &rx);

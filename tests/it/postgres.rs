@@ -74,13 +74,7 @@ fn the_whole_api_works_on_postgres_and_survives_a_reopen() {
         return;
     };
     // /fail always fails; the rest succeed.
-    let rx = TestReceiver::with(|req| {
-        if req.path == "/fail" {
-            Reply::status(500)
-        } else {
-            Reply::ok()
-        }
-    });
+    let rx = TestReceiver::failing_under("/fail", Reply::status(500));
     let (ok, ordered, tenant_id);
     {
         let bus = schema.builder().open().unwrap();
@@ -870,13 +864,7 @@ fn two_instances_add_up_health_and_replay_on_postgres() {
     let Some(schema) = Schema::new("ops") else {
         return;
     };
-    let rx = TestReceiver::with(|req| {
-        if req.path == "/fail" {
-            Reply::status(500)
-        } else {
-            Reply::ok()
-        }
-    });
+    let rx = TestReceiver::failing_under("/fail", Reply::status(500));
     let a = schema.builder().open().unwrap();
     let b = schema.builder().open().unwrap();
     let fail = a

@@ -110,6 +110,18 @@ impl TestReceiver {
         Self::with(|_| Reply::ok())
     }
 
+    /// A receiver that answers `failure` to requests whose path starts
+    /// with `prefix`, and 204 to the rest.
+    pub fn failing_under(prefix: &'static str, failure: Reply) -> TestReceiver {
+        Self::with(move |r| {
+            if r.path.starts_with(prefix) {
+                failure.clone()
+            } else {
+                Reply::ok()
+            }
+        })
+    }
+
     /// A receiver that answers with `f`.
     pub fn with(f: impl FnMut(&Request) -> Reply + Send + 'static) -> TestReceiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

@@ -12,13 +12,7 @@ use crate::receiver::{Reply, TestReceiver};
 use crate::{LONG, builder, consistent, wait_until};
 
 fn ok_and_failing() -> TestReceiver {
-    TestReceiver::with(|r| {
-        if r.path.starts_with("/bad") {
-            Reply::status(500)
-        } else {
-            Reply::status(204)
-        }
-    })
+    TestReceiver::failing_under("/bad", Reply::status(500))
 }
 
 #[test]
