@@ -131,9 +131,9 @@ impl Default for Config {
 pub enum Durability {
     /// sled's flush: the store's log is written to the operating system
     /// (on Linux sled ends with `sync_file_range`, not `fsync`), and sled's
-    /// background flusher `fsync`s every 500 ms. What a barrier confirmed
+    /// background flusher `fsync`s every 20 ms. What a barrier confirmed
     /// survives a crash or `kill -9` of the process; a power loss or kernel
-    /// crash can lose the last ≤ 500 ms of it.
+    /// crash can lose the last ≤ 20 ms of it.
     #[default]
     Crash,
     /// As [`Crash`](Durability::Crash), and each barrier round also

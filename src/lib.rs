@@ -141,12 +141,12 @@
 //!   request that was in flight when the process died is sent again.
 //! * **What "on disk" means.** sled 0.34's `flush` writes the log and ends,
 //!   on Linux, in `sync_file_range`, not `fsync`; sled's background flusher
-//!   does `fsync` every 500 ms. So a flushed event survives a crash of the
-//!   process; after a power loss or kernel crash, the last ≤ 500 ms of
+//!   does `fsync` every 20 ms. So a flushed event survives a crash of the
+//!   process; after a power loss or kernel crash, the last ≤ 20 ms of
 //!   flushed writes may be lost. [`Durability::PowerLoss`] closes that gap:
 //!   each barrier round also `fdatasync`s the store.
 //! * Attempt outcomes are written at once but not flushed on their own: a
-//!   crash within sled's 500 ms flush interval can make a delivery that was
+//!   crash within sled's 20 ms flush interval can make a delivery that was
 //!   already answered be sent again (still at-least-once), never lost.
 //! * One process per store: sled locks the folder, and a second open gets
 //!   [`Error::StoreLocked`].
