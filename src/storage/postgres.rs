@@ -271,7 +271,8 @@ fn entry_page(rows: &[Row]) -> Result<Vec<(Result<IndexEntry>, IndexEntry)>> {
         .collect()
 }
 
-/// Connections shared by the readers of one store: at most
+/// Connections shared by the readers of one store (the handles', or the
+/// engine's: each has its own): at most
 /// [`MAX_READ_CONNECTIONS`] open at once (a read waits up to
 /// [`POOL_WAIT`] for one), up to 8 kept idle.
 struct Pool {
@@ -375,21 +376,29 @@ pub(crate) fn open(
     let mut token = [0u8; 16];
     getrandom::fill(&mut token)
         .map_err(|e| store_error(format!("no randomness for a claim token: {e}")))?;
-    let pool = Arc::new(Pool {
-        url: url.to_owned(),
-        schema: schema.to_owned(),
-        idle: Mutex::new(Vec::new()),
-        busy: Mutex::new(0),
-        freed: std::sync::Condvar::new(),
-        token,
-        lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
-    });
+    let pool = || {
+        Arc::new(Pool {
+            url: url.to_owned(),
+            schema: schema.to_owned(),
+            idle: Mutex::new(Vec::new()),
+            busy: Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+            token,
+            lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+        })
+    };
+    // The handles' reads (listings, the REST adapter, the CLI) and the
+    // engine's (claims, fan-out, retention) have pools of their own, so
+    // busy handles never make the dispatcher wait for a connection.
     let reader = PgReader {
-        pool: pool.clone(),
+        pool: pool(),
         claimed: Arc::default(),
     };
     let writer = PgWriter {
-        reader: reader.clone(),
+        reader: PgReader {
+            pool: pool(),
+            claimed: Arc::default(),
+        },
         client,
         ops: Vec::new(),
         unflushed: false,
