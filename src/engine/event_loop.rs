@@ -1138,33 +1138,15 @@ impl Dispatcher {
             self.rr_cursor = Some(sub);
             let sent = match heads.get(&sub) {
                 Some(head) if self.s.reader().shared() => {
-                    // A rate limit holds for every instance together.
-                    let rate = self.policies.get(&sub).and_then(|p| p.rate);
-                    if let Some(limit) = rate {
-                        match self.s.reader().take_tokens(sub, 1, limit) {
-                            Ok((0, wait)) => {
-                                let at = now.saturating_add(wait);
-                                self.next_due = Some(self.next_due.map_or(at, |n| n.min(at)));
-                                continue;
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::error!(subscription = %sub, error = %e, "could not take rate-limit tokens; will try again");
-                                self.retry_soon();
-                                continue;
-                            }
-                        }
-                    }
+                    let Some((rate, _)) = self.take_shared_tokens(sub, 1, now) else {
+                        continue;
+                    };
                     match self.s.reader().claim_one(head.delivery, now) {
                         Ok(Some(e)) => self.send(sub, vec![e]),
                         // Another instance sends it (or a receiver's pause
                         // holds every instance back).
                         Ok(None) => {
-                            if let Some(limit) = rate
-                                && let Err(e) = self.s.reader().return_tokens(sub, 1, limit)
-                            {
-                                tracing::warn!(subscription = %sub, error = %e, "could not give back an unused rate-limit token");
-                            }
+                            self.give_back_tokens(sub, rate, 1);
                             true
                         }
                         Err(e) => {
@@ -1209,48 +1191,25 @@ impl Dispatcher {
             Err(e) => tracing::error!(error = %e, "could not poll the shared store"),
         }
         // Wake for the next poll.
-        let at = self.next_poll;
-        self.next_due = Some(self.next_due.map_or(at, |n| n.min(at)));
+        self.wake_at(self.next_poll);
     }
 
     /// Sends up to `room` due deliveries of `sub`. Returns `false` when the
     /// senders took no more.
     fn send_due(&mut self, sub: SubscriptionId, room: usize, now: u64) -> bool {
         if self.s.reader().shared() {
-            // A rate limit holds for every instance together: take its
-            // tokens from the store first (a receiver's pause counts too).
-            let rate = self.policies.get(&sub).and_then(|p| p.rate);
-            let mut room = room;
-            if let Some(limit) = rate {
-                match self.s.reader().take_tokens(sub, room, limit) {
-                    Ok((0, wait)) => {
-                        let at = now.saturating_add(wait);
-                        self.next_due = Some(self.next_due.map_or(at, |n| n.min(at)));
-                        return true;
-                    }
-                    Ok((granted, _)) => room = granted,
-                    Err(e) => {
-                        tracing::error!(subscription = %sub, error = %e, "could not take rate-limit tokens; will try again");
-                        self.retry_soon();
-                        return true;
-                    }
-                }
-            }
+            // A rate limit holds for every instance together: its tokens
+            // come from the store first (a receiver's pause counts too).
+            let Some((rate, room)) = self.take_shared_tokens(sub, room, now) else {
+                return true;
+            };
             // Other instances send too: take only what this one claims.
             return match self.s.reader().claim(sub, room, now, now) {
                 Ok(mut batch) => {
                     // Never a second request for one of its own in flight
                     // (a claim of its own that ran out).
                     batch.retain(|e| !self.in_flight.contains(&e.delivery));
-                    if let Some(limit) = rate
-                        && batch.len() < room
-                        && let Err(e) =
-                            self.s
-                                .reader()
-                                .return_tokens(sub, room - batch.len(), limit)
-                    {
-                        tracing::warn!(subscription = %sub, error = %e, "could not give back unused rate-limit tokens");
-                    }
+                    self.give_back_tokens(sub, rate, room - batch.len());
                     self.send(sub, batch)
                 }
                 Err(e) => {
@@ -1427,8 +1386,50 @@ impl Dispatcher {
     /// A read failed for a reason that may pass: look again in a second.
     fn retry_soon(&mut self) {
         self.read_failed = true;
-        let at = now_ms().saturating_add(1000);
+        self.wake_at(now_ms().saturating_add(1000));
+    }
+
+    /// Wakes the loop by `at` (ms) at the latest.
+    fn wake_at(&mut self, at: u64) {
         self.next_due = Some(self.next_due.map_or(at, |n| n.min(at)));
+    }
+
+    /// A shared store: how many of `want` requests `sub` may start now
+    /// under its rate limit, which holds for every instance together (its
+    /// tokens come from the store, and a receiver's pause counts too), with
+    /// the limit to give unused tokens back to. `None`: none may start; the
+    /// loop wakes when one may (or soon, after a failed read).
+    fn take_shared_tokens(
+        &mut self,
+        sub: SubscriptionId,
+        want: usize,
+        now: u64,
+    ) -> Option<(Option<RateLimit>, usize)> {
+        let Some(limit) = self.policies.get(&sub).and_then(|p| p.rate) else {
+            return Some((None, want));
+        };
+        match self.s.reader().take_tokens(sub, want, limit) {
+            Ok((0, wait)) => {
+                self.wake_at(now.saturating_add(wait));
+                None
+            }
+            Ok((granted, _)) => Some((Some(limit), granted)),
+            Err(e) => {
+                tracing::error!(subscription = %sub, error = %e, "could not take rate-limit tokens; will try again");
+                self.retry_soon();
+                None
+            }
+        }
+    }
+
+    /// Gives `unused` tokens of `sub`'s shared rate limit back.
+    fn give_back_tokens(&self, sub: SubscriptionId, rate: Option<RateLimit>, unused: usize) {
+        if let Some(limit) = rate
+            && unused > 0
+            && let Err(e) = self.s.reader().return_tokens(sub, unused, limit)
+        {
+            tracing::warn!(subscription = %sub, error = %e, "could not give back unused rate-limit tokens");
+        }
     }
 
     fn dead_letter(&mut self, d: &crate::delivery::Delivery, why: &str) -> Option<sender::Job> {
