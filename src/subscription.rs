@@ -734,6 +734,7 @@ impl<'a> Subscriptions<'a> {
         let rec = self.record_of(new)?;
         let cap = self.config.max_subscriptions_per_tenant;
         self.engine.write(move |w| {
+            w.lock_subscriptions()?;
             check_conflict(w.reader(), &rec)?;
             check_tenant_cap(w.reader(), rec.tenant.as_deref(), cap)?;
             w.put_subscription(None, &rec);
@@ -775,6 +776,7 @@ impl<'a> Subscriptions<'a> {
         let wanted = self.record_of(new)?;
         let cap = self.config.max_subscriptions_per_tenant;
         self.engine.write(move |w| {
+            w.lock_subscriptions()?;
             let mut existing = None;
             for r in w.reader().subscriptions() {
                 let r = r?;
@@ -987,6 +989,7 @@ impl<'a> Subscriptions<'a> {
             limit.validate()?;
         }
         self.engine.write(move |w| {
+            w.lock_subscriptions()?;
             let old = w
                 .reader()
                 .subscription(id)?
@@ -1077,6 +1080,7 @@ impl<'a> Subscriptions<'a> {
     /// past deliveries and their attempts stay in the outbox.
     pub fn delete(&self, id: SubscriptionId) -> Result<()> {
         self.engine.write(move |w| {
+            w.lock_subscriptions()?;
             let old = w
                 .reader()
                 .subscription(id)?

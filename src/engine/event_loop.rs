@@ -833,6 +833,7 @@ impl Dispatcher {
     /// notice): no new deliveries, its pending ones wait. Returns whether
     /// it was active.
     fn disable(&mut self, id: SubscriptionId, why: String) -> Result<bool> {
+        self.s.lock_subscriptions()?;
         let Some(mut s) = self.s.reader().subscription(id)?.filter(|s| s.active) else {
             return Ok(false);
         };
@@ -858,6 +859,10 @@ impl Dispatcher {
             }
         );
         if !halts {
+            return;
+        }
+        if let Err(e) = self.s.lock_subscriptions() {
+            tracing::error!(subscription = %sub, error = %e, "could not halt a FIFO subscription");
             return;
         }
         match self.s.reader().subscription(sub) {

@@ -65,6 +65,8 @@ pub(crate) struct Session {
     /// Event reference counts changed in this round (replays add
     /// deliveries to stored events, purges remove them).
     event_refs: HashMap<EventId, Option<u32>>,
+    /// The store's subscription lock is held until the next commit.
+    subscriptions_locked: bool,
 }
 
 /// The health cache is cleared when it holds this many.
@@ -79,6 +81,7 @@ impl Session {
             stats,
             stats_dirty: false,
             unflushed: false,
+            subscriptions_locked: false,
             staged: HashMap::new(),
             rescan: true,
             touched: HashSet::new(),
@@ -588,6 +591,25 @@ impl Session {
 
     /// Applies what is staged (visible at once, durable at the next flush).
     pub(crate) fn commit(&mut self) -> Result<()> {
+        let r = self.commit_staged();
+        if std::mem::take(&mut self.subscriptions_locked) {
+            self.w.unlock_subscriptions();
+        }
+        r
+    }
+
+    /// Takes the store's subscription lock until this round commits (see
+    /// [`Writer::lock_subscriptions`]). Every read-modify-write of a
+    /// subscription record calls it before it reads.
+    pub(crate) fn lock_subscriptions(&mut self) -> Result<()> {
+        if !self.subscriptions_locked {
+            self.w.lock_subscriptions()?;
+            self.subscriptions_locked = true;
+        }
+        Ok(())
+    }
+
+    fn commit_staged(&mut self) -> Result<()> {
         self.keys.clear();
         self.event_refs.clear();
         // In subscription order: on a shared store each merge locks the

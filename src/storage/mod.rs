@@ -466,6 +466,21 @@ pub(crate) trait Writer: Send + fmt::Debug {
     fn quarantine_raw(&mut self, damaged: &Damaged) -> Result<()>;
     /// Drops a state-index entry that leads to no usable delivery.
     fn remove_index_entry(&mut self, state: DeliveryState, entry: IndexEntry);
+    /// Holds the store's subscription lock until [`unlock_subscriptions`]:
+    /// on a shared store every instance's changes of subscriptions then
+    /// run one at a time, each reading what the one before committed (no
+    /// lost update, no two instances creating the same subscription). A
+    /// no-op where this writer is the only one (sled). Taken at most once
+    /// per commit; the engine releases it after the commit.
+    ///
+    /// [`unlock_subscriptions`]: Writer::unlock_subscriptions
+    fn lock_subscriptions(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Releases what [`lock_subscriptions`](Writer::lock_subscriptions)
+    /// took (after the commit that holds the changes, or after a failed
+    /// one).
+    fn unlock_subscriptions(&mut self) {}
     /// How many writes are staged.
     fn staged(&self) -> usize;
     /// Applies what is staged, atomically. On error nothing of it applies.

@@ -183,6 +183,12 @@ pub(crate) fn validate_schema(name: &str) -> Result<()> {
     }
 }
 
+/// The name of a schema's subscription lock (see
+/// `Writer::lock_subscriptions`), hashed by the server into its key.
+fn subscription_lock(schema: &str) -> String {
+    format!("hookbus.subscriptions:{schema}")
+}
+
 fn store_error(m: impl Into<String>) -> Error {
     Error::Store(StoreError::message(m))
 }
@@ -1866,6 +1872,36 @@ impl Writer for PgWriter {
 
     /// Rows carry their own state: there is no separate index entry.
     fn remove_index_entry(&mut self, _state: DeliveryState, _entry: IndexEntry) {}
+
+    /// A session-level advisory lock, one per schema: every instance
+    /// takes it before it reads a subscription it will change, and lets
+    /// it go after the commit, so changes of subscriptions are serialised
+    /// across instances (waits count against the lock timeout).
+    fn lock_subscriptions(&mut self) -> Result<()> {
+        self.reconnect_if_closed()?;
+        self.client.execute(
+            "SELECT pg_advisory_lock(hashtext($1))",
+            &[&subscription_lock(&self.reader.pool.schema)],
+        )?;
+        Ok(())
+    }
+
+    fn unlock_subscriptions(&mut self) {
+        // A lost connection has released it already.
+        if self.client.is_closed() {
+            return;
+        }
+        if let Err(e) = self.client.execute(
+            "SELECT pg_advisory_unlock(hashtext($1))",
+            &[&subscription_lock(&self.reader.pool.schema)],
+        ) {
+            tracing::error!(error = %e, "could not release the subscription lock; dropping the connection");
+            // Closing the connection releases it; the next round reconnects.
+            if let Ok(fresh) = connect(&self.reader.pool.url) {
+                self.client = fresh;
+            }
+        }
+    }
 
     fn staged(&self) -> usize {
         self.ops.len()

@@ -1199,3 +1199,98 @@ fn retention_purges_on_postgres_and_sweeps_orphaned_events() {
     });
     consistent(&a);
 }
+
+#[test]
+fn two_instances_changing_subscriptions_at_once_neither_duplicate_nor_lose_a_change() {
+    let Some(schema) = Schema::new("subrace") else {
+        return;
+    };
+    let a = schema.builder().deliver(false).open().unwrap();
+    let b = schema.builder().deliver(false).open().unwrap();
+    let buses = [a, b];
+
+    // Start-up code on every instance: `ensure` from both at the same
+    // moment must make one subscription, not two.
+    for round in 0..8 {
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let bus = buses[i % 2].clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    bus.subscriptions()
+                        .ensure(
+                            NewSubscription::new(
+                                format!("svc-{round}"),
+                                format!("http://127.0.0.1:9/hook/{round}"),
+                            )
+                            .event("e")
+                            .secret("s"),
+                        )
+                        .unwrap()
+                        .id
+                })
+            })
+            .collect();
+        let ids: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(
+            ids.iter().all(|id| *id == ids[0]),
+            "round {round}: ensure answered different subscriptions {ids:?}"
+        );
+        let named = buses[0]
+            .subscriptions()
+            .list()
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.name == format!("svc-{round}"))
+            .count();
+        assert_eq!(named, 1, "round {round}: {named} subscriptions of one name");
+    }
+
+    // Two instances patching different fields of one subscription at once:
+    // each sees its own change stand, and both survive.
+    let sub = buses[0]
+        .subscribe(NewSubscription::new("shared", "http://127.0.0.1:9/shared").event("e"))
+        .unwrap();
+    let renamer = {
+        let bus = buses[0].clone();
+        std::thread::spawn(move || {
+            for i in 1..=25u32 {
+                bus.subscriptions()
+                    .update(
+                        sub.id,
+                        hookbus::SubscriptionPatch::new().name(format!("n{i}")),
+                    )
+                    .unwrap();
+                let now = bus.subscriptions().get(sub.id).unwrap().unwrap();
+                assert_eq!(now.name, format!("n{i}"), "a rename was undone");
+            }
+        })
+    };
+    let limiter = {
+        let bus = buses[1].clone();
+        std::thread::spawn(move || {
+            for i in 1..=25u32 {
+                let limit = hookbus::RateLimit::per_second(i);
+                bus.subscriptions()
+                    .update(
+                        sub.id,
+                        hookbus::SubscriptionPatch::new().rate_limit(Some(limit)),
+                    )
+                    .unwrap();
+                let now = bus.subscriptions().get(sub.id).unwrap().unwrap();
+                assert_eq!(
+                    now.rate_limit,
+                    Some(limit),
+                    "a rate limit change was undone"
+                );
+            }
+        })
+    };
+    renamer.join().unwrap();
+    limiter.join().unwrap();
+    let last = buses[1].subscriptions().get(sub.id).unwrap().unwrap();
+    assert_eq!(last.name, "n25");
+    assert_eq!(last.rate_limit, Some(hookbus::RateLimit::per_second(25)));
+}
