@@ -550,7 +550,9 @@ impl Bus {
     /// `tx` must be a transaction on the database (and schema) the bus
     /// uses. With an idempotency key, a key held within the window returns
     /// the first event's id and stores nothing (concurrent transactions
-    /// with one key wait for each other on the key's row).
+    /// with one key, and instances publishing with it, wait for each other
+    /// on the key's advisory lock, held until `tx` ends: don't wait on the
+    /// bus for the same key inside `tx`).
     ///
     /// Errors: those of [`publish_message`](Bus::publish_message), and
     /// [`Error::InvalidConfig`] if this bus does not use PostgreSQL; a

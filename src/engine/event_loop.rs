@@ -420,6 +420,15 @@ impl Dispatcher {
         let now = now_ms();
         let window =
             u64::try_from(self.s.config.idempotency_window.as_millis()).unwrap_or(u64::MAX);
+        // On a shared store the key's lock makes instances publishing with
+        // one key take turns: each reads what the one before stored.
+        if !self.s.try_lock_key(&key.key)? {
+            // Never wait while holding a lock (two instances could wait
+            // for each other): commit this round so far, which releases
+            // them, then wait.
+            self.commit();
+            self.s.lock_key(&key.key)?;
+        }
         let held = match self.s.idempotency_key(&key.key) {
             Ok(held) => held,
             Err(e) if crate::engine::session::is_damage(&e) => {

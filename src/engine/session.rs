@@ -67,6 +67,9 @@ pub(crate) struct Session {
     event_refs: HashMap<EventId, Option<u32>>,
     /// The store's subscription lock is held until the next commit.
     subscriptions_locked: bool,
+    /// Some store lock (subscriptions, idempotency keys) is held until
+    /// the next commit.
+    locks_held: bool,
 }
 
 /// The health cache is cleared when it holds this many.
@@ -82,6 +85,7 @@ impl Session {
             stats_dirty: false,
             unflushed: false,
             subscriptions_locked: false,
+            locks_held: false,
             staged: HashMap::new(),
             rescan: true,
             touched: HashSet::new(),
@@ -592,8 +596,9 @@ impl Session {
     /// Applies what is staged (visible at once, durable at the next flush).
     pub(crate) fn commit(&mut self) -> Result<()> {
         let r = self.commit_staged();
-        if std::mem::take(&mut self.subscriptions_locked) {
-            self.w.unlock_subscriptions();
+        self.subscriptions_locked = false;
+        if std::mem::take(&mut self.locks_held) {
+            self.w.release_locks();
         }
         r
     }
@@ -605,7 +610,25 @@ impl Session {
         if !self.subscriptions_locked {
             self.w.lock_subscriptions()?;
             self.subscriptions_locked = true;
+            self.locks_held = true;
         }
+        Ok(())
+    }
+
+    /// Takes the lock of an idempotency key until this round commits, if
+    /// no other instance holds it (see [`Writer::try_lock_key`]).
+    pub(crate) fn try_lock_key(&mut self, key: &str) -> Result<bool> {
+        let took = self.w.try_lock_key(key)?;
+        self.locks_held |= took;
+        Ok(took)
+    }
+
+    /// Waits for the lock of an idempotency key; only while this session
+    /// holds no lock (after a commit).
+    pub(crate) fn lock_key(&mut self, key: &str) -> Result<()> {
+        debug_assert!(!self.locks_held, "waits for a lock while holding one");
+        self.w.lock_key(key)?;
+        self.locks_held = true;
         Ok(())
     }
 

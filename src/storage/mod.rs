@@ -466,21 +466,33 @@ pub(crate) trait Writer: Send + fmt::Debug {
     fn quarantine_raw(&mut self, damaged: &Damaged) -> Result<()>;
     /// Drops a state-index entry that leads to no usable delivery.
     fn remove_index_entry(&mut self, state: DeliveryState, entry: IndexEntry);
-    /// Holds the store's subscription lock until [`unlock_subscriptions`]:
-    /// on a shared store every instance's changes of subscriptions then
-    /// run one at a time, each reading what the one before committed (no
-    /// lost update, no two instances creating the same subscription). A
-    /// no-op where this writer is the only one (sled). Taken at most once
-    /// per commit; the engine releases it after the commit.
-    ///
-    /// [`unlock_subscriptions`]: Writer::unlock_subscriptions
+    /// Holds the store's subscription lock until
+    /// [`release_locks`](Writer::release_locks): on a shared store every
+    /// instance's changes of subscriptions then run one at a time, each
+    /// reading what the one before committed (no lost update, no two
+    /// instances creating the same subscription). A no-op where this
+    /// writer is the only one (sled). The engine takes it at most once per
+    /// commit and releases it after the commit.
     fn lock_subscriptions(&mut self) -> Result<()> {
         Ok(())
     }
-    /// Releases what [`lock_subscriptions`](Writer::lock_subscriptions)
-    /// took (after the commit that holds the changes, or after a failed
-    /// one).
-    fn unlock_subscriptions(&mut self) {}
+    /// Takes the lock of idempotency key `key` if no other writer holds
+    /// it, without waiting; held until [`release_locks`]. Always `true`
+    /// where this writer is the only one.
+    ///
+    /// [`release_locks`]: Writer::release_locks
+    fn try_lock_key(&mut self, _key: &str) -> Result<bool> {
+        Ok(true)
+    }
+    /// Takes the lock of idempotency key `key`, waiting for it. Only
+    /// called while this writer holds no other lock (so two writers never
+    /// wait for each other).
+    fn lock_key(&mut self, _key: &str) -> Result<()> {
+        Ok(())
+    }
+    /// Releases every lock taken since the last commit (after the commit
+    /// that holds the changes, or after a failed one).
+    fn release_locks(&mut self) {}
     /// How many writes are staged.
     fn staged(&self) -> usize;
     /// Applies what is staged, atomically. On error nothing of it applies.

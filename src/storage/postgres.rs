@@ -189,6 +189,13 @@ fn subscription_lock(schema: &str) -> String {
     format!("hookbus.subscriptions:{schema}")
 }
 
+/// The first half of an idempotency key's lock (the key's hash is the
+/// second): the same in the engine (a session-level lock) and in
+/// `publish_in` (a transaction-level one), so the two serialise.
+fn key_lock(schema: &str) -> String {
+    format!("hookbus.keys:{schema}")
+}
+
 fn store_error(m: impl Into<String>) -> Error {
     Error::Store(StoreError::message(m))
 }
@@ -1886,17 +1893,33 @@ impl Writer for PgWriter {
         Ok(())
     }
 
-    fn unlock_subscriptions(&mut self) {
-        // A lost connection has released it already.
+    fn try_lock_key(&mut self, key: &str) -> Result<bool> {
+        self.reconnect_if_closed()?;
+        let row = self.client.query_one(
+            "SELECT pg_try_advisory_lock(hashtext($1), hashtext(encode($2, 'hex')))",
+            &[&key_lock(&self.reader.pool.schema), &key.as_bytes()],
+        )?;
+        Ok(row.try_get(0)?)
+    }
+
+    fn lock_key(&mut self, key: &str) -> Result<()> {
+        self.reconnect_if_closed()?;
+        self.client.execute(
+            "SELECT pg_advisory_lock(hashtext($1), hashtext(encode($2, 'hex')))",
+            &[&key_lock(&self.reader.pool.schema), &key.as_bytes()],
+        )?;
+        Ok(())
+    }
+
+    fn release_locks(&mut self) {
+        // A lost connection has released them already.
         if self.client.is_closed() {
             return;
         }
-        if let Err(e) = self.client.execute(
-            "SELECT pg_advisory_unlock(hashtext($1))",
-            &[&subscription_lock(&self.reader.pool.schema)],
-        ) {
-            tracing::error!(error = %e, "could not release the subscription lock; dropping the connection");
-            // Closing the connection releases it; the next round reconnects.
+        if let Err(e) = self.client.execute("SELECT pg_advisory_unlock_all()", &[]) {
+            tracing::error!(error = %e, "could not release the store's locks; dropping the connection");
+            // Closing the connection releases them; the next round
+            // reconnects.
             if let Ok(fresh) = connect(&self.reader.pool.url) {
                 self.client = fresh;
             }
@@ -1941,7 +1964,8 @@ impl Writer for PgWriter {
 /// or `*`, of `tenant` or app-wide). Visible to every instance's senders
 /// once `tx` commits (they poll); nothing if it rolls back. With `key`, an
 /// idempotency key held within `window_ms` returns its holder instead and
-/// stores nothing; the key's row serialises concurrent transactions.
+/// stores nothing; the key's advisory lock (the one the engines take)
+/// serialises concurrent transactions and instances.
 pub(crate) fn publish_in(
     tx: &mut postgres::Transaction<'_>,
     schema: &str,
@@ -1954,6 +1978,13 @@ pub(crate) fn publish_in(
     let t = |name: &str| format!("\"{schema}\".{name}");
     let now = Timestamp::now().as_millis();
     if let Some((key, window_ms)) = key {
+        // Serialised with the engines of every instance, which take the
+        // same lock before they read the key (held until this transaction
+        // ends).
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1), hashtext(encode($2, 'hex')))",
+            &[&key_lock(schema), &key.as_bytes()],
+        )?;
         // Take the key, or find who holds it (waits for a concurrent
         // transaction that took it first).
         let took = tx.query(

@@ -1294,3 +1294,66 @@ fn two_instances_changing_subscriptions_at_once_neither_duplicate_nor_lose_a_cha
     assert_eq!(last.name, "n25");
     assert_eq!(last.rate_limit, Some(hookbus::RateLimit::per_second(25)));
 }
+
+#[test]
+fn instances_publishing_with_one_idempotency_key_at_once_store_one_event() {
+    let Some(schema) = Schema::new("keyrace") else {
+        return;
+    };
+    let a = schema.builder().deliver(false).open().unwrap();
+    let b = schema.builder().deliver(false).open().unwrap();
+    a.subscribe(NewSubscription::new("s", "http://127.0.0.1:9/hook").event("e"))
+        .unwrap();
+    let buses = [a, b];
+    let rounds = 10;
+    for round in 0..rounds {
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let bus = buses[i % 2].clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    bus.publish_message(
+                        Message::new("e", &json!({"round": round, "from": i}))
+                            .idempotency_key(format!("order-{round}")),
+                    )
+                    .unwrap()
+                })
+            })
+            .collect();
+        let ids: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(
+            ids.iter().all(|id| *id == ids[0]),
+            "round {round}: one key answered different events {ids:?}"
+        );
+    }
+    // One event per key, so one delivery per key.
+    let stats = buses[1].outbox().stats().unwrap();
+    assert_eq!(stats.pending, rounds, "{stats:?}");
+
+    // An app's transaction holding a key (publish_in, not yet committed)
+    // makes an instance publishing with the same key wait for it, and
+    // then answer with the transaction's event.
+    let mut app = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    let mut tx = app.transaction().unwrap();
+    let in_tx = buses[0]
+        .publish_in(
+            &mut tx,
+            Message::new("e", &json!({"via": "tx"})).idempotency_key("order-tx"),
+        )
+        .unwrap();
+    let racer = {
+        let bus = buses[1].clone();
+        std::thread::spawn(move || {
+            bus.publish_message(
+                Message::new("e", &json!({"via": "engine"})).idempotency_key("order-tx"),
+            )
+            .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    tx.commit().unwrap();
+    assert_eq!(racer.join().unwrap(), in_tx);
+    assert_eq!(buses[1].outbox().stats().unwrap().pending, rounds + 1);
+}
