@@ -256,9 +256,10 @@ impl Session {
         // nothing of the event.
         let mut numbered = Vec::with_capacity(subs.len());
         if self.w.reader().shared() {
-            // Other instances number too: the store hands them out.
-            let seqs = self.w.reader().reserve_sequences(subs)?;
-            numbered.extend(subs.iter().copied().zip(seqs));
+            // Other instances number too: the store numbers a round's new
+            // deliveries when it commits them (those with number 0), in
+            // the order they were created.
+            numbered.extend(subs.iter().map(|&sub| (sub, 0)));
         } else {
             for &sub in subs {
                 let last = match self.sequences.get(&sub) {

@@ -341,7 +341,8 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     fn notices(&self) -> Iter<Notice>;
 
     /// Whether other processes share this store: then due work is claimed
-    /// ([`Reader::claim`]), sequence numbers are reserved in the store, and
+    /// ([`Reader::claim`]), new deliveries are staged with sequence number 0
+    /// and numbered by the store when it commits them, and
     /// the deliveries other instances create are found by polling.
     fn shared(&self) -> bool {
         false
@@ -428,7 +429,9 @@ pub(crate) trait Writer: Send + fmt::Debug {
     /// exactly (sled).
     fn sweep_orphan_events(&mut self, _before_ms: u64) {}
     /// Writes a delivery; `old` is the record as committed (or staged)
-    /// before, so its state-index entry can be replaced.
+    /// before, so its state-index entry can be replaced. A shared store
+    /// numbers a new delivery with sequence number 0 when it commits it,
+    /// in the order the round made them.
     fn put_delivery(&mut self, old: Option<&Delivery>, new: &Delivery);
     /// Writes an attempt's outcome. A shared store writes it only while
     /// this instance's claim on the delivery stands (a late result from a

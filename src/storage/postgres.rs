@@ -108,6 +108,116 @@ fn connect(url: &str) -> Result<Client> {
     Ok(config.connect(NoTls)?)
 }
 
+/// A connection with its prepared statements: each distinct statement is
+/// parsed once per connection and then only bound and run, so a query
+/// costs one round trip to the server, not two.
+struct Conn {
+    client: Client,
+    stmts: Stmts,
+}
+
+/// Prepared statements of one connection, by their text (cleared when it
+/// holds [`Stmts::MAX`]).
+#[derive(Default)]
+struct Stmts(std::collections::HashMap<String, postgres::Statement>);
+
+impl Stmts {
+    const MAX: usize = 256;
+
+    fn get(
+        &mut self,
+        c: &mut impl postgres::GenericClient,
+        sql: &str,
+    ) -> Result<postgres::Statement> {
+        if let Some(s) = self.0.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = c.prepare(sql)?;
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        self.0.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+}
+
+type Params<'a> = &'a [&'a (dyn postgres::types::ToSql + Sync)];
+
+impl Conn {
+    fn open(url: &str) -> Result<Conn> {
+        Ok(Conn {
+            client: connect(url)?,
+            stmts: Stmts::default(),
+        })
+    }
+
+    /// A connection for the writer: its commits are asynchronous (a
+    /// round is visible at once; `flush` makes every commit so far
+    /// durable with one synchronous commit).
+    fn writer(url: &str) -> Result<Conn> {
+        let mut c = Conn::open(url)?;
+        c.client.batch_execute("SET synchronous_commit TO off")?;
+        Ok(c)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+        let st = self.stmts.get(&mut self.client, sql)?;
+        Ok(self.client.query(&st, params)?)
+    }
+
+    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row> {
+        let st = self.stmts.get(&mut self.client, sql)?;
+        Ok(self.client.query_one(&st, params)?)
+    }
+
+    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64> {
+        let st = self.stmts.get(&mut self.client, sql)?;
+        Ok(self.client.execute(&st, params)?)
+    }
+
+    fn transaction(&mut self) -> Result<Tx<'_>> {
+        Ok(Tx {
+            tx: self.client.transaction()?,
+            stmts: &mut self.stmts,
+        })
+    }
+}
+
+/// A transaction on a [`Conn`], using its prepared statements.
+struct Tx<'a> {
+    tx: postgres::Transaction<'a>,
+    stmts: &'a mut Stmts,
+}
+
+impl Tx<'_> {
+    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+        let st = self.stmts.get(&mut self.tx, sql)?;
+        Ok(self.tx.query(&st, params)?)
+    }
+
+    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row> {
+        let st = self.stmts.get(&mut self.tx, sql)?;
+        Ok(self.tx.query_one(&st, params)?)
+    }
+
+    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64> {
+        let st = self.stmts.get(&mut self.tx, sql)?;
+        Ok(self.tx.execute(&st, params)?)
+    }
+
+    fn batch_execute(&mut self, sql: &str) -> Result<()> {
+        Ok(self.tx.batch_execute(sql)?)
+    }
+
+    fn commit(self) -> Result<()> {
+        Ok(self.tx.commit()?)
+    }
+}
+
 /// Listens for the notifications instances send when they commit new
 /// deliveries, on a connection and thread of its own, and calls
 /// `poke(true)` for each (the engine then looks at once instead of at its
@@ -291,7 +401,7 @@ fn entry_page(rows: &[Row]) -> Result<Vec<(Result<IndexEntry>, IndexEntry)>> {
 struct Pool {
     url: String,
     schema: String,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
     /// Connections handed out now.
     busy: Mutex<usize>,
     freed: std::sync::Condvar,
@@ -314,7 +424,7 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// Runs `f` with a connection (one from the pool, or a new one); a
     /// connection that failed is not given back.
-    fn with<R>(&self, f: impl FnOnce(&mut Client) -> Result<R>) -> Result<R> {
+    fn with<R>(&self, f: impl FnOnce(&mut Conn) -> Result<R>) -> Result<R> {
         self.acquire()?;
         // Given back however `f` ends (a panic too).
         struct Slot<'a>(&'a Pool);
@@ -350,11 +460,11 @@ impl Pool {
         Ok(())
     }
 
-    fn with_slot<R>(&self, f: impl FnOnce(&mut Client) -> Result<R>) -> Result<R> {
+    fn with_slot<R>(&self, f: impl FnOnce(&mut Conn) -> Result<R>) -> Result<R> {
         let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut client = match taken {
             Some(c) if !c.is_closed() => c,
-            _ => connect(&self.url)?,
+            _ => Conn::open(&self.url)?,
         };
         let r = f(&mut client);
         if r.is_ok() && !client.is_closed() {
@@ -386,6 +496,7 @@ pub(crate) fn open(
         ))
     })?;
     migrate(&mut client, schema)?;
+    client.batch_execute("SET synchronous_commit TO off")?;
     let mut token = [0u8; 16];
     getrandom::fill(&mut token)
         .map_err(|e| store_error(format!("no randomness for a claim token: {e}")))?;
@@ -412,7 +523,10 @@ pub(crate) fn open(
             pool: pool(),
             claimed: Arc::default(),
         },
-        client,
+        client: Conn {
+            client,
+            stmts: Stmts::default(),
+        },
         ops: Vec::new(),
         unflushed: false,
     };
@@ -573,6 +687,15 @@ impl Clone for PgReader {
 struct Claimed {
     deliveries: std::collections::HashMap<DeliveryId, Delivery>,
     events: std::collections::HashMap<EventId, Event>,
+    /// Claimed deliveries handed out (to be sent), kept for the one read
+    /// of their outcome: while this instance's claim stands no other
+    /// instance changes them, and this instance's own writes drop them
+    /// here (`PgWriter::forget`). At most [`Claimed::MAX_SENT`].
+    sent: std::collections::HashMap<DeliveryId, Delivery>,
+}
+
+impl Claimed {
+    const MAX_SENT: usize = 65_536;
 }
 
 /// Reads the page after a cursor: the rows, each with its own cursor; a
@@ -681,7 +804,7 @@ impl PgReader {
         sql: &str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>> {
-        self.pool.with(|c| Ok(c.query(sql, params)?))
+        self.pool.with(|c| c.query(sql, params))
     }
 
     fn t(&self, table: &str) -> String {
@@ -813,9 +936,18 @@ impl Reader for PgReader {
     }
 
     fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>> {
-        let cached = self.claimed().deliveries.remove(&id);
-        if let Some(d) = cached {
-            return Ok(Some(d));
+        {
+            let mut claimed = self.claimed();
+            if let Some(d) = claimed.deliveries.remove(&id) {
+                if claimed.sent.len() >= Claimed::MAX_SENT {
+                    claimed.sent.clear();
+                }
+                claimed.sent.insert(id, d.clone());
+                return Ok(Some(d));
+            }
+            if let Some(d) = claimed.sent.remove(&id) {
+                return Ok(Some(d));
+            }
         }
         let rows = self.query(
             &format!(
@@ -1263,10 +1395,14 @@ impl Reader for PgReader {
 
     fn reserve_sequences(&self, subs: &[SubscriptionId]) -> Result<Vec<u64>> {
         let ids: Vec<Vec<u8>> = subs.iter().map(|s| s.to_bytes().to_vec()).collect();
+        // Rows locked in id order, as the writer's numbering does.
         let rows = self.query(
             &format!(
-                "UPDATE {} SET seq = seq + 1 WHERE id = ANY($1) RETURNING id, seq",
-                self.t("subscriptions")
+                "WITH locked AS (
+                     SELECT id FROM {s} WHERE id = ANY($1) ORDER BY id FOR UPDATE)
+                 UPDATE {s} SET seq = {s}.seq + 1 FROM locked
+                 WHERE {s}.id = locked.id RETURNING {s}.id, {s}.seq",
+                s = self.t("subscriptions")
             ),
             &[&ids],
         )?;
@@ -1339,7 +1475,7 @@ impl Batch {
     /// ran out, after another instance moved the delivery on, changes
     /// nothing) and not over a running claim of another instance (its
     /// result is the newer one).
-    fn send(&mut self, tx: &mut postgres::Transaction<'_>, schema: &str, me: &[u8]) -> Result<()> {
+    fn send(&mut self, tx: &mut Tx<'_>, schema: &str, me: &[u8]) -> Result<()> {
         if !self.updates.is_empty() {
             let rows = std::mem::take(&mut self.updates);
             self.at.clear();
@@ -1433,7 +1569,7 @@ enum Op {
 /// transaction on its own connection.
 pub(crate) struct PgWriter {
     reader: PgReader,
-    client: Client,
+    client: Conn,
     ops: Vec<Op>,
     /// Commits were made that no flush has covered yet.
     unflushed: bool,
@@ -1452,10 +1588,18 @@ impl PgWriter {
     /// A connection that was lost (a server restart, a failover, a proxy
     /// that cut it) is replaced before the next round, so one lost
     /// connection costs one round, not every round after it.
+    /// Drops what the reader keeps of a delivery this writer changes: its
+    /// next read must see the change.
+    fn forget(&self, id: DeliveryId) {
+        let mut claimed = self.reader.claimed();
+        claimed.deliveries.remove(&id);
+        claimed.sent.remove(&id);
+    }
+
     fn reconnect_if_closed(&mut self) -> Result<()> {
         if self.client.is_closed() {
             tracing::warn!("PostgreSQL connection of the writer lost; reconnecting");
-            self.client = connect(&self.reader.pool.url)?;
+            self.client = Conn::writer(&self.reader.pool.url)?;
         }
         Ok(())
     }
@@ -1468,14 +1612,89 @@ impl PgWriter {
         let mut tx = self.client.transaction()?;
         // Group commit, as with sled: a round is visible at once but made
         // durable only by `flush` (a barrier), which a crash can only make
-        // a delivery be sent again for, never lose a flushed event.
-        tx.batch_execute("SET LOCAL synchronous_commit TO off")?;
+        // a delivery be sent again for, never lose a flushed event (the
+        // writer's connection commits asynchronously: `Conn::writer`).
+        // Numbers for the round's new deliveries (the engine leaves them
+        // 0 on a shared store): one statement, which locks the
+        // subscriptions' rows in id order (as every numbering does, so two
+        // instances never wait for each other's rows).
+        let mut counts: std::collections::BTreeMap<SubscriptionId, i64> = Default::default();
+        for op in &self.ops {
+            if let Op::PutDelivery(None, d) = op
+                && d.sequence == 0
+            {
+                *counts.entry(d.subscription_id).or_default() += 1;
+            }
+        }
+        if !counts.is_empty() {
+            let ids: Vec<Vec<u8>> = counts.keys().map(|s| s.to_bytes().to_vec()).collect();
+            let ns: Vec<i64> = counts.values().copied().collect();
+            let rows = tx.query(
+                &format!(
+                    "WITH locked AS (
+                         SELECT id FROM {s} WHERE id = ANY($1) ORDER BY id FOR UPDATE)
+                     UPDATE {s} SET seq = {s}.seq + v.n
+                     FROM unnest($1::bytea[], $2::int8[]) AS v(id, n), locked
+                     WHERE {s}.id = v.id AND locked.id = v.id
+                     RETURNING {s}.id, {s}.seq",
+                    s = t("subscriptions")
+                ),
+                &[&ids, &ns],
+            )?;
+            let mut next = std::collections::HashMap::new();
+            for row in rows {
+                let sub = id_of(&row, "id", SubscriptionId::from_slice)?;
+                let last = unms(row.try_get("seq")?);
+                let n = counts.get(&sub).map_or(0, |&n| unms(n));
+                next.insert(sub, last.saturating_sub(n).saturating_add(1));
+            }
+            // A subscription deleted meanwhile gives none (0: not sent).
+            for op in &mut self.ops {
+                if let Op::PutDelivery(None, d) = op
+                    && d.sequence == 0
+                    && let Some(n) = next.get_mut(&d.subscription_id)
+                {
+                    d.sequence = *n;
+                    *n += 1;
+                }
+            }
+        }
         // New deliveries go in one multi-row insert per round.
         let mut new_deliveries: Vec<&Delivery> = Vec::new();
         for op in &self.ops {
             if let Op::PutDelivery(None, d) = op {
                 new_deliveries.push(d);
             }
+        }
+        // The round's events in one statement, before anything refers to
+        // them.
+        let events: Vec<&Event> = self
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::PutEvent(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        if !events.is_empty() {
+            let mut ids = Vec::with_capacity(events.len());
+            let mut records = Vec::with_capacity(events.len());
+            let mut tenants = Vec::with_capacity(events.len());
+            for e in events {
+                ids.push(e.id.to_bytes().to_vec());
+                records.push(encode_event(e));
+                tenants.push(e.tenant.clone());
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} (id, record, tenant, scoped)
+                     SELECT id, record, tenant, true
+                     FROM unnest($1::bytea[], $2::bytea[], $3::text[]) AS v(id, record, tenant)
+                     ON CONFLICT DO NOTHING",
+                    t("events")
+                ),
+                &[&ids, &records, &tenants],
+            )?;
         }
         let mut batch = Batch::default();
         for op in &self.ops {
@@ -1538,16 +1757,8 @@ impl PgWriter {
                     )?;
                     tx.execute(&format!("DELETE FROM {} WHERE sub = $1", t("flow")), &[&id])?;
                 }
-                Op::PutEvent(e) => {
-                    tx.execute(
-                        &format!(
-                            "INSERT INTO {} (id, record, tenant, scoped) VALUES ($1, $2, $3, true)
-                             ON CONFLICT DO NOTHING",
-                            t("events")
-                        ),
-                        &[&&e.id.to_bytes()[..], &encode_event(e), &e.tenant],
-                    )?;
-                }
+                // Written above.
+                Op::PutEvent(_) => {}
                 Op::SweepOrphans(before) => {
                     tx.execute(
                         &format!(
@@ -1811,17 +2022,20 @@ impl Writer for PgWriter {
     }
 
     fn put_delivery(&mut self, old: Option<&Delivery>, new: &Delivery) {
+        self.forget(new.id);
         let old = old.map(|o| (encode(o), false));
         self.ops.push(Op::PutDelivery(old, new.clone()));
     }
 
     /// Only while this instance's claim stands (see [`Batch::send`]).
     fn put_outcome(&mut self, old: &Delivery, new: &Delivery) {
+        self.forget(new.id);
         self.ops
             .push(Op::PutDelivery(Some((encode(old), true)), new.clone()));
     }
 
     fn remove_delivery(&mut self, old: &Delivery) -> Result<()> {
+        self.forget(old.id);
         self.ops.push(Op::RemoveDelivery(old.id, encode(old)));
         Ok(())
     }
@@ -1868,6 +2082,7 @@ impl Writer for PgWriter {
     }
 
     fn quarantine_delivery(&mut self, _state: DeliveryState, entry: IndexEntry) -> Result<()> {
+        self.forget(entry.delivery);
         self.ops.push(Op::QuarantineDelivery(entry.delivery));
         Ok(())
     }
@@ -1920,7 +2135,7 @@ impl Writer for PgWriter {
             tracing::error!(error = %e, "could not release the store's locks; dropping the connection");
             // Closing the connection releases them; the next round
             // reconnects.
-            if let Ok(fresh) = connect(&self.reader.pool.url) {
+            if let Ok(fresh) = Conn::writer(&self.reader.pool.url) {
                 self.client = fresh;
             }
         }

@@ -143,6 +143,14 @@ fn the_whole_api_works_on_postgres_and_survives_a_reopen() {
             .map(|r| r.json()["n"].as_i64().unwrap())
             .collect();
         assert_eq!(fifo, (0..10).collect::<Vec<i64>>());
+        // Numbered in publish order (the store numbers a round's new
+        // deliveries at commit, in the order they were made).
+        let fifo_seqs: Vec<u64> = reqs
+            .iter()
+            .filter(|r| r.path == "/ordered")
+            .map(|r| r.header("x-webhook-sequence").unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(fifo_seqs, (1..=10).collect::<Vec<u64>>());
         // The tenant got only its own event.
         let acme: Vec<_> = reqs.iter().filter(|r| r.path == "/acme").collect();
         assert_eq!(acme.len(), 1);
