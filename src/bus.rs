@@ -91,6 +91,7 @@ impl Bus {
                     .saturating_add(Duration::from_secs(30))
             });
             let (reader, writer) = storage::postgres::open(&pg.url, &pg.schema, lease)?;
+            let me = reader.token_hex();
             let engine = Engine::start(Arc::new(reader), Box::new(writer), config.clone())?;
             let bus = Bus {
                 inner: Arc::new(Inner {
@@ -101,14 +102,15 @@ impl Bus {
             // Woken by other instances' commits; it holds no handle, so
             // it never keeps the bus open.
             let weak = Arc::downgrade(&bus.inner);
-            let listening = storage::postgres::spawn_listener(&pg.url, &pg.schema, move |wake| {
-                match weak.upgrade() {
+            let listening =
+                storage::postgres::spawn_listener(&pg.url, &pg.schema, me, move |wake| match weak
+                    .upgrade()
+                {
                     Some(inner) if inner.engine.is_open() => {
                         !wake || inner.engine.send(Command::Poll).is_ok()
                     }
                     _ => false,
-                }
-            });
+                });
             if let Err(e) = listening {
                 tracing::warn!(error = %e, "no PostgreSQL notifications; instances poll every second");
             }

@@ -227,6 +227,7 @@ impl Tx<'_> {
 pub(crate) fn spawn_listener(
     url: &str,
     schema: &str,
+    me: String,
     poke: impl Fn(bool) -> bool + Send + 'static,
 ) -> Result<()> {
     let mut client = connect(url)?;
@@ -240,12 +241,17 @@ pub(crate) fn spawn_listener(
                     .timeout_iter(std::time::Duration::from_secs(1))
                     .next();
                 let go_on = match next {
-                    Ok(Some(_)) => {
+                    Ok(Some(first)) => {
                         // A burst of commits is one poke: what else has
-                        // arrived meanwhile is taken with it.
+                        // arrived meanwhile is taken with it. This
+                        // instance's own commits (the payload is its claim
+                        // token) tell it nothing new.
+                        let mut news = first.payload() != me;
                         let mut more = notifications.iter();
-                        while let Ok(Some(_)) = more.next() {}
-                        poke(true)
+                        while let Ok(Some(n)) = more.next() {
+                            news |= n.payload() != me;
+                        }
+                        poke(news)
                     }
                     Ok(None) => poke(false),
                     Err(e) => {
@@ -756,6 +762,12 @@ impl<T, C> Iterator for Paged<T, C> {
 }
 
 impl PgReader {
+    /// This instance's claim token in hex: the payload of its
+    /// notifications, so its own listener can tell them apart.
+    pub(crate) fn token_hex(&self) -> String {
+        hex::encode(self.pool.token)
+    }
+
     fn claimed(&self) -> std::sync::MutexGuard<'_, Claimed> {
         self.claimed.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -1904,22 +1916,30 @@ impl PgWriter {
                 Op::MergeHealth(sub, delta) => {
                     // Merged under the row's lock: instances add up.
                     let id = &sub.to_bytes()[..];
-                    tx.execute(
-                        &format!(
-                            "INSERT INTO {} (sub, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                            t("health")
-                        ),
-                        &[&id, &encode(&HealthRecord::default())],
-                    )?;
-                    let row = tx.query_one(
-                        &format!(
-                            "SELECT record FROM {} WHERE sub = $1 FOR UPDATE",
-                            t("health")
-                        ),
-                        &[&id],
-                    )?;
-                    let base: HealthRecord =
-                        decode("h", id, &row.try_get::<_, Vec<u8>>(0)?).unwrap_or_default();
+                    let lock = format!(
+                        "SELECT record FROM {} WHERE sub = $1 FOR UPDATE",
+                        t("health")
+                    );
+                    let mut rows = tx.query(&lock, &[&id])?;
+                    if rows.is_empty() {
+                        // The first report of this subscription (or of
+                        // two instances at once: the row is then locked
+                        // after the other's insert).
+                        tx.execute(
+                            &format!(
+                                "INSERT INTO {} (sub, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                                t("health")
+                            ),
+                            &[&id, &encode(&HealthRecord::default())],
+                        )?;
+                        rows = tx.query(&lock, &[&id])?;
+                    }
+                    let base: HealthRecord = match rows.first() {
+                        Some(row) => {
+                            decode("h", id, &row.try_get::<_, Vec<u8>>(0)?).unwrap_or_default()
+                        }
+                        None => HealthRecord::default(),
+                    };
                     tx.execute(
                         &format!("UPDATE {} SET record = $2 WHERE sub = $1", t("health")),
                         &[&id, &encode(&base.merge(delta))],
@@ -1950,7 +1970,10 @@ impl PgWriter {
         if !new_deliveries.is_empty() || subscriptions_changed {
             // Delivered to listening instances when this commits: they look
             // for new work, and forget the subscriptions they cached.
-            tx.execute("SELECT pg_notify($1, '')", &[&channel(&pool.schema)])?;
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&channel(&pool.schema), &hex::encode(pool.token)],
+            )?;
         }
         for chunk in new_deliveries.chunks(1000) {
             let mut sql = format!(
@@ -2165,10 +2188,14 @@ impl Writer for PgWriter {
             return Ok(());
         }
         self.reconnect_if_closed()?;
-        let mut tx = self.client.transaction()?;
-        tx.batch_execute("SET LOCAL synchronous_commit TO on")?;
-        tx.query("SELECT txid_current()", &[])?;
-        tx.commit()?;
+        // One message, one round trip. A failure inside leaves the
+        // transaction aborted until the ROLLBACK below.
+        if let Err(e) = self.client.client.batch_execute(
+            "BEGIN; SET LOCAL synchronous_commit TO on; SELECT txid_current(); COMMIT",
+        ) {
+            let _ = self.client.client.batch_execute("ROLLBACK");
+            return Err(e.into());
+        }
         self.unflushed = false;
         Ok(())
     }
