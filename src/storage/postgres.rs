@@ -209,10 +209,6 @@ impl Tx<'_> {
         Ok(self.tx.execute(&st, params)?)
     }
 
-    fn batch_execute(&mut self, sql: &str) -> Result<()> {
-        Ok(self.tx.batch_execute(sql)?)
-    }
-
     fn commit(self) -> Result<()> {
         Ok(self.tx.commit()?)
     }
