@@ -396,7 +396,8 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
 
     /// Gives each subscription in `subs` its next sequence number, at once
     /// and for every instance (0 for one that no longer exists). Shared
-    /// stores only.
+    /// stores only (`Bus::publish_in`).
+    #[cfg(feature = "postgres")]
     fn reserve_sequences(&self, _subs: &[SubscriptionId]) -> Result<Vec<u64>> {
         Err(not_shared())
     }
