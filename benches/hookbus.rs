@@ -390,6 +390,84 @@ fn realistic_latency(c: &mut Criterion) {
     g.finish();
 }
 
+/// Isolation (issue 11): one healthy subscription whose receiver answers
+/// after 100 ms, alone (the baseline), then next to a subscription whose
+/// receiver fails half its requests (it takes the same events) and one
+/// whose receiver never answers, then next to those and 11 more hanging
+/// ones (a dozen). The hanging ones get a backlog of 100 events each
+/// before the runs (another event name, so the fan-out work per run stays
+/// the healthy and half-failing ones'). A run is timed until the healthy
+/// receiver has answered all of its deliveries, so the figure is the
+/// healthy subscription's rate (its in-flight cap, 64, over 100 ms is its
+/// ceiling: 640/s). Failures are retried after 1 ms (the bench builder;
+/// harsher than the default schedule); requests time out after 15 s (the
+/// default), so hanging requests hold their threads that long.
+fn isolation(c: &mut Criterion) {
+    use common::Behaviour;
+    const EVENTS: u64 = 320;
+    const LATENCY: Duration = Duration::from_millis(100);
+    const TIMEOUT: Duration = Duration::from_secs(120);
+    let mut g = c.benchmark_group("isolation");
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(1))
+        .throughput(Throughput::Elements(EVENTS));
+    let healthy = Receiver::start_with_delay(LATENCY);
+    let half = Receiver::start_behaving(LATENCY, Behaviour::FailsHalf);
+    let hangs = Receiver::start_behaving(Duration::ZERO, Behaviour::Hangs);
+    for (name, hanging) in [
+        ("healthy_alone", None),
+        ("healthy_beside_half_failing_and_hanging", Some(1)),
+        ("healthy_beside_half_failing_and_12_hanging", Some(12)),
+    ] {
+        // One bus per function, made outside it: criterion calls the
+        // function once per sample, and a new bus would measure a cold
+        // start each time (a subscription earns its requests in flight).
+        let dir = tempfile::tempdir().unwrap();
+        let bus = builder(dir.path()).open().unwrap();
+        let sub = |name: String, url: String, event: &str| {
+            bus.subscribe(NewSubscription::new(name, url).events([event]))
+                .unwrap();
+        };
+        sub("healthy".into(), healthy.url(), "order.created");
+        if let Some(n) = hanging {
+            sub("half".into(), half.url(), "order.created");
+            for i in 0..n {
+                sub(format!("hangs{i}"), format!("{}/{i}", hangs.url()), "noise");
+            }
+            for _ in 0..100 {
+                bus.publish("noise", &order(2)).unwrap();
+            }
+        }
+        let ev = order(1);
+        let burst = || {
+            let target = healthy.count() + EVENTS;
+            let start = Instant::now();
+            for _ in 0..EVENTS {
+                bus.publish("order.created", &ev).unwrap();
+            }
+            wait("the healthy receiver", TIMEOUT, || {
+                healthy.count() >= target
+            });
+            start.elapsed()
+        };
+        // Untimed: the first burst after the start.
+        burst();
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let took: Duration = (0..iters).map(|_| burst()).sum();
+                let rate = (iters * EVENTS) as f64 / took.as_secs_f64();
+                eprintln!("isolation/{name}: healthy subscription {rate:.0} deliveries/s");
+                took
+            });
+        });
+        // Requests still hanging are cut off by the deadline.
+        let _ = bus.shutdown(Duration::from_secs(2));
+    }
+    g.finish();
+}
+
 /// HMAC-SHA1, HMAC-SHA256 and Standard Webhooks signing over 1 KiB and 64 KiB.
 fn signing_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("signing");
@@ -593,6 +671,7 @@ criterion_group!(
     fan_out,
     end_to_end,
     realistic_latency,
+    isolation,
     signing_bench,
     recovery,
     postgres_store

@@ -49,6 +49,17 @@ pub fn dead_url() -> String {
     format!("http://127.0.0.1:{port}/hook")
 }
 
+/// How a bench receiver answers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Behaviour {
+    /// 204 to every request.
+    Healthy,
+    /// 500 to every other request, 204 to the rest.
+    FailsHalf,
+    /// Never answers (holds each request until the client gives up).
+    Hangs,
+}
+
 /// A receiver (axum on its own current-thread runtime) answering 204,
 /// counting requests answered and the most it held at once.
 pub struct Receiver {
@@ -78,6 +89,12 @@ impl Receiver {
     /// wait is a tokio sleep, so the one runtime thread holds any number of
     /// requests waiting at once; a request is counted when it is answered.
     pub fn start_with_delay(delay: Duration) -> Receiver {
+        Receiver::start_behaving(delay, Behaviour::Healthy)
+    }
+
+    /// A receiver that answers after `delay` as `behaviour` says; it
+    /// counts the requests it answers (a hanging one answers none).
+    pub fn start_behaving(delay: Duration, behaviour: Behaviour) -> Receiver {
         let count = Arc::new(AtomicU64::new(0));
         let in_flight = Arc::new(AtomicU64::new(0));
         let peak = Arc::new(AtomicU64::new(0));
@@ -97,8 +114,16 @@ impl Receiver {
                             let _guard = InFlight(f);
                             tokio::time::sleep(delay).await;
                         }
-                        c.fetch_add(1, Ordering::Relaxed);
-                        axum::http::StatusCode::NO_CONTENT
+                        if behaviour == Behaviour::Hangs {
+                            // Until the client gives up (its timeout).
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
+                        let n = c.fetch_add(1, Ordering::Relaxed);
+                        if behaviour == Behaviour::FailsHalf && n % 2 == 0 {
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                        } else {
+                            axum::http::StatusCode::NO_CONTENT
+                        }
                     }
                 });
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, select};
 
 use super::maintenance::Job;
-use super::scheduler::{self, Breaker, Bucket, Flow, Limits};
+use super::scheduler::{self, Breaker, Bucket, Flow, INITIAL_WINDOW, Limits};
 use super::session::Session;
 use super::{Command, Done, JobDone, Keyed};
 use crate::config::Config;
@@ -77,6 +77,7 @@ pub(crate) fn start(
         rr_cursor: None,
         in_flight: HashSet::new(),
         flows: HashMap::new(),
+        windows: HashMap::new(),
         done: Vec::new(),
         in_batch: Vec::new(),
         unwaited_in_batch: false,
@@ -136,6 +137,11 @@ struct Dispatcher {
     rr_cursor: Option<SubscriptionId>,
     in_flight: HashSet<DeliveryId>,
     flows: HashMap<SubscriptionId, Flow>,
+    /// The windows (see `Flow::window`) subscriptions earned, kept while
+    /// they are idle (their flows are dropped then), so a healthy one does
+    /// not start slowly again after a quiet spell; forgotten when the
+    /// subscription changes.
+    windows: HashMap<SubscriptionId, usize>,
     /// The waiters of this round, each with its own result so far.
     done: Vec<(Done, Result<()>)>,
     /// Waiters (indexes into `done`) whose writes are staged, not committed.
@@ -608,6 +614,8 @@ impl Dispatcher {
             self.policies.remove(&sub);
             self.fifo_heads.remove(&sub);
             self.buckets.remove(&sub);
+            // A new URL starts slowly again.
+            self.windows.remove(&sub);
             // A changed subscription (a new URL, say) is not held to the
             // old receiver's "slow down".
             if let Some(flow) = self.flows.get_mut(&sub) {
@@ -703,6 +711,8 @@ impl Dispatcher {
         self.in_flight.remove(&o.delivery);
         let flow = self.flows.entry(o.subscription).or_default();
         flow.in_flight = flow.in_flight.saturating_sub(1);
+        flow.heard_at = now_ms();
+        flow.stalled = false;
         let kind = o.attempt.error.as_ref().map(|e| e.kind);
         flow.tripped = kind == Some(AttemptErrorKind::Timeout);
         let unreachable = matches!(
@@ -716,6 +726,7 @@ impl Dispatcher {
             )
         );
         if unreachable {
+            flow.window = 0;
             flow.failures = flow.failures.saturating_add(1);
             let (after, wait) = self.s.config.circuit_breaker();
             if flow.failures >= after {
@@ -735,6 +746,7 @@ impl Dispatcher {
                 };
             }
         } else if o.attempt.status.is_some() {
+            flow.answered(self.s.config.per_subscription);
             // The receiver answers (whatever it says): close the breaker.
             if flow.breaker != Breaker::Closed {
                 tracing::info!(subscription = %o.subscription, "circuit breaker closed: the receiver answers again");
@@ -759,7 +771,11 @@ impl Dispatcher {
             }
         }
         if flow.in_flight == 0 && !flow.failing() && flow.paused_until <= now_ms() {
-            self.flows.remove(&o.subscription);
+            if let Some(flow) = self.flows.remove(&o.subscription)
+                && flow.window > INITIAL_WINDOW
+            {
+                self.windows.insert(o.subscription, flow.window);
+            }
         }
         self.s.rescan = true;
         // A FIFO queue's outcomes are flushed in their round: one lost in a
@@ -1130,6 +1146,18 @@ impl Dispatcher {
             let split = ready.partition_point(|s| *s <= c);
             ready.rotate_left(split);
         }
+        // Ready ones that are idle start from the window they earned.
+        for sub in &ready {
+            if let Some(&window) = self.windows.get(sub) {
+                self.flows.entry(*sub).or_insert(Flow {
+                    window,
+                    ..Flow::default()
+                });
+            }
+        }
+        for flow in self.flows.values_mut() {
+            flow.check_stall(now);
+        }
         let mut host_in_flight = vec![0usize; self.host_index.len()];
         for (sub, flow) in &self.flows {
             if let Some(h) = self.hosts.get(sub) {
@@ -1277,7 +1305,11 @@ impl Dispatcher {
                 return false;
             }
             self.in_flight.insert(e.delivery);
-            self.flows.entry(sub).or_default().in_flight += 1;
+            let flow = self.flows.entry(sub).or_default();
+            if flow.in_flight == 0 {
+                flow.heard_at = now_ms();
+            }
+            flow.in_flight += 1;
             if self.policies.get(&sub).is_some_and(|p| p.rate.is_some())
                 && let Some(bucket) = self.buckets.get_mut(&sub)
             {

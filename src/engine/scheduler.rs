@@ -13,8 +13,13 @@
 //! * a subscription whose breaker is open gets nothing; half-open, or whose
 //!   last request timed out, one at a time (a probe);
 //! * subscriptions that are failing (connection errors or timeouts in a
-//!   row) together hold at most a quarter of the slots while healthy ones
-//!   have due work;
+//!   row, or requests in flight and no answer for [`STALL_AFTER_MS`])
+//!   together hold at most a quarter of the slots while healthy ones have
+//!   due work;
+//! * a subscription has at most its window in flight: [`INITIAL_WINDOW`]
+//!   until its receiver answers, one more per answer (slow start), so
+//!   receivers that hang cannot take the pool before anything is known
+//!   of them;
 //! * a subscription never starts more than its own `starts` allows now
 //!   (the tokens of its rate limit; one for a FIFO subscription).
 //!
@@ -82,7 +87,28 @@ pub(crate) struct Flow {
     /// The receiver asked for a pause (429 with `Retry-After`): nothing is
     /// started before this instant (ms; 0: no pause).
     pub(crate) paused_until: u64,
+    /// When the receiver last answered, or (if it had nothing in flight)
+    /// when its first request in flight started (ms).
+    pub(crate) heard_at: u64,
+    /// Requests in flight and nothing heard for [`STALL_AFTER_MS`]: the
+    /// receiver may hang. It counts as failing until it answers, so a
+    /// receiver that holds every request cannot take the slots a timeout
+    /// would only give back much later.
+    pub(crate) stalled: bool,
+    /// How many requests it may have in flight, earned by answers (slow
+    /// start): [`INITIAL_WINDOW`] at first (0 stands for it), one more per
+    /// answer, back to the start after a connection failure or timeout.
+    pub(crate) window: usize,
 }
+
+/// A subscription's requests in flight before its receiver has answered
+/// any (see [`Flow::window`]): a dozen receivers that hang take 48 slots
+/// at most before their timeouts, not the whole pool.
+pub(crate) const INITIAL_WINDOW: usize = 4;
+
+/// How long a subscription with requests in flight may go without an
+/// answer before it counts as failing (see [`Flow::stalled`]).
+pub(crate) const STALL_AFTER_MS: u64 = 2_000;
 
 /// A subscription's circuit breaker.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +125,25 @@ pub(crate) enum Breaker {
 impl Flow {
     /// Whether it counts as failing (its share is bounded).
     pub(crate) fn failing(&self) -> bool {
-        self.failures > 0 || self.tripped || self.breaker != Breaker::Closed
+        self.failures > 0 || self.tripped || self.stalled || self.breaker != Breaker::Closed
+    }
+
+    /// How many requests it may have in flight now (see
+    /// [`Flow::window`]).
+    pub(crate) fn window(&self) -> usize {
+        self.window.max(INITIAL_WINDOW)
+    }
+
+    /// Its receiver answered: one more request in flight allowed (so the
+    /// window doubles per round trip), up to `cap`.
+    pub(crate) fn answered(&mut self, cap: usize) {
+        self.window = (self.window() + 1).min(cap.max(INITIAL_WINDOW));
+    }
+
+    /// Marks it stalled if it has requests in flight and nothing was
+    /// heard for [`STALL_AFTER_MS`] by `now` (ms).
+    pub(crate) fn check_stall(&mut self, now: u64) {
+        self.stalled = self.in_flight > 0 && now.saturating_sub(self.heard_at) > STALL_AFTER_MS;
     }
 
     /// Whether it may have a request started now.
@@ -185,6 +229,7 @@ pub(crate) fn plan(
             Breaker::Closed => base,
         };
         let mut n = share
+            .min(flow.window())
             .saturating_sub(flow.in_flight)
             .min(free)
             .min(starts(sub));
@@ -218,6 +263,7 @@ pub(crate) fn plan(
         }
         let given = out.iter().find(|(s, _)| *s == sub).map_or(0, |(_, n)| *n);
         let mut n = most
+            .min(flow.window())
             .saturating_sub(flow.in_flight + given)
             .min(free)
             .min(starts(sub).saturating_sub(given));
@@ -263,6 +309,24 @@ mod tests {
         None
     }
 
+    /// `flows` with every subscription in `ready` (and in `flows`) past
+    /// slow start: the share rules alone decide.
+    fn earned(
+        ready: &[SubscriptionId],
+        flows: &HashMap<SubscriptionId, Flow>,
+    ) -> HashMap<SubscriptionId, Flow> {
+        let mut out = flows.clone();
+        for id in ready {
+            out.entry(*id).or_default();
+        }
+        for f in out.values_mut() {
+            f.window = f.window.max(1_000);
+        }
+        out
+    }
+
+    /// The plan for subscriptions past slow start, without host caps or
+    /// own limits.
     fn simple(
         total: usize,
         free: usize,
@@ -273,7 +337,7 @@ mod tests {
             limits(total),
             free,
             ready,
-            flows,
+            &earned(ready, flows),
             &no_host,
             &mut [],
             &|_| usize::MAX,
@@ -395,6 +459,101 @@ mod tests {
     }
 
     #[test]
+    fn a_subscription_earns_its_requests_in_flight_by_answers() {
+        let s = subs(1);
+        let cap = 64;
+        let plan_for = |flow: Flow| {
+            let flows = HashMap::from([(s[0], flow)]);
+            plan(limits(256), 256, &s, &flows, &no_host, &mut [], &|_| {
+                usize::MAX
+            })
+        };
+        // Nothing known of it (no flow at all, or a new one): 4.
+        let none = plan(
+            limits(256),
+            256,
+            &s,
+            &HashMap::new(),
+            &no_host,
+            &mut [],
+            &|_| usize::MAX,
+        );
+        assert_eq!(none, vec![(s[0], INITIAL_WINDOW)]);
+        let mut flow = Flow {
+            in_flight: 4,
+            ..Flow::default()
+        };
+        assert_eq!(plan_for(flow), vec![]);
+        // Each answer frees a slot and adds one: 4 answers, 8 in flight.
+        for _ in 0..4 {
+            flow.in_flight -= 1;
+            flow.answered(cap);
+        }
+        assert_eq!(plan_for(flow), vec![(s[0], 8)]);
+        // Never past the per-subscription cap.
+        for _ in 0..1_000 {
+            flow.answered(cap);
+        }
+        assert_eq!(flow.window(), cap);
+        // A connection failure or timeout starts it over (the event loop
+        // sets the window to 0).
+        flow.window = 0;
+        assert_eq!(flow.window(), INITIAL_WINDOW);
+    }
+
+    #[test]
+    fn receivers_that_hold_requests_without_answering_count_as_failing() {
+        // A dozen subscriptions with requests out since t=0, one healthy.
+        let s = subs(13);
+        let mut flows: HashMap<_, _> = s[..12]
+            .iter()
+            .map(|id| {
+                (
+                    *id,
+                    Flow {
+                        in_flight: 1,
+                        heard_at: 0,
+                        ..Flow::default()
+                    },
+                )
+            })
+            .collect();
+        // Within the stall time they are healthy and take their shares.
+        for f in flows.values_mut() {
+            f.check_stall(STALL_AFTER_MS);
+        }
+        assert!(flows.values().all(|f| !f.failing()));
+        let early = simple(64, 52, &s, &flows);
+        let held: usize = early
+            .iter()
+            .filter(|(id, _)| *id != s[12])
+            .map(|(_, n)| n)
+            .sum();
+        assert!(held > 16, "{early:?}");
+        // Past it with no answer: together at most a quarter (12 are in
+        // flight already, so 4 more), and the healthy one gets the rest.
+        for f in flows.values_mut() {
+            f.check_stall(STALL_AFTER_MS + 1);
+        }
+        assert!(flows.values().all(|f| f.stalled && f.failing()));
+        let late = simple(64, 52, &s, &flows);
+        let held: usize = late
+            .iter()
+            .filter(|(id, _)| *id != s[12])
+            .map(|(_, n)| n)
+            .sum();
+        assert!(held <= 4, "{late:?}");
+        assert!(
+            late.iter().any(|(id, n)| *id == s[12] && *n >= 40),
+            "{late:?}"
+        );
+        // Nothing in flight: not stalled, however long ago it was heard.
+        let mut idle = Flow::default();
+        idle.check_stall(u64::MAX);
+        assert!(!idle.stalled);
+    }
+
+    #[test]
     fn caps_per_subscription_and_per_host_hold() {
         let s = subs(3);
         let l = Limits {
@@ -406,7 +565,15 @@ mod tests {
         let host = |id: SubscriptionId| Some(if id == s[2] { 1 } else { 0 });
         let mut hosts = vec![0, 0];
         let any = |_| usize::MAX;
-        let p = plan(l, 100, &s, &HashMap::new(), &host, &mut hosts, &any);
+        let p = plan(
+            l,
+            100,
+            &s,
+            &earned(&s, &HashMap::new()),
+            &host,
+            &mut hosts,
+            &any,
+        );
         assert_eq!(p, vec![(s[0], 10), (s[1], 5), (s[2], 10)]);
         assert_eq!(hosts, vec![15, 10]);
     }
@@ -428,7 +595,7 @@ mod tests {
             limits(30),
             30,
             &s,
-            &HashMap::new(),
+            &earned(&s, &HashMap::new()),
             &no_host,
             &mut [],
             &starts,

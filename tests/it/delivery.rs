@@ -473,6 +473,48 @@ fn a_dozen_hanging_subscriptions_do_not_starve_a_healthy_one() {
     bus.shutdown(Duration::from_millis(100)).unwrap();
 }
 
+/// Issue 11, isolation with the default pool (256 request slots): before
+/// any of them answers, a dozen receivers that hold every request take 4
+/// slots each (slow start), not a fair share of the pool each (about 20,
+/// so 240 of 256, held until the request timeout).
+#[test]
+fn receivers_that_never_answer_hold_a_few_requests_each_whatever_the_pool() {
+    let hang = TestReceiver::with(|_| Reply::ok().delay(Duration::from_secs(60)));
+    let healthy = TestReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path())
+        .senders(256)
+        .request_timeout(Duration::from_secs(60))
+        .open()
+        .unwrap();
+    for n in 0..12 {
+        bus.subscribe(
+            NewSubscription::new(format!("hang{n}"), hang.url(&format!("/{n}"))).events(["old"]),
+        )
+        .unwrap();
+    }
+    bus.subscribe(NewSubscription::new("healthy", healthy.url("/")).events(["new"]))
+        .unwrap();
+    for i in 0..30 {
+        bus.publish("old", &json!({ "i": i })).unwrap();
+    }
+    for i in 0..100 {
+        bus.publish("new", &json!({ "i": i })).unwrap();
+    }
+    assert_eq!(healthy.wait_for(100, LONG).len(), 100);
+    wait_until(LONG, "every hanging subscription tried", || {
+        hang.count() >= 12
+    });
+    // Requests are recorded as they arrive, and none of these is answered
+    // within the test: the count is what they hold at once.
+    let held = hang.count();
+    assert!(
+        held <= 12 * 4,
+        "receivers that never answer hold {held} requests"
+    );
+    bus.shutdown(Duration::from_millis(100)).unwrap();
+}
+
 /// Issue 11: after a run of connection failures a subscription's circuit
 /// breaker opens: its backlog waits for the breaker's time, then one probe
 /// goes out, and a failed probe doubles the wait. (An answer closing it:
