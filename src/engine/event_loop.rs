@@ -770,12 +770,14 @@ impl Dispatcher {
                 tracing::warn!(subscription = %o.subscription, error = %e, "could not share a receiver's pause with the other instances");
             }
         }
-        if flow.in_flight == 0 && !flow.failing() && flow.paused_until <= now_ms() {
-            if let Some(flow) = self.flows.remove(&o.subscription)
-                && flow.window > INITIAL_WINDOW
-            {
-                self.windows.insert(o.subscription, flow.window);
-            }
+        // Idle and well: its flow goes, the window it earned stays.
+        if flow.in_flight == 0
+            && !flow.failing()
+            && flow.paused_until <= now_ms()
+            && let Some(flow) = self.flows.remove(&o.subscription)
+            && flow.window > INITIAL_WINDOW
+        {
+            self.windows.insert(o.subscription, flow.window);
         }
         self.s.rescan = true;
         // A FIFO queue's outcomes are flushed in their round: one lost in a
