@@ -78,6 +78,7 @@ pub(crate) fn start(
         in_flight: HashSet::new(),
         flows: HashMap::new(),
         windows: HashMap::new(),
+        parked: Vec::new(),
         done: Vec::new(),
         in_batch: Vec::new(),
         unwaited_in_batch: false,
@@ -137,6 +138,9 @@ struct Dispatcher {
     rr_cursor: Option<SubscriptionId>,
     in_flight: HashSet<DeliveryId>,
     flows: HashMap<SubscriptionId, Flow>,
+    /// Keyed publishes waiting for their key's lock (see
+    /// `on_publish_command`).
+    parked: Vec<Parked>,
     /// The windows (see `Flow::window`) subscriptions earned, kept while
     /// they are idle (their flows are dropped then), so a healthy one does
     /// not start slowly again after a quiet spell; forgotten when the
@@ -189,6 +193,21 @@ struct Dispatcher {
     warned: HashMap<SubscriptionId, (u64, u64)>,
 }
 
+/// A keyed publish whose key another writer holds, waiting.
+struct Parked {
+    event: Event,
+    tenant: Option<String>,
+    key: Keyed,
+    done: Option<Done>,
+    until: Instant,
+}
+
+/// How long a keyed publish waits for its key's lock (as long as the
+/// store's lock timeout).
+const KEY_WAIT: Duration = Duration::from_secs(15);
+/// How often parked keyed publishes try again.
+const PARK_TICK: Duration = Duration::from_millis(5);
+
 /// The subscription cache is cleared when it holds this many.
 const SUBSCRIPTION_CACHE: usize = 4096;
 
@@ -223,6 +242,7 @@ impl Dispatcher {
         self.finish_round();
         loop {
             self.wait_and_take();
+            self.retry_parked();
             self.finish_round();
             if !self.jobs.is_empty() {
                 self.run_job_chunk();
@@ -237,6 +257,7 @@ impl Dispatcher {
             }
             if let Some(deadline) = self.closing
                 && self.jobs.is_empty()
+                && self.parked.is_empty()
                 && (self.in_flight.is_empty() || Instant::now() >= deadline)
             {
                 break;
@@ -278,6 +299,9 @@ impl Dispatcher {
     fn wait_time(&self) -> Duration {
         if !self.jobs.is_empty() {
             return Duration::ZERO;
+        }
+        if !self.parked.is_empty() {
+            return PARK_TICK;
         }
         if let Some(deadline) = self.closing {
             return deadline.saturating_duration_since(Instant::now());
@@ -339,30 +363,84 @@ impl Dispatcher {
                 tenant,
                 key,
                 done,
-            } => {
-                let result = match &key {
-                    Some(k) => self.on_keyed_publish(&event, tenant.as_deref(), k),
-                    None => self.on_publish(&event, tenant.as_deref()),
-                };
-                match done {
-                    Some(done) => {
-                        let r = self.take_loss().and(result);
-                        self.in_batch.push(self.done.len());
-                        self.done.push((done, r));
-                    }
-                    None => {
-                        if let Err(e) = result {
-                            self.note_loss(format!("event {} ({}): {e}", event.id, event.name));
-                        }
-                        self.unwaited_in_batch = true;
-                    }
-                }
-            }
+            } => self.on_publish_command(event, tenant, key, done, None),
             Command::Write(f) => self.on_write(f, true),
             Command::Quiet(f) => self.on_write(f, false),
             // Not a barrier: maintenance reports its own result only.
             Command::Job(job, done) => self.queue_job(job, Some(done)),
             Command::Shutdown(deadline) => self.begin_close(deadline),
+        }
+    }
+
+    /// Stores a published event (see `Command::Publish`). One with an
+    /// idempotency key another instance (or an app's `publish_in`
+    /// transaction) holds the lock of now is parked instead: the engine
+    /// never waits for another's lock. Parked ones are tried again every
+    /// few ms (`retry_parked`) until `until` (first parked: now +
+    /// [`KEY_WAIT`]), then fail.
+    fn on_publish_command(
+        &mut self,
+        event: Event,
+        tenant: Option<String>,
+        key: Option<Keyed>,
+        done: Option<Done>,
+        until: Option<Instant>,
+    ) {
+        let locked = match &key {
+            Some(k) => self.s.try_lock_key(&k.key),
+            None => Ok(true),
+        };
+        let result = match locked {
+            Ok(true) => match &key {
+                Some(k) => self.on_keyed_publish(&event, tenant.as_deref(), k),
+                None => self.on_publish(&event, tenant.as_deref()),
+            },
+            Ok(false) => {
+                let until = until.unwrap_or_else(|| Instant::now() + KEY_WAIT);
+                if Instant::now() < until
+                    && self.closing.is_none()
+                    && let Some(key) = key
+                {
+                    self.parked.push(Parked {
+                        event,
+                        tenant,
+                        key,
+                        done,
+                        until,
+                    });
+                    return;
+                }
+                Err(store_error(&format!(
+                    "the idempotency key of event {} is held by another writer (an instance publishing with it, or a publish_in transaction not yet ended) for over {KEY_WAIT:?}, or the bus is shutting down",
+                    event.id
+                )))
+            }
+            Err(e) => Err(e),
+        };
+        match done {
+            Some(done) => {
+                let r = self.take_loss().and(result);
+                self.in_batch.push(self.done.len());
+                self.done.push((done, r));
+            }
+            None => {
+                if let Err(e) = result {
+                    self.note_loss(format!("event {} ({}): {e}", event.id, event.name));
+                }
+                self.unwaited_in_batch = true;
+            }
+        }
+    }
+
+    /// Tries the parked keyed publishes again (see
+    /// [`on_publish_command`](Self::on_publish_command)).
+    fn retry_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        self.must_flush = true;
+        for p in std::mem::take(&mut self.parked) {
+            self.on_publish_command(p.event, p.tenant, Some(p.key), p.done, Some(p.until));
         }
     }
 
@@ -422,19 +500,12 @@ impl Dispatcher {
 
     /// An event with an idempotency key: stored unless the key was used
     /// within the window; `key.holder` gets the id of the event holding it.
+    /// The key's lock is held (on a shared store, instances publishing
+    /// with one key take turns: each reads what the one before stored).
     fn on_keyed_publish(&mut self, event: &Event, tenant: Option<&str>, key: &Keyed) -> Result<()> {
         let now = now_ms();
         let window =
             u64::try_from(self.s.config.idempotency_window.as_millis()).unwrap_or(u64::MAX);
-        // On a shared store the key's lock makes instances publishing with
-        // one key take turns: each reads what the one before stored.
-        if !self.s.try_lock_key(&key.key)? {
-            // Never wait while holding a lock (two instances could wait
-            // for each other): commit this round so far, which releases
-            // them, then wait.
-            self.commit();
-            self.s.lock_key(&key.key)?;
-        }
         let held = match self.s.idempotency_key(&key.key) {
             Ok(held) => held,
             Err(e) if crate::engine::session::is_damage(&e) => {
@@ -861,7 +932,7 @@ impl Dispatcher {
     /// it was active.
     fn disable(&mut self, id: SubscriptionId, why: String) -> Result<bool> {
         self.s.lock_subscriptions()?;
-        let Some(mut s) = self.s.reader().subscription(id)?.filter(|s| s.active) else {
+        let Some(mut s) = self.s.subscription(id)?.filter(|s| s.active) else {
             return Ok(false);
         };
         tracing::warn!(subscription = %id, url = %s.url, reason = %why, "subscription disabled; its pending deliveries wait until it is enabled again");
@@ -892,7 +963,7 @@ impl Dispatcher {
             tracing::error!(subscription = %sub, error = %e, "could not halt a FIFO subscription");
             return;
         }
-        match self.s.reader().subscription(sub) {
+        match self.s.subscription(sub) {
             Ok(Some(mut s)) if s.halted_at.is_none() => {
                 tracing::warn!(subscription = %sub, delivery = %dead, "FIFO subscription halted at a dead letter; resume it to go on");
                 let old = s.clone();

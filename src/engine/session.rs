@@ -65,6 +65,8 @@ pub(crate) struct Session {
     /// Event reference counts changed in this round (replays add
     /// deliveries to stored events, purges remove them).
     event_refs: HashMap<EventId, Option<u32>>,
+    /// Subscriptions written (`None`: removed) since the last commit.
+    staged_subs: HashMap<SubscriptionId, Option<SubscriptionRecord>>,
     /// The store's subscription lock is held until the next commit.
     subscriptions_locked: bool,
     /// Some store lock (subscriptions, idempotency keys) is held until
@@ -85,6 +87,7 @@ impl Session {
             stats_dirty: false,
             unflushed: false,
             subscriptions_locked: false,
+            staged_subs: HashMap::new(),
             locks_held: false,
             staged: HashMap::new(),
             rescan: true,
@@ -177,17 +180,28 @@ impl Session {
 
     // ---- subscriptions ----
 
+    /// A subscription as this round sees it (its own staged changes
+    /// first).
+    pub(crate) fn subscription(&self, id: SubscriptionId) -> Result<Option<SubscriptionRecord>> {
+        match self.staged_subs.get(&id) {
+            Some(staged) => Ok(staged.clone()),
+            None => self.w.reader().subscription(id),
+        }
+    }
+
     pub(crate) fn put_subscription(
         &mut self,
         old: Option<&SubscriptionRecord>,
         new: &SubscriptionRecord,
     ) {
+        self.staged_subs.insert(new.id, Some(new.clone()));
         self.w.put_subscription(old, new);
         self.changed_subs.insert(new.id);
         self.rescan = true;
     }
 
     pub(crate) fn remove_subscription(&mut self, old: &SubscriptionRecord) {
+        self.staged_subs.insert(old.id, None);
         self.w.remove_subscription(old);
         self.sequences.remove(&old.id);
         self.sequences_dirty.remove(&old.id);
@@ -624,17 +638,9 @@ impl Session {
         Ok(took)
     }
 
-    /// Waits for the lock of an idempotency key; only while this session
-    /// holds no lock (after a commit).
-    pub(crate) fn lock_key(&mut self, key: &str) -> Result<()> {
-        debug_assert!(!self.locks_held, "waits for a lock while holding one");
-        self.w.lock_key(key)?;
-        self.locks_held = true;
-        Ok(())
-    }
-
     fn commit_staged(&mut self) -> Result<()> {
         self.keys.clear();
+        self.staged_subs.clear();
         self.event_refs.clear();
         // In subscription order: on a shared store each merge locks the
         // subscription's health row until the round commits, and two

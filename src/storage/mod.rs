@@ -488,12 +488,6 @@ pub(crate) trait Writer: Send + fmt::Debug {
     fn try_lock_key(&mut self, _key: &str) -> Result<bool> {
         Ok(true)
     }
-    /// Takes the lock of idempotency key `key`, waiting for it. Only
-    /// called while this writer holds no other lock (so two writers never
-    /// wait for each other).
-    fn lock_key(&mut self, _key: &str) -> Result<()> {
-        Ok(())
-    }
     /// Releases every lock taken since the last commit (after the commit
     /// that holds the changes, or after a failed one).
     fn release_locks(&mut self) {}

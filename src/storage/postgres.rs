@@ -531,6 +531,7 @@ pub(crate) fn open(
         },
         ops: Vec::new(),
         unflushed: false,
+        holding_locks: false,
     };
     Ok((reader, writer))
 }
@@ -692,8 +693,10 @@ struct Claimed {
     /// Claimed deliveries handed out (to be sent), kept for the one read
     /// of their outcome: while this instance's claim stands no other
     /// instance changes them, and this instance's own writes drop them
-    /// here (`PgWriter::forget`). At most [`Claimed::MAX_SENT`].
-    sent: std::collections::HashMap<DeliveryId, Delivery>,
+    /// here (`PgWriter::forget`). One older than the claim's lease is not
+    /// used (the claim may have passed to another instance). At most
+    /// [`Claimed::MAX_SENT`].
+    sent: std::collections::HashMap<DeliveryId, (Delivery, std::time::Instant)>,
 }
 
 impl Claimed {
@@ -950,10 +953,14 @@ impl Reader for PgReader {
                 if claimed.sent.len() >= Claimed::MAX_SENT {
                     claimed.sent.clear();
                 }
-                claimed.sent.insert(id, d.clone());
+                claimed
+                    .sent
+                    .insert(id, (d.clone(), std::time::Instant::now()));
                 return Ok(Some(d));
             }
-            if let Some(d) = claimed.sent.remove(&id) {
+            if let Some((d, at)) = claimed.sent.remove(&id)
+                && at.elapsed().as_millis() < u128::from(self.pool.lease_ms)
+            {
                 return Ok(Some(d));
             }
         }
@@ -1581,6 +1588,9 @@ pub(crate) struct PgWriter {
     ops: Vec<Op>,
     /// Commits were made that no flush has covered yet.
     unflushed: bool,
+    /// An advisory lock was taken on the connection since the last
+    /// `release_locks`.
+    holding_locks: bool,
 }
 
 impl std::fmt::Debug for PgWriter {
@@ -1593,9 +1603,6 @@ impl std::fmt::Debug for PgWriter {
 }
 
 impl PgWriter {
-    /// A connection that was lost (a server restart, a failover, a proxy
-    /// that cut it) is replaced before the next round, so one lost
-    /// connection costs one round, not every round after it.
     /// Drops what the reader keeps of a delivery this writer changes: its
     /// next read must see the change.
     fn forget(&self, id: DeliveryId) {
@@ -1604,8 +1611,19 @@ impl PgWriter {
         claimed.sent.remove(&id);
     }
 
+    /// A connection that was lost (a server restart, a failover, a proxy
+    /// that cut it) is replaced before the next round, so one lost
+    /// connection costs one round, not every round after it (unless the
+    /// round holds a lock: it then fails).
     fn reconnect_if_closed(&mut self) -> Result<()> {
         if self.client.is_closed() {
+            if self.holding_locks {
+                // The locks went with the connection: what this round
+                // read under them may be stale, so it must not commit.
+                return Err(store_error(
+                    "the PostgreSQL connection was lost while this round held a lock; the round is not committed",
+                ));
+            }
             tracing::warn!("PostgreSQL connection of the writer lost; reconnecting");
             self.client = Conn::writer(&self.reader.pool.url)?;
         }
@@ -1633,6 +1651,30 @@ impl PgWriter {
             {
                 *counts.entry(d.subscription_id).or_default() += 1;
             }
+        }
+        // A round that also changes subscriptions (the engine's
+        // auto-disable or FIFO halt, an API change) locks every
+        // subscription row it writes first, in the same order, so rounds
+        // of two instances never hold one row each and wait for the other.
+        let mut changed: std::collections::BTreeSet<SubscriptionId> = self
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::PutSubscription(_, new) => Some(new.id),
+                Op::RemoveSubscription(old) => Some(old.id),
+                _ => None,
+            })
+            .collect();
+        if !changed.is_empty() && (changed.len() > 1 || !counts.is_empty()) {
+            changed.extend(counts.keys().copied());
+            let ids: Vec<Vec<u8>> = changed.iter().map(|s| s.to_bytes().to_vec()).collect();
+            tx.query(
+                &format!(
+                    "SELECT id FROM {} WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                    t("subscriptions")
+                ),
+                &[&ids],
+            )?;
         }
         if !counts.is_empty() {
             let ids: Vec<Vec<u8>> = counts.keys().map(|s| s.to_bytes().to_vec()).collect();
@@ -1971,37 +2013,38 @@ impl PgWriter {
                 &[&channel(&pool.schema), &hex::encode(pool.token)],
             )?;
         }
-        for chunk in new_deliveries.chunks(1000) {
-            let mut sql = format!(
-                "INSERT INTO {} (id, sub, event_id, state, at, record) VALUES ",
-                t("deliveries")
+        if !new_deliveries.is_empty() {
+            // One statement (one text, so one prepared statement) whatever
+            // the round's size.
+            let n = new_deliveries.len();
+            let (mut ids, mut subs, mut events) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
             );
-            let mut params: Vec<Box<dyn postgres::types::ToSql + Sync>> = Vec::new();
-            for (i, d) in chunk.iter().enumerate() {
-                let b = i * 6;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6
-                ));
-                params.push(Box::new(d.id.to_bytes().to_vec()));
-                params.push(Box::new(d.subscription_id.to_bytes().to_vec()));
-                params.push(Box::new(d.event_id.to_bytes().to_vec()));
-                params.push(Box::new(state_code(d.state)));
-                params.push(Box::new(ms(IndexEntry::of(d).at)));
-                params.push(Box::new(encode(*d)));
+            let (mut states, mut ats, mut records) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for d in new_deliveries {
+                ids.push(d.id.to_bytes().to_vec());
+                subs.push(d.subscription_id.to_bytes().to_vec());
+                events.push(d.event_id.to_bytes().to_vec());
+                states.push(state_code(d.state));
+                ats.push(ms(IndexEntry::of(d).at));
+                records.push(encode(d));
             }
-            sql.push_str(" ON CONFLICT (id) DO NOTHING");
-            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                params.iter().map(|p| p.as_ref()).collect();
-            tx.execute(&sql, &refs)?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} (id, sub, event_id, state, at, record)
+                     SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[],
+                                          $4::int2[], $5::int8[], $6::bytea[])
+                     ON CONFLICT (id) DO NOTHING",
+                    t("deliveries")
+                ),
+                &[&ids, &subs, &events, &states, &ats, &records],
+            )?;
         }
         tx.commit()?;
         Ok(())
@@ -2124,6 +2167,7 @@ impl Writer for PgWriter {
             "SELECT pg_advisory_lock(hashtext($1))",
             &[&subscription_lock(&self.reader.pool.schema)],
         )?;
+        self.holding_locks = true;
         Ok(())
     }
 
@@ -2133,19 +2177,15 @@ impl Writer for PgWriter {
             "SELECT pg_try_advisory_lock(hashtext($1), hashtext(encode($2, 'hex')))",
             &[&key_lock(&self.reader.pool.schema), &key.as_bytes()],
         )?;
-        Ok(row.try_get(0)?)
-    }
-
-    fn lock_key(&mut self, key: &str) -> Result<()> {
-        self.reconnect_if_closed()?;
-        self.client.execute(
-            "SELECT pg_advisory_lock(hashtext($1), hashtext(encode($2, 'hex')))",
-            &[&key_lock(&self.reader.pool.schema), &key.as_bytes()],
-        )?;
-        Ok(())
+        let took: bool = row.try_get(0)?;
+        self.holding_locks |= took;
+        Ok(took)
     }
 
     fn release_locks(&mut self) {
+        if !std::mem::take(&mut self.holding_locks) {
+            return;
+        }
         // A lost connection has released them already.
         if self.client.is_closed() {
             return;
@@ -2170,8 +2210,11 @@ impl Writer for PgWriter {
         }
         let r = self.apply();
         self.ops.clear();
-        if r.is_ok() {
-            self.unflushed = true;
+        match &r {
+            Ok(()) => self.unflushed = true,
+            // A statement the server no longer takes as prepared (a
+            // schema changed under it) is prepared afresh next time.
+            Err(_) => self.client.stmts = Stmts::default(),
         }
         r
     }

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use hookbus::{AttemptErrorKind, Bus, DeliveryState, NewSubscription};
+use hookbus::{AttemptErrorKind, Bus, DeliveryOrder, DeliveryState, NewSubscription};
 use serde_json::json;
 
 use crate::receiver::{Reply, TestReceiver};
@@ -223,6 +223,42 @@ fn a_spent_schedule_dead_letters_with_every_attempt_recorded_and_retry_revives()
     wait_until(LONG, "all delivered", delivered(&bus, 3));
     let stats = consistent(&bus);
     assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 3, 0));
+}
+
+/// One failed attempt that both disables a subscription (failing for
+/// longer than `auto_disable_after`) and dead-letters its delivery (the
+/// schedule is spent) on a FIFO subscription that halts at dead letters:
+/// two changes of the subscription in one round. The halt is made on the
+/// disabled record, so both stand.
+#[test]
+fn a_failure_that_disables_and_halts_a_fifo_subscription_keeps_both() {
+    let rx = TestReceiver::with(|_| Reply::status(500));
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path())
+        .auto_disable_after(Some(Duration::from_secs(1)))
+        // The last attempt fails over a second after the first.
+        .retry_schedule(vec![
+            Duration::from_millis(10),
+            Duration::from_millis(1_200),
+        ])
+        .open()
+        .unwrap();
+    let sub = bus
+        .subscribe(
+            NewSubscription::new("flaky", rx.url("/"))
+                .events(["hello"])
+                .order(DeliveryOrder::FIFO_HALT),
+        )
+        .unwrap();
+    bus.publish_durable("hello", &json!({})).unwrap();
+    wait_until(LONG, "dead", || bus.outbox().stats().unwrap().dead == 1);
+    let dead = bus.outbox().dead().next().unwrap().unwrap();
+    wait_until(LONG, "halted", || {
+        bus.subscriptions().get(sub.id).unwrap().unwrap().halted_at == Some(dead.id)
+    });
+    let now = bus.subscriptions().get(sub.id).unwrap().unwrap();
+    assert!(!now.active, "the failure disabled it: {now:?}");
+    assert_eq!(rx.count(), 3);
 }
 
 fn uuid_nil() -> uuid::Uuid {

@@ -1361,7 +1361,16 @@ fn instances_publishing_with_one_idempotency_key_at_once_store_one_event() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
+    // The waiting publish does not hold up the engine: other publishes
+    // (and a barrier) go through meanwhile.
+    buses[1]
+        .publish_durable("e", &json!({"meanwhile": true}))
+        .unwrap();
+    assert!(
+        !racer.is_finished(),
+        "the keyed publish waits for the app's transaction"
+    );
     tx.commit().unwrap();
     assert_eq!(racer.join().unwrap(), in_tx);
-    assert_eq!(buses[1].outbox().stats().unwrap().pending, rounds + 1);
+    assert_eq!(buses[1].outbox().stats().unwrap().pending, rounds + 2);
 }
