@@ -333,11 +333,22 @@ mod tests {
         ready: &[SubscriptionId],
         flows: &HashMap<SubscriptionId, Flow>,
     ) -> Vec<(SubscriptionId, usize)> {
+        unearned(total, free, ready, &earned(ready, flows))
+    }
+
+    /// The plan for `flows` as they are (windows included), without host
+    /// caps or own limits.
+    fn unearned(
+        total: usize,
+        free: usize,
+        ready: &[SubscriptionId],
+        flows: &HashMap<SubscriptionId, Flow>,
+    ) -> Vec<(SubscriptionId, usize)> {
         plan(
             limits(total),
             free,
             ready,
-            &earned(ready, flows),
+            flows,
             &no_host,
             &mut [],
             &|_| usize::MAX,
@@ -462,22 +473,9 @@ mod tests {
     fn a_subscription_earns_its_requests_in_flight_by_answers() {
         let s = subs(1);
         let cap = 64;
-        let plan_for = |flow: Flow| {
-            let flows = HashMap::from([(s[0], flow)]);
-            plan(limits(256), 256, &s, &flows, &no_host, &mut [], &|_| {
-                usize::MAX
-            })
-        };
+        let plan_for = |flow: Flow| unearned(256, 256, &s, &HashMap::from([(s[0], flow)]));
         // Nothing known of it (no flow at all, or a new one): 4.
-        let none = plan(
-            limits(256),
-            256,
-            &s,
-            &HashMap::new(),
-            &no_host,
-            &mut [],
-            &|_| usize::MAX,
-        );
+        let none = unearned(256, 256, &s, &HashMap::new());
         assert_eq!(none, vec![(s[0], INITIAL_WINDOW)]);
         let mut flow = Flow {
             in_flight: 4,

@@ -69,9 +69,6 @@ pub(crate) struct Session {
     staged_subs: HashMap<SubscriptionId, Option<SubscriptionRecord>>,
     /// The store's subscription lock is held until the next commit.
     subscriptions_locked: bool,
-    /// Some store lock (subscriptions, idempotency keys) is held until
-    /// the next commit.
-    locks_held: bool,
 }
 
 /// The health cache is cleared when it holds this many.
@@ -88,7 +85,6 @@ impl Session {
             unflushed: false,
             subscriptions_locked: false,
             staged_subs: HashMap::new(),
-            locks_held: false,
             staged: HashMap::new(),
             rescan: true,
             touched: HashSet::new(),
@@ -612,9 +608,8 @@ impl Session {
     pub(crate) fn commit(&mut self) -> Result<()> {
         let r = self.commit_staged();
         self.subscriptions_locked = false;
-        if std::mem::take(&mut self.locks_held) {
-            self.w.release_locks();
-        }
+        // The writer knows whether it holds any (a no-op otherwise).
+        self.w.release_locks();
         r
     }
 
@@ -625,7 +620,6 @@ impl Session {
         if !self.subscriptions_locked {
             self.w.lock_subscriptions()?;
             self.subscriptions_locked = true;
-            self.locks_held = true;
         }
         Ok(())
     }
@@ -633,9 +627,7 @@ impl Session {
     /// Takes the lock of an idempotency key until this round commits, if
     /// no other instance holds it (see [`Writer::try_lock_key`]).
     pub(crate) fn try_lock_key(&mut self, key: &str) -> Result<bool> {
-        let took = self.w.try_lock_key(key)?;
-        self.locks_held |= took;
-        Ok(took)
+        self.w.try_lock_key(key)
     }
 
     fn commit_staged(&mut self) -> Result<()> {

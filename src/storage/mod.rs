@@ -489,7 +489,8 @@ pub(crate) trait Writer: Send + fmt::Debug {
         Ok(true)
     }
     /// Releases every lock taken since the last commit (after the commit
-    /// that holds the changes, or after a failed one).
+    /// that holds the changes, or after a failed one); called after every
+    /// commit, so a writer that holds none returns at once.
     fn release_locks(&mut self) {}
     /// How many writes are staged.
     fn staged(&self) -> usize;

@@ -164,26 +164,53 @@ impl Conn {
         self.client.is_closed()
     }
 
-    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
-        let st = self.stmts.get(&mut self.client, sql)?;
-        Ok(self.client.query(&st, params)?)
-    }
-
-    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row> {
-        let st = self.stmts.get(&mut self.client, sql)?;
-        Ok(self.client.query_one(&st, params)?)
-    }
-
-    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64> {
-        let st = self.stmts.get(&mut self.client, sql)?;
-        Ok(self.client.execute(&st, params)?)
-    }
-
     fn transaction(&mut self) -> Result<Tx<'_>> {
         Ok(Tx {
             tx: self.client.transaction()?,
             stmts: &mut self.stmts,
         })
+    }
+}
+
+/// Queries through a statement cache: a connection or a transaction on
+/// it, with the connection's prepared statements.
+trait Prepared {
+    type Client: postgres::GenericClient;
+
+    fn parts(&mut self) -> (&mut Self::Client, &mut Stmts);
+
+    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+        let (c, stmts) = self.parts();
+        let st = stmts.get(c, sql)?;
+        Ok(postgres::GenericClient::query(c, &st, params)?)
+    }
+
+    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row> {
+        let (c, stmts) = self.parts();
+        let st = stmts.get(c, sql)?;
+        Ok(postgres::GenericClient::query_one(c, &st, params)?)
+    }
+
+    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64> {
+        let (c, stmts) = self.parts();
+        let st = stmts.get(c, sql)?;
+        Ok(postgres::GenericClient::execute(c, &st, params)?)
+    }
+}
+
+impl Prepared for Conn {
+    type Client = Client;
+
+    fn parts(&mut self) -> (&mut Client, &mut Stmts) {
+        (&mut self.client, &mut self.stmts)
+    }
+}
+
+impl<'a> Prepared for Tx<'a> {
+    type Client = postgres::Transaction<'a>;
+
+    fn parts(&mut self) -> (&mut postgres::Transaction<'a>, &mut Stmts) {
+        (&mut self.tx, self.stmts)
     }
 }
 
@@ -194,21 +221,6 @@ struct Tx<'a> {
 }
 
 impl Tx<'_> {
-    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
-        let st = self.stmts.get(&mut self.tx, sql)?;
-        Ok(self.tx.query(&st, params)?)
-    }
-
-    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row> {
-        let st = self.stmts.get(&mut self.tx, sql)?;
-        Ok(self.tx.query_one(&st, params)?)
-    }
-
-    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64> {
-        let st = self.stmts.get(&mut self.tx, sql)?;
-        Ok(self.tx.execute(&st, params)?)
-    }
-
     fn commit(self) -> Result<()> {
         Ok(self.tx.commit()?)
     }

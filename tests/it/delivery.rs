@@ -466,6 +466,20 @@ fn internal_targets_are_refused_at_delivery_time_without_a_request() {
     }
 }
 
+/// Subscribes 12 subscriptions (event `old`) to paths of `hang` and gives
+/// them a backlog of `events` events.
+fn a_dozen_hanging(bus: &Bus, hang: &TestReceiver, events: usize) {
+    for n in 0..12 {
+        bus.subscribe(
+            NewSubscription::new(format!("hang{n}"), hang.url(&format!("/{n}"))).events(["old"]),
+        )
+        .unwrap();
+    }
+    for i in 0..events {
+        bus.publish("old", &json!({ "i": i })).unwrap();
+    }
+}
+
 /// Issue 11, isolation: a dozen subscriptions whose receiver hangs, with an
 /// older backlog than the healthy one's and more of them than request
 /// slots, cannot starve the healthy one (round-robin, and failing ones
@@ -482,15 +496,7 @@ fn a_dozen_hanging_subscriptions_do_not_starve_a_healthy_one() {
         .retry_schedule(vec![Duration::from_millis(10); 20])
         .open()
         .unwrap();
-    for n in 0..12 {
-        bus.subscribe(
-            NewSubscription::new(format!("hang{n}"), hang.url(&format!("/{n}"))).events(["old"]),
-        )
-        .unwrap();
-    }
-    for i in 0..20 {
-        bus.publish("old", &json!({ "i": i })).unwrap();
-    }
+    a_dozen_hanging(&bus, &hang, 20);
     bus.flush().unwrap();
     // The hanging backlog is older; now the healthy subscription's events.
     bus.subscribe(NewSubscription::new("healthy", healthy.url("/")).events(["new"]))
@@ -523,17 +529,9 @@ fn receivers_that_never_answer_hold_a_few_requests_each_whatever_the_pool() {
         .request_timeout(Duration::from_secs(60))
         .open()
         .unwrap();
-    for n in 0..12 {
-        bus.subscribe(
-            NewSubscription::new(format!("hang{n}"), hang.url(&format!("/{n}"))).events(["old"]),
-        )
-        .unwrap();
-    }
+    a_dozen_hanging(&bus, &hang, 30);
     bus.subscribe(NewSubscription::new("healthy", healthy.url("/")).events(["new"]))
         .unwrap();
-    for i in 0..30 {
-        bus.publish("old", &json!({ "i": i })).unwrap();
-    }
     for i in 0..100 {
         bus.publish("new", &json!({ "i": i })).unwrap();
     }
