@@ -236,10 +236,11 @@ fn a_failure_that_disables_and_halts_a_fifo_subscription_keeps_both() {
     let dir = tempfile::tempdir().unwrap();
     let bus = builder(dir.path())
         .auto_disable_after(Some(Duration::from_secs(1)))
-        // The last attempt fails over a second after the first.
+        // The last attempt fails over a second after the first: retry
+        // delays get ±20 % jitter, so 1.5 s is at least 1.2 s.
         .retry_schedule(vec![
             Duration::from_millis(10),
-            Duration::from_millis(1_200),
+            Duration::from_millis(1_500),
         ])
         .open()
         .unwrap();
