@@ -28,10 +28,22 @@
 //!   `Message` with idempotency key `invoice-6` and traceparent
 //!   `00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01`, twice (the
 //!   second stores nothing): 8 pending deliveries, 1 dead.
+//! * `tests/fixtures/store-v4` — record format 4, written by the last build
+//!   of that format: first, with delivery on (a receiver of its own, retry
+//!   schedule one retry after 50 ms), "Flaky" (`flaky.thing`, answered 503
+//!   then 200) and "Down" (`down.thing`, always 503), one event each
+//!   (`flaky.thing` n 7, `down.thing` n 8): one delivery delivered and one
+//!   dead, each after 2 attempts (stored under attempt keys, as formats up to
+//!   4 keep them); then all of the above: 8 pending deliveries, 1 delivered,
+//!   2 dead.
 
 use std::time::Duration;
 
 use hookbus::{Bus, NewSubscription};
+
+#[path = "common/receiver.rs"]
+#[allow(dead_code)]
+mod receiver;
 
 /// The trace context of the format-3 event.
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -42,6 +54,41 @@ const STD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const TENANT_SECRET: &str = "fixture-tenant-secret";
 const TENANT_AUTH: &str = "Bearer fixture-token";
 
+/// Since format 4: deliveries that were attempted (twice each), one
+/// delivered and one dead.
+fn with_attempts(dir: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+    let url = receiver::start(move |req| {
+        if req.path == "/flaky" && !seen.lock().unwrap().insert(req.path.clone()) {
+            200
+        } else {
+            503
+        }
+    })?;
+    let bus = Bus::builder()
+        .path(dir)
+        .allow_private_targets(true)
+        .retry_schedule(vec![Duration::from_millis(50)])
+        .open()?;
+    bus.subscribe(NewSubscription::new("Flaky", format!("{url}/flaky")).events(["flaky.thing"]))?;
+    bus.subscribe(NewSubscription::new("Down", format!("{url}/down")).events(["down.thing"]))?;
+    bus.publish("flaky.thing", &serde_json::json!({"n": 7}))?;
+    bus.publish("down.thing", &serde_json::json!({"n": 8}))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = bus.outbox().stats()?;
+        if s.delivered == 1 && s.dead == 1 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("the attempted deliveries did not finish: {s:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bus.shutdown(Duration::from_secs(5))?;
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args()
         .nth(1)
@@ -49,6 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::path::Path::new(&dir).exists() {
         return Err(format!("{dir} exists; give a new folder").into());
     }
+    with_attempts(&dir)?;
     let bus = Bus::builder()
         .path(&dir)
         .allow_private_targets(true)
