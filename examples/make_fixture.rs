@@ -36,6 +36,10 @@
 //!   dead, each after 2 attempts (stored under attempt keys, as formats up to
 //!   4 keep them); then all of the above: 8 pending deliveries, 1 delivered,
 //!   2 dead.
+//! * `tests/fixtures/store-v5` — record format 5, the same content: each
+//!   delivery's newest attempt is in its record (only the first attempts of
+//!   "Flaky" and "Down" are under attempt keys), and events with one
+//!   delivery have no reference count.
 
 use std::time::Duration;
 

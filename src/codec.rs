@@ -13,6 +13,10 @@
 //!   every record but events: instances of a shared store in a rolling
 //!   deploy; the PostgreSQL store writes events as 3 too, with the tenant
 //!   in columns of their own).
+//! * 5 — the sled store's delivery record carries the delivery's newest
+//!   attempt ([`crate::storage::StoredDelivery`]; older ones read without
+//!   one). Every other record as in 4, written as before (the PostgreSQL
+//!   store writes no format-5 record).
 //!
 //! Each stored type is a [`Record`]: it says how to read the bodies of
 //! older versions (by default: the same layout).
@@ -22,7 +26,7 @@ use serde::de::DeserializeOwned;
 
 /// The newest record format this build reads (and writes, for the types
 /// whose layout it changed). It reads every older one it knows.
-pub(crate) const RECORD_VERSION: u8 = 4;
+pub(crate) const RECORD_VERSION: u8 = 5;
 
 /// A type stored through the codec.
 pub(crate) trait Record: Serialize + DeserializeOwned {
@@ -162,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn only_events_are_written_in_format_4() {
+    fn only_events_are_written_in_format_4_and_plain_deliveries_in_3() {
         use crate::ids::{EventId, SubscriptionId, Timestamp};
         let e = crate::record::Event {
             id: EventId::generate(),
@@ -192,8 +196,53 @@ mod tests {
         v4[0] = 4;
         assert_eq!(decode::<crate::delivery::Delivery>(&v4).unwrap(), d);
         assert!(matches!(
-            decode::<crate::delivery::Delivery>(&[5, 0]),
-            Err(DecodeError::UnknownVersion(5))
+            decode::<crate::delivery::Delivery>(&[6, 0]),
+            Err(DecodeError::UnknownVersion(6))
         ));
+    }
+
+    #[test]
+    fn a_stored_delivery_of_format_5_carries_its_newest_attempt_and_older_ones_read_without() {
+        use crate::ids::{SubscriptionId, Timestamp};
+        use crate::record::Attempt;
+        use crate::storage::{StoredDelivery, StoredDeliveryRef};
+        let d = crate::delivery::created(
+            crate::ids::EventId::generate(),
+            "e",
+            Timestamp::now(),
+            SubscriptionId::generate(),
+            7,
+            Timestamp::now(),
+        );
+        let attempt = Attempt {
+            number: 1,
+            at: Timestamp::now(),
+            duration_ms: 12,
+            status: Some(204),
+            error: None,
+            response_excerpt: b"ok".to_vec(),
+        };
+        let bytes = StoredDeliveryRef {
+            delivery: &d,
+            last_attempt: Some(&attempt),
+        }
+        .encode();
+        assert_eq!(bytes[0], 5);
+        let back: StoredDelivery = decode(&bytes).unwrap();
+        assert_eq!(back.delivery, d);
+        assert_eq!(back.last_attempt, Some(attempt));
+        // A plain delivery record is not one: the attempt follows it.
+        assert!(decode::<crate::delivery::Delivery>(&bytes).is_err());
+        // Formats 3 and 4 (and older, see storage) read without an attempt.
+        for v in [3, 4] {
+            let mut old = encode(&d).unwrap();
+            old[0] = v;
+            let back: StoredDelivery = decode(&old).unwrap();
+            assert_eq!((back.delivery, back.last_attempt), (d.clone(), None));
+        }
+        // A cut record is an error, not a panic.
+        for cut in 1..bytes.len() {
+            assert!(decode::<StoredDelivery>(&bytes[..cut]).is_err(), "{cut}");
+        }
     }
 }

@@ -314,7 +314,7 @@ impl Session {
         let Some(current) = self.delivery(id)? else {
             return Ok(false); // purged meanwhile
         };
-        self.w.put_attempt(id, attempt);
+        self.w.put_attempt(id, attempt)?;
         let kept = self.config.attempts_kept;
         if attempt.number > kept {
             self.w.remove_attempt(id, attempt.number - kept);

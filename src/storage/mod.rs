@@ -164,6 +164,50 @@ impl codec::Record for Delivery {
     }
 }
 
+/// A delivery as the sled store keeps it since format 5: the delivery with
+/// its newest attempt, so an attempt that ends a delivery costs no write
+/// of its own (older attempts move to attempt keys when a newer one
+/// comes). Records of formats 1 to 4 read as the delivery without an
+/// attempt (theirs are all under attempt keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredDelivery {
+    pub(crate) delivery: Delivery,
+    pub(crate) last_attempt: Option<Attempt>,
+}
+
+/// [`StoredDelivery`]'s layout over borrowed parts, for writing without
+/// copies.
+#[derive(Serialize)]
+pub(crate) struct StoredDeliveryRef<'a> {
+    pub(crate) delivery: &'a Delivery,
+    pub(crate) last_attempt: Option<&'a Attempt>,
+}
+
+impl StoredDeliveryRef<'_> {
+    /// The record's bytes, in format 5.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        // Plain data that bincode always encodes (see `codec::encode`).
+        codec::encode_as(<StoredDelivery as codec::Record>::WRITE_VERSION, self)
+            .expect("hookbus records always encode")
+    }
+}
+
+impl codec::Record for StoredDelivery {
+    const WRITE_VERSION: u8 = 5;
+
+    fn decode_old(version: u8, body: &[u8]) -> std::result::Result<Self, codec::DecodeError> {
+        let delivery = if version >= Delivery::WRITE_VERSION {
+            codec::decode_body(body)?
+        } else {
+            Delivery::decode_old(version, body)?
+        };
+        Ok(StoredDelivery {
+            delivery,
+            last_attempt: None,
+        })
+    }
+}
+
 /// The event record of formats 1 and 2 (no trace context).
 #[derive(Deserialize)]
 struct EventV1 {
@@ -442,9 +486,13 @@ pub(crate) trait Writer: Send + fmt::Debug {
     }
     /// Removes a finished delivery, its index entries and its attempts.
     fn remove_delivery(&mut self, old: &Delivery) -> Result<()>;
-    fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt);
+    /// Writes an attempt of a delivery. The engine then writes the
+    /// delivery (its outcome) in the same round, so a store may keep the
+    /// attempt with that record (sled since format 5: the newest attempt).
+    /// Fails only if a stored record had to be read and could not be.
+    fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt) -> Result<()>;
     /// Removes attempt number `n` of a delivery (kept attempts are
-    /// bounded), if it is there.
+    /// bounded), if it is there; never the newest.
     fn remove_attempt(&mut self, id: DeliveryId, n: u32);
     /// Merges what happened to a subscription's health into its stored
     /// record (at most once per subscription per commit).

@@ -2114,8 +2114,9 @@ impl Writer for PgWriter {
         Ok(())
     }
 
-    fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt) {
+    fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt) -> Result<()> {
         self.ops.push(Op::PutAttempt(id, attempt.clone()));
+        Ok(())
     }
 
     fn remove_attempt(&mut self, id: DeliveryId, n: u32) {

@@ -1,14 +1,18 @@
 //! Format compatibility: stores written by earlier format versions (the
-//! fixtures `tests/fixtures/store-v1` and `tests/fixtures/store-v2`, made by
+//! fixtures `tests/fixtures/store-v1` to `store-v5`, made by
 //! `examples/make_fixture.rs`, whose docs list what each holds) open, read
 //! back every field and deliver. A format change that breaks old stores
 //! fails here.
 //!
 //! * v1: records of format 1 read with the format-2 defaults (no tenant, no
 //!   headers, no rate limit, unordered); the store's marker is upgraded to
-//!   2 on open.
+//!   the newest format on open.
 //! * v2: a tenant's subscription with custom headers, a rate limit and FIFO
 //!   order.
+//! * v3: sequence numbers, a trace context, an idempotency key.
+//! * v4: attempted deliveries, every attempt under an attempt key; opened
+//!   by format 5, they keep their attempts and counts and purge cleanly.
+//! * v5: the newest attempt in the delivery record, counts of 1 implicit.
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,7 +21,7 @@ use hookbus::DEFAULT_TOLERANCE;
 use hookbus::{DeliveryOrder, DeliveryState, RateLimit, Subscription, SubscriptionPatch};
 use serde_json::json;
 
-use crate::receiver::TestReceiver;
+use crate::receiver::{Reply, TestReceiver};
 use crate::store_faults::raw_tree;
 use crate::{LONG, builder, consistent, wait_until};
 
@@ -84,7 +88,7 @@ fn a_version_1_store_opens_and_delivers() {
         }
         bus.shutdown(Duration::from_secs(1)).unwrap();
     }
-    assert_eq!(format_marker(&store), [4], "the marker is upgraded on open");
+    assert_eq!(format_marker(&store), [5], "the marker is upgraded on open");
     let bus = builder(&store).open().unwrap();
     wait_until(LONG, "5 deliveries", || {
         bus.outbox().stats().unwrap().delivered == 5
@@ -164,7 +168,7 @@ fn a_version_1_store_reopens_after_its_upgrade() {
         seen.push(subs);
         bus.shutdown(Duration::from_secs(1)).unwrap();
         drop(bus);
-        assert_eq!(format_marker(&store), [4]);
+        assert_eq!(format_marker(&store), [5]);
     }
     assert_eq!(seen[0], seen[1]);
     // A v1 record rewritten as v2 (by an update) reads back with its new
@@ -278,7 +282,7 @@ fn a_version_2_store_opens_and_delivers() {
         check(&bus.subscriptions().list().unwrap(), true);
         bus.shutdown(Duration::from_secs(1)).unwrap();
     }
-    assert_eq!(format_marker(&store), [4]);
+    assert_eq!(format_marker(&store), [5]);
 
     let bus = builder(&store).open().unwrap();
     check(&bus.subscriptions().list().unwrap(), true);
@@ -461,5 +465,211 @@ fn a_version_3_store_opens_remembers_its_keys_and_delivers_numbered() {
     );
     bus.shutdown(Duration::from_secs(1)).unwrap();
     drop(bus);
-    assert_eq!(format_marker(&store), [4], "the marker is upgraded on open");
+    assert_eq!(format_marker(&store), [5], "the marker is upgraded on open");
+}
+
+/// How many keys of the closed store at `store` start with `prefix`.
+fn keys_under(store: &Path, prefix: &[u8]) -> usize {
+    let (_db, tree) = raw_tree(store);
+    tree.scan_prefix(prefix).count()
+}
+
+#[test]
+fn a_version_4_store_keeps_its_attempts_and_counts_through_format_5() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v4");
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    copy_dir(&fixture, &store);
+    assert_eq!(format_marker(&store), [4]);
+    assert_eq!(
+        keys_under(&store, b"a"),
+        4,
+        "format 4 keeps every attempt under a key"
+    );
+
+    let rx = TestReceiver::start();
+    let (flaky, down, events);
+    {
+        let bus = builder(&store).deliver(false).open().unwrap();
+        let stats = consistent(&bus);
+        assert_eq!((stats.pending, stats.delivered, stats.dead), (8, 1, 2));
+        flaky = bus.outbox().delivered().next().unwrap().unwrap();
+        assert_eq!(flaky.event_name, "flaky.thing");
+        let statuses = |id| -> Vec<(u32, Option<u16>)> {
+            bus.outbox()
+                .attempts(id)
+                .unwrap()
+                .iter()
+                .map(|a| (a.number, a.status))
+                .collect()
+        };
+        assert_eq!(statuses(flaky.id), [(1, Some(503)), (2, Some(200))]);
+        down = bus
+            .outbox()
+            .dead()
+            .map(|d| d.unwrap())
+            .find(|d| d.event_name == "down.thing")
+            .unwrap();
+        assert_eq!(statuses(down.id), [(1, Some(503)), (2, Some(503))]);
+        events = [flaky.event_id, down.event_id];
+        let sub = bus
+            .subscriptions()
+            .list()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == "Down")
+            .unwrap();
+        bus.subscriptions()
+            .update(sub.id, SubscriptionPatch::new().url(rx.url("/down")))
+            .unwrap();
+        bus.shutdown(Duration::from_secs(1)).unwrap();
+    }
+    assert_eq!(format_marker(&store), [5], "the marker is upgraded on open");
+
+    // A third attempt of the dead letter: the two under attempt keys stay
+    // listed beside the newest, which its record keeps.
+    let bus = builder(&store).open().unwrap();
+    bus.outbox().retry(down.id).unwrap();
+    wait_until(LONG, "the revived delivery delivered", || {
+        bus.outbox().get(down.id).unwrap().unwrap().state == DeliveryState::Delivered
+    });
+    let attempts = bus.outbox().attempts(down.id).unwrap();
+    let seen: Vec<_> = attempts.iter().map(|a| (a.number, a.status)).collect();
+    assert_eq!(seen, [(1, Some(503)), (2, Some(503)), (3, Some(204))]);
+    // Purging removes both deliveries with all their attempts, and their
+    // events (counted 1 each by format 4).
+    let far = hookbus::Timestamp::now().saturating_add(Duration::from_secs(60));
+    assert_eq!(bus.outbox().purge_delivered_before(far).unwrap(), 2);
+    for e in events {
+        assert!(bus.outbox().event(e).unwrap().is_none(), "event {e} kept");
+    }
+    consistent(&bus);
+    bus.shutdown(Duration::from_secs(1)).unwrap();
+    drop(bus);
+    for d in [flaky.id, down.id] {
+        let mut prefix = b"a".to_vec();
+        prefix.extend_from_slice(&d.to_bytes());
+        assert_eq!(keys_under(&store, &prefix), 0, "attempts of {d} left");
+    }
+}
+
+#[test]
+fn format_5_keeps_the_newest_attempt_in_the_delivery_and_counts_of_one_implicit() {
+    let failures = std::sync::atomic::AtomicUsize::new(0);
+    let rx = TestReceiver::with(move |r| {
+        if r.path == "/flaky" && failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 4 {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (flaky, ok);
+    {
+        let bus = builder(dir.path())
+            .retry_schedule(vec![Duration::from_millis(10); 5])
+            .attempts_kept(2)
+            .open()
+            .unwrap();
+        for (name, event) in [("flaky", "f"), ("ok", "o")] {
+            bus.subscribe(
+                hookbus::NewSubscription::new(name, rx.url(&format!("/{name}"))).events([event]),
+            )
+            .unwrap();
+        }
+        let f = bus.publish("f", &json!({"n": 1})).unwrap();
+        let o = bus.publish("o", &json!({"n": 2})).unwrap();
+        wait_until(LONG, "both delivered", || {
+            bus.outbox().stats().unwrap().delivered == 2
+        });
+        consistent(&bus);
+        let find = |event| {
+            bus.outbox()
+                .delivered()
+                .map(|d| d.unwrap())
+                .find(|d| d.event_id == event)
+                .unwrap()
+        };
+        (flaky, ok) = (find(f), find(o));
+        assert_eq!(flaky.attempts, 5);
+        let seen = |id| -> Vec<(u32, Option<u16>)> {
+            bus.outbox()
+                .attempts(id)
+                .unwrap()
+                .iter()
+                .map(|a| (a.number, a.status))
+                .collect()
+        };
+        assert_eq!(
+            seen(flaky.id),
+            [(4, Some(500)), (5, Some(204))],
+            "the newest 2"
+        );
+        assert_eq!(seen(ok.id), [(1, Some(204))]);
+        bus.shutdown(Duration::from_secs(1)).unwrap();
+    }
+    // Stored: one attempt key (flaky's 4th; the 5th and ok's only one are
+    // in their records), no reference count (each event has one delivery).
+    assert_eq!(keys_under(dir.path(), b"a"), 1);
+    assert_eq!(keys_under(dir.path(), b"n"), 0);
+    assert_eq!(
+        keys_under(dir.path(), b"mlegacy"),
+        0,
+        "a new store has no legacy attempts"
+    );
+
+    let bus = builder(dir.path()).open().unwrap();
+    let far = hookbus::Timestamp::now().saturating_add(Duration::from_secs(60));
+    assert_eq!(bus.outbox().purge_delivered_before(far).unwrap(), 2);
+    assert!(bus.outbox().attempts(flaky.id).unwrap().is_empty());
+    assert!(bus.outbox().event(ok.event_id).unwrap().is_none());
+    consistent(&bus);
+    bus.shutdown(Duration::from_secs(1)).unwrap();
+    drop(bus);
+    for prefix in [b"a", b"n", b"e", b"d", b"b", b"y", b"r"] {
+        assert_eq!(keys_under(dir.path(), prefix), 0, "{}", prefix[0] as char);
+    }
+}
+
+#[test]
+fn a_version_5_store_opens_with_its_attempts() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v5");
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    copy_dir(&fixture, &store);
+    assert_eq!(format_marker(&store), [5]);
+    assert_eq!(
+        keys_under(&store, b"a"),
+        2,
+        "only the first attempts of Flaky and Down are under attempt keys"
+    );
+    let bus = builder(&store).deliver(false).open().unwrap();
+    let stats = consistent(&bus);
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (8, 1, 2));
+    let statuses = |event: &str, d: Option<hookbus::Delivery>| {
+        let d = d.unwrap();
+        assert_eq!(d.event_name, event);
+        let a = bus.outbox().attempts(d.id).unwrap();
+        a.iter().map(|a| (a.number, a.status)).collect::<Vec<_>>()
+    };
+    let flaky = bus.outbox().delivered().next().map(|d| d.unwrap());
+    assert_eq!(
+        statuses("flaky.thing", flaky),
+        [(1, Some(503)), (2, Some(200))]
+    );
+    let down = bus
+        .outbox()
+        .dead()
+        .map(|d| d.unwrap())
+        .find(|d| d.event_name == "down.thing");
+    assert_eq!(
+        statuses("down.thing", down),
+        [(1, Some(503)), (2, Some(503))]
+    );
+    let subs = bus.subscriptions().list().unwrap();
+    let names: Vec<_> = subs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["Flaky", "Down", "Hub", "Standard", "Tenant"]);
+    bus.shutdown(Duration::from_secs(1)).unwrap();
+    drop(bus);
+    assert_eq!(format_marker(&store), [5]);
 }

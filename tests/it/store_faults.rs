@@ -153,7 +153,7 @@ fn foreign_or_newer_stores_are_refused_clearly() {
             err,
             Error::UnsupportedFormat {
                 found: 9,
-                supported: 4,
+                supported: 5,
                 ..
             }
         ),
