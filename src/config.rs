@@ -436,12 +436,6 @@ impl Builder {
     /// (see [`max_in_flight_per_subscription`](Self::max_in_flight_per_subscription)).
     /// At most 4096.
     ///
-    /// The dispatcher hands out up to one job per sender more (16 at most),
-    /// queued for the next free sender, so a sender never idles while the
-    /// store commits the last outcome; queued jobs count as in flight for
-    /// every cap (per subscription, per host, FIFO, rate limits), but never
-    /// run beside the others: requests at once stay at most this number.
-    ///
     /// Defaults to 256.
     pub fn senders(mut self, n: usize) -> Self {
         self.config.senders = n;

@@ -322,8 +322,7 @@ pub struct BusHealth {
     /// [`Builder::senders`](crate::Builder::senders); a thread that ended is
     /// started again with the next request).
     pub senders_alive: usize,
-    /// Jobs handed to the senders: requests in flight and the few queued
-    /// for the next free sender (see [`Builder::senders`](crate::Builder::senders)).
+    /// Requests in flight.
     pub in_flight: usize,
     /// Pending deliveries.
     pub backlog: u64,

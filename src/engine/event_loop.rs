@@ -217,18 +217,6 @@ const KEY_WAIT: Duration = Duration::from_secs(15);
 /// How often parked keyed publishes try again.
 const PARK_TICK: Duration = Duration::from_millis(5);
 
-/// Jobs handed out beyond the senders, so that a sender finds its next
-/// request queued while the dispatcher commits the last outcome (a commit
-/// is a sled batch, which also rolls sled's log buffer onto its I/O
-/// threads: a sender that waited for it would idle). One per sender, at
-/// most this many; the queued ones count as in flight for every cap.
-const PREFETCH: usize = 16;
-
-/// How many jobs may be out at once with `senders` senders.
-fn job_slots(senders: usize) -> usize {
-    senders + senders.min(PREFETCH)
-}
-
 /// The subscription cache is cleared when it holds this many.
 const SUBSCRIPTION_CACHE: usize = 4096;
 
@@ -327,7 +315,7 @@ impl Dispatcher {
         if let Some(deadline) = self.closing {
             return deadline.saturating_duration_since(Instant::now());
         }
-        let sender_free = self.in_flight.len() < job_slots(self.s.config.senders);
+        let sender_free = self.in_flight.len() < self.s.config.senders;
         if self.s.rescan && sender_free && self.s.config.deliver {
             // Due work changed and a sender is free: plan again at once.
             return Duration::ZERO;
@@ -1137,8 +1125,7 @@ impl Dispatcher {
         }
         let config = &self.s.config;
         let limits = Limits {
-            total: job_slots(config.senders),
-            queued: job_slots(config.senders) - config.senders,
+            total: config.senders,
             per_subscription: config.per_subscription,
             per_host: config.per_host,
         };

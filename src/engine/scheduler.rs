@@ -158,11 +158,7 @@ impl Flow {
 /// The caps the plan keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
-    /// Jobs out at once, running or queued for a sender.
     pub(crate) total: usize,
-    /// How many of `total` wait for a sender (handed out early, so a
-    /// sender finds its next job without waiting for the dispatcher).
-    pub(crate) queued: usize,
     pub(crate) per_subscription: usize,
     pub(crate) per_host: usize,
 }
@@ -192,12 +188,10 @@ pub(crate) fn plan(
         .filter(|(id, f)| f.in_flight > 0 && !ready.contains(id))
         .count();
     let wanting = ready.len() + busy_elsewhere;
-    // One subscription never holds every sender, but may have its next
-    // jobs queued.
-    let most = (limits.total.saturating_sub(limits.queued))
+    let most = limits
+        .total
         .saturating_sub(1)
         .max(1)
-        .saturating_add(limits.queued)
         .min(limits.per_subscription);
     let base = (limits.total / wanting).clamp(1, most);
     let mut extra = if base >= most {
@@ -305,7 +299,6 @@ mod tests {
 
     fn limits(total: usize) -> Limits {
         Limits {
-            queued: 0,
             total,
             per_subscription: usize::MAX,
             per_host: usize::MAX,
@@ -375,34 +368,6 @@ mod tests {
         assert_eq!(simple(8, 8, &s, &HashMap::new()), vec![(s[0], 7)]);
         // With a single slot it may use it.
         assert_eq!(simple(1, 1, &s, &HashMap::new()), vec![(s[0], 1)]);
-    }
-
-    #[test]
-    fn a_subscription_may_have_its_next_jobs_queued_beyond_all_senders_but_one() {
-        let s = subs(1);
-        let flows = earned(&s, &HashMap::new());
-        let queued = |senders: usize, extra: usize| {
-            let l = Limits {
-                queued: extra,
-                ..limits(senders + extra)
-            };
-            plan(l, senders + extra, &s, &flows, &no_host, &mut [], &|_| {
-                usize::MAX
-            })
-        };
-        // 1 sender: its job and the next one queued.
-        assert_eq!(queued(1, 1), vec![(s[0], 2)]);
-        // 8 senders: 7 running, 8 queued; one sender stays for others.
-        assert_eq!(queued(8, 8), vec![(s[0], 15)]);
-        // Two subscriptions share every slot, queued ones included.
-        let two = subs(2);
-        let flows = earned(&two, &HashMap::new());
-        let l = Limits {
-            queued: 8,
-            ..limits(16)
-        };
-        let p = plan(l, 16, &two, &flows, &no_host, &mut [], &|_| usize::MAX);
-        assert_eq!(p, vec![(two[0], 8), (two[1], 8)]);
     }
 
     #[test]
@@ -590,7 +555,6 @@ mod tests {
     fn caps_per_subscription_and_per_host_hold() {
         let s = subs(3);
         let l = Limits {
-            queued: 0,
             total: 100,
             per_subscription: 10,
             per_host: 15,

@@ -291,6 +291,7 @@ pub(crate) fn open(
         newest: HashMap::new(),
         unwritten: Vec::new(),
         legacy_attempts,
+        failed: None,
     };
     Ok((reader, writer))
 }
@@ -703,6 +704,8 @@ pub(crate) struct SledWriter {
     unwritten: Vec<DeliveryId>,
     /// The store was upgraded from a format before 5 (see the layout).
     legacy_attempts: bool,
+    /// A read that a staged write needed failed: the batch is not applied.
+    failed: Option<Error>,
 }
 
 /// Syncs what sled's flush leaves to the OS: its log file (`db`, which sled
@@ -797,13 +800,20 @@ impl SledWriter {
             return;
         }
         if !self.newest.contains_key(&d.id) {
-            let last = {
-                // The record is rewritten either way: a damaged one loses
+            let last = match self.newest_attempt(d.id) {
+                Ok(last) => last,
+                // The record is replaced either way: a damaged one loses
                 // only its newest attempt.
-                self.newest_attempt(d.id).unwrap_or_else(|e| {
+                Err(e @ Error::Corrupt { .. }) => {
                     tracing::warn!(delivery = %d.id, error = %e, "newest attempt unreadable; rewritten without it");
                     None
-                })
+                }
+                // The store could not be read: the round fails at commit
+                // rather than drop the attempt.
+                Err(e) => {
+                    self.failed.get_or_insert(e);
+                    None
+                }
             };
             self.newest.insert(d.id, last);
         }
@@ -1028,7 +1038,7 @@ impl Writer for SledWriter {
     fn commit(&mut self) -> Result<()> {
         let unwritten = self.write_unwritten();
         self.newest.clear();
-        if let Err(e) = unwritten {
+        if let Err(e) = self.failed.take().map_or(unwritten, Err) {
             self.batch = sled::Batch::default();
             self.ops = 0;
             return Err(e);

@@ -639,34 +639,3 @@ fn an_answer_closes_the_circuit_breaker() {
     wait_until(LONG, "all delivered", delivered(&bus, 7));
     consistent(&bus);
 }
-
-#[test]
-fn a_sender_finds_its_next_job_queued_but_requests_never_exceed_the_senders() {
-    // Each request is held 1 s; one sender, three events.
-    let rx = TestReceiver::with(|_| Reply::ok().delay(Duration::from_secs(1)));
-    let dir = tempfile::tempdir().unwrap();
-    let bus = builder(dir.path()).senders(1).open().unwrap();
-    bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["e"]))
-        .unwrap();
-    for i in 0..3 {
-        bus.publish("e", &json!({ "i": i })).unwrap();
-    }
-    wait_until(LONG, "the first request", || rx.count() == 1);
-    // The second job is handed out already (queued for the one sender), the
-    // third is not; the receiver still sees one request at a time.
-    wait_until(LONG, "the next job queued", || {
-        bus.health(Duration::from_secs(5)).in_flight == 2
-    });
-    assert_eq!(rx.count(), 1, "a second request went out beside the first");
-    let reqs = rx.wait_for(3, LONG);
-    for pair in reqs.windows(2) {
-        let gap = pair[1].at.duration_since(pair[0].at);
-        assert!(
-            gap >= Duration::from_millis(900),
-            "two requests overlapped ({gap:?} apart) with one sender"
-        );
-    }
-    wait_until(LONG, "all delivered", || {
-        bus.outbox().stats().unwrap().delivered == 3
-    });
-}
