@@ -61,18 +61,28 @@ fn publish(c: &mut Criterion) {
     g.finish();
 }
 
-/// `batch` events written the way hookbus writes them — an event, a
-/// delivery and its index entry each — as one raw sled batch (the
-/// durable-publish baselines).
+/// `batch` events written as the records hookbus writes for them with one
+/// matching subscription (store format 5), as one raw sled batch (the
+/// durable-publish baselines): per event the event record, the delivery
+/// record, its due-index entry and its by-subscription entry, with keys of
+/// hookbus's sizes; per batch the counters and the sequence counter.
 fn raw_batch(key: &mut u64, batch: u64, payload: &[u8]) -> sled::Batch {
     let mut wb = sled::Batch::default();
+    let id = |k: u64| -> [u8; 16] { (u128::from(k) << 1).to_be_bytes() };
+    let sub = id(u64::MAX);
     for _ in 0..batch {
         *key += 1;
-        let k = key.to_be_bytes();
+        let k = id(*key);
         wb.insert([&b"e"[..], &k[..]].concat(), payload);
-        wb.insert([&b"d"[..], &k[..]].concat(), &[0u8; 96][..]);
-        wb.insert([&b"q"[..], &k[..]].concat(), &[0u8; 16][..]);
+        wb.insert([&b"d"[..], &k[..]].concat(), &[0u8; 110][..]);
+        wb.insert(
+            [&b"r"[..], &sub[..], &key.to_be_bytes()[..], &k[..]].concat(),
+            &sub[..],
+        );
+        wb.insert([&b"b"[..], &sub[..], &k[..]].concat(), &[][..]);
     }
+    wb.insert(&b"mstats"[..], &[0u8; 30][..]);
+    wb.insert([&b"q"[..], &sub[..]].concat(), &key.to_be_bytes()[..]);
     wb
 }
 
