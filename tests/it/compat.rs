@@ -474,13 +474,52 @@ fn keys_under(store: &Path, prefix: &[u8]) -> usize {
     tree.scan_prefix(prefix).count()
 }
 
-#[test]
-fn a_version_4_store_keeps_its_attempts_and_counts_through_format_5() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v4");
+/// A copy of the fixture `store-v{version}` in a temp dir: the dir and the
+/// store's path in it.
+fn fixture_copy(version: u8) -> (tempfile::TempDir, std::path::PathBuf) {
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/store-v{version}"));
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     copy_dir(&fixture, &store);
-    assert_eq!(format_marker(&store), [4]);
+    assert_eq!(format_marker(&store), [version]);
+    (dir, store)
+}
+
+/// Each attempt of a delivery as (number, status).
+fn attempt_statuses(bus: &hookbus::Bus, id: hookbus::DeliveryId) -> Vec<(u32, Option<u16>)> {
+    let attempts = bus.outbox().attempts(id).unwrap();
+    attempts.iter().map(|a| (a.number, a.status)).collect()
+}
+
+/// The attempted deliveries of fixtures v4 and v5 (see
+/// `examples/make_fixture.rs`), checked: Flaky's delivered one and Down's
+/// dead one, two attempts each.
+fn flaky_and_down(bus: &hookbus::Bus) -> (hookbus::Delivery, hookbus::Delivery) {
+    let stats = consistent(bus);
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (8, 1, 2));
+    let flaky = bus.outbox().delivered().next().unwrap().unwrap();
+    assert_eq!(flaky.event_name, "flaky.thing");
+    assert_eq!(
+        attempt_statuses(bus, flaky.id),
+        [(1, Some(503)), (2, Some(200))]
+    );
+    let down = bus
+        .outbox()
+        .dead()
+        .map(|d| d.unwrap())
+        .find(|d| d.event_name == "down.thing")
+        .unwrap();
+    assert_eq!(
+        attempt_statuses(bus, down.id),
+        [(1, Some(503)), (2, Some(503))]
+    );
+    (flaky, down)
+}
+
+#[test]
+fn a_version_4_store_keeps_its_attempts_and_counts_through_format_5() {
+    let (_dir, store) = fixture_copy(4);
     assert_eq!(
         keys_under(&store, b"a"),
         4,
@@ -491,26 +530,7 @@ fn a_version_4_store_keeps_its_attempts_and_counts_through_format_5() {
     let (flaky, down, events);
     {
         let bus = builder(&store).deliver(false).open().unwrap();
-        let stats = consistent(&bus);
-        assert_eq!((stats.pending, stats.delivered, stats.dead), (8, 1, 2));
-        flaky = bus.outbox().delivered().next().unwrap().unwrap();
-        assert_eq!(flaky.event_name, "flaky.thing");
-        let statuses = |id| -> Vec<(u32, Option<u16>)> {
-            bus.outbox()
-                .attempts(id)
-                .unwrap()
-                .iter()
-                .map(|a| (a.number, a.status))
-                .collect()
-        };
-        assert_eq!(statuses(flaky.id), [(1, Some(503)), (2, Some(200))]);
-        down = bus
-            .outbox()
-            .dead()
-            .map(|d| d.unwrap())
-            .find(|d| d.event_name == "down.thing")
-            .unwrap();
-        assert_eq!(statuses(down.id), [(1, Some(503)), (2, Some(503))]);
+        (flaky, down) = flaky_and_down(&bus);
         events = [flaky.event_id, down.event_id];
         let sub = bus
             .subscriptions()
@@ -533,9 +553,10 @@ fn a_version_4_store_keeps_its_attempts_and_counts_through_format_5() {
     wait_until(LONG, "the revived delivery delivered", || {
         bus.outbox().get(down.id).unwrap().unwrap().state == DeliveryState::Delivered
     });
-    let attempts = bus.outbox().attempts(down.id).unwrap();
-    let seen: Vec<_> = attempts.iter().map(|a| (a.number, a.status)).collect();
-    assert_eq!(seen, [(1, Some(503)), (2, Some(503)), (3, Some(204))]);
+    assert_eq!(
+        attempt_statuses(&bus, down.id),
+        [(1, Some(503)), (2, Some(503)), (3, Some(204))]
+    );
     // Purging removes both deliveries with all their attempts, and their
     // events (counted 1 each by format 4).
     let far = hookbus::Timestamp::now().saturating_add(Duration::from_secs(60));
@@ -592,20 +613,12 @@ fn format_5_keeps_the_newest_attempt_in_the_delivery_and_counts_of_one_implicit(
         };
         (flaky, ok) = (find(f), find(o));
         assert_eq!(flaky.attempts, 5);
-        let seen = |id| -> Vec<(u32, Option<u16>)> {
-            bus.outbox()
-                .attempts(id)
-                .unwrap()
-                .iter()
-                .map(|a| (a.number, a.status))
-                .collect()
-        };
         assert_eq!(
-            seen(flaky.id),
+            attempt_statuses(&bus, flaky.id),
             [(4, Some(500)), (5, Some(204))],
             "the newest 2"
         );
-        assert_eq!(seen(ok.id), [(1, Some(204))]);
+        assert_eq!(attempt_statuses(&bus, ok.id), [(1, Some(204))]);
         bus.shutdown(Duration::from_secs(1)).unwrap();
     }
     // Stored: one attempt key (flaky's 4th; the 5th and ok's only one are
@@ -633,39 +646,14 @@ fn format_5_keeps_the_newest_attempt_in_the_delivery_and_counts_of_one_implicit(
 
 #[test]
 fn a_version_5_store_opens_with_its_attempts() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v5");
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    copy_dir(&fixture, &store);
-    assert_eq!(format_marker(&store), [5]);
+    let (_dir, store) = fixture_copy(5);
     assert_eq!(
         keys_under(&store, b"a"),
         2,
         "only the first attempts of Flaky and Down are under attempt keys"
     );
     let bus = builder(&store).deliver(false).open().unwrap();
-    let stats = consistent(&bus);
-    assert_eq!((stats.pending, stats.delivered, stats.dead), (8, 1, 2));
-    let statuses = |event: &str, d: Option<hookbus::Delivery>| {
-        let d = d.unwrap();
-        assert_eq!(d.event_name, event);
-        let a = bus.outbox().attempts(d.id).unwrap();
-        a.iter().map(|a| (a.number, a.status)).collect::<Vec<_>>()
-    };
-    let flaky = bus.outbox().delivered().next().map(|d| d.unwrap());
-    assert_eq!(
-        statuses("flaky.thing", flaky),
-        [(1, Some(503)), (2, Some(200))]
-    );
-    let down = bus
-        .outbox()
-        .dead()
-        .map(|d| d.unwrap())
-        .find(|d| d.event_name == "down.thing");
-    assert_eq!(
-        statuses("down.thing", down),
-        [(1, Some(503)), (2, Some(503))]
-    );
+    flaky_and_down(&bus);
     let subs = bus.subscriptions().list().unwrap();
     let names: Vec<_> = subs.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["Flaky", "Down", "Hub", "Standard", "Tenant"]);
