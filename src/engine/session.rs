@@ -334,6 +334,8 @@ impl Session {
                 reason: reason.to_string(),
             });
         }
+        // Always, after `put_attempt`: a store may keep the attempt with
+        // the record (see `Writer::put_attempt`).
         self.put_outcome(&current, new);
         Ok(gone)
     }

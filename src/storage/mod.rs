@@ -486,9 +486,10 @@ pub(crate) trait Writer: Send + fmt::Debug {
     }
     /// Removes a finished delivery, its index entries and its attempts.
     fn remove_delivery(&mut self, old: &Delivery) -> Result<()>;
-    /// Writes an attempt of a delivery. The engine then writes the
-    /// delivery (its outcome) in the same round, so a store may keep the
-    /// attempt with that record (sled since format 5: the newest attempt).
+    /// Writes an attempt of a delivery. The engine always writes the
+    /// delivery (its outcome) next, in the same round, so a store may keep
+    /// the attempt with that record (sled since format 5: the newest
+    /// attempt, staged until the record is written).
     /// Fails only if a stored record had to be read and could not be.
     fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt) -> Result<()>;
     /// Removes attempt number `n` of a delivery (kept attempts are

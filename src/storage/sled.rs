@@ -289,7 +289,6 @@ pub(crate) fn open(
         ops: 0,
         syncer,
         newest: HashMap::new(),
-        unwritten: Vec::new(),
         legacy_attempts,
         failed: None,
     };
@@ -699,9 +698,6 @@ pub(crate) struct SledWriter {
     /// The newest attempt of each delivery whose record or attempt this
     /// batch writes, as its record is to hold it. Cleared at commit.
     newest: HashMap<DeliveryId, Option<Attempt>>,
-    /// Deliveries whose attempt this batch staged before writing their
-    /// record (the engine writes it next; [`Writer::commit`] does if not).
-    unwritten: Vec<DeliveryId>,
     /// The store was upgraded from a format before 5 (see the layout).
     legacy_attempts: bool,
     /// A read that a staged write needed failed: the batch is not applied.
@@ -817,35 +813,12 @@ impl SledWriter {
             };
             self.newest.insert(d.id, last);
         }
-        self.unwritten.retain(|id| *id != d.id);
         let bytes = StoredDeliveryRef {
             delivery: d,
             last_attempt: self.newest.get(&d.id).and_then(Option::as_ref),
         }
         .encode();
         self.insert(&key16(DLV, d.id.to_bytes()), &bytes);
-    }
-
-    /// Forgets what this batch staged for a delivery that is removed.
-    fn forget(&mut self, id: DeliveryId) {
-        self.newest.remove(&id);
-        self.unwritten.retain(|u| *u != id);
-    }
-
-    /// Writes the records of deliveries whose attempt was staged without
-    /// their record (the engine always writes it; kept correct if not).
-    fn write_unwritten(&mut self) -> Result<()> {
-        for id in std::mem::take(&mut self.unwritten) {
-            match self.reader.stored_delivery(id)? {
-                Some(s) => self.put_record(&s.delivery, false),
-                None => {
-                    if let Some(Some(a)) = self.newest.get(&id).cloned() {
-                        self.insert(&attempt_key(id, a.number), &encode(&a));
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Moves a raw record aside under the quarantine prefix.
@@ -931,18 +904,18 @@ impl Writer for SledWriter {
             for k in self.reader.attempt_keys(old.id)? {
                 self.remove(&k);
             }
-            // The one this batch may have moved there.
-            self.remove(&attempt_key(old.id, old.attempts.saturating_sub(1)));
         }
         self.remove(&state_key(old));
         self.remove(&by_sub_key(old.subscription_id, old.id));
         self.remove(&key16(DLV, old.id.to_bytes()));
-        self.forget(old.id);
+        self.newest.remove(&old.id);
         Ok(())
     }
 
     /// The attempt goes into the delivery's record, which the engine writes
-    /// next; the one it held before moves to its attempt key.
+    /// next in the same batch (the trait's contract: `Session::record_attempt`
+    /// always stages the outcome); the one it held before moves to its
+    /// attempt key.
     fn put_attempt(&mut self, id: DeliveryId, attempt: &Attempt) -> Result<()> {
         let previous = if attempt.number <= 1 && !self.newest.contains_key(&id) {
             None
@@ -953,9 +926,6 @@ impl Writer for SledWriter {
             self.insert(&attempt_key(id, p.number), &encode(&p));
         }
         self.newest.insert(id, Some(attempt.clone()));
-        if !self.unwritten.contains(&id) {
-            self.unwritten.push(id);
-        }
         Ok(())
     }
 
@@ -1015,7 +985,7 @@ impl Writer for SledWriter {
         if let Some(v) = self.reader.tree.get(k)? {
             self.quarantine(&k, &v);
         }
-        self.forget(entry.delivery);
+        self.newest.remove(&entry.delivery);
         self.remove_index_entry(state, entry);
         Ok(())
     }
@@ -1036,9 +1006,8 @@ impl Writer for SledWriter {
     }
 
     fn commit(&mut self) -> Result<()> {
-        let unwritten = self.write_unwritten();
         self.newest.clear();
-        if let Err(e) = self.failed.take().map_or(unwritten, Err) {
+        if let Some(e) = self.failed.take() {
             self.batch = sled::Batch::default();
             self.ops = 0;
             return Err(e);
