@@ -143,8 +143,11 @@ impl Bus {
     ///
     /// The data is serialized to JSON now; those exact bytes are the body of
     /// every request. The event is queued for the dispatcher thread and is
-    /// durable once a later [`flush`](Bus::flush) returns (or the
-    /// dispatcher's next group commit, usually within a millisecond).
+    /// durable once a later [`flush`](Bus::flush) returns. (Sooner in
+    /// practice: the dispatcher commits it within a round, and sled's
+    /// background flusher makes that durable within 20 ms; a round of
+    /// publishes with no barrier waiting is not flushed on its own, so a
+    /// stream of them costs one flush per barrier, not one per round.)
     /// An event that no subscription names is accepted and dropped.
     ///
     /// Errors: [`Error::InvalidEventName`], [`Error::Serialize`],

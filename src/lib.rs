@@ -47,7 +47,8 @@
 //! channel; it never touches the network or the disk. A dispatcher thread,
 //! the store's only writer, takes queued events in batches, writes each
 //! event with one delivery per matching active subscription in one atomic
-//! batch, and flushes once per batch (group commit). A pool of sender
+//! batch, and flushes once for every barrier waiting in it (group commit).
+//! A pool of sender
 //! threads POSTs due deliveries and reports each outcome back to the
 //! dispatcher, which records it.
 //!

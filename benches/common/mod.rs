@@ -106,9 +106,14 @@ impl Receiver {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let app = axum::Router::new().fallback(move || {
+                // Reads the body, as a real receiver does to check the
+                // signature: one that answers without reading it makes
+                // hyper close the connection whenever the body had not
+                // arrived with the headers, and the clients reconnect.
+                let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
                     let (c, f, p) = (c.clone(), f.clone(), p.clone());
                     async move {
+                        std::hint::black_box(body);
                         if !delay.is_zero() {
                             p.fetch_max(f.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
                             let _guard = InFlight(f);

@@ -2,9 +2,10 @@
 //!
 //! It takes commands (published events, changes, barriers) from the command
 //! channel and outcomes from the senders, applies them through the write
-//! [`Session`] in rounds, flushes once per round (group commit), completes
-//! the waiters of the round — each with its own result — runs maintenance
-//! in chunks, and hands due deliveries to the senders. Data flows one way:
+//! [`Session`] in rounds, flushes once per round a barrier waits in (group
+//! commit), completes the waiters of the round — each with its own result
+//! — runs maintenance in chunks, and hands due deliveries to the senders
+//! (a round of outcomes alone hands them out before it commits). Data flows one way:
 //! publish → dispatcher → store → senders → outcomes → dispatcher.
 //!
 //! Errors are per command and sticky: a command that fails gets its own
@@ -85,6 +86,9 @@ pub(crate) fn start(
         host_index: HashMap::new(),
         rr_cursor: None,
         in_flight: HashSet::new(),
+        settling: HashSet::new(),
+        settling_subs: HashSet::new(),
+        round_took_commands: false,
         flows: HashMap::new(),
         windows: HashMap::new(),
         parked: Vec::new(),
@@ -146,6 +150,14 @@ struct Dispatcher {
     /// The last subscription served: the next pass starts after it.
     rr_cursor: Option<SubscriptionId>,
     in_flight: HashSet<DeliveryId>,
+    /// Deliveries whose outcome is staged, not yet committed: the store
+    /// still shows them as they were before the request, so a dispatch
+    /// before the commit (`dispatch_early`) must not send them again.
+    settling: HashSet<DeliveryId>,
+    /// Their subscriptions (a FIFO queue's next head waits for the commit).
+    settling_subs: HashSet<SubscriptionId>,
+    /// This round took a command (not only outcomes).
+    round_took_commands: bool,
     flows: HashMap<SubscriptionId, Flow>,
     /// Keyed publishes waiting for their key's lock (see
     /// `on_publish_command`).
@@ -251,6 +263,7 @@ impl Dispatcher {
         self.finish_round();
         loop {
             self.wait_and_take();
+            self.dispatch_early();
             self.retry_parked();
             self.finish_round();
             if !self.jobs.is_empty() {
@@ -278,6 +291,7 @@ impl Dispatcher {
     /// Blocks until there is something to do (or the next delivery is due),
     /// then takes everything available, up to a round's worth.
     fn wait_and_take(&mut self) {
+        self.round_took_commands = false;
         let timeout = self.wait_time();
         let commands = self.commands.clone();
         select! {
@@ -358,13 +372,20 @@ impl Dispatcher {
     }
 
     fn handle(&mut self, cmd: Command) {
+        self.round_took_commands = true;
         if let Command::Poll = cmd {
             // Nothing to write: no flush for it.
             self.next_poll = 0;
             self.s.rescan = true;
             return;
         }
-        self.must_flush = true;
+        // A publish without a waiter is no barrier: it is durable once a
+        // barrier's round (or sled's own flusher, every few ms) flushes it,
+        // so a stream of publishes costs one flush per barrier, not one per
+        // round.
+        if !matches!(cmd, Command::Publish { done: None, .. }) {
+            self.must_flush = true;
+        }
         match cmd {
             Command::Poll => {}
             Command::Publish {
@@ -659,6 +680,10 @@ impl Dispatcher {
     /// Commits what is staged; if that fails, the waiters whose writes were
     /// in it fail, and events without a waiter count as lost.
     fn commit(&mut self) {
+        // Committed (or failed, and then the store still shows them
+        // pending: sent again, at least once).
+        self.settling.clear();
+        self.settling_subs.clear();
         match self.s.commit() {
             Ok(()) => {}
             Err(e) => {
@@ -789,6 +814,8 @@ impl Dispatcher {
 
     fn on_outcome(&mut self, o: Outcome) {
         self.in_flight.remove(&o.delivery);
+        self.settling.insert(o.delivery);
+        self.settling_subs.insert(o.subscription);
         let flow = self.flows.entry(o.subscription).or_default();
         flow.in_flight = flow.in_flight.saturating_sub(1);
         flow.heard_at = now_ms();
@@ -1118,6 +1145,28 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// A round of outcomes alone hands out the next jobs before it commits,
+    /// so senders work while the store writes (the commit is most of a
+    /// round's time with few senders). Safe then: the store differs from
+    /// what it shows only in the settling deliveries, which are skipped.
+    /// Not in a round that took commands or changed a subscription (an
+    /// auto-disable, a FIFO halt, a revival), nor for a shared store
+    /// (claims), nor while closing.
+    fn dispatch_early(&mut self) {
+        if self.settling.is_empty()
+            || self.round_took_commands
+            || self.closing.is_some()
+            || !self.s.changed_subs.is_empty()
+            || !self.s.revived_subs.is_empty()
+            || self.s.reader().shared()
+        {
+            return;
+        }
+        self.dispatch();
+        // Plan again after the commit, on the store as it then is.
+        self.s.rescan = true;
+    }
+
     /// Hands due deliveries to free senders, fairly between subscriptions.
     fn dispatch(&mut self) {
         if !self.s.config.deliver {
@@ -1194,8 +1243,13 @@ impl Dispatcher {
                 }
             }
             if policy.order.is_fifo() {
-                // One in flight: its outcome wakes the loop.
-                if self.flows.get(&sub).is_some_and(|f| f.in_flight > 0) {
+                // One in flight: its outcome wakes the loop. The next head
+                // waits until that outcome is committed too: sent before,
+                // a crash in between would send the acknowledged one again
+                // after it (out of order).
+                if self.flows.get(&sub).is_some_and(|f| f.in_flight > 0)
+                    || self.settling_subs.contains(&sub)
+                {
                     continue;
                 }
                 let Some(head) = self.fifo_head(sub) else {
@@ -1349,7 +1403,9 @@ impl Dispatcher {
         for entry in self.s.reader().due(sub) {
             match entry {
                 Ok(e) if !delivery::is_due(e.at, now, self.horizon) => break,
-                Ok(e) if self.in_flight.contains(&e.delivery) => {}
+                Ok(e)
+                    if self.in_flight.contains(&e.delivery)
+                        || self.settling.contains(&e.delivery) => {}
                 Ok(e) => {
                     batch.push(e);
                     if batch.len() == room {

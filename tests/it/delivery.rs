@@ -639,3 +639,88 @@ fn an_answer_closes_the_circuit_breaker() {
     wait_until(LONG, "all delivered", delivered(&bus, 7));
     consistent(&bus);
 }
+
+/// Each attempt goes out once, and a retry no sooner than its schedule
+/// says. A round of outcomes alone hands out the next jobs before it
+/// stores those outcomes, while the store still shows the deliveries they
+/// finish or reschedule as due: those must not be sent (or dropped from
+/// the due index) then. Every fifth delivery fails its first attempt (a
+/// retry 100 ms later), to a parallel subscription and a FIFO one, with 1
+/// and with 4 senders: it arrives twice, 100 ms apart (±20 % jitter), every
+/// other delivery once, the FIFO one's in publish order, and the counters
+/// match the records.
+#[test]
+fn no_attempt_goes_out_twice_or_early_while_its_outcome_is_stored() {
+    const N: i64 = 100;
+    for senders in [1, 4] {
+        let seen = Arc::new(std::sync::Mutex::new(HashSet::new()));
+        let s = seen.clone();
+        let rx = TestReceiver::with(move |req| {
+            if req.json()["n"].as_i64().unwrap() % 5 == 0
+                && s.lock().unwrap().insert(req.delivery_id())
+            {
+                Reply::status(500)
+            } else {
+                Reply::ok()
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let bus = builder(dir.path())
+            .senders(senders)
+            .retry_schedule(vec![Duration::from_millis(100); 3])
+            .open()
+            .unwrap();
+        bus.subscribe(NewSubscription::new("parallel", rx.url("/p")).event("e"))
+            .unwrap();
+        bus.subscribe(
+            NewSubscription::new("fifo", rx.url("/f"))
+                .event("e")
+                .order(DeliveryOrder::FIFO),
+        )
+        .unwrap();
+        for n in 0..N {
+            bus.publish("e", &json!({ "n": n })).unwrap();
+        }
+        bus.flush().unwrap();
+        wait_until(
+            LONG,
+            "every delivery delivered",
+            delivered(&bus, 2 * N as u64),
+        );
+        let stats = consistent(&bus);
+        assert_eq!((stats.pending, stats.dead), (0, 0));
+        bus.shutdown(Duration::from_secs(5)).unwrap();
+        let reqs = rx.requests();
+        let mut sent: std::collections::HashMap<String, Vec<&crate::receiver::Request>> =
+            Default::default();
+        for r in &reqs {
+            sent.entry(r.delivery_id()).or_default().push(r);
+        }
+        assert_eq!(sent.len(), 2 * N as usize, "{senders} sender(s)");
+        for (id, tries) in &sent {
+            let n = tries[0].json()["n"].as_i64().unwrap();
+            let expected = if n % 5 == 0 { 2 } else { 1 };
+            assert_eq!(
+                tries.len(),
+                expected,
+                "{senders} sender(s), delivery {id} (n = {n})"
+            );
+            if let [first, second] = &tries[..] {
+                let gap = second.at - first.at;
+                assert!(
+                    gap >= Duration::from_millis(70),
+                    "{senders} sender(s), delivery {id}: retried after {gap:?}"
+                );
+            }
+        }
+        let fifo: Vec<i64> = reqs
+            .iter()
+            .filter(|r| r.path.starts_with("/f"))
+            .map(|r| r.json()["n"].as_i64().unwrap())
+            .collect();
+        let expected: Vec<i64> = (0..N)
+            .flat_map(|n| if n % 5 == 0 { vec![n, n] } else { vec![n] })
+            .collect();
+        assert_eq!(fifo, expected, "{senders} sender(s)");
+    }
+}
