@@ -54,6 +54,11 @@ const MAX_ROUND_WRITES: usize = 2048;
 const PAYLOAD_CACHE_BYTES: usize = 8 * 1024 * 1024;
 /// The longest the loop sleeps without a reason to wake.
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// Outcomes alone wait, staged, at most this long for a commit (see
+/// [`Dispatcher::defer_commit`]).
+const DEFER_FOR: Duration = Duration::from_millis(1);
+/// ... and at most this many of them.
+const DEFER_MAX: usize = 64;
 
 /// Starts the sender pool and the dispatcher; returns the command channel
 /// and the dispatcher's handle.
@@ -89,6 +94,8 @@ pub(crate) fn start(
         settling: HashSet::new(),
         settling_subs: HashSet::new(),
         round_took_commands: false,
+        deferred_since: None,
+        outcome_writes: 0,
         flows: HashMap::new(),
         windows: HashMap::new(),
         parked: Vec::new(),
@@ -158,6 +165,12 @@ struct Dispatcher {
     settling_subs: HashSet<SubscriptionId>,
     /// This round took a command (not only outcomes).
     round_took_commands: bool,
+    /// Since when outcomes wait, staged, for a commit (see
+    /// [`Dispatcher::defer_commit`]).
+    deferred_since: Option<Instant>,
+    /// How many of the staged writes outcomes made (a commit can wait only
+    /// while they are all there is).
+    outcome_writes: usize,
     flows: HashMap<SubscriptionId, Flow>,
     /// Keyed publishes waiting for their key's lock (see
     /// `on_publish_command`).
@@ -320,6 +333,14 @@ impl Dispatcher {
     }
 
     fn wait_time(&self) -> Duration {
+        let wait = self.wait_for_work();
+        match self.deferred_since {
+            Some(since) => wait.min(DEFER_FOR.saturating_sub(since.elapsed())),
+            None => wait,
+        }
+    }
+
+    fn wait_for_work(&self) -> Duration {
         if !self.jobs.is_empty() {
             return Duration::ZERO;
         }
@@ -681,9 +702,15 @@ impl Dispatcher {
     /// in it fail, and events without a waiter count as lost.
     fn commit(&mut self) {
         // Committed (or failed, and then the store still shows them
-        // pending: sent again, at least once).
+        // pending: sent again, at least once). Plan again on the store as
+        // it now is.
+        if !self.settling.is_empty() {
+            self.s.rescan = true;
+        }
         self.settling.clear();
         self.settling_subs.clear();
+        self.deferred_since = None;
+        self.outcome_writes = 0;
         match self.s.commit() {
             Ok(()) => {}
             Err(e) => {
@@ -705,6 +732,9 @@ impl Dispatcher {
 
     /// Commits and flushes what this round wrote, then completes its waiters.
     fn finish_round(&mut self) {
+        if self.defer_commit() {
+            return;
+        }
         let unwaited = self.unwaited_in_batch;
         self.commit();
         for (sub, at) in self.s.added.drain() {
@@ -900,7 +930,10 @@ impl Dispatcher {
             o.retry_after,
             fastrand::f64(),
         );
-        match self.s.record_attempt(o.delivery, &o.attempt, &decision) {
+        let staged = self.s.staged_writes();
+        let recorded = self.s.record_attempt(o.delivery, &o.attempt, &decision);
+        self.outcome_writes += self.s.staged_writes().saturating_sub(staged);
+        match recorded {
             Ok(true) => {
                 if let Err(e) = self.deactivate(o.subscription) {
                     tracing::error!(subscription = %o.subscription, error = %e, "could not deactivate");
@@ -1163,8 +1196,42 @@ impl Dispatcher {
             return;
         }
         self.dispatch();
-        // Plan again after the commit, on the store as it then is.
-        self.s.rescan = true;
+    }
+
+    /// Whether this round's commit can wait: a round of outcomes alone
+    /// (under the conditions of [`dispatch_early`](Self::dispatch_early),
+    /// no waiter, nothing to flush, no maintenance) is committed together
+    /// with the next ones, up to [`DEFER_MAX`] outcomes or [`DEFER_FOR`]
+    /// after the first. Each sled commit costs about as much as a
+    /// request to a local receiver (it hands its log buffer to sled's I/O
+    /// threads twice), so with few senders one per outcome halves their
+    /// rate. What waits is only outcomes: until committed they are lost in
+    /// a crash as unflushed ones are (the deliveries are sent again), the
+    /// dispatcher skips their deliveries (`settling`), and the outbox's
+    /// listings and counters show them up to [`DEFER_FOR`] late.
+    fn defer_commit(&mut self) -> bool {
+        let eligible = !self.settling.is_empty()
+            && self.done.is_empty()
+            && !self.must_flush
+            && !self.round_took_commands
+            && self.parked.is_empty()
+            && self.jobs.is_empty()
+            && self.closing.is_none()
+            && self.s.changed_subs.is_empty()
+            && self.s.revived_subs.is_empty()
+            // Only outcomes' writes: anything else staged (a delivery the
+            // dispatcher quarantined or finished instead of sending, an
+            // expired key) would be met again, as the store still shows it,
+            // by the next pass before the commit.
+            && self.s.staged_writes() == self.outcome_writes
+            && self.outcome_writes < MAX_ROUND_WRITES
+            && self.settling.len() < DEFER_MAX
+            && !self.s.reader().shared();
+        if !eligible {
+            return false;
+        }
+        let since = *self.deferred_since.get_or_insert_with(Instant::now);
+        since.elapsed() < DEFER_FOR
     }
 
     /// Hands due deliveries to free senders, fairly between subscriptions.
