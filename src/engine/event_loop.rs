@@ -5,8 +5,9 @@
 //! [`Session`] in rounds, flushes once per round a barrier waits in (group
 //! commit), completes the waiters of the round — each with its own result
 //! — runs maintenance in chunks, and hands due deliveries to the senders
-//! (a round of outcomes alone hands them out before it commits). Data flows one way:
-//! publish → dispatcher → store → senders → outcomes → dispatcher.
+//! (a round of outcomes alone hands them out before it commits, and may
+//! wait to commit with the next ones). Data flows one way: publish →
+//! dispatcher → store → senders → outcomes → dispatcher.
 //!
 //! Errors are per command and sticky: a command that fails gets its own
 //! error; a published event without a waiter that could not be stored (or
