@@ -204,8 +204,92 @@ fn fan_out(c: &mut Criterion) {
     g.finish();
 }
 
+/// The process's CPU time so far (user + system, from `/proc/self/stat`;
+/// `None` elsewhere): the ceiling below reports CPU per delivery with it.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Prints the CPU time (all threads, receiver included) and the wall time
+/// per delivery of a measurement that started when `cpu` was taken.
+fn report_cpu(name: &str, deliveries: u64, cpu: Option<Duration>, took: Duration) {
+    if let (Some(before), Some(after)) = (cpu, process_cpu()) {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / deliveries as f64;
+        eprintln!(
+            "end_to_end/{name}: {:.1} us of CPU per delivery (all threads), {:.1} us wall",
+            per(after - before),
+            per(took)
+        );
+    }
+}
+
+/// The store's share alone: `n` deliveries' writes in hookbus's pattern
+/// (store format 5), straight into sled from one thread, with no engine and
+/// no HTTP. Made: per event the event, the delivery, its due and
+/// by-subscription entries, in rounds of 256 (the engine's round) with the
+/// counters and the sequence counter. Delivered at the first attempt: the
+/// delivery rewritten with its attempt, its delivered entry, the due entry
+/// removed, in rounds of 64 (the most outcomes the engine commits
+/// together) with the counters. No flush (the engine flushes only for a
+/// barrier). This is a ceiling for end to end: whatever the engine does,
+/// every delivery costs the store at least this.
+///
+/// With `minimum`, only what any durable outbox on sled must write: the
+/// event and the delivery when made, the delivery rewritten when delivered;
+/// no index, no counters. No layout can cost the store less per delivery.
+fn store_writes_only(tree: &sled::Tree, key: &mut u64, n: u64, payload: &[u8], minimum: bool) {
+    let id = |k: u64| -> [u8; 16] { (u128::from(k) << 1).to_be_bytes() };
+    let sub = id(u64::MAX);
+    let first = *key + 1;
+    let due = |k: u64| [&b"r"[..], &sub[..], &k.to_be_bytes()[..], &id(k)[..]].concat();
+    for round in (0..n).collect::<Vec<_>>().chunks(256) {
+        let mut wb = sled::Batch::default();
+        for _ in round {
+            *key += 1;
+            let k = id(*key);
+            wb.insert([&b"e"[..], &k[..]].concat(), payload);
+            wb.insert([&b"d"[..], &k[..]].concat(), &[0u8; 110][..]);
+            if !minimum {
+                wb.insert(due(*key), &sub[..]);
+                wb.insert([&b"b"[..], &sub[..], &k[..]].concat(), &[][..]);
+            }
+        }
+        if !minimum {
+            wb.insert(&b"mstats"[..], &[0u8; 30][..]);
+            wb.insert([&b"q"[..], &sub[..]].concat(), &key.to_be_bytes()[..]);
+        }
+        tree.apply_batch(wb).unwrap();
+    }
+    for round in (first..=*key).collect::<Vec<_>>().chunks(64) {
+        let mut wb = sled::Batch::default();
+        for &k in round {
+            let ki = id(k);
+            wb.insert([&b"d"[..], &ki[..]].concat(), &[0u8; 150][..]);
+            if !minimum {
+                wb.insert(
+                    [&b"y"[..], &k.to_be_bytes()[..], &ki[..]].concat(),
+                    &sub[..],
+                );
+                wb.remove(due(k));
+            }
+        }
+        if !minimum {
+            wb.insert(&b"mstats"[..], &[0u8; 30][..]);
+        }
+        tree.apply_batch(wb).unwrap();
+    }
+}
+
 /// N events to one subscription on a fast local receiver, until all are
-/// delivered, against a raw loop of ureq POSTs with the same thread count.
+/// delivered, against a raw loop of ureq POSTs with the same thread count;
+/// and the store's writes for N deliveries alone (`store_writes_only`), the
+/// ceiling any engine on this store meets.
 fn end_to_end(c: &mut Criterion) {
     const N: u64 = 1000;
     let mut g = c.benchmark_group("end_to_end");
@@ -214,6 +298,28 @@ fn end_to_end(c: &mut Criterion) {
         .throughput(Throughput::Elements(N));
     let rx = Receiver::start();
     let body = serde_json::to_vec(&order(1)).unwrap();
+    for (name, minimum) in [("store_writes_only", false), ("store_writes_minimum", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path())
+            .cache_capacity(64 << 20)
+            .open()
+            .unwrap();
+        let tree = db.open_tree("bench").unwrap();
+        let mut key = 0u64;
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let cpu = process_cpu();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    store_writes_only(&tree, &mut key, N, &body, minimum);
+                }
+                let took = start.elapsed();
+                report_cpu(name, iters * N, cpu, took);
+                took
+            })
+        });
+    }
     for senders in [1usize, 4, 8] {
         g.bench_function(BenchmarkId::new("baseline_raw_ureq", senders), |b| {
             let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -223,6 +329,7 @@ fn end_to_end(c: &mut Criterion) {
                 .into();
             let url = rx.url();
             b.iter_custom(|iters| {
+                let cpu = process_cpu();
                 let start = Instant::now();
                 for _ in 0..iters {
                     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -249,7 +356,14 @@ fn end_to_end(c: &mut Criterion) {
                         }
                     });
                 }
-                start.elapsed()
+                let took = start.elapsed();
+                report_cpu(
+                    &format!("baseline_raw_ureq/{senders}"),
+                    iters * N,
+                    cpu,
+                    took,
+                );
+                took
             })
         });
         g.bench_function(BenchmarkId::new("hookbus", senders), |b| {
@@ -259,6 +373,7 @@ fn end_to_end(c: &mut Criterion) {
                 .unwrap();
             let ev = order(1);
             b.iter_custom(|iters| {
+                let cpu = process_cpu();
                 let start = Instant::now();
                 for _ in 0..iters {
                     let target = bus.outbox().stats().unwrap().delivered + N;
@@ -269,7 +384,9 @@ fn end_to_end(c: &mut Criterion) {
                         bus.outbox().stats().unwrap().delivered >= target
                     });
                 }
-                start.elapsed()
+                let took = start.elapsed();
+                report_cpu(&format!("hookbus/{senders}"), iters * N, cpu, took);
+                took
             });
             bus.shutdown(Duration::from_secs(5)).unwrap();
         });
