@@ -61,6 +61,18 @@ fn publish(c: &mut Criterion) {
     g.finish();
 }
 
+/// A plain sled database in `dir` with hookbus's default page cache (64 MiB),
+/// and the tree the baselines write to.
+fn raw_sled(dir: &std::path::Path) -> (sled::Db, sled::Tree) {
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(64 << 20)
+        .open()
+        .unwrap();
+    let tree = db.open_tree("bench").unwrap();
+    (db, tree)
+}
+
 /// `batch` events written as the records hookbus writes for them with one
 /// matching subscription (store format 5), as one raw sled batch (the
 /// durable-publish baselines): per event the event record, the delivery
@@ -97,12 +109,7 @@ fn durable_publish(c: &mut Criterion) {
     bus.subscribe(NewSubscription::new("s", dead_url()).events(["order.created"]))
         .unwrap();
     let raw_dir = tempfile::tempdir().unwrap();
-    let raw = sled::Config::new()
-        .path(raw_dir.path())
-        .cache_capacity(64 << 20)
-        .open()
-        .unwrap();
-    let tree = raw.open_tree("bench").unwrap();
+    let (_raw, tree) = raw_sled(raw_dir.path());
     let payload = serde_json::to_vec(&order(1)).unwrap();
     let mut key = 0u64;
     for batch in [1u64, 100, 1000] {
@@ -312,12 +319,7 @@ fn end_to_end(c: &mut Criterion) {
     let body = serde_json::to_vec(&order(1)).unwrap();
     for (name, minimum) in [("store_writes_only", false), ("store_writes_minimum", true)] {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new()
-            .path(dir.path())
-            .cache_capacity(64 << 20)
-            .open()
-            .unwrap();
-        let tree = db.open_tree("bench").unwrap();
+        let (_db, tree) = raw_sled(dir.path());
         let mut key = 0u64;
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
