@@ -375,8 +375,10 @@ impl Builder {
     /// How long an instance's claim on a delivery holds before another
     /// instance may take it over (PostgreSQL only; 1 s to 1 day). A claim
     /// ends early when its result is written; one whose instance stalled or
-    /// died runs out, and the delivery is sent again by another. Keep it
-    /// above the longest request.
+    /// died runs out, and the delivery is sent again by another. It must
+    /// be longer than `connect_timeout + request_timeout` (the longest a
+    /// request can take): `open` refuses a shorter one with
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig).
     ///
     /// Defaults to the connect and request timeouts plus 30 s.
     #[cfg(feature = "postgres")]
@@ -729,6 +731,17 @@ impl Builder {
                     && (l < Duration::from_secs(1) || l > Duration::from_secs(24 * 3600))
                 {
                     return bad(format!("claim_lease must be 1 s to 1 day, got {l:?}"));
+                }
+                if let Some(l) = p.lease {
+                    // A claim that runs out while its request may still be
+                    // under way lets another instance send the delivery at
+                    // the same time.
+                    let longest = c.connect_timeout.saturating_add(c.request_timeout);
+                    if l <= longest {
+                        return bad(format!(
+                            "claim_lease ({l:?}) must be longer than connect_timeout + request_timeout ({longest:?}): a claim that runs out while its request is still under way lets another instance send the same delivery at once; raise claim_lease or lower the timeouts"
+                        ));
+                    }
                 }
                 crate::storage::postgres::validate_schema(&p.schema)?;
                 true

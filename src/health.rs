@@ -183,7 +183,10 @@ impl std::fmt::Display for HealthStatus {
 /// Counts cover every attempt since the subscription was created (written
 /// once per dispatcher round: a crash may lose the last round's counts);
 /// latencies cover the last 100 attempts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+///
+/// Its `Debug` shows of the URL only its scheme, host and port (as
+/// [`Subscription`](crate::Subscription)'s does).
+#[derive(Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct EndpointHealth {
     /// Which subscription.
@@ -226,6 +229,54 @@ pub struct EndpointHealth {
     pub disabled_at: Option<Timestamp>,
     /// Why it was disabled.
     pub disabled_reason: Option<String>,
+}
+
+impl std::fmt::Debug for EndpointHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so that a new field is a compile error here.
+        let EndpointHealth {
+            subscription,
+            name,
+            url,
+            active,
+            status,
+            attempts,
+            successes,
+            failures,
+            consecutive_failures,
+            failing_since,
+            last_success_at,
+            last_failure_at,
+            last_failure_reason,
+            latency_p50_ms,
+            latency_p90_ms,
+            latency_p99_ms,
+            backlog,
+            disabled_at,
+            disabled_reason,
+        } = self;
+        f.debug_struct("EndpointHealth")
+            .field("subscription", subscription)
+            .field("name", name)
+            .field("url", &crate::redact::url(url))
+            .field("active", active)
+            .field("status", status)
+            .field("attempts", attempts)
+            .field("successes", successes)
+            .field("failures", failures)
+            .field("consecutive_failures", consecutive_failures)
+            .field("failing_since", failing_since)
+            .field("last_success_at", last_success_at)
+            .field("last_failure_at", last_failure_at)
+            .field("last_failure_reason", last_failure_reason)
+            .field("latency_p50_ms", latency_p50_ms)
+            .field("latency_p90_ms", latency_p90_ms)
+            .field("latency_p99_ms", latency_p99_ms)
+            .field("backlog", backlog)
+            .field("disabled_at", disabled_at)
+            .field("disabled_reason", disabled_reason)
+            .finish()
+    }
 }
 
 impl EndpointHealth {

@@ -203,6 +203,7 @@ mod policy;
 #[cfg(test)]
 mod proptests;
 mod record;
+mod redact;
 pub mod rest;
 mod retry;
 mod sender;

@@ -69,7 +69,8 @@ pub trait EventType: Serialize {
 /// assert_eq!(first, again); // stored once
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
+///
+/// Its `Debug` shows the payload's length, not its content.
 #[must_use]
 pub struct Message {
     pub(crate) name: String,
@@ -79,6 +80,28 @@ pub struct Message {
     pub(crate) tenant: Option<String>,
     pub(crate) key: Option<String>,
     pub(crate) traceparent: Option<String>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Message {
+            name,
+            payload,
+            tenant,
+            key,
+            traceparent,
+        } = self;
+        let mut s = f.debug_struct("Message");
+        s.field("name", name);
+        match payload {
+            Ok(bytes) => s.field("payload", &format_args!("[{} bytes]", bytes.len())),
+            Err(e) => s.field("payload", &format_args!("[not serialized: {e}]")),
+        };
+        s.field("tenant", tenant)
+            .field("key", key)
+            .field("traceparent", traceparent)
+            .finish()
+    }
 }
 
 impl Message {

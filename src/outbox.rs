@@ -25,9 +25,17 @@ pub const MAX_REPLAY_SPAN: std::time::Duration = std::time::Duration::from_secs(
 /// Take what you need (`.take(50)`) and resume after the last delivery of
 /// a page by its id (`*_after(.., last.id)`): one kind of cursor for every
 /// listing.
-#[derive(Debug, Clone, Copy)]
+///
+/// Its `Debug` shows nothing of the store: `Outbox { .. }`.
+#[derive(Clone, Copy)]
 pub struct Outbox<'a> {
     engine: &'a Engine,
+}
+
+impl std::fmt::Debug for Outbox<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").finish_non_exhaustive()
+    }
 }
 
 /// A lazy listing of deliveries (see [`Outbox`] for the orders).
@@ -433,9 +441,17 @@ impl<'a> Outbox<'a> {
 /// }
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Copy, Debug)]
+///
+/// Its `Debug` shows nothing of the store: `Notices { .. }`.
+#[derive(Clone, Copy)]
 pub struct Notices<'a> {
     pub(crate) engine: &'a Engine,
+}
+
+impl std::fmt::Debug for Notices<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notices").finish_non_exhaustive()
+    }
 }
 
 impl Notices<'_> {

@@ -11,6 +11,9 @@ use crate::ids::{EventId, Timestamp};
 
 /// A published event as stored: its name and the exact JSON bytes that are
 /// sent as the request body.
+///
+/// Its `Debug` shows the payload's length, not its content (a payload may
+/// hold personal data or secrets); read [`payload`](Self::payload) for it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Event {
@@ -43,7 +46,7 @@ impl fmt::Debug for Event {
         f.debug_struct("Event")
             .field("id", &self.id)
             .field("name", &self.name)
-            .field("payload", &String::from_utf8_lossy(&self.payload))
+            .field("payload", &format_args!("[{} bytes]", self.payload.len()))
             .field("created_at", &self.created_at)
             .field("traceparent", &self.traceparent)
             .field("tenant", &self.tenant)

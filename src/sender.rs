@@ -27,8 +27,8 @@ const READ_CAP: u64 = 64 * 1024;
 /// At most this much of it is kept with the attempt.
 const EXCERPT: usize = 1024;
 
-/// One request to make. Its `Debug` leaves out the secrets and header
-/// values.
+/// One request to make. Its `Debug` leaves out the secrets, header values,
+/// payload, and the URL's path and query.
 pub(crate) struct Job {
     pub(crate) delivery: DeliveryId,
     /// The event, sent as `X-Webhook-Event-Id` (the same for every
@@ -67,7 +67,7 @@ impl std::fmt::Debug for Job {
             .field("subscription", &self.subscription)
             .field("event_name", &self.event_name)
             .field("attempt", &self.attempt)
-            .field("url", &self.url)
+            .field("url", &crate::redact::url(&self.url))
             .field(
                 "secrets",
                 &format_args!("[{} redacted]", self.secrets.len()),

@@ -112,8 +112,11 @@ impl Signing {
 
 /// A stored subscription.
 ///
-/// It serializes (for listings and APIs) without its secret.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// It serializes (for listings and APIs) without its secret. Its `Debug`
+/// shows neither the secret nor header values, and of the URL only its
+/// scheme, host and port (chat services' webhook URLs carry their secret
+/// in the path or query).
+#[derive(Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Subscription {
     /// Its id (uuid v7).
@@ -158,6 +161,48 @@ pub struct Subscription {
     pub modified_at: Timestamp,
 }
 
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so that a new field is a compile error here.
+        let Subscription {
+            id,
+            name,
+            events,
+            url,
+            secret,
+            active,
+            owner,
+            signing,
+            previous_secret_until,
+            tenant,
+            headers,
+            rate_limit,
+            order,
+            halted_at,
+            created_at,
+            modified_at,
+        } = self;
+        f.debug_struct("Subscription")
+            .field("id", id)
+            .field("name", name)
+            .field("events", events)
+            .field("url", &crate::redact::url(url))
+            .field("secret", secret)
+            .field("active", active)
+            .field("owner", owner)
+            .field("signing", signing)
+            .field("previous_secret_until", previous_secret_until)
+            .field("tenant", tenant)
+            .field("headers", headers)
+            .field("rate_limit", rate_limit)
+            .field("order", order)
+            .field("halted_at", halted_at)
+            .field("created_at", created_at)
+            .field("modified_at", modified_at)
+            .finish()
+    }
+}
+
 fn header_names<S: serde::Serializer>(
     headers: &[(String, Secret)],
     s: S,
@@ -198,7 +243,9 @@ impl From<SubscriptionRecord> for Subscription {
 ///     .events(["hello", "goodbye"])
 ///     .secret("shh");
 /// ```
-#[derive(Clone, Debug)]
+///
+/// Its `Debug` hides what [`Subscription`]'s does.
+#[derive(Clone)]
 #[must_use]
 pub struct NewSubscription {
     name: String,
@@ -213,6 +260,37 @@ pub struct NewSubscription {
     order: DeliveryOrder,
     /// The tenant is a REST caller's own (`user:<id>`).
     user_tenant: bool,
+}
+
+impl fmt::Debug for NewSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let NewSubscription {
+            name,
+            url,
+            events,
+            secret,
+            owner,
+            signing,
+            tenant,
+            headers,
+            rate_limit,
+            order,
+            user_tenant,
+        } = self;
+        f.debug_struct("NewSubscription")
+            .field("name", name)
+            .field("url", &crate::redact::url(url))
+            .field("events", events)
+            .field("secret", secret)
+            .field("owner", owner)
+            .field("signing", signing)
+            .field("tenant", tenant)
+            .field("headers", headers)
+            .field("rate_limit", rate_limit)
+            .field("order", order)
+            .field("user_tenant", user_tenant)
+            .finish()
+    }
 }
 
 impl NewSubscription {
@@ -326,8 +404,8 @@ impl NewSubscription {
 }
 
 /// Changes to a subscription, for [`Subscriptions::update`]. Fields left
-/// unset keep their value.
-#[derive(Clone, Debug, Default)]
+/// unset keep their value. Its `Debug` hides what [`Subscription`]'s does.
+#[derive(Clone, Default)]
 #[must_use]
 pub struct SubscriptionPatch {
     name: Option<String>,
@@ -341,6 +419,37 @@ pub struct SubscriptionPatch {
     rate_limit: Option<Option<RateLimit>>,
     order: Option<DeliveryOrder>,
     resume: bool,
+}
+
+impl fmt::Debug for SubscriptionPatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let SubscriptionPatch {
+            name,
+            url,
+            events,
+            secret,
+            rotate,
+            active,
+            signing,
+            headers,
+            rate_limit,
+            order,
+            resume,
+        } = self;
+        f.debug_struct("SubscriptionPatch")
+            .field("name", name)
+            .field("url", &url.as_deref().map(crate::redact::url))
+            .field("events", events)
+            .field("secret", secret)
+            .field("rotate", rotate)
+            .field("active", active)
+            .field("signing", signing)
+            .field("headers", headers)
+            .field("rate_limit", rate_limit)
+            .field("order", order)
+            .field("resume", resume)
+            .finish()
+    }
 }
 
 impl SubscriptionPatch {
@@ -712,10 +821,18 @@ fn check_tenant_cap(store: &dyn Reader, tenant: Option<&str>, cap: usize) -> Res
 ///
 /// Changes are made by the dispatcher thread (the store's one writer) and are
 /// on disk when the call returns; the very next publish sees them.
-#[derive(Debug, Clone, Copy)]
+///
+/// Its `Debug` shows nothing of the store: `Subscriptions { .. }`.
+#[derive(Clone, Copy)]
 pub struct Subscriptions<'a> {
     engine: &'a Engine,
     config: &'a Config,
+}
+
+impl fmt::Debug for Subscriptions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriptions").finish_non_exhaustive()
+    }
 }
 
 impl<'a> Subscriptions<'a> {

@@ -103,6 +103,9 @@ pub(crate) fn start(
         done: Vec::new(),
         in_batch: Vec::new(),
         unwaited_in_batch: false,
+        publish_in_batch: false,
+        unflushed_publishes: false,
+        after_commit: Vec::new(),
         lost: None,
         must_flush: false,
         next_due: None,
@@ -182,11 +185,22 @@ struct Dispatcher {
     /// subscription changes.
     windows: HashMap<SubscriptionId, usize>,
     /// The waiters of this round, each with its own result so far.
-    done: Vec<(Done, Result<()>)>,
+    done: Vec<Waiter>,
     /// Waiters (indexes into `done`) whose writes are staged, not committed.
     in_batch: Vec<usize>,
     /// Events without a waiter are staged, not committed.
     unwaited_in_batch: bool,
+    /// Published events (with a waiter or not) are staged, not committed.
+    publish_in_batch: bool,
+    /// Rounds that stored published events (new deliveries, their
+    /// sequence numbers) were committed and no flush has covered them
+    /// yet: nothing is dispatched until one has (`dispatch`), so no
+    /// receiver sees a delivery that a crash could take back.
+    unflushed_publishes: bool,
+    /// Maintenance that staged changes started: queued only once the
+    /// change is committed (a failed commit drops it, and its waiter, if
+    /// any, gets the error), so nothing half-happens.
+    after_commit: Vec<(Job, Option<JobDone>)>,
     /// A loss no barrier has reported yet.
     lost: Option<String>,
     /// This round took events or changes: flush it.
@@ -226,6 +240,12 @@ struct Dispatcher {
     /// When a subscription's failure was last logged at WARN (ms), and how
     /// many were not logged since.
     warned: HashMap<SubscriptionId, (u64, u64)>,
+}
+
+/// A caller waiting for its round: how it is told, and its result so far.
+struct Waiter {
+    done: Done,
+    result: Result<()>,
 }
 
 /// A keyed publish whose key another writer holds, waiting.
@@ -473,7 +493,7 @@ impl Dispatcher {
             Some(done) => {
                 let r = self.take_loss().and(result);
                 self.in_batch.push(self.done.len());
-                self.done.push((done, r));
+                self.done.push(Waiter { done, result: r });
             }
             None => {
                 if let Err(e) = result {
@@ -482,6 +502,7 @@ impl Dispatcher {
                 self.unwaited_in_batch = true;
             }
         }
+        self.publish_in_batch = true;
     }
 
     /// Tries the parked keyed publishes again (see
@@ -511,22 +532,30 @@ impl Dispatcher {
         let mut jobs: Vec<Job> = self.s.jobs.drain(..).collect();
         let last = jobs.pop();
         for job in jobs {
-            self.queue_job(job, None);
+            self.after_commit.push((job, None));
         }
         match (lost, last) {
             (Err(e), last) => {
                 if let Some(job) = last {
-                    self.queue_job(job, None);
+                    self.after_commit.push((job, None));
                 }
-                self.done.push((done, Err(e)));
+                self.done.push(Waiter {
+                    done,
+                    result: Err(e),
+                });
             }
             (Ok(()), None) => {
                 self.in_batch.push(self.done.len());
-                self.done.push((done, Ok(())));
+                self.done.push(Waiter {
+                    done,
+                    result: Ok(()),
+                });
             }
-            // Completes when its maintenance is done.
+            // Completes when its maintenance is done, which starts only
+            // once the change is committed (`commit`).
             (Ok(()), Some(job)) => {
-                self.queue_job(job, Some(Box::new(move |r| done(r.map(|_| ())))));
+                self.after_commit
+                    .push((job, Some(Box::new(move |r| done(r.map(|_| ()))))));
             }
         }
         self.commit();
@@ -713,13 +742,31 @@ impl Dispatcher {
         self.deferred_since = None;
         self.outcome_writes = 0;
         match self.s.commit() {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.publish_in_batch {
+                    self.unflushed_publishes = true;
+                }
+                for (job, done) in std::mem::take(&mut self.after_commit) {
+                    self.queue_job(job, done);
+                }
+            }
             Err(e) => {
                 let m = e.to_string();
                 tracing::error!(error = %m, "store commit failed");
                 for i in self.in_batch.drain(..) {
-                    if self.done[i].1.is_ok() {
-                        self.done[i].1 = Err(store_error(&m));
+                    if self.done[i].result.is_ok() {
+                        self.done[i].result = Err(store_error(&m));
+                    }
+                }
+                // Maintenance a change started goes with the change; a
+                // caller waiting for it hears why.
+                for (_, done) in std::mem::take(&mut self.after_commit) {
+                    if let Some(done) = done {
+                        let m = m.clone();
+                        self.done.push(Waiter {
+                            done: Box::new(move |_| done(Err(store_error(&m)))),
+                            result: Ok(()),
+                        });
                     }
                 }
                 if self.unwaited_in_batch {
@@ -729,6 +776,30 @@ impl Dispatcher {
         }
         self.in_batch.clear();
         self.unwaited_in_batch = false;
+        self.publish_in_batch = false;
+    }
+
+    /// Flushes what is committed; a failure fails this round's waiters.
+    /// Published events not yet flushed stay so (`unflushed_publishes`):
+    /// they are not dispatched until a flush succeeds, and every barrier
+    /// until then fails (its flush does), so none reports Ok for them.
+    fn flush(&mut self) -> Result<()> {
+        match self.s.flush() {
+            Ok(()) => {
+                self.unflushed_publishes = false;
+                Ok(())
+            }
+            Err(e) => {
+                let m = e.to_string();
+                tracing::error!(error = %m, "store flush failed");
+                for w in &mut self.done {
+                    if w.result.is_ok() {
+                        w.result = Err(store_error(&m));
+                    }
+                }
+                Err(store_error(&m))
+            }
+        }
     }
 
     /// Commits and flushes what this round wrote, then completes its waiters.
@@ -736,7 +807,6 @@ impl Dispatcher {
         if self.defer_commit() {
             return;
         }
-        let unwaited = self.unwaited_in_batch;
         self.commit();
         for (sub, at) in self.s.added.drain() {
             let e = self.due_subs.entry(sub).or_insert(at);
@@ -782,21 +852,10 @@ impl Dispatcher {
         let wanted = self.must_flush || !self.done.is_empty();
         if wanted {
             self.must_flush = false;
-            if let Err(e) = self.s.flush() {
-                let m = e.to_string();
-                tracing::error!(error = %m, "store flush failed");
-                for (_, r) in &mut self.done {
-                    if r.is_ok() {
-                        *r = Err(store_error(&m));
-                    }
-                }
-                if unwaited {
-                    self.note_loss(m);
-                }
-            }
+            let _ = self.flush();
         }
-        for (done, r) in self.done.drain(..) {
-            done(r);
+        for w in self.done.drain(..) {
+            (w.done)(w.result);
         }
         let senders = self.pool.as_ref().map_or(0, sender::Pool::alive);
         self.vitals
@@ -828,7 +887,10 @@ impl Dispatcher {
         if let Err(e) = self.s.commit() {
             tracing::error!(error = %e, "maintenance chunk could not be written");
             if let Some((_, Some(done))) = self.jobs.pop_front() {
-                self.done.push((Box::new(move |_| done(Err(e))), Ok(())));
+                self.done.push(Waiter {
+                    done: Box::new(move |_| done(Err(e))),
+                    result: Ok(()),
+                });
             }
             return;
         }
@@ -837,8 +899,10 @@ impl Dispatcher {
             let count = job.count;
             let result = step.map(|_| count);
             if let Some(done) = done {
-                self.done
-                    .push((Box::new(move |flushed| done(flushed.and(result))), Ok(())));
+                self.done.push(Waiter {
+                    done: Box::new(move |flushed| done(flushed.and(result))),
+                    result: Ok(()),
+                });
             }
         }
     }
@@ -1005,7 +1069,7 @@ impl Dispatcher {
         let Some(mut s) = self.s.subscription(id)?.filter(|s| s.active) else {
             return Ok(false);
         };
-        tracing::warn!(subscription = %id, url = %s.url, reason = %why, "subscription disabled; its pending deliveries wait until it is enabled again");
+        tracing::warn!(subscription = %id, url = %crate::redact::url(&s.url), reason = %why, "subscription disabled; its pending deliveries wait until it is enabled again");
         let old = s.clone();
         s.active = false;
         s.modified_at = Timestamp::now();
@@ -1174,7 +1238,9 @@ impl Dispatcher {
     /// die (in chunks, after this round).
     fn deactivate(&mut self, id: SubscriptionId) -> Result<()> {
         if self.disable(id, reason::GONE.to_owned())? {
-            self.queue_job(Job::dead_letter_pending(id, reason::GONE), None);
+            // Once the disable is committed (see `commit`).
+            self.after_commit
+                .push((Job::dead_letter_pending(id, reason::GONE), None));
         }
         Ok(())
     }
@@ -1255,6 +1321,16 @@ impl Dispatcher {
         if free == 0 {
             // Every slot is busy: an outcome wakes the loop, not the clock.
             self.next_due = None;
+            return;
+        }
+        // Nothing leaves before the round that created it is durable: a
+        // receiver must never see a delivery (or a sequence number) that a
+        // crash could take back. Under load this is the round's group
+        // commit; a failed flush holds everything back until one succeeds.
+        if self.unflushed_publishes && self.flush().is_err() {
+            // Try again in a while (a full pass then), not in a busy loop.
+            self.s.rescan = false;
+            self.next_due = Some(now.saturating_add(100));
             return;
         }
         self.s.rescan = false;
@@ -1745,7 +1821,9 @@ impl Dispatcher {
         self.must_flush = true;
         self.finish_round();
         self.s.commit()?;
-        self.s.flush()
+        self.s.flush()?;
+        // Shutdown is a barrier: a loss no barrier reported is its result.
+        self.take_loss()
     }
 }
 

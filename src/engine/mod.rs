@@ -96,13 +96,27 @@ pub(crate) enum Probe {
 
 /// The running engine of one store: the command channel in, the reader
 /// out, and the dispatcher thread. Shared by every clone of a `Bus`.
-#[derive(Debug)]
+///
+/// Its `Debug` shows cheap facts only: never the reader, whose store's
+/// `Debug` walks every record (secrets and payloads included).
 pub(crate) struct Engine {
     tx: RwLock<Option<Sender<Command>>>,
     reader: RwLock<Option<Arc<dyn Reader>>>,
     life: Mutex<Life>,
     shutdown_timeout: Duration,
     vitals: Arc<Vitals>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `try_read`: formatting never waits for (or deadlocks on) a lock.
+        let open = self.tx.try_read().ok().map(|tx| tx.is_some());
+        f.debug_struct("Engine")
+            .field("open", &open)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("vitals", &self.vitals)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]

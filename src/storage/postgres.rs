@@ -1598,7 +1598,9 @@ pub(crate) struct PgWriter {
     reader: PgReader,
     client: Conn,
     ops: Vec<Op>,
-    /// Commits were made that no flush has covered yet.
+    /// Asynchronous commits were made that no synchronous one has covered
+    /// yet (a synchronous commit waits for the WAL up to it, so for every
+    /// commit before it).
     unflushed: bool,
     /// An advisory lock was taken on the connection since the last
     /// `release_locks`.
@@ -1637,17 +1639,42 @@ impl PgWriter {
                 ));
             }
             tracing::warn!("PostgreSQL connection of the writer lost; reconnecting");
-            self.client = Conn::writer(&self.reader.pool.url)?;
+            self.replace_connection();
+            if self.client.is_closed() {
+                self.client = Conn::writer(&self.reader.pool.url)?;
+            }
         }
         Ok(())
     }
 
-    fn apply(&mut self) -> Result<()> {
+    /// Drops the writer's connection for a new one (still closed if no
+    /// new one could be made: the next round tries again). Only rounds of
+    /// attempt outcomes commit asynchronously (see `commit`): if some were
+    /// unconfirmed, a crashed server may have discarded them, and those
+    /// deliveries are sent again (at least once); no event can be lost so.
+    fn replace_connection(&mut self) {
+        if std::mem::take(&mut self.unflushed) {
+            tracing::warn!(
+                "the writer's PostgreSQL connection was lost with attempt outcomes not yet confirmed durable; if the server crashed, those deliveries are sent again"
+            );
+        }
+        match Conn::writer(&self.reader.pool.url) {
+            Ok(fresh) => self.client = fresh,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not reconnect the writer to PostgreSQL yet")
+            }
+        }
+    }
+
+    fn apply(&mut self, durable: bool) -> Result<()> {
         self.reconnect_if_closed()?;
         let pool = self.reader.pool.clone();
         let t = |name: &str| pool.t(name);
         let me: &[u8] = &pool.token[..];
         let mut tx = self.client.transaction()?;
+        if durable {
+            tx.tx.batch_execute("SET LOCAL synchronous_commit TO on")?;
+        }
         // Group commit, as with sled: a round is visible at once but made
         // durable only by `flush` (a barrier), which a crash can only make
         // a delivery be sent again for, never lose a flushed event (the
@@ -2205,11 +2232,8 @@ impl Writer for PgWriter {
         }
         if let Err(e) = self.client.execute("SELECT pg_advisory_unlock_all()", &[]) {
             tracing::error!(error = %e, "could not release the store's locks; dropping the connection");
-            // Closing the connection releases them; the next round
-            // reconnects.
-            if let Ok(fresh) = Conn::writer(&self.reader.pool.url) {
-                self.client = fresh;
-            }
+            // Closing the connection releases them.
+            self.replace_connection();
         }
     }
 
@@ -2221,10 +2245,21 @@ impl Writer for PgWriter {
         if self.ops.is_empty() {
             return Ok(());
         }
-        let r = self.apply();
+        // A round that stores events or new deliveries commits
+        // synchronously: nothing is claimed or sent, here or by another
+        // instance, before what created it is durable, and a sequence
+        // number once sent is never given again. Rounds of outcomes alone
+        // stay asynchronous (one lost in a crash only sends a delivery
+        // again).
+        let durable = self
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::PutEvent(_) | Op::PutDelivery(None, _)));
+        let r = self.apply(durable);
         self.ops.clear();
         match &r {
-            Ok(()) => self.unflushed = true,
+            // A synchronous commit covers every commit before it.
+            Ok(()) => self.unflushed = !durable,
             // A statement the server no longer takes as prepared (a
             // schema changed under it) is prepared afresh next time.
             Err(_) => self.client.stmts = Stmts::default(),
@@ -2239,7 +2274,15 @@ impl Writer for PgWriter {
         if !self.unflushed {
             return Ok(());
         }
-        self.reconnect_if_closed()?;
+        if self.client.is_closed() {
+            // A synchronous commit on a new connection would say nothing
+            // of the old one's unconfirmed commits: this flush fails (a
+            // change this barrier waits for may or may not be stored).
+            self.replace_connection();
+            return Err(store_error(
+                "the PostgreSQL connection was lost before earlier commits were confirmed durable; they may be lost if the server crashed",
+            ));
+        }
         // One message, one round trip. A failure inside leaves the
         // transaction aborted until the ROLLBACK below.
         if let Err(e) = self.client.client.batch_execute(

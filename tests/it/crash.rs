@@ -80,6 +80,9 @@ fn crash_child() {
     if mode == "chaos" {
         return chaos_child(&dir, &url);
     }
+    if mode == "one" {
+        return one_event_child(&dir);
+    }
     let bus = builder(&dir)
         .retry_schedule(vec![Duration::from_secs(3600)])
         .open()
@@ -334,4 +337,98 @@ fn chaos_sigkill_at_random_moments_loses_nothing() {
         ids_by_event.len(),
         started.elapsed()
     );
+}
+
+/// One life of the "one" child: reopen the store (its subscription is
+/// stored), publish one event without a barrier, say so, and wait to be
+/// killed.
+fn one_event_child(dir: &std::path::Path) {
+    let life: u64 = std::env::var("HOOKBUS_LIFE").unwrap().parse().unwrap();
+    let bus = builder(dir).open().unwrap();
+    bus.publish("hello", &json!({ "life": life })).unwrap();
+    println!("\nPUBLISHED");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// A publish without a barrier must not reach a receiver before the round
+/// that stored it is durable: a child is killed the moment the receiver
+/// gets its one event, and the reopened store must hold that delivery, and
+/// no sequence number may be given to two deliveries across the crashes.
+#[test]
+fn sigkill_the_moment_a_delivery_arrives_finds_it_stored_and_numbers_unique() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    const LIVES: u64 = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let life = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let victim: Arc<Mutex<Option<Child>>> = Arc::new(Mutex::new(None));
+    let rx = {
+        let (life, victim) = (life.clone(), victim.clone());
+        TestReceiver::with(move |r| {
+            let this = r.json()["life"].as_u64();
+            if this == Some(life.load(std::sync::atomic::Ordering::SeqCst))
+                && let Some(child) = victim.lock().unwrap().as_mut()
+            {
+                // Before the answer: the child dies with the request open.
+                let _ = child.kill();
+            }
+            Reply::ok()
+        })
+    };
+    {
+        let bus = builder(dir.path()).open().unwrap();
+        bus.subscribe(NewSubscription::new("s", rx.url("/hook")).events(["hello"]))
+            .unwrap();
+        bus.shutdown(Duration::from_secs(5)).unwrap();
+    }
+    for n in 0..LIVES {
+        life.store(n, std::sync::atomic::Ordering::SeqCst);
+        let mut child = spawn_child_with(dir.path(), "one", "", &[("HOOKBUS_LIFE", n.to_string())]);
+        let out = child.stdout.take();
+        *victim.lock().unwrap() = Some(child);
+        let end = Instant::now() + LONG;
+        loop {
+            let exited = victim
+                .lock()
+                .unwrap()
+                .as_mut()
+                .unwrap()
+                .try_wait()
+                .unwrap()
+                .is_some();
+            if exited {
+                break;
+            }
+            assert!(Instant::now() < end, "life {n}: its event never arrived");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        drop(out);
+        victim.lock().unwrap().take();
+    }
+    let received = rx.requests();
+    let bus = builder(dir.path()).deliver(false).open().unwrap();
+    let mut by_sequence: HashMap<String, HashSet<String>> = HashMap::new();
+    for r in &received {
+        let id = r.delivery_id();
+        let stored = bus.outbox().get(id.parse().unwrap()).unwrap();
+        assert!(
+            stored.is_some(),
+            "delivery {id} (life {:?}) reached the receiver but is not in the reopened store",
+            r.json()["life"]
+        );
+        let seq = r.header("X-Webhook-Sequence").unwrap().to_owned();
+        by_sequence.entry(seq).or_default().insert(id);
+    }
+    let lives: HashSet<u64> = received
+        .iter()
+        .filter_map(|r| r.json()["life"].as_u64())
+        .collect();
+    assert_eq!(lives.len() as u64, LIVES, "every life's event arrived");
+    for (seq, ids) in &by_sequence {
+        assert_eq!(
+            ids.len(),
+            1,
+            "sequence number {seq} sent under several deliveries: {ids:?}"
+        );
+    }
 }

@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod compat;
 mod crash;
+mod debug_output;
 mod delivery;
 mod engine;
 mod faults;
@@ -15,7 +16,10 @@ mod hardening;
 mod messages;
 mod operations;
 #[cfg(feature = "postgres")]
+mod pg_faults;
+#[cfg(feature = "postgres")]
 mod postgres;
+mod proxy;
 mod publish;
 mod receiver;
 mod replay;

@@ -16,17 +16,17 @@ use serde_json::json;
 use crate::receiver::{Reply, TestReceiver};
 use crate::{LONG, consistent, wait_until};
 
-fn url() -> String {
+pub(crate) fn url() -> String {
     std::env::var("HOOKBUS_TEST_POSTGRES")
         .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test connect_timeout=5".into())
 }
 
 /// A schema of this test's own, dropped when it ends; `None` (with a
 /// printed notice) when no server answers.
-struct Schema(String);
+pub(crate) struct Schema(pub(crate) String);
 
 impl Schema {
-    fn new(test: &str) -> Option<Schema> {
+    pub(crate) fn new(test: &str) -> Option<Schema> {
         let mut client = match postgres::Client::connect(&url(), postgres::NoTls) {
             Ok(c) => c,
             Err(e) if std::env::var_os("HOOKBUS_REQUIRE_POSTGRES").is_some() => {
@@ -47,9 +47,14 @@ impl Schema {
         Some(Schema(name))
     }
 
-    fn builder(&self) -> Builder {
+    pub(crate) fn builder(&self) -> Builder {
+        self.builder_at(url())
+    }
+
+    /// [`builder`](Self::builder) on another URL (a fault proxy's).
+    pub(crate) fn builder_at(&self, url: String) -> Builder {
         Bus::builder()
-            .postgres(url())
+            .postgres(url)
             .postgres_schema(&self.0)
             .allow_private_targets(true)
             .senders(8)
@@ -66,6 +71,48 @@ impl Drop for Schema {
             let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0));
         }
     }
+}
+
+/// The server's address, for a fault proxy (127.0.0.1:5432 unless
+/// `HOOKBUS_TEST_POSTGRES` names another port).
+pub(crate) fn pg_addr() -> std::net::SocketAddr {
+    let port = url()
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5432);
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The test URL through `proxy`.
+pub(crate) fn proxied(proxy: &crate::proxy::Proxy) -> String {
+    let url = url();
+    let rest: Vec<&str> = url
+        .split_whitespace()
+        .filter(|kv| !kv.starts_with("host=") && !kv.starts_with("port="))
+        .collect();
+    format!("host=127.0.0.1 port={} {}", proxy.port(), rest.join(" "))
+}
+
+/// A receiver that answers its first request with `first`, stalling
+/// `proxy` for 4 s as it does (the instance behind it hears nothing of its
+/// store meanwhile), and every later one with `rest`.
+fn stall_after_first(proxy: &Arc<crate::proxy::Proxy>, first: Reply, rest: Reply) -> TestReceiver {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let proxy = proxy.clone();
+    TestReceiver::with(move |_| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            proxy.stall(true);
+            let p = proxy.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(4));
+                p.stall(false);
+            });
+            first.clone()
+        } else {
+            rest.clone()
+        }
+    })
 }
 
 #[test]
@@ -399,20 +446,20 @@ fn a_result_from_an_expired_claim_does_not_overwrite_newer_state() {
     let Some(schema) = Schema::new("lease") else {
         return;
     };
-    // The first request hangs 4 s and then fails; later ones succeed at once.
-    let seen = Arc::new(AtomicUsize::new(0));
-    let s = seen.clone();
-    let rx = TestReceiver::with(move |_| {
-        if s.fetch_add(1, Ordering::SeqCst) == 0 {
-            Reply::status(500).delay(Duration::from_secs(4))
-        } else {
-            Reply::ok()
-        }
-    });
-    let lease = |b: Builder| b.claim_lease(Duration::from_secs(1));
+    // The first request fails, and A's store connection stalls 4 s as it
+    // is answered (A's result comes late); later requests succeed at once.
+    let proxy = Arc::new(crate::proxy::Proxy::start(pg_addr()));
+    let rx = stall_after_first(&proxy, Reply::status(500), Reply::ok());
+    // A lease is longer than a request can take (open refuses a shorter
+    // one): short timeouts, so a 1 s lease.
+    let lease = |b: Builder| {
+        b.connect_timeout(Duration::from_millis(200))
+            .request_timeout(Duration::from_millis(500))
+            .claim_lease(Duration::from_secs(1))
+    };
     // A stalls after sending: it looks for work only hourly, so it never
     // renews its claim (a live instance does, on its next pass).
-    let a = lease(schema.builder())
+    let a = lease(schema.builder_at(proxied(&proxy)))
         .poll_interval(Duration::from_secs(3600))
         .open()
         .unwrap();
@@ -504,7 +551,8 @@ fn pg_chaos_child() {
         .allow_private_targets(true)
         .senders(8)
         .retry_schedule(vec![Duration::from_millis(10); 20])
-        .request_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_millis(200))
+        .request_timeout(Duration::from_millis(700))
         .claim_lease(Duration::from_secs(1))
         .open()
         .unwrap();
@@ -607,6 +655,8 @@ fn three_processes_and_sigkill_lose_nothing() {
     // run out after a second).
     let bus = schema
         .builder()
+        .connect_timeout(Duration::from_millis(200))
+        .request_timeout(Duration::from_millis(700))
         .claim_lease(Duration::from_secs(1))
         .open()
         .unwrap();
@@ -787,23 +837,19 @@ fn a_late_failure_from_an_expired_claim_does_not_undo_a_newer_retry() {
     let Some(schema) = Schema::new("lease2") else {
         return;
     };
-    // Request 1 hangs 4 s then fails; request 2 fails at once.
-    let seen = Arc::new(AtomicUsize::new(0));
-    let s = seen.clone();
-    let rx = TestReceiver::with(move |_| {
-        if s.fetch_add(1, Ordering::SeqCst) == 0 {
-            Reply::status(500).delay(Duration::from_secs(4))
-        } else {
-            Reply::status(500)
-        }
-    });
+    // Request 1 fails and A's store connection stalls 4 s as it is
+    // answered; request 2 fails at once.
+    let proxy = Arc::new(crate::proxy::Proxy::start(pg_addr()));
+    let rx = stall_after_first(&proxy, Reply::status(500), Reply::status(500));
     // One retry, an hour later: a second failure would make it dead.
     let slow = |b: Builder| {
-        b.claim_lease(Duration::from_secs(1))
+        b.connect_timeout(Duration::from_millis(200))
+            .request_timeout(Duration::from_millis(500))
+            .claim_lease(Duration::from_secs(1))
             .retry_schedule(vec![Duration::from_secs(3600)])
     };
     // A stalls after sending (see the test above).
-    let a = slow(schema.builder())
+    let a = slow(schema.builder_at(proxied(&proxy)))
         .poll_interval(Duration::from_secs(3600))
         .open()
         .unwrap();
