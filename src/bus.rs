@@ -343,7 +343,11 @@ impl Bus {
     /// queued), and how far behind delivery is (backlog, the age of the
     /// oldest due delivery, requests in flight). It never fails: what is
     /// wrong is in [`BusHealth::problems`](crate::BusHealth::problems), and
-    /// `ready` is `false`. Waits at most `timeout` for the probe.
+    /// `ready` is `false`. Waits at most `timeout` for the probe: a
+    /// timeout too large to represent (`Duration::MAX`) waits as long as
+    /// the probe takes; `Duration::ZERO` does not wait, so unless the probe
+    /// was answered at once the dispatcher is reported late (`ready` is
+    /// `false` and a problem says "did not answer within 0ns").
     ///
     /// With the `metrics` feature, the same figures and the delivery
     /// counters also go to the app's `metrics` recorder (see the README's
@@ -451,8 +455,11 @@ impl Bus {
     /// Afterwards the store is released (it can be opened again at once)
     /// and every call on any clone — publishing, reads through
     /// [`subscriptions`](Bus::subscriptions) and [`outbox`](Bus::outbox) —
-    /// returns [`Error::Closed`]. A deadline too large to represent counts as
-    /// "no deadline".
+    /// returns [`Error::Closed`]. A deadline too large to represent
+    /// (`Duration::MAX`) counts as "no deadline": requests in flight are
+    /// waited for, which the connect and request timeouts bound; with
+    /// `Duration::ZERO` they are not waited for (they stay pending). With
+    /// nothing in flight it returns as soon as everything is flushed.
     pub fn shutdown(&self, deadline: Duration) -> Result<()> {
         self.inner.engine.shutdown(deadline)
     }

@@ -561,6 +561,11 @@ impl Builder {
     /// own retry schedule goes on meanwhile (a delivery whose time came
     /// while the breaker was open is sent when it closes).
     ///
+    /// `failures` must be at least 1 and `wait` at most 1 hour
+    /// ([`Error::InvalidConfig`] otherwise). A zero `wait` never holds the
+    /// backlog back: the breaker then only limits a failing subscription to
+    /// one request at a time until one is answered.
+    ///
     /// Defaults to 5 failures, 30 s.
     pub fn circuit_breaker(mut self, failures: u32, wait: Duration) -> Self {
         self.config.breaker_after = failures;
@@ -579,7 +584,9 @@ impl Builder {
 
     /// The delay before each retry; a delivery gets `1 + schedule.len()`
     /// attempts, then is dead (kept in the dead letter queue). Each delay is
-    /// jittered by ±20 %. An empty schedule means one attempt only.
+    /// jittered by ±20 %. An empty schedule means one attempt only. At
+    /// most 100 delays of at most 30 days each ([`Error::InvalidConfig`]
+    /// otherwise); a zero delay retries at once.
     ///
     /// Defaults to 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
     pub fn retry_schedule(mut self, schedule: Vec<Duration>) -> Self {
@@ -640,7 +647,8 @@ impl Builder {
         self
     }
 
-    /// The TCP connect timeout of one delivery attempt.
+    /// The TCP connect timeout of one delivery attempt: more than zero and
+    /// at most 1 hour ([`Error::InvalidConfig`] otherwise).
     ///
     /// Defaults to 5 s.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
@@ -650,7 +658,8 @@ impl Builder {
 
     /// The total time one delivery attempt may take, from resolving the host
     /// to reading the response. A receiver slower than this counts as a
-    /// timeout and is retried later.
+    /// timeout and is retried later. More than zero and at most 1 hour
+    /// ([`Error::InvalidConfig`] otherwise).
     ///
     /// Defaults to 15 s.
     pub fn request_timeout(mut self, d: Duration) -> Self {
@@ -671,6 +680,9 @@ impl Builder {
     /// How long dropping the last [`Bus`](crate::Bus) handle waits for requests in
     /// flight before it stops anyway (what is unfinished is delivered after
     /// the next open). [`Bus::shutdown`](crate::Bus::shutdown) takes its own deadline.
+    /// Any value is accepted: zero does not wait for requests in flight; one
+    /// too large to represent (`Duration::MAX`) waits until they end, which
+    /// the connect and request timeouts bound.
     ///
     /// Defaults to 5 s.
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
@@ -691,7 +703,9 @@ impl Builder {
 
     /// How long [`open`](Self::open) waits for a store held by someone else
     /// before it fails with [`Error::StoreLocked`]. (sled releases a store's
-    /// lock a moment after its last handle is dropped.)
+    /// lock a moment after its last handle is dropped.) Any value is
+    /// accepted: zero does not wait for a store held by someone else; one
+    /// too large to represent (`Duration::MAX`) waits without limit.
     ///
     /// Defaults to 2 s.
     pub fn lock_timeout(mut self, d: Duration) -> Self {
@@ -823,8 +837,11 @@ impl Builder {
             ("connect_timeout", c.connect_timeout),
             ("request_timeout", c.request_timeout),
         ] {
-            if d > MAX_TIMEOUT {
-                return bad(format!("{name} may be at most 1 hour, got {d:?}"));
+            // Zero would time every attempt out before it starts.
+            if d.is_zero() || d > MAX_TIMEOUT {
+                return bad(format!(
+                    "{name} must be more than 0 and at most 1 hour, got {d:?}"
+                ));
             }
         }
         if c.retry_schedule.len() > 100 {
@@ -838,16 +855,15 @@ impl Builder {
             .iter()
             .find(|d| **d > Duration::from_secs(30 * 86_400))
         {
-            return bad(format!("retry delays may be at most 30 days, got {d:?}"));
+            return bad(format!(
+                "retry_schedule delays may be at most 30 days, got {d:?}"
+            ));
         }
         if c.max_payload_bytes == 0 || c.max_payload_bytes > PAYLOAD_HARD_LIMIT {
             return bad(format!(
                 "max_payload_bytes must be 1..={PAYLOAD_HARD_LIMIT}, got {}",
                 c.max_payload_bytes
             ));
-        }
-        if c.connect_timeout.is_zero() || c.request_timeout.is_zero() {
-            return bad("connect_timeout and request_timeout must be non-zero".into());
         }
         if c.cache_capacity < 1024 * 1024 {
             return bad(format!(

@@ -240,8 +240,9 @@ pub(crate) fn attempted(
 /// is treated as due now instead of waiting for the clock to catch up.
 pub(crate) fn due_horizon(schedule: &[Duration]) -> Duration {
     let longest = schedule.iter().max().copied().unwrap_or_default();
+    // +20 %, saturating (`mul_f64` panics on overflow).
     longest
-        .mul_f64(1.2)
+        .saturating_add(longest / 5)
         .max(crate::retry::MAX_RETRY_AFTER)
         .saturating_add(Duration::from_secs(60))
 }
@@ -408,5 +409,11 @@ mod tests {
         // Ten years ahead: the clock stepped back (or was ahead).
         assert!(is_due(now + 10 * 365 * 86_400_000, now, h));
         assert!(!is_due(u64::MAX, u64::MAX - 1, Duration::MAX));
+        // Extreme schedules saturate instead of panicking.
+        assert_eq!(due_horizon(&[Duration::MAX]), Duration::MAX);
+        assert_eq!(
+            due_horizon(&[Duration::ZERO]),
+            crate::retry::MAX_RETRY_AFTER + Duration::from_secs(60)
+        );
     }
 }

@@ -90,6 +90,22 @@ pub enum Error {
         max: usize,
     },
 
+    /// An idempotency key was used within the idempotency window for
+    /// another event: another name, payload or tenant. A retry must send
+    /// the same event; a different event needs a new key (Stripe answers
+    /// such a request with an error too). Nothing was stored.
+    #[error(
+        "idempotency key `{key}` was used within the idempotency window for event {holder}, \
+         which has another name, payload or tenant; a retry must send the same event, \
+         a different event needs a new key"
+    )]
+    IdempotencyKeyReused {
+        /// The key (shortened if long).
+        key: String,
+        /// The event that holds the key.
+        holder: crate::ids::EventId,
+    },
+
     /// An idempotency key is empty, too long or has control characters.
     #[error("idempotency key `{key}` {reason}")]
     InvalidIdempotencyKey {

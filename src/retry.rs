@@ -61,7 +61,8 @@ pub(crate) fn decide(
         ));
     };
     let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
-    let mut delay = base.mul_f64(factor);
+    // What `mul_f64` computes, without its panic on overflow.
+    let mut delay = Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(*base);
     if matches!(attempt.status, Some(429 | 503))
         && let Some(ra) = retry_after
     {
@@ -128,6 +129,19 @@ mod tests {
             ),
             Decision::Dead(_)
         ));
+    }
+
+    #[test]
+    fn extreme_delays_do_not_panic() {
+        let s = [Duration::MAX, Duration::ZERO];
+        assert_eq!(
+            decide(&s, &attempt(1, Some(500), None), None, 1.0),
+            Decision::Retry(Duration::MAX)
+        );
+        assert_eq!(
+            decide(&s, &attempt(2, Some(500), None), None, 1.0),
+            Decision::Retry(Duration::ZERO)
+        );
     }
 
     #[test]

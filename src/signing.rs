@@ -148,7 +148,9 @@ pub enum VerifyError {
 
 /// Verifies a Standard Webhooks request: `headers` are the request's
 /// headers (names in any case), `body` its exact bytes, `tolerance` the
-/// replay window ([`DEFAULT_TOLERANCE`] is the spec's 5 minutes).
+/// replay window ([`DEFAULT_TOLERANCE`] is the spec's 5 minutes), in whole
+/// seconds: `Duration::ZERO` accepts the current second only,
+/// `Duration::MAX` any timestamp.
 ///
 /// Subscriptions with
 /// [`Signing::StandardWebhooks`](crate::Signing::StandardWebhooks) get

@@ -485,7 +485,9 @@ impl SubscriptionPatch {
     /// replaces stays valid for `keep_old_for`. With
     /// [`Signing::StandardWebhooks`] requests carry a signature with each
     /// (receivers accept either); with [`Signing::Hub`] they are signed with
-    /// the new one.
+    /// the new one. A zero `keep_old_for` drops the old one at once; one too
+    /// long to represent (`Duration::MAX`) keeps it until the next change of
+    /// the secret.
     pub fn rotate_secret(
         mut self,
         new: impl Into<String>,

@@ -138,7 +138,10 @@ fn a_server_crash_loses_no_event_a_receiver_or_another_connection_could_see() {
     // What another connection saw committed survived: rounds that store
     // events commit synchronously. (Before, 173 of 3,000 were lost and
     // the first barrier after a probe answered Ok.)
-    assert_eq!(left, N, "events lost in the crash; first barrier: {first:?}");
+    assert_eq!(
+        left, N,
+        "events lost in the crash; first barrier: {first:?}"
+    );
     // The bus goes on by itself.
     bus.publish_durable("e", &json!({ "n": N })).unwrap();
     assert_eq!(count(&mut c, &schema), N + 1);

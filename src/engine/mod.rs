@@ -232,9 +232,10 @@ impl Engine {
 
     /// Checks that the engine thread answers and the store takes a write:
     /// a change that rewrites the outbox counters, committed and flushed,
-    /// within `timeout` (the command queue included).
+    /// within `timeout` (the command queue included). A timeout too large
+    /// to represent (`Duration::MAX`) counts as "no limit".
     pub(crate) fn probe(&self, timeout: Duration) -> Probe {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = crate::clock::deadline_after(timeout);
         let (tx, rx) = crossbeam_channel::bounded::<Result<()>>(1);
         let cmd = Command::Quiet(Box::new(move |s: &mut Session| {
             s.touch_stats();

@@ -385,6 +385,7 @@ fn from_error(e: &Error, in_config: bool) -> ApiResponse {
         Error::InvalidPolicy { .. } => (400, "InvalidPolicy", Some("rateLimit")),
         Error::TenantFull { .. } => (409, "TenantFull", None),
         Error::Conflict { .. } => (409, "Conflict", Some("events")),
+        Error::IdempotencyKeyReused { .. } => (409, "Conflict", None),
         Error::SubscriptionNotFound(_) | Error::DeliveryNotFound(_) | Error::EventNotFound(_) => {
             (404, "NotFound", None)
         }

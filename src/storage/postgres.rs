@@ -2345,7 +2345,36 @@ pub(crate) fn publish_in(
                 &format!("SELECT event FROM {} WHERE key = $1", t("idempotency")),
                 &[&key.as_bytes()],
             )?;
-            return id_of(&held, "event", EventId::from_slice);
+            let holder = id_of(&held, "event", EventId::from_slice)?;
+            // The key binds the event, as in the engine (one purged cannot
+            // be compared: the key holds).
+            let stored = tx.query(
+                &format!(
+                    "SELECT record, tenant, scoped FROM {} WHERE id = $1",
+                    t("events")
+                ),
+                &[&&holder.to_bytes()[..]],
+            )?;
+            if let Some(row) = stored.first() {
+                let scoped: bool = row.try_get(2)?;
+                let held = event_of(
+                    &holder.to_bytes(),
+                    &row.try_get::<_, Vec<u8>>(0)?,
+                    row.try_get(1)?,
+                    scoped,
+                )?;
+                if held.name != event.name
+                    || held.payload != event.payload
+                    || (scoped && held.tenant.as_deref() != tenant)
+                {
+                    let shown = key.rsplit('\0').next().unwrap_or_default();
+                    return Err(Error::IdempotencyKeyReused {
+                        key: shown.chars().take(64).collect(),
+                        holder,
+                    });
+                }
+            }
+            return Ok(holder);
         }
     }
     let rows = tx.query(

@@ -232,10 +232,16 @@ fn parse_time_entry(key: &[u8], value: &[u8]) -> Result<IndexEntry> {
 /// Opens (or creates) the store at `path`: the cloneable reader and the one
 /// writer.
 ///
-/// A crash during the very first open can leave a sled database with no
-/// hookbus data in it yet (sled made its files, the format marker was not
-/// written). Such an empty database is taken over; one that holds anything
-/// else is refused as [`Error::NotAStore`].
+/// A new store (`path` missing or an empty folder) is made in a folder
+/// beside it and renamed into place once it holds its flushed format
+/// marker ([`create_beside`]), so a crash during the very first open leaves
+/// `path` as it was; the next open removes what it left beside it. Where
+/// that cannot be done (no rename onto a mount point or a symlink, a parent
+/// folder that is not writable), sled makes the store in place, and a crash
+/// can leave what sled writes before its first commit: an empty `blobs/`, a
+/// torn `conf` without `db` data, an empty sled database. Such a folder is
+/// taken up as a new store; one that holds anything else is refused as
+/// [`Error::NotAStore`].
 /// With `sync`, every [`Writer::flush`] also syncs the store's files to the
 /// disk (see [`crate::Durability::PowerLoss`]).
 pub(crate) fn open(
@@ -244,12 +250,24 @@ pub(crate) fn open(
     lock_timeout: Duration,
     sync: bool,
 ) -> Result<(SledReader, SledWriter)> {
-    check_is_store_or_empty(path)?;
-    let db = open_db(
-        path,
-        cache_capacity,
-        crate::clock::deadline_after(lock_timeout),
-    )?;
+    let mut lock_timeout = lock_timeout;
+    if check_is_store_or_empty(path)? == Folder::New {
+        remove_stale_beside(path);
+        if create_beside(path, cache_capacity) {
+            // The database was closed a moment ago in this process: sled's
+            // I/O threads can hold its lock a little longer.
+            lock_timeout = lock_timeout.max(Duration::from_secs(2));
+        }
+        // Made beside, made meanwhile by someone else, or still new.
+        check_is_store_or_empty(path)?;
+    }
+    let deadline = crate::clock::deadline_after(lock_timeout);
+    let db = match open_db(path, cache_capacity, deadline) {
+        Err(Error::NotAStore { .. }) if remove_torn(path)? => {
+            open_db(path, cache_capacity, deadline)?
+        }
+        other => other?,
+    };
     let existed = db
         .tree_names()
         .iter()
@@ -1047,11 +1065,20 @@ fn map_open_error(e: sled::Error, path: &Path) -> Error {
     }
 }
 
+/// What [`check_is_store_or_empty`] found at a store's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Folder {
+    /// Nothing, or an empty folder: a new store is made.
+    New,
+    /// A sled database, or only files sled makes before its first commit.
+    Store,
+}
+
 /// Refuses to turn a folder that holds something else into a store.
-fn check_is_store_or_empty(path: &Path) -> Result<()> {
+fn check_is_store_or_empty(path: &Path) -> Result<Folder> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Folder::New),
         Err(e) => return Err(e.into()),
     };
     if !meta.is_dir() {
@@ -1060,16 +1087,239 @@ fn check_is_store_or_empty(path: &Path) -> Result<()> {
             reason: "it is not a folder".into(),
         });
     }
-    let mut entries = std::fs::read_dir(path)?;
-    let empty = entries.next().is_none();
-    if empty || path.join("conf").is_file() || path.join("db").is_file() {
-        return Ok(());
+    let mut entries = std::fs::read_dir(path)?.peekable();
+    if entries.peek().is_none() {
+        return Ok(Folder::New);
+    }
+    // The last test: a crash during sled's first start in place (it makes
+    // `blobs/` before `conf` and `db`) leaves only sled's own files.
+    if path.join("conf").is_file()
+        || path.join("db").is_file()
+        || entries.all(|e| e.is_ok_and(|e| is_sled_entry(&e)))
+    {
+        return Ok(Folder::Store);
     }
     Err(Error::NotAStore {
         path: path.to_path_buf(),
         reason: "the folder is not empty and holds no sled database; pick an empty or new folder"
             .into(),
     })
+}
+
+/// Whether a folder entry is one that sled 0.34 makes in its folder: `conf`,
+/// `db`, `snap.*` files, and `blobs/` holding only blob files (named by
+/// number; empty before sled's first commit).
+fn is_sled_entry(e: &std::fs::DirEntry) -> bool {
+    let Ok(kind) = e.file_type() else {
+        return false;
+    };
+    let name = e.file_name();
+    match name.to_str() {
+        Some("conf" | "db") => kind.is_file(),
+        Some("blobs") => {
+            kind.is_dir()
+                && std::fs::read_dir(e.path()).is_ok_and(|mut blobs| {
+                    blobs.all(|b| {
+                        b.is_ok_and(|b| {
+                            let n = b.file_name();
+                            let n = n.as_encoded_bytes();
+                            !n.is_empty() && n.iter().all(u8::is_ascii_digit)
+                        })
+                    })
+                })
+        }
+        Some(n) => n.starts_with("snap.") && kind.is_file(),
+        None => false,
+    }
+}
+
+/// Removes what a crash while sled wrote a file leaves and sled then
+/// refuses (as corrupt), where that holds no data; says whether it removed
+/// anything. Called once sled has refused the folder.
+///
+/// - `snap.*.generating`: sled writes a snapshot under this name, syncs it
+///   and renames it to `snap.*`; a crash before the rename leaves it torn or
+///   whole. sled 0.34.7 reads it (its filter skips `.in___motion`, an older
+///   name) and refuses a torn one, forever. Without it, sled rebuilds the
+///   same snapshot from the one before (removed only after the rename) and
+///   the log. Every open that finds the log grown writes a snapshot, the
+///   first open too (in the folder, after the rename into place). sled
+///   reads snapshots only once it holds the folder's lock, so its refusal
+///   says no other process was writing this one.
+/// - a torn `conf`: sled writes `conf` in two writes before it makes `db`;
+///   a crash between them leaves one sled refuses. With no data in the
+///   folder ([`holds_no_data`]), sled writes it again (the same text).
+fn remove_torn(path: &Path) -> Result<bool> {
+    let mut removed = false;
+    for e in std::fs::read_dir(path)? {
+        let e = e?;
+        let name = e.file_name();
+        let name = name.as_encoded_bytes();
+        if name.starts_with(b"snap.") && name.ends_with(b".generating") && e.file_type()?.is_file()
+        {
+            tracing::warn!(file = %e.path().display(), "removed an unfinished sled snapshot a crash left");
+            std::fs::remove_file(e.path())?;
+            removed = true;
+        }
+    }
+    if path.join("conf").is_file() && holds_no_data(path) {
+        tracing::warn!(path = %path.display(), "removed the torn sled conf of a crashed first open");
+        std::fs::remove_file(path.join("conf"))?;
+        removed = true;
+    }
+    Ok(removed)
+}
+
+/// Whether the folder holds sled's files and no data at all: no `db` or an
+/// empty one, no snapshot, no blob.
+fn holds_no_data(path: &Path) -> bool {
+    let no_db = match std::fs::metadata(path.join("db")) {
+        Ok(m) => m.is_file() && m.len() == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    };
+    no_db
+        && std::fs::read_dir(path).is_ok_and(|mut entries| {
+            entries.all(|e| {
+                e.is_ok_and(|e| {
+                    is_sled_entry(&e)
+                        && !e.file_name().as_encoded_bytes().starts_with(b"snap.")
+                        && (e.file_name() != "blobs"
+                            || std::fs::read_dir(e.path()).is_ok_and(|mut b| b.next().is_none()))
+                })
+            })
+        })
+}
+
+/// What the folder a new store is made in is called: the store's name,
+/// this, and 16 hex digits.
+const BESIDE: &str = ".hookbus-new-";
+
+/// The parent folder of `path` and the name of a folder beside it that
+/// ends in `BESIDE` and `suffix`; `None` for a path without a last name
+/// (`/`, `..`).
+fn beside<'a>(path: &'a Path, suffix: &str) -> Option<(&'a Path, std::ffi::OsString)> {
+    let name = path.file_name()?;
+    let mut beside = name.to_os_string();
+    beside.push(BESIDE);
+    beside.push(suffix);
+    Some((path.parent().unwrap_or(Path::new("")), beside))
+}
+
+/// Makes a new store for `path` (missing or an empty folder) in a folder
+/// beside it, and renames that into place once the store holds its format
+/// marker and its files are synced: a crash before the rename leaves `path`
+/// untouched (and a folder that [`remove_stale_beside`] removes), one after
+/// it a store. Renaming replaces an empty folder (Linux, macOS) and takes
+/// over its permissions. Returns false, having removed its folder, where
+/// this cannot be done (the rename fails onto a mount point or across file
+/// systems, the parent is not writable, `path` is a symlink): then sled makes
+/// the store in place.
+fn create_beside(path: &Path, cache_capacity: u64) -> bool {
+    // Renaming over a symlink would replace the link, not its target.
+    if path
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
+        return false;
+    }
+    let Some((parent, name)) = beside(path, &format!("{:016x}", fastrand::u64(..))) else {
+        return false;
+    };
+    let new = parent.join(name);
+    let made = (|| -> Result<()> {
+        std::fs::create_dir_all(parent)?;
+        std::fs::create_dir(&new)?;
+        {
+            let db = sled_config(&new, cache_capacity).open()?;
+            let tree = db.open_tree(TREE)?;
+            tree.insert(META_FORMAT, &[STORE_FORMAT])?;
+            tree.flush()?;
+        }
+        // For a power loss: the files, then the folder, before the rename.
+        for file in ["db", "conf"] {
+            let f = std::fs::OpenOptions::new().write(true).open(new.join(file));
+            f?.sync_all()?;
+        }
+        sync_folder(&new);
+        if let Ok(m) = std::fs::metadata(path) {
+            std::fs::set_permissions(&new, m.permissions())?;
+        }
+        std::fs::rename(&new, path)?;
+        sync_folder(parent);
+        Ok(())
+    })();
+    match made {
+        Ok(()) => true,
+        Err(e) => {
+            if let Err(e) = std::fs::remove_dir_all(&new)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(folder = %new.display(), error = %e, "could not remove a new store's folder");
+            }
+            tracing::debug!(path = %path.display(), error = %e, "new store made in place, not beside");
+            false
+        }
+    }
+}
+
+/// Syncs a folder's entries to the disk, where the platform can (not on
+/// Windows): best effort.
+fn sync_folder(path: &Path) {
+    let dir = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+/// Removes the folders that [`create_beside`] left beside `path` when a
+/// crash stopped it before its rename: those named like it that hold only
+/// sled's files. A folder with anything else in it is left alone. Another
+/// process making the same new store at the same moment may lose its
+/// folder: its open then fails or makes the store in place, and one of the
+/// two gets [`Error::StoreLocked`]; no data is in such a folder.
+fn remove_stale_beside(path: &Path) {
+    let Some((parent, prefix)) = beside(path, "") else {
+        return;
+    };
+    let dir = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name
+            .as_encoded_bytes()
+            .strip_prefix(prefix.as_encoded_bytes())
+        else {
+            continue;
+        };
+        if rest.len() != 16 || !rest.iter().all(u8::is_ascii_hexdigit) {
+            continue;
+        }
+        let folder = e.path();
+        let only_sled = std::fs::read_dir(&folder)
+            .is_ok_and(|mut rd| rd.all(|f| f.is_ok_and(|f| is_sled_entry(&f))));
+        if !only_sled {
+            tracing::warn!(folder = %folder.display(), "left alone: named like a new store's folder, but holds other files");
+            continue;
+        }
+        match std::fs::remove_dir_all(&folder) {
+            Ok(()) => {
+                tracing::info!(folder = %folder.display(), "removed the folder of a new store a crash left")
+            }
+            Err(e) => {
+                tracing::warn!(folder = %folder.display(), error = %e, "could not remove the folder of a new store a crash left")
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,9 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn a_version_1_store_opens_and_delivers() {
+    if crate::sled_only("sled format fixtures") {
+        return;
+    }
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1");
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
@@ -152,6 +155,9 @@ const TENANT_AUTH: &str = "Bearer fixture-token";
 
 #[test]
 fn a_version_1_store_reopens_after_its_upgrade() {
+    if crate::sled_only("sled format fixtures") {
+        return;
+    }
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1");
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
@@ -201,6 +207,9 @@ fn a_version_1_store_reopens_after_its_upgrade() {
 
 #[test]
 fn a_version_2_store_opens_and_delivers() {
+    if crate::sled_only("sled format fixtures") {
+        return;
+    }
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v2");
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
@@ -347,6 +356,9 @@ fn a_version_2_store_opens_and_delivers() {
 
 #[test]
 fn a_version_3_store_opens_remembers_its_keys_and_delivers_numbered() {
+    if crate::sled_only("sled format fixtures") {
+        return;
+    }
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v3");
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
@@ -519,6 +531,9 @@ fn flaky_and_down(bus: &hookbus::Bus) -> (hookbus::Delivery, hookbus::Delivery) 
 
 #[test]
 fn a_version_4_store_keeps_its_attempts_and_counts_through_format_5() {
+    if crate::sled_only("sled format fixtures") {
+        return;
+    }
     let (_dir, store) = fixture_copy(4);
     assert_eq!(
         keys_under(&store, b"a"),
@@ -576,6 +591,9 @@ fn a_version_4_store_keeps_its_attempts_and_counts_through_format_5() {
 
 #[test]
 fn format_5_keeps_the_newest_attempt_in_the_delivery_and_counts_of_one_implicit() {
+    if crate::sled_only("sled format fixtures") {
+        return;
+    }
     let failures = std::sync::atomic::AtomicUsize::new(0);
     let rx = TestReceiver::with(move |r| {
         if r.path == "/flaky" && failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 4 {
@@ -646,6 +664,9 @@ fn format_5_keeps_the_newest_attempt_in_the_delivery_and_counts_of_one_implicit(
 
 #[test]
 fn a_version_5_store_opens_with_its_attempts() {
+    if crate::sled_only("sled format fixtures") {
+        return;
+    }
     let (_dir, store) = fixture_copy(5);
     assert_eq!(
         keys_under(&store, b"a"),

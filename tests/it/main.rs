@@ -9,8 +9,10 @@ mod compat;
 mod crash;
 mod debug_output;
 mod delivery;
+mod durations;
 mod engine;
 mod faults;
+mod first_open;
 mod flow_control;
 mod hardening;
 mod messages;
@@ -34,18 +36,80 @@ use std::time::{Duration, Instant};
 
 use hookbus::{Builder, Bus};
 
+/// Whether the behaviour tests run on PostgreSQL: `HOOKBUS_TEST_STORE=postgres`
+/// (`.ci/run` runs this binary once on each store). Otherwise on sled.
+pub fn on_postgres() -> bool {
+    match std::env::var("HOOKBUS_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sled") | Err(_) => false,
+        Ok(other) => panic!("HOOKBUS_TEST_STORE must be sled or postgres, not {other:?}"),
+    }
+}
+
+/// The store of a test's folder: the folder itself on sled; on PostgreSQL
+/// a schema of the folder's own (the same one each time the test, or a
+/// child process it starts, reopens the folder; new, since every folder
+/// is a new temporary one). `.ci/run` drops the `hbit_` schemas after the
+/// run; so can `DROP SCHEMA` by hand after a local one.
+fn store(b: Builder, dir: &Path) -> Builder {
+    if !on_postgres() {
+        return b.path(dir);
+    }
+    #[cfg(feature = "postgres")]
+    {
+        b.postgres(postgres::url()).postgres_schema(pg_schema(dir))
+    }
+    #[cfg(not(feature = "postgres"))]
+    panic!("HOOKBUS_TEST_STORE=postgres needs --features postgres")
+}
+
+/// The PostgreSQL schema of a test folder (see `store`).
+pub fn pg_schema(dir: &Path) -> String {
+    // FNV-1a of the folder's path: one schema per folder.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+    }
+    format!("hbit_{h:016x}")
+}
+
+/// The outbox CLI's arguments for a test folder's store.
+pub fn cli_store_args(dir: &Path) -> Vec<std::ffi::OsString> {
+    if on_postgres() {
+        #[cfg(feature = "postgres")]
+        return vec![
+            "--postgres".into(),
+            postgres::url().into(),
+            "--schema".into(),
+            pg_schema(dir).into(),
+        ];
+    }
+    vec!["--data".into(), dir.into()]
+}
+
 /// A builder for tests: loopback allowed, 4 senders, a millisecond retry
-/// schedule.
+/// schedule; on the store `on_postgres` picks.
 pub fn builder(dir: &Path) -> Builder {
-    Bus::builder()
-        .path(dir)
+    let b = store(Bus::builder(), dir)
         .allow_private_targets(true)
         .senders(4)
         .retry_schedule(vec![Duration::from_millis(10); 3])
         .request_timeout(Duration::from_secs(5))
         .shutdown_timeout(Duration::from_secs(2))
         // Tests point many deliveries at dead ports: keep breaker waits short.
-        .circuit_breaker(5, Duration::from_millis(100))
+        .circuit_breaker(5, Duration::from_millis(100));
+    if !on_postgres() {
+        return b;
+    }
+    // A delivery in flight when an instance dies or shuts down is claimed
+    // until its lease runs out (the default is the timeouts + 30 s): a
+    // lease that tests waiting `LONG` outlast.
+    #[cfg(feature = "postgres")]
+    return b
+        .connect_timeout(Duration::from_secs(2))
+        .claim_lease(Duration::from_secs(8));
+    #[allow(unreachable_code)]
+    b
 }
 
 pub fn open(dir: &Path) -> Bus {
@@ -95,4 +159,16 @@ pub fn consistent(bus: &Bus) -> hookbus::OutboxStats {
         }
     }
     stats
+}
+
+/// For a test about sled's own files or process lock (format fixtures,
+/// records damaged in sled, sled's first open): `true` when the behaviour
+/// tests run on PostgreSQL, after a notice; the test then returns. Such
+/// behaviour of the PostgreSQL store is tested in `postgres.rs` and
+/// `pg_faults.rs`.
+pub fn sled_only(what: &str) -> bool {
+    if on_postgres() {
+        eprintln!("NOTICE: about sled's own files ({what}): not run on PostgreSQL");
+    }
+    on_postgres()
 }

@@ -28,9 +28,22 @@ fn an_idempotency_key_stores_once_within_the_window_across_a_reopen() {
         bus.subscribe(NewSubscription::new("s", rx.url("/s")).event("invoice.paid"))
             .unwrap();
         first = bus.publish_message(paid(1)).unwrap();
-        // A retried handler, even with a different body: the first one holds.
-        assert_eq!(bus.publish_message(paid(2)).unwrap(), first);
-        assert_eq!(bus.publish_message_durable(paid(3)).unwrap(), first);
+        // A retried handler: the first one holds.
+        assert_eq!(bus.publish_message(paid(1)).unwrap(), first);
+        assert_eq!(bus.publish_message_durable(paid(1)).unwrap(), first);
+        // The key binds the event: another payload, name or tenant with it
+        // is refused, and nothing is stored.
+        for other in [
+            paid(2),
+            Message::new("invoice.voided", &json!({ "n": 1 })).idempotency_key("invoice-1-paid"),
+        ] {
+            match bus.publish_message(other) {
+                Err(hookbus::Error::IdempotencyKeyReused { key, holder }) => {
+                    assert_eq!((key.as_str(), holder), ("invoice-1-paid", first));
+                }
+                r => panic!("a reused key with another event: {r:?}"),
+            }
+        }
         assert_eq!(bus.outbox().stats().unwrap().pending, 1);
         // Another key is another event.
         let other = bus
@@ -40,12 +53,13 @@ fn an_idempotency_key_stores_once_within_the_window_across_a_reopen() {
         // The same key for a tenant is another key.
         let tenant = bus.publish_message(paid(5).tenant("acme")).unwrap();
         assert_ne!(tenant, first);
-        assert_eq!(bus.publish_message(paid(6).tenant("acme")).unwrap(), tenant);
+        assert_eq!(bus.publish_message(paid(5).tenant("acme")).unwrap(), tenant);
         bus.shutdown(Duration::from_secs(1)).unwrap();
     }
-    // After a restart the key still holds.
+    // After a restart the key still holds, and still binds the event.
     let bus = builder(dir.path()).open().unwrap();
-    assert_eq!(bus.publish_message(paid(7)).unwrap(), first);
+    assert_eq!(bus.publish_message(paid(1)).unwrap(), first);
+    assert!(bus.publish_message(paid(7)).is_err());
     wait_until(LONG, "2 delivered", || {
         bus.outbox().stats().unwrap().delivered == 2
     });

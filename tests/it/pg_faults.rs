@@ -166,7 +166,15 @@ fn connections_cut_while_publishing_lose_nothing_a_barrier_confirmed() {
     };
     let proxy = Proxy::start(pg_addr());
     let rx = TestReceiver::start();
-    let bus = schema.builder_at(proxied(&proxy)).open().unwrap();
+    // A delivery whose outcome write was cut stays claimed until its lease
+    // runs out (then it is sent again): a short lease.
+    let bus = schema
+        .builder_at(proxied(&proxy))
+        .connect_timeout(Duration::from_millis(500))
+        .request_timeout(Duration::from_secs(1))
+        .claim_lease(Duration::from_secs(2))
+        .open()
+        .unwrap();
     bus.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
         .unwrap();
     let (confirmed, failed) = publish_through(&bus, 40, || {

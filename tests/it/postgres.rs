@@ -214,7 +214,7 @@ fn the_whole_api_works_on_postgres_and_survives_a_reopen() {
         bus.subscriptions().get(ordered.id).unwrap().unwrap().order,
         DeliveryOrder::FIFO
     );
-    let keyed = Message::new("paid", &json!({"n": 1}))
+    let keyed = Message::new("paid", &json!({"n": 99}))
         .tenant("acme")
         .idempotency_key("k1");
     let again = bus.publish_message(keyed).unwrap();
@@ -433,10 +433,23 @@ fn publishing_in_the_apps_own_transaction_sends_on_commit_and_nothing_on_rollbac
     tx.commit().unwrap();
     assert_eq!(again, id);
     assert_eq!(
-        bus.publish_message(Message::new("order.created", &json!({})).idempotency_key("order-2"))
-            .unwrap(),
+        bus.publish_message(
+            Message::new("order.created", &json!({"order": 2})).idempotency_key("order-2")
+        )
+        .unwrap(),
         id
     );
+    // The key binds the event, in a transaction as in the engine.
+    let mut tx = app.transaction().unwrap();
+    let other = bus.publish_in(
+        &mut tx,
+        Message::new("order.created", &json!({"order": 3})).idempotency_key("order-2"),
+    );
+    assert!(
+        matches!(other, Err(hookbus::Error::IdempotencyKeyReused { holder, .. }) if holder == id),
+        "{other:?}"
+    );
+    drop(tx);
     let stats = consistent(&bus);
     assert_eq!((stats.pending, stats.delivered), (0, 1));
 }
@@ -1372,9 +1385,10 @@ fn instances_publishing_with_one_idempotency_key_at_once_store_one_event() {
     let buses = [a, b];
     let rounds = 10;
     for round in 0..rounds {
-        let ids = at_once(&buses, move |bus, i| {
+        let ids = at_once(&buses, move |bus, _| {
             bus.publish_message(
-                Message::new("e", &json!({"round": round, "from": i}))
+                // The same event from both (a key binds its event).
+                Message::new("e", &json!({ "round": round }))
                     .idempotency_key(format!("order-{round}")),
             )
             .unwrap()
@@ -1403,7 +1417,7 @@ fn instances_publishing_with_one_idempotency_key_at_once_store_one_event() {
         let bus = buses[1].clone();
         std::thread::spawn(move || {
             bus.publish_message(
-                Message::new("e", &json!({"via": "engine"})).idempotency_key("order-tx"),
+                Message::new("e", &json!({"via": "tx"})).idempotency_key("order-tx"),
             )
             .unwrap()
         })
