@@ -32,6 +32,7 @@ pub struct Config {
     pub(crate) path: PathBuf,
     pub(crate) cache_capacity: u64,
     pub(crate) channel_capacity: usize,
+    pub(crate) max_queued_bytes: usize,
     pub(crate) senders: usize,
     pub(crate) per_subscription: usize,
     pub(crate) per_host: usize,
@@ -92,6 +93,7 @@ impl Default for Config {
             path: PathBuf::new(),
             cache_capacity: 64 * 1024 * 1024,
             channel_capacity: 10_000,
+            max_queued_bytes: 64 * 1024 * 1024,
             senders: DEFAULT_SENDERS,
             per_subscription: 64,
             per_host: 256,
@@ -175,6 +177,10 @@ impl Config {
     /// How many published events may wait for the dispatcher.
     pub fn channel_capacity(&self) -> usize {
         self.channel_capacity
+    }
+    /// How many bytes of published payloads may wait for the dispatcher.
+    pub fn max_queued_bytes(&self) -> usize {
+        self.max_queued_bytes
     }
     /// The number of sender threads.
     pub fn senders(&self) -> usize {
@@ -296,6 +302,7 @@ impl Config {
 /// | --- | --- |
 /// | `cache_capacity` | 64 MiB |
 /// | `channel_capacity` | 10 000 events |
+/// | `max_queued_bytes` | 64 MiB |
 /// | `senders` | 256 in flight (threads started on demand) |
 /// | `max_in_flight_per_subscription` | 64 |
 /// | `max_in_flight_per_host` | 256 |
@@ -426,6 +433,18 @@ impl Builder {
     /// Defaults to 10 000.
     pub fn channel_capacity(mut self, n: usize) -> Self {
         self.config.channel_capacity = n;
+        self
+    }
+
+    /// How many bytes of published payloads may wait for the dispatcher
+    /// thread before a publish blocks (back-pressure), whatever
+    /// `channel_capacity` allows: without it, 10 000 events of 256 KiB
+    /// could hold 2.5 GiB. One event larger than this still goes through
+    /// alone. At least 1.
+    ///
+    /// Defaults to 64 MiB.
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_queued_bytes = bytes;
         self
     }
 
@@ -826,6 +845,9 @@ impl Builder {
                 "max_in_flight_per_subscription and max_in_flight_per_host must be at least 1"
                     .into(),
             );
+        }
+        if c.max_queued_bytes == 0 {
+            return bad("max_queued_bytes must be at least 1".into());
         }
         if c.channel_capacity == 0 || c.channel_capacity > MAX_CHANNEL_CAPACITY {
             return bad(format!(

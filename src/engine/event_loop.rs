@@ -67,6 +67,7 @@ pub(crate) fn start(
     writer: Box<dyn Writer>,
     config: Arc<Config>,
     vitals: Arc<super::Vitals>,
+    queued: Arc<super::QueuedBytes>,
 ) -> Result<(Sender<Command>, JoinHandle<Result<()>>)> {
     let (tx, rx) = crossbeam_channel::bounded(config.channel_capacity);
     let (out_tx, out_rx) = crossbeam_channel::unbounded();
@@ -84,6 +85,7 @@ pub(crate) fn start(
     let d = Dispatcher {
         horizon: delivery::due_horizon(&config.retry_schedule),
         vitals,
+        queued,
         s: session,
         commands: rx,
         outcomes,
@@ -231,6 +233,8 @@ struct Dispatcher {
     next_retention: u64,
     /// What `Bus::health` reads of this thread.
     vitals: Arc<super::Vitals>,
+    /// The bytes of published payloads queued for this thread.
+    queued: Arc<super::QueuedBytes>,
     /// When to poll a shared store for other instances' work next (ms).
     next_poll: u64,
     /// Subscriptions as last read (see [`Dispatcher::subscription`]).
@@ -435,7 +439,10 @@ impl Dispatcher {
                 tenant,
                 key,
                 done,
-            } => self.on_publish_command(event, tenant, key, done, None),
+            } => {
+                self.queued.give(event.payload.len());
+                self.on_publish_command(event, tenant, key, done, None)
+            }
             Command::Write(f) => self.on_write(f, true),
             Command::Quiet(f) => self.on_write(f, false),
             // Not a barrier: maintenance reports its own result only.

@@ -73,6 +73,54 @@ pub(crate) enum Command {
     Shutdown(std::time::Instant),
 }
 
+/// The bytes of published payloads queued for the dispatcher, bounded by
+/// `max_queued_bytes`: a publish takes its payload's share before it is
+/// queued (waiting while the queue is full), the dispatcher gives it back
+/// as it takes the event.
+#[derive(Debug)]
+pub(crate) struct QueuedBytes {
+    used: Mutex<usize>,
+    freed: std::sync::Condvar,
+    max: usize,
+}
+
+impl QueuedBytes {
+    pub(crate) fn new(max: usize) -> QueuedBytes {
+        QueuedBytes {
+            used: Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Takes `n` bytes (one event larger than the bound alone), waiting
+    /// while they are not free; `Err` once `open` says the bus closed.
+    fn take(&self, n: usize, open: impl Fn() -> bool) -> Result<()> {
+        let n = n.min(self.max);
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        while *used != 0 && *used + n > self.max {
+            if !open() {
+                return Err(Error::Closed);
+            }
+            used = self
+                .freed
+                .wait_timeout(used, Duration::from_millis(100))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *used += n;
+        Ok(())
+    }
+
+    /// Gives back what a queued event of `n` payload bytes took.
+    pub(crate) fn give(&self, n: usize) {
+        let n = n.min(self.max);
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        *used = used.saturating_sub(n);
+        self.freed.notify_all();
+    }
+}
+
 /// What the dispatcher reports of itself at the end of every round, for
 /// [`Bus::health`](crate::Bus::health).
 #[derive(Debug, Default)]
@@ -105,6 +153,7 @@ pub(crate) struct Engine {
     life: Mutex<Life>,
     shutdown_timeout: Duration,
     vitals: Arc<Vitals>,
+    queued: Arc<QueuedBytes>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -135,7 +184,8 @@ impl Engine {
     ) -> Result<Engine> {
         let shutdown_timeout = config.shutdown_timeout;
         let vitals = Arc::new(Vitals::default());
-        let (tx, thread) = event_loop::start(writer, config, vitals.clone())?;
+        let queued = Arc::new(QueuedBytes::new(config.max_queued_bytes));
+        let (tx, thread) = event_loop::start(writer, config, vitals.clone(), queued.clone())?;
         Ok(Engine {
             tx: RwLock::new(Some(tx)),
             reader: RwLock::new(Some(reader)),
@@ -145,6 +195,7 @@ impl Engine {
             }),
             shutdown_timeout,
             vitals,
+            queued,
         })
     }
 
@@ -181,11 +232,26 @@ impl Engine {
     }
 
     pub(crate) fn send(&self, cmd: Command) -> Result<()> {
+        // A published payload's bytes first (the queue's bound in bytes);
+        // the dispatcher gives them back as it takes the event.
+        let bytes = match &cmd {
+            Command::Publish { event, .. } => Some(event.payload.len()),
+            _ => None,
+        };
+        if let Some(n) = bytes {
+            self.queued.take(n, || self.is_open())?;
+        }
         let guard = self.tx.read().unwrap_or_else(PoisonError::into_inner);
-        match guard.as_ref() {
+        let sent = match guard.as_ref() {
             Some(tx) => tx.send(cmd).map_err(|_| Error::Closed),
             None => Err(Error::Closed),
+        };
+        if sent.is_err()
+            && let Some(n) = bytes
+        {
+            self.queued.give(n);
         }
+        sent
     }
 
     /// Runs `f` on the engine thread (the one writer), after everything

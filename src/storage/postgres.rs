@@ -1521,7 +1521,7 @@ impl Batch {
                 olds.push(old);
                 outcomes.push(outcome);
             }
-            let changed = tx.execute(
+            let done = tx.query(
                 &format!(
                     "UPDATE \"{schema}\".deliveries d
                      SET state = v.state, at = v.at, record = v.record, claim = NULL, claimed_until = 0
@@ -1529,10 +1529,22 @@ impl Batch {
                           AS v(id, state, at, record, old, outcome)
                      WHERE d.id = v.id AND d.record = v.old
                      AND CASE WHEN v.outcome THEN d.claim = $7
-                         ELSE (d.claim IS NULL OR d.claim = $7 OR d.claimed_until < {DB_NOW}) END"
+                         ELSE (d.claim IS NULL OR d.claim = $7 OR d.claimed_until < {DB_NOW}) END
+                     RETURNING d.id"
                 ),
                 &[&ids, &states, &ats, &records, &olds, &outcomes, &me],
             )?;
+            let changed = done.len() as u64;
+            // An attempt goes into the history only with the outcome it
+            // belongs to: a result that was dropped (its claim ran out)
+            // never happened as far as the delivery is concerned.
+            let kept: std::collections::HashSet<Vec<u8>> = done
+                .iter()
+                .filter_map(|r| r.try_get::<_, Vec<u8>>(0).ok())
+                .collect();
+            let updated: std::collections::HashSet<&Vec<u8>> = ids.iter().collect();
+            self.attempts
+                .retain(|(id, _, _)| !updated.contains(id) || kept.contains(id));
             if changed < n as u64 {
                 tracing::info!(
                     dropped = n as u64 - changed,

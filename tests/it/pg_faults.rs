@@ -370,3 +370,105 @@ fn a_connection_stalled_past_the_lease_never_sends_a_delivery_twice_at_once() {
     // A recovers by itself too.
     until_ok("A's barrier", || a.flush());
 }
+
+#[test]
+fn a_dropped_late_result_leaves_no_attempt_in_the_history() {
+    let Some(schema) = Schema::new("late_attempt") else {
+        return;
+    };
+    // Request 1 (instance A) fails, and A's store connection stalls as it
+    // is answered, past A's lease; request 2 (instance B, after the lease)
+    // ends the stall and answers 204 only 700 ms later, so A's late result
+    // reaches the store while B's request runs: it must be dropped whole,
+    // its attempt too (the history would show a 500 the delivery never
+    // had, and B's own attempt number would then be taken).
+    let proxy = Arc::new(Proxy::start(pg_addr()));
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let rx = {
+        let (proxy, seen) = (proxy.clone(), seen.clone());
+        TestReceiver::with(move |_| {
+            if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                proxy.stall(true);
+                Reply::status(500)
+            } else {
+                proxy.stall(false);
+                Reply::ok().delay(Duration::from_millis(700))
+            }
+        })
+    };
+    let quick = |b: hookbus::Builder| {
+        b.connect_timeout(Duration::from_millis(200))
+            .request_timeout(Duration::from_millis(1500))
+            .claim_lease(Duration::from_secs(2))
+    };
+    let a = quick(schema.builder_at(proxied(&proxy)))
+        .poll_interval(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    a.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
+        .unwrap();
+    a.publish_durable("e", &json!({ "n": 1 })).unwrap();
+    rx.wait_for(1, LONG);
+    let b = quick(schema.builder())
+        .poll_interval(Duration::from_millis(100))
+        .open()
+        .unwrap();
+    wait_until(LONG, "delivered by B", || {
+        b.outbox().stats().is_ok_and(|s| s.delivered == 1)
+    });
+    // A's late result has long been written (or dropped) by now.
+    until_ok("A's barrier", || a.flush());
+    let d = b.outbox().delivered().next().unwrap().unwrap();
+    assert_eq!(rx.count(), 2);
+    let history = b.outbox().attempts(d.id).unwrap();
+    let statuses: Vec<Option<u16>> = history.iter().map(|h| h.status).collect();
+    assert_eq!(
+        statuses,
+        vec![Some(204)],
+        "the history shows only the attempt whose outcome was recorded"
+    );
+}
+
+#[test]
+fn queued_publishes_are_bounded_by_bytes_while_the_store_stalls() {
+    let Some(schema) = Schema::new("queue_bytes") else {
+        return;
+    };
+    let proxy = Proxy::start(pg_addr());
+    let bus = schema
+        .builder_at(proxied(&proxy))
+        .deliver(false)
+        .max_queued_bytes(1024 * 1024)
+        .open()
+        .unwrap();
+    bus.subscribe(NewSubscription::new("s", dead_url()).event("e"))
+        .unwrap();
+    // The dispatcher is held in a store round while the connection stalls.
+    proxy.stall(true);
+    let published = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publisher = {
+        let (bus, published) = (bus.clone(), published.clone());
+        std::thread::spawn(move || {
+            let big = "x".repeat(100 * 1024);
+            for n in 0..30 {
+                bus.publish("e", &json!({ "n": n, "pad": big })).unwrap();
+                published.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    let first = bus.publish("e", &json!({ "n": -1 }));
+    assert!(first.is_ok());
+    // Not a wait for a condition: whatever the publisher managed in this
+    // time must stay within the bound (1 MiB / 100 KiB: 10 queued, plus
+    // the one the dispatcher holds, plus one round it took before).
+    std::thread::sleep(Duration::from_secs(1));
+    let queued = published.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        queued <= 12,
+        "{queued} payloads of 100 KiB got past a 1 MiB queue"
+    );
+    proxy.stall(false);
+    publisher.join().unwrap();
+    until_ok("a barrier", || bus.flush());
+    assert_eq!(count(&schema, "deliveries"), 31);
+}
