@@ -1687,10 +1687,11 @@ impl PgWriter {
         if durable {
             tx.tx.batch_execute("SET LOCAL synchronous_commit TO on")?;
         }
-        // Group commit, as with sled: a round is visible at once but made
-        // durable only by `flush` (a barrier), which a crash can only make
-        // a delivery be sent again for, never lose a flushed event (the
-        // writer's connection commits asynchronously: `Conn::writer`).
+        // Group commit: a round of outcomes alone is visible at once and
+        // made durable by the next `flush` (the writer's connection commits
+        // asynchronously: `Conn::writer`), which a crash can only make a
+        // delivery be sent again for; a round that stores events or new
+        // deliveries commits synchronously (`durable`, see `commit`).
         // Numbers for the round's new deliveries (the engine leaves them
         // 0 on a shared store): one statement, which locks the
         // subscriptions' rows in id order (as every numbering does, so two

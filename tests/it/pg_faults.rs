@@ -472,3 +472,60 @@ fn queued_publishes_are_bounded_by_bytes_while_the_store_stalls() {
     until_ok("a barrier", || bus.flush());
     assert_eq!(count(&schema, "deliveries"), 31);
 }
+
+#[test]
+fn connections_cut_around_publish_in_never_send_what_was_not_committed() {
+    let Some(schema) = Schema::new("cut_tx") else {
+        return;
+    };
+    let proxy = Proxy::start(pg_addr());
+    let rx = TestReceiver::start();
+    let bus = schema.builder_at(proxied(&proxy)).open().unwrap();
+    bus.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
+        .unwrap();
+    let mut app = direct();
+    let (mut committed, mut refused) = (HashSet::new(), 0);
+    for n in 0..20u64 {
+        // The bus's connections are cut just before (even n) or while
+        // (odd n, from another thread) the app publishes in its own
+        // transaction: publish_in numbers the deliveries on the bus's
+        // connection.
+        if n % 2 == 0 {
+            proxy.cut();
+        }
+        let mut tx = app.transaction().unwrap();
+        let r = std::thread::scope(|s| {
+            if n % 2 == 1 {
+                s.spawn(|| {
+                    std::thread::sleep(Duration::from_micros(500));
+                    proxy.cut();
+                });
+            }
+            bus.publish_in(&mut tx, hookbus::Message::new("e", &json!({ "n": n })))
+        });
+        match r {
+            Ok(_) => {
+                tx.commit().unwrap();
+                committed.insert(n);
+            }
+            Err(_) => {
+                tx.rollback().unwrap();
+                refused += 1;
+            }
+        }
+    }
+    eprintln!(
+        "publish_in with cuts: {} committed, {refused} refused",
+        committed.len()
+    );
+    assert!(!committed.is_empty(), "the bus reconnects for publish_in");
+    // What the app committed arrives; what it rolled back never does.
+    all_arrive(&rx, &committed);
+    std::thread::sleep(Duration::from_millis(300));
+    let got: HashSet<u64> = rx
+        .requests()
+        .iter()
+        .filter_map(|r| r.json()["n"].as_u64())
+        .collect();
+    assert_eq!(got, committed, "only committed events are sent");
+}
