@@ -254,7 +254,15 @@ fn a_server_unreachable_for_10_s_is_reported_and_then_recovered_from() {
     };
     let proxy = Proxy::start(pg_addr());
     let rx = TestReceiver::start();
-    let bus = schema.builder_at(proxied(&proxy)).open().unwrap();
+    // A delivery whose outcome could not be written during the outage
+    // stays claimed until its lease runs out: a short lease.
+    let bus = schema
+        .builder_at(proxied(&proxy))
+        .connect_timeout(Duration::from_millis(500))
+        .request_timeout(Duration::from_secs(1))
+        .claim_lease(Duration::from_secs(2))
+        .open()
+        .unwrap();
     bus.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
         .unwrap();
     bus.publish_durable("e", &json!({ "n": 0 })).unwrap();
@@ -480,7 +488,15 @@ fn connections_cut_around_publish_in_never_send_what_was_not_committed() {
     };
     let proxy = Proxy::start(pg_addr());
     let rx = TestReceiver::start();
-    let bus = schema.builder_at(proxied(&proxy)).open().unwrap();
+    // A delivery whose outcome write was cut stays claimed until its lease
+    // runs out: a short lease.
+    let bus = schema
+        .builder_at(proxied(&proxy))
+        .connect_timeout(Duration::from_millis(500))
+        .request_timeout(Duration::from_secs(1))
+        .claim_lease(Duration::from_secs(2))
+        .open()
+        .unwrap();
     bus.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
         .unwrap();
     let mut app = direct();
