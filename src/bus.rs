@@ -298,8 +298,8 @@ impl Bus {
     /// Operational notices — a subscription disabled or recovered, a
     /// delivery dead-lettered — kept until acknowledged, so none is lost
     /// to a restart. See [`Notices`](crate::Notices).
-    pub fn notices(&self) -> crate::Notices<'_> {
-        crate::Notices {
+    pub fn notices(&self) -> crate::outbox::Notices<'_> {
+        crate::outbox::Notices {
             engine: &self.inner.engine,
         }
     }
@@ -362,7 +362,7 @@ impl Bus {
     /// assert_eq!(health.backlog, 0);
     /// # Ok(()) }
     /// ```
-    pub fn health(&self, timeout: Duration) -> crate::BusHealth {
+    pub fn health(&self, timeout: Duration) -> crate::health::BusHealth {
         let engine = &self.inner.engine;
         let mut problems = Vec::new();
         let running = engine.dispatcher_running();
@@ -431,7 +431,7 @@ impl Bus {
             Err(e) => problems.push(format!("the store is not open: {e}")),
         }
         let vitals = engine.vitals();
-        crate::BusHealth {
+        crate::health::BusHealth {
             ready: dispatcher_alive && store_writable && problems.is_empty(),
             dispatcher_alive,
             store_writable,
@@ -791,7 +791,7 @@ impl NoticeListener {
                     // never while the handler runs: the listener does not
                     // keep the bus open.
                     let pending = match bus.upgrade() {
-                        Some(inner) => crate::Notices {
+                        Some(inner) => crate::outbox::Notices {
                             engine: &inner.engine,
                         }
                         .pending(100),
@@ -809,7 +809,7 @@ impl NoticeListener {
                                 match handled {
                                     Ok(true) => {
                                         let Some(inner) = bus.upgrade() else { return };
-                                        let acked = crate::Notices {
+                                        let acked = crate::outbox::Notices {
                                             engine: &inner.engine,
                                         }
                                         .ack(n.id);

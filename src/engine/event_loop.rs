@@ -32,7 +32,7 @@ use crate::error::{Error, Result, StoreError};
 use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
 use crate::notice::NoticeKind;
 use crate::policy::{DeliveryOrder, OnDeadLetter, RateLimit};
-use crate::record::{AttemptErrorKind, Event};
+use crate::record::Event;
 use crate::retry::decide;
 use crate::sender::{self, Outcome};
 use crate::storage::{IndexEntry, SubscriptionRecord, Writer};
@@ -290,9 +290,6 @@ const WARN_EVERY_MS: u64 = 60_000;
 /// Retention runs at least this often.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
-/// The most ms a 429 without `Retry-After` pauses a subscription.
-const DEFAULT_429_PAUSE_MS: u64 = 5_000;
-
 impl Dispatcher {
     fn run(mut self) -> Result<()> {
         // What was pending when the store was opened is due at once.
@@ -536,7 +533,7 @@ impl Dispatcher {
             Ok(())
         };
         let done = f(&mut self.s);
-        let mut jobs: Vec<Job> = self.s.jobs.drain(..).collect();
+        let mut jobs: Vec<Job> = self.s.jobs.drain(..).map(Job::requested).collect();
         let last = jobs.pop();
         for job in jobs {
             self.after_commit.push((job, None));
@@ -933,59 +930,25 @@ impl Dispatcher {
         self.settling.insert(o.delivery);
         self.settling_subs.insert(o.subscription);
         let flow = self.flows.entry(o.subscription).or_default();
-        flow.in_flight = flow.in_flight.saturating_sub(1);
-        flow.heard_at = now_ms();
-        flow.stalled = false;
-        let kind = o.attempt.error.as_ref().map(|e| e.kind);
-        flow.tripped = kind == Some(AttemptErrorKind::Timeout);
-        let unreachable = matches!(
-            kind,
-            Some(
-                AttemptErrorKind::Timeout
-                    | AttemptErrorKind::Connect
-                    | AttemptErrorKind::Dns
-                    | AttemptErrorKind::Tls
-                    | AttemptErrorKind::Protocol
-            )
+        let heard = flow.heard(
+            now_ms(),
+            o.attempt.error.as_ref().map(|e| e.kind),
+            o.attempt.status,
+            o.retry_after,
+            self.s.config.circuit_breaker(),
+            self.s.config.per_subscription,
         );
-        if unreachable {
-            flow.window = 0;
-            flow.failures = flow.failures.saturating_add(1);
-            let (after, wait) = self.s.config.circuit_breaker();
-            if flow.failures >= after {
-                // Open (again): `wait`, doubling per further run, at most
-                // 10 min.
-                // Each failed probe after it opened doubles the wait.
-                let runs = (flow.failures - after + 1).min(6);
-                let wait = u64::try_from(wait.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .saturating_mul(1 << (runs - 1))
-                    .min(600_000);
-                if !matches!(flow.breaker, Breaker::Open { .. }) {
-                    tracing::warn!(subscription = %o.subscription, failures = flow.failures, wait_ms = wait, "circuit breaker open: the subscription's backlog waits");
-                }
-                flow.breaker = Breaker::Open {
-                    until: now_ms().saturating_add(wait),
-                };
-            }
-        } else if o.attempt.status.is_some() {
-            flow.answered(self.s.config.per_subscription);
-            // The receiver answers (whatever it says): close the breaker.
-            if flow.breaker != Breaker::Closed {
-                tracing::info!(subscription = %o.subscription, "circuit breaker closed: the receiver answers again");
-            }
-            flow.failures = 0;
-            flow.breaker = Breaker::Closed;
+        if let Some(wait_ms) = heard.opened {
+            tracing::warn!(subscription = %o.subscription, failures = flow.failures, wait_ms, "circuit breaker open: the subscription's backlog waits");
         }
-        // "Too many requests": the whole subscription waits, not only this
-        // delivery (which is retried on its own schedule, no sooner).
-        let status = o.attempt.status;
-        if status == Some(429) || (status == Some(503) && o.retry_after.is_some()) {
-            let pause = o.retry_after.map_or(DEFAULT_429_PAUSE_MS, |d| {
-                u64::try_from(d.min(crate::retry::MAX_RETRY_AFTER).as_millis()).unwrap_or(u64::MAX)
-            });
-            flow.paused_until = now_ms().saturating_add(pause);
-            tracing::info!(subscription = %o.subscription, status, pause_ms = pause, "receiver asked to slow down: subscription paused");
+        if heard.closed {
+            tracing::info!(subscription = %o.subscription, "circuit breaker closed: the receiver answers again");
+        }
+        if let Some(pause) = heard.paused {
+            // "Too many requests": the whole subscription waits, not only
+            // this delivery (which is retried on its own schedule, no
+            // sooner).
+            tracing::info!(subscription = %o.subscription, status = o.attempt.status, pause_ms = pause, "receiver asked to slow down: subscription paused");
             // Every instance of a shared store holds back too.
             if self.s.reader().shared()
                 && let Err(e) = self.s.reader().pause(o.subscription, pause)

@@ -13,7 +13,7 @@ use crate::ids::{DeliveryId, EventId, SubscriptionId};
 use crate::notice::MAX_NOTICES;
 use crate::storage::IndexEntry;
 
-use super::session::{Session, is_damage};
+use super::session::{JobRequest, Session, is_damage};
 
 /// At most this many records are looked at per chunk.
 pub(crate) const CHUNK: usize = 256;
@@ -64,6 +64,13 @@ enum Kind {
 }
 
 impl Job {
+    /// The job a change asked for.
+    pub(crate) fn requested(r: JobRequest) -> Job {
+        match r {
+            JobRequest::DeadLetterPending { sub, reason } => Job::dead_letter_pending(sub, reason),
+        }
+    }
+
     pub(crate) fn dead_letter_pending(sub: SubscriptionId, reason: &'static str) -> Job {
         Job::new(Kind::DeadLetterPending { sub, reason })
     }

@@ -27,8 +27,11 @@
 
 use std::collections::HashMap;
 
+use std::time::Duration;
+
 use crate::ids::SubscriptionId;
 use crate::policy::RateLimit;
+use crate::record::AttemptErrorKind;
 
 /// A token bucket: `burst` tokens at most, refilled at `per_second`; each
 /// request takes one. Times in ms.
@@ -110,6 +113,24 @@ pub(crate) const INITIAL_WINDOW: usize = 4;
 /// answer before it counts as failing (see [`Flow::stalled`]).
 pub(crate) const STALL_AFTER_MS: u64 = 2_000;
 
+/// The longest a circuit breaker stays open (ms).
+pub(crate) const MAX_BREAKER_WAIT_MS: u64 = 600_000;
+
+/// How long a 429 without `Retry-After` pauses a subscription (ms).
+pub(crate) const DEFAULT_429_PAUSE_MS: u64 = 5_000;
+
+/// What one outcome changed in a subscription's flow (see
+/// [`Flow::heard`]), for the logs and the other instances.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Heard {
+    /// The breaker opened (it was not open), for this many ms.
+    pub(crate) opened: Option<u64>,
+    /// The breaker closed (it was open or half open).
+    pub(crate) closed: bool,
+    /// The receiver asked for a pause of this many ms.
+    pub(crate) paused: Option<u64>,
+}
+
 /// A subscription's circuit breaker.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Breaker {
@@ -138,6 +159,81 @@ impl Flow {
     /// window doubles per round trip), up to `cap`.
     pub(crate) fn answered(&mut self, cap: usize) {
         self.window = (self.window() + 1).min(cap.max(INITIAL_WINDOW));
+    }
+
+    /// The transition for one outcome of a request: `kind` is how it
+    /// failed without an answer (`None`: the receiver answered `status`,
+    /// or the request was not sent), `retry_after` what the receiver asked
+    /// for, `breaker` the circuit breaker's setting (failures in a row,
+    /// first wait), `cap` the most requests in flight it may earn.
+    ///
+    /// - A timeout trips it: one request at a time until it answers.
+    /// - No answer at all (timeout, connection, DNS, TLS, protocol): the
+    ///   window starts over, and after `breaker.0` such failures in a row
+    ///   the breaker opens for `breaker.1`, doubled for each further
+    ///   failure (the probes), at most [`MAX_BREAKER_WAIT_MS`].
+    /// - Any answer: the window grows by one, the failures are forgotten
+    ///   and the breaker closes.
+    /// - 429, or 503 with `Retry-After`: it pauses for `Retry-After`
+    ///   (capped) or [`DEFAULT_429_PAUSE_MS`].
+    pub(crate) fn heard(
+        &mut self,
+        now: u64,
+        kind: Option<AttemptErrorKind>,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        breaker: (u32, Duration),
+        cap: usize,
+    ) -> Heard {
+        let mut heard = Heard::default();
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.heard_at = now;
+        self.stalled = false;
+        self.tripped = kind == Some(AttemptErrorKind::Timeout);
+        let unreachable = matches!(
+            kind,
+            Some(
+                AttemptErrorKind::Timeout
+                    | AttemptErrorKind::Connect
+                    | AttemptErrorKind::Dns
+                    | AttemptErrorKind::Tls
+                    | AttemptErrorKind::Protocol
+            )
+        );
+        if unreachable {
+            self.window = 0;
+            self.failures = self.failures.saturating_add(1);
+            let (after, wait) = breaker;
+            let after = after.max(1);
+            if self.failures >= after {
+                // Open (again): each failed probe after it opened doubles
+                // the wait.
+                let runs = (self.failures - after + 1).min(6);
+                let wait = u64::try_from(wait.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .saturating_mul(1 << (runs - 1))
+                    .min(MAX_BREAKER_WAIT_MS);
+                if !matches!(self.breaker, Breaker::Open { .. }) {
+                    heard.opened = Some(wait);
+                }
+                self.breaker = Breaker::Open {
+                    until: now.saturating_add(wait),
+                };
+            }
+        } else if status.is_some() {
+            self.answered(cap);
+            heard.closed = self.breaker != Breaker::Closed;
+            self.failures = 0;
+            self.breaker = Breaker::Closed;
+        }
+        if status == Some(429) || (status == Some(503) && retry_after.is_some()) {
+            let pause = retry_after.map_or(DEFAULT_429_PAUSE_MS, |d| {
+                u64::try_from(d.min(crate::retry::MAX_RETRY_AFTER).as_millis()).unwrap_or(u64::MAX)
+            });
+            self.paused_until = now.saturating_add(pause);
+            heard.paused = Some(pause);
+        }
+        heard
     }
 
     /// Marks it stalled if it has requests in flight and nothing was
@@ -283,6 +379,136 @@ pub(crate) fn plan(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod flow_tests {
+    use super::*;
+
+    const BREAKER: (u32, Duration) = (3, Duration::from_millis(100));
+
+    fn fail(f: &mut Flow, now: u64, kind: AttemptErrorKind) -> Heard {
+        f.in_flight += 1;
+        f.heard(now, Some(kind), None, None, BREAKER, 64)
+    }
+
+    fn answer(f: &mut Flow, now: u64, status: u16, retry_after: Option<Duration>) -> Heard {
+        f.in_flight += 1;
+        f.heard(now, None, Some(status), retry_after, BREAKER, 64)
+    }
+
+    #[test]
+    fn the_breaker_opens_after_failures_in_a_row_and_doubles_per_probe() {
+        let mut f = Flow::default();
+        assert_eq!(fail(&mut f, 0, AttemptErrorKind::Connect), Heard::default());
+        assert_eq!(fail(&mut f, 0, AttemptErrorKind::Dns), Heard::default());
+        assert_eq!(f.breaker, Breaker::Closed);
+        assert!(f.failing(), "failures count before the breaker opens");
+        let h = fail(&mut f, 10, AttemptErrorKind::Connect);
+        assert_eq!(h.opened, Some(100));
+        assert_eq!(f.breaker, Breaker::Open { until: 110 });
+        // A failed probe: open again, twice as long, not reported as new.
+        let h = fail(&mut f, 200, AttemptErrorKind::Tls);
+        assert_eq!(h.opened, None);
+        assert_eq!(f.breaker, Breaker::Open { until: 400 });
+        for _ in 0..20 {
+            fail(&mut f, 1_000, AttemptErrorKind::Protocol);
+        }
+        // Doubling stops at 2^5 times the wait.
+        assert_eq!(
+            f.breaker,
+            Breaker::Open {
+                until: 1_000 + 3_200
+            }
+        );
+        assert_eq!(f.in_flight, 0);
+    }
+
+    #[test]
+    fn a_long_wait_is_capped_at_ten_minutes() {
+        let mut f = Flow::default();
+        for _ in 0..10 {
+            f.in_flight += 1;
+            f.heard(
+                0,
+                Some(AttemptErrorKind::Connect),
+                None,
+                None,
+                (1, Duration::MAX),
+                64,
+            );
+        }
+        assert_eq!(
+            f.breaker,
+            Breaker::Open {
+                until: MAX_BREAKER_WAIT_MS
+            }
+        );
+    }
+
+    #[test]
+    fn any_answer_closes_the_breaker_and_grows_the_window() {
+        let mut f = Flow::default();
+        for _ in 0..3 {
+            fail(&mut f, 0, AttemptErrorKind::Connect);
+        }
+        assert!(matches!(f.breaker, Breaker::Open { .. }));
+        assert_eq!(f.window(), INITIAL_WINDOW);
+        // Even a 500 is an answer: the receiver is reachable.
+        let h = answer(&mut f, 50, 500, None);
+        assert!(h.closed);
+        assert_eq!((f.failures, f.breaker), (0, Breaker::Closed));
+        assert_eq!(f.window(), INITIAL_WINDOW + 1);
+        assert!(!answer(&mut f, 60, 204, None).closed, "closed already");
+        assert!(!f.failing());
+    }
+
+    #[test]
+    fn a_timeout_trips_and_restarts_the_window_until_an_answer() {
+        let mut f = Flow::default();
+        for _ in 0..10 {
+            answer(&mut f, 0, 204, None);
+        }
+        assert_eq!(f.window(), 14);
+        fail(&mut f, 5, AttemptErrorKind::Timeout);
+        assert!(f.tripped && f.failing());
+        assert_eq!(f.window(), INITIAL_WINDOW);
+        answer(&mut f, 6, 204, None);
+        assert!(!f.tripped);
+        // The window is capped.
+        for _ in 0..100 {
+            answer(&mut f, 7, 204, None);
+        }
+        assert_eq!(f.window(), 64);
+    }
+
+    #[test]
+    fn too_many_requests_pauses_for_what_the_receiver_asked_within_bounds() {
+        let mut f = Flow::default();
+        assert_eq!(
+            answer(&mut f, 0, 429, None).paused,
+            Some(DEFAULT_429_PAUSE_MS)
+        );
+        assert_eq!(f.paused_until, DEFAULT_429_PAUSE_MS);
+        let h = answer(&mut f, 100, 429, Some(Duration::from_secs(2)));
+        assert_eq!((h.paused, f.paused_until), (Some(2_000), 2_100));
+        // 503 pauses only with Retry-After; other statuses never.
+        assert_eq!(answer(&mut f, 0, 503, None).paused, None);
+        assert_eq!(
+            answer(&mut f, 0, 503, Some(Duration::from_secs(1))).paused,
+            Some(1_000)
+        );
+        assert_eq!(
+            answer(&mut f, 0, 500, Some(Duration::from_secs(1))).paused,
+            None
+        );
+        // A Retry-After of a year is capped.
+        let cap = u64::try_from(crate::retry::MAX_RETRY_AFTER.as_millis()).unwrap();
+        assert_eq!(
+            answer(&mut f, 0, 429, Some(Duration::from_secs(365 * 86_400))).paused,
+            Some(cap)
+        );
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,18 @@ use crate::retry::Decision;
 use crate::storage::{Damaged, IndexEntry, Reader, SubscriptionRecord, Writer};
 use crate::telemetry;
 
-use super::maintenance::Job;
+/// Maintenance a change asks for: the dispatcher makes it a job
+/// (`maintenance::Job`) and runs it in chunks after the change's commit.
+/// (A request, not the job itself: the session knows nothing of jobs,
+/// which run on the session.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobRequest {
+    /// Dead-letter every pending delivery of `sub` with `reason`.
+    DeadLetterPending {
+        sub: SubscriptionId,
+        reason: &'static str,
+    },
+}
 
 /// The write side of the store as the engine and the changes it runs see
 /// it. Lives on the engine thread; not `Clone`.
@@ -42,8 +53,9 @@ pub(crate) struct Session {
     pub(crate) touched: HashSet<SubscriptionId>,
     /// Subscriptions that gained pending deliveries, with the soonest due.
     pub(crate) added: HashMap<SubscriptionId, u64>,
-    /// Maintenance the current change asked for (run in chunks later).
-    pub(crate) jobs: Vec<Job>,
+    /// Maintenance the current change asked for (run in chunks later, by
+    /// the dispatcher, once the change is committed).
+    pub(crate) jobs: Vec<JobRequest>,
     /// Subscriptions written or removed since the last round: the
     /// dispatcher drops what it keeps about their policy.
     pub(crate) changed_subs: HashSet<SubscriptionId>,
@@ -208,7 +220,8 @@ impl Session {
     /// Dead-letters every pending delivery of `sub` with `reason`, in
     /// chunks after this change (the change's caller waits for it).
     pub(crate) fn dead_letter_pending(&mut self, sub: SubscriptionId, reason: &'static str) {
-        self.jobs.push(Job::dead_letter_pending(sub, reason));
+        self.jobs
+            .push(JobRequest::DeadLetterPending { sub, reason });
     }
 
     // ---- events and deliveries ----
