@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, select};
 
 use super::maintenance::Job;
+use super::round::Round;
 use super::scheduler::{self, Breaker, Bucket, Flow, INITIAL_WINDOW, Limits};
 use super::session::Session;
 use super::{Command, Done, JobDone, Keyed};
@@ -102,14 +103,7 @@ pub(crate) fn start(
         flows: HashMap::new(),
         windows: HashMap::new(),
         parked: Vec::new(),
-        done: Vec::new(),
-        in_batch: Vec::new(),
-        unwaited_in_batch: false,
-        publish_in_batch: false,
-        unflushed_publishes: false,
-        after_commit: Vec::new(),
-        lost: None,
-        must_flush: false,
+        round: Round::default(),
         next_due: None,
         due_subs: due.into_iter().collect(),
         closing: None,
@@ -186,27 +180,8 @@ struct Dispatcher {
     /// not start slowly again after a quiet spell; forgotten when the
     /// subscription changes.
     windows: HashMap<SubscriptionId, usize>,
-    /// The waiters of this round, each with its own result so far.
-    done: Vec<Waiter>,
-    /// Waiters (indexes into `done`) whose writes are staged, not committed.
-    in_batch: Vec<usize>,
-    /// Events without a waiter are staged, not committed.
-    unwaited_in_batch: bool,
-    /// Published events (with a waiter or not) are staged, not committed.
-    publish_in_batch: bool,
-    /// Rounds that stored published events (new deliveries, their
-    /// sequence numbers) were committed and no flush has covered them
-    /// yet: nothing is dispatched until one has (`dispatch`), so no
-    /// receiver sees a delivery that a crash could take back.
-    unflushed_publishes: bool,
-    /// Maintenance that staged changes started: queued only once the
-    /// change is committed (a failed commit drops it, and its waiter, if
-    /// any, gets the error), so nothing half-happens.
-    after_commit: Vec<(Job, Option<JobDone>)>,
-    /// A loss no barrier has reported yet.
-    lost: Option<String>,
-    /// This round took events or changes: flush it.
-    must_flush: bool,
+    /// This round's waiters, loss report and what it must flush.
+    round: Round,
     /// When the next pending delivery falls due (`None`: nothing scheduled,
     /// or due work waits for a sender and an outcome will wake the loop).
     next_due: Option<u64>,
@@ -244,12 +219,6 @@ struct Dispatcher {
     /// When a subscription's failure was last logged at WARN (ms), and how
     /// many were not logged since.
     warned: HashMap<SubscriptionId, (u64, u64)>,
-}
-
-/// A caller waiting for its round: how it is told, and its result so far.
-struct Waiter {
-    done: Done,
-    result: Result<()>,
 }
 
 /// A keyed publish whose key another writer holds, waiting.
@@ -392,28 +361,6 @@ impl Dispatcher {
         }
     }
 
-    /// Takes the loss no barrier has reported yet, as this barrier's result.
-    fn take_loss(&mut self) -> Result<()> {
-        match self.lost.take() {
-            None => Ok(()),
-            Some(m) => Err(store_error(&format!(
-                "published events were lost since the last barrier: {m}"
-            ))),
-        }
-    }
-
-    fn note_loss(&mut self, m: String) {
-        tracing::error!(error = %m, "a published event could not be stored in full");
-        match &mut self.lost {
-            Some(first) if first.len() < 4096 => {
-                first.push_str("; ");
-                first.push_str(&m);
-            }
-            Some(_) => {}
-            None => self.lost = Some(m),
-        }
-    }
-
     fn handle(&mut self, cmd: Command) {
         self.round_took_commands = true;
         if let Command::Poll = cmd {
@@ -427,7 +374,7 @@ impl Dispatcher {
         // so a stream of publishes costs one flush per barrier, not one per
         // round.
         if !matches!(cmd, Command::Publish { done: None, .. }) {
-            self.must_flush = true;
+            self.round.flush_needed();
         }
         match cmd {
             Command::Poll => {}
@@ -493,20 +440,19 @@ impl Dispatcher {
             }
             Err(e) => Err(e),
         };
+        self.round.published(done.is_some());
         match done {
             Some(done) => {
-                let r = self.take_loss().and(result);
-                self.in_batch.push(self.done.len());
-                self.done.push(Waiter { done, result: r });
+                let r = self.round.take_loss().and(result);
+                self.round.wait(done, r, true);
             }
             None => {
                 if let Err(e) = result {
-                    self.note_loss(format!("event {} ({}): {e}", event.id, event.name));
+                    self.round
+                        .note_loss(format!("event {} ({}): {e}", event.id, event.name));
                 }
-                self.unwaited_in_batch = true;
             }
         }
-        self.publish_in_batch = true;
     }
 
     /// Tries the parked keyed publishes again (see
@@ -515,7 +461,7 @@ impl Dispatcher {
         if self.parked.is_empty() {
             return;
         }
-        self.must_flush = true;
+        self.round.flush_needed();
         for p in std::mem::take(&mut self.parked) {
             self.on_publish_command(p.event, p.tenant, Some(p.key), p.done, Some(p.until));
         }
@@ -528,7 +474,7 @@ impl Dispatcher {
         // The change must see every earlier one.
         self.commit();
         let lost = if report_loss {
-            self.take_loss()
+            self.round.take_loss()
         } else {
             Ok(())
         };
@@ -536,30 +482,21 @@ impl Dispatcher {
         let mut jobs: Vec<Job> = self.s.jobs.drain(..).map(Job::requested).collect();
         let last = jobs.pop();
         for job in jobs {
-            self.after_commit.push((job, None));
+            self.round.after_commit(job, None);
         }
         match (lost, last) {
             (Err(e), last) => {
                 if let Some(job) = last {
-                    self.after_commit.push((job, None));
+                    self.round.after_commit(job, None);
                 }
-                self.done.push(Waiter {
-                    done,
-                    result: Err(e),
-                });
+                self.round.wait(done, Err(e), false);
             }
-            (Ok(()), None) => {
-                self.in_batch.push(self.done.len());
-                self.done.push(Waiter {
-                    done,
-                    result: Ok(()),
-                });
-            }
+            (Ok(()), None) => self.round.wait(done, Ok(()), true),
             // Completes when its maintenance is done, which starts only
             // once the change is committed (`commit`).
             (Ok(()), Some(job)) => {
-                self.after_commit
-                    .push((job, Some(Box::new(move |r| done(r.map(|_| ()))))));
+                self.round
+                    .after_commit(job, Some(Box::new(move |r| done(r.map(|_| ())))));
             }
         }
         self.commit();
@@ -759,65 +696,17 @@ impl Dispatcher {
         self.settling_subs.clear();
         self.deferred_since = None;
         self.outcome_writes = 0;
-        match self.s.commit() {
-            Ok(()) => {
-                if self.publish_in_batch {
-                    self.unflushed_publishes = true;
-                }
-                for (job, done) in std::mem::take(&mut self.after_commit) {
-                    self.queue_job(job, done);
-                }
-            }
-            Err(e) => {
-                let m = e.to_string();
-                tracing::error!(error = %m, "store commit failed");
-                for i in self.in_batch.drain(..) {
-                    if self.done[i].result.is_ok() {
-                        self.done[i].result = Err(store_error(&m));
-                    }
-                }
-                // Maintenance a change started goes with the change; a
-                // caller waiting for it hears why.
-                for (_, done) in std::mem::take(&mut self.after_commit) {
-                    if let Some(done) = done {
-                        let m = m.clone();
-                        self.done.push(Waiter {
-                            done: Box::new(move |_| done(Err(store_error(&m)))),
-                            result: Ok(()),
-                        });
-                    }
-                }
-                if self.unwaited_in_batch {
-                    self.note_loss(m);
-                }
-            }
+        let r = self.s.commit();
+        for (job, done) in self.round.committed(r) {
+            self.queue_job(job, done);
         }
-        self.in_batch.clear();
-        self.unwaited_in_batch = false;
-        self.publish_in_batch = false;
     }
 
-    /// Flushes what is committed; a failure fails this round's waiters.
-    /// Published events not yet flushed stay so (`unflushed_publishes`):
-    /// they are not dispatched until a flush succeeds, and every barrier
-    /// until then fails (its flush does), so none reports Ok for them.
+    /// Flushes what is committed (see [`Round::flushed`]).
     fn flush(&mut self) -> Result<()> {
-        match self.s.flush() {
-            Ok(()) => {
-                self.unflushed_publishes = false;
-                Ok(())
-            }
-            Err(e) => {
-                let m = e.to_string();
-                tracing::error!(error = %m, "store flush failed");
-                for w in &mut self.done {
-                    if w.result.is_ok() {
-                        w.result = Err(store_error(&m));
-                    }
-                }
-                Err(store_error(&m))
-            }
-        }
+        let r = self.s.flush();
+        self.round.flushed(&r);
+        r
     }
 
     /// Commits and flushes what this round wrote, then completes its waiters.
@@ -867,14 +756,11 @@ impl Dispatcher {
         // them (group commit). Attempt outcomes alone are not: losing one in
         // a crash can only make a delivery be sent again, and sled's own
         // flusher, or the next round that flushes, covers them soon.
-        let wanted = self.must_flush || !self.done.is_empty();
-        if wanted {
-            self.must_flush = false;
+        if self.round.wants_flush() {
+            self.round.flush_started();
             let _ = self.flush();
         }
-        for w in self.done.drain(..) {
-            (w.done)(w.result);
-        }
+        self.round.finish();
         let senders = self.pool.as_ref().map_or(0, sender::Pool::alive);
         self.vitals
             .in_flight
@@ -905,22 +791,21 @@ impl Dispatcher {
         if let Err(e) = self.s.commit() {
             tracing::error!(error = %e, "maintenance chunk could not be written");
             if let Some((_, Some(done))) = self.jobs.pop_front() {
-                self.done.push(Waiter {
-                    done: Box::new(move |_| done(Err(e))),
-                    result: Ok(()),
-                });
+                self.round
+                    .wait(Box::new(move |_| done(Err(e))), Ok(()), false);
             }
             return;
         }
-        self.must_flush = true;
+        self.round.flush_needed();
         if finished && let Some((job, done)) = self.jobs.pop_front() {
             let count = job.count;
             let result = step.map(|_| count);
             if let Some(done) = done {
-                self.done.push(Waiter {
-                    done: Box::new(move |flushed| done(flushed.and(result))),
-                    result: Ok(()),
-                });
+                self.round.wait(
+                    Box::new(move |flushed| done(flushed.and(result))),
+                    Ok(()),
+                    false,
+                );
             }
         }
     }
@@ -970,7 +855,7 @@ impl Dispatcher {
         // crash would send an acknowledged delivery again after later ones
         // (out of order), not merely twice.
         if self.policy(o.subscription).order.is_fifo() {
-            self.must_flush = true;
+            self.round.flush_needed();
         }
         self.note_health(o.subscription, &o.attempt);
         let decision = decide(
@@ -1223,8 +1108,8 @@ impl Dispatcher {
     fn deactivate(&mut self, id: SubscriptionId) -> Result<()> {
         if self.disable(id, reason::GONE.to_owned())? {
             // Once the disable is committed (see `commit`).
-            self.after_commit
-                .push((Job::dead_letter_pending(id, reason::GONE), None));
+            self.round
+                .after_commit(Job::dead_letter_pending(id, reason::GONE), None);
         }
         Ok(())
     }
@@ -1262,8 +1147,8 @@ impl Dispatcher {
     /// listings and counters show them up to [`DEFER_FOR`] late.
     fn defer_commit(&mut self) -> bool {
         let eligible = !self.settling.is_empty()
-            && self.done.is_empty()
-            && !self.must_flush
+            && !self.round.has_waiters()
+            && !self.round.must_flush()
             && !self.round_took_commands
             && self.parked.is_empty()
             && self.jobs.is_empty()
@@ -1311,7 +1196,7 @@ impl Dispatcher {
         // receiver must never see a delivery (or a sequence number) that a
         // crash could take back. Under load this is the round's group
         // commit; a failed flush holds everything back until one succeeds.
-        if self.unflushed_publishes && self.flush().is_err() {
+        if self.round.unflushed_publishes() && self.flush().is_err() {
             // Try again in a while (a full pass then), not in a busy loop.
             self.s.rescan = false;
             self.next_due = Some(now.saturating_add(100));
@@ -1802,12 +1687,12 @@ impl Dispatcher {
         while !self.jobs.is_empty() {
             self.run_job_chunk();
         }
-        self.must_flush = true;
+        self.round.flush_needed();
         self.finish_round();
         self.s.commit()?;
         self.s.flush()?;
         // Shutdown is a barrier: a loss no barrier reported is its result.
-        self.take_loss()
+        self.round.take_loss()
     }
 }
 

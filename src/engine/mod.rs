@@ -13,6 +13,7 @@
 
 pub(crate) mod event_loop;
 pub(crate) mod maintenance;
+pub(crate) mod round;
 pub(crate) mod scheduler;
 pub(crate) mod session;
 
