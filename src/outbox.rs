@@ -7,7 +7,6 @@ use crate::delivery::{Delivery, DeliveryState};
 use crate::engine::Engine;
 use crate::engine::maintenance::Job;
 use crate::error::{Error, Result};
-use crate::event::ALL_EVENTS;
 use crate::ids::{DeliveryId, EventId, NoticeId, SubscriptionId, Timestamp};
 use crate::notice::Notice;
 use crate::record::{Attempt, Event, OutboxStats};
@@ -325,9 +324,10 @@ impl<'a> Outbox<'a> {
                      replay it per delivery with Outbox::replay_since"
                 )));
             }
+            // The fan-out rule; one subscription named on purpose may be
+            // inactive (its replayed deliveries wait, as its others do).
             let takes = |r: &SubscriptionRecord| {
-                r.reached_by(e.tenant.as_deref(), app_events_to_tenants)
-                    && r.events.iter().any(|n| n == &e.name || n == ALL_EVENTS)
+                r.names(&e.name) && r.reached_by(e.tenant.as_deref(), app_events_to_tenants)
             };
             let subs = match subscription {
                 Some(id) => {
@@ -355,8 +355,7 @@ impl<'a> Outbox<'a> {
                     let mut subs = Vec::new();
                     for id in found.ids {
                         if let Some(r) = s.reader().subscription(id)?
-                            && r.active
-                            && takes(&r)
+                            && r.takes(&e.name, e.tenant.as_deref(), app_events_to_tenants)
                         {
                             subs.push(id);
                         }

@@ -1072,8 +1072,7 @@ impl<'a> Subscriptions<'a> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(r) = store.subscription(id)?
-                && r.active
-                && r.reached_by(tenant, self.config.tenants_receive_app_events)
+                && r.takes(event, tenant, self.config.tenants_receive_app_events)
             {
                 out.push(Subscription::from(r));
             }

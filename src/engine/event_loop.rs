@@ -655,9 +655,7 @@ impl Dispatcher {
         let mut missed = Vec::new();
         for &id in ids.iter() {
             match self.subscription(id) {
-                Ok(Some(s)) if s.active && s.reached_by(tenant, app_events_to_tenants) => {
-                    subs.push(id)
-                }
+                Ok(Some(s)) if s.takes(&event.name, tenant, app_events_to_tenants) => subs.push(id),
                 Ok(_) => {}
                 Err(e) => {
                     self.s.quarantine_error(&e);

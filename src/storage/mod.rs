@@ -67,6 +67,27 @@ pub(crate) struct SubscriptionRecord {
 }
 
 impl SubscriptionRecord {
+    /// The fan-out rule, the one place it is written: whether an event
+    /// named `event`, published for `tenant` (`None`: app-wide), makes a
+    /// delivery for this subscription: it is active, names the event (or
+    /// `*`), and the tenant reaches it. Publishing (the engine's fan-out
+    /// and `publish_in`), replay and `Subscriptions::for_event` use it.
+    pub(crate) fn takes(
+        &self,
+        event: &str,
+        tenant: Option<&str>,
+        app_events_to_tenants: bool,
+    ) -> bool {
+        self.active && self.names(event) && self.reached_by(tenant, app_events_to_tenants)
+    }
+
+    /// Whether it names `event` or `*`.
+    pub(crate) fn names(&self, event: &str) -> bool {
+        self.events
+            .iter()
+            .any(|n| n == event || n == crate::event::ALL_EVENTS)
+    }
+
     /// Whether an event published for `tenant` (`None`: app-wide) reaches
     /// this subscription (the fan-out rule; activity and event names
     /// aside).

@@ -2403,7 +2403,7 @@ pub(crate) fn publish_in(
     for row in rows {
         let id: Vec<u8> = row.try_get(0)?;
         let rec: SubscriptionRecord = decode("s", &id, &row.try_get::<_, Vec<u8>>(1)?)?;
-        if rec.active && rec.reached_by(tenant, app_events_to_tenants) {
+        if rec.takes(&event.name, tenant, app_events_to_tenants) {
             subs.push(rec.id);
         }
     }
