@@ -111,8 +111,12 @@ impl Bus {
                     }
                     _ => false,
                 });
-            if let Err(e) = listening {
-                tracing::warn!(error = %e, "no PostgreSQL notifications; instances poll every second");
+            match listening {
+                // Joined at shutdown.
+                Ok(thread) => bus.inner.engine.adopt(thread),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no PostgreSQL notifications; instances poll every second")
+                }
             }
             return Ok(bus);
         }

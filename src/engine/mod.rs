@@ -172,6 +172,9 @@ impl std::fmt::Debug for Engine {
 #[derive(Debug, Default)]
 struct Life {
     thread: Option<JoinHandle<Result<()>>>,
+    /// Threads of the bus's own that end once the engine is closed (the
+    /// PostgreSQL listener): joined by the shutdown, after the dispatcher.
+    helpers: Vec<JoinHandle<()>>,
     /// How the shutdown ended, for callers that come after it.
     ended: Option<std::result::Result<(), String>>,
 }
@@ -192,12 +195,23 @@ impl Engine {
             reader: RwLock::new(Some(reader)),
             life: Mutex::new(Life {
                 thread: Some(thread),
+                helpers: Vec::new(),
                 ended: None,
             }),
             shutdown_timeout,
             vitals,
             queued,
         })
+    }
+
+    /// Takes a thread of the bus's own that ends by itself once the engine
+    /// is closed; the shutdown joins it.
+    pub(crate) fn adopt(&self, thread: JoinHandle<()>) {
+        self.life
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .helpers
+            .push(thread);
     }
 
     /// The store's reader; [`Error::Closed`] after shutdown (which releases
@@ -383,6 +397,14 @@ impl Engine {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        // Helper threads see the engine closed and end (one may be the
+        // thread running this, if it held the last handle: not joined).
+        let me = std::thread::current().id();
+        for helper in std::mem::take(&mut life.helpers) {
+            if helper.thread().id() != me && helper.join().is_err() {
+                tracing::error!("a hookbus helper thread panicked");
+            }
+        }
         life.ended = Some(result.as_ref().map(|_| ()).map_err(ToString::to_string));
         result
     }

@@ -237,7 +237,7 @@ pub(crate) fn spawn_listener(
     schema: &str,
     me: String,
     poke: impl Fn(bool) -> bool + Send + 'static,
-) -> Result<()> {
+) -> Result<std::thread::JoinHandle<()>> {
     let mut client = connect(url)?;
     client.batch_execute(&format!("LISTEN {}", channel(schema)))?;
     std::thread::Builder::new()
@@ -246,7 +246,7 @@ pub(crate) fn spawn_listener(
             loop {
                 let mut notifications = client.notifications();
                 let next = notifications
-                    .timeout_iter(std::time::Duration::from_secs(1))
+                    .timeout_iter(LISTEN_TICK)
                     .next();
                 let go_on = match next {
                     Ok(Some(first)) => {
@@ -275,9 +275,12 @@ pub(crate) fn spawn_listener(
         .map_err(|source| Error::Spawn {
             name: "hookbus-pg-listen".into(),
             source,
-        })?;
-    Ok(())
+        })
 }
+
+/// How often the listener asks whether to go on when nothing arrives (so
+/// a shutdown that joins it waits at most this long).
+const LISTEN_TICK: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The database's clock in ms, for claims: one clock for every instance.
 const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";

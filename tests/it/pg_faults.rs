@@ -545,3 +545,70 @@ fn connections_cut_around_publish_in_never_send_what_was_not_committed() {
         .collect();
     assert_eq!(got, committed, "only committed events are sent");
 }
+
+/// Threads of this process whose name starts with `prefix` (Linux: the
+/// kernel keeps 15 bytes of a thread's name).
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|name| name.starts_with(prefix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The child side of `shutdown_joins_the_listener_thread` (a process of its
+/// own, so no other test's bus is counted).
+#[test]
+#[ignore = "child process of shutdown_joins_the_listener_thread; run by it"]
+fn listener_child() {
+    let Ok(schema) = std::env::var("HOOKBUS_LISTENER_SCHEMA") else {
+        return;
+    };
+    let bus = Bus::builder()
+        .postgres(url())
+        .postgres_schema(&schema)
+        .open()
+        .unwrap();
+    // A new thread takes its name as it starts: wait for it (bounded).
+    let end = Instant::now() + Duration::from_secs(5);
+    while threads_named("hookbus-pg-li") == 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("\nBEFORE {}", threads_named("hookbus-pg-li"));
+    bus.shutdown(Duration::from_secs(5)).unwrap();
+    println!("\nAFTER {}", threads_named("hookbus-pg-li"));
+}
+
+#[test]
+fn shutdown_joins_the_listener_thread() {
+    let Some(schema) = Schema::new("listener") else {
+        return;
+    };
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "pg_faults::listener_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HOOKBUS_LISTENER_SCHEMA", &schema.0)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let count = |what: &str| -> usize {
+        text.lines()
+            .find_map(|l| l.strip_prefix(what))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the child said no {what}: {text}"))
+    };
+    assert_eq!(
+        count("BEFORE "),
+        1,
+        "the listener runs while the bus is open"
+    );
+    assert_eq!(count("AFTER "), 0, "shutdown left the listener running");
+}
