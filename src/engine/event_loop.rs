@@ -342,7 +342,7 @@ impl Dispatcher {
             return deadline.saturating_duration_since(Instant::now());
         }
         let sender_free = self.in_flight.len() < self.s.config.senders;
-        if self.s.rescan && sender_free && self.s.config.deliver {
+        if self.s.needs_rescan() && sender_free && self.s.config.deliver {
             // Due work changed and a sender is free: plan again at once.
             return Duration::ZERO;
         }
@@ -366,7 +366,7 @@ impl Dispatcher {
         if let Command::Poll = cmd {
             // Nothing to write: no flush for it.
             self.next_poll = 0;
-            self.s.rescan = true;
+            self.s.rescan();
             return;
         }
         // A publish without a waiter is no barrier: it is durable once a
@@ -479,7 +479,12 @@ impl Dispatcher {
             Ok(())
         };
         let done = f(&mut self.s);
-        let mut jobs: Vec<Job> = self.s.jobs.drain(..).map(Job::requested).collect();
+        let mut jobs: Vec<Job> = self
+            .s
+            .take_job_requests()
+            .into_iter()
+            .map(Job::requested)
+            .collect();
         let last = jobs.pop();
         for job in jobs {
             self.round.after_commit(job, None);
@@ -688,7 +693,7 @@ impl Dispatcher {
         // pending: sent again, at least once). Plan again on the store as
         // it now is.
         if !self.settling.is_empty() {
-            self.s.rescan = true;
+            self.s.rescan();
         }
         self.settling.clear();
         self.settling_subs.clear();
@@ -713,14 +718,15 @@ impl Dispatcher {
             return;
         }
         self.commit();
-        for (sub, at) in self.s.added.drain() {
+        let changes = self.s.take_changes();
+        for (sub, at) in changes.added {
             let e = self.due_subs.entry(sub).or_insert(at);
             *e = (*e).min(at);
         }
-        if !self.s.changed_subs.is_empty() {
+        if !changes.changed_subs.is_empty() {
             self.fanout.clear();
         }
-        for sub in self.s.changed_subs.drain() {
+        for sub in changes.changed_subs {
             self.subs.remove(&sub);
             self.policies.remove(&sub);
             self.fifo_heads.remove(&sub);
@@ -733,11 +739,10 @@ impl Dispatcher {
                 flow.paused_until = 0;
             }
         }
-        for sub in self.s.revived_subs.drain() {
+        for sub in changes.revived_subs {
             self.fifo_heads.remove(&sub);
         }
-        let touched: Vec<SubscriptionId> = self.s.touched.drain().collect();
-        for sub in touched {
+        for sub in changes.touched {
             match self.s.reader().due(sub).next().transpose() {
                 Ok(Some(e)) => {
                     self.due_subs.insert(sub, e.at);
@@ -848,7 +853,7 @@ impl Dispatcher {
         {
             self.windows.insert(o.subscription, flow.window);
         }
-        self.s.rescan = true;
+        self.s.rescan();
         // A FIFO queue's outcomes are flushed in their round: one lost in a
         // crash would send an acknowledged delivery again after later ones
         // (out of order), not merely twice.
@@ -1123,8 +1128,7 @@ impl Dispatcher {
         if self.settling.is_empty()
             || self.round_took_commands
             || self.closing.is_some()
-            || !self.s.changed_subs.is_empty()
-            || !self.s.revived_subs.is_empty()
+            || self.s.subscriptions_changed()
             || self.s.reader().shared()
         {
             return;
@@ -1151,8 +1155,7 @@ impl Dispatcher {
             && self.parked.is_empty()
             && self.jobs.is_empty()
             && self.closing.is_none()
-            && self.s.changed_subs.is_empty()
-            && self.s.revived_subs.is_empty()
+            && !self.s.subscriptions_changed()
             // Only outcomes' writes: anything else staged (a delivery the
             // dispatcher quarantined or finished instead of sending, an
             // expired key) would be met again, as the store still shows it,
@@ -1182,7 +1185,7 @@ impl Dispatcher {
         let free = limits.total.saturating_sub(self.in_flight.len());
         let now = now_ms();
         let due_now = self.next_due.is_some_and(|at| at <= now);
-        if !(self.s.rescan || due_now) {
+        if !(self.s.needs_rescan() || due_now) {
             return;
         }
         if free == 0 {
@@ -1196,11 +1199,11 @@ impl Dispatcher {
         // commit; a failed flush holds everything back until one succeeds.
         if self.round.unflushed_publishes() && self.flush().is_err() {
             // Try again in a while (a full pass then), not in a busy loop.
-            self.s.rescan = false;
+            self.s.take_rescan();
             self.next_due = Some(now.saturating_add(100));
             return;
         }
-        self.s.rescan = false;
+        self.s.take_rescan();
         self.read_failed = false;
         // Subscriptions with due work whose breaker lets them send, and
         // when the next one falls due (or a breaker half-opens).
@@ -1375,7 +1378,7 @@ impl Dispatcher {
         match self.s.reader().pending_subscriptions() {
             Ok((due, _)) => {
                 self.due_subs = due.into_iter().collect();
-                self.s.rescan = true;
+                self.s.rescan();
             }
             Err(e) => tracing::error!(error = %e, "could not poll the shared store"),
         }
@@ -1441,7 +1444,7 @@ impl Dispatcher {
                 // goes to the next due one. (A read that failed for a
                 // passing reason is looked at again in a second instead.)
                 if !self.read_failed {
-                    self.s.rescan = true;
+                    self.s.rescan();
                 }
                 continue;
             };
@@ -1514,11 +1517,11 @@ impl Dispatcher {
     /// Drops what the caches hold of subscriptions changed in this round
     /// (they are seen by the very next publish).
     fn sync_caches(&mut self) {
-        if self.s.changed_subs.is_empty() {
+        if self.s.changed_subscriptions().is_empty() {
             return;
         }
         self.fanout.clear();
-        for id in &self.s.changed_subs {
+        for id in self.s.changed_subscriptions() {
             self.subs.remove(id);
         }
     }

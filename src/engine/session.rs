@@ -22,6 +22,23 @@ use crate::retry::Decision;
 use crate::storage::{Damaged, IndexEntry, Reader, SubscriptionRecord, Writer};
 use crate::telemetry;
 
+/// What a round's writes did that the dispatcher keeps caches of: a
+/// value it takes once a round (`Session::take_changes`), not fields it
+/// reaches into.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    /// Subscriptions whose pending deliveries changed.
+    pub(crate) touched: HashSet<SubscriptionId>,
+    /// Subscriptions that gained pending deliveries, with the soonest due.
+    pub(crate) added: HashMap<SubscriptionId, u64>,
+    /// Subscriptions written or removed: the dispatcher drops what it
+    /// keeps about their policy.
+    pub(crate) changed_subs: HashSet<SubscriptionId>,
+    /// Subscriptions with a dead delivery made pending again (it may be
+    /// older than a FIFO queue's head).
+    pub(crate) revived_subs: HashSet<SubscriptionId>,
+}
+
 /// Maintenance a change asks for: the dispatcher makes it a job
 /// (`maintenance::Job`) and runs it in chunks after the change's commit.
 /// (A request, not the job itself: the session knows nothing of jobs,
@@ -44,24 +61,17 @@ pub(crate) struct Session {
     stats: OutboxStats,
     stats_dirty: bool,
     /// Writes were committed that no flush has covered yet.
-    pub(crate) unflushed: bool,
+    unflushed: bool,
     /// Deliveries staged since the last commit (`None`: removed).
     staged: HashMap<DeliveryId, Option<Delivery>>,
     /// Pending deliveries were added or moved earlier: plan again.
-    pub(crate) rescan: bool,
-    /// Subscriptions whose pending deliveries changed since the last round.
-    pub(crate) touched: HashSet<SubscriptionId>,
-    /// Subscriptions that gained pending deliveries, with the soonest due.
-    pub(crate) added: HashMap<SubscriptionId, u64>,
+    rescan: bool,
+    /// What the writes did that the dispatcher keeps caches of, handed
+    /// over once a round (`take_changes`).
+    changes: Changes,
     /// Maintenance the current change asked for (run in chunks later, by
     /// the dispatcher, once the change is committed).
-    pub(crate) jobs: Vec<JobRequest>,
-    /// Subscriptions written or removed since the last round: the
-    /// dispatcher drops what it keeps about their policy.
-    pub(crate) changed_subs: HashSet<SubscriptionId>,
-    /// Subscriptions with a dead delivery made pending again since the last
-    /// round (it may be older than a FIFO queue's head).
-    pub(crate) revived_subs: HashSet<SubscriptionId>,
+    jobs: Vec<JobRequest>,
     /// The last sequence number given per subscription, as far as known;
     /// and which of them are not written yet.
     sequences: HashMap<SubscriptionId, u64>,
@@ -99,11 +109,8 @@ impl Session {
             staged_subs: HashMap::new(),
             staged: HashMap::new(),
             rescan: true,
-            touched: HashSet::new(),
-            added: HashMap::new(),
+            changes: Changes::default(),
             jobs: Vec::new(),
-            changed_subs: HashSet::new(),
-            revived_subs: HashSet::new(),
             sequences: HashMap::new(),
             sequences_dirty: HashSet::new(),
             keys: HashMap::new(),
@@ -167,11 +174,11 @@ impl Session {
         }
         if old.is_some_and(|o| o.state == DeliveryState::Pending) {
             // It may have been the soonest: look again after the commit.
-            self.touched.insert(new.subscription_id);
+            self.changes.touched.insert(new.subscription_id);
         } else if new.state == DeliveryState::Pending {
             // A new pending delivery can only make the soonest sooner.
             let at = new.next_attempt_at.map_or(0, |t| t.as_millis());
-            let e = self.added.entry(new.subscription_id).or_insert(at);
+            let e = self.changes.added.entry(new.subscription_id).or_insert(at);
             *e = (*e).min(at);
         }
         match old {
@@ -204,7 +211,7 @@ impl Session {
     ) {
         self.staged_subs.insert(new.id, Some(new.clone()));
         self.w.put_subscription(old, new);
-        self.changed_subs.insert(new.id);
+        self.changes.changed_subs.insert(new.id);
         self.rescan = true;
     }
 
@@ -213,7 +220,7 @@ impl Session {
         self.w.remove_subscription(old);
         self.sequences.remove(&old.id);
         self.sequences_dirty.remove(&old.id);
-        self.changed_subs.insert(old.id);
+        self.changes.changed_subs.insert(old.id);
         self.rescan = true;
     }
 
@@ -374,7 +381,7 @@ impl Session {
     pub(crate) fn revive(&mut self, d: &Delivery) -> Delivery {
         let new = delivery::revived(d, Timestamp::now());
         self.put_delivery(Some(d), new.clone());
-        self.revived_subs.insert(d.subscription_id);
+        self.changes.revived_subs.insert(d.subscription_id);
         new
     }
 
@@ -382,7 +389,7 @@ impl Session {
     pub(crate) fn remove_delivery(&mut self, old: &Delivery) -> Result<()> {
         self.w.remove_delivery(old)?;
         if old.state == DeliveryState::Pending {
-            self.touched.insert(old.subscription_id);
+            self.changes.touched.insert(old.subscription_id);
         }
         self.count(old.state, -1);
         self.staged.insert(old.id, None);
@@ -417,7 +424,7 @@ impl Session {
     pub(crate) fn drop_entry(&mut self, state: DeliveryState, entry: IndexEntry) {
         self.w.remove_index_entry(state, entry);
         if state == DeliveryState::Pending {
-            self.touched.insert(entry.subscription);
+            self.changes.touched.insert(entry.subscription);
         }
     }
 
@@ -441,7 +448,7 @@ impl Session {
             return false;
         }
         if state == DeliveryState::Pending {
-            self.touched.insert(entry.subscription);
+            self.changes.touched.insert(entry.subscription);
         }
         self.count(state, -1);
         self.stats.quarantined += 1;
@@ -612,6 +619,43 @@ impl Session {
     pub(crate) fn touch_stats(&mut self) {
         self.stats_dirty = true;
         self.w.probe();
+    }
+
+    /// What the writes since the last call did (see [`Changes`]).
+    pub(crate) fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Subscriptions written or removed since the last `take_changes`.
+    pub(crate) fn changed_subscriptions(&self) -> &HashSet<SubscriptionId> {
+        &self.changes.changed_subs
+    }
+
+    /// Whether a subscription was written, removed or revived since the
+    /// last `take_changes` (the dispatcher then plans only after the
+    /// commit).
+    pub(crate) fn subscriptions_changed(&self) -> bool {
+        !self.changes.changed_subs.is_empty() || !self.changes.revived_subs.is_empty()
+    }
+
+    /// The maintenance changes asked for since the last call.
+    pub(crate) fn take_job_requests(&mut self) -> Vec<JobRequest> {
+        std::mem::take(&mut self.jobs)
+    }
+
+    /// Whether due work may have changed since the last plan.
+    pub(crate) fn needs_rescan(&self) -> bool {
+        self.rescan
+    }
+
+    /// Asks for a new plan (due work may have changed).
+    pub(crate) fn rescan(&mut self) {
+        self.rescan = true;
+    }
+
+    /// Takes the request for a new plan.
+    pub(crate) fn take_rescan(&mut self) -> bool {
+        std::mem::take(&mut self.rescan)
     }
 
     /// Pending deliveries, as counted.
