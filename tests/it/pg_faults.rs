@@ -32,6 +32,16 @@ fn count(schema: &Schema, table: &str) -> i64 {
         .get(0)
 }
 
+/// A 2 s claim lease (and timeouts short enough for it): a delivery whose
+/// outcome write was cut, or could not be made while the server was away,
+/// stays claimed until its lease runs out, and is then sent again; the
+/// default lease (the timeouts + 30 s) outlasts a test's wait.
+fn short_lease(b: hookbus::Builder) -> hookbus::Builder {
+    b.connect_timeout(Duration::from_millis(500))
+        .request_timeout(Duration::from_secs(1))
+        .claim_lease(Duration::from_secs(2))
+}
+
 /// Retries `f` every 100 ms until it is Ok (or `LONG` passes: panics).
 fn until_ok<T>(what: &str, mut f: impl FnMut() -> hookbus::Result<T>) -> T {
     let end = Instant::now() + LONG;
@@ -166,13 +176,7 @@ fn connections_cut_while_publishing_lose_nothing_a_barrier_confirmed() {
     };
     let proxy = Proxy::start(pg_addr());
     let rx = TestReceiver::start();
-    // A delivery whose outcome write was cut stays claimed until its lease
-    // runs out (then it is sent again): a short lease.
-    let bus = schema
-        .builder_at(proxied(&proxy))
-        .connect_timeout(Duration::from_millis(500))
-        .request_timeout(Duration::from_secs(1))
-        .claim_lease(Duration::from_secs(2))
+    let bus = short_lease(schema.builder_at(proxied(&proxy)))
         .open()
         .unwrap();
     bus.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
@@ -254,13 +258,7 @@ fn a_server_unreachable_for_10_s_is_reported_and_then_recovered_from() {
     };
     let proxy = Proxy::start(pg_addr());
     let rx = TestReceiver::start();
-    // A delivery whose outcome could not be written during the outage
-    // stays claimed until its lease runs out: a short lease.
-    let bus = schema
-        .builder_at(proxied(&proxy))
-        .connect_timeout(Duration::from_millis(500))
-        .request_timeout(Duration::from_secs(1))
-        .claim_lease(Duration::from_secs(2))
+    let bus = short_lease(schema.builder_at(proxied(&proxy)))
         .open()
         .unwrap();
     bus.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
@@ -488,13 +486,7 @@ fn connections_cut_around_publish_in_never_send_what_was_not_committed() {
     };
     let proxy = Proxy::start(pg_addr());
     let rx = TestReceiver::start();
-    // A delivery whose outcome write was cut stays claimed until its lease
-    // runs out: a short lease.
-    let bus = schema
-        .builder_at(proxied(&proxy))
-        .connect_timeout(Duration::from_millis(500))
-        .request_timeout(Duration::from_secs(1))
-        .claim_lease(Duration::from_secs(2))
+    let bus = short_lease(schema.builder_at(proxied(&proxy)))
         .open()
         .unwrap();
     bus.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
