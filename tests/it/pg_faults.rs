@@ -529,6 +529,9 @@ fn connections_cut_around_publish_in_never_send_what_was_not_committed() {
     assert!(!committed.is_empty(), "the bus reconnects for publish_in");
     // What the app committed arrives; what it rolled back never does.
     all_arrive(&rx, &committed);
+    // Not a wait for a condition: a rolled-back event would have no
+    // delivery row at all, so none can arrive late; the pause only gives a
+    // wrongly stored one the time to show.
     std::thread::sleep(Duration::from_millis(300));
     let got: HashSet<u64> = rx
         .requests()
