@@ -4,6 +4,8 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::ids::EventId;
+use crate::record::Event;
 use crate::util::clip;
 
 const MAX_KEY_LEN: usize = 255;
@@ -198,6 +200,32 @@ pub(crate) fn validate_traceparent(tp: &str) -> Result<()> {
         return bad("needs flags of 2 lowercase hex digits");
     }
     Ok(())
+}
+
+/// The idempotency key's binding, one rule for the engine and
+/// `publish_in`: a key (`stored`: tenant, `0x00`, key) held by `holder`,
+/// stored as `held`, answers a new publish with the holder only if it is
+/// the same event: its name, its payload, and its tenant (where the held
+/// event's tenant is known). Another event is
+/// [`Error::IdempotencyKeyReused`].
+pub(crate) fn key_binds(
+    stored: &str,
+    holder: EventId,
+    held: &Event,
+    event: &Event,
+    tenant: Option<&str>,
+) -> Result<()> {
+    let same = held.name == event.name
+        && held.payload == event.payload
+        && (held.scope_unknown || held.tenant.as_deref() == tenant);
+    if same {
+        return Ok(());
+    }
+    let key = stored.rsplit('\0').next().unwrap_or_default();
+    Err(Error::IdempotencyKeyReused {
+        key: key.chars().take(64).collect(),
+        holder,
+    })
 }
 
 #[cfg(test)]

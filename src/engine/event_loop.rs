@@ -548,16 +548,8 @@ impl Dispatcher {
             // The key binds the event: a retry sends the same one. (One
             // purged by retention, or unreadable, cannot be compared: the
             // key holds as it is.)
-            if let Ok(Some(held)) = self.s.reader().event(first)
-                && (held.name != event.name
-                    || held.payload != event.payload
-                    || (!held.scope_unknown && held.tenant.as_deref() != tenant))
-            {
-                let shown = key.key.rsplit('\0').next().unwrap_or_default();
-                return Err(Error::IdempotencyKeyReused {
-                    key: shown.chars().take(64).collect(),
-                    holder: first,
-                });
+            if let Ok(Some(held)) = self.s.reader().event(first) {
+                crate::message::key_binds(&key.key, first, &held, event, tenant)?;
             }
             let _ = key.holder.set(first);
             return Ok(());

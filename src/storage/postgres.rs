@@ -2373,22 +2373,15 @@ pub(crate) fn publish_in(
             )?;
             if let Some(row) = stored.first() {
                 let scoped: bool = row.try_get(2)?;
-                let held = event_of(
+                let mut held = event_of(
                     &holder.to_bytes(),
                     &row.try_get::<_, Vec<u8>>(0)?,
                     row.try_get(1)?,
                     scoped,
                 )?;
-                if held.name != event.name
-                    || held.payload != event.payload
-                    || (scoped && held.tenant.as_deref() != tenant)
-                {
-                    let shown = key.rsplit('\0').next().unwrap_or_default();
-                    return Err(Error::IdempotencyKeyReused {
-                        key: shown.chars().take(64).collect(),
-                        holder,
-                    });
-                }
+                // Written by a build that did not keep the tenant.
+                held.scope_unknown |= !scoped;
+                crate::message::key_binds(key, holder, &held, event, tenant)?;
             }
             return Ok(holder);
         }
