@@ -1191,11 +1191,11 @@ impl Dispatcher {
         // commit; a failed flush holds everything back until one succeeds.
         if self.round.unflushed_publishes() && self.flush().is_err() {
             // Try again in a while (a full pass then), not in a busy loop.
-            self.s.take_rescan();
+            self.s.rescanned();
             self.next_due = Some(now.saturating_add(100));
             return;
         }
-        self.s.take_rescan();
+        self.s.rescanned();
         self.read_failed = false;
         // Subscriptions with due work whose breaker lets them send, and
         // when the next one falls due (or a breaker half-opens).

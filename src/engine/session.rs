@@ -653,9 +653,9 @@ impl Session {
         self.rescan = true;
     }
 
-    /// Takes the request for a new plan.
-    pub(crate) fn take_rescan(&mut self) -> bool {
-        std::mem::take(&mut self.rescan)
+    /// A plan is being made: the request for one is met.
+    pub(crate) fn rescanned(&mut self) {
+        self.rescan = false;
     }
 
     /// Pending deliveries, as counted.

@@ -1654,31 +1654,30 @@ impl PgWriter {
                 ));
             }
             tracing::warn!("PostgreSQL connection of the writer lost; reconnecting");
-            self.replace_connection();
-            if self.client.is_closed() {
-                self.client = Conn::writer(&self.reader.pool.url)?;
-            }
+            self.forget_unconfirmed();
+            self.replace_connection()?;
         }
         Ok(())
     }
 
-    /// Drops the writer's connection for a new one (still closed if no
-    /// new one could be made: the next round tries again). Only rounds of
-    /// attempt outcomes commit asynchronously (see `commit`): if some were
-    /// unconfirmed, a crashed server may have discarded them, and those
-    /// deliveries are sent again (at least once); no event can be lost so.
-    fn replace_connection(&mut self) {
+    /// The connection was lost: its asynchronous commits that no
+    /// synchronous one covered are unconfirmed. Only rounds of attempt
+    /// outcomes commit asynchronously (see `commit`): if the server
+    /// crashed, those deliveries are sent again (at least once); no event
+    /// can be lost so.
+    fn forget_unconfirmed(&mut self) {
         if std::mem::take(&mut self.unflushed) {
             tracing::warn!(
                 "the writer's PostgreSQL connection was lost with attempt outcomes not yet confirmed durable; if the server crashed, those deliveries are sent again"
             );
         }
-        match Conn::writer(&self.reader.pool.url) {
-            Ok(fresh) => self.client = fresh,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not reconnect the writer to PostgreSQL yet")
-            }
-        }
+    }
+
+    /// Drops the writer's connection for a new one (on an error the old
+    /// one stays: the next round tries again).
+    fn replace_connection(&mut self) -> Result<()> {
+        self.client = Conn::writer(&self.reader.pool.url)?;
+        Ok(())
     }
 
     fn apply(&mut self, durable: bool) -> Result<()> {
@@ -2249,7 +2248,9 @@ impl Writer for PgWriter {
         if let Err(e) = self.client.execute("SELECT pg_advisory_unlock_all()", &[]) {
             tracing::error!(error = %e, "could not release the store's locks; dropping the connection");
             // Closing the connection releases them.
-            self.replace_connection();
+            if let Err(e) = self.replace_connection() {
+                tracing::warn!(error = %e, "could not reconnect the writer to PostgreSQL yet");
+            }
         }
     }
 
@@ -2294,7 +2295,9 @@ impl Writer for PgWriter {
             // A synchronous commit on a new connection would say nothing
             // of the old one's unconfirmed commits: this flush fails (a
             // change this barrier waits for may or may not be stored).
-            self.replace_connection();
+            // The next round reconnects if this cannot.
+            self.forget_unconfirmed();
+            let _ = self.replace_connection();
             return Err(store_error(
                 "the PostgreSQL connection was lost before earlier commits were confirmed durable; they may be lost if the server crashed",
             ));

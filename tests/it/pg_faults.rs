@@ -42,6 +42,19 @@ fn short_lease(b: hookbus::Builder) -> hookbus::Builder {
         .claim_lease(Duration::from_secs(2))
 }
 
+/// A bus whose store connections go through a fault proxy, with a short
+/// lease, and one subscription to `e` at a receiver that answers 204.
+fn behind_a_proxy(schema: &Schema) -> (Proxy, TestReceiver, Bus) {
+    let proxy = Proxy::start(pg_addr());
+    let rx = TestReceiver::start();
+    let bus = short_lease(schema.builder_at(proxied(&proxy)))
+        .open()
+        .unwrap();
+    bus.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
+        .unwrap();
+    (proxy, rx, bus)
+}
+
 /// Retries `f` every 100 ms until it is Ok (or `LONG` passes: panics).
 fn until_ok<T>(what: &str, mut f: impl FnMut() -> hookbus::Result<T>) -> T {
     let end = Instant::now() + LONG;
@@ -174,13 +187,7 @@ fn connections_cut_while_publishing_lose_nothing_a_barrier_confirmed() {
     let Some(schema) = Schema::new("cut") else {
         return;
     };
-    let proxy = Proxy::start(pg_addr());
-    let rx = TestReceiver::start();
-    let bus = short_lease(schema.builder_at(proxied(&proxy)))
-        .open()
-        .unwrap();
-    bus.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
-        .unwrap();
+    let (proxy, rx, bus) = behind_a_proxy(&schema);
     let (confirmed, failed) = publish_through(&bus, 40, || {
         // Cuts during rounds of publishes, barriers, claims and outcome
         // writes (all of them run all the time here).
@@ -256,13 +263,7 @@ fn a_server_unreachable_for_10_s_is_reported_and_then_recovered_from() {
     let Some(schema) = Schema::new("outage") else {
         return;
     };
-    let proxy = Proxy::start(pg_addr());
-    let rx = TestReceiver::start();
-    let bus = short_lease(schema.builder_at(proxied(&proxy)))
-        .open()
-        .unwrap();
-    bus.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
-        .unwrap();
+    let (proxy, rx, bus) = behind_a_proxy(&schema);
     bus.publish_durable("e", &json!({ "n": 0 })).unwrap();
     // The server goes away: open connections cut, new ones refused.
     proxy.refuse(true);
@@ -484,13 +485,7 @@ fn connections_cut_around_publish_in_never_send_what_was_not_committed() {
     let Some(schema) = Schema::new("cut_tx") else {
         return;
     };
-    let proxy = Proxy::start(pg_addr());
-    let rx = TestReceiver::start();
-    let bus = short_lease(schema.builder_at(proxied(&proxy)))
-        .open()
-        .unwrap();
-    bus.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
-        .unwrap();
+    let (proxy, rx, bus) = behind_a_proxy(&schema);
     let mut app = direct();
     let (mut committed, mut refused) = (HashSet::new(), 0);
     for n in 0..20u64 {
