@@ -196,6 +196,7 @@ mod event;
 pub mod fuzzing;
 mod health;
 mod ids;
+mod lifecycle;
 mod message;
 mod notice;
 mod outbox;

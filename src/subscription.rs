@@ -927,7 +927,7 @@ impl<'a> Subscriptions<'a> {
                 previous_secret: None,
                 halted_at: old
                     .halted_at
-                    .filter(|_| wanted.order == DeliveryOrder::FIFO_HALT),
+                    .filter(|_| crate::lifecycle::halts(wanted.order)),
                 ..wanted
             };
             check_conflict(w.reader(), &new)?;
@@ -1138,9 +1138,6 @@ impl<'a> Subscriptions<'a> {
                 Signing::from_flag(new.standard_webhooks),
                 new.secret.as_deref(),
             )?;
-            if let Some(a) = patch.active {
-                new.active = a;
-            }
             if let Some(h) = patch.headers {
                 new.headers = h.into_iter().map(|(n, v)| (n, v.0)).collect();
             }
@@ -1150,19 +1147,17 @@ impl<'a> Subscriptions<'a> {
             if let Some(order) = patch.order {
                 new.order = order;
             }
-            if patch.resume || new.order != DeliveryOrder::FIFO_HALT {
-                new.halted_at = None;
-            }
+            crate::lifecycle::update(&mut new, patch.active, patch.resume);
             new.modified_at = Timestamp::now();
             check_conflict(w.reader(), &new)?;
             w.put_subscription(Some(&old), &new);
-            if old.active && !new.active {
-                w.set_disabled(
+            match crate::lifecycle::disabled_change(&old, &new) {
+                Some(true) => w.set_disabled(
                     id,
                     Some((new.modified_at, "deactivated through the API".into())),
-                );
-            } else if !old.active && new.active {
-                w.set_disabled(id, None);
+                ),
+                Some(false) => w.set_disabled(id, None),
+                None => {}
             }
             Ok(Subscription::from(new))
         })

@@ -11,8 +11,16 @@
 //!   (which owns the senders), and its `shutdown` and `Drop` are the one
 //!   place threads are stopped and joined.
 
+pub(crate) mod coordination;
+pub(crate) mod directory;
+pub(crate) mod dispatch;
 pub(crate) mod event_loop;
+pub(crate) mod fifo;
+pub(crate) mod flow;
+pub(crate) mod intake;
+pub(crate) mod jobs;
 pub(crate) mod maintenance;
+pub(crate) mod outcomes;
 pub(crate) mod round;
 pub(crate) mod scheduler;
 pub(crate) mod session;

@@ -1,0 +1,324 @@
+//! What the engine knows of subscriptions between rounds: their records,
+//! who is indexed under an event name, and the delivery policy the
+//! dispatcher gates on — read through the session's reader and cached
+//! until the subscription changes here (the session's [`Changes`]) or, on
+//! a shared store where other instances change them too, until the next
+//! poll. Also the fan-out rule: which subscriptions an event goes to.
+//!
+//! [`Changes`]: super::session::Changes
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::session::Session;
+use crate::error::Result;
+use crate::ids::SubscriptionId;
+use crate::policy::{DeliveryOrder, RateLimit};
+use crate::record::Event;
+use crate::storage::SubscriptionRecord;
+
+/// A cache is cleared when it holds this many.
+pub(crate) const CACHE_SIZE: usize = 4096;
+
+/// What the dispatcher needs to know of a subscription's policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Policy {
+    pub(crate) rate: Option<RateLimit>,
+    pub(crate) order: DeliveryOrder,
+    /// A FIFO subscription halted at a dead letter.
+    pub(crate) halted: bool,
+    /// Inactive (deactivated, disabled): its pending deliveries wait.
+    pub(crate) inactive: bool,
+}
+
+impl Policy {
+    /// The policy a stored subscription record says.
+    pub(crate) fn of(r: &SubscriptionRecord) -> Policy {
+        Policy {
+            rate: r.rate_limit,
+            order: r.order,
+            halted: r.halted_at.is_some() && r.order.is_fifo(),
+            inactive: !r.active,
+        }
+    }
+}
+
+/// Who an event goes to: the subscriptions found, and a line for each one
+/// whose record could not be read (moved aside as damaged).
+#[derive(Debug, Default)]
+pub(crate) struct Recipients {
+    pub(crate) subs: Vec<SubscriptionId>,
+    pub(crate) missed: Vec<String>,
+}
+
+/// The subscription caches (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct Directory {
+    /// Subscriptions as last read.
+    subs: HashMap<SubscriptionId, Arc<SubscriptionRecord>>,
+    /// Who is indexed under an event name, as last read.
+    fanout: HashMap<String, Arc<[SubscriptionId]>>,
+    /// The delivery policy of subscriptions met lately.
+    policies: HashMap<SubscriptionId, Policy>,
+}
+
+impl Directory {
+    /// Forgets what is known of `sub` (it changed).
+    pub(crate) fn forget(&mut self, sub: SubscriptionId) {
+        self.subs.remove(&sub);
+        self.policies.remove(&sub);
+        self.fanout.clear();
+    }
+
+    /// Forgets `sub`'s policy only (it is read again at the next look).
+    pub(crate) fn forget_policy(&mut self, sub: SubscriptionId) {
+        self.policies.remove(&sub);
+    }
+
+    /// Forgets everything (other instances may have changed subscriptions).
+    pub(crate) fn clear(&mut self) {
+        self.subs.clear();
+        self.fanout.clear();
+        self.policies.clear();
+    }
+
+    /// The cached policy of `sub`, if it was looked at since it changed.
+    pub(crate) fn cached_policy(&self, sub: SubscriptionId) -> Option<Policy> {
+        self.policies.get(&sub).copied()
+    }
+
+    /// Drops what the caches hold of subscriptions changed in the round
+    /// being staged (so the very next publish sees them).
+    fn sync(&mut self, s: &Session) {
+        if s.changed_subscriptions().is_empty() {
+            return;
+        }
+        self.fanout.clear();
+        for id in s.changed_subscriptions() {
+            self.subs.remove(id);
+        }
+    }
+
+    /// The fan-out rule: the active subscriptions that take `event`
+    /// published for `tenant` (see [`SubscriptionRecord::takes`]). A
+    /// subscription whose record is damaged is moved aside and named in
+    /// [`Recipients::missed`]. An error: the index could not be read.
+    pub(crate) fn recipients(
+        &mut self,
+        s: &mut Session,
+        event: &Event,
+        tenant: Option<&str>,
+    ) -> Result<Recipients> {
+        let app_events_to_tenants = s.config.tenants_receive_app_events;
+        let ids = self.subscribers_of(s, &event.name)?;
+        let mut out = Recipients {
+            subs: Vec::with_capacity(ids.len()),
+            missed: Vec::new(),
+        };
+        for &id in ids.iter() {
+            match self.subscription(s, id) {
+                Ok(Some(r)) if r.takes(&event.name, tenant, app_events_to_tenants) => {
+                    out.subs.push(id)
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    s.quarantine_error(&e);
+                    out.missed.push(format!("subscription {id}: {e}"));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The subscriptions indexed under `event` or `*` (active or not).
+    fn subscribers_of(&mut self, s: &mut Session, event: &str) -> Result<Arc<[SubscriptionId]>> {
+        self.sync(s);
+        if let Some(ids) = self.fanout.get(event) {
+            return Ok(ids.clone());
+        }
+        let found = s.reader().subscribers_of(event)?;
+        if !found.damaged.is_empty() {
+            s.quarantine(&found.damaged);
+        }
+        if self.fanout.len() >= CACHE_SIZE {
+            self.fanout.clear();
+        }
+        let ids: Arc<[SubscriptionId]> = found.ids.into();
+        self.fanout.insert(event.to_owned(), ids.clone());
+        Ok(ids)
+    }
+
+    /// A subscription as of this instance's last look.
+    pub(crate) fn subscription(
+        &mut self,
+        s: &Session,
+        id: SubscriptionId,
+    ) -> Result<Option<Arc<SubscriptionRecord>>> {
+        self.sync(s);
+        if let Some(r) = self.subs.get(&id) {
+            return Ok(Some(r.clone()));
+        }
+        let Some(r) = s.reader().subscription(id)? else {
+            return Ok(None);
+        };
+        if self.subs.len() >= CACHE_SIZE {
+            self.subs.clear();
+        }
+        let r = Arc::new(r);
+        self.subs.insert(id, r.clone());
+        Ok(Some(r))
+    }
+
+    /// The delivery policy of `sub`: `Ok(None)` if it is gone (its
+    /// deliveries find out when they are prepared). Not cached on error.
+    pub(crate) fn policy(&mut self, s: &Session, sub: SubscriptionId) -> Result<Option<Policy>> {
+        if let Some(p) = self.policies.get(&sub) {
+            return Ok(Some(*p));
+        }
+        let Some(r) = s.reader().subscription(sub)? else {
+            return Ok(None);
+        };
+        let p = Policy::of(&r);
+        if self.policies.len() >= CACHE_SIZE {
+            self.policies.clear();
+        }
+        self.policies.insert(sub, p);
+        Ok(Some(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::ids::{EventId, Timestamp};
+
+    fn session(dir: &std::path::Path) -> Session {
+        let (_, w) = crate::storage::sled::open(
+            &dir.join("store"),
+            8 << 20,
+            std::time::Duration::from_secs(5),
+            false,
+        )
+        .expect("open a sled store");
+        Session::new(Box::new(w), Arc::new(Config::default())).expect("a session")
+    }
+
+    fn subscription(events: &[&str], tenant: Option<&str>, active: bool) -> SubscriptionRecord {
+        let now = Timestamp::now();
+        SubscriptionRecord {
+            id: SubscriptionId::generate(),
+            name: "test".into(),
+            events: events.iter().map(|e| (*e).to_owned()).collect(),
+            url: "http://127.0.0.1:9/hook".into(),
+            secret: None,
+            previous_secret: None,
+            content_type: "application/json".into(),
+            active,
+            owner: None,
+            standard_webhooks: false,
+            created_at: now,
+            modified_at: now,
+            tenant: tenant.map(str::to_owned),
+            headers: Vec::new(),
+            rate_limit: None,
+            order: DeliveryOrder::default(),
+            halted_at: None,
+        }
+    }
+
+    fn event(name: &str) -> Event {
+        Event {
+            id: EventId::generate(),
+            name: name.to_owned(),
+            payload: b"{}".to_vec(),
+            created_at: Timestamp::now(),
+            traceparent: None,
+            tenant: None,
+            scope_unknown: false,
+        }
+    }
+
+    #[test]
+    fn an_event_goes_to_the_active_subscriptions_that_name_it_in_its_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        let named = subscription(&["order.paid"], None, true);
+        let wildcard = subscription(&["*"], None, true);
+        let other = subscription(&["order.shipped"], None, true);
+        let inactive = subscription(&["order.paid"], None, false);
+        let tenant = subscription(&["order.paid"], Some("acme"), true);
+        for r in [&named, &wildcard, &other, &inactive, &tenant] {
+            s.put_subscription(None, r);
+        }
+        s.commit().unwrap();
+        let mut d = Directory::default();
+        let mut to = d
+            .recipients(&mut s, &event("order.paid"), None)
+            .unwrap()
+            .subs;
+        to.sort_unstable();
+        let mut want = vec![named.id, wildcard.id];
+        want.sort_unstable();
+        assert_eq!(to, want);
+        let to = d
+            .recipients(&mut s, &event("order.paid"), Some("acme"))
+            .unwrap()
+            .subs;
+        assert_eq!(to, vec![tenant.id]);
+    }
+
+    #[test]
+    fn a_change_in_the_round_is_seen_by_the_very_next_publish() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        let mut d = Directory::default();
+        assert!(
+            d.recipients(&mut s, &event("a"), None)
+                .unwrap()
+                .subs
+                .is_empty()
+        );
+        // Staged, not yet committed: the cache must not hide it.
+        let r = subscription(&["a"], None, true);
+        s.put_subscription(None, &r);
+        s.commit().unwrap();
+        assert_eq!(
+            d.recipients(&mut s, &event("a"), None).unwrap().subs,
+            vec![r.id]
+        );
+        // Disabled: cached record forgotten with the change.
+        let mut off = r.clone();
+        off.active = false;
+        s.put_subscription(Some(&r), &off);
+        s.commit().unwrap();
+        assert!(
+            d.recipients(&mut s, &event("a"), None)
+                .unwrap()
+                .subs
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_policy_is_cached_until_forgotten_and_a_gone_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        let mut d = Directory::default();
+        let mut r = subscription(&["a"], None, true);
+        r.rate_limit = Some(RateLimit::per_second(3));
+        s.put_subscription(None, &r);
+        s.commit().unwrap();
+        let p = d.policy(&s, r.id).unwrap().unwrap();
+        assert_eq!(p.rate, Some(RateLimit::per_second(3)));
+        assert!(!p.inactive && !p.halted);
+        assert_eq!(d.cached_policy(r.id), Some(p));
+        s.remove_subscription(&r);
+        s.commit().unwrap();
+        // Still cached: the loop forgets it when it takes the round's changes.
+        assert_eq!(d.policy(&s, r.id).unwrap(), Some(p));
+        d.forget(r.id);
+        assert_eq!(d.policy(&s, r.id).unwrap(), None);
+        assert_eq!(d.cached_policy(r.id), None);
+    }
+}

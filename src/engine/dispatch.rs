@@ -1,0 +1,826 @@
+//! Dispatch: which due deliveries go to the senders now. It owns what is
+//! in flight, each subscription's [`Flow`] and rate-limit [`Bucket`], the
+//! FIFO heads, the destination hosts, the payload cache and when the next
+//! delivery falls due; it takes work through the [`Coordination`] seam and
+//! hears outcomes back ([`Dispatch::heard`]). The share rules are the pure
+//! [`scheduler::plan`].
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use super::coordination::{self, Coordination};
+use super::directory::{Directory, Policy};
+use super::fifo::Heads;
+use super::flow::{Bucket, Flow, INITIAL_WINDOW};
+use super::round::Round;
+use super::scheduler::{self, Limits};
+use super::session::{Changes, Session, is_damage};
+use crate::delivery::{self, Delivery, DeliveryState, reason};
+use crate::error::{Error, Result};
+use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
+use crate::policy::RateLimit;
+use crate::sender::{self, Outcome};
+use crate::storage::IndexEntry;
+
+/// The payload cache is cleared when it holds more than this many bytes.
+const PAYLOAD_CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+fn now_ms() -> u64 {
+    Timestamp::now().as_millis()
+}
+
+/// What was sent of recent events, capped by bytes.
+#[derive(Default)]
+struct Payloads {
+    map: HashMap<EventId, sender::Body>,
+    bytes: usize,
+}
+
+/// Destination hosts as the per-host cap counts them.
+#[derive(Debug, Default)]
+struct Hosts {
+    /// Each subscription's destination host, as an index of `index`.
+    of: HashMap<SubscriptionId, usize>,
+    index: HashMap<String, usize>,
+}
+
+impl Hosts {
+    /// Notes `sub`'s host as of its current URL.
+    fn note(&mut self, sub: SubscriptionId, url: &str) {
+        let next = self.index.len();
+        let i = *self.index.entry(host_key(url)).or_insert(next);
+        self.of.insert(sub, i);
+    }
+}
+
+/// The dispatcher's state (see the module docs).
+pub(crate) struct Dispatch {
+    coord: Box<dyn Coordination>,
+    /// The sender threads (`None` when the bus does not deliver).
+    pool: Option<sender::Pool>,
+    hosts: Hosts,
+    /// The last subscription served: the next pass starts after it.
+    rr_cursor: Option<SubscriptionId>,
+    in_flight: HashSet<DeliveryId>,
+    /// Deliveries whose outcome is staged, not yet committed: the store
+    /// still shows them as they were before the request, so a dispatch
+    /// before the commit must not send them again.
+    settling: HashSet<DeliveryId>,
+    /// Their subscriptions (a FIFO queue's next head waits for the commit).
+    settling_subs: HashSet<SubscriptionId>,
+    flows: HashMap<SubscriptionId, Flow>,
+    /// The windows (see `Flow::window`) subscriptions earned, kept while
+    /// they are idle (their flows are dropped then), so a healthy one does
+    /// not start slowly again after a quiet spell; forgotten when the
+    /// subscription changes.
+    windows: HashMap<SubscriptionId, usize>,
+    /// When the next pending delivery falls due (`None`: nothing scheduled,
+    /// or due work waits for a sender and an outcome will wake the loop).
+    next_due: Option<u64>,
+    /// Every subscription with pending deliveries, and when its soonest is
+    /// due (kept in step with the store at the end of every round).
+    due_subs: HashMap<SubscriptionId, u64>,
+    /// The token buckets of rate-limited subscriptions.
+    buckets: HashMap<SubscriptionId, Bucket>,
+    heads: Heads,
+    payloads: Payloads,
+    horizon: Duration,
+    /// A read failed in this pass for a reason that may pass.
+    read_failed: bool,
+    /// When to poll a shared store for other instances' work next (ms).
+    next_poll: u64,
+}
+
+impl std::fmt::Debug for Dispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatch")
+            .field("alone", &self.coord.alone())
+            .field("in_flight", &self.in_flight.len())
+            .field("settling", &self.settling.len())
+            .field("due_subscriptions", &self.due_subs.len())
+            .field("next_due", &self.next_due)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatch {
+    /// `due`: the subscriptions with pending deliveries as the store was
+    /// opened, and when each one's soonest is due.
+    pub(crate) fn new(
+        s: &Session,
+        pool: Option<sender::Pool>,
+        due: impl IntoIterator<Item = (SubscriptionId, u64)>,
+    ) -> Dispatch {
+        Dispatch {
+            coord: coordination::for_store(s),
+            pool,
+            hosts: Hosts::default(),
+            rr_cursor: None,
+            in_flight: HashSet::new(),
+            settling: HashSet::new(),
+            settling_subs: HashSet::new(),
+            flows: HashMap::new(),
+            windows: HashMap::new(),
+            next_due: None,
+            due_subs: due.into_iter().collect(),
+            buckets: HashMap::new(),
+            heads: Heads::default(),
+            payloads: Payloads::default(),
+            horizon: delivery::due_horizon(&s.config.retry_schedule),
+            read_failed: false,
+            next_poll: 0,
+        }
+    }
+
+    /// Whether this instance writes its store alone (see
+    /// [`Coordination::alone`]).
+    pub(crate) fn alone(&self) -> bool {
+        self.coord.alone()
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Outcomes heard whose writes are not committed yet.
+    pub(crate) fn settling(&self) -> usize {
+        self.settling.len()
+    }
+
+    /// How many sender threads are alive.
+    pub(crate) fn senders_alive(&self) -> usize {
+        self.pool.as_ref().map_or(0, sender::Pool::alive)
+    }
+
+    /// How long the loop may sleep before dispatch has work.
+    pub(crate) fn wait(&self, s: &Session) -> Duration {
+        let sender_free = self.in_flight.len() < s.config.senders;
+        if s.needs_rescan() && sender_free && s.config.deliver {
+            // Due work changed and a sender is free: plan again at once.
+            return Duration::ZERO;
+        }
+        match self.next_due {
+            Some(at) => Duration::from_millis(at.saturating_sub(now_ms())),
+            None => Duration::MAX,
+        }
+    }
+
+    /// Another instance added work (a notification): poll at once.
+    pub(crate) fn poll_now(&mut self) {
+        self.next_poll = 0;
+    }
+
+    /// The round's staged outcomes were committed (or failed: then the
+    /// store still shows them pending and they are sent again, at least
+    /// once). Plans again on the store as it now is.
+    pub(crate) fn settled(&mut self, s: &mut Session) {
+        if !self.settling.is_empty() {
+            s.rescan();
+        }
+        self.settling.clear();
+        self.settling_subs.clear();
+    }
+
+    /// Takes in what a committed round did: new and changed due work, and
+    /// changed subscriptions (whose policy, bucket, window, FIFO head and
+    /// pause are forgotten).
+    pub(crate) fn apply(&mut self, s: &Session, dir: &mut Directory, changes: Changes) {
+        for (sub, at) in changes.added {
+            let e = self.due_subs.entry(sub).or_insert(at);
+            *e = (*e).min(at);
+        }
+        for sub in changes.changed_subs {
+            dir.forget(sub);
+            self.heads.forget(sub);
+            self.buckets.remove(&sub);
+            // A new URL starts slowly again.
+            self.windows.remove(&sub);
+            // A changed subscription (a new URL, say) is not held to the
+            // old receiver's "slow down".
+            if let Some(flow) = self.flows.get_mut(&sub) {
+                flow.paused_until = 0;
+            }
+        }
+        for sub in changes.revived_subs {
+            self.heads.forget(sub);
+        }
+        for sub in changes.touched {
+            match s.reader().due(sub).next().transpose() {
+                Ok(Some(e)) => {
+                    self.due_subs.insert(sub, e.at);
+                }
+                Ok(None) => {
+                    self.due_subs.remove(&sub);
+                }
+                Err(e) => {
+                    tracing::error!(subscription = %sub, error = %e, "damaged due-index entry")
+                }
+            }
+        }
+    }
+
+    /// Hears an outcome: its delivery leaves the flight (and settles until
+    /// the commit), its subscription's flow changes (breaker, window, a
+    /// receiver's pause, shared with the other instances). Returns the
+    /// subscription's policy.
+    pub(crate) fn heard(&mut self, s: &mut Session, dir: &mut Directory, o: &Outcome) -> Policy {
+        self.in_flight.remove(&o.delivery);
+        self.settling.insert(o.delivery);
+        self.settling_subs.insert(o.subscription);
+        let now = now_ms();
+        let flow = self.flows.entry(o.subscription).or_default();
+        let heard = flow.heard(
+            now,
+            o.attempt.error.as_ref().map(|e| e.kind),
+            o.attempt.status,
+            o.retry_after,
+            s.config.circuit_breaker(),
+            s.config.per_subscription,
+        );
+        if let Some(wait_ms) = heard.opened {
+            tracing::warn!(subscription = %o.subscription, failures = flow.failures, wait_ms, "circuit breaker open: the subscription's backlog waits");
+        }
+        if heard.closed {
+            tracing::info!(subscription = %o.subscription, "circuit breaker closed: the receiver answers again");
+        }
+        if let Some(pause) = heard.paused {
+            // "Too many requests": the whole subscription waits, not only
+            // this delivery (which is retried on its own schedule, no
+            // sooner). Every instance of a shared store holds back too.
+            tracing::info!(subscription = %o.subscription, status = o.attempt.status, pause_ms = pause, "receiver asked to slow down: subscription paused");
+            if let Err(e) = self.coord.pause(s, o.subscription, pause) {
+                tracing::warn!(subscription = %o.subscription, error = %e, "could not share a receiver's pause with the other instances");
+            }
+        }
+        // Idle and well: its flow goes, the window it earned stays.
+        if self.flows.get(&o.subscription).is_some_and(|f| f.idle(now))
+            && let Some(flow) = self.flows.remove(&o.subscription)
+            && flow.window > INITIAL_WINDOW
+        {
+            self.windows.insert(o.subscription, flow.window);
+        }
+        s.rescan();
+        self.policy(s, dir, o.subscription)
+    }
+
+    /// The delivery policy of `sub` (default if it cannot be read: the
+    /// delivery itself then finds out why).
+    pub(crate) fn policy(
+        &mut self,
+        s: &Session,
+        dir: &mut Directory,
+        sub: SubscriptionId,
+    ) -> Policy {
+        match dir.policy(s, sub) {
+            Ok(p) => p.unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(subscription = %sub, error = %e, "could not read a subscription's policy; will try again");
+                self.retry_soon();
+                Policy::default()
+            }
+        }
+    }
+
+    /// In a shared store other instances add deliveries this one does not
+    /// see: look at what is pending there every `Config::shared_poll` (and
+    /// when a notification says so: [`poll_now`](Self::poll_now)).
+    pub(crate) fn poll(&mut self, s: &mut Session, dir: &mut Directory, now: u64) {
+        if self.coord.alone() || now < self.next_poll {
+            return;
+        }
+        let every = u64::try_from(s.config.shared_poll.as_millis()).unwrap_or(u64::MAX);
+        self.next_poll = now.saturating_add(every);
+        // Other instances may have changed subscriptions.
+        dir.clear();
+        self.heads.clear();
+        s.forget_health_views();
+        if !s.config.deliver {
+            return;
+        }
+        match s.reader().pending_subscriptions() {
+            Ok((due, _)) => {
+                self.due_subs = due.into_iter().collect();
+                s.rescan();
+            }
+            Err(e) => tracing::error!(error = %e, "could not poll the shared store"),
+        }
+        // Wake for the next poll.
+        self.wake_at(self.next_poll);
+    }
+
+    /// Hands due deliveries to free senders, fairly between subscriptions.
+    pub(crate) fn dispatch(&mut self, s: &mut Session, round: &mut Round, dir: &mut Directory) {
+        if !s.config.deliver {
+            return;
+        }
+        let config = &s.config;
+        let limits = Limits {
+            total: config.senders,
+            per_subscription: config.per_subscription,
+            per_host: config.per_host,
+        };
+        let free = limits.total.saturating_sub(self.in_flight.len());
+        let now = now_ms();
+        let due_now = self.next_due.is_some_and(|at| at <= now);
+        if !(s.needs_rescan() || due_now) {
+            return;
+        }
+        if free == 0 {
+            // Every slot is busy: an outcome wakes the loop, not the clock.
+            self.next_due = None;
+            return;
+        }
+        // Nothing leaves before the round that created it is durable: a
+        // receiver must never see a delivery (or a sequence number) that a
+        // crash could take back. Under load this is the round's group
+        // commit; a failed flush holds everything back until one succeeds.
+        if round.unflushed_publishes() && flush(s, round).is_err() {
+            // Try again in a while (a full pass then), not in a busy loop.
+            s.rescanned();
+            self.next_due = Some(now.saturating_add(100));
+            return;
+        }
+        s.rescanned();
+        self.read_failed = false;
+        let mut next: Option<u64> = None;
+        let candidates = self.candidates(now, &mut next);
+        let (mut ready, starts, heads) = self.gates(s, dir, candidates, now, &mut next);
+        self.next_due = match (self.next_due, next) {
+            // A read to try again soon, set while looking at heads.
+            (Some(soon), Some(n)) if self.read_failed => Some(soon.min(n)),
+            (Some(soon), None) if self.read_failed => Some(soon),
+            (_, n) => n,
+        };
+        if ready.is_empty() {
+            return;
+        }
+        round_robin(&mut ready, self.rr_cursor);
+        // Ready ones that are idle start from the window they earned.
+        for sub in &ready {
+            if let Some(&window) = self.windows.get(sub) {
+                self.flows.entry(*sub).or_insert(Flow {
+                    window,
+                    ..Flow::default()
+                });
+            }
+        }
+        for flow in self.flows.values_mut() {
+            flow.check_stall(now);
+        }
+        let mut host_in_flight = vec![0usize; self.hosts.index.len()];
+        for (sub, flow) in &self.flows {
+            if let Some(h) = self.hosts.of.get(sub) {
+                host_in_flight[*h] += flow.in_flight;
+            }
+        }
+        let hosts = &self.hosts.of;
+        let host = |s: SubscriptionId| hosts.get(&s).copied();
+        let own = |s: SubscriptionId| starts.get(&s).copied().unwrap_or(usize::MAX);
+        let plan = scheduler::plan(
+            limits,
+            free,
+            &ready,
+            &self.flows,
+            &host,
+            &mut host_in_flight,
+            &own,
+        );
+        for (sub, room) in plan {
+            self.rr_cursor = Some(sub);
+            let sent = match heads.get(&sub) {
+                Some(head) => self.send_head(s, dir, sub, *head, now),
+                None => self.send_due(s, dir, sub, room, now),
+            };
+            if !sent {
+                return;
+            }
+        }
+    }
+
+    /// Subscriptions with due work whose flow lets them send now; `next`
+    /// learns when the next one falls due (or a breaker half-opens, or a
+    /// pause ends).
+    fn candidates(&mut self, now: u64, next: &mut Option<u64>) -> Vec<SubscriptionId> {
+        let mut out = Vec::new();
+        for (sub, at) in &self.due_subs {
+            if !delivery::is_due(*at, now, self.horizon) {
+                wake(next, *at);
+                continue;
+            }
+            if let Some(flow) = self.flows.get_mut(sub)
+                && let Err(until) = flow.gate(now)
+            {
+                wake(next, until);
+                continue;
+            }
+            out.push(*sub);
+        }
+        out
+    }
+
+    /// The candidates' own policies: a halted FIFO queue waits for a
+    /// person; a rate limit lets as many start as it has tokens; a FIFO
+    /// queue sends its head alone, once it is due. Returns the ready ones,
+    /// how many each may start (when limited), and FIFO heads.
+    #[allow(clippy::type_complexity)]
+    fn gates(
+        &mut self,
+        s: &mut Session,
+        dir: &mut Directory,
+        candidates: Vec<SubscriptionId>,
+        now: u64,
+        next: &mut Option<u64>,
+    ) -> (
+        Vec<SubscriptionId>,
+        HashMap<SubscriptionId, usize>,
+        HashMap<SubscriptionId, IndexEntry>,
+    ) {
+        let mut ready = Vec::with_capacity(candidates.len());
+        let mut starts = HashMap::new();
+        let mut heads = HashMap::new();
+        for sub in candidates {
+            let policy = self.policy(s, dir, sub);
+            if policy.halted || policy.inactive {
+                continue;
+            }
+            let mut n = usize::MAX;
+            if let Some(limit) = policy.rate {
+                let bucket = self
+                    .buckets
+                    .entry(sub)
+                    .or_insert_with(|| Bucket::full(limit, now));
+                bucket.refill(limit, now);
+                n = bucket.available();
+                if n == 0 {
+                    wake(next, bucket.ready_at(limit));
+                    continue;
+                }
+            }
+            if policy.order.is_fifo() {
+                // One in flight: its outcome wakes the loop. The next head
+                // waits until that outcome is committed too: sent before,
+                // a crash in between would send the acknowledged one again
+                // after it (out of order).
+                if self.flows.get(&sub).is_some_and(|f| f.in_flight > 0)
+                    || self.settling_subs.contains(&sub)
+                {
+                    continue;
+                }
+                let head = match self.heads.head(s, sub, self.coord.alone()) {
+                    Ok(Some(head)) => head,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::error!(subscription = %sub, error = %e, "could not find the head of a FIFO queue; will try again");
+                        self.retry_soon();
+                        continue;
+                    }
+                };
+                if !delivery::is_due(head.at, now, self.horizon) {
+                    wake(next, head.at);
+                    continue;
+                }
+                heads.insert(sub, head);
+                n = 1;
+            }
+            if n != usize::MAX {
+                starts.insert(sub, n);
+            }
+            ready.push(sub);
+        }
+        (ready, starts, heads)
+    }
+
+    /// Sends a FIFO queue's head, if this instance may take it.
+    fn send_head(
+        &mut self,
+        s: &mut Session,
+        dir: &mut Directory,
+        sub: SubscriptionId,
+        head: IndexEntry,
+        now: u64,
+    ) -> bool {
+        let Some((rate, _)) = self.take_tokens(s, dir, sub, 1, now) else {
+            return true;
+        };
+        match self.coord.take_head(s, head, now) {
+            Ok(Some(e)) => self.send(s, dir, sub, vec![e]),
+            // Another instance sends it (or a receiver's pause holds every
+            // instance back).
+            Ok(None) => {
+                self.give_back(s, sub, rate, 1);
+                true
+            }
+            Err(e) => {
+                tracing::error!(subscription = %sub, error = %e, "could not claim a FIFO head; will try again");
+                self.retry_soon();
+                true
+            }
+        }
+    }
+
+    /// Sends up to `room` due deliveries of `sub`. Returns `false` when the
+    /// senders took no more.
+    fn send_due(
+        &mut self,
+        s: &mut Session,
+        dir: &mut Directory,
+        sub: SubscriptionId,
+        room: usize,
+        now: u64,
+    ) -> bool {
+        let Some((rate, room)) = self.take_tokens(s, dir, sub, room, now) else {
+            return true;
+        };
+        let busy = |d: DeliveryId| self.in_flight.contains(&d) || self.settling.contains(&d);
+        match self.coord.take_due(s, sub, room, now, &busy) {
+            Ok(batch) => {
+                self.give_back(s, sub, rate, room - batch.len());
+                self.send(s, dir, sub, batch)
+            }
+            Err(e) => {
+                tracing::error!(subscription = %sub, error = %e, "could not claim due deliveries; will try again");
+                self.retry_soon();
+                true
+            }
+        }
+    }
+
+    /// How many of `want` requests `sub` may start now under the part of
+    /// its rate limit kept outside this instance, with the limit to give
+    /// unused tokens back to. `None`: none may start; the loop wakes when
+    /// one may (or soon, after a failed read).
+    fn take_tokens(
+        &mut self,
+        s: &Session,
+        dir: &Directory,
+        sub: SubscriptionId,
+        want: usize,
+        now: u64,
+    ) -> Option<(Option<RateLimit>, usize)> {
+        let Some(limit) = dir.cached_policy(sub).and_then(|p| p.rate) else {
+            return Some((None, want));
+        };
+        match self.coord.tokens(s, sub, want, limit) {
+            Ok((0, wait)) => {
+                self.wake_at(now.saturating_add(wait));
+                None
+            }
+            Ok((granted, _)) => Some((Some(limit), granted)),
+            Err(e) => {
+                tracing::error!(subscription = %sub, error = %e, "could not take rate-limit tokens; will try again");
+                self.retry_soon();
+                None
+            }
+        }
+    }
+
+    /// Gives `unused` tokens of `sub`'s rate limit back.
+    fn give_back(&self, s: &Session, sub: SubscriptionId, rate: Option<RateLimit>, unused: usize) {
+        if let Some(limit) = rate
+            && unused > 0
+            && let Err(e) = self.coord.give_back(s, sub, unused, limit)
+        {
+            tracing::warn!(subscription = %sub, error = %e, "could not give back unused rate-limit tokens");
+        }
+    }
+
+    /// Hands these due deliveries of `sub` to the senders. Returns `false`
+    /// when the senders took no more.
+    fn send(
+        &mut self,
+        s: &mut Session,
+        dir: &mut Directory,
+        sub: SubscriptionId,
+        batch: Vec<IndexEntry>,
+    ) -> bool {
+        for e in batch {
+            let Some(job) = self.prepare(s, dir, e) else {
+                // Finished instead of sent: the room it would have taken
+                // goes to the next due one. (A read that failed for a
+                // passing reason is looked at again in a second instead.)
+                if !self.read_failed {
+                    s.rescan();
+                }
+                continue;
+            };
+            let in_flight = self.in_flight.len() + 1;
+            let Some(pool) = &mut self.pool else {
+                return false;
+            };
+            if let Err(err) = pool.submit(job, in_flight) {
+                tracing::error!(error = %err, "could not hand a delivery to a sender");
+                return false;
+            }
+            self.in_flight.insert(e.delivery);
+            self.flows.entry(sub).or_default().started(now_ms());
+            if dir.cached_policy(sub).is_some_and(|p| p.rate.is_some())
+                && let Some(bucket) = self.buckets.get_mut(&sub)
+            {
+                bucket.take();
+            }
+        }
+        true
+    }
+
+    /// Loads what a due delivery needs. Deliveries that cannot be sent (their
+    /// subscription is gone or inactive, their event is missing, their
+    /// record is damaged) are finished here instead.
+    fn prepare(
+        &mut self,
+        s: &mut Session,
+        dir: &mut Directory,
+        entry: IndexEntry,
+    ) -> Option<sender::Job> {
+        let d = match s.delivery(entry.delivery) {
+            Ok(Some(d)) if d.state == DeliveryState::Pending => d,
+            Ok(_) => {
+                s.drop_entry(DeliveryState::Pending, entry);
+                return None;
+            }
+            Err(e) => {
+                if !s.on_read_error(DeliveryState::Pending, entry, &e) {
+                    self.retry_soon();
+                }
+                return None;
+            }
+        };
+        let sub = match dir.subscription(s, d.subscription_id) {
+            Ok(Some(r)) if r.active => r,
+            // Paused while inactive: the next pass skips it by its policy.
+            Ok(Some(_)) => {
+                dir.forget_policy(d.subscription_id);
+                return None;
+            }
+            Ok(None) => return dead_letter(s, &d, reason::DELETED),
+            Err(e) => return self.unreadable(s, &d, "subscription", &e),
+        };
+        self.hosts.note(d.subscription_id, &sub.url);
+        let payload = match self.payload(s, d.event_id) {
+            Ok(Some(p)) => p,
+            Ok(None) => return dead_letter(s, &d, reason::EVENT_MISSING),
+            Err(e) => return self.unreadable(s, &d, "event", &e),
+        };
+        let attempt = delivery::next_attempt_number(&d);
+        let mut job = sender::Job::to(&sub, d.id, d.event_id, d.event_name, attempt, payload);
+        job.sequence = d.sequence;
+        Some(job)
+    }
+
+    /// A record a delivery needs could not be read: a damaged one
+    /// dead-letters the delivery; any other error may pass, so it is looked
+    /// at again in a second.
+    fn unreadable(
+        &mut self,
+        s: &mut Session,
+        d: &Delivery,
+        what: &str,
+        e: &Error,
+    ) -> Option<sender::Job> {
+        if is_damage(e) {
+            return dead_letter(s, d, &format!("{what} record is damaged: {e}"));
+        }
+        tracing::error!(delivery = %d.id, error = %e, what, "could not read a record; will try again");
+        self.retry_soon();
+        None
+    }
+
+    fn payload(&mut self, s: &Session, id: EventId) -> Result<Option<sender::Body>> {
+        if let Some(p) = self.payloads.map.get(&id) {
+            return Ok(Some(p.clone()));
+        }
+        let Some(event) = s.reader().event(id)? else {
+            return Ok(None);
+        };
+        if self.payloads.bytes + event.payload.len() > PAYLOAD_CACHE_BYTES {
+            self.payloads.map.clear();
+            self.payloads.bytes = 0;
+        }
+        let p = sender::Body {
+            payload: event.payload.into(),
+            traceparent: event.traceparent.map(Into::into),
+        };
+        self.payloads.bytes += p.payload.len();
+        self.payloads.map.insert(id, p.clone());
+        Ok(Some(p))
+    }
+
+    /// A read failed for a reason that may pass: look again in a second.
+    fn retry_soon(&mut self) {
+        self.read_failed = true;
+        self.wake_at(now_ms().saturating_add(1000));
+    }
+
+    /// Wakes the loop by `at` (ms) at the latest.
+    fn wake_at(&mut self, at: u64) {
+        wake(&mut self.next_due, at);
+    }
+
+    /// Tells the senders to stop (they finish what they hold).
+    pub(crate) fn close_senders(&mut self) {
+        if let Some(pool) = &mut self.pool {
+            pool.close();
+        }
+    }
+
+    /// Waits for the sender threads to end (after every one reported).
+    pub(crate) fn join_senders(&mut self) {
+        if let Some(pool) = &mut self.pool {
+            pool.join();
+        }
+    }
+
+    /// Whether there are sender threads (a bus that delivers).
+    pub(crate) fn has_senders(&self) -> bool {
+        self.pool.is_some()
+    }
+}
+
+/// Flushes what is committed (see [`Round::flushed`]).
+pub(crate) fn flush(s: &mut Session, round: &mut Round) -> Result<()> {
+    let r = s.flush();
+    round.flushed(&r);
+    r
+}
+
+fn dead_letter(s: &mut Session, d: &Delivery, why: &str) -> Option<sender::Job> {
+    s.dead_letter(d, why);
+    None
+}
+
+/// `next` becomes `at` if that is sooner.
+fn wake(next: &mut Option<u64>, at: u64) {
+    *next = Some(next.map_or(at, |n| n.min(at)));
+}
+
+/// Round-robin: `ready` in id order, starting after the last one served.
+fn round_robin(ready: &mut [SubscriptionId], cursor: Option<SubscriptionId>) {
+    ready.sort_unstable();
+    if let Some(c) = cursor {
+        let split = ready.partition_point(|s| *s <= c);
+        ready.rotate_left(split);
+    }
+}
+
+/// A destination host as the per-host cap counts it: host and port.
+fn host_key(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}:{}",
+            u.host_str().unwrap_or_default(),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_starts_after_the_last_one_served() {
+        let mut ids: Vec<SubscriptionId> = (0..5).map(|_| SubscriptionId::generate()).collect();
+        ids.sort_unstable();
+        let mut ready = ids.clone();
+        ready.reverse();
+        round_robin(&mut ready, None);
+        assert_eq!(ready, ids);
+        round_robin(&mut ready, Some(ids[2]));
+        assert_eq!(ready, [ids[3], ids[4], ids[0], ids[1], ids[2]]);
+        // A cursor past every id (it was deleted) starts at the first.
+        let mut ready = ids[..2].to_vec();
+        round_robin(&mut ready, Some(ids[4]));
+        assert_eq!(ready, ids[..2]);
+    }
+
+    #[test]
+    fn hosts_count_by_host_and_port() {
+        assert_eq!(host_key("https://example.com/a"), "example.com:443");
+        assert_eq!(host_key("http://example.com/b"), "example.com:80");
+        assert_eq!(host_key("http://127.0.0.1:8080/x"), "127.0.0.1:8080");
+        let mut hosts = Hosts::default();
+        let (a, b, c) = (
+            SubscriptionId::generate(),
+            SubscriptionId::generate(),
+            SubscriptionId::generate(),
+        );
+        hosts.note(a, "https://example.com/a");
+        hosts.note(b, "https://example.com:443/b");
+        hosts.note(c, "https://other.example/");
+        assert_eq!(hosts.of[&a], hosts.of[&b]);
+        assert_ne!(hosts.of[&a], hosts.of[&c]);
+        // A new URL moves the subscription to its new host.
+        hosts.note(a, "https://other.example/x");
+        assert_eq!(hosts.of[&a], hosts.of[&c]);
+    }
+
+    #[test]
+    fn the_soonest_wake_wins() {
+        let mut next = None;
+        wake(&mut next, 50);
+        wake(&mut next, 70);
+        assert_eq!(next, Some(50));
+        wake(&mut next, 10);
+        assert_eq!(next, Some(10));
+    }
+}
