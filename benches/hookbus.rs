@@ -633,7 +633,8 @@ fn isolation(c: &mut Criterion) {
 fn signing_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("signing");
     g.sample_size(30).measurement_time(Duration::from_secs(2));
-    let key = hookbus::decode_standard_secret(&hookbus::generate_secret()).unwrap();
+    let key =
+        hookbus::signing::decode_standard_secret(&hookbus::signing::generate_secret()).unwrap();
     for size in [1024usize, 64 * 1024] {
         let body = vec![b'x'; size];
         g.throughput(Throughput::Bytes(size as u64));
@@ -644,14 +645,14 @@ fn signing_bench(c: &mut Criterion) {
             b.iter(|| sha2::Sha256::digest(black_box(&body)))
         });
         g.bench_function(BenchmarkId::new("sha1", size), |b| {
-            b.iter(|| hookbus::sign_sha1(b"secret", black_box(&body)))
+            b.iter(|| hookbus::signing::sign_sha1(b"secret", black_box(&body)))
         });
         g.bench_function(BenchmarkId::new("sha256", size), |b| {
-            b.iter(|| hookbus::sign_sha256(b"secret", black_box(&body)))
+            b.iter(|| hookbus::signing::sign_sha256(b"secret", black_box(&body)))
         });
         g.bench_function(BenchmarkId::new("standard_webhooks", size), |b| {
             b.iter(|| {
-                hookbus::sign_standard(
+                hookbus::signing::sign_standard(
                     &key,
                     "01a2218ce58177cb96498be57489b70c",
                     1_795_858_495,

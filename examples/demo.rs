@@ -356,13 +356,13 @@ fn print_arrival(a: &Arrival) {
 }
 
 /// The local receiver: checks each signature with
-/// `hookbus::verify_signature` and reports what arrived.
+/// `hookbus::signing::verify_signature` and reports what arrived.
 fn start_receiver() -> std::io::Result<(String, mpsc::Receiver<Arrival>)> {
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let url = receiver::start(move |req| {
         let signature = req.header("x-hub-signature-256").to_owned();
-        let verified = hookbus::verify_signature(SECRET.as_bytes(), &req.body, &signature);
+        let verified = hookbus::signing::verify_signature(SECRET.as_bytes(), &req.body, &signature);
         let status = if req.path.starts_with("/fail") {
             503
         } else {

@@ -70,8 +70,12 @@
 //! {"text":"I said hello"}
 //! ```
 //!
-//! Signature headers are sent only when the subscription has a secret.
-//! Receivers written in Rust check them with [`verify_signature`].
+//! Signature headers are sent only when the subscription has a secret
+//! (Standard Webhooks subscriptions get `webhook-id`, `webhook-timestamp`
+//! and `webhook-signature` instead, see [`Signing`]). Receivers written in
+//! Rust check them with [`signing::verify_signature`] and
+//! [`signing::verify_standard`]; the [`signing`] module describes the
+//! formats.
 //!
 //! ## A multi-tenant app
 //!
@@ -188,6 +192,7 @@ mod clock;
 mod codec;
 mod config;
 mod delivery;
+mod deprecated;
 mod engine;
 mod error;
 mod event;
@@ -209,7 +214,7 @@ pub mod rest;
 mod retry;
 mod sender;
 mod serde_views;
-mod signing;
+pub mod signing;
 mod ssrf;
 mod storage;
 mod subscription;
@@ -231,12 +236,17 @@ pub use outbox::{Deliveries, MAX_REPLAY_SPAN, Notices, Outbox};
 pub use policy::{DeliveryOrder, MAX_RATE_PER_SECOND, OnDeadLetter, RateLimit};
 pub use record::{Attempt, AttemptError, AttemptErrorKind, Event, OutboxStats};
 pub use sender::USER_AGENT;
-pub use signing::{
-    DEFAULT_TOLERANCE, VerifyError, decode_standard_secret, generate_secret, sign_sha1,
-    sign_sha256, sign_standard, verify_signature, verify_standard, verify_standard_at,
-};
 pub use subscription::{
     NewSubscription, PING_EVENT, Secret, Signing, Subscription, SubscriptionPatch, Subscriptions,
+};
+
+// The signing items' old root paths, deprecated and hidden (issue 26);
+// they live in `signing` now.
+#[doc(hidden)]
+#[allow(deprecated)]
+pub use deprecated::{
+    DEFAULT_TOLERANCE, VerifyError, decode_standard_secret, generate_secret, sign_sha1,
+    sign_sha256, sign_standard, verify_signature, verify_standard, verify_standard_at,
 };
 
 /// The README's code blocks, compiled (and, unless marked `no_run`, run) as

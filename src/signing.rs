@@ -1,22 +1,105 @@
-//! Request signing and verification: pure functions, tested against fixed
-//! vectors. The module is private; its public items are re-exported at the
-//! crate root (`hookbus::verify_signature`, ...), their one path.
+//! Request signatures: how hookbus signs what it sends, and how a receiver
+//! written in Rust checks them.
 //!
-//! hookbus signs the exact body bytes with HMAC, keyed by the subscription
-//! secret's UTF-8 bytes, and sends
+//! Every function here is pure (no I/O, no state) and tested against
+//! published vectors (RFC 2202, RFC 4231, GitHub's documentation and the
+//! Standard Webhooks specification). Comparisons are constant time.
 //!
-//! * `X-Hub-Signature: sha1=<hex HMAC-SHA1>` (GitHub's and
-//!   ServiceStack.Webhooks' header), and
-//! * `X-Hub-Signature-256: sha256=<hex HMAC-SHA256>`.
+//! # The three signature headers
 //!
-//! Receivers should check the SHA-256 one; [`verify_signature`] checks either.
+//! A subscription with a secret gets its requests signed in one of two
+//! modes, chosen by its [`Signing`](crate::Signing); a subscription
+//! without a secret gets unsigned requests.
 //!
-//! Subscriptions in [Standard Webhooks](https://www.standardwebhooks.com/)
-//! mode get instead `webhook-id` (the delivery id), `webhook-timestamp`
-//! (unix seconds) and `webhook-signature: v1,<base64 HMAC-SHA256 of
-//! "id.timestamp.body">`, keyed with the base64-decoded `whsec_` secret;
-//! during a secret rotation one `v1,` entry per secret, space-separated.
-//! Receivers check them with [`verify_standard`].
+//! * [`Signing::Hub`](crate::Signing::Hub), the default: two headers over
+//!   the exact body bytes, keyed with the secret string's UTF-8 bytes as
+//!   given (any secret, a `whsec_` one included, prefix and all):
+//!   * `X-Hub-Signature: sha1=<hex HMAC-SHA1>`, GitHub's and
+//!     ServiceStack.Webhooks' header ([`sign_sha1`]);
+//!   * `X-Hub-Signature-256: sha256=<hex HMAC-SHA256>` ([`sign_sha256`]).
+//!     Receivers should check this one; SHA-1 is there for older clients.
+//!
+//!   During a secret rotation they are signed with the new secret only.
+//! * [`Signing::StandardWebhooks`](crate::Signing::StandardWebhooks)
+//!   ([Standard Webhooks](https://www.standardwebhooks.com/)): three
+//!   headers, `webhook-id` (the delivery id), `webhook-timestamp` (unix
+//!   seconds) and `webhook-signature: v1,<base64 HMAC-SHA256 of
+//!   "{id}.{timestamp}.{body}">` ([`sign_standard`]), keyed with the
+//!   secret's decoded bytes: the secret is `whsec_` and the base64 of 24 to
+//!   64 bytes ([`decode_standard_secret`]; [`generate_secret`] makes one).
+//!   During a secret rotation the header holds one `v1,` entry per live
+//!   secret, space-separated, so receivers holding either secret accept it.
+//!
+//! # Verifying a request
+//!
+//! Take the raw body bytes as received (the signature covers exactly
+//! them: verify before parsing, never a re-serialized value), then:
+//!
+//! * `X-Hub-Signature-256` (or `X-Hub-Signature`): [`verify_signature`]
+//!   with the secret's bytes, the body and the header's value; `false`
+//!   means answer 401.
+//! * Standard Webhooks: [`verify_standard`] with the secret, all the
+//!   request's headers as `(name, value)` pairs (names in any case), the
+//!   body and a replay window ([`DEFAULT_TOLERANCE`], 5 minutes); an `Err`
+//!   ([`VerifyError`]) says why the request is refused.
+//!   [`verify_standard_at`] takes "now" explicitly, for tests.
+//!
+//! A delivery keeps its id (`X-Webhook-Delivery`, and `webhook-id` in
+//! Standard Webhooks mode) on every retry: de-duplicate on it, since
+//! delivery is at least once.
+//!
+//! ```
+//! use hookbus::signing::{self, DEFAULT_TOLERANCE, VerifyError};
+//!
+//! /// A receiver's check: the status to answer a request with.
+//! fn check(secret: &str, headers: &[(&str, &str)], body: &[u8]) -> u16 {
+//!     let header = |name: &str| {
+//!         headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
+//!     };
+//!     let verified = if let Some(sig) = header("x-hub-signature-256") {
+//!         signing::verify_signature(secret.as_bytes(), body, sig)
+//!     } else {
+//!         signing::verify_standard(secret, headers.iter().copied(), body, DEFAULT_TOLERANCE)
+//!             .is_ok()
+//!     };
+//!     if verified { 204 } else { 401 }
+//! }
+//!
+//! let body = br#"{"text":"I said hello"}"#;
+//!
+//! // What a subscription in the default (Hub) mode sends, with secret "shh".
+//! let sig = signing::sign_sha256(b"shh", body);
+//! let hub = [("X-Webhook-Delivery", "0190a1b2c3d4e5f60718293a4b5c6d7e"),
+//!            ("X-Hub-Signature-256", sig.as_str())];
+//! assert_eq!(check("shh", &hub, body), 204);
+//! assert_eq!(check("another secret", &hub, body), 401);
+//! assert_eq!(check("shh", &hub, br#"{"text":"changed"}"#), 401);
+//!
+//! // What a Standard Webhooks subscription sends.
+//! let secret = signing::generate_secret(); // "whsec_…"
+//! let key = signing::decode_standard_secret(&secret)?;
+//! let id = "0190a1b2c3d4e5f60718293a4b5c6d7e";
+//! let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+//! let ts = now.as_secs().to_string();
+//! let sig = signing::sign_standard(&key, id, now.as_secs(), body);
+//! let std = [("webhook-id", id), ("webhook-timestamp", ts.as_str()),
+//!            ("webhook-signature", sig.as_str())];
+//! assert_eq!(check(&secret, &std, body), 204);
+//! assert_eq!(check(&signing::generate_secret(), &std, body), 401);
+//!
+//! // The error says why; an old timestamp is refused as a possible replay.
+//! let old = (now.as_secs() - 3600).to_string();
+//! let replayed = [("webhook-id", id), ("webhook-timestamp", old.as_str()),
+//!                 ("webhook-signature", sig.as_str())];
+//! assert_eq!(
+//!     signing::verify_standard(&secret, replayed, body, DEFAULT_TOLERANCE),
+//!     Err(VerifyError::Stale),
+//! );
+//! # Ok::<(), VerifyError>(())
+//! ```
+//!
+//! The README shows a complete receiver with axum; `examples/demo.rs` runs
+//! one on a plain socket.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -59,9 +142,9 @@ pub fn sign_sha256(secret: &[u8], body: &[u8]) -> String {
 ///
 /// ```
 /// let body = br#"{"text":"I said hello"}"#;
-/// let header = hookbus::sign_sha256(b"shh", body);
-/// assert!(hookbus::verify_signature(b"shh", body, &header));
-/// assert!(!hookbus::verify_signature(b"wrong", body, &header));
+/// let header = hookbus::signing::sign_sha256(b"shh", body);
+/// assert!(hookbus::signing::verify_signature(b"shh", body, &header));
+/// assert!(!hookbus::signing::verify_signature(b"wrong", body, &header));
 /// ```
 pub fn verify_signature(secret: &[u8], body: &[u8], header_value: &str) -> bool {
     let Some((algo, hex_mac)) = header_value.trim().split_once('=') else {
@@ -163,7 +246,7 @@ pub enum VerifyError {
 /// secret rotation verify with either secret. Comparison is constant time.
 ///
 /// ```
-/// use hookbus::{generate_secret, decode_standard_secret, sign_standard, verify_standard, DEFAULT_TOLERANCE};
+/// use hookbus::signing::{generate_secret, decode_standard_secret, sign_standard, verify_standard, DEFAULT_TOLERANCE};
 /// let secret = generate_secret();
 /// let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
 /// let sig = sign_standard(&decode_standard_secret(&secret).unwrap(), "msg_1", now, b"{}");

@@ -84,14 +84,14 @@ pub enum Signing {
     /// `X-Hub-Signature: sha1=…` and `X-Hub-Signature-256: sha256=…`, HMACs
     /// of the body keyed with the secret's bytes (GitHub's and
     /// ServiceStack.Webhooks' headers); receivers check them with
-    /// [`verify_signature`](crate::verify_signature). Requests are unsigned
-    /// when the subscription has no secret.
+    /// [`signing::verify_signature`](crate::signing::verify_signature).
+    /// Requests are unsigned when the subscription has no secret.
     #[default]
     Hub,
     /// [Standard Webhooks](https://www.standardwebhooks.com/): `webhook-id`,
     /// `webhook-timestamp` and `webhook-signature`; receivers check them
-    /// with [`verify_standard`](crate::verify_standard). Needs a `whsec_`
-    /// secret (see [`NewSubscription::generate_secret`]).
+    /// with [`signing::verify_standard`](crate::signing::verify_standard).
+    /// Needs a `whsec_` secret (see [`NewSubscription::generate_secret`]).
     StandardWebhooks,
 }
 
@@ -335,12 +335,12 @@ impl NewSubscription {
     }
 
     /// Signs requests with a new random secret
-    /// ([`generate_secret`](crate::generate_secret): `whsec_` and 32
-    /// random bytes in base64), which suits both [`Signing`] modes. Read it
-    /// back from the returned [`Subscription::secret`] and hand it to the
-    /// subscriber.
+    /// ([`signing::generate_secret`](crate::signing::generate_secret):
+    /// `whsec_` and 32 random bytes in base64), which suits both [`Signing`]
+    /// modes. Read it back from the returned [`Subscription::secret`] and
+    /// hand it to the subscriber.
     pub fn generate_secret(mut self) -> Self {
-        self.secret = Some(Secret(crate::generate_secret()));
+        self.secret = Some(Secret(crate::signing::generate_secret()));
         self
     }
 

@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hookbus::DEFAULT_TOLERANCE;
+use hookbus::signing::DEFAULT_TOLERANCE;
 use hookbus::{DeliveryOrder, DeliveryState, RateLimit, Subscription, SubscriptionPatch};
 use serde_json::json;
 
@@ -105,7 +105,7 @@ fn a_version_1_store_opens_and_delivers() {
         if r.path == "/hub" {
             assert!(r.signed_with(b"fixture-secret", "x-hub-signature-256"));
         } else {
-            hookbus::verify_standard(
+            hookbus::signing::verify_standard(
                 "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
                 r.header_pairs(),
                 &r.body,
@@ -308,7 +308,7 @@ fn a_version_2_store_opens_and_delivers() {
         seen.push((r.path.clone(), body["n"].as_i64().unwrap()));
         match r.path.as_str() {
             "/hub" => assert!(r.signed_with(b"fixture-secret", "x-hub-signature-256")),
-            "/std" => hookbus::verify_standard(
+            "/std" => hookbus::signing::verify_standard(
                 "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
                 r.header_pairs(),
                 &r.body,

@@ -27,6 +27,7 @@ mod receiver;
 mod replay;
 mod retention;
 mod security;
+mod signing_paths;
 mod store_faults;
 mod subscriptions;
 mod tenants;

@@ -38,7 +38,11 @@ impl Request {
     }
     /// Whether the signature in `header` verifies the body with `secret`.
     pub fn signed_with(&self, secret: &[u8], header: &str) -> bool {
-        hookbus::verify_signature(secret, &self.body, self.header(header).unwrap_or_default())
+        hookbus::signing::verify_signature(
+            secret,
+            &self.body,
+            self.header(header).unwrap_or_default(),
+        )
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("request body is JSON")

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use hookbus::DEFAULT_TOLERANCE;
+use hookbus::signing::{self, DEFAULT_TOLERANCE};
 use hookbus::{AttemptErrorKind, Error, NewSubscription, Signing, SubscriptionPatch};
 use serde_json::json;
 
@@ -38,16 +38,16 @@ fn standard_webhooks_mode_signs_per_the_spec_and_rotation_signs_with_both() {
     assert!(now.abs_diff(ts) < 60);
     assert_eq!(r.header("x-hub-signature"), None);
     assert_eq!(r.header("webhook-signature").unwrap().split(' ').count(), 1);
-    hookbus::verify_standard(&old_secret, r.header_pairs(), &r.body, DEFAULT_TOLERANCE).unwrap();
+    signing::verify_standard(&old_secret, r.header_pairs(), &r.body, DEFAULT_TOLERANCE).unwrap();
     let mut tampered = r.body.clone();
     tampered[0] = b' ';
     assert_eq!(
-        hookbus::verify_standard(&old_secret, r.header_pairs(), &tampered, DEFAULT_TOLERANCE),
-        Err(hookbus::VerifyError::BadSignature)
+        signing::verify_standard(&old_secret, r.header_pairs(), &tampered, DEFAULT_TOLERANCE),
+        Err(signing::VerifyError::BadSignature)
     );
 
     // Rotate: both secrets sign until the old one expires.
-    let new_secret = hookbus::generate_secret();
+    let new_secret = signing::generate_secret();
     let rotated = bus
         .subscriptions()
         .update(
@@ -59,21 +59,21 @@ fn standard_webhooks_mode_signs_per_the_spec_and_rotation_signs_with_both() {
     bus.publish("invoice.paid", &json!({"amount": 43})).unwrap();
     let r = rx.wait_for(2, LONG).remove(1);
     assert_eq!(r.header("webhook-signature").unwrap().split(' ').count(), 2);
-    hookbus::verify_standard(&old_secret, r.header_pairs(), &r.body, DEFAULT_TOLERANCE).unwrap();
-    hookbus::verify_standard(&new_secret, r.header_pairs(), &r.body, DEFAULT_TOLERANCE).unwrap();
+    signing::verify_standard(&old_secret, r.header_pairs(), &r.body, DEFAULT_TOLERANCE).unwrap();
+    signing::verify_standard(&new_secret, r.header_pairs(), &r.body, DEFAULT_TOLERANCE).unwrap();
 
     // An expired previous secret no longer signs.
     bus.subscriptions()
         .update(
             sub.id,
-            SubscriptionPatch::new().rotate_secret(hookbus::generate_secret(), Duration::ZERO),
+            SubscriptionPatch::new().rotate_secret(signing::generate_secret(), Duration::ZERO),
         )
         .unwrap();
     bus.publish("invoice.paid", &json!({"amount": 44})).unwrap();
     let r = rx.wait_for(3, LONG).remove(2);
     assert_eq!(r.header("webhook-signature").unwrap().split(' ').count(), 1);
     assert!(
-        hookbus::verify_standard(&new_secret, r.header_pairs(), &r.body, DEFAULT_TOLERANCE)
+        signing::verify_standard(&new_secret, r.header_pairs(), &r.body, DEFAULT_TOLERANCE)
             .is_err()
     );
 }
