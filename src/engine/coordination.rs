@@ -59,6 +59,67 @@ pub(crate) trait Coordination: Send {
     fn pause(&self, s: &Session, sub: SubscriptionId, ms: u64) -> Result<()>;
 }
 
+/// What [`take`] got.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// These deliveries are this instance's to send now (maybe none).
+    Entries(Vec<IndexEntry>),
+    /// None may start before this instant (ms): a rate limit's tokens.
+    WaitUntil(u64),
+    /// The store could not be asked; look again soon.
+    Failed,
+}
+
+/// Takes the work one subscription may send now: its FIFO `head` alone if
+/// it has one, else up to `room` of its due deliveries not `busy`, within
+/// the part of its rate limit (`rate`) kept outside this instance; tokens
+/// taken and not used are given back.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn take(
+    c: &dyn Coordination,
+    s: &Session,
+    sub: SubscriptionId,
+    rate: Option<RateLimit>,
+    head: Option<IndexEntry>,
+    room: usize,
+    now: u64,
+    busy: &dyn Fn(DeliveryId) -> bool,
+) -> Take {
+    let want = if head.is_some() { 1 } else { room };
+    let granted = match rate {
+        None => want,
+        Some(limit) => match c.tokens(s, sub, want, limit) {
+            Ok((0, wait)) => return Take::WaitUntil(now.saturating_add(wait)),
+            Ok((n, _)) => n,
+            Err(e) => {
+                tracing::error!(subscription = %sub, error = %e, "could not take rate-limit tokens; will try again");
+                return Take::Failed;
+            }
+        },
+    };
+    let taken = match head {
+        // Another instance may send it (or a receiver's pause holds every
+        // instance back).
+        Some(head) => c.take_head(s, head, now).map(|e| e.into_iter().collect()),
+        None => c.take_due(s, sub, granted, now, busy),
+    };
+    let batch = match taken {
+        Ok(batch) => batch,
+        Err(e) => {
+            tracing::error!(subscription = %sub, error = %e, "could not claim due deliveries; will try again");
+            return Take::Failed;
+        }
+    };
+    let unused = granted.saturating_sub(batch.len());
+    if let Some(limit) = rate
+        && unused > 0
+        && let Err(e) = c.give_back(s, sub, unused, limit)
+    {
+        tracing::warn!(subscription = %sub, error = %e, "could not give back unused rate-limit tokens");
+    }
+    Take::Entries(batch)
+}
+
 /// The coordination a store needs (see the module docs).
 pub(crate) fn for_store(s: &Session) -> Box<dyn Coordination> {
     if s.reader().shared() {
@@ -187,5 +248,96 @@ impl Coordination for Shared {
 
     fn pause(&self, s: &Session, sub: SubscriptionId, ms: u64) -> Result<()> {
         s.reader().pause(sub, ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::ids::{EventId, Timestamp};
+    use crate::record::Event;
+    use crate::storage::SubscriptionRecord;
+
+    /// A sled session with one subscription and `n` deliveries due for it.
+    fn backlog(dir: &std::path::Path, n: usize) -> (Session, SubscriptionId) {
+        let (_, w) =
+            crate::storage::sled::open(&dir.join("store"), 8 << 20, Duration::from_secs(5), false)
+                .unwrap();
+        let mut s = Session::new(Box::new(w), Arc::new(Config::default())).unwrap();
+        let now = Timestamp::now();
+        let sub = SubscriptionRecord {
+            id: SubscriptionId::generate(),
+            name: "n".into(),
+            events: vec!["a".into()],
+            url: "http://127.0.0.1:9/".into(),
+            secret: None,
+            previous_secret: None,
+            content_type: "application/json".into(),
+            active: true,
+            owner: None,
+            standard_webhooks: false,
+            created_at: now,
+            modified_at: now,
+            tenant: None,
+            headers: Vec::new(),
+            rate_limit: None,
+            order: Default::default(),
+            halted_at: None,
+        };
+        s.put_subscription(None, &sub);
+        for _ in 0..n {
+            let e = Event {
+                id: EventId::generate(),
+                name: "a".into(),
+                payload: b"{}".to_vec(),
+                created_at: now,
+                traceparent: None,
+                tenant: None,
+                scope_unknown: false,
+            };
+            s.publish(&e, &[sub.id]).unwrap();
+        }
+        s.commit().unwrap();
+        (s, sub.id)
+    }
+
+    #[test]
+    fn alone_due_work_is_taken_in_order_up_to_the_room_skipping_busy_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, sub) = backlog(dir.path(), 5);
+        let local = for_store(&s);
+        assert!(local.alone());
+        let now = Timestamp::now().as_millis() + 1;
+        let idle = |_: DeliveryId| false;
+        let Take::Entries(all) = take(&*local, &s, sub, None, None, 10, now, &idle) else {
+            panic!("entries expected")
+        };
+        assert_eq!(all.len(), 5);
+        let Take::Entries(two) = take(&*local, &s, sub, None, None, 2, now, &idle) else {
+            panic!("entries expected")
+        };
+        assert_eq!(two, all[..2]);
+        let first = all[0].delivery;
+        let busy = move |d: DeliveryId| d == first;
+        let Take::Entries(two) = take(&*local, &s, sub, None, None, 2, now, &busy) else {
+            panic!("entries expected")
+        };
+        assert_eq!(two, all[1..3], "a delivery in flight is not taken twice");
+        // A rate limit is the dispatcher's own bucket: nothing outside.
+        let rate = Some(RateLimit::per_second(1));
+        let Take::Entries(head) = take(&*local, &s, sub, rate, Some(all[3]), 9, now, &idle) else {
+            panic!("entries expected")
+        };
+        assert_eq!(head, [all[3]], "a FIFO head goes alone");
+        // Nothing is due before its time.
+        let before = now - 60_000;
+        let Take::Entries(none) = take(&*local, &s, sub, None, None, 9, before, &idle) else {
+            panic!("entries expected")
+        };
+        assert!(none.is_empty());
     }
 }

@@ -8,49 +8,22 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use super::coordination::{self, Coordination};
+use super::coordination::{self, Coordination, Take};
 use super::directory::{Directory, Policy};
 use super::fifo::Heads;
 use super::flow::{Bucket, Flow, INITIAL_WINDOW};
+use super::prepare::{self, Payloads, Prepared};
 use super::round::Round;
-use super::scheduler::{self, Limits};
-use super::session::{Changes, Session, is_damage};
-use crate::delivery::{self, Delivery, DeliveryState, reason};
-use crate::error::{Error, Result};
-use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
-use crate::policy::RateLimit;
+use super::scheduler::{self, Hosts, Limits};
+use super::session::{Changes, Session};
+use crate::delivery;
+use crate::error::Result;
+use crate::ids::{DeliveryId, SubscriptionId, Timestamp};
 use crate::sender::{self, Outcome};
 use crate::storage::IndexEntry;
 
-/// The payload cache is cleared when it holds more than this many bytes.
-const PAYLOAD_CACHE_BYTES: usize = 8 * 1024 * 1024;
-
 fn now_ms() -> u64 {
     Timestamp::now().as_millis()
-}
-
-/// What was sent of recent events, capped by bytes.
-#[derive(Default)]
-struct Payloads {
-    map: HashMap<EventId, sender::Body>,
-    bytes: usize,
-}
-
-/// Destination hosts as the per-host cap counts them.
-#[derive(Debug, Default)]
-struct Hosts {
-    /// Each subscription's destination host, as an index of `index`.
-    of: HashMap<SubscriptionId, usize>,
-    index: HashMap<String, usize>,
-}
-
-impl Hosts {
-    /// Notes `sub`'s host as of its current URL.
-    fn note(&mut self, sub: SubscriptionId, url: &str) {
-        let next = self.index.len();
-        let i = *self.index.entry(host_key(url)).or_insert(next);
-        self.of.insert(sub, i);
-    }
 }
 
 /// The dispatcher's state (see the module docs).
@@ -387,10 +360,8 @@ impl Dispatch {
         );
         for (sub, room) in plan {
             self.rr_cursor = Some(sub);
-            let sent = match heads.get(&sub) {
-                Some(head) => self.send_head(s, dir, sub, *head, now),
-                None => self.send_due(s, dir, sub, room, now),
-            };
+            let head = heads.get(&sub).copied();
+            let sent = self.take_and_send(s, dir, sub, head, room, now);
             if !sent {
                 return;
             }
@@ -490,97 +461,30 @@ impl Dispatch {
         (ready, starts, heads)
     }
 
-    /// Sends a FIFO queue's head, if this instance may take it.
-    fn send_head(
+    /// Takes up to `room` due deliveries of `sub` (its FIFO `head` only,
+    /// if it has one) through the coordination seam and sends them.
+    /// Returns `false` when the senders took no more.
+    fn take_and_send(
         &mut self,
         s: &mut Session,
         dir: &mut Directory,
         sub: SubscriptionId,
-        head: IndexEntry,
-        now: u64,
-    ) -> bool {
-        let Some((rate, _)) = self.take_tokens(s, dir, sub, 1, now) else {
-            return true;
-        };
-        match self.coord.take_head(s, head, now) {
-            Ok(Some(e)) => self.send(s, dir, sub, vec![e]),
-            // Another instance sends it (or a receiver's pause holds every
-            // instance back).
-            Ok(None) => {
-                self.give_back(s, sub, rate, 1);
-                true
-            }
-            Err(e) => {
-                tracing::error!(subscription = %sub, error = %e, "could not claim a FIFO head; will try again");
-                self.retry_soon();
-                true
-            }
-        }
-    }
-
-    /// Sends up to `room` due deliveries of `sub`. Returns `false` when the
-    /// senders took no more.
-    fn send_due(
-        &mut self,
-        s: &mut Session,
-        dir: &mut Directory,
-        sub: SubscriptionId,
+        head: Option<IndexEntry>,
         room: usize,
         now: u64,
     ) -> bool {
-        let Some((rate, room)) = self.take_tokens(s, dir, sub, room, now) else {
-            return true;
-        };
+        let rate = dir.cached_policy(sub).and_then(|p| p.rate);
         let busy = |d: DeliveryId| self.in_flight.contains(&d) || self.settling.contains(&d);
-        match self.coord.take_due(s, sub, room, now, &busy) {
-            Ok(batch) => {
-                self.give_back(s, sub, rate, room - batch.len());
-                self.send(s, dir, sub, batch)
+        match coordination::take(&*self.coord, s, sub, rate, head, room, now, &busy) {
+            Take::Entries(batch) => self.send(s, dir, sub, batch),
+            Take::WaitUntil(at) => {
+                self.wake_at(at);
+                true
             }
-            Err(e) => {
-                tracing::error!(subscription = %sub, error = %e, "could not claim due deliveries; will try again");
+            Take::Failed => {
                 self.retry_soon();
                 true
             }
-        }
-    }
-
-    /// How many of `want` requests `sub` may start now under the part of
-    /// its rate limit kept outside this instance, with the limit to give
-    /// unused tokens back to. `None`: none may start; the loop wakes when
-    /// one may (or soon, after a failed read).
-    fn take_tokens(
-        &mut self,
-        s: &Session,
-        dir: &Directory,
-        sub: SubscriptionId,
-        want: usize,
-        now: u64,
-    ) -> Option<(Option<RateLimit>, usize)> {
-        let Some(limit) = dir.cached_policy(sub).and_then(|p| p.rate) else {
-            return Some((None, want));
-        };
-        match self.coord.tokens(s, sub, want, limit) {
-            Ok((0, wait)) => {
-                self.wake_at(now.saturating_add(wait));
-                None
-            }
-            Ok((granted, _)) => Some((Some(limit), granted)),
-            Err(e) => {
-                tracing::error!(subscription = %sub, error = %e, "could not take rate-limit tokens; will try again");
-                self.retry_soon();
-                None
-            }
-        }
-    }
-
-    /// Gives `unused` tokens of `sub`'s rate limit back.
-    fn give_back(&self, s: &Session, sub: SubscriptionId, rate: Option<RateLimit>, unused: usize) {
-        if let Some(limit) = rate
-            && unused > 0
-            && let Err(e) = self.coord.give_back(s, sub, unused, limit)
-        {
-            tracing::warn!(subscription = %sub, error = %e, "could not give back unused rate-limit tokens");
         }
     }
 
@@ -622,86 +526,26 @@ impl Dispatch {
         true
     }
 
-    /// Loads what a due delivery needs. Deliveries that cannot be sent (their
-    /// subscription is gone or inactive, their event is missing, their
-    /// record is damaged) are finished here instead.
+    /// Loads what a due delivery needs (see [`prepare::job`]), noting its
+    /// destination host; `None`: finished instead (or, after a read that
+    /// may pass, looked at again soon).
     fn prepare(
         &mut self,
         s: &mut Session,
         dir: &mut Directory,
         entry: IndexEntry,
     ) -> Option<sender::Job> {
-        let d = match s.delivery(entry.delivery) {
-            Ok(Some(d)) if d.state == DeliveryState::Pending => d,
-            Ok(_) => {
-                s.drop_entry(DeliveryState::Pending, entry);
-                return None;
+        match prepare::job(s, dir, &mut self.payloads, entry) {
+            Prepared::Send(job) => {
+                self.hosts.note(job.subscription, &job.url);
+                Some(job)
             }
-            Err(e) => {
-                if !s.on_read_error(DeliveryState::Pending, entry, &e) {
-                    self.retry_soon();
-                }
-                return None;
+            Prepared::Finished => None,
+            Prepared::Later => {
+                self.retry_soon();
+                None
             }
-        };
-        let sub = match dir.subscription(s, d.subscription_id) {
-            Ok(Some(r)) if r.active => r,
-            // Paused while inactive: the next pass skips it by its policy.
-            Ok(Some(_)) => {
-                dir.forget_policy(d.subscription_id);
-                return None;
-            }
-            Ok(None) => return dead_letter(s, &d, reason::DELETED),
-            Err(e) => return self.unreadable(s, &d, "subscription", &e),
-        };
-        self.hosts.note(d.subscription_id, &sub.url);
-        let payload = match self.payload(s, d.event_id) {
-            Ok(Some(p)) => p,
-            Ok(None) => return dead_letter(s, &d, reason::EVENT_MISSING),
-            Err(e) => return self.unreadable(s, &d, "event", &e),
-        };
-        let attempt = delivery::next_attempt_number(&d);
-        let mut job = sender::Job::to(&sub, d.id, d.event_id, d.event_name, attempt, payload);
-        job.sequence = d.sequence;
-        Some(job)
-    }
-
-    /// A record a delivery needs could not be read: a damaged one
-    /// dead-letters the delivery; any other error may pass, so it is looked
-    /// at again in a second.
-    fn unreadable(
-        &mut self,
-        s: &mut Session,
-        d: &Delivery,
-        what: &str,
-        e: &Error,
-    ) -> Option<sender::Job> {
-        if is_damage(e) {
-            return dead_letter(s, d, &format!("{what} record is damaged: {e}"));
         }
-        tracing::error!(delivery = %d.id, error = %e, what, "could not read a record; will try again");
-        self.retry_soon();
-        None
-    }
-
-    fn payload(&mut self, s: &Session, id: EventId) -> Result<Option<sender::Body>> {
-        if let Some(p) = self.payloads.map.get(&id) {
-            return Ok(Some(p.clone()));
-        }
-        let Some(event) = s.reader().event(id)? else {
-            return Ok(None);
-        };
-        if self.payloads.bytes + event.payload.len() > PAYLOAD_CACHE_BYTES {
-            self.payloads.map.clear();
-            self.payloads.bytes = 0;
-        }
-        let p = sender::Body {
-            payload: event.payload.into(),
-            traceparent: event.traceparent.map(Into::into),
-        };
-        self.payloads.bytes += p.payload.len();
-        self.payloads.map.insert(id, p.clone());
-        Ok(Some(p))
     }
 
     /// A read failed for a reason that may pass: look again in a second.
@@ -742,11 +586,6 @@ pub(crate) fn flush(s: &mut Session, round: &mut Round) -> Result<()> {
     r
 }
 
-fn dead_letter(s: &mut Session, d: &Delivery, why: &str) -> Option<sender::Job> {
-    s.dead_letter(d, why);
-    None
-}
-
 /// `next` becomes `at` if that is sooner.
 fn wake(next: &mut Option<u64>, at: u64) {
     *next = Some(next.map_or(at, |n| n.min(at)));
@@ -758,18 +597,6 @@ fn round_robin(ready: &mut [SubscriptionId], cursor: Option<SubscriptionId>) {
     if let Some(c) = cursor {
         let split = ready.partition_point(|s| *s <= c);
         ready.rotate_left(split);
-    }
-}
-
-/// A destination host as the per-host cap counts it: host and port.
-fn host_key(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => format!(
-            "{}:{}",
-            u.host_str().unwrap_or_default(),
-            u.port_or_known_default().unwrap_or(0)
-        ),
-        Err(_) => url.to_owned(),
     }
 }
 
@@ -791,27 +618,6 @@ mod tests {
         let mut ready = ids[..2].to_vec();
         round_robin(&mut ready, Some(ids[4]));
         assert_eq!(ready, ids[..2]);
-    }
-
-    #[test]
-    fn hosts_count_by_host_and_port() {
-        assert_eq!(host_key("https://example.com/a"), "example.com:443");
-        assert_eq!(host_key("http://example.com/b"), "example.com:80");
-        assert_eq!(host_key("http://127.0.0.1:8080/x"), "127.0.0.1:8080");
-        let mut hosts = Hosts::default();
-        let (a, b, c) = (
-            SubscriptionId::generate(),
-            SubscriptionId::generate(),
-            SubscriptionId::generate(),
-        );
-        hosts.note(a, "https://example.com/a");
-        hosts.note(b, "https://example.com:443/b");
-        hosts.note(c, "https://other.example/");
-        assert_eq!(hosts.of[&a], hosts.of[&b]);
-        assert_ne!(hosts.of[&a], hosts.of[&c]);
-        // A new URL moves the subscription to its new host.
-        hosts.note(a, "https://other.example/x");
-        assert_eq!(hosts.of[&a], hosts.of[&c]);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub(crate) mod intake;
 pub(crate) mod jobs;
 pub(crate) mod maintenance;
 pub(crate) mod outcomes;
+pub(crate) mod prepare;
 pub(crate) mod round;
 pub(crate) mod scheduler;
 pub(crate) mod session;
@@ -214,6 +215,7 @@ impl Engine {
 
     /// Takes a thread of the bus's own that ends by itself once the engine
     /// is closed; the shutdown joins it.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn adopt(&self, thread: JoinHandle<()>) {
         self.life
             .lock()

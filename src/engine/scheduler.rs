@@ -163,6 +163,35 @@ pub(crate) fn plan(
     out
 }
 
+/// Destination hosts as the per-host cap counts them.
+#[derive(Debug, Default)]
+pub(crate) struct Hosts {
+    /// Each subscription's destination host, as an index of `index`.
+    pub(crate) of: HashMap<SubscriptionId, usize>,
+    pub(crate) index: HashMap<String, usize>,
+}
+
+impl Hosts {
+    /// Notes `sub`'s host as of its current URL.
+    pub(crate) fn note(&mut self, sub: SubscriptionId, url: &str) {
+        let next = self.index.len();
+        let i = *self.index.entry(host_key(url)).or_insert(next);
+        self.of.insert(sub, i);
+    }
+}
+
+/// A destination host as the per-host cap counts it: host and port.
+fn host_key(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}:{}",
+            u.host_str().unwrap_or_default(),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::flow::{INITIAL_WINDOW, STALL_AFTER_MS};
@@ -487,5 +516,26 @@ mod tests {
             let p = simple(8, free, &s, &HashMap::new());
             assert!(total(&p) <= free, "{free}: {p:?}");
         }
+    }
+
+    #[test]
+    fn hosts_count_by_host_and_port() {
+        assert_eq!(host_key("https://example.com/a"), "example.com:443");
+        assert_eq!(host_key("http://example.com/b"), "example.com:80");
+        assert_eq!(host_key("http://127.0.0.1:8080/x"), "127.0.0.1:8080");
+        let mut hosts = Hosts::default();
+        let (a, b, c) = (
+            SubscriptionId::generate(),
+            SubscriptionId::generate(),
+            SubscriptionId::generate(),
+        );
+        hosts.note(a, "https://example.com/a");
+        hosts.note(b, "https://example.com:443/b");
+        hosts.note(c, "https://other.example/");
+        assert_eq!(hosts.of[&a], hosts.of[&b]);
+        assert_ne!(hosts.of[&a], hosts.of[&c]);
+        // A new URL moves the subscription to its new host.
+        hosts.note(a, "https://other.example/x");
+        assert_eq!(hosts.of[&a], hosts.of[&c]);
     }
 }
