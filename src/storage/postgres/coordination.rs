@@ -1,0 +1,347 @@
+//! What the instances sharing one store coordinate through: claims on due
+//! deliveries (and the [`Claimed`] cache of what came with them), a
+//! subscription's flow in the `flow` table (rate-limit tokens, a receiver's
+//! pause), sequence numbers reserved for `publish_in`, and the advisory
+//! locks on subscriptions and idempotency keys. Everything here is timed
+//! by the database's clock ([`DB_NOW`]), which every instance shares.
+//!
+//! The `Reader` and `Writer` impls delegate to these functions; nothing
+//! here knows those types.
+
+use std::sync::Mutex;
+
+use postgres::Row;
+
+use super::connection::{Conn, Pool, Prepared};
+use super::rows::{delivery_of, entry_of, event_of, id_of, ms, unms};
+use crate::delivery::Delivery;
+use crate::error::Result;
+use crate::ids::{DeliveryId, EventId, SubscriptionId};
+use crate::policy::RateLimit;
+use crate::record::Event;
+use crate::storage::IndexEntry;
+
+/// The database's clock in ms, for claims: one clock for every instance.
+pub(super) const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+/// The name of a schema's subscription lock (see
+/// `Writer::lock_subscriptions`), hashed by the server into its key.
+fn subscription_lock(schema: &str) -> String {
+    format!("hookbus.subscriptions:{schema}")
+}
+
+/// The first half of an idempotency key's lock (the key's hash is the
+/// second): the same in the engine (a session-level lock) and in
+/// `publish_in` (a transaction-level one), so the two serialise.
+fn key_lock(schema: &str) -> String {
+    format!("hookbus.keys:{schema}")
+}
+
+/// Takes the subscription lock of `schema` on `conn`, waiting for it (a
+/// session-level lock: held until [`unlock_all`] or the connection ends).
+pub(super) fn lock_subscriptions(conn: &mut Conn, schema: &str) -> Result<()> {
+    conn.execute(
+        "SELECT pg_advisory_lock(hashtext($1))",
+        &[&subscription_lock(schema)],
+    )?;
+    Ok(())
+}
+
+/// Takes the lock of idempotency key `key` on `conn` if no one holds it,
+/// without waiting (a session-level lock): whether it was taken.
+pub(super) fn try_lock_key(conn: &mut Conn, schema: &str, key: &str) -> Result<bool> {
+    let row = conn.query_one(
+        "SELECT pg_try_advisory_lock(hashtext($1), hashtext(encode($2, 'hex')))",
+        &[&key_lock(schema), &key.as_bytes()],
+    )?;
+    Ok(row.try_get(0)?)
+}
+
+/// Releases every session-level advisory lock `conn` holds.
+pub(super) fn unlock_all(conn: &mut Conn) -> Result<()> {
+    conn.execute("SELECT pg_advisory_unlock_all()", &[])?;
+    Ok(())
+}
+
+/// Takes the lock of idempotency key `key` until `tx` ends, waiting for it
+/// (the one the engines take with [`try_lock_key`]).
+pub(super) fn lock_key_until_commit(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &str,
+    key: &str,
+) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1), hashtext(encode($2, 'hex')))",
+        &[&key_lock(schema), &key.as_bytes()],
+    )?;
+    Ok(())
+}
+
+/// Records that came with a claim; each is handed out once.
+#[derive(Debug, Default)]
+pub(super) struct Claimed {
+    deliveries: std::collections::HashMap<DeliveryId, Delivery>,
+    events: std::collections::HashMap<EventId, Event>,
+    /// Claimed deliveries handed out (to be sent), kept for the one read
+    /// of their outcome: while this instance's claim stands no other
+    /// instance changes them, and this instance's own writes drop them
+    /// here (`PgWriter::forget`). One older than the claim's lease is not
+    /// used (the claim may have passed to another instance). At most
+    /// [`Claimed::MAX_SENT`].
+    sent: std::collections::HashMap<DeliveryId, (Delivery, std::time::Instant)>,
+}
+
+impl Claimed {
+    const MAX_SENT: usize = 65_536;
+
+    /// The record of delivery `id` if it came with a claim (it is then
+    /// kept for the one read of its outcome), or was handed out so less
+    /// than `lease_ms` ago.
+    pub(super) fn delivery(&mut self, id: DeliveryId, lease_ms: u64) -> Option<Delivery> {
+        if let Some(d) = self.deliveries.remove(&id) {
+            if self.sent.len() >= Claimed::MAX_SENT {
+                self.sent.clear();
+            }
+            self.sent.insert(id, (d.clone(), std::time::Instant::now()));
+            return Some(d);
+        }
+        if let Some((d, at)) = self.sent.remove(&id)
+            && at.elapsed().as_millis() < u128::from(lease_ms)
+        {
+            return Some(d);
+        }
+        None
+    }
+
+    /// The event `id` if it came with a claim (once).
+    pub(super) fn event(&mut self, id: EventId) -> Option<Event> {
+        self.events.remove(&id)
+    }
+
+    /// Drops what is kept of delivery `id`.
+    pub(super) fn forget(&mut self, id: DeliveryId) {
+        self.deliveries.remove(&id);
+        self.sent.remove(&id);
+    }
+}
+
+/// Keeps what a claim returned (the previous claim's leftovers go) and
+/// fetches the events of the claimed deliveries in one query.
+fn keep_claimed(pool: &Pool, claimed: &Mutex<Claimed>, rows: &[Row]) -> Result<()> {
+    let mut deliveries = std::collections::HashMap::new();
+    let mut events: Vec<Vec<u8>> = Vec::new();
+    for row in rows {
+        let d = delivery_of(row)?;
+        events.push(d.event_id.to_bytes().to_vec());
+        deliveries.insert(d.id, d);
+    }
+    events.sort_unstable();
+    events.dedup();
+    let mut by_id = std::collections::HashMap::new();
+    if !events.is_empty() {
+        for row in pool.query(
+            &format!(
+                "SELECT id, record, tenant, scoped FROM {} WHERE id = ANY($1)",
+                pool.t("events")
+            ),
+            &[&events],
+        )? {
+            let id: Vec<u8> = row.try_get(0)?;
+            // A damaged one is read (and reported) the normal way.
+            if let Ok(e) = event_of(
+                &id,
+                &row.try_get::<_, Vec<u8>>(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+            ) {
+                by_id.insert(e.id, e);
+            }
+        }
+    }
+    let mut claimed = claimed.lock().unwrap_or_else(|e| e.into_inner());
+    claimed.deliveries = deliveries;
+    claimed.events = by_id;
+    Ok(())
+}
+
+/// `Reader::claim`: claims up to `n` pending deliveries of `sub` due by
+/// `due_by`, keeping what came with them in `claimed`.
+pub(super) fn claim(
+    pool: &Pool,
+    claimed: &Mutex<Claimed>,
+    sub: SubscriptionId,
+    n: usize,
+    due_by: u64,
+) -> Result<Vec<IndexEntry>> {
+    // Timed by the database's clock (see `claim_one`); due times are
+    // the instances' own.
+    let rows = pool.query(
+        &format!(
+            "UPDATE {d} SET claim = $1, claimed_until = {DB_NOW} + $2
+             WHERE id IN (
+                 SELECT id FROM {d}
+                 WHERE sub = $3 AND state = 0 AND at <= $4 AND claimed_until < {DB_NOW}
+                 AND NOT EXISTS (SELECT 1 FROM {f} WHERE sub = $3 AND paused_until > {DB_NOW})
+                 ORDER BY at, id LIMIT $5
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING id, sub, at, record",
+            d = pool.t("deliveries"),
+            f = pool.t("flow")
+        ),
+        &[
+            &&pool.token[..],
+            &ms(pool.lease_ms),
+            &&sub.to_bytes()[..],
+            &ms(due_by),
+            &i64::try_from(n).unwrap_or(i64::MAX),
+        ],
+    )?;
+    let mut out: Vec<IndexEntry> = rows.iter().map(entry_of).collect::<Result<_>>()?;
+    out.sort_by_key(|e| (e.at, e.delivery));
+    // A record that does not decode is left to the normal read (which
+    // quarantines it).
+    if let Err(e) = keep_claimed(pool, claimed, &rows) {
+        tracing::debug!(error = %e, "claimed records not kept; they are read one by one");
+    }
+    Ok(out)
+}
+
+/// `Reader::claim_one`: claims delivery `id` if it is pending and nobody
+/// else holds it.
+pub(super) fn claim_one(pool: &Pool, id: DeliveryId) -> Result<Option<IndexEntry>> {
+    // Claims are timed by the database's clock, which every instance
+    // shares, not by the instances' own.
+    let rows = pool.query(
+        &format!(
+            "UPDATE {d} SET claim = $1, claimed_until = {DB_NOW} + $2
+             WHERE id = $3 AND state = 0 AND (claimed_until < {DB_NOW} OR claim = $1)
+             AND NOT EXISTS (SELECT 1 FROM {f} WHERE {f}.sub = {d}.sub AND paused_until > {DB_NOW})
+             RETURNING id, sub, at",
+            d = pool.t("deliveries"),
+            f = pool.t("flow")
+        ),
+        &[&&pool.token[..], &ms(pool.lease_ms), &&id.to_bytes()[..]],
+    )?;
+    rows.first().map(entry_of).transpose()
+}
+
+/// `Reader::take_tokens`: takes up to `want` of `sub`'s shared request
+/// tokens.
+pub(super) fn take_tokens(
+    pool: &Pool,
+    sub: SubscriptionId,
+    want: usize,
+    limit: RateLimit,
+) -> Result<(usize, u64)> {
+    let f = pool.t("flow");
+    let id = &sub.to_bytes()[..];
+    let burst = f64::from(limit.burst.max(1));
+    let rate = f64::from(limit.per_second.max(1));
+    pool.with(|c| {
+        let mut tx = c.transaction()?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {f} (sub, tokens, at) VALUES ($1, $2, {DB_NOW})
+                 ON CONFLICT (sub) DO NOTHING"
+            ),
+            &[&id, &burst],
+        )?;
+        let row = tx.query_one(
+            &format!(
+                "SELECT tokens, at, paused_until, {DB_NOW} FROM {f} WHERE sub = $1 FOR UPDATE"
+            ),
+            &[&id],
+        )?;
+        let (tokens, at, paused, now): (f64, i64, i64, i64) = (
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+        );
+        if paused > now {
+            tx.commit()?;
+            return Ok((0, unms(paused - now)));
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let avail = (tokens + (now - at).max(0) as f64 * rate / 1000.0).min(burst);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let granted = (avail.floor().max(0.0) as usize).min(want);
+        #[allow(clippy::cast_precision_loss)]
+        let left = avail - granted as f64;
+        tx.execute(
+            &format!("UPDATE {f} SET tokens = $2, at = $3 WHERE sub = $1"),
+            &[&id, &left, &now],
+        )?;
+        tx.commit()?;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let wait = if granted == 0 {
+            (((1.0 - left) * 1000.0 / rate).ceil().max(1.0)) as u64
+        } else {
+            0
+        };
+        Ok((granted, wait))
+    })
+}
+
+/// `Reader::return_tokens`: gives back `n` tokens of `sub` taken but not
+/// used.
+pub(super) fn return_tokens(
+    pool: &Pool,
+    sub: SubscriptionId,
+    n: usize,
+    limit: RateLimit,
+) -> Result<()> {
+    #[allow(clippy::cast_precision_loss)]
+    let n = n as f64;
+    pool.query(
+        &format!(
+            "UPDATE {} SET tokens = least($2, tokens + $3) WHERE sub = $1",
+            pool.t("flow")
+        ),
+        &[&&sub.to_bytes()[..], &f64::from(limit.burst.max(1)), &n],
+    )?;
+    Ok(())
+}
+
+/// `Reader::pause`: pauses `sub` for every instance for `for_ms`.
+pub(super) fn pause(pool: &Pool, sub: SubscriptionId, for_ms: u64) -> Result<()> {
+    pool.query(
+        &format!(
+            "INSERT INTO {f} (sub, tokens, at, paused_until) VALUES ($1, 0, {DB_NOW}, {DB_NOW} + $2)
+             ON CONFLICT (sub) DO UPDATE
+             SET paused_until = greatest({f}.paused_until, EXCLUDED.paused_until)",
+            f = pool.t("flow")
+        ),
+        &[&&sub.to_bytes()[..], &ms(for_ms)],
+    )?;
+    Ok(())
+}
+
+/// `Reader::reserve_sequences`: the next sequence number of each of
+/// `subs`, taken at once for every instance.
+pub(super) fn reserve_sequences(pool: &Pool, subs: &[SubscriptionId]) -> Result<Vec<u64>> {
+    let ids: Vec<Vec<u8>> = subs.iter().map(|s| s.to_bytes().to_vec()).collect();
+    // Rows locked in id order, as the writer's numbering does.
+    let rows = pool.query(
+        &format!(
+            "WITH locked AS (
+                 SELECT id FROM {s} WHERE id = ANY($1) ORDER BY id FOR UPDATE)
+             UPDATE {s} SET seq = {s}.seq + 1 FROM locked
+             WHERE {s}.id = locked.id RETURNING {s}.id, {s}.seq",
+            s = pool.t("subscriptions")
+        ),
+        &[&ids],
+    )?;
+    let mut got = std::collections::HashMap::new();
+    for row in rows {
+        got.insert(
+            id_of(&row, "id", SubscriptionId::from_slice)?,
+            unms(row.try_get("seq")?),
+        );
+    }
+    // A subscription deleted meanwhile gets no number (0: not sent).
+    Ok(subs
+        .iter()
+        .map(|s| got.get(s).copied().unwrap_or(0))
+        .collect())
+}

@@ -1,0 +1,539 @@
+//! [`PgReader`]: the reads of the seam's [`Reader`], each one query through
+//! the reader's pool, listings a page at a time ([`Paged`]). What instances
+//! coordinate through (claims, flow, sequence numbers) is in
+//! `coordination.rs`; the `Reader` methods for it delegate there.
+
+use std::sync::{Arc, Mutex};
+
+use postgres::Row;
+
+use super::connection::{Params, Pool};
+use super::coordination::{self, Claimed};
+use super::paged::{PAGE, Paged, entry_page, id_page};
+use super::rows::{corrupt, decode, delivery_of, event_of, id_of, ms, state_code, unms};
+use crate::delivery::{Delivery, DeliveryState};
+use crate::error::Result;
+use crate::event::ALL_EVENTS;
+use crate::health::HealthRecord;
+use crate::ids::{DeliveryId, EventId, SubscriptionId};
+use crate::notice::Notice;
+use crate::policy::RateLimit;
+use crate::record::{Attempt, Event, OutboxStats};
+use crate::storage::{
+    IndexEntry, Iter, PendingSubscriptions, Reader, Subscribers, SubscriptionRecord,
+};
+
+/// Reads of the PostgreSQL store, through a small connection pool.
+///
+/// A clone shares the pool but not the claim cache: only the reader that
+/// claims (the engine's) reads the records that came with its claims, so
+/// a handle's read never takes one from it nor sees one as it was claimed.
+#[derive(Debug)]
+pub(crate) struct PgReader {
+    pool: Arc<Pool>,
+    /// What the last claim returned (the claimed deliveries and their
+    /// events), so the dispatcher's reads right after it need no query.
+    claimed: Arc<Mutex<Claimed>>,
+}
+
+impl Clone for PgReader {
+    fn clone(&self) -> Self {
+        PgReader {
+            pool: self.pool.clone(),
+            claimed: Arc::default(),
+        }
+    }
+}
+
+impl PgReader {
+    /// A reader on `pool`, with a claim cache of its own.
+    pub(super) fn new(pool: Arc<Pool>) -> PgReader {
+        PgReader {
+            pool,
+            claimed: Arc::default(),
+        }
+    }
+
+    /// This instance's claim token in hex: the payload of its
+    /// notifications, so its own listener can tell them apart.
+    pub(crate) fn token_hex(&self) -> String {
+        hex::encode(self.pool.token)
+    }
+
+    /// The pool it reads through.
+    pub(super) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Its claim cache (the writer drops from it what it changes).
+    pub(super) fn claimed(&self) -> std::sync::MutexGuard<'_, Claimed> {
+        self.claimed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+        self.pool.query(sql, params)
+    }
+
+    fn t(&self, table: &str) -> String {
+        self.pool.t(table)
+    }
+}
+
+impl Reader for PgReader {
+    fn stats(&self) -> Result<OutboxStats> {
+        let mut stats = OutboxStats::default();
+        for row in self.query(
+            &format!(
+                "SELECT state, count(*) FROM {} GROUP BY state",
+                self.t("deliveries")
+            ),
+            &[],
+        )? {
+            let state: i16 = row.try_get(0)?;
+            let n = unms(row.try_get(1)?);
+            match state {
+                0 => stats.pending = n,
+                1 => stats.delivered = n,
+                _ => stats.dead += n,
+            }
+        }
+        let q: i64 = self
+            .query(
+                &format!("SELECT count(*) FROM {}", self.t("quarantine")),
+                &[],
+            )?
+            .first()
+            .map_or(Ok(0), |r| r.try_get(0))?;
+        stats.quarantined = unms(q);
+        Ok(stats)
+    }
+
+    fn subscription(&self, id: SubscriptionId) -> Result<Option<SubscriptionRecord>> {
+        let rows = self.query(
+            &format!(
+                "SELECT record FROM {} WHERE id = $1",
+                self.t("subscriptions")
+            ),
+            &[&&id.to_bytes()[..]],
+        )?;
+        rows.first()
+            .map(|r| decode("s", &id.to_bytes(), &r.try_get::<_, Vec<u8>>(0)?))
+            .transpose()
+    }
+
+    fn subscriptions(&self) -> Iter<SubscriptionRecord> {
+        let r = self.clone();
+        Paged::boxed(move |after: Option<&Vec<u8>>| {
+            let after = after.cloned().unwrap_or_default();
+            let rows = r.query(
+                &format!(
+                    "SELECT id, record FROM {} WHERE id > $1 ORDER BY id LIMIT $2",
+                    r.t("subscriptions")
+                ),
+                &[&after, &PAGE],
+            )?;
+            rows.iter()
+                .map(|row| {
+                    let id: Vec<u8> = row.try_get(0)?;
+                    let rec = decode("s", &id, &row.try_get::<_, Vec<u8>>(1)?);
+                    Ok((rec, id))
+                })
+                .collect()
+        })
+    }
+
+    fn subscribers_of(&self, event: &str) -> Result<Subscribers> {
+        let rows = self.query(
+            &format!(
+                "SELECT DISTINCT sub FROM {} WHERE event = $1 OR event = $2 ORDER BY sub",
+                self.t("subscription_events")
+            ),
+            &[&event, &ALL_EVENTS],
+        )?;
+        let mut out = Subscribers::default();
+        for row in rows {
+            out.ids
+                .push(id_of(&row, "sub", SubscriptionId::from_slice)?);
+        }
+        Ok(out)
+    }
+
+    fn event(&self, id: EventId) -> Result<Option<Event>> {
+        let cached = self.claimed().event(id);
+        if let Some(e) = cached {
+            return Ok(Some(e));
+        }
+        let rows = self.query(
+            &format!(
+                "SELECT record, tenant, scoped FROM {} WHERE id = $1",
+                self.t("events")
+            ),
+            &[&&id.to_bytes()[..]],
+        )?;
+        rows.first()
+            .map(|r| {
+                event_of(
+                    &id.to_bytes(),
+                    &r.try_get::<_, Vec<u8>>(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                )
+            })
+            .transpose()
+    }
+
+    fn event_refs(&self, id: EventId) -> Result<Option<u32>> {
+        let n: i64 = self
+            .query(
+                &format!(
+                    "SELECT count(*) FROM {} WHERE event_id = $1",
+                    self.t("deliveries")
+                ),
+                &[&&id.to_bytes()[..]],
+            )?
+            .first()
+            .map_or(Ok(0), |r| r.try_get(0))?;
+        Ok(Some(u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+
+    fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>> {
+        let cached = self.claimed().delivery(id, self.pool.lease_ms);
+        if let Some(d) = cached {
+            return Ok(Some(d));
+        }
+        let rows = self.query(
+            &format!(
+                "SELECT id, record FROM {} WHERE id = $1",
+                self.t("deliveries")
+            ),
+            &[&&id.to_bytes()[..]],
+        )?;
+        rows.first().map(delivery_of).transpose()
+    }
+
+    fn deliveries(&self, after: Option<DeliveryId>) -> Iter<Delivery> {
+        let r = self.clone();
+        let start = after.map(|a| a.to_bytes().to_vec()).unwrap_or_default();
+        Paged::boxed(move |cursor: Option<&Vec<u8>>| {
+            let after = cursor.cloned().unwrap_or_else(|| start.clone());
+            let rows = r.query(
+                &format!(
+                    "SELECT id, record FROM {} WHERE id > $1 ORDER BY id LIMIT $2",
+                    r.t("deliveries")
+                ),
+                &[&after, &PAGE],
+            )?;
+            rows.iter()
+                .map(|row| Ok((delivery_of(row), row.try_get::<_, Vec<u8>>(0)?)))
+                .collect()
+        })
+    }
+
+    fn deliveries_of(&self, sub: SubscriptionId, newest_first: bool) -> Iter<DeliveryId> {
+        let r = self.clone();
+        let s = sub.to_bytes().to_vec();
+        Paged::boxed(move |cursor: Option<&Vec<u8>>| {
+            let (cmp, order) = if newest_first {
+                ("<", "DESC")
+            } else {
+                (">", "ASC")
+            };
+            let first = if newest_first { vec![0xff; 17] } else { vec![] };
+            let after = cursor.cloned().unwrap_or(first);
+            let rows = r.query(
+                &format!(
+                    "SELECT id FROM {} WHERE sub = $1 AND id {cmp} $2 ORDER BY id {order} LIMIT $3",
+                    r.t("deliveries")
+                ),
+                &[&s, &after, &PAGE],
+            )?;
+            id_page(&rows)
+        })
+    }
+
+    fn deliveries_of_from(&self, sub: SubscriptionId, from: DeliveryId) -> Iter<DeliveryId> {
+        let r = self.clone();
+        let s = sub.to_bytes().to_vec();
+        let start = from.to_bytes().to_vec();
+        Paged::boxed(move |cursor: Option<&Vec<u8>>| {
+            let (cmp, after) = match cursor {
+                Some(c) => (">", c.clone()),
+                None => (">=", start.clone()),
+            };
+            let rows = r.query(
+                &format!(
+                    "SELECT id FROM {} WHERE sub = $1 AND id {cmp} $2 ORDER BY id LIMIT $3",
+                    r.t("deliveries")
+                ),
+                &[&s, &after, &PAGE],
+            )?;
+            id_page(&rows)
+        })
+    }
+
+    fn index(&self, state: DeliveryState, after: Option<IndexEntry>) -> Iter<IndexEntry> {
+        let r = self.clone();
+        let code = state_code(state);
+        Paged::boxed(move |cursor: Option<&IndexEntry>| {
+            let c = cursor.copied().or(after);
+            let rows = match (state, c) {
+                // Pending: by subscription, then due time (as sled's index).
+                (DeliveryState::Pending, Some(c)) => r.query(
+                    &format!(
+                        "SELECT id, sub, at FROM {} WHERE state = 0 AND (sub, at, id) > ($1, $2, $3)
+                         ORDER BY sub, at, id LIMIT $4",
+                        r.t("deliveries")
+                    ),
+                    &[
+                        &&c.subscription.to_bytes()[..],
+                        &ms(c.at),
+                        &&c.delivery.to_bytes()[..],
+                        &PAGE,
+                    ],
+                )?,
+                (DeliveryState::Pending, None) => r.query(
+                    &format!(
+                        "SELECT id, sub, at FROM {} WHERE state = 0 ORDER BY sub, at, id LIMIT $1",
+                        r.t("deliveries")
+                    ),
+                    &[&PAGE],
+                )?,
+                (_, Some(c)) => r.query(
+                    &format!(
+                        "SELECT id, sub, at FROM {} WHERE state = $1 AND (at, id) > ($2, $3)
+                         ORDER BY at, id LIMIT $4",
+                        r.t("deliveries")
+                    ),
+                    &[&code, &ms(c.at), &&c.delivery.to_bytes()[..], &PAGE],
+                )?,
+                (_, None) => r.query(
+                    &format!(
+                        "SELECT id, sub, at FROM {} WHERE state = $1 ORDER BY at, id LIMIT $2",
+                        r.t("deliveries")
+                    ),
+                    &[&code, &PAGE],
+                )?,
+            };
+            entry_page(&rows)
+        })
+    }
+
+    fn due(&self, sub: SubscriptionId) -> Iter<IndexEntry> {
+        let r = self.clone();
+        let s = sub.to_bytes().to_vec();
+        Paged::boxed(move |cursor: Option<&IndexEntry>| {
+            let rows = match cursor {
+                Some(c) => r.query(
+                    &format!(
+                        "SELECT id, sub, at FROM {} WHERE sub = $1 AND state = 0 AND (at, id) > ($2, $3)
+                         ORDER BY at, id LIMIT $4",
+                        r.t("deliveries")
+                    ),
+                    &[&s, &ms(c.at), &&c.delivery.to_bytes()[..], &PAGE],
+                )?,
+                None => r.query(
+                    &format!(
+                        "SELECT id, sub, at FROM {} WHERE sub = $1 AND state = 0 ORDER BY at, id LIMIT $2",
+                        r.t("deliveries")
+                    ),
+                    &[&s, &PAGE],
+                )?,
+            };
+            entry_page(&rows)
+        })
+    }
+
+    fn pending_subscriptions(&self) -> Result<PendingSubscriptions> {
+        let rows = self.query(
+            &format!(
+                "SELECT sub, min(at) AS at FROM {} WHERE state = 0 GROUP BY sub",
+                self.t("deliveries")
+            ),
+            &[],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push((
+                id_of(&row, "sub", SubscriptionId::from_slice)?,
+                unms(row.try_get("at")?),
+            ));
+        }
+        Ok((out, Vec::new()))
+    }
+
+    fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>> {
+        let rows = self.query(
+            &format!(
+                "SELECT n, record FROM {} WHERE delivery = $1 ORDER BY n",
+                self.t("attempts")
+            ),
+            &[&&id.to_bytes()[..]],
+        )?;
+        rows.iter()
+            .map(|r| decode("a", &id.to_bytes(), &r.try_get::<_, Vec<u8>>(1)?))
+            .collect()
+    }
+
+    fn idempotency_key(&self, key: &str) -> Result<Option<(EventId, u64)>> {
+        let rows = self.query(
+            &format!(
+                "SELECT event, at FROM {} WHERE key = $1",
+                self.t("idempotency")
+            ),
+            &[&key.as_bytes()],
+        )?;
+        rows.first()
+            .map(|r| {
+                Ok((
+                    id_of(r, "event", EventId::from_slice)?,
+                    unms(r.try_get("at")?),
+                ))
+            })
+            .transpose()
+    }
+
+    fn idempotency_keys_before(&self, before: u64) -> Iter<(String, u64)> {
+        let r = self.clone();
+        Paged::boxed(move |cursor: Option<&(i64, Vec<u8>)>| {
+            let (at, key) = cursor.cloned().unwrap_or((-1, Vec::new()));
+            let rows = r.query(
+                &format!(
+                    "SELECT key, at FROM {} WHERE at < $1 AND (at, key) > ($2, $3)
+                     ORDER BY at, key LIMIT $4",
+                    r.t("idempotency")
+                ),
+                &[&ms(before), &at, &key, &PAGE],
+            )?;
+            rows.iter()
+                .map(|row| {
+                    let key: Vec<u8> = row.try_get(0)?;
+                    let at: i64 = row.try_get(1)?;
+                    let text = String::from_utf8(key.clone())
+                        .map_err(|_| corrupt("k", &key, "idempotency key is not UTF-8"))?;
+                    Ok((Ok((text, unms(at))), (at, key)))
+                })
+                .collect()
+        })
+    }
+
+    fn sequence(&self, sub: SubscriptionId) -> Result<u64> {
+        let rows = self.query(
+            &format!("SELECT seq FROM {} WHERE id = $1", self.t("subscriptions")),
+            &[&&sub.to_bytes()[..]],
+        )?;
+        Ok(rows.first().map_or(Ok(0), |r| r.try_get(0)).map(unms)?)
+    }
+
+    fn health(&self, sub: SubscriptionId) -> Result<Option<HealthRecord>> {
+        let id = sub.to_bytes();
+        let rows = self.query(
+            &format!("SELECT record FROM {} WHERE sub = $1", self.t("health")),
+            &[&&id[..]],
+        )?;
+        rows.first()
+            .map(|r| decode("h", &id, &r.try_get::<_, Vec<u8>>(0)?))
+            .transpose()
+    }
+
+    fn backlog(&self, sub: SubscriptionId) -> Result<u64> {
+        let rows = self.query(
+            &format!(
+                "SELECT count(*) FROM {} WHERE sub = $1 AND state = 0",
+                self.t("deliveries")
+            ),
+            &[&&sub.to_bytes()[..]],
+        )?;
+        Ok(unms(rows.first().map_or(Ok(0), |r| r.try_get(0))?))
+    }
+
+    fn notices(&self) -> Iter<Notice> {
+        let r = self.clone();
+        Paged::boxed(move |cursor: Option<&Vec<u8>>| {
+            let after = cursor.cloned().unwrap_or_default();
+            let rows = r.query(
+                &format!(
+                    "SELECT id, record FROM {} WHERE id > $1 ORDER BY id LIMIT $2",
+                    r.t("notices")
+                ),
+                &[&after, &PAGE],
+            )?;
+            rows.iter()
+                .map(|row| {
+                    let k: Vec<u8> = row.try_get(0)?;
+                    let n = decode::<Notice>("o", &k, &row.try_get::<_, Vec<u8>>(1)?);
+                    Ok((n, k))
+                })
+                .collect()
+        })
+    }
+
+    fn quarantined(&self) -> Iter<(Vec<u8>, Vec<u8>)> {
+        let r = self.clone();
+        Paged::boxed(move |cursor: Option<&Vec<u8>>| {
+            let after = cursor.cloned().unwrap_or_default();
+            let rows = r.query(
+                &format!(
+                    "SELECT key, value FROM {} WHERE key > $1 ORDER BY key LIMIT $2",
+                    r.t("quarantine")
+                ),
+                &[&after, &PAGE],
+            )?;
+            rows.iter()
+                .map(|row| {
+                    let k: Vec<u8> = row.try_get(0)?;
+                    let v: Vec<u8> = row.try_get(1)?;
+                    Ok((Ok((k.clone(), v)), k))
+                })
+                .collect()
+        })
+    }
+
+    fn size_on_disk(&self) -> Result<u64> {
+        let rows = self.query(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relkind = 'r'",
+            &[&self.pool.schema],
+        )?;
+        Ok(unms(rows.first().map_or(Ok(0), |r| r.try_get(0))?))
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn claim(
+        &self,
+        sub: SubscriptionId,
+        n: usize,
+        due_by: u64,
+        _now: u64,
+    ) -> Result<Vec<IndexEntry>> {
+        coordination::claim(&self.pool, &self.claimed, sub, n, due_by)
+    }
+
+    fn claim_one(&self, id: DeliveryId, _now: u64) -> Result<Option<IndexEntry>> {
+        coordination::claim_one(&self.pool, id)
+    }
+
+    fn take_tokens(
+        &self,
+        sub: SubscriptionId,
+        want: usize,
+        limit: RateLimit,
+    ) -> Result<(usize, u64)> {
+        coordination::take_tokens(&self.pool, sub, want, limit)
+    }
+
+    fn return_tokens(&self, sub: SubscriptionId, n: usize, limit: RateLimit) -> Result<()> {
+        coordination::return_tokens(&self.pool, sub, n, limit)
+    }
+
+    fn pause(&self, sub: SubscriptionId, for_ms: u64) -> Result<()> {
+        coordination::pause(&self.pool, sub, for_ms)
+    }
+
+    fn reserve_sequences(&self, subs: &[SubscriptionId]) -> Result<Vec<u64>> {
+        coordination::reserve_sequences(&self.pool, subs)
+    }
+}

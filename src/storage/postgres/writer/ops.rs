@@ -1,0 +1,555 @@
+//! The writer's staged writes ([`Op`]) and how a round applies them inside
+//! its transaction: the steps that take the whole round at once (locking
+//! and numbering, the events, the new deliveries, the notification) and one
+//! function per kind of write. Delivery changes and attempts go through
+//! `batch.rs` instead.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::delivery::Delivery;
+use crate::error::Result;
+use crate::health::{HealthDelta, HealthRecord};
+use crate::ids::{DeliveryId, EventId, NoticeId, SubscriptionId};
+use crate::notice::Notice;
+use crate::record::{Attempt, Event};
+use crate::storage::postgres::connection::{Pool, Prepared, Tx};
+use crate::storage::postgres::listener::channel;
+use crate::storage::postgres::rows::{decode, encode, encode_event, id_of, ms, state_code, unms};
+use crate::storage::{Damaged, IndexEntry, SubscriptionRecord};
+
+/// One staged write.
+pub(super) enum Op {
+    PutSubscription(Option<Vec<String>>, SubscriptionRecord),
+    RemoveSubscription(SubscriptionRecord),
+    PutEvent(Event),
+    RemoveEvent(EventId),
+    /// Events created before this id that no delivery refers to.
+    SweepOrphans(EventId),
+    /// A new delivery (`None`), or a change of the one stored as `old`
+    /// (its record's bytes), and whether the change is an attempt's
+    /// outcome.
+    PutDelivery(Option<(Vec<u8>, bool)>, Delivery),
+    /// A finished delivery, as the record it was read as.
+    RemoveDelivery(DeliveryId, Vec<u8>),
+    PutAttempt(DeliveryId, Attempt),
+    RemoveAttempt(DeliveryId, u32),
+    /// A write that changes nothing but fails where writes fail (a
+    /// read-only server): the health probe.
+    Probe,
+    QuarantineDelivery(DeliveryId),
+    QuarantineRaw(Damaged),
+    PutKey(String, EventId, u64),
+    RemoveKey(String, u64),
+    PutSequence(SubscriptionId, u64),
+    MergeHealth(SubscriptionId, HealthDelta),
+    PutNotice(Notice),
+    RemoveNotice(NoticeId),
+}
+
+// The whole round.
+
+/// How many new deliveries the round makes per subscription that the
+/// store is to number (the engine leaves them 0 on a shared store).
+pub(super) fn new_per_subscription(ops: &[Op]) -> BTreeMap<SubscriptionId, i64> {
+    let mut counts: BTreeMap<SubscriptionId, i64> = Default::default();
+    for op in ops {
+        if let Op::PutDelivery(None, d) = op
+            && d.sequence == 0
+        {
+            *counts.entry(d.subscription_id).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// A round that also changes subscriptions (the engine's auto-disable or
+/// FIFO halt, an API change) locks every subscription row it writes
+/// first, in the same order (id order, as [`number_new_deliveries`]
+/// does), so rounds of two instances never hold one row each and wait for
+/// the other. `counts`: the round's new deliveries per subscription
+/// ([`new_per_subscription`]).
+pub(super) fn lock_written_subscriptions(
+    tx: &mut Tx<'_>,
+    pool: &Pool,
+    ops: &[Op],
+    counts: &BTreeMap<SubscriptionId, i64>,
+) -> Result<()> {
+    let mut changed: BTreeSet<SubscriptionId> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::PutSubscription(_, new) => Some(new.id),
+            Op::RemoveSubscription(old) => Some(old.id),
+            _ => None,
+        })
+        .collect();
+    if !changed.is_empty() && (changed.len() > 1 || !counts.is_empty()) {
+        changed.extend(counts.keys().copied());
+        let ids: Vec<Vec<u8>> = changed.iter().map(|s| s.to_bytes().to_vec()).collect();
+        tx.query(
+            &format!(
+                "SELECT id FROM {} WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                pool.t("subscriptions")
+            ),
+            &[&ids],
+        )?;
+    }
+    Ok(())
+}
+
+/// Numbers for the round's new deliveries (`counts` of them per
+/// subscription): one statement, which locks the subscriptions' rows in
+/// id order (as every numbering does, so two instances never wait for
+/// each other's rows).
+pub(super) fn number_new_deliveries(
+    tx: &mut Tx<'_>,
+    pool: &Pool,
+    ops: &mut [Op],
+    counts: &BTreeMap<SubscriptionId, i64>,
+) -> Result<()> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Vec<u8>> = counts.keys().map(|s| s.to_bytes().to_vec()).collect();
+    let ns: Vec<i64> = counts.values().copied().collect();
+    let rows = tx.query(
+        &format!(
+            "WITH locked AS (
+                 SELECT id FROM {s} WHERE id = ANY($1) ORDER BY id FOR UPDATE)
+             UPDATE {s} SET seq = {s}.seq + v.n
+             FROM unnest($1::bytea[], $2::int8[]) AS v(id, n), locked
+             WHERE {s}.id = v.id AND locked.id = v.id
+             RETURNING {s}.id, {s}.seq",
+            s = pool.t("subscriptions")
+        ),
+        &[&ids, &ns],
+    )?;
+    let mut next = HashMap::new();
+    for row in rows {
+        let sub = id_of(&row, "id", SubscriptionId::from_slice)?;
+        let last = unms(row.try_get("seq")?);
+        let n = counts.get(&sub).map_or(0, |&n| unms(n));
+        next.insert(sub, last.saturating_sub(n).saturating_add(1));
+    }
+    // A subscription deleted meanwhile gives none (0: not sent).
+    for op in ops {
+        if let Op::PutDelivery(None, d) = op
+            && d.sequence == 0
+            && let Some(n) = next.get_mut(&d.subscription_id)
+        {
+            d.sequence = *n;
+            *n += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The round's events in one statement, before anything refers to them.
+pub(super) fn insert_events(tx: &mut Tx<'_>, pool: &Pool, ops: &[Op]) -> Result<()> {
+    let events: Vec<&Event> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::PutEvent(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(events.len());
+    let mut records = Vec::with_capacity(events.len());
+    let mut tenants = Vec::with_capacity(events.len());
+    for e in events {
+        ids.push(e.id.to_bytes().to_vec());
+        records.push(encode_event(e));
+        tenants.push(e.tenant.clone());
+    }
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (id, record, tenant, scoped)
+             SELECT id, record, tenant, true
+             FROM unnest($1::bytea[], $2::bytea[], $3::text[]) AS v(id, record, tenant)
+             ON CONFLICT DO NOTHING",
+            pool.t("events")
+        ),
+        &[&ids, &records, &tenants],
+    )?;
+    Ok(())
+}
+
+/// A round with new deliveries or changed subscriptions notifies the
+/// schema's channel.
+pub(super) fn notify(tx: &mut Tx<'_>, pool: &Pool, ops: &[Op]) -> Result<()> {
+    let new_deliveries = ops.iter().any(|op| matches!(op, Op::PutDelivery(None, _)));
+    let subscriptions_changed = ops
+        .iter()
+        .any(|op| matches!(op, Op::PutSubscription(..) | Op::RemoveSubscription(_)));
+    if new_deliveries || subscriptions_changed {
+        // Delivered to listening instances when this commits: they look
+        // for new work, and forget the subscriptions they cached.
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&channel(&pool.schema), &hex::encode(pool.token)],
+        )?;
+    }
+    Ok(())
+}
+
+/// New deliveries go in one multi-row insert per round.
+pub(super) fn insert_new_deliveries(tx: &mut Tx<'_>, pool: &Pool, ops: &[Op]) -> Result<()> {
+    let new_deliveries: Vec<&Delivery> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::PutDelivery(None, d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    if new_deliveries.is_empty() {
+        return Ok(());
+    }
+    // One statement (one text, so one prepared statement) whatever
+    // the round's size.
+    let n = new_deliveries.len();
+    let (mut ids, mut subs, mut events) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut states, mut ats, mut records) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for d in new_deliveries {
+        ids.push(d.id.to_bytes().to_vec());
+        subs.push(d.subscription_id.to_bytes().to_vec());
+        events.push(d.event_id.to_bytes().to_vec());
+        states.push(state_code(d.state));
+        ats.push(ms(IndexEntry::of(d).at));
+        records.push(encode(d));
+    }
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (id, sub, event_id, state, at, record)
+             SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[],
+                                  $4::int2[], $5::int8[], $6::bytea[])
+             ON CONFLICT (id) DO NOTHING",
+            pool.t("deliveries")
+        ),
+        &[&ids, &subs, &events, &states, &ats, &records],
+    )?;
+    Ok(())
+}
+
+// One write each.
+
+pub(super) fn put_subscription(
+    tx: &mut Tx<'_>,
+    pool: &Pool,
+    old_events: Option<&[String]>,
+    new: &SubscriptionRecord,
+) -> Result<()> {
+    let id = &new.id.to_bytes()[..];
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (id, record) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+            pool.t("subscriptions")
+        ),
+        &[&id, &encode(new)],
+    )?;
+    // A changed subscription (a new URL, say) is not held
+    // to the old receiver's "slow down".
+    tx.execute(
+        &format!(
+            "UPDATE {} SET paused_until = 0 WHERE sub = $1",
+            pool.t("flow")
+        ),
+        &[&id],
+    )?;
+    if let Some(old) = old_events {
+        for e in old.iter().filter(|e| !new.events.contains(e)) {
+            tx.execute(
+                &format!(
+                    "DELETE FROM {} WHERE event = $1 AND sub = $2",
+                    pool.t("subscription_events")
+                ),
+                &[e, &id],
+            )?;
+        }
+    }
+    for e in &new.events {
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (event, sub) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                pool.t("subscription_events")
+            ),
+            &[e, &id],
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn remove_subscription(
+    tx: &mut Tx<'_>,
+    pool: &Pool,
+    old: &SubscriptionRecord,
+) -> Result<()> {
+    let id = &old.id.to_bytes()[..];
+    tx.execute(
+        &format!(
+            "DELETE FROM {} WHERE sub = $1",
+            pool.t("subscription_events")
+        ),
+        &[&id],
+    )?;
+    tx.execute(
+        &format!("DELETE FROM {} WHERE id = $1", pool.t("subscriptions")),
+        &[&id],
+    )?;
+    tx.execute(
+        &format!("DELETE FROM {} WHERE sub = $1", pool.t("health")),
+        &[&id],
+    )?;
+    tx.execute(
+        &format!("DELETE FROM {} WHERE sub = $1", pool.t("flow")),
+        &[&id],
+    )?;
+    Ok(())
+}
+
+pub(super) fn sweep_orphans(tx: &mut Tx<'_>, pool: &Pool, before: EventId) -> Result<()> {
+    tx.execute(
+        &format!(
+            "DELETE FROM {e} WHERE id IN (
+                 SELECT ev.id FROM {e} ev WHERE ev.id < $1
+                 AND NOT EXISTS (SELECT 1 FROM {d} dl WHERE dl.event_id = ev.id)
+                 LIMIT 1000)",
+            e = pool.t("events"),
+            d = pool.t("deliveries")
+        ),
+        &[&&before.to_bytes()[..]],
+    )?;
+    Ok(())
+}
+
+pub(super) fn remove_event(tx: &mut Tx<'_>, pool: &Pool, id: EventId) -> Result<()> {
+    let id = &id.to_bytes()[..];
+    tx.execute(
+        &format!(
+            "DELETE FROM {} WHERE id = $1
+             AND NOT EXISTS (SELECT 1 FROM {} WHERE event_id = $1)",
+            pool.t("events"),
+            pool.t("deliveries")
+        ),
+        &[&id],
+    )?;
+    Ok(())
+}
+
+pub(super) fn remove_delivery(
+    tx: &mut Tx<'_>,
+    pool: &Pool,
+    id: DeliveryId,
+    record: &[u8],
+) -> Result<()> {
+    // Only the record it was read as (not one another
+    // instance revived meanwhile), and its attempts with it.
+    let id = &id.to_bytes()[..];
+    let gone = tx.execute(
+        &format!(
+            "DELETE FROM {} WHERE id = $1 AND record = $2",
+            pool.t("deliveries")
+        ),
+        &[&id, &record],
+    )?;
+    if gone > 0 {
+        tx.execute(
+            &format!("DELETE FROM {} WHERE delivery = $1", pool.t("attempts")),
+            &[&id],
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn probe(tx: &mut Tx<'_>, pool: &Pool) -> Result<()> {
+    tx.execute(
+        &format!(
+            "UPDATE {} SET applied_at = applied_at WHERE version = -1",
+            pool.t("migrations")
+        ),
+        &[],
+    )?;
+    Ok(())
+}
+
+pub(super) fn remove_attempt(tx: &mut Tx<'_>, pool: &Pool, id: DeliveryId, n: u32) -> Result<()> {
+    let n = i32::try_from(n).unwrap_or(i32::MAX);
+    tx.execute(
+        &format!(
+            "DELETE FROM {} WHERE delivery = $1 AND n = $2",
+            pool.t("attempts")
+        ),
+        &[&&id.to_bytes()[..], &n],
+    )?;
+    Ok(())
+}
+
+pub(super) fn quarantine_delivery(tx: &mut Tx<'_>, pool: &Pool, id: DeliveryId) -> Result<()> {
+    let id = &id.to_bytes()[..];
+    let mut key = vec![b'd'];
+    key.extend_from_slice(id);
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (key, value, reason)
+             SELECT $1, record, 'damaged delivery record' FROM {} WHERE id = $2
+             ON CONFLICT (key) DO NOTHING",
+            pool.t("quarantine"),
+            pool.t("deliveries")
+        ),
+        &[&key, &id],
+    )?;
+    tx.execute(
+        &format!("DELETE FROM {} WHERE id = $1", pool.t("deliveries")),
+        &[&id],
+    )?;
+    Ok(())
+}
+
+pub(super) fn quarantine_raw(tx: &mut Tx<'_>, pool: &Pool, d: &Damaged) -> Result<()> {
+    // Keys are a table letter and the row's id (see
+    // `corrupt`).
+    let Some((&kind, id)) = d.key.split_first() else {
+        return Ok(());
+    };
+    let table = match kind {
+        b'd' => "deliveries",
+        b's' => "subscriptions",
+        b'e' => "events",
+        _ => return Ok(()),
+    };
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (key, value, reason)
+             SELECT $1, record, $3 FROM {} WHERE id = $2
+             ON CONFLICT (key) DO NOTHING",
+            pool.t("quarantine"),
+            pool.t(table)
+        ),
+        &[&d.key, &id, &d.reason],
+    )?;
+    if kind == b's' {
+        tx.execute(
+            &format!(
+                "DELETE FROM {} WHERE sub = $1",
+                pool.t("subscription_events")
+            ),
+            &[&id],
+        )?;
+    }
+    tx.execute(
+        &format!("DELETE FROM {} WHERE id = $1", pool.t(table)),
+        &[&id],
+    )?;
+    Ok(())
+}
+
+pub(super) fn put_key(
+    tx: &mut Tx<'_>,
+    pool: &Pool,
+    key: &str,
+    event: EventId,
+    at: u64,
+) -> Result<()> {
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (key, event, at) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE SET event = EXCLUDED.event, at = EXCLUDED.at",
+            pool.t("idempotency")
+        ),
+        &[&key.as_bytes(), &&event.to_bytes()[..], &ms(at)],
+    )?;
+    Ok(())
+}
+
+pub(super) fn remove_key(tx: &mut Tx<'_>, pool: &Pool, key: &str, at: u64) -> Result<()> {
+    tx.execute(
+        &format!(
+            "DELETE FROM {} WHERE key = $1 AND at = $2",
+            pool.t("idempotency")
+        ),
+        &[&key.as_bytes(), &ms(at)],
+    )?;
+    Ok(())
+}
+
+pub(super) fn put_sequence(
+    tx: &mut Tx<'_>,
+    pool: &Pool,
+    sub: SubscriptionId,
+    last: u64,
+) -> Result<()> {
+    tx.execute(
+        &format!(
+            "UPDATE {} SET seq = GREATEST(seq, $2) WHERE id = $1",
+            pool.t("subscriptions")
+        ),
+        &[&&sub.to_bytes()[..], &ms(last)],
+    )?;
+    Ok(())
+}
+
+pub(super) fn merge_health(
+    tx: &mut Tx<'_>,
+    pool: &Pool,
+    sub: SubscriptionId,
+    delta: &HealthDelta,
+) -> Result<()> {
+    // Merged under the row's lock: instances add up.
+    let id = &sub.to_bytes()[..];
+    let lock = format!(
+        "SELECT record FROM {} WHERE sub = $1 FOR UPDATE",
+        pool.t("health")
+    );
+    let mut rows = tx.query(&lock, &[&id])?;
+    if rows.is_empty() {
+        // The first report of this subscription (or of
+        // two instances at once: the row is then locked
+        // after the other's insert).
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (sub, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                pool.t("health")
+            ),
+            &[&id, &encode(&HealthRecord::default())],
+        )?;
+        rows = tx.query(&lock, &[&id])?;
+    }
+    let base: HealthRecord = match rows.first() {
+        Some(row) => decode("h", id, &row.try_get::<_, Vec<u8>>(0)?).unwrap_or_default(),
+        None => HealthRecord::default(),
+    };
+    tx.execute(
+        &format!("UPDATE {} SET record = $2 WHERE sub = $1", pool.t("health")),
+        &[&id, &encode(&base.merge(delta))],
+    )?;
+    Ok(())
+}
+
+pub(super) fn put_notice(tx: &mut Tx<'_>, pool: &Pool, n: &Notice) -> Result<()> {
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (id, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            pool.t("notices")
+        ),
+        &[&&n.id.to_bytes()[..], &encode(n)],
+    )?;
+    Ok(())
+}
+
+pub(super) fn remove_notice(tx: &mut Tx<'_>, pool: &Pool, id: NoticeId) -> Result<()> {
+    tx.execute(
+        &format!("DELETE FROM {} WHERE id = $1", pool.t("notices")),
+        &[&&id.to_bytes()[..]],
+    )?;
+    Ok(())
+}
