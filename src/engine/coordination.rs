@@ -11,7 +11,7 @@ use crate::delivery;
 use crate::error::Result;
 use crate::ids::{DeliveryId, SubscriptionId};
 use crate::policy::RateLimit;
-use crate::storage::IndexEntry;
+use crate::storage::{Coordinator, IndexEntry};
 
 /// What the dispatcher asks of the instances sharing its store (see the
 /// module docs).
@@ -26,18 +26,11 @@ pub(crate) trait Coordination: Send {
     /// How many of `want` requests of `sub` may start now under the part
     /// of its rate limit kept outside this instance: `Ok((n, wait_ms))`,
     /// with `wait_ms` until one may when `n` is 0.
-    fn tokens(
-        &self,
-        s: &Session,
-        sub: SubscriptionId,
-        want: usize,
-        limit: RateLimit,
-    ) -> Result<(usize, u64)>;
+    fn tokens(&self, sub: SubscriptionId, want: usize, limit: RateLimit) -> Result<(usize, u64)>;
 
     /// Gives back `n` tokens taken with [`tokens`](Self::tokens) but not
     /// used.
-    fn give_back(&self, s: &Session, sub: SubscriptionId, n: usize, limit: RateLimit)
-    -> Result<()>;
+    fn give_back(&self, sub: SubscriptionId, n: usize, limit: RateLimit) -> Result<()>;
 
     /// Up to `room` due deliveries of `sub` for this instance to send,
     /// skipping those `busy` says it sends already.
@@ -52,11 +45,11 @@ pub(crate) trait Coordination: Send {
 
     /// `head` (a FIFO queue's head) for this instance to send; `None` if
     /// another instance sends it, or a receiver's pause holds it back.
-    fn take_head(&self, s: &Session, head: IndexEntry, now: u64) -> Result<Option<IndexEntry>>;
+    fn take_head(&self, head: IndexEntry, now: u64) -> Result<Option<IndexEntry>>;
 
     /// A receiver asked `sub` to slow down for `ms`: tell whoever else
     /// sends its deliveries.
-    fn pause(&self, s: &Session, sub: SubscriptionId, ms: u64) -> Result<()>;
+    fn pause(&self, sub: SubscriptionId, ms: u64) -> Result<()>;
 }
 
 /// What [`take`] got.
@@ -88,7 +81,7 @@ pub(crate) fn take(
     let want = if head.is_some() { 1 } else { room };
     let granted = match rate {
         None => want,
-        Some(limit) => match c.tokens(s, sub, want, limit) {
+        Some(limit) => match c.tokens(sub, want, limit) {
             Ok((0, wait)) => return Take::WaitUntil(now.saturating_add(wait)),
             Ok((n, _)) => n,
             Err(e) => {
@@ -100,7 +93,7 @@ pub(crate) fn take(
     let taken = match head {
         // Another instance may send it (or a receiver's pause holds every
         // instance back).
-        Some(head) => c.take_head(s, head, now).map(|e| e.into_iter().collect()),
+        Some(head) => c.take_head(head, now).map(|e| e.into_iter().collect()),
         None => c.take_due(s, sub, granted, now, busy),
     };
     let batch = match taken {
@@ -113,21 +106,21 @@ pub(crate) fn take(
     let unused = granted.saturating_sub(batch.len());
     if let Some(limit) = rate
         && unused > 0
-        && let Err(e) = c.give_back(s, sub, unused, limit)
+        && let Err(e) = c.give_back(sub, unused, limit)
     {
         tracing::warn!(subscription = %sub, error = %e, "could not give back unused rate-limit tokens");
     }
     Take::Entries(batch)
 }
 
-/// The coordination a store needs (see the module docs).
+/// The coordination a store needs (see the module docs): the store's
+/// [`Coordinator`] if it has one, else this instance's own.
 pub(crate) fn for_store(s: &Session) -> Box<dyn Coordination> {
-    if s.reader().shared() {
-        Box::new(Shared)
-    } else {
-        Box::new(Local {
+    match s.coordinator() {
+        Some(store) => Box::new(Shared { store }),
+        None => Box::new(Local {
             horizon: delivery::due_horizon(&s.config.retry_schedule),
-        })
+        }),
     }
 }
 
@@ -143,17 +136,11 @@ impl Coordination for Local {
     }
 
     /// Nothing outside: the dispatcher's own bucket is the whole limit.
-    fn tokens(
-        &self,
-        _: &Session,
-        _: SubscriptionId,
-        want: usize,
-        _: RateLimit,
-    ) -> Result<(usize, u64)> {
+    fn tokens(&self, _: SubscriptionId, want: usize, _: RateLimit) -> Result<(usize, u64)> {
         Ok((want, 0))
     }
 
-    fn give_back(&self, _: &Session, _: SubscriptionId, _: usize, _: RateLimit) -> Result<()> {
+    fn give_back(&self, _: SubscriptionId, _: usize, _: RateLimit) -> Result<()> {
         Ok(())
     }
 
@@ -188,66 +175,56 @@ impl Coordination for Local {
         Ok(batch)
     }
 
-    fn take_head(&self, _: &Session, head: IndexEntry, _: u64) -> Result<Option<IndexEntry>> {
+    fn take_head(&self, head: IndexEntry, _: u64) -> Result<Option<IndexEntry>> {
         Ok(Some(head))
     }
 
     /// The dispatcher's own flow holds the pause.
-    fn pause(&self, _: &Session, _: SubscriptionId, _: u64) -> Result<()> {
+    fn pause(&self, _: SubscriptionId, _: u64) -> Result<()> {
         Ok(())
     }
 }
 
 /// Several instances write the store: claims, tokens and pauses are the
-/// store's.
-pub(crate) struct Shared;
+/// store's [`Coordinator`].
+pub(crate) struct Shared {
+    store: Box<dyn Coordinator>,
+}
 
 impl Coordination for Shared {
     fn alone(&self) -> bool {
         false
     }
 
-    fn tokens(
-        &self,
-        s: &Session,
-        sub: SubscriptionId,
-        want: usize,
-        limit: RateLimit,
-    ) -> Result<(usize, u64)> {
-        s.reader().take_tokens(sub, want, limit)
+    fn tokens(&self, sub: SubscriptionId, want: usize, limit: RateLimit) -> Result<(usize, u64)> {
+        self.store.take_tokens(sub, want, limit)
     }
 
-    fn give_back(
-        &self,
-        s: &Session,
-        sub: SubscriptionId,
-        n: usize,
-        limit: RateLimit,
-    ) -> Result<()> {
-        s.reader().return_tokens(sub, n, limit)
+    fn give_back(&self, sub: SubscriptionId, n: usize, limit: RateLimit) -> Result<()> {
+        self.store.return_tokens(sub, n, limit)
     }
 
     /// Claims what is due and nobody else holds; never a second request for
     /// one of its own in flight (a claim of its own that ran out).
     fn take_due(
         &self,
-        s: &Session,
+        _: &Session,
         sub: SubscriptionId,
         room: usize,
         now: u64,
         busy: &dyn Fn(DeliveryId) -> bool,
     ) -> Result<Vec<IndexEntry>> {
-        let mut batch = s.reader().claim(sub, room, now, now)?;
+        let mut batch = self.store.claim(sub, room, now)?;
         batch.retain(|e| !busy(e.delivery));
         Ok(batch)
     }
 
-    fn take_head(&self, s: &Session, head: IndexEntry, now: u64) -> Result<Option<IndexEntry>> {
-        s.reader().claim_one(head.delivery, now)
+    fn take_head(&self, head: IndexEntry, _: u64) -> Result<Option<IndexEntry>> {
+        self.store.claim_one(head.delivery)
     }
 
-    fn pause(&self, s: &Session, sub: SubscriptionId, ms: u64) -> Result<()> {
-        s.reader().pause(sub, ms)
+    fn pause(&self, sub: SubscriptionId, ms: u64) -> Result<()> {
+        self.store.pause(sub, ms)
     }
 }
 

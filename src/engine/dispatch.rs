@@ -221,7 +221,7 @@ impl Dispatch {
             // this delivery (which is retried on its own schedule, no
             // sooner). Every instance of a shared store holds back too.
             tracing::info!(subscription = %o.subscription, status = o.attempt.status, pause_ms = pause, "receiver asked to slow down: subscription paused");
-            if let Err(e) = self.coord.pause(s, o.subscription, pause) {
+            if let Err(e) = self.coord.pause(o.subscription, pause) {
                 tracing::warn!(subscription = %o.subscription, error = %e, "could not share a receiver's pause with the other instances");
             }
         }

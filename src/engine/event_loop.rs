@@ -165,7 +165,7 @@ impl Loop {
                 self.dispatch
                     .dispatch(&mut self.s, &mut self.round, &mut self.dir);
                 self.intake.sweep_keys(&mut self.s, now);
-                self.jobs.retention(&self.s, now);
+                self.jobs.retention(&self.s, now, self.dispatch.alone());
                 self.finish_round();
             }
             if let Some(deadline) = self.closing

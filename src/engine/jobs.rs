@@ -60,9 +60,10 @@ impl Jobs {
     }
 
     /// Queues the retention jobs (purge delivered history and dead letters
-    /// past their windows, trim notices, and on a shared store events no
-    /// delivery refers to) when they are due and none is still running.
-    pub(crate) fn retention(&mut self, s: &Session, now: u64) {
+    /// past their windows, trim notices, and with other instances on the
+    /// store (`alone` false) events no delivery refers to) when they are
+    /// due and none is still running.
+    pub(crate) fn retention(&mut self, s: &Session, now: u64, alone: bool) {
         if now < self.next_retention || self.queue.iter().any(|(j, _)| j.background) {
             return;
         }
@@ -76,8 +77,10 @@ impl Jobs {
             jobs.push(Job::purge_dead(now.saturating_sub(ms(keep))));
         }
         jobs.push(Job::trim_notices());
-        if s.reader().shared() {
-            // Events created over 10 minutes ago with no delivery left.
+        if !alone {
+            // Events created over 10 minutes ago with no delivery left
+            // (instances purging one event's deliveries at once can leave
+            // it behind).
             jobs.push(Job::sweep_orphans(now.saturating_sub(600_000)));
         }
         self.next_retention =
@@ -189,19 +192,19 @@ mod tests {
         };
         let mut s = Session::new(Box::new(w), std::sync::Arc::new(config)).unwrap();
         let mut jobs = Jobs::default();
-        jobs.retention(&s, 10_000);
-        // Purge delivered, trim notices (sled: no orphan sweep).
+        jobs.retention(&s, 10_000, true);
+        // Purge delivered, trim notices (alone: no orphan sweep).
         assert_eq!(jobs.queue.len(), 2);
-        jobs.retention(&s, 20_000);
+        jobs.retention(&s, 20_000, true);
         assert_eq!(jobs.queue.len(), 2, "not again while its jobs run");
         let mut round = Round::default();
         for _ in 0..10 {
             jobs.run_chunk(&mut s, &mut round);
         }
         assert!(jobs.is_empty(), "an empty store's retention ends at once");
-        jobs.retention(&s, 11_000);
+        jobs.retention(&s, 11_000, true);
         assert!(jobs.is_empty(), "not before a quarter of 8 s");
-        jobs.retention(&s, 12_000);
-        assert_eq!(jobs.queue.len(), 2);
+        jobs.retention(&s, 12_000, false);
+        assert_eq!(jobs.queue.len(), 3, "and the orphan sweep with others");
     }
 }

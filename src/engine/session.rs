@@ -126,6 +126,12 @@ impl Session {
         self.w.reader()
     }
 
+    /// How this instance coordinates with the others sharing its store
+    /// (`None`: it writes the store alone).
+    pub(crate) fn coordinator(&self) -> Option<Box<dyn crate::storage::Coordinator>> {
+        self.w.coordinator()
+    }
+
     /// A delivery as the session sees it: staged, else committed.
     pub(crate) fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>> {
         match self.staged.get(&id) {

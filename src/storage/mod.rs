@@ -11,8 +11,11 @@
 //! another, an event with its reference count, a damaged record moved
 //! aside), never in keys: a backend keeps its own indexes in step. Orders
 //! are semantic (soonest due first, finish time, creation time), not a key
-//! order, and nothing assumes one process: a backend shared by several
-//! processes implements [`Reader::due`] as a claim.
+//! order, and nothing assumes one process.
+//! * [`Coordinator`] — what the instances sharing a store coordinate
+//!   through (claims on due work, a rate limit's tokens, a receiver's
+//!   pause), from [`Writer::coordinator`]. A store one instance writes has
+//!   none: the engine then coordinates with itself. Readers never write.
 //!
 //! [`sled`] is the embedded backend, in-process.
 
@@ -101,57 +104,11 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     fn notices(&self) -> Iter<Notice>;
 
     /// Whether other processes share this store: then due work is claimed
-    /// ([`Reader::claim`]), new deliveries are staged with sequence number 0
+    /// (through the writer's [`Coordinator`]), new deliveries are staged with sequence number 0
     /// and numbered by the store when it commits them, and
     /// the deliveries other instances create are found by polling.
     fn shared(&self) -> bool {
         false
-    }
-
-    /// Claims for this instance up to `n` pending deliveries of `sub` due
-    /// by `due_by` (ms) that nobody holds a claim on at `now`; they are
-    /// this instance's until their lease runs out or their result is
-    /// written. Shared stores only.
-    fn claim(
-        &self,
-        _sub: SubscriptionId,
-        _n: usize,
-        _due_by: u64,
-        _now: u64,
-    ) -> Result<Vec<IndexEntry>> {
-        Err(not_shared())
-    }
-
-    /// Claims one pending delivery (a FIFO queue's head); `None` if it is
-    /// not pending or held by another instance. Shared stores only.
-    fn claim_one(&self, _id: DeliveryId, _now: u64) -> Result<Option<IndexEntry>> {
-        Err(not_shared())
-    }
-
-    /// Takes up to `want` request tokens of `sub`'s rate limit, shared by
-    /// every instance, unless a receiver's pause holds it: how many were
-    /// granted, and when none, how many ms until one may be. Shared stores
-    /// only.
-    fn take_tokens(
-        &self,
-        _sub: SubscriptionId,
-        _want: usize,
-        _limit: RateLimit,
-    ) -> Result<(usize, u64)> {
-        Err(not_shared())
-    }
-
-    /// Gives back tokens taken but not used (fewer deliveries were due).
-    /// Shared stores only.
-    fn return_tokens(&self, _sub: SubscriptionId, _n: usize, _limit: RateLimit) -> Result<()> {
-        Err(not_shared())
-    }
-
-    /// Pauses `sub` for every instance for `for_ms` (a receiver said
-    /// "slow down"): claims take none of its deliveries meanwhile. Shared
-    /// stores only.
-    fn pause(&self, _sub: SubscriptionId, _for_ms: u64) -> Result<()> {
-        Err(not_shared())
     }
 
     /// Gives each subscription in `subs` its next sequence number, at once
@@ -163,10 +120,43 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     }
 }
 
+#[cfg(feature = "postgres")]
 fn not_shared() -> crate::error::Error {
     crate::error::Error::Store(crate::error::StoreError::message(
         "claims are only made in a shared store",
     ))
+}
+
+/// What the instances sharing a store coordinate through. Due work is
+/// claimed: a claimed delivery is this instance's until its lease runs out
+/// or its result is written. Timed by the store's clock, which every
+/// instance shares.
+pub(crate) trait Coordinator: Send {
+    /// Claims for this instance up to `n` pending deliveries of `sub` due
+    /// by `due_by` (ms) that nobody holds a claim on.
+    fn claim(&self, sub: SubscriptionId, n: usize, due_by: u64) -> Result<Vec<IndexEntry>>;
+
+    /// Claims one pending delivery (a FIFO queue's head); `None` if it is
+    /// not pending, held by another instance, or a receiver's pause holds
+    /// its subscription back.
+    fn claim_one(&self, id: DeliveryId) -> Result<Option<IndexEntry>>;
+
+    /// Takes up to `want` request tokens of `sub`'s rate limit, shared by
+    /// every instance, unless a receiver's pause holds it: how many were
+    /// granted, and when none, how many ms until one may be.
+    fn take_tokens(
+        &self,
+        sub: SubscriptionId,
+        want: usize,
+        limit: RateLimit,
+    ) -> Result<(usize, u64)>;
+
+    /// Gives back tokens taken but not used (fewer deliveries were due).
+    fn return_tokens(&self, sub: SubscriptionId, n: usize, limit: RateLimit) -> Result<()>;
+
+    /// Pauses `sub` for every instance for `for_ms` (a receiver said
+    /// "slow down"): claims take none of its deliveries meanwhile.
+    fn pause(&self, sub: SubscriptionId, for_ms: u64) -> Result<()>;
 }
 
 /// The one writer: stages writes, commits them as one atomic round.
@@ -175,6 +165,11 @@ fn not_shared() -> crate::error::Error {
 /// write session keeps track of what it staged itself.
 pub(crate) trait Writer: Send + fmt::Debug {
     fn reader(&self) -> &dyn Reader;
+    /// How this instance coordinates with the others sharing the store
+    /// (`None`: it writes the store alone).
+    fn coordinator(&self) -> Option<Box<dyn Coordinator>> {
+        None
+    }
     /// Writes a subscription with its event-index entries (those of `old`
     /// that `new` no longer names go).
     fn put_subscription(&mut self, old: Option<&SubscriptionRecord>, new: &SubscriptionRecord);

@@ -5,10 +5,11 @@
 //! locks on subscriptions and idempotency keys. Everything here is timed
 //! by the database's clock ([`DB_NOW`]), which every instance shares.
 //!
-//! The `Reader` and `Writer` impls delegate to these functions; nothing
-//! here knows those types.
+//! [`PgCoordinator`] is the store's `Coordinator`; the `Writer` impl and
+//! `publish_in` call the lock and sequence functions; nothing here knows
+//! those types.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use postgres::Row;
 
@@ -20,6 +21,46 @@ use crate::ids::{DeliveryId, EventId, SubscriptionId};
 use crate::policy::RateLimit;
 use crate::record::Event;
 use crate::storage::IndexEntry;
+
+/// The engine's `Coordinator` on PostgreSQL: claims (which fill the
+/// engine reader's claim cache), tokens and pauses in the `flow` table.
+pub(crate) struct PgCoordinator {
+    pool: Arc<Pool>,
+    claimed: Arc<Mutex<Claimed>>,
+}
+
+impl PgCoordinator {
+    pub(super) fn new(pool: Arc<Pool>, claimed: Arc<Mutex<Claimed>>) -> PgCoordinator {
+        PgCoordinator { pool, claimed }
+    }
+}
+
+impl crate::storage::Coordinator for PgCoordinator {
+    fn claim(&self, sub: SubscriptionId, n: usize, due_by: u64) -> Result<Vec<IndexEntry>> {
+        claim(&self.pool, &self.claimed, sub, n, due_by)
+    }
+
+    fn claim_one(&self, id: DeliveryId) -> Result<Option<IndexEntry>> {
+        claim_one(&self.pool, id)
+    }
+
+    fn take_tokens(
+        &self,
+        sub: SubscriptionId,
+        want: usize,
+        limit: RateLimit,
+    ) -> Result<(usize, u64)> {
+        take_tokens(&self.pool, sub, want, limit)
+    }
+
+    fn return_tokens(&self, sub: SubscriptionId, n: usize, limit: RateLimit) -> Result<()> {
+        return_tokens(&self.pool, sub, n, limit)
+    }
+
+    fn pause(&self, sub: SubscriptionId, for_ms: u64) -> Result<()> {
+        pause(&self.pool, sub, for_ms)
+    }
+}
 
 /// The database's clock in ms, for claims: one clock for every instance.
 pub(super) const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -164,9 +205,9 @@ fn keep_claimed(pool: &Pool, claimed: &Mutex<Claimed>, rows: &[Row]) -> Result<(
     Ok(())
 }
 
-/// `Reader::claim`: claims up to `n` pending deliveries of `sub` due by
+/// `Coordinator::claim`: claims up to `n` pending deliveries of `sub` due by
 /// `due_by`, keeping what came with them in `claimed`.
-pub(super) fn claim(
+fn claim(
     pool: &Pool,
     claimed: &Mutex<Claimed>,
     sub: SubscriptionId,
@@ -206,9 +247,9 @@ pub(super) fn claim(
     Ok(out)
 }
 
-/// `Reader::claim_one`: claims delivery `id` if it is pending and nobody
+/// `Coordinator::claim_one`: claims delivery `id` if it is pending and nobody
 /// else holds it.
-pub(super) fn claim_one(pool: &Pool, id: DeliveryId) -> Result<Option<IndexEntry>> {
+fn claim_one(pool: &Pool, id: DeliveryId) -> Result<Option<IndexEntry>> {
     // Claims are timed by the database's clock, which every instance
     // shares, not by the instances' own.
     let rows = pool.query(
@@ -225,9 +266,9 @@ pub(super) fn claim_one(pool: &Pool, id: DeliveryId) -> Result<Option<IndexEntry
     rows.first().map(entry_of).transpose()
 }
 
-/// `Reader::take_tokens`: takes up to `want` of `sub`'s shared request
+/// `Coordinator::take_tokens`: takes up to `want` of `sub`'s shared request
 /// tokens.
-pub(super) fn take_tokens(
+fn take_tokens(
     pool: &Pool,
     sub: SubscriptionId,
     want: usize,
@@ -283,14 +324,9 @@ pub(super) fn take_tokens(
     })
 }
 
-/// `Reader::return_tokens`: gives back `n` tokens of `sub` taken but not
+/// `Coordinator::return_tokens`: gives back `n` tokens of `sub` taken but not
 /// used.
-pub(super) fn return_tokens(
-    pool: &Pool,
-    sub: SubscriptionId,
-    n: usize,
-    limit: RateLimit,
-) -> Result<()> {
+fn return_tokens(pool: &Pool, sub: SubscriptionId, n: usize, limit: RateLimit) -> Result<()> {
     #[allow(clippy::cast_precision_loss)]
     let n = n as f64;
     pool.query(
@@ -303,8 +339,8 @@ pub(super) fn return_tokens(
     Ok(())
 }
 
-/// `Reader::pause`: pauses `sub` for every instance for `for_ms`.
-pub(super) fn pause(pool: &Pool, sub: SubscriptionId, for_ms: u64) -> Result<()> {
+/// `Coordinator::pause`: pauses `sub` for every instance for `for_ms`.
+fn pause(pool: &Pool, sub: SubscriptionId, for_ms: u64) -> Result<()> {
     pool.query(
         &format!(
             "INSERT INTO {f} (sub, tokens, at, paused_until) VALUES ($1, 0, {DB_NOW}, {DB_NOW} + $2)

@@ -17,7 +17,6 @@ use crate::event::ALL_EVENTS;
 use crate::health::HealthRecord;
 use crate::ids::{DeliveryId, EventId, SubscriptionId};
 use crate::notice::Notice;
-use crate::policy::RateLimit;
 use crate::record::{Attempt, Event, OutboxStats};
 use crate::storage::{
     IndexEntry, Iter, PendingSubscriptions, Reader, Subscribers, SubscriptionRecord,
@@ -63,6 +62,12 @@ impl PgReader {
     /// The pool it reads through.
     pub(super) fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    /// Its coordinator: claims fill this reader's claim cache, so the
+    /// engine's reads right after a claim need no query.
+    pub(super) fn coordinator(&self) -> coordination::PgCoordinator {
+        coordination::PgCoordinator::new(self.pool.clone(), self.claimed.clone())
     }
 
     /// Its claim cache (the writer drops from it what it changes).
@@ -500,37 +505,6 @@ impl Reader for PgReader {
 
     fn shared(&self) -> bool {
         true
-    }
-
-    fn claim(
-        &self,
-        sub: SubscriptionId,
-        n: usize,
-        due_by: u64,
-        _now: u64,
-    ) -> Result<Vec<IndexEntry>> {
-        coordination::claim(&self.pool, &self.claimed, sub, n, due_by)
-    }
-
-    fn claim_one(&self, id: DeliveryId, _now: u64) -> Result<Option<IndexEntry>> {
-        coordination::claim_one(&self.pool, id)
-    }
-
-    fn take_tokens(
-        &self,
-        sub: SubscriptionId,
-        want: usize,
-        limit: RateLimit,
-    ) -> Result<(usize, u64)> {
-        coordination::take_tokens(&self.pool, sub, want, limit)
-    }
-
-    fn return_tokens(&self, sub: SubscriptionId, n: usize, limit: RateLimit) -> Result<()> {
-        coordination::return_tokens(&self.pool, sub, n, limit)
-    }
-
-    fn pause(&self, sub: SubscriptionId, for_ms: u64) -> Result<()> {
-        coordination::pause(&self.pool, sub, for_ms)
     }
 
     fn reserve_sequences(&self, subs: &[SubscriptionId]) -> Result<Vec<u64>> {

@@ -165,6 +165,10 @@ impl PgWriter {
 }
 
 impl Writer for PgWriter {
+    fn coordinator(&self) -> Option<Box<dyn crate::storage::Coordinator>> {
+        Some(Box::new(self.reader.coordinator()))
+    }
+
     fn reader(&self) -> &dyn Reader {
         &self.reader
     }
