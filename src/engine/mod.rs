@@ -17,6 +17,7 @@ pub(crate) mod dispatch;
 pub(crate) mod event_loop;
 pub(crate) mod fifo;
 pub(crate) mod flow;
+pub(crate) mod health_log;
 pub(crate) mod intake;
 pub(crate) mod jobs;
 pub(crate) mod maintenance;
@@ -24,6 +25,7 @@ pub(crate) mod outcomes;
 pub(crate) mod prepare;
 pub(crate) mod round;
 pub(crate) mod scheduler;
+pub(crate) mod sequences;
 pub(crate) mod session;
 
 use std::sync::atomic::AtomicUsize;

@@ -10,11 +10,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use super::health_log::HealthLog;
+use super::sequences::Sequences;
 use crate::config::Config;
 use crate::delivery;
 use crate::delivery::{Delivery, DeliveryState};
 use crate::error::{Error, Result};
-use crate::health::{HealthDelta, HealthRecord};
+use crate::health::HealthRecord;
 use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
 use crate::notice::{Notice, NoticeKind};
 use crate::record::{Attempt, Event, OutboxStats};
@@ -72,18 +74,16 @@ pub(crate) struct Session {
     /// Maintenance the current change asked for (run in chunks later, by
     /// the dispatcher, once the change is committed).
     jobs: Vec<JobRequest>,
-    /// The last sequence number given per subscription, as far as known;
-    /// and which of them are not written yet.
-    sequences: HashMap<SubscriptionId, u64>,
-    sequences_dirty: HashSet<SubscriptionId>,
+    /// `X-Webhook-Sequence` numbering.
+    sequences: Sequences,
+    /// The store drops events no delivery refers to (several instances
+    /// remove deliveries); otherwise the engine counts references.
+    store_drops_events: bool,
     /// Idempotency keys staged in this round.
     keys: HashMap<String, (EventId, u64)>,
-    /// What happened to subscriptions' health in this round (merged into
-    /// the store at commit: one write per subscription per round).
-    health: HashMap<SubscriptionId, HealthDelta>,
-    /// Subscriptions' health as this instance last knew it (its own
-    /// attempts included), for the auto-disable and recovery rules.
-    health_views: HashMap<SubscriptionId, HealthRecord>,
+    /// Subscriptions' health: this round's attempts (merged into the
+    /// store at commit, one write per subscription) and as last known.
+    health: HealthLog,
     /// Event reference counts changed in this round (replays add
     /// deliveries to stored events, purges remove them).
     event_refs: HashMap<EventId, Option<u32>>,
@@ -93,11 +93,9 @@ pub(crate) struct Session {
     subscriptions_locked: bool,
 }
 
-/// The health cache is cleared when it holds this many.
-const HEALTH_VIEWS: usize = 4096;
-
 impl Session {
     pub(crate) fn new(w: Box<dyn Writer>, config: Arc<Config>) -> Result<Self> {
+        let (numbers, drops) = (w.numbers_deliveries(), w.drops_unreferenced_events());
         let stats = w.reader().stats()?;
         Ok(Session {
             w,
@@ -111,11 +109,10 @@ impl Session {
             rescan: true,
             changes: Changes::default(),
             jobs: Vec::new(),
-            sequences: HashMap::new(),
-            sequences_dirty: HashSet::new(),
+            sequences: Sequences::new(numbers),
+            store_drops_events: drops,
             keys: HashMap::new(),
-            health: HashMap::new(),
-            health_views: HashMap::new(),
+            health: HealthLog::default(),
             event_refs: HashMap::new(),
         })
     }
@@ -224,8 +221,7 @@ impl Session {
     pub(crate) fn remove_subscription(&mut self, old: &SubscriptionRecord) {
         self.staged_subs.insert(old.id, None);
         self.w.remove_subscription(old);
-        self.sequences.remove(&old.id);
-        self.sequences_dirty.remove(&old.id);
+        self.sequences.forget(old.id);
         self.changes.changed_subs.insert(old.id);
         self.rescan = true;
     }
@@ -290,34 +286,12 @@ impl Session {
     ) -> Result<Vec<DeliveryId>> {
         // Sequence numbers first: a counter that cannot be read stores
         // nothing of the event.
-        let mut numbered = Vec::with_capacity(subs.len());
-        if self.w.reader().shared() {
-            // Other instances number too: the store numbers a round's new
-            // deliveries when it commits them (those with number 0), in
-            // the order they were created.
-            numbered.extend(subs.iter().map(|&sub| (sub, 0)));
-        } else {
-            for &sub in subs {
-                let last = match self.sequences.get(&sub) {
-                    Some(n) => *n,
-                    None => match self.w.reader().sequence(sub) {
-                        Ok(n) => n,
-                        // A damaged counter is moved aside and counted again
-                        // from the subscription's newest delivery.
-                        Err(e) if is_damage(&e) => {
-                            self.quarantine_error(&e);
-                            self.last_sequence_of(sub)?
-                        }
-                        Err(e) => return Err(e),
-                    },
-                };
-                numbered.push((sub, last.saturating_add(1)));
-            }
-            for &(sub, next) in &numbered {
-                self.sequences.insert(sub, next);
-                self.sequences_dirty.insert(sub);
-            }
+        let mut damaged = Vec::new();
+        let numbered = self.sequences.next(self.w.reader(), subs, &mut damaged);
+        for e in &damaged {
+            self.quarantine_error(e);
         }
+        let numbered = numbered?;
         let now = Timestamp::now();
         let mut ids = Vec::with_capacity(numbered.len());
         for (sub, seq) in numbered {
@@ -405,7 +379,7 @@ impl Session {
     /// `gone` deliveries of `event` were removed: drop the event with its
     /// last one.
     pub(crate) fn release_event(&mut self, event: EventId, gone: u32) -> Result<()> {
-        if self.w.reader().shared() {
+        if self.store_drops_events {
             // Other instances may be removing the event's other deliveries
             // at once: the store removes the event if none is left when
             // this round commits (and a periodic sweep catches a race).
@@ -488,45 +462,12 @@ impl Session {
         }
     }
 
-    /// The highest sequence number among the newest deliveries of `sub`
-    /// (a counter rebuilt after damage; purged history may hide higher
-    /// ones, which only the newest can have).
-    fn last_sequence_of(&self, sub: SubscriptionId) -> Result<u64> {
-        let mut last = 0;
-        for id in self.w.reader().deliveries_of(sub, true).take(64) {
-            if let Ok(Some(d)) = self.delivery(id?) {
-                last = last.max(d.sequence);
-            }
-        }
-        tracing::warn!(subscription = %sub, last, "damaged sequence counter rebuilt");
-        Ok(last)
-    }
-
     // ---- health and notices ----
 
-    /// A subscription's health as last known here (read once, then kept
-    /// up to date with this instance's own attempts).
-    pub(crate) fn health_view(&mut self, sub: SubscriptionId) -> HealthRecord {
-        if let Some(h) = self.health_views.get(&sub) {
-            return h.clone();
-        }
-        let h = match self.w.reader().health(sub) {
-            Ok(h) => h.unwrap_or_default(),
-            Err(e) => {
-                tracing::error!(subscription = %sub, error = %e, "could not read a subscription's health");
-                HealthRecord::default()
-            }
-        };
-        if self.health_views.len() >= HEALTH_VIEWS {
-            self.health_views.clear();
-        }
-        self.health_views.insert(sub, h.clone());
-        h
-    }
-
-    /// Forgets the health views (other instances add attempts too).
+    /// Forgets what this instance knew of subscriptions' health (other
+    /// instances add attempts too).
     pub(crate) fn forget_health_views(&mut self) {
-        self.health_views.clear();
+        self.health.forget_views();
     }
 
     /// Adds an attempt to `sub`'s health; returns the health before and
@@ -536,13 +477,7 @@ impl Session {
         sub: SubscriptionId,
         a: &Attempt,
     ) -> (HealthRecord, HealthRecord) {
-        let before = self.health_view(sub);
-        let mut one = HealthDelta::default();
-        one.record(a);
-        let after = before.clone().merge(&one);
-        self.health_views.insert(sub, after.clone());
-        self.health.entry(sub).or_default().record(a);
-        (before, after)
+        self.health.attempt(self.w.reader(), sub, a)
     }
 
     /// Records that `sub` was disabled (`Some`: when and why) or enabled
@@ -552,12 +487,7 @@ impl Session {
         sub: SubscriptionId,
         disabled: Option<(Timestamp, String)>,
     ) {
-        let mut one = HealthDelta::default();
-        one.set_disabled(disabled.clone());
-        if let Some(view) = self.health_views.remove(&sub) {
-            self.health_views.insert(sub, view.merge(&one));
-        }
-        self.health.entry(sub).or_default().set_disabled(disabled);
+        self.health.set_disabled(sub, disabled);
     }
 
     /// Stores a notice with this round's writes.
@@ -699,25 +629,15 @@ impl Session {
         self.keys.clear();
         self.staged_subs.clear();
         self.event_refs.clear();
-        // In subscription order: on a shared store each merge locks the
-        // subscription's health row until the round commits, and two
-        // instances locking the same rows in different orders deadlock.
-        let mut health: Vec<(SubscriptionId, HealthDelta)> = self.health.drain().collect();
-        health.sort_unstable_by_key(|(sub, _)| *sub);
-        for (sub, delta) in health {
-            if delta.is_empty() {
-                continue;
-            }
+        for (sub, delta) in self.health.take_round() {
             if let Err(e) = self.w.merge_health(sub, &delta) {
                 // Health is a report: a failed read costs this round's
                 // counts, never the round.
                 tracing::error!(subscription = %sub, error = %e, "could not record a subscription's health");
             }
         }
-        for sub in self.sequences_dirty.drain() {
-            if let Some(&last) = self.sequences.get(&sub) {
-                self.w.put_sequence(sub, last);
-            }
+        for (sub, last) in self.sequences.take_dirty() {
+            self.w.put_sequence(sub, last);
         }
         if self.stats_dirty {
             let stats = self.stats;
@@ -732,7 +652,7 @@ impl Session {
         if let Err(e) = self.w.commit() {
             // The batch is gone; the counters on disk are the truth again.
             self.stats = self.w.reader().stats().unwrap_or(self.stats);
-            self.sequences.clear();
+            self.sequences.forget_all();
             return Err(e);
         }
         Ok(())

@@ -103,14 +103,6 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     /// Unacknowledged notices, oldest first.
     fn notices(&self) -> Iter<Notice>;
 
-    /// Whether other processes share this store: then due work is claimed
-    /// (through the writer's [`Coordinator`]), new deliveries are staged with sequence number 0
-    /// and numbered by the store when it commits them, and
-    /// the deliveries other instances create are found by polling.
-    fn shared(&self) -> bool {
-        false
-    }
-
     /// Gives each subscription in `subs` its next sequence number, at once
     /// and for every instance (0 for one that no longer exists). Shared
     /// stores only (`Bus::publish_in`).
@@ -169,6 +161,18 @@ pub(crate) trait Writer: Send + fmt::Debug {
     /// (`None`: it writes the store alone).
     fn coordinator(&self) -> Option<Box<dyn Coordinator>> {
         None
+    }
+    /// Whether the store numbers new deliveries itself when it commits
+    /// them (several instances number: a new delivery is staged with
+    /// sequence number 0); otherwise the engine numbers them.
+    fn numbers_deliveries(&self) -> bool {
+        false
+    }
+    /// Whether the store drops an event once no delivery refers to it
+    /// (several instances remove deliveries at once); otherwise the engine
+    /// counts each event's references.
+    fn drops_unreferenced_events(&self) -> bool {
+        false
     }
     /// Writes a subscription with its event-index entries (those of `old`
     /// that `new` no longer names go).

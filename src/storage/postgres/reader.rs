@@ -503,10 +503,6 @@ impl Reader for PgReader {
         Ok(unms(rows.first().map_or(Ok(0), |r| r.try_get(0))?))
     }
 
-    fn shared(&self) -> bool {
-        true
-    }
-
     fn reserve_sequences(&self, subs: &[SubscriptionId]) -> Result<Vec<u64>> {
         coordination::reserve_sequences(&self.pool, subs)
     }

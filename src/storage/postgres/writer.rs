@@ -169,6 +169,14 @@ impl Writer for PgWriter {
         Some(Box::new(self.reader.coordinator()))
     }
 
+    fn numbers_deliveries(&self) -> bool {
+        true
+    }
+
+    fn drops_unreferenced_events(&self) -> bool {
+        true
+    }
+
     fn reader(&self) -> &dyn Reader {
         &self.reader
     }
