@@ -324,3 +324,52 @@ pub(crate) struct Subscribers {
     pub(crate) ids: Vec<SubscriptionId>,
     pub(crate) damaged: Vec<Damaged>,
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_stored_delivery_of_format_5_carries_its_newest_attempt_and_older_ones_read_without() {
+        use crate::codec::{decode, encode};
+        use crate::ids::{SubscriptionId, Timestamp};
+        use crate::record::Attempt;
+        use crate::storage::{StoredDelivery, StoredDeliveryRef};
+        let d = crate::delivery::created(
+            crate::ids::EventId::generate(),
+            "e",
+            Timestamp::now(),
+            SubscriptionId::generate(),
+            7,
+            Timestamp::now(),
+        );
+        let attempt = Attempt {
+            number: 1,
+            at: Timestamp::now(),
+            duration_ms: 12,
+            status: Some(204),
+            error: None,
+            response_excerpt: b"ok".to_vec(),
+        };
+        let bytes = StoredDeliveryRef {
+            delivery: &d,
+            last_attempt: Some(&attempt),
+        }
+        .encode();
+        assert_eq!(bytes[0], 5);
+        let back: StoredDelivery = decode(&bytes).unwrap();
+        assert_eq!(back.delivery, d);
+        assert_eq!(back.last_attempt, Some(attempt));
+        // A plain delivery record is not one: the attempt follows it.
+        assert!(decode::<crate::delivery::Delivery>(&bytes).is_err());
+        // Formats 3 and 4 (and older, see storage) read without an attempt.
+        for v in [3, 4] {
+            let mut old = encode(&d).unwrap();
+            old[0] = v;
+            let back: StoredDelivery = decode(&old).unwrap();
+            assert_eq!((back.delivery, back.last_attempt), (d.clone(), None));
+        }
+        // A cut record is an error, not a panic.
+        for cut in 1..bytes.len() {
+            assert!(decode::<StoredDelivery>(&bytes[..cut]).is_err(), "{cut}");
+        }
+    }
+}
