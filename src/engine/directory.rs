@@ -5,7 +5,7 @@
 //! a shared store where other instances change them too, until the next
 //! poll. Also the fan-out rule: which subscriptions an event goes to.
 //!
-//! [`Changes`]: super::session::Changes
+//! [`Changes`]: super::changes::Changes
 
 use std::collections::HashMap;
 use std::sync::Arc;

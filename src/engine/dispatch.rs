@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use super::changes::Changes;
 use super::coordination::{self, Coordination, Take};
 use super::directory::{Directory, Policy};
 use super::fifo::Heads;
@@ -15,7 +16,7 @@ use super::flow::{Bucket, Flow, INITIAL_WINDOW};
 use super::prepare::{self, Payloads, Prepared};
 use super::round::Round;
 use super::scheduler::{self, Hosts, Limits};
-use super::session::{Changes, Session};
+use super::session::Session;
 use crate::delivery;
 use crate::error::Result;
 use crate::ids::{DeliveryId, SubscriptionId, Timestamp};

@@ -13,7 +13,8 @@ use crate::ids::{DeliveryId, EventId, SubscriptionId};
 use crate::notice::MAX_NOTICES;
 use crate::storage::IndexEntry;
 
-use super::session::{JobRequest, Session, is_damage};
+use super::changes::JobRequest;
+use super::session::{Session, is_damage};
 
 /// At most this many records are looked at per chunk.
 pub(crate) const CHUNK: usize = 256;

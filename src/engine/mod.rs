@@ -11,6 +11,7 @@
 //!   (which owns the senders), and its `shutdown` and `Drop` are the one
 //!   place threads are stopped and joined.
 
+pub(crate) mod changes;
 pub(crate) mod coordination;
 pub(crate) mod directory;
 pub(crate) mod dispatch;

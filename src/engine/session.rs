@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use super::changes::{Changes, JobRequest};
 use super::health_log::HealthLog;
 use super::sequences::Sequences;
 use crate::config::Config;
@@ -23,36 +24,6 @@ use crate::record::{Attempt, Event, OutboxStats};
 use crate::retry::Decision;
 use crate::storage::{Damaged, IndexEntry, Reader, SubscriptionRecord, Writer};
 use crate::telemetry;
-
-/// What a round's writes did that the dispatcher keeps caches of: a
-/// value it takes once a round (`Session::take_changes`), not fields it
-/// reaches into.
-#[derive(Debug, Default)]
-pub(crate) struct Changes {
-    /// Subscriptions whose pending deliveries changed.
-    pub(crate) touched: HashSet<SubscriptionId>,
-    /// Subscriptions that gained pending deliveries, with the soonest due.
-    pub(crate) added: HashMap<SubscriptionId, u64>,
-    /// Subscriptions written or removed: the dispatcher drops what it
-    /// keeps about their policy.
-    pub(crate) changed_subs: HashSet<SubscriptionId>,
-    /// Subscriptions with a dead delivery made pending again (it may be
-    /// older than a FIFO queue's head).
-    pub(crate) revived_subs: HashSet<SubscriptionId>,
-}
-
-/// Maintenance a change asks for: the dispatcher makes it a job
-/// (`maintenance::Job`) and runs it in chunks after the change's commit.
-/// (A request, not the job itself: the session knows nothing of jobs,
-/// which run on the session.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum JobRequest {
-    /// Dead-letter every pending delivery of `sub` with `reason`.
-    DeadLetterPending {
-        sub: SubscriptionId,
-        reason: &'static str,
-    },
-}
 
 /// The write side of the store as the engine and the changes it runs see
 /// it. Lives on the engine thread; not `Clone`.
@@ -175,15 +146,7 @@ impl Session {
         if new.state == DeliveryState::Pending {
             self.rescan = true;
         }
-        if old.is_some_and(|o| o.state == DeliveryState::Pending) {
-            // It may have been the soonest: look again after the commit.
-            self.changes.touched.insert(new.subscription_id);
-        } else if new.state == DeliveryState::Pending {
-            // A new pending delivery can only make the soonest sooner.
-            let at = new.next_attempt_at.map_or(0, |t| t.as_millis());
-            let e = self.changes.added.entry(new.subscription_id).or_insert(at);
-            *e = (*e).min(at);
-        }
+        self.changes.delivery(old, &new);
         match old {
             Some(old) if outcome => self.w.put_outcome(old, &new),
             _ => self.w.put_delivery(old, &new),
