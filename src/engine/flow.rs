@@ -7,11 +7,10 @@
 //! value, so they are tested without threads, clocks or a store.
 //!
 //! ```text
-//!            failures in a row          wait over
-//!   Closed ─────────────────────▶ Open ─────────▶ HalfOpen
-//!     ▲                            ▲                │
-//!     │ any answer                 └── probe fails ─┤ (wait doubles)
-//!     └─────────────────────────────────────────────┘ probe answered
+//!   Closed ──(N unreachable in a row)──▶ Open{until}
+//!   Open ──(until passed: Flow::gate)──▶ HalfOpen (one probe)
+//!   HalfOpen ──(probe unreachable: the wait doubles)──▶ Open{until}
+//!   any ──(any HTTP answer)──▶ Closed
 //! ```
 
 use std::time::Duration;
