@@ -14,9 +14,8 @@ use crate::message::{EventType, Message};
 use crate::outbox::Outbox;
 use crate::record::Event;
 use crate::storage;
-use crate::subscription::{
-    NewSubscription, Subscription, Subscriptions, validate_event_name, validate_tenant,
-};
+use crate::subscription::validate::{validate_event_name, validate_tenant};
+use crate::subscription::{NewSubscription, Subscription, Subscriptions};
 
 /// The handle to an open hookbus store and its background threads.
 ///
