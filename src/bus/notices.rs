@@ -26,7 +26,7 @@ impl Bus {
     /// handler at least once, across restarts too (call `on_notice` again
     /// after opening) — unless more than [`MAX_NOTICES`](crate::MAX_NOTICES)
     /// pile up unacknowledged, when the oldest are dropped. The thread ends
-    /// when the returned [`NoticeListener`](crate::NoticeListener) is
+    /// when the returned [`NoticeListener`] is
     /// stopped or dropped, or when the bus shuts down. It holds the bus
     /// only while it reads or acknowledges, so it does not keep the bus
     /// open — unless `handler` owns a `Bus` clone: use a channel to reach
