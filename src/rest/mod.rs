@@ -64,17 +64,18 @@
 //! strings. Errors carry a ServiceStack-style
 //! `responseStatus` with the field and the rule: 400 validation, 401 no
 //! caller, 403 missing role, 404 unknown, 405 wrong method, 409 conflict.
-//!
-//! # Rooms
-//!
-//! | file | job |
-//! | --- | --- |
-//! | `types.rs` | the values [`handle`] takes and returns: [`Caller`] and its roles, [`ApiRequest`], [`ApiResponse`] |
-//! | `shared.rs` | what both route sets share: bodies and queries in, errors out as responses |
-//! | `dto.rs` | the JSON shapes of the subscribers' routes |
-//! | `subscriber.rs` | the subscribers' routes |
-//! | `admin.rs` | the operators' routes |
-//! | `mod.rs` | [`handle`]: which route set a request goes to, and who may call it |
+
+// Rooms (a plain comment: `rest` is public, and its files are not part of
+// its documentation):
+//
+// | file | job |
+// | --- | --- |
+// | `types.rs` | the values `handle` takes and returns: `Caller` and its roles, `ApiRequest`, `ApiResponse` |
+// | `shared.rs` | what both route sets share: bodies and queries in, errors out as responses |
+// | `dto.rs` | the JSON shapes of the subscribers' routes |
+// | `subscriber.rs` | the subscribers' routes |
+// | `admin.rs` | the operators' routes |
+// | `mod.rs` | `handle`: which route set a request goes to, and who may call it |
 
 mod admin;
 mod dto;

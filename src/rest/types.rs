@@ -1,4 +1,4 @@
-//! The values [`handle`](super::handle) takes and returns: the [`Caller`]
+//! The values `handle` takes and returns: the [`Caller`]
 //! and its roles, the [`ApiRequest`], the [`ApiResponse`] (with the
 //! ServiceStack-style error body).
 
