@@ -29,7 +29,7 @@ pub fn decode_records(data: &[u8]) {
 
 /// Runs the subscription validators on arbitrary text.
 pub fn validate(text: &str) {
-    let _ = crate::subscription::validate_event_name(text, true);
+    let _ = crate::subscription::validate::validate_event_name(text, true);
     for policy in [
         TargetPolicy::default(),
         TargetPolicy {
@@ -37,10 +37,10 @@ pub fn validate(text: &str) {
             allowed: vec![],
         },
     ] {
-        if let Ok(url) = crate::subscription::validate_url(text, &policy, false) {
+        if let Ok(url) = crate::subscription::validate::validate_url(text, &policy, false) {
             // What is accepted parses again to itself.
             assert_eq!(
-                crate::subscription::validate_url(&url, &policy, false)
+                crate::subscription::validate::validate_url(&url, &policy, false)
                     .ok()
                     .as_deref(),
                 Some(url.as_str())

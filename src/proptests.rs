@@ -12,7 +12,7 @@ use crate::record::{Attempt, AttemptError, AttemptErrorKind, Event};
 use crate::signing;
 use crate::ssrf::{TargetPolicy, is_global};
 use crate::storage::SubscriptionRecord;
-use crate::subscription::{validate_event_name, validate_url};
+use crate::subscription::validate::{validate_event_name, validate_url};
 
 fn id_bytes() -> impl Strategy<Value = [u8; 16]> {
     any::<[u8; 16]>()

@@ -8,7 +8,8 @@
 
 use serde_json::{Value, json};
 
-use super::{ApiResponse, from_error, parse_body, query_param};
+use super::shared::{from_error, parse_body, query_param};
+use super::types::ApiResponse;
 use crate::bus::Bus;
 use crate::delivery::{Delivery, DeliveryState};
 use crate::error::Error;

@@ -1,0 +1,35 @@
+//! The test request of [`Subscriptions::ping`](crate::Subscriptions::ping):
+//! a delivery's request to one subscription, sent now on the calling
+//! thread, stored nowhere.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::record::Attempt;
+use crate::storage::SubscriptionRecord;
+
+/// The event name of [`Subscriptions::ping`](crate::Subscriptions::ping)'s
+/// test request.
+pub const PING_EVENT: &str = "hookbus.ping";
+
+/// Sends the test request to `sub` and returns its attempt.
+pub(super) fn send(sub: &SubscriptionRecord, config: &Config) -> Result<Attempt> {
+    let id = sub.id;
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "ping": true,
+        "subscription": id.to_string(),
+    }))
+    .map_err(Error::Serialize)?;
+    let job = crate::sender::Job::to(
+        sub,
+        crate::ids::DeliveryId::generate(),
+        crate::ids::EventId::generate(),
+        PING_EVENT.to_owned(),
+        1,
+        crate::sender::Body {
+            payload: payload.into(),
+            traceparent: None,
+        },
+    );
+    let agent = crate::sender::build_agent(config);
+    Ok(crate::sender::perform(&agent, job).attempt)
+}
