@@ -361,3 +361,24 @@ impl From<std::io::Error> for Error {
         Error::Store(StoreError(StoreErrorKind::Io(e)))
     }
 }
+
+/// Whether a read error means the record itself is damaged (it will never
+/// decode), as opposed to a failure of the store that may pass.
+pub(crate) fn is_damage(err: &Error) -> bool {
+    matches!(err, Error::Corrupt { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_records_that_fail_to_decode_count_as_damage() {
+        assert!(is_damage(&Error::Corrupt {
+            key: "64ff".into(),
+            reason: "truncated".into(),
+        }));
+        assert!(!is_damage(&Error::Store(StoreError::message("I/O error"))));
+        assert!(!is_damage(&Error::from(std::io::Error::other("disk"))));
+    }
+}

@@ -83,7 +83,8 @@ impl Bus {
         tx: &mut postgres::Transaction<'_>,
         message: Message,
     ) -> Result<EventId> {
-        let Some(pg) = &self.inner.config.postgres else {
+        let (Some(pg), Some(sequencer)) = (&self.inner.config.postgres, &self.inner.sequencer)
+        else {
             return Err(Error::InvalidConfig(
                 "publish_in needs a bus opened with Builder::postgres".into(),
             ));
@@ -91,7 +92,8 @@ impl Bus {
         let (event, tenant, key) = self.checked(message)?;
         let window =
             u64::try_from(self.inner.config.idempotency_window.as_millis()).unwrap_or(u64::MAX);
-        let reader = self.inner.engine.reader()?;
+        // Closed: the store is released.
+        self.inner.engine.reader()?;
         storage::postgres::publish_in(
             tx,
             &pg.schema,
@@ -99,7 +101,7 @@ impl Bus {
             tenant.as_deref(),
             self.inner.config.tenants_receive_app_events,
             key.as_deref().map(|k| (k, window)),
-            &|subs| reader.reserve_sequences(subs),
+            &|subs| sequencer.reserve(subs),
         )
     }
 

@@ -70,6 +70,9 @@ pub struct Bus {
 struct Inner {
     config: Arc<Config>,
     engine: Engine,
+    /// Reserves `X-Webhook-Sequence` numbers for `publish_in` (PostgreSQL).
+    #[cfg(feature = "postgres")]
+    sequencer: Option<crate::storage::postgres::Sequencer>,
 }
 
 impl fmt::Debug for Bus {

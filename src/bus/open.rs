@@ -47,11 +47,13 @@ impl Bus {
             });
             let (reader, writer) = storage::postgres::open(&pg.url, &pg.schema, lease)?;
             let me = reader.token_hex();
+            let sequencer = Some(reader.sequencer());
             let engine = Engine::start(Arc::new(reader), Box::new(writer), config.clone())?;
             let bus = Bus {
                 inner: Arc::new(Inner {
                     config: config.clone(),
                     engine,
+                    sequencer,
                 }),
             };
             // Woken by other instances' commits; it holds no handle, so
@@ -83,7 +85,12 @@ impl Bus {
         )?;
         let engine = Engine::start(Arc::new(reader), Box::new(writer), config.clone())?;
         Ok(Bus {
-            inner: Arc::new(Inner { config, engine }),
+            inner: Arc::new(Inner {
+                config,
+                engine,
+                #[cfg(feature = "postgres")]
+                sequencer: None,
+            }),
         })
     }
 }

@@ -6,9 +6,10 @@
 
 use std::collections::HashMap;
 
-use super::session::{Session, is_damage};
+use super::session::Session;
 use crate::delivery::DeliveryState;
 use crate::error::Result;
+use crate::error::is_damage;
 use crate::ids::{DeliveryId, SubscriptionId};
 use crate::storage::IndexEntry;
 

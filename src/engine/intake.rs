@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use super::directory::Directory;
 use super::round::Round;
-use super::session::{Session, is_damage};
+use super::session::Session;
 use super::{Done, Keyed};
+use crate::error::is_damage;
 use crate::error::{Error, Result, StoreError};
 use crate::record::Event;
 

@@ -14,7 +14,8 @@ use crate::notice::MAX_NOTICES;
 use crate::storage::IndexEntry;
 
 use super::changes::JobRequest;
-use super::session::{Session, is_damage};
+use super::session::Session;
+use crate::error::is_damage;
 
 /// At most this many records are looked at per chunk.
 pub(crate) const CHUNK: usize = 256;

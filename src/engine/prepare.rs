@@ -7,8 +7,9 @@
 use std::collections::HashMap;
 
 use super::directory::Directory;
-use super::session::{Session, is_damage};
+use super::session::Session;
 use crate::delivery::{self, Delivery, DeliveryState, reason};
+use crate::error::is_damage;
 use crate::error::{Error, Result};
 use crate::ids::EventId;
 use crate::sender;

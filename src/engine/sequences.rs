@@ -7,8 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::session::is_damage;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, is_damage};
 use crate::ids::SubscriptionId;
 use crate::storage::Reader;
 

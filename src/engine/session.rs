@@ -16,7 +16,7 @@ use super::sequences::Sequences;
 use crate::config::Config;
 use crate::delivery;
 use crate::delivery::{Delivery, DeliveryState};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, is_damage};
 use crate::health::HealthRecord;
 use crate::ids::{DeliveryId, EventId, SubscriptionId, Timestamp};
 use crate::notice::{Notice, NoticeKind};
@@ -628,27 +628,5 @@ impl Session {
             self.unflushed = false;
         }
         Ok(())
-    }
-}
-
-/// Whether a read error means the record itself is damaged (it will never
-/// decode), as opposed to a failure of the store that may pass.
-pub(crate) fn is_damage(err: &Error) -> bool {
-    matches!(err, Error::Corrupt { .. })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error::StoreError;
-
-    #[test]
-    fn only_records_that_fail_to_decode_count_as_damage() {
-        assert!(is_damage(&Error::Corrupt {
-            key: "64ff".into(),
-            reason: "truncated".into(),
-        }));
-        assert!(!is_damage(&Error::Store(StoreError::message("I/O error"))));
-        assert!(!is_damage(&Error::from(std::io::Error::other("disk"))));
     }
 }

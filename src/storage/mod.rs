@@ -102,21 +102,6 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     }
     /// Unacknowledged notices, oldest first.
     fn notices(&self) -> Iter<Notice>;
-
-    /// Gives each subscription in `subs` its next sequence number, at once
-    /// and for every instance (0 for one that no longer exists). Shared
-    /// stores only (`Bus::publish_in`).
-    #[cfg(feature = "postgres")]
-    fn reserve_sequences(&self, _subs: &[SubscriptionId]) -> Result<Vec<u64>> {
-        Err(not_shared())
-    }
-}
-
-#[cfg(feature = "postgres")]
-fn not_shared() -> crate::error::Error {
-    crate::error::Error::Store(crate::error::StoreError::message(
-        "claims are only made in a shared store",
-    ))
 }
 
 /// What the instances sharing a store coordinate through. Due work is

@@ -62,6 +62,24 @@ impl crate::storage::Coordinator for PgCoordinator {
     }
 }
 
+/// Reserves `X-Webhook-Sequence` numbers for `publish_in`, at once and for
+/// every instance, outside the caller's transaction.
+pub(crate) struct Sequencer {
+    pool: Arc<Pool>,
+}
+
+impl Sequencer {
+    pub(super) fn new(pool: Arc<Pool>) -> Sequencer {
+        Sequencer { pool }
+    }
+
+    /// The next sequence number of each subscription in `subs` (0 for one
+    /// that no longer exists).
+    pub(crate) fn reserve(&self, subs: &[SubscriptionId]) -> Result<Vec<u64>> {
+        reserve_sequences(&self.pool, subs)
+    }
+}
+
 /// The database's clock in ms, for claims: one clock for every instance.
 pub(super) const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
@@ -353,9 +371,9 @@ fn pause(pool: &Pool, sub: SubscriptionId, for_ms: u64) -> Result<()> {
     Ok(())
 }
 
-/// `Reader::reserve_sequences`: the next sequence number of each of
+/// `Sequencer::reserve`: the next sequence number of each of
 /// `subs`, taken at once for every instance.
-pub(super) fn reserve_sequences(pool: &Pool, subs: &[SubscriptionId]) -> Result<Vec<u64>> {
+fn reserve_sequences(pool: &Pool, subs: &[SubscriptionId]) -> Result<Vec<u64>> {
     let ids: Vec<Vec<u8>> = subs.iter().map(|s| s.to_bytes().to_vec()).collect();
     // Rows locked in id order, as the writer's numbering does.
     let rows = pool.query(

@@ -69,6 +69,7 @@ mod writer;
 use std::sync::Arc;
 
 pub(crate) use connection::redact_url;
+pub(crate) use coordination::Sequencer;
 pub(crate) use listener::spawn_listener;
 pub(crate) use publish_in::publish_in;
 pub(crate) use reader::PgReader;

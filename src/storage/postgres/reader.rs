@@ -64,6 +64,12 @@ impl PgReader {
         &self.pool
     }
 
+    /// What reserves sequence numbers for `publish_in`, through this
+    /// reader's pool.
+    pub(crate) fn sequencer(&self) -> coordination::Sequencer {
+        coordination::Sequencer::new(self.pool.clone())
+    }
+
     /// Its coordinator: claims fill this reader's claim cache, so the
     /// engine's reads right after a claim need no query.
     pub(super) fn coordinator(&self) -> coordination::PgCoordinator {
@@ -501,9 +507,5 @@ impl Reader for PgReader {
             &[&self.pool.schema],
         )?;
         Ok(unms(rows.first().map_or(Ok(0), |r| r.try_get(0))?))
-    }
-
-    fn reserve_sequences(&self, subs: &[SubscriptionId]) -> Result<Vec<u64>> {
-        coordination::reserve_sequences(&self.pool, subs)
     }
 }
