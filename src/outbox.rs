@@ -85,6 +85,53 @@ impl Deliveries {
     }
 }
 
+/// A recount walks the outbox at most this many times (see
+/// [`Outbox::recount`]).
+const RECOUNT_WALKS: u32 = 3;
+
+/// One walk of [`Outbox::recount`].
+fn recount_once(reader: &dyn Reader) -> Result<OutboxStats> {
+    let mut counted = OutboxStats {
+        quarantined: reader.stats()?.quarantined,
+        ..OutboxStats::default()
+    };
+    let mut by_id = std::collections::HashMap::new();
+    for d in reader.deliveries(None) {
+        let d = d?;
+        match d.state {
+            DeliveryState::Pending => counted.pending += 1,
+            DeliveryState::Delivered => counted.delivered += 1,
+            DeliveryState::Dead => counted.dead += 1,
+        }
+        by_id.insert(d.id, IndexEntry::of(&d));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for state in [
+        DeliveryState::Pending,
+        DeliveryState::Delivered,
+        DeliveryState::Dead,
+    ] {
+        for entry in reader.index(state, None) {
+            let entry = entry?;
+            let fits = reader
+                .delivery(entry.delivery)?
+                .is_some_and(|d| d.state == state && IndexEntry::of(&d) == entry);
+            if !fits || !seen.insert(entry.delivery) {
+                return Err(Error::Inconsistent(format!(
+                    "the {state} index lists delivery {} at {} but its record does not match (or it is listed twice)",
+                    entry.delivery, entry.at
+                )));
+            }
+        }
+    }
+    if let Some(id) = by_id.keys().find(|id| !seen.contains(*id)) {
+        return Err(Error::Inconsistent(format!(
+            "delivery {id} is in no state index"
+        )));
+    }
+    Ok(counted)
+}
+
 impl<'a> Outbox<'a> {
     pub(crate) fn new(engine: &'a Engine) -> Self {
         Outbox { engine }
@@ -106,48 +153,22 @@ impl<'a> Outbox<'a> {
     /// `quarantined` is taken from the stored counters.
     ///
     /// Errors with [`Error::Inconsistent`] when an index disagrees with
-    /// the records.
+    /// the records. The walk is not a snapshot: on a busy outbox a
+    /// delivery the engine changes between reading its index entry and its
+    /// record looks like a disagreement, so a disagreement is reported
+    /// only if the walk, done again, meets one each time (three walks).
     pub fn recount(&self) -> Result<OutboxStats> {
         let reader = self.reader()?;
-        let mut counted = OutboxStats {
-            quarantined: reader.stats()?.quarantined,
-            ..OutboxStats::default()
-        };
-        let mut by_id = std::collections::HashMap::new();
-        for d in reader.deliveries(None) {
-            let d = d?;
-            match d.state {
-                DeliveryState::Pending => counted.pending += 1,
-                DeliveryState::Delivered => counted.delivered += 1,
-                DeliveryState::Dead => counted.dead += 1,
-            }
-            by_id.insert(d.id, IndexEntry::of(&d));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for state in [
-            DeliveryState::Pending,
-            DeliveryState::Delivered,
-            DeliveryState::Dead,
-        ] {
-            for entry in reader.index(state, None) {
-                let entry = entry?;
-                let fits = reader
-                    .delivery(entry.delivery)?
-                    .is_some_and(|d| d.state == state && IndexEntry::of(&d) == entry);
-                if !fits || !seen.insert(entry.delivery) {
-                    return Err(Error::Inconsistent(format!(
-                        "the {state} index lists delivery {} at {} but its record does not match (or it is listed twice)",
-                        entry.delivery, entry.at
-                    )));
+        let mut walks = 1;
+        loop {
+            match recount_once(&*reader) {
+                Err(Error::Inconsistent(m)) if walks < RECOUNT_WALKS => {
+                    tracing::debug!(disagreement = %m, "recount walks again");
+                    walks += 1;
                 }
+                r => return r,
             }
         }
-        if let Some(id) = by_id.keys().find(|id| !seen.contains(*id)) {
-            return Err(Error::Inconsistent(format!(
-                "delivery {id} is in no state index"
-            )));
-        }
-        Ok(counted)
     }
 
     /// Pending deliveries, by subscription and then soonest due first.

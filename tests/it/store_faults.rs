@@ -189,3 +189,37 @@ fn foreign_or_newer_stores_are_refused_clearly() {
     assert!(matches!(err, Error::NotAStore { .. }), "{err:?}");
     assert!(err.to_string().contains("without hookbus data"), "{err}");
 }
+
+#[test]
+fn a_recount_reports_a_delivery_missing_from_its_state_index() {
+    if crate::sled_only("an index entry removed in sled") {
+        return;
+    }
+    let rx = TestReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let bus = builder(dir.path()).deliver(false).open().unwrap();
+        bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["e"]))
+            .unwrap();
+        for i in 0..3 {
+            bus.publish("e", &json!({ "i": i })).unwrap();
+        }
+        bus.flush().unwrap();
+        let stats = bus.outbox().recount().unwrap();
+        assert_eq!(stats.pending, 3, "intact, the recount agrees");
+        bus.shutdown(Duration::from_secs(1)).unwrap();
+    }
+    {
+        // The pending index (due time by subscription) loses one entry.
+        let (db, t) = raw_tree(dir.path());
+        let (k, _) = t.scan_prefix([b'r']).next().unwrap().unwrap();
+        t.remove(k).unwrap();
+        db.flush().unwrap();
+    }
+    let bus = builder(dir.path()).deliver(false).open().unwrap();
+    match bus.outbox().recount() {
+        Err(Error::Inconsistent(m)) => assert!(m.contains("in no state index"), "{m}"),
+        other => panic!("a quiet outbox's real disagreement is reported: {other:?}"),
+    }
+    bus.shutdown(Duration::from_secs(1)).unwrap();
+}
