@@ -602,32 +602,5 @@ fn round_robin(ready: &mut [SubscriptionId], cursor: Option<SubscriptionId>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_robin_starts_after_the_last_one_served() {
-        let mut ids: Vec<SubscriptionId> = (0..5).map(|_| SubscriptionId::generate()).collect();
-        ids.sort_unstable();
-        let mut ready = ids.clone();
-        ready.reverse();
-        round_robin(&mut ready, None);
-        assert_eq!(ready, ids);
-        round_robin(&mut ready, Some(ids[2]));
-        assert_eq!(ready, [ids[3], ids[4], ids[0], ids[1], ids[2]]);
-        // A cursor past every id (it was deleted) starts at the first.
-        let mut ready = ids[..2].to_vec();
-        round_robin(&mut ready, Some(ids[4]));
-        assert_eq!(ready, ids[..2]);
-    }
-
-    #[test]
-    fn the_soonest_wake_wins() {
-        let mut next = None;
-        wake(&mut next, 50);
-        wake(&mut next, 70);
-        assert_eq!(next, Some(50));
-        wake(&mut next, 10);
-        assert_eq!(next, Some(10));
-    }
-}
+#[path = "dispatch_tests.rs"]
+mod tests;
