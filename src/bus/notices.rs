@@ -43,9 +43,9 @@ impl Bus {
     /// # listener.stop();
     /// # Ok(()) }
     /// ```
-    pub fn on_notice<F>(&self, handler: F) -> Result<crate::NoticeListener>
+    pub fn on_notice<F>(&self, handler: F) -> Result<NoticeListener>
     where
-        F: FnMut(&crate::Notice) -> bool + Send + 'static,
+        F: FnMut(&crate::notice::Notice) -> bool + Send + 'static,
     {
         NoticeListener::start(Arc::downgrade(&self.inner), handler)
     }
@@ -66,7 +66,7 @@ const NOTICE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 impl NoticeListener {
     fn start<F>(bus: std::sync::Weak<Inner>, mut handler: F) -> Result<Self>
     where
-        F: FnMut(&crate::Notice) -> bool + Send + 'static,
+        F: FnMut(&crate::notice::Notice) -> bool + Send + 'static,
     {
         use std::sync::atomic::Ordering;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -267,7 +267,7 @@ impl<'a> Subscriptions<'a> {
     /// percentiles, backlog, and why it is disabled if it is.
     ///
     /// Errors: [`Error::SubscriptionNotFound`], store errors.
-    pub fn health(&self, id: SubscriptionId) -> Result<crate::EndpointHealth> {
+    pub fn health(&self, id: SubscriptionId) -> Result<crate::health::EndpointHealth> {
         let store = self.engine.reader()?;
         let sub = store
             .subscription(id)?
@@ -278,13 +278,13 @@ impl<'a> Subscriptions<'a> {
     /// The health of every subscription, those that need a person first:
     /// failing ones (longest run of failures first), then disabled ones,
     /// then the rest.
-    pub fn health_all(&self) -> Result<Vec<crate::EndpointHealth>> {
+    pub fn health_all(&self) -> Result<Vec<crate::health::EndpointHealth>> {
         let store = self.engine.reader()?;
         let mut out = Vec::new();
         for sub in store.subscriptions() {
             out.push(health_of(&*store, &sub?)?);
         }
-        crate::EndpointHealth::triage(&mut out);
+        crate::health::EndpointHealth::triage(&mut out);
         Ok(out)
     }
 
@@ -308,8 +308,8 @@ impl<'a> Subscriptions<'a> {
 fn health_of(
     store: &dyn crate::storage::Reader,
     sub: &SubscriptionRecord,
-) -> Result<crate::EndpointHealth> {
-    Ok(crate::EndpointHealth::new(
+) -> Result<crate::health::EndpointHealth> {
+    Ok(crate::health::EndpointHealth::new(
         (sub.id, &sub.name, &sub.url, sub.active),
         store.health(sub.id)?.unwrap_or_default(),
         store.backlog(sub.id)?,

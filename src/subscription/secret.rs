@@ -71,7 +71,7 @@ mod tests {
     fn secrets_are_redacted() {
         let s = Secret("hunter2".into());
         assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
-        let n = crate::NewSubscription::new("n", "http://x/").secret("hunter2");
+        let n = crate::subscription::NewSubscription::new("n", "http://x/").secret("hunter2");
         assert!(!format!("{n:?}").contains("hunter2"));
     }
 }
