@@ -1440,3 +1440,58 @@ fn instances_publishing_with_one_idempotency_key_at_once_store_one_event() {
     assert_eq!(racer.join().unwrap(), in_tx);
     assert_eq!(buses[1].outbox().stats().unwrap().pending, rounds + 2);
 }
+
+/// Opens a PostgreSQL bus inside an async task of `rt` and uses every
+/// entry point an axum handler would: subscribe, list, publish, flush,
+/// the outbox, health, shutdown. (The blocking client starts a runtime of
+/// its own: called from a runtime's thread it panicked with "Cannot start
+/// a runtime from within a runtime".) The schema is made and dropped
+/// outside the runtime.
+fn used_inside(rt: tokio::runtime::Runtime, test: &str) {
+    let Some(schema) = Schema::new(test) else {
+        return;
+    };
+    let rx = TestReceiver::start();
+    let builder = schema.builder();
+    let url = rx.url("/in-async");
+    let delivered = rt.block_on(async move {
+        let bus = builder.open().expect("opens inside a runtime");
+        bus.subscribe(NewSubscription::new("async", url).events(["e"]))
+            .unwrap();
+        assert_eq!(bus.subscriptions().list().unwrap().len(), 1);
+        bus.publish("e", &json!({ "from": "a task" })).unwrap();
+        bus.flush().unwrap();
+        let end = std::time::Instant::now() + LONG;
+        while bus.outbox().stats().unwrap().delivered < 1 {
+            assert!(std::time::Instant::now() < end, "not delivered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let health = bus.health(Duration::from_secs(5));
+        assert!(health.ready && health.store_writable, "{health:?}");
+        let n = bus.outbox().delivered().count();
+        bus.shutdown(Duration::from_secs(2)).unwrap();
+        drop(bus);
+        n
+    });
+    assert_eq!(delivered, 1);
+    assert_eq!(rx.requests().len(), 1);
+}
+
+#[test]
+fn a_postgres_bus_works_inside_a_multi_thread_runtime() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    used_inside(rt, "in_mt_runtime");
+}
+
+#[test]
+fn a_postgres_bus_works_inside_a_current_thread_runtime() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    used_inside(rt, "in_ct_runtime");
+}

@@ -27,6 +27,23 @@ const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// about a minute). A pooler such as PgBouncer must let the `options`
 /// startup parameter through (`ignore_startup_parameters = options` drops
 /// it, and with it the two server-side timeouts).
+/// Runs `f` where the blocking client may block: at once on a thread
+/// that drives no async runtime, else on a scoped thread of its own. The
+/// blocking `postgres` client drives a runtime of its own, and tokio
+/// panics ("Cannot start a runtime from within a runtime") when that
+/// happens on a thread of the app's runtime — an axum handler, a
+/// `#[tokio::main]` — so every entry point that talks to the server from
+/// the caller's thread goes through here.
+pub(crate) fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
 pub(super) fn connect(url: &str) -> Result<Client> {
     let mut config: postgres::Config = url.parse()?;
     let mut options = config.get_options().unwrap_or("").to_owned();
@@ -209,6 +226,17 @@ pub(super) struct Pool {
     pub(super) lease_ms: u64,
 }
 
+impl Drop for Pool {
+    /// Closing a connection blocks on the client's runtime too: idle ones
+    /// are closed off the app's runtime (see [`off_runtime`]).
+    fn drop(&mut self) {
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if !idle.is_empty() {
+            off_runtime(move || drop(idle));
+        }
+    }
+}
+
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the URL: it may carry a password.
@@ -237,7 +265,15 @@ impl Pool {
 
     /// Runs `f` with a connection (one from the pool, or a new one); a
     /// connection that failed is not given back.
-    pub(super) fn with<R>(&self, f: impl FnOnce(&mut Conn) -> Result<R>) -> Result<R> {
+    pub(super) fn with<R: Send>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<R> + Send,
+    ) -> Result<R> {
+        off_runtime(|| self.with_here(f))
+    }
+
+    /// [`with`](Self::with) on the calling thread.
+    fn with_here<R>(&self, f: impl FnOnce(&mut Conn) -> Result<R>) -> Result<R> {
         self.acquire()?;
         // Given back however `f` ends (a panic too).
         struct Slot<'a>(&'a Pool);

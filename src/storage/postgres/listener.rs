@@ -30,8 +30,11 @@ pub(crate) fn spawn_listener(
     me: String,
     poke: impl Fn(bool) -> bool + Send + 'static,
 ) -> Result<std::thread::JoinHandle<()>> {
-    let mut client = connect(url)?;
-    client.batch_execute(&format!("LISTEN {}", channel(schema)))?;
+    let mut client = super::connection::off_runtime(|| -> Result<_> {
+        let mut client = connect(url)?;
+        client.batch_execute(&format!("LISTEN {}", channel(schema)))?;
+        Ok(client)
+    })?;
     std::thread::Builder::new()
         .name("hookbus-pg-listen".into())
         .spawn(move || {

@@ -77,7 +77,7 @@ pub(crate) use schema::validate_schema;
 pub(crate) use writer::PgWriter;
 
 use crate::error::Result;
-use connection::{Conn, Pool, connect};
+use connection::{Conn, Pool, connect, off_runtime};
 use rows::store_error;
 use schema::migrate;
 
@@ -89,14 +89,18 @@ pub(crate) fn open(
     lease: std::time::Duration,
 ) -> Result<(PgReader, PgWriter)> {
     validate_schema(schema)?;
-    let mut client = connect(url).map_err(|e| {
-        store_error(format!(
-            "cannot connect to PostgreSQL ({}): {e}",
-            redact_url(url)
-        ))
+    // On the caller's thread, which may be an async runtime's.
+    let client = off_runtime(|| -> Result<_> {
+        let mut client = connect(url).map_err(|e| {
+            store_error(format!(
+                "cannot connect to PostgreSQL ({}): {e}",
+                redact_url(url)
+            ))
+        })?;
+        migrate(&mut client, schema)?;
+        client.batch_execute("SET synchronous_commit TO off")?;
+        Ok(client)
     })?;
-    migrate(&mut client, schema)?;
-    client.batch_execute("SET synchronous_commit TO off")?;
     let mut token = [0u8; 16];
     getrandom::fill(&mut token)
         .map_err(|e| store_error(format!("no randomness for a claim token: {e}")))?;
