@@ -28,6 +28,7 @@
 //! cargo run --features postgres --example outbox -- --postgres "host=127.0.0.1 user=postgres dbname=app" --schema hookbus stats
 //! ```
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -180,6 +181,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // Whoever read the output went away (`outbox tail | head`):
+        // nothing more to say, and nothing went wrong.
+        Err(e) if is_broken_pipe(&*e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -316,9 +320,16 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     };
     bus.shutdown(Duration::from_secs(5))?;
     if !out.is_empty() {
-        println!("{out}");
+        // Not `println!`, which panics when the reader has gone.
+        writeln!(std::io::stdout().lock(), "{out}")?;
     }
     Ok(())
+}
+
+/// Whether `e` is a write to a pipe nobody reads any more.
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn ms(t: Option<u64>) -> String {
@@ -508,11 +519,15 @@ fn subscriptions(bus: &Bus, as_json: bool) -> Result<String, hookbus::Error> {
                     if s.active { "yes".into() } else { "no".into() },
                     s.events.join(","),
                     s.url.clone(),
+                    s.tenant.clone().unwrap_or_default(),
                     s.owner.clone().unwrap_or_default(),
                 ]
             })
             .collect();
-        table(&["id", "name", "active", "events", "url", "owner"], rows)
+        table(
+            &["id", "name", "active", "events", "url", "tenant", "owner"],
+            rows,
+        )
     })
 }
 

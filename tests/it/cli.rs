@@ -382,3 +382,45 @@ fn outbox_cli_shows_health_replays_tails_and_purges_dead_letters() {
     rx.wait_for(before + 4, LONG);
     drop(bus);
 }
+
+#[test]
+fn outbox_cli_ends_quietly_when_its_reader_goes_away() {
+    let rx = TestReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let bus = builder(dir.path()).deliver(false).open().unwrap();
+        bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["a"]))
+            .unwrap();
+        bus.subscribe(
+            NewSubscription::new("theirs", rx.url("/t"))
+                .events(["a"])
+                .tenant("acme"),
+        )
+        .unwrap();
+        for n in 0..50 {
+            bus.publish("a", &json!({ "n": n })).unwrap();
+        }
+        bus.flush().unwrap();
+        bus.shutdown(Duration::from_secs(2)).unwrap();
+    }
+    // The reader of its output is gone before it writes (`outbox … | head`
+    // after head has had enough).
+    let mut child = Command::new(outbox_bin())
+        .args(crate::cli_store_args(dir.path()))
+        .args(["--json", "subscriptions"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(err.is_empty(), "nothing to say on a closed pipe: {err}");
+    // The table shows whose each subscription is.
+    let text = ok(dir.path(), &["subscriptions"]);
+    let header = text.lines().next().unwrap();
+    assert!(header.contains("tenant"), "{text}");
+    let theirs = text.lines().find(|l| l.contains("theirs")).unwrap();
+    assert!(theirs.contains("acme"), "{text}");
+}

@@ -265,10 +265,7 @@ impl Pool {
 
     /// Runs `f` with a connection (one from the pool, or a new one); a
     /// connection that failed is not given back.
-    pub(super) fn with<R: Send>(
-        &self,
-        f: impl FnOnce(&mut Conn) -> Result<R> + Send,
-    ) -> Result<R> {
+    pub(super) fn with<R: Send>(&self, f: impl FnOnce(&mut Conn) -> Result<R> + Send) -> Result<R> {
         off_runtime(|| self.with_here(f))
     }
 
