@@ -3,15 +3,24 @@
 //! for one customer (tenant) — only that customer's subscriptions get it.
 //!
 //! ```text
-//! cargo run --example axum_server --features tokio
-//! curl -X POST localhost:3000/webhooks/subscriptions -H 'x-user-id: alice' -H 'x-tenant-id: acme' \
+//! cargo run --example axum_server --features tokio -- [DATA_DIR] [--allow-private]
+//! curl -X POST localhost:3000/webhooks/subscriptions -H 'content-type: application/json' \
+//!      -H 'x-user-id: alice' -H 'x-tenant-id: acme' \
 //!      -d '{"name":"mine","events":["order.created"],"config":{"url":"https://example.com/hook","secret":"shh"}}'
-//! curl -X POST localhost:3000/orders -H 'x-tenant-id: acme' -d '{"id":1}'
+//! curl -X POST localhost:3000/orders -H 'content-type: application/json' -H 'x-tenant-id: acme' -d '{"id":1}'
 //! curl localhost:3000/webhooks/subscriptions -H 'x-user-id: alice' -H 'x-tenant-id: acme'
+//! curl localhost:3000/webhooks/admin/health -H 'x-user-id: ops' -H 'x-roles: admin'
 //! ```
 //!
 //! The identity comes from `x-user-id`, `x-tenant-id` and `x-roles` (comma
-//! separated) headers — a stand-in for your real authentication.
+//! separated) headers — a stand-in for your real authentication. The
+//! operators' routes (`/webhooks/admin`, role `admin`, no tenant) are
+//! mounted beside the subscribers' ones. `--allow-private` lets it deliver
+//! to receivers on this machine or your network (refused by default: a
+//! subscriber could otherwise make your server call internal addresses).
+//! It listens on `HOOKBUS_EXAMPLE_ADDR` (default `127.0.0.1:3000`) and
+//! stops gracefully on Ctrl-C or SIGTERM: requests in flight finish, then
+//! the bus shuts down (deliveries in flight get 5 s).
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -24,27 +33,65 @@ use hookbus::rest::{ApiRequest, Caller};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let allow_private = args.iter().any(|a| a == "--allow-private");
+    let dir = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .cloned()
         .unwrap_or_else(|| "./hookbus-data".into());
-    let bus = Bus::open(&dir)?;
+    let bus = Bus::builder()
+        .path(&dir)
+        .allow_private_targets(allow_private)
+        .open()?;
     let app = Router::new()
-        .route("/webhooks/subscriptions", any(subscriptions))
-        .route("/webhooks/subscriptions/{*rest}", any(subscriptions))
+        .route("/webhooks/subscriptions", any(hookbus_routes))
+        .route("/webhooks/subscriptions/{*rest}", any(hookbus_routes))
+        .route("/webhooks/admin", any(hookbus_routes))
+        .route("/webhooks/admin/{*rest}", any(hookbus_routes))
         .route("/orders", post(create_order))
         .with_state(bus.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    let addr = std::env::var("HOOKBUS_EXAMPLE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!(
         "listening on http://{} with the store in {dir}",
         listener.local_addr()?
     );
-    axum::serve(listener, app).await?;
-    bus.shutdown(std::time::Duration::from_secs(5))?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop_signal())
+        .await?;
+    // The bus's own shutdown waits for deliveries in flight: off the
+    // runtime's threads.
+    tokio::task::spawn_blocking(move || bus.shutdown(std::time::Duration::from_secs(5))).await??;
+    println!("stopped");
     Ok(())
 }
 
-/// Every subscription route, handed to the framework-agnostic handler.
-async fn subscriptions(
+/// Ctrl-C, or SIGTERM (what a container runtime or systemd sends).
+async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Every hookbus route (subscribers' and operators'), handed to the
+/// framework-agnostic handler.
+async fn hookbus_routes(
     State(bus): State<Bus>,
     method: Method,
     uri: Uri,

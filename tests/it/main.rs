@@ -4,6 +4,7 @@
 #![allow(missing_docs, unreachable_pub, dead_code)]
 mod admin;
 mod api;
+mod axum_example;
 mod cli;
 mod compat;
 mod crash;
