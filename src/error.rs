@@ -381,4 +381,10 @@ mod tests {
         assert!(!is_damage(&Error::Store(StoreError::message("I/O error"))));
         assert!(!is_damage(&Error::from(std::io::Error::other("disk"))));
     }
+
+    #[test]
+    fn a_malformed_id_is_an_invalid_id_error() {
+        let e = "nope".parse::<crate::ids::DeliveryId>().unwrap_err();
+        assert!(matches!(Error::from(e), Error::InvalidId { .. }));
+    }
 }
