@@ -220,7 +220,7 @@ fn keyed(
         // The key binds the event: a retry sends the same one. (One purged
         // by retention, or unreadable, cannot be compared: the key holds as
         // it is.)
-        if let Ok(Some(held)) = s.reader().event(first) {
+        if let Ok(Some(held)) = s.keyed_event(first) {
             crate::message::key_binds(&key.key, first, &held, event, tenant)?;
         }
         let _ = key.holder.set(first);
@@ -231,7 +231,7 @@ fn keyed(
     // with the key must not store it a second time.
     let (stored, result) = fan_out(s, dir, event, tenant);
     if stored {
-        s.put_idempotency_key(&key.key, event.id, now, held.map(|(_, at)| at));
+        s.put_idempotency_key(&key.key, event, now, held.map(|(_, at)| at));
         let _ = key.holder.set(event.id);
     }
     result
@@ -434,6 +434,51 @@ mod tests {
         let lost = round.take_loss();
         assert!(lost.is_err(), "the second publish's failure is reported");
         assert!(round.take_loss().is_ok(), "once");
+        assert_eq!(s.pending(), 1);
+    }
+
+    #[test]
+    fn a_key_binds_its_event_within_the_round_that_stores_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        subscribed(&mut s, "a");
+        let mut intake = Intake::default();
+        let mut round = Round::default();
+        let mut dir = Directory::default();
+        let heard: Heard = Arc::default();
+        let keyed = |holder: &crate::engine::KeyHolder| Keyed {
+            key: "\0k".into(),
+            holder: holder.clone(),
+        };
+        let first = event("a", "{}");
+        let holders: Vec<crate::engine::KeyHolder> = (0..3).map(|_| Arc::default()).collect();
+        // One round: the event, a retry of it, and another payload.
+        for (e, holder) in [
+            (first.clone(), &holders[0]),
+            (event("a", "{}"), &holders[1]),
+            (event("a", "[2]"), &holders[2]),
+        ] {
+            let told = heard.clone();
+            let p = Publish {
+                event: e,
+                tenant: None,
+                key: Some(keyed(holder)),
+                done: Some(Box::new(move |r| told.lock().unwrap().push(r))),
+            };
+            intake.publish(&mut s, &mut dir, &mut round, p, false);
+        }
+        let committed = s.commit();
+        round.committed(committed);
+        round.flushed(&s.flush());
+        round.finish();
+        let heard = heard.lock().unwrap();
+        assert!(heard[0].is_ok() && heard[1].is_ok(), "{heard:?}");
+        assert!(
+            matches!(heard[2], Err(Error::IdempotencyKeyReused { .. })),
+            "compared with the event staged in the same round: {heard:?}"
+        );
+        assert_eq!(holders[0].get(), Some(&first.id));
+        assert_eq!(holders[1].get(), Some(&first.id));
         assert_eq!(s.pending(), 1);
     }
 }

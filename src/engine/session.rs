@@ -52,6 +52,9 @@ pub(crate) struct Session {
     store_drops_events: bool,
     /// Idempotency keys staged in this round.
     keys: HashMap<String, (EventId, u64)>,
+    /// The events holding them (not readable from the store before the
+    /// commit; a later publish with the key is compared with its event).
+    keyed_events: HashMap<EventId, Event>,
     /// Subscriptions' health: this round's attempts (merged into the
     /// store at commit, one write per subscription) and as last known.
     health: HealthLog,
@@ -83,6 +86,7 @@ impl Session {
             sequences: Sequences::new(numbers),
             store_drops_events: drops,
             keys: HashMap::new(),
+            keyed_events: HashMap::new(),
             health: HealthLog::default(),
             event_refs: HashMap::new(),
         })
@@ -479,12 +483,22 @@ impl Session {
     pub(crate) fn put_idempotency_key(
         &mut self,
         key: &str,
-        event: EventId,
+        event: &Event,
         at: u64,
         old_at: Option<u64>,
     ) {
-        self.w.put_idempotency_key(key, event, at, old_at);
-        self.keys.insert(key.to_owned(), (event, at));
+        self.w.put_idempotency_key(key, event.id, at, old_at);
+        self.keys.insert(key.to_owned(), (event.id, at));
+        self.keyed_events.insert(event.id, event.clone());
+    }
+
+    /// The event holding an idempotency key: as staged in this round, else
+    /// as stored.
+    pub(crate) fn keyed_event(&self, id: EventId) -> Result<Option<Event>> {
+        match self.keyed_events.get(&id) {
+            Some(e) => Ok(Some(e.clone())),
+            None => self.w.reader().event(id),
+        }
     }
 
     /// Forgets `key` if it is still the use at `at`.
@@ -590,6 +604,7 @@ impl Session {
 
     fn commit_staged(&mut self) -> Result<()> {
         self.keys.clear();
+        self.keyed_events.clear();
         self.staged_subs.clear();
         self.event_refs.clear();
         for (sub, delta) in self.health.take_round() {
