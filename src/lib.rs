@@ -219,6 +219,8 @@ mod ssrf;
 mod storage;
 mod subscription;
 mod telemetry;
+#[cfg(test)]
+mod test_support;
 mod util;
 
 pub use bus::{Bus, NoticeListener};

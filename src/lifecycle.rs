@@ -79,30 +79,12 @@ pub(crate) fn disabled_change(old: &SubscriptionRecord, new: &SubscriptionRecord
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::SubscriptionId;
     use crate::policy::OnDeadLetter;
 
     fn record(order: DeliveryOrder) -> SubscriptionRecord {
-        let at = Timestamp::from_millis(1);
-        SubscriptionRecord {
-            id: SubscriptionId::generate(),
-            name: "n".into(),
-            events: vec!["*".into()],
-            url: "http://127.0.0.1:9/".into(),
-            secret: None,
-            previous_secret: None,
-            content_type: "application/json".into(),
-            active: true,
-            owner: None,
-            standard_webhooks: false,
-            created_at: at,
-            modified_at: at,
-            tenant: None,
-            headers: Vec::new(),
-            rate_limit: None,
-            order,
-            halted_at: None,
-        }
+        let mut r = crate::test_support::subscription(&["*"]);
+        r.order = order;
+        r
     }
 
     #[test]

@@ -230,53 +230,19 @@ impl Coordination for Shared {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
     use super::*;
     use crate::config::Config;
-    use crate::ids::{EventId, Timestamp};
-    use crate::record::Event;
-    use crate::storage::SubscriptionRecord;
+    use crate::ids::Timestamp;
+    use crate::test_support;
 
     /// A sled session with one subscription and `n` deliveries due for it.
     fn backlog(dir: &std::path::Path, n: usize) -> (Session, SubscriptionId) {
-        let (_, w) =
-            crate::storage::sled::open(&dir.join("store"), 8 << 20, Duration::from_secs(5), false)
-                .unwrap();
-        let mut s = Session::new(Box::new(w), Arc::new(Config::default())).unwrap();
-        let now = Timestamp::now();
-        let sub = SubscriptionRecord {
-            id: SubscriptionId::generate(),
-            name: "n".into(),
-            events: vec!["a".into()],
-            url: "http://127.0.0.1:9/".into(),
-            secret: None,
-            previous_secret: None,
-            content_type: "application/json".into(),
-            active: true,
-            owner: None,
-            standard_webhooks: false,
-            created_at: now,
-            modified_at: now,
-            tenant: None,
-            headers: Vec::new(),
-            rate_limit: None,
-            order: Default::default(),
-            halted_at: None,
-        };
+        let mut s = test_support::sled_session(dir, Config::default());
+        let sub = test_support::subscription(&["a"]);
         s.put_subscription(None, &sub);
         for _ in 0..n {
-            let e = Event {
-                id: EventId::generate(),
-                name: "a".into(),
-                payload: b"{}".to_vec(),
-                created_at: now,
-                traceparent: None,
-                tenant: None,
-                scope_unknown: false,
-            };
-            s.publish(&e, &[sub.id]).unwrap();
+            s.publish(&test_support::event("a", "{}"), &[sub.id])
+                .unwrap();
         }
         s.commit().unwrap();
         (s, sub.id)

@@ -191,52 +191,21 @@ impl Directory {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::ids::{EventId, Timestamp};
+    use crate::test_support;
 
     fn session(dir: &std::path::Path) -> Session {
-        let (_, w) = crate::storage::sled::open(
-            &dir.join("store"),
-            8 << 20,
-            std::time::Duration::from_secs(5),
-            false,
-        )
-        .expect("open a sled store");
-        Session::new(Box::new(w), Arc::new(Config::default())).expect("a session")
+        test_support::sled_session(dir, Config::default())
     }
 
     fn subscription(events: &[&str], tenant: Option<&str>, active: bool) -> SubscriptionRecord {
-        let now = Timestamp::now();
-        SubscriptionRecord {
-            id: SubscriptionId::generate(),
-            name: "test".into(),
-            events: events.iter().map(|e| (*e).to_owned()).collect(),
-            url: "http://127.0.0.1:9/hook".into(),
-            secret: None,
-            previous_secret: None,
-            content_type: "application/json".into(),
-            active,
-            owner: None,
-            standard_webhooks: false,
-            created_at: now,
-            modified_at: now,
-            tenant: tenant.map(str::to_owned),
-            headers: Vec::new(),
-            rate_limit: None,
-            order: DeliveryOrder::default(),
-            halted_at: None,
-        }
+        let mut r = test_support::subscription(events);
+        r.tenant = tenant.map(str::to_owned);
+        r.active = active;
+        r
     }
 
     fn event(name: &str) -> Event {
-        Event {
-            id: EventId::generate(),
-            name: name.to_owned(),
-            payload: b"{}".to_vec(),
-            created_at: Timestamp::now(),
-            traceparent: None,
-            tenant: None,
-            scope_unknown: false,
-        }
+        test_support::event(name, "{}")
     }
 
     #[test]

@@ -36,14 +36,7 @@ fn with(
     subs: &[crate::storage::SubscriptionRecord],
     at: u64,
 ) -> (Session, Dispatch) {
-    let (_, w) =
-        crate::storage::sled::open(&dir.join("store"), 8 << 20, Duration::from_secs(5), false)
-            .unwrap();
-    let mut s = Session::new(
-        Box::new(w),
-        std::sync::Arc::new(crate::config::Config::default()),
-    )
-    .unwrap();
+    let mut s = crate::test_support::sled_session(dir, crate::config::Config::default());
     for r in subs {
         s.put_subscription(None, r);
     }
@@ -53,26 +46,9 @@ fn with(
 }
 
 fn record(order: crate::policy::DeliveryOrder) -> crate::storage::SubscriptionRecord {
-    let now = Timestamp::now();
-    crate::storage::SubscriptionRecord {
-        id: SubscriptionId::generate(),
-        name: "n".into(),
-        events: vec!["*".into()],
-        url: "http://127.0.0.1:9/".into(),
-        secret: None,
-        previous_secret: None,
-        content_type: "application/json".into(),
-        active: true,
-        owner: None,
-        standard_webhooks: false,
-        created_at: now,
-        modified_at: now,
-        tenant: None,
-        headers: Vec::new(),
-        rate_limit: None,
-        order,
-        halted_at: None,
-    }
+    let mut r = crate::test_support::subscription(&["*"]);
+    r.order = order;
+    r
 }
 
 #[test]

@@ -273,55 +273,18 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::ids::{EventId, SubscriptionId, Timestamp};
-    use crate::storage::SubscriptionRecord;
+    use crate::ids::EventId;
+    use crate::test_support::{self, event};
 
     type Heard = Arc<Mutex<Vec<Result<()>>>>;
 
     fn session(dir: &std::path::Path) -> Session {
-        let (_, w) =
-            crate::storage::sled::open(&dir.join("store"), 8 << 20, Duration::from_secs(5), false)
-                .unwrap();
-        Session::new(Box::new(w), Arc::new(Config::default())).unwrap()
+        test_support::sled_session(dir, Config::default())
     }
 
     fn subscribed(s: &mut Session, event: &str) {
-        let now = Timestamp::now();
-        s.put_subscription(
-            None,
-            &SubscriptionRecord {
-                id: SubscriptionId::generate(),
-                name: "n".into(),
-                events: vec![event.to_owned()],
-                url: "http://127.0.0.1:9/".into(),
-                secret: None,
-                previous_secret: None,
-                content_type: "application/json".into(),
-                active: true,
-                owner: None,
-                standard_webhooks: false,
-                created_at: now,
-                modified_at: now,
-                tenant: None,
-                headers: Vec::new(),
-                rate_limit: None,
-                order: Default::default(),
-                halted_at: None,
-            },
-        );
+        s.put_subscription(None, &test_support::subscription(&[event]));
         s.commit().unwrap();
-    }
-
-    fn event(name: &str, payload: &str) -> Event {
-        Event {
-            id: EventId::generate(),
-            name: name.to_owned(),
-            payload: payload.as_bytes().to_vec(),
-            created_at: Timestamp::now(),
-            traceparent: None,
-            tenant: None,
-            scope_unknown: false,
-        }
     }
 
     /// Publishes `e` with `key` in a round of its own, as the loop does;

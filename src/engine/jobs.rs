@@ -178,19 +178,12 @@ mod tests {
     #[test]
     fn retention_is_queued_once_until_its_jobs_are_done_and_its_time_comes() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, w) = crate::storage::sled::open(
-            &dir.path().join("store"),
-            8 << 20,
-            Duration::from_secs(5),
-            false,
-        )
-        .unwrap();
         let config = crate::config::Config {
             keep_delivered: Some(Duration::from_secs(8)),
             keep_dead: None,
             ..crate::config::Config::default()
         };
-        let mut s = Session::new(Box::new(w), std::sync::Arc::new(config)).unwrap();
+        let mut s = crate::test_support::sled_session(dir.path(), config);
         let mut jobs = Jobs::default();
         jobs.retention(&s, 10_000, true);
         // Purge delivered, trim notices (alone: no orphan sweep).
