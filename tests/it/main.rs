@@ -24,6 +24,8 @@ mod pg_faults;
 mod postgres;
 mod proxy;
 mod publish;
+#[cfg(any(feature = "sqlx", feature = "tokio-postgres"))]
+mod publish_in;
 mod receiver;
 mod replay;
 mod retention;
