@@ -264,7 +264,10 @@ impl Dispatch {
         }
         let every = u64::try_from(s.config.shared_poll.as_millis()).unwrap_or(u64::MAX);
         self.next_poll = now.saturating_add(every);
-        // Other instances may have changed subscriptions.
+        // Other instances may have changed subscriptions, and the backlog.
+        if let Err(e) = s.follow_pending() {
+            tracing::warn!(error = %e, "could not count the shared store's pending deliveries");
+        }
         dir.clear();
         self.heads.clear();
         s.forget_health_views();

@@ -576,6 +576,18 @@ impl Session {
         self.stats.pending
     }
 
+    /// Takes the count of pending deliveries from the store, where other
+    /// instances change it too (a shared store), unless this round has
+    /// changed it already (the next call will catch up). Without this an
+    /// idle instance's `hookbus_backlog` gauge kept the count of its own
+    /// last round.
+    pub(crate) fn follow_pending(&mut self) -> Result<()> {
+        if !self.stats_dirty {
+            self.stats.pending = self.w.reader().pending()?;
+        }
+        Ok(())
+    }
+
     /// Applies what is staged (visible at once, durable at the next flush).
     pub(crate) fn commit(&mut self) -> Result<()> {
         let r = self.commit_staged();

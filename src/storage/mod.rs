@@ -51,6 +51,11 @@ pub(crate) type PendingSubscriptions = (Vec<(SubscriptionId, u64)>, Vec<Damaged>
 pub(crate) trait Reader: Send + Sync + fmt::Debug {
     /// Counters by state, as of the last commit.
     fn stats(&self) -> Result<OutboxStats>;
+    /// Pending deliveries, as of the last commit (what other instances of
+    /// a shared store did included): `stats().pending`, or a cheaper count.
+    fn pending(&self) -> Result<u64> {
+        Ok(self.stats()?.pending)
+    }
     fn subscription(&self, id: SubscriptionId) -> Result<Option<SubscriptionRecord>>;
     /// Every subscription, in id (= creation time) order.
     fn subscriptions(&self) -> Iter<SubscriptionRecord>;

@@ -91,6 +91,21 @@ impl PgReader {
 }
 
 impl Reader for PgReader {
+    /// Read from the index of pending deliveries alone.
+    fn pending(&self) -> Result<u64> {
+        let rows = self.query(
+            &format!(
+                "SELECT count(*) FROM {} WHERE state = 0",
+                self.t("deliveries")
+            ),
+            &[],
+        )?;
+        match rows.first() {
+            Some(row) => Ok(unms(row.try_get(0)?)),
+            None => Ok(0),
+        }
+    }
+
     fn stats(&self) -> Result<OutboxStats> {
         let mut stats = OutboxStats::default();
         for row in self.query(
