@@ -300,6 +300,8 @@ enum StoreErrorKind {
     Message(String),
     #[cfg(feature = "postgres")]
     Postgres(postgres::Error),
+    #[cfg(feature = "sqlx")]
+    Sqlx(sqlx::Error),
 }
 
 impl StoreError {
@@ -319,6 +321,14 @@ impl std::fmt::Display for StoreError {
                 Some(db) => write!(f, "postgres: {}: {}", db.code().code(), db.message()),
                 None => write!(f, "postgres: {e}"),
             },
+            #[cfg(feature = "sqlx")]
+            StoreErrorKind::Sqlx(e) => match e.as_database_error() {
+                Some(db) => match db.code() {
+                    Some(code) => write!(f, "postgres: {code}: {}", db.message()),
+                    None => write!(f, "postgres: {}", db.message()),
+                },
+                None => write!(f, "postgres: {e}"),
+            },
         }
     }
 }
@@ -331,6 +341,8 @@ impl std::error::Error for StoreError {
             StoreErrorKind::Message(_) => None,
             #[cfg(feature = "postgres")]
             StoreErrorKind::Postgres(e) => Some(e),
+            #[cfg(feature = "sqlx")]
+            StoreErrorKind::Sqlx(e) => Some(e),
         }
     }
 }
@@ -339,6 +351,13 @@ impl std::error::Error for StoreError {
 impl From<postgres::Error> for Error {
     fn from(e: postgres::Error) -> Self {
         Error::Store(StoreError(StoreErrorKind::Postgres(e)))
+    }
+}
+
+#[cfg(feature = "sqlx")]
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Store(StoreError(StoreErrorKind::Sqlx(e)))
     }
 }
 

@@ -253,6 +253,8 @@ mod telemetry;
 mod test_support;
 mod util;
 
+#[cfg(any(feature = "sqlx", feature = "tokio-postgres"))]
+pub use bus::AsyncTransaction;
 pub use bus::{Bus, NoticeListener};
 pub use config::{Builder, Config, Durability, default_retry_schedule};
 pub use delivery::{Delivery, DeliveryState, ParseDeliveryStateError};

@@ -202,6 +202,14 @@ pub(crate) fn validate_traceparent(tp: &str) -> Result<()> {
     Ok(())
 }
 
+/// Who holds an idempotency key, in the engine and in `publish_in`: the
+/// event of `held` (its id, and when it took the key) if it took it less
+/// than `window` ms before `now`; `None`: the key is free to take.
+pub(crate) fn key_holder(held: Option<(EventId, u64)>, now: u64, window: u64) -> Option<EventId> {
+    held.filter(|&(_, at)| now.saturating_sub(at) < window)
+        .map(|(id, _)| id)
+}
+
 /// The idempotency key's binding, one rule for the engine and
 /// `publish_in`: a key (`stored`: tenant, `0x00`, key) held by `holder`,
 /// stored as `held`, answers a new publish with the holder only if it is

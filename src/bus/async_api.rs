@@ -1,7 +1,11 @@
-//! The `tokio` feature's `_async` variants of the barriers: they await
-//! the dispatcher without blocking the runtime thread.
+//! The `tokio` feature's `_async` variants of the calls that wait: opening,
+//! the barriers and shutting down await without blocking the runtime
+//! thread.
+
+use std::time::Duration;
 
 use super::Bus;
+use crate::config::Builder;
 use crate::engine::{Command, Done, Session};
 use crate::error::{Error, Result};
 use crate::ids::EventId;
@@ -9,7 +13,52 @@ use crate::message::Message;
 use crate::record::Event;
 use serde::Serialize;
 
+/// Runs `f` on the runtime's blocking pool and awaits it (a panic in `f`
+/// resumes here; a runtime shutting down meanwhile is [`Error::Closed`]).
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => Ok(r),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(Error::Closed),
+    }
+}
+
+impl Builder {
+    /// [`open`](Builder::open) for async callers: opens the store (on
+    /// PostgreSQL: connects, migrates) on the runtime's blocking pool, so
+    /// the runtime thread is not held meanwhile. Works on a multi-thread
+    /// and a current-thread runtime; `open` works there too, but blocks
+    /// the thread while it opens.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> hookbus::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let bus = hookbus::Bus::builder().path(dir.path()).open_async().await?;
+    /// bus.publish_durable_async("hello", &serde_json::json!({"a": 1})).await?;
+    /// bus.shutdown_async(std::time::Duration::from_secs(5)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Errors: those of [`open`](Builder::open).
+    pub async fn open_async(self) -> Result<Bus> {
+        blocking(move || self.open()).await?
+    }
+}
+
 impl Bus {
+    /// [`shutdown`](Bus::shutdown) for async callers: stops intake, lets
+    /// in-flight deliveries finish within `deadline`, flushes and releases
+    /// the store, without blocking the runtime thread (for an axum app's
+    /// graceful shutdown).
+    ///
+    /// Errors: those of [`shutdown`](Bus::shutdown).
+    pub async fn shutdown_async(&self, deadline: Duration) -> Result<()> {
+        let bus = self.clone();
+        blocking(move || bus.shutdown(deadline)).await?
+    }
+
     /// [`flush`](Bus::flush) for async callers: waits for the dispatcher
     /// without blocking the runtime thread. (Queueing the barrier blocks
     /// only if the publish queue is full, as [`publish`](Bus::publish) does.)

@@ -83,26 +83,106 @@ impl Bus {
         tx: &mut postgres::Transaction<'_>,
         message: Message,
     ) -> Result<EventId> {
+        let (schema, sequencer) = self.transactional()?;
+        let (event, tenant, key) = self.checked(message)?;
+        let p = self.in_tx(schema, &event, tenant.as_deref(), key.as_deref());
+        // The blocking client's statements run as they are called: the
+        // future is ready when polled once.
+        storage::postgres::now(storage::postgres::publish_in(tx, p, |subs| {
+            std::future::ready(sequencer.reserve(&subs))
+        }))
+        .unwrap_or_else(|| {
+            Err(Error::Store(crate::error::StoreError::message(
+                "publish_in waited on a blocking transaction",
+            )))
+        })
+    }
+
+    /// [`publish_in`](Bus::publish_in) for async drivers: publishes a
+    /// [`Message`] inside your own transaction of
+    /// [`sqlx`](https://docs.rs/sqlx) (feature `sqlx`:
+    /// `sqlx::Transaction<'_, sqlx::Postgres>`) or
+    /// [`tokio-postgres`](https://docs.rs/tokio-postgres) (feature
+    /// `tokio-postgres`: `tokio_postgres::Transaction<'_>`), on a bus opened
+    /// with [`Builder::postgres`](crate::Builder::postgres). The same rows,
+    /// rules and guarantees as `publish_in`: they exist exactly when `tx`
+    /// commits, every instance's senders find them, and an idempotency key
+    /// held within the window returns the first event's id. Safe on any
+    /// tokio runtime: the one blocking step (numbering the deliveries,
+    /// outside `tx`) runs on the runtime's blocking pool.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "sqlx")]
+    /// # async fn order(bus: &hookbus::Bus, db: &sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut tx = db.begin().await?;
+    /// sqlx::query("INSERT INTO orders (id, total) VALUES ($1, $2)")
+    ///     .bind(42_i64)
+    ///     .bind(1999_i64)
+    ///     .execute(&mut *tx)
+    ///     .await?;
+    /// let message = hookbus::Message::new("order.created", &serde_json::json!({"id": 42}))
+    ///     .idempotency_key("order-42");
+    /// bus.publish_in_async(&mut tx, message).await?;
+    /// tx.commit().await?; // now, and only now, it will be delivered
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Errors: those of `publish_in`.
+    #[cfg(any(feature = "sqlx", feature = "tokio-postgres"))]
+    pub async fn publish_in_async<T: AsyncTransaction>(
+        &self,
+        tx: &mut T,
+        message: Message,
+    ) -> Result<EventId> {
+        let (schema, sequencer) = self.transactional()?;
+        let (event, tenant, key) = self.checked(message)?;
+        let p = self.in_tx(schema, &event, tenant.as_deref(), key.as_deref());
+        let sequencer = sequencer.clone();
+        storage::postgres::publish_in(tx, p, |subs| async move {
+            tokio::task::spawn_blocking(move || sequencer.reserve(&subs))
+                .await
+                .map_err(|e| {
+                    Error::Store(crate::error::StoreError::message(format!(
+                        "numbering deliveries failed: {e}"
+                    )))
+                })?
+        })
+        .await
+    }
+
+    /// The schema and the sequencer of a PostgreSQL bus that is open.
+    #[cfg(feature = "postgres")]
+    fn transactional(&self) -> Result<(&str, &storage::postgres::Sequencer)> {
         let (Some(pg), Some(sequencer)) = (&self.inner.config.postgres, &self.inner.sequencer)
         else {
             return Err(Error::InvalidConfig(
                 "publish_in needs a bus opened with Builder::postgres".into(),
             ));
         };
-        let (event, tenant, key) = self.checked(message)?;
-        let window =
-            u64::try_from(self.inner.config.idempotency_window.as_millis()).unwrap_or(u64::MAX);
         // Closed: the store is released.
         self.inner.engine.reader()?;
-        storage::postgres::publish_in(
-            tx,
-            &pg.schema,
-            &event,
-            tenant.as_deref(),
-            self.inner.config.tenants_receive_app_events,
-            key.as_deref().map(|k| (k, window)),
-            &|subs| sequencer.reserve(subs),
-        )
+        Ok((&pg.schema, sequencer))
+    }
+
+    /// What a transactional publish writes, with this bus's settings.
+    #[cfg(feature = "postgres")]
+    fn in_tx<'a>(
+        &self,
+        schema: &'a str,
+        event: &'a Event,
+        tenant: Option<&'a str>,
+        key: Option<&'a str>,
+    ) -> storage::postgres::InTx<'a> {
+        let window =
+            u64::try_from(self.inner.config.idempotency_window.as_millis()).unwrap_or(u64::MAX);
+        storage::postgres::InTx {
+            schema,
+            event,
+            tenant,
+            app_events_to_tenants: self.inner.config.tenants_receive_app_events,
+            key: key.map(|k| (k, window)),
+        }
     }
 
     /// Checks a message: its event, tenant and namespaced idempotency key
@@ -151,3 +231,17 @@ impl Bus {
         Ok((cmd, holder, id))
     }
 }
+
+/// A transaction of an async PostgreSQL driver that
+/// [`Bus::publish_in_async`] writes in: `sqlx::Transaction<'_,
+/// sqlx::Postgres>` (feature `sqlx`) and `tokio_postgres::Transaction<'_>`
+/// (feature `tokio-postgres`). Sealed: hookbus implements it for the
+/// drivers it supports.
+#[cfg(any(feature = "sqlx", feature = "tokio-postgres"))]
+pub trait AsyncTransaction: storage::postgres::Tx {}
+
+#[cfg(feature = "sqlx")]
+impl AsyncTransaction for sqlx::Transaction<'_, sqlx::Postgres> {}
+
+#[cfg(feature = "tokio-postgres")]
+impl AsyncTransaction for tokio_postgres::Transaction<'_> {}

@@ -36,6 +36,8 @@ use crate::record::Event;
 use crate::subscription::validate::{validate_event_name, validate_tenant};
 use crate::subscription::{NewSubscription, Subscription, Subscriptions};
 
+#[cfg(any(feature = "sqlx", feature = "tokio-postgres"))]
+pub use message::AsyncTransaction;
 pub use notices::NoticeListener;
 
 /// The handle to an open hookbus store and its background threads.

@@ -214,9 +214,7 @@ fn keyed(
         }
         Err(e) => return Err(e),
     };
-    if let Some((first, at)) = held
-        && now.saturating_sub(at) < window
-    {
+    if let Some(first) = crate::message::key_holder(held, now, window) {
         // The key binds the event: a retry sends the same one. (One purged
         // by retention, or unreadable, cannot be compared: the key holds as
         // it is.)

@@ -26,6 +26,8 @@ mod postgres;
 mod postgres_example;
 mod proxy;
 mod publish;
+#[cfg(any(feature = "sqlx", feature = "tokio-postgres"))]
+mod publish_in;
 mod receiver;
 mod replay;
 mod retention;

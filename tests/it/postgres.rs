@@ -1443,38 +1443,61 @@ fn instances_publishing_with_one_idempotency_key_at_once_store_one_event() {
 
 /// Opens a PostgreSQL bus inside an async task of `rt` and uses every
 /// entry point an axum handler would: subscribe, list, publish, flush,
-/// the outbox, health, shutdown. (The blocking client starts a runtime of
-/// its own: called from a runtime's thread it panicked with "Cannot start
-/// a runtime from within a runtime".) The schema is made and dropped
-/// outside the runtime.
+/// the outbox, health, shutdown; with the blocking calls, then with the
+/// `_async` ones. (The blocking client starts a runtime of its own: called
+/// from a runtime's thread it panicked with "Cannot start a runtime from
+/// within a runtime".) The schemas are made and dropped outside the
+/// runtime.
 fn used_inside(rt: tokio::runtime::Runtime, test: &str) {
-    let Some(schema) = Schema::new(test) else {
-        return;
-    };
-    let rx = TestReceiver::start();
-    let builder = schema.builder();
-    let url = rx.url("/in-async");
-    let delivered = rt.block_on(async move {
-        let bus = builder.open().expect("opens inside a runtime");
-        bus.subscribe(NewSubscription::new("async", url).events(["e"]))
-            .unwrap();
-        assert_eq!(bus.subscriptions().list().unwrap().len(), 1);
-        bus.publish("e", &json!({ "from": "a task" })).unwrap();
-        bus.flush().unwrap();
-        let end = std::time::Instant::now() + LONG;
-        while bus.outbox().stats().unwrap().delivered < 1 {
-            assert!(std::time::Instant::now() < end, "not delivered");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let health = bus.health(Duration::from_secs(5));
-        assert!(health.ready && health.store_writable, "{health:?}");
-        let n = bus.outbox().delivered().count();
-        bus.shutdown(Duration::from_secs(2)).unwrap();
-        drop(bus);
-        n
-    });
-    assert_eq!(delivered, 1);
-    assert_eq!(rx.requests().len(), 1);
+    for asynchronous in [false, true] {
+        let Some(schema) = Schema::new(&format!("{test}_{}", u8::from(asynchronous))) else {
+            return;
+        };
+        let rx = TestReceiver::start();
+        let builder = schema.builder();
+        let url = rx.url("/in-async");
+        let delivered = rt.block_on(async move {
+            let bus = if asynchronous {
+                builder.open_async().await
+            } else {
+                builder.open()
+            };
+            let bus = bus.expect("opens inside a runtime");
+            bus.subscribe(NewSubscription::new("async", url).events(["e"]))
+                .unwrap();
+            assert_eq!(bus.subscriptions().list().unwrap().len(), 1);
+            if asynchronous {
+                bus.publish_durable_async("e", &json!({ "from": "a task" }))
+                    .await
+                    .unwrap();
+                bus.flush_async().await.unwrap();
+            } else {
+                bus.publish("e", &json!({ "from": "a task" })).unwrap();
+                bus.flush().unwrap();
+            }
+            let end = std::time::Instant::now() + LONG;
+            while bus.outbox().stats().unwrap().delivered < 1 {
+                assert!(std::time::Instant::now() < end, "not delivered");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let health = bus.health(Duration::from_secs(5));
+            assert!(health.ready && health.store_writable, "{health:?}");
+            let n = bus.outbox().delivered().count();
+            if asynchronous {
+                bus.shutdown_async(Duration::from_secs(2)).await.unwrap();
+                assert!(matches!(
+                    bus.flush_async().await,
+                    Err(hookbus::Error::Closed)
+                ));
+            } else {
+                bus.shutdown(Duration::from_secs(2)).unwrap();
+            }
+            drop(bus);
+            n
+        });
+        assert_eq!(delivered, 1);
+        assert_eq!(rx.requests().len(), 1);
+    }
 }
 
 #[test]

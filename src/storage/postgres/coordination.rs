@@ -64,6 +64,7 @@ impl crate::storage::Coordinator for PgCoordinator {
 
 /// Reserves `X-Webhook-Sequence` numbers for `publish_in`, at once and for
 /// every instance, outside the caller's transaction.
+#[derive(Clone)]
 pub(crate) struct Sequencer {
     pool: Arc<Pool>,
 }
@@ -92,7 +93,7 @@ fn subscription_lock(schema: &str) -> String {
 /// The first half of an idempotency key's lock (the key's hash is the
 /// second): the same in the engine (a session-level lock) and in
 /// `publish_in` (a transaction-level one), so the two serialise.
-fn key_lock(schema: &str) -> String {
+pub(super) fn key_lock(schema: &str) -> String {
     format!("hookbus.keys:{schema}")
 }
 
@@ -122,19 +123,11 @@ pub(super) fn unlock_all(conn: &mut Conn) -> Result<()> {
     Ok(())
 }
 
-/// Takes the lock of idempotency key `key` until `tx` ends, waiting for it
-/// (the one the engines take with [`try_lock_key`]).
-pub(super) fn lock_key_until_commit(
-    tx: &mut postgres::Transaction<'_>,
-    schema: &str,
-    key: &str,
-) -> Result<()> {
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext($1), hashtext(encode($2, 'hex')))",
-        &[&key_lock(schema), &key.as_bytes()],
-    )?;
-    Ok(())
-}
+/// Takes the lock of an idempotency key until the transaction ends,
+/// waiting for it (the one the engines take with [`try_lock_key`]):
+/// arguments [`key_lock`] and the key's bytes.
+pub(super) const KEY_LOCK_UNTIL_COMMIT: &str =
+    "SELECT pg_advisory_xact_lock(hashtext($1), hashtext(encode($2, 'hex')))";
 
 /// Records that came with a claim; each is handed out once.
 #[derive(Debug, Default)]

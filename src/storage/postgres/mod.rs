@@ -58,6 +58,7 @@
 
 mod connection;
 mod coordination;
+mod drivers;
 mod listener;
 mod paged;
 mod publish_in;
@@ -71,7 +72,12 @@ use std::sync::Arc;
 pub(crate) use connection::redact_url;
 pub(crate) use coordination::Sequencer;
 pub(crate) use listener::spawn_listener;
-pub(crate) use publish_in::publish_in;
+// The sealed supertrait of `AsyncTransaction`.
+#[cfg(any(feature = "sqlx", feature = "tokio-postgres"))]
+#[allow(unreachable_pub)]
+pub use drivers::Tx;
+pub(crate) use drivers::now;
+pub(crate) use publish_in::{InTx, publish_in};
 pub(crate) use reader::PgReader;
 pub(crate) use schema::validate_schema;
 pub(crate) use writer::PgWriter;
