@@ -1,9 +1,31 @@
 //! # hookbus
 //!
-//! Webhooks for any Rust application: an embedded, in-process event bus that
-//! keeps your users' subscriptions and delivers each published event as a
-//! signed HTTP POST, at least once, across crashes and restarts. No broker,
-//! no database server: the store is an embedded [sled] database in a folder.
+//! Webhooks for any Rust application, without a broker: an embedded,
+//! in-process event bus that keeps your users' subscriptions and delivers
+//! each published event to every matching subscriber as a signed HTTP POST,
+//! at least once, across crashes and restarts, with retries, backoff and a
+//! dead letter queue.
+//!
+//! * **One instance**: the store is an embedded [sled] database in a folder
+//!   ([`Builder::path`]). No server.
+//! * **Several instances** (replicas behind a load balancer): the store is
+//!   PostgreSQL (feature `postgres`, `Builder::postgres`). The instances
+//!   share the subscriptions and the outbox, each delivery is claimed by one
+//!   of them at a time, and `Bus::publish_in` writes an event in your own
+//!   transaction, so it exists exactly when your business change commits.
+//! * **Signed** with `X-Hub-Signature-256` (HMAC-SHA256, and the seed's
+//!   `X-Hub-Signature` SHA-1) or, per subscription, with
+//!   [Standard Webhooks](https://www.standardwebhooks.com/)
+//!   ([`Signing::StandardWebhooks`]); receivers check both with [`signing`].
+//! * **For SaaS apps**: tenants (one customer's events never reach
+//!   another), REST routes for your customers' endpoints ([`rest`]), SSRF
+//!   protection, rate limits, endpoint health and auto-disable, idempotency
+//!   keys ([`Message`]).
+//!
+//! The README is the guide: the quick start, a SaaS on axum + PostgreSQL
+//! (tokio, publishing in your transaction, the routes, two instances), and
+//! links to the guarantees, configuration, operating, security and
+//! benchmark documents. The example below runs on sled.
 //!
 //! ```
 //! use std::time::Duration;
@@ -137,24 +159,30 @@
 //! ## Guarantees and durability
 //!
 //! * **At-least-once.** An event covered by a [`Bus::flush`] (or published
-//!   with [`Bus::publish_durable`]) reaches every subscription it matched,
+//!   with [`Bus::publish_durable`], or committed with `Bus::publish_in`) reaches every subscription it matched,
 //!   across crashes (`kill -9`) and restarts, or ends in the dead letter
 //!   queue with every attempt recorded. A delivery keeps its id on every
 //!   attempt and after restarts: receivers de-duplicate on
 //!   `X-Webhook-Delivery`.
 //! * **On open**, every unfinished delivery is due again on its schedule; a
 //!   request that was in flight when the process died is sent again.
-//! * **What "on disk" means.** sled 0.34's `flush` writes the log and ends,
+//! * **What "on disk" means** (sled). sled 0.34's `flush` writes the log and ends,
 //!   on Linux, in `sync_file_range`, not `fsync`; sled's background flusher
 //!   does `fsync` every 20 ms. So a flushed event survives a crash of the
 //!   process; after a power loss or kernel crash, the last ≤ 20 ms of
 //!   flushed writes may be lost. [`Durability::PowerLoss`] closes that gap:
 //!   each barrier round also `fdatasync`s the store.
+//! * **On PostgreSQL** a barrier's round commits synchronously, and rounds
+//!   that store events or new deliveries do so before anything of them is
+//!   sent. A claim on a delivery held by an instance that stalls or dies
+//!   runs out after `Builder::claim_lease`, and another instance sends the
+//!   delivery again, under the same id.
 //! * Attempt outcomes are written at once but not flushed on their own: a
 //!   crash within sled's 20 ms flush interval can make a delivery that was
 //!   already answered be sent again (still at-least-once), never lost.
-//! * One process per store: sled locks the folder, and a second open gets
-//!   [`Error::StoreLocked`].
+//! * On sled, one process per store: sled locks the folder, and a second
+//!   open gets [`Error::StoreLocked`]. On PostgreSQL any number of
+//!   instances share one schema.
 //!
 //! ## Events that match no subscription
 //!
@@ -175,12 +203,14 @@
 //!   [`Builder::attempts_kept`].
 //! * **Readiness**: [`Bus::health`]. With the feature `metrics`, counters,
 //!   gauges and histograms go to the app's [`metrics`](https://docs.rs/metrics)
-//!   recorder (names in the README's "Operating hookbus").
+//!   recorder (names in `docs/OPERATING.md`).
 //!
 //! ## Features
 //!
-//! `tokio` (async barriers), `postgres` (a store several instances share),
-//! `metrics` (delivery metrics); none is on by default.
+//! `postgres` (a store several instances share, and `Bus::publish_in` with
+//! the `postgres` crate's transactions), `tokio` (async barriers:
+//! `Bus::flush_async`, `Bus::publish_durable_async`, …), `metrics`
+//! (delivery metrics); none is on by default.
 //!
 //! [sled]: https://docs.rs/sled/0.34
 #![forbid(unsafe_code)]
@@ -258,3 +288,38 @@ pub use deprecated::{
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// `docs/DELIVERY.md`'s code blocks, as doc tests (as the README's).
+#[cfg(doctest)]
+#[doc = include_str!("../docs/DELIVERY.md")]
+pub struct DeliveryDoctests;
+
+/// `docs/OPERATING.md`'s code blocks, as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/OPERATING.md")]
+pub struct OperatingDoctests;
+
+/// `docs/CONFIGURATION.md`'s code blocks, as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/CONFIGURATION.md")]
+pub struct ConfigurationDoctests;
+
+/// `docs/GUARANTEES.md`'s code blocks, as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/GUARANTEES.md")]
+pub struct GuaranteesDoctests;
+
+/// `docs/SECURITY.md`'s code blocks, as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/SECURITY.md")]
+pub struct SecurityDoctests;
+
+/// `docs/POSTGRES.md`'s code blocks, as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/POSTGRES.md")]
+pub struct PostgresDoctests;
+
+/// `BENCHMARKS.md`'s code blocks, as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../BENCHMARKS.md")]
+pub struct BenchmarksDoctests;

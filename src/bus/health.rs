@@ -22,8 +22,8 @@ impl Bus {
     /// `false` and a problem says "did not answer within 0ns").
     ///
     /// With the `metrics` feature, the same figures and the delivery
-    /// counters also go to the app's `metrics` recorder (see the README's
-    /// "Operating hookbus").
+    /// counters also go to the app's `metrics` recorder (names in
+    /// `docs/OPERATING.md`).
     ///
     /// ```
     /// # fn main() -> Result<(), hookbus::Error> {

@@ -22,6 +22,8 @@ mod operations;
 mod pg_faults;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_example;
 mod proxy;
 mod publish;
 #[cfg(any(feature = "sqlx", feature = "tokio-postgres"))]
