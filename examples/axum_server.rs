@@ -3,7 +3,7 @@
 //! for one customer (tenant) — only that customer's subscriptions get it.
 //!
 //! ```text
-//! cargo run --example axum_server --features tokio -- [DATA_DIR] [--allow-private]
+//! cargo run --example axum_server --features axum -- [DATA_DIR] [--allow-private]
 //! curl -X POST localhost:3000/webhooks/subscriptions -H 'content-type: application/json' \
 //!      -H 'x-user-id: alice' -H 'x-tenant-id: acme' \
 //!      -d '{"name":"mine","events":["order.created"],"config":{"url":"https://example.com/hook","secret":"shh"}}'
@@ -12,7 +12,8 @@
 //! curl localhost:3000/webhooks/admin/health -H 'x-user-id: ops' -H 'x-roles: admin'
 //! ```
 //!
-//! The identity comes from `x-user-id`, `x-tenant-id` and `x-roles` (comma
+//! The routes come from `hookbus::axum::Routes` (feature `axum`). The
+//! identity comes from `x-user-id`, `x-tenant-id` and `x-roles` (comma
 //! separated) headers — a stand-in for your real authentication. The
 //! operators' routes (`/webhooks/admin`, role `admin`, no tenant) are
 //! mounted beside the subscribers' ones. `--allow-private` lets it deliver
@@ -22,14 +23,14 @@
 //! stops gracefully on Ctrl-C or SIGTERM: requests in flight finish, then
 //! the bus shuts down (deliveries in flight get 5 s).
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use hookbus::Bus;
-use hookbus::rest::{ApiRequest, Caller};
+use hookbus::rest::Caller;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -43,14 +44,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = Bus::builder()
         .path(&dir)
         .allow_private_targets(allow_private)
-        .open()?;
+        .open_async()
+        .await?;
     let app = Router::new()
-        .route("/webhooks/subscriptions", any(hookbus_routes))
-        .route("/webhooks/subscriptions/{*rest}", any(hookbus_routes))
-        .route("/webhooks/admin", any(hookbus_routes))
-        .route("/webhooks/admin/{*rest}", any(hookbus_routes))
         .route("/orders", post(create_order))
-        .with_state(bus.clone());
+        .with_state(bus.clone())
+        .merge(hookbus::axum::Routes::new(bus.clone(), caller).router());
     let addr = std::env::var("HOOKBUS_EXAMPLE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!(
@@ -60,9 +59,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     axum::serve(listener, app)
         .with_graceful_shutdown(stop_signal())
         .await?;
-    // The bus's own shutdown waits for deliveries in flight: off the
-    // runtime's threads.
-    tokio::task::spawn_blocking(move || bus.shutdown(std::time::Duration::from_secs(5))).await??;
+    // Deliveries in flight get 5 s; the store is flushed and released.
+    bus.shutdown_async(std::time::Duration::from_secs(5))
+        .await?;
     println!("stopped");
     Ok(())
 }
@@ -89,53 +88,19 @@ async fn stop_signal() {
     }
 }
 
-/// Every hookbus route (subscribers' and operators'), handed to the
-/// framework-agnostic handler.
-async fn hookbus_routes(
-    State(bus): State<Bus>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let header = |n: &str| {
-        headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    // Your authentication decides who calls and for which tenant
-    // (customer); here, trusted headers stand in for it.
-    let caller = header("x-user-id").map(|id| {
-        let c = Caller::new(id, header("x-roles").unwrap_or_default().split(','));
-        match header("x-tenant-id") {
-            Some(t) => c.tenant(t),
-            None => c,
-        }
-    });
-    // Changes wait for the store's writer: keep them off the async threads.
-    let res = tokio::task::spawn_blocking(move || {
-        let req = ApiRequest {
-            method: method.as_str(),
-            path: uri.path(),
-            query: uri.query().unwrap_or(""),
-            caller: caller.as_ref(),
-            body: &body,
-        };
-        hookbus::rest::handle(&bus, req)
+/// Who calls: your authentication decides who calls and for which tenant
+/// (customer); here, trusted headers stand in for it. (With a middleware
+/// that authenticates, read what it put in `parts.extensions`.)
+fn caller(parts: &Parts) -> Option<Caller> {
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    let caller = Caller::new(
+        header("x-user-id")?,
+        header("x-roles").unwrap_or("").split(','),
+    );
+    Some(match header("x-tenant-id") {
+        Some(t) => caller.tenant(t),
+        None => caller,
     })
-    .await;
-    match res {
-        Ok(r) if r.body.is_null() => StatusCode::from_u16(r.status)
-            .unwrap_or(StatusCode::OK)
-            .into_response(),
-        Ok(r) => (
-            StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Json(r.body),
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
 }
 
 /// The application's own route: it publishes for the customer whose order it

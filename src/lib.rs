@@ -217,6 +217,8 @@
 #![deny(missing_docs)]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 mod bus;
 mod clock;
 mod codec;

@@ -126,7 +126,7 @@ impl ApiResponse {
         ApiResponse { status, body }
     }
 
-    pub(super) fn error(
+    pub(crate) fn error(
         status: u16,
         code: &str,
         message: impl Into<String>,

@@ -13,14 +13,12 @@ use std::time::{Duration, Instant};
 use crate::receiver::TestReceiver;
 use crate::{LONG, wait_until};
 
-/// The example binary, built in this profile with the features it needs.
+/// The example binary, built in this profile with the features this test
+/// binary has (the same build of the library: nothing is built again).
 fn axum_bin() -> PathBuf {
+    let features = crate::features();
     let mut args = vec!["build", "--quiet", "--example", "axum_server", "--features"];
-    args.push(if cfg!(feature = "postgres") {
-        "tokio,postgres"
-    } else {
-        "tokio"
-    });
+    args.push(&features);
     if !cfg!(debug_assertions) {
         args.push("--release");
     }
@@ -40,7 +38,7 @@ fn axum_bin() -> PathBuf {
 }
 
 /// One HTTP/1.1 request; the status and the body.
-fn http(
+pub(crate) fn http(
     addr: &str,
     method: &str,
     path: &str,

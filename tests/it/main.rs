@@ -4,7 +4,10 @@
 #![allow(missing_docs, unreachable_pub, dead_code)]
 mod admin;
 mod api;
+#[cfg(feature = "axum")]
 mod axum_example;
+#[cfg(feature = "axum")]
+mod axum_routes;
 mod cli;
 mod compat;
 mod crash;
@@ -41,6 +44,26 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hookbus::{Builder, Bus};
+
+/// The features this test binary was built with, for `cargo build
+/// --features` of an example a test runs: the same build of the library,
+/// so nothing is built again.
+pub fn features() -> String {
+    [
+        ("axum", cfg!(feature = "axum")),
+        ("tokio", cfg!(feature = "tokio")),
+        ("postgres", cfg!(feature = "postgres")),
+        ("sqlx", cfg!(feature = "sqlx")),
+        ("tokio-postgres", cfg!(feature = "tokio-postgres")),
+        ("metrics", cfg!(feature = "metrics")),
+        ("fuzzing", cfg!(feature = "fuzzing")),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(name, _)| *name)
+    .collect::<Vec<_>>()
+    .join(",")
+}
 
 /// Whether the behaviour tests run on PostgreSQL: `HOOKBUS_TEST_STORE=postgres`
 /// (`.ci/run` runs this binary once on each store). Otherwise on sled.

@@ -12,16 +12,17 @@ use std::time::{Duration, Instant};
 use crate::postgres::{Schema, url};
 use crate::receiver::TestReceiver;
 
-/// The example binary, built in this profile (with the features the axum
-/// example's test builds, so the library is built once for both).
+/// The example binary, built in this profile with the features this test
+/// binary has (the same build of the library: nothing is built again).
 fn example_bin() -> PathBuf {
+    let features = crate::features();
     let mut args = vec![
         "build",
         "--quiet",
         "--example",
         "postgres_outbox",
         "--features",
-        "tokio,postgres",
+        &features,
     ];
     if !cfg!(debug_assertions) {
         args.push("--release");

@@ -1,0 +1,183 @@
+//! hookbus's REST routes as an axum [`Router`] (feature `axum`): the
+//! subscribers' routes under `/webhooks/subscriptions` and the operators'
+//! under `/webhooks/admin` (the [`rest`](crate::rest) module says what each
+//! does), answered by [`rest::handle`](crate::rest::handle) on the
+//! runtime's blocking pool. Your authentication decides who calls: a
+//! closure turns the request's parts (headers, and the extensions your
+//! middleware filled) into a [`Caller`], or `None` (401).
+//!
+//! ```no_run
+//! use axum::Router;
+//! use axum::http::request::Parts;
+//! use hookbus::rest::Caller;
+//!
+//! /// Who calls: your authentication middleware put the user in the
+//! /// request's extensions (trusted headers stand in for it here).
+//! fn caller(parts: &Parts) -> Option<Caller> {
+//!     let header = |name: &str| parts.headers.get(name)?.to_str().ok();
+//!     let caller = Caller::new(header("x-user-id")?, header("x-roles").unwrap_or("").split(','));
+//!     Some(match header("x-tenant-id") {
+//!         Some(tenant) => caller.tenant(tenant),
+//!         None => caller, // an operator (role `admin`) has no tenant
+//!     })
+//! }
+//!
+//! # async fn serve(bus: hookbus::Bus) -> Result<(), Box<dyn std::error::Error>> {
+//! let app: Router = Router::new()
+//!     .merge(hookbus::axum::Routes::new(bus.clone(), caller).router())
+//!     .route("/orders", axum::routing::post(|| async { "your routes" }));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Bodies are JSON: a request with a body must say `content-type:
+//! application/json` (415 otherwise; this also keeps a cross-site HTML
+//! form, which cannot send that type without a CORS preflight, from
+//! changing subscriptions with a user's cookies), and a body larger than
+//! [`body_limit`](Routes::body_limit) is refused with 413 before it is read
+//! whole.
+
+use std::fmt;
+use std::sync::Arc;
+
+use ::axum::Router;
+use ::axum::extract::{Request, State};
+use ::axum::http::request::Parts;
+use ::axum::http::{StatusCode, header};
+use ::axum::response::{IntoResponse, Response};
+use ::axum::routing::any;
+
+use crate::bus::Bus;
+use crate::rest::{ApiRequest, ApiResponse, Caller};
+
+/// The default [`Routes::body_limit`]: 64 KiB, far more than a
+/// subscription's JSON takes.
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+type CallerFn = dyn Fn(&Parts) -> Option<Caller> + Send + Sync;
+
+/// hookbus's routes for an axum app; see the [module](self) docs.
+#[derive(Clone)]
+pub struct Routes {
+    bus: Bus,
+    caller: Arc<CallerFn>,
+    body_limit: usize,
+}
+
+impl fmt::Debug for Routes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Routes")
+            .field("body_limit", &self.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Routes {
+    /// The routes of `bus`, with `caller` telling who makes each request
+    /// (`None`: nobody authenticated, answered 401).
+    pub fn new(
+        bus: Bus,
+        caller: impl Fn(&Parts) -> Option<Caller> + Send + Sync + 'static,
+    ) -> Routes {
+        Routes {
+            bus,
+            caller: Arc::new(caller),
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+
+    /// The largest request body taken, in bytes (default
+    /// [`DEFAULT_BODY_LIMIT`]); a larger one is answered 413.
+    #[must_use]
+    pub fn body_limit(mut self, bytes: usize) -> Routes {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// The router: `/webhooks/subscriptions`, `/webhooks/admin` and every
+    /// path under them, any method. Merge it into your app's router (or
+    /// nest it under a prefix: the routes see the path without it).
+    pub fn router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
+        Router::new()
+            .route("/webhooks/subscriptions", any(serve))
+            .route("/webhooks/subscriptions/{*rest}", any(serve))
+            .route("/webhooks/admin", any(serve))
+            .route("/webhooks/admin/{*rest}", any(serve))
+            .with_state(Arc::new(self))
+    }
+}
+
+/// Whether the request says its body is JSON (`application/json`, with
+/// parameters such as a charset, or a `+json` type).
+fn says_json(parts: &Parts) -> bool {
+    let Some(value) = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+async fn serve(State(routes): State<Arc<Routes>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = ::axum::body::to_bytes(body, routes.body_limit).await else {
+        return answer(&ApiResponse::error(
+            413,
+            "PayloadTooLarge",
+            format!("the body is larger than {} bytes", routes.body_limit),
+            None,
+        ));
+    };
+    if !body.is_empty() && !says_json(&parts) {
+        return answer(&ApiResponse::error(
+            415,
+            "UnsupportedMediaType",
+            "a body must be JSON, sent with content-type: application/json",
+            None,
+        ));
+    }
+    let caller = (routes.caller)(&parts);
+    // Changes wait for the store's writer: off the async threads.
+    let answered = tokio::task::spawn_blocking(move || {
+        let request = ApiRequest {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            caller: caller.as_ref(),
+            body: &body,
+        };
+        crate::rest::handle(&routes.bus, request)
+    })
+    .await;
+    match answered {
+        Ok(a) => answer(&a),
+        Err(_) => answer(&ApiResponse::error(
+            500,
+            "InternalServerError",
+            "the request's handler stopped",
+            None,
+        )),
+    }
+}
+
+fn answer(a: &ApiResponse) -> Response {
+    let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if a.body.is_null() {
+        return status.into_response();
+    }
+    match serde_json::to_vec(&a.body) {
+        Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
