@@ -11,7 +11,7 @@ use crate::delivery;
 use crate::error::Result;
 use crate::ids::{DeliveryId, SubscriptionId};
 use crate::policy::RateLimit;
-use crate::storage::{Coordinator, IndexEntry};
+use crate::storage::{Coordinator, IndexEntry, Limited};
 
 /// What the dispatcher asks of the instances sharing its store (see the
 /// module docs).
@@ -43,6 +43,19 @@ pub(crate) trait Coordination: Send {
         busy: &dyn Fn(DeliveryId) -> bool,
     ) -> Result<Vec<IndexEntry>>;
 
+    /// [`take_due`](Self::take_due) within the part of `sub`'s rate limit
+    /// kept outside this instance (`limit`): a shared store spends the
+    /// tokens of what it claims in one step.
+    fn take_due_limited(
+        &self,
+        s: &Session,
+        sub: SubscriptionId,
+        room: usize,
+        now: u64,
+        limit: RateLimit,
+        busy: &dyn Fn(DeliveryId) -> bool,
+    ) -> Result<Limited>;
+
     /// `head` (a FIFO queue's head) for this instance to send; `None` if
     /// another instance sends it, or a receiver's pause holds it back.
     fn take_head(&self, head: IndexEntry, now: u64) -> Result<Option<IndexEntry>>;
@@ -65,8 +78,7 @@ pub(crate) enum Take {
 
 /// Takes the work one subscription may send now: its FIFO `head` alone if
 /// it has one, else up to `room` of its due deliveries not `busy`, within
-/// the part of its rate limit (`rate`) kept outside this instance; tokens
-/// taken and not used are given back.
+/// the part of its rate limit (`rate`) kept outside this instance.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn take(
     c: &dyn Coordination,
@@ -78,39 +90,45 @@ pub(crate) fn take(
     now: u64,
     busy: &dyn Fn(DeliveryId) -> bool,
 ) -> Take {
-    let want = if head.is_some() { 1 } else { room };
-    let granted = match rate {
-        None => want,
-        Some(limit) => match c.tokens(sub, want, limit) {
-            Ok((0, wait)) => return Take::WaitUntil(now.saturating_add(wait)),
-            Ok((n, _)) => n,
-            Err(e) => {
-                tracing::error!(subscription = %sub, error = %e, "could not take rate-limit tokens; will try again");
-                return Take::Failed;
-            }
-        },
+    let taken = match (head, rate) {
+        (Some(head), rate) => take_head(c, sub, head, rate, now),
+        (None, Some(limit)) => c.take_due_limited(s, sub, room, now, limit, busy),
+        (None, None) => c.take_due(s, sub, room, now, busy).map(Limited::Claimed),
     };
-    let taken = match head {
-        // Another instance may send it (or a receiver's pause holds every
-        // instance back).
-        Some(head) => c.take_head(head, now).map(|e| e.into_iter().collect()),
-        None => c.take_due(s, sub, granted, now, busy),
-    };
-    let batch = match taken {
-        Ok(batch) => batch,
+    match taken {
+        Ok(Limited::Claimed(batch)) => Take::Entries(batch),
+        Ok(Limited::Wait(ms)) => Take::WaitUntil(now.saturating_add(ms)),
         Err(e) => {
-            tracing::error!(subscription = %sub, error = %e, "could not claim due deliveries; will try again");
-            return Take::Failed;
+            tracing::error!(subscription = %sub, error = %e, "could not take due deliveries; will try again");
+            Take::Failed
         }
-    };
-    let unused = granted.saturating_sub(batch.len());
-    if let Some(limit) = rate
-        && unused > 0
-        && let Err(e) = c.give_back(sub, unused, limit)
-    {
-        tracing::warn!(subscription = %sub, error = %e, "could not give back unused rate-limit tokens");
     }
-    Take::Entries(batch)
+}
+
+/// A FIFO queue's head, within the rate limit: a token, then the head
+/// (another instance may send it, or a receiver's pause hold every
+/// instance back), the token back if it was not taken.
+fn take_head(
+    c: &dyn Coordination,
+    sub: SubscriptionId,
+    head: IndexEntry,
+    rate: Option<RateLimit>,
+    now: u64,
+) -> Result<Limited> {
+    if let Some(limit) = rate {
+        let (granted, wait) = c.tokens(sub, 1, limit)?;
+        if granted == 0 {
+            return Ok(Limited::Wait(wait));
+        }
+    }
+    let taken = c.take_head(head, now)?;
+    if let Some(limit) = rate
+        && taken.is_none()
+        && let Err(e) = c.give_back(sub, 1, limit)
+    {
+        tracing::warn!(subscription = %sub, error = %e, "could not give back an unused rate-limit token");
+    }
+    Ok(Limited::Claimed(taken.into_iter().collect()))
 }
 
 /// The coordination a store needs (see the module docs): the store's
@@ -175,6 +193,19 @@ impl Coordination for Local {
         Ok(batch)
     }
 
+    /// The dispatcher's own bucket is the whole limit.
+    fn take_due_limited(
+        &self,
+        s: &Session,
+        sub: SubscriptionId,
+        room: usize,
+        now: u64,
+        _: RateLimit,
+        busy: &dyn Fn(DeliveryId) -> bool,
+    ) -> Result<Limited> {
+        self.take_due(s, sub, room, now, busy).map(Limited::Claimed)
+    }
+
     fn take_head(&self, head: IndexEntry, _: u64) -> Result<Option<IndexEntry>> {
         Ok(Some(head))
     }
@@ -217,6 +248,29 @@ impl Coordination for Shared {
         let mut batch = self.store.claim(sub, room, now)?;
         batch.retain(|e| !busy(e.delivery));
         Ok(batch)
+    }
+
+    /// Claims within the shared tokens (one statement on PostgreSQL); a
+    /// claim of its own in flight is dropped and its token given back.
+    fn take_due_limited(
+        &self,
+        _: &Session,
+        sub: SubscriptionId,
+        room: usize,
+        now: u64,
+        limit: RateLimit,
+        busy: &dyn Fn(DeliveryId) -> bool,
+    ) -> Result<Limited> {
+        let mut batch = match self.store.claim_limited(sub, room, now, limit)? {
+            Limited::Claimed(batch) => batch,
+            wait @ Limited::Wait(_) => return Ok(wait),
+        };
+        let claimed = batch.len();
+        batch.retain(|e| !busy(e.delivery));
+        if batch.len() < claimed {
+            self.give_back(sub, claimed - batch.len(), limit)?;
+        }
+        Ok(Limited::Claimed(batch))
     }
 
     fn take_head(&self, head: IndexEntry, _: u64) -> Result<Option<IndexEntry>> {

@@ -139,6 +139,40 @@ pub(crate) trait Coordinator: Send {
     /// Pauses `sub` for every instance for `for_ms` (a receiver said
     /// "slow down"): claims take none of its deliveries meanwhile.
     fn pause(&self, sub: SubscriptionId, for_ms: u64) -> Result<()>;
+
+    /// [`claim`](Self::claim) within `sub`'s rate limit, shared by every
+    /// instance: the tokens of what it claimed are spent, none for what it
+    /// did not. In one statement where the store can; by default tokens,
+    /// then a claim, then the unused tokens back.
+    fn claim_limited(
+        &self,
+        sub: SubscriptionId,
+        n: usize,
+        due_by: u64,
+        limit: RateLimit,
+    ) -> Result<Limited> {
+        let (granted, wait) = self.take_tokens(sub, n, limit)?;
+        if granted == 0 {
+            return Ok(Limited::Wait(wait));
+        }
+        let claimed = self.claim(sub, granted, due_by)?;
+        let unused = granted.saturating_sub(claimed.len());
+        if unused > 0 {
+            self.return_tokens(sub, unused, limit)?;
+        }
+        Ok(Limited::Claimed(claimed))
+    }
+}
+
+/// What a claim within a rate limit got.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Limited {
+    /// These deliveries are this instance's to send (maybe none: nothing
+    /// was due).
+    Claimed(Vec<IndexEntry>),
+    /// No token is left, or a receiver's pause holds the subscription:
+    /// none may start for this many ms.
+    Wait(u64),
 }
 
 /// The one writer: stages writes, commits them as one atomic round.

@@ -20,7 +20,7 @@ use crate::error::Result;
 use crate::ids::{DeliveryId, EventId, SubscriptionId};
 use crate::policy::RateLimit;
 use crate::record::Event;
-use crate::storage::IndexEntry;
+use crate::storage::{IndexEntry, Limited};
 
 /// The engine's `Coordinator` on PostgreSQL: claims (which fill the
 /// engine reader's claim cache), tokens and pauses in the `flow` table.
@@ -59,6 +59,16 @@ impl crate::storage::Coordinator for PgCoordinator {
 
     fn pause(&self, sub: SubscriptionId, for_ms: u64) -> Result<()> {
         pause(&self.pool, sub, for_ms)
+    }
+
+    fn claim_limited(
+        &self,
+        sub: SubscriptionId,
+        n: usize,
+        due_by: u64,
+        limit: RateLimit,
+    ) -> Result<Limited> {
+        claim_limited(&self.pool, &self.claimed, sub, n, due_by, limit)
     }
 }
 
@@ -256,6 +266,117 @@ fn claim(
         tracing::debug!(error = %e, "claimed records not kept; they are read one by one");
     }
     Ok(out)
+}
+
+/// `Coordinator::claim_limited` in one statement: the subscription's
+/// `flow` row is locked, its tokens refilled by the time passed, up to
+/// that many due deliveries claimed, and exactly their tokens spent (a
+/// receiver's pause claims none). The statement's last row is the flow's
+/// state (`avail`, `paused_until`, `t`, `n` granted); the others are the
+/// claimed deliveries. A subscription without a `flow` row yet gets one
+/// (a full bucket) and is asked again.
+fn claim_limited(
+    pool: &Pool,
+    claimed: &Mutex<Claimed>,
+    sub: SubscriptionId,
+    n: usize,
+    due_by: u64,
+    limit: RateLimit,
+) -> Result<Limited> {
+    let (d, f) = (pool.t("deliveries"), pool.t("flow"));
+    let id = &sub.to_bytes()[..];
+    let burst = f64::from(limit.burst.max(1));
+    let rate = f64::from(limit.per_second.max(1));
+    let sql = format!(
+        "WITH clock AS (SELECT {DB_NOW} AS t),
+         fl AS (SELECT tokens, at, paused_until FROM {f} WHERE sub = $3 FOR UPDATE),
+         room AS (
+             SELECT clock.t, fl.paused_until,
+                    least($6::float8, fl.tokens
+                        + greatest(clock.t - fl.at, 0)::float8 * $7::float8 / 1000.0) AS avail
+             FROM fl, clock),
+         allowed AS (
+             SELECT CASE WHEN paused_until > t THEN 0
+                         ELSE least($5::int8, floor(avail)::int8) END AS n
+             FROM room),
+         claimed AS (
+             UPDATE {d} SET claim = $1, claimed_until = (SELECT t FROM clock) + $2
+             WHERE id IN (
+                 SELECT id FROM {d}
+                 WHERE sub = $3 AND state = 0 AND at <= $4
+                   AND claimed_until < (SELECT t FROM clock)
+                 ORDER BY at, id
+                 LIMIT coalesce((SELECT n FROM allowed), 0)
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING id, sub, at, record),
+         spent AS (
+             UPDATE {f} SET tokens = room.avail - (SELECT count(*) FROM claimed), at = room.t
+             FROM room WHERE {f}.sub = $3 AND room.paused_until <= room.t
+             RETURNING 1)
+         SELECT id, sub, at, record, NULL::float8 AS avail, NULL::int8 AS paused_until,
+                NULL::int8 AS t, NULL::int8 AS n
+         FROM claimed
+         UNION ALL
+         SELECT NULL, NULL, NULL, NULL, room.avail, room.paused_until, room.t,
+                (SELECT n FROM allowed)
+         FROM room"
+    );
+    let want = i64::try_from(n).unwrap_or(i64::MAX);
+    for _ in 0..2 {
+        let rows = pool.query(
+            &sql,
+            &[
+                &&pool.token[..],
+                &ms(pool.lease_ms),
+                &id,
+                &ms(due_by),
+                &want,
+                &burst,
+                &rate,
+            ],
+        )?;
+        let (state, claims): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|r| {
+            r.try_get::<_, Option<f64>>("avail")
+                .ok()
+                .flatten()
+                .is_some()
+        });
+        let Some(state) = state.first() else {
+            // No flow row yet: a full bucket, then ask again.
+            pool.query(
+                &format!(
+                    "INSERT INTO {f} (sub, tokens, at) VALUES ($1, $2, {DB_NOW})
+                     ON CONFLICT (sub) DO NOTHING"
+                ),
+                &[&id, &burst],
+            )?;
+            continue;
+        };
+        let granted: i64 = state.try_get("n")?;
+        if granted == 0 {
+            let (avail, paused, t): (f64, i64, i64) = (
+                state.try_get("avail")?,
+                state.try_get("paused_until")?,
+                state.try_get("t")?,
+            );
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let wait = if paused > t {
+                unms(paused - t)
+            } else {
+                (((1.0 - avail) * 1000.0 / rate).ceil().max(1.0)) as u64
+            };
+            return Ok(Limited::Wait(wait));
+        }
+        let mut out: Vec<IndexEntry> = claims.iter().map(entry_of).collect::<Result<_>>()?;
+        out.sort_by_key(|e| (e.at, e.delivery));
+        if let Err(e) = keep_claimed(pool, claimed, &claims) {
+            tracing::debug!(error = %e, "claimed records not kept; they are read one by one");
+        }
+        return Ok(Limited::Claimed(out));
+    }
+    Err(super::rows::store_error(format!(
+        "no flow row for subscription {sub} after creating it"
+    )))
 }
 
 /// `Coordinator::claim_one`: claims delivery `id` if it is pending and nobody
