@@ -5,6 +5,7 @@
 mod admin;
 mod api;
 mod axum_example;
+#[cfg(feature = "cli")]
 mod cli;
 mod compat;
 mod crash;
