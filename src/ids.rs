@@ -247,7 +247,7 @@ impl FromStr for Timestamp {
 
 // Why hand-written and not `jiff` or `time` (issue 27, item 8, measured):
 // a `Timestamp` holds any `u64` of milliseconds (up to the year
-// 584 554 051), and its text must read back for every value (JSON, the
+// 584 556 019), and its text must read back for every value (JSON, the
 // proptest `timestamps_round_trip_through_text_and_json`), while both
 // crates stop at the year 9999 (`time`'s `large-dates`: 999 999). The
 // civil-date arithmetic would stay for the rest, so a crate adds a second
