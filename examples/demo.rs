@@ -305,19 +305,21 @@ fn find_subscription(bus: &Bus, name: &str) -> hookbus::Result<Option<Subscripti
         .find(|s| s.name == name))
 }
 
-/// What to do next: the outbox tool needs a store that is still there.
+/// What to do next: the `hookbus` CLI needs a store that is still there.
 fn print_hint(kept: Option<&Path>) {
     match kept {
         Some(dir) => {
             let dir = dir.display();
-            println!("The store is kept in {dir}. Inspect it, or retry the dead letter, with");
-            println!("  cargo run --example outbox -- --data {dir} list --state dead");
-            println!("  cargo run --example outbox -- --data {dir} retry --all-dead");
+            println!("The store is kept in {dir}. Inspect it, or retry the dead letter, with the");
+            println!("hookbus CLI (cargo install hookbus --features cli; in this checkout,");
+            println!("cargo run --features cli --bin hookbus -- ARGS):");
+            println!("  hookbus --data {dir} list --state dead");
+            println!("  hookbus --data {dir} retry --all-dead");
             println!("or run the demo on it again.");
         }
         None => {
             println!("The store was in a temporary folder, deleted as the demo exits. To keep it");
-            println!("and inspect it with the outbox example afterwards, run");
+            println!("and inspect it with the hookbus CLI afterwards, run");
             println!("  cargo run --example demo -- --data ./hookbus-data");
         }
     }

@@ -26,8 +26,11 @@
 //! dropped unless you pass `--reset` (which drops the whole schema first:
 //! don't, while another instance runs on it).
 
+#[path = "common/receiver.rs"]
+#[allow(dead_code)]
+mod receiver;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
@@ -81,8 +84,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(Cmd::Receive { addr }) = args.command {
         let listener = TcpListener::bind(&addr)?;
         println!("receiving on http://{}/hooks", listener.local_addr()?);
-        receive(listener);
-        return Ok(());
+        receive(listener)?;
+        // Until the process is stopped (Ctrl-C).
+        loop {
+            std::thread::park();
+        }
     }
     let url = std::env::var("HOOKBUS_DATABASE_URL")
         .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into());
@@ -107,7 +113,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         None => {
             let listener = TcpListener::bind("127.0.0.1:0")?;
             let hook = format!("http://{}/hooks", listener.local_addr()?);
-            std::thread::spawn(move || receive(listener));
+            receive(listener)?;
             hook
         }
     };
@@ -199,32 +205,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Answers every request 204 and prints its event and body.
-fn receive(listener: TcpListener) {
-    for conn in listener.incoming().flatten() {
-        let Ok(clone) = conn.try_clone() else {
-            continue;
-        };
-        let mut reader = BufReader::new(clone);
-        let mut len = 0;
-        let mut event = String::new();
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                break;
-            }
-            let lower = line.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-            if lower.starts_with("x-webhook-event:") {
-                event = line.trim_end().to_owned();
-            }
-        }
-        let mut body = vec![0; len];
-        let _ = reader.read_exact(&mut body);
-        println!("received: {event}  {}", String::from_utf8_lossy(&body));
-        let mut conn = conn;
-        let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
-    }
+/// Answers every request 204 and prints its event and body (an axum
+/// server on a thread of its own).
+fn receive(listener: TcpListener) -> std::io::Result<()> {
+    receiver::start_on(listener, |r| {
+        println!(
+            "received: x-webhook-event: {}  {}",
+            r.header("x-webhook-event"),
+            String::from_utf8_lossy(&r.body)
+        );
+        204
+    })?;
+    Ok(())
 }

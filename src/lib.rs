@@ -131,8 +131,8 @@
 //!   followed), 4xx, 5xx, timeout, connection error — is recorded as an
 //!   attempt and retried after the next delay of
 //!   [`Builder::retry_schedule`] (default 5 s, 5 min, 30 min, 2 h, 5 h,
-//!   10 h, 10 h), each jittered by ±20 %. A `Retry-After` (in seconds) on a
-//!   429 or 503 is honoured when longer, up to one hour.
+//!   10 h, 10 h), each jittered by ±20 %. A `Retry-After` (seconds or an
+//!   HTTP date) on a 429 or 503 is honoured when longer, up to one hour.
 //! * When the schedule is spent the delivery is **dead**: it stays in the
 //!   dead letter queue with every attempt recorded, until
 //!   [`Outbox::retry`] or [`Outbox::retry_all_dead`] gives it another try.

@@ -71,11 +71,20 @@ pub(crate) fn decide(
     Decision::Retry(delay)
 }
 
-/// Parses a `Retry-After` value given in seconds (the HTTP-date form is not
-/// used by webhook receivers in practice and is ignored).
+/// Parses a `Retry-After` value: seconds (`120`), or an HTTP date
+/// (`Wed, 21 Oct 2015 07:28:00 GMT`, or its obsolete RFC 850 and asctime
+/// forms), read as the time from now until then (zero once it has passed).
+/// `None` when it is neither.
 pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
-    let secs: u64 = value.trim().parse().ok()?;
-    Some(Duration::from_secs(secs))
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[cfg(test)]
@@ -180,6 +189,31 @@ mod tests {
             Decision::Retry(Duration::from_millis(10))
         );
         assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    /// `Retry-After` in its HTTP-date form (RFC 9110 §10.2.3): the time
+    /// until that date; a date already past means no wait. Before, only
+    /// seconds were read and a date was ignored.
+    #[test]
+    fn retry_after_reads_an_http_date() {
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        let far = parse_retry_after("Fri, 01 Jan 2100 00:00:00 GMT").unwrap();
+        assert!(far > Duration::from_secs(60 * 365 * 86_400), "{far:?}");
+        // The obsolete forms RFC 9110 says a recipient must accept.
+        assert_eq!(
+            parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        let asctime = parse_retry_after("Fri Jan  1 00:00:00 2100").unwrap();
+        assert!(
+            asctime.abs_diff(far) < Duration::from_secs(2),
+            "{asctime:?}"
+        );
+        for bad in ["", "soon", "-5", "1.5", "Fri, 32 Jan 2100 00:00:00 GMT"] {
+            assert_eq!(parse_retry_after(bad), None, "{bad}");
+        }
     }
 }

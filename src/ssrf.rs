@@ -84,40 +84,18 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
 }
 
 /// A network in CIDR notation, such as `10.1.0.0/16` or `fd00::/8`, for
-/// [`Builder::allowed_networks`](crate::Builder::allowed_networks).
-///
-/// Invariant: `prefix` is at most 32 for an IPv4 `addr` and at most 128 for
-/// an IPv6 one. An IPv4-mapped network (`::ffff:10.0.0.0/104`) is stored as
-/// the IPv4 network it names (`10.0.0.0/8`).
+/// [`Builder::allowed_networks`](crate::Builder::allowed_networks): an
+/// [`ipnet::IpNet`] that also takes a bare address (a /32 or /128) and
+/// stores an IPv4-mapped network (`::ffff:10.0.0.0/104`) as the IPv4
+/// network it names (`10.0.0.0/8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-/// The top `prefix` bits of a `bits`-wide address set; never panics (a
-/// prefix past the width counts as the full width).
-fn mask(bits: u32, prefix: u8) -> u128 {
-    let prefix = u32::from(prefix).min(bits);
-    let all = u128::MAX >> (128 - bits);
-    all.checked_shl(bits - prefix).map_or(0, |m| m & all)
-}
+pub(crate) struct IpNet(ipnet::IpNet);
 
 impl IpNet {
     /// Whether `ip` is inside this network (IPv4-mapped IPv6 addresses count
     /// as their IPv4 address).
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let m = mask(32, self.prefix);
-                u128::from(u32::from(net)) & m == u128::from(u32::from(ip)) & m
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let m = mask(128, self.prefix);
-                u128::from(net) & m == u128::from(ip) & m
-            }
-            _ => false,
-        }
+        self.0.contains(&ip.to_canonical())
     }
 }
 
@@ -131,42 +109,34 @@ impl std::str::FromStr for IpNet {
                 crate::util::clip(s)
             )
         };
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
+        let net = match s.parse::<ipnet::IpNet>() {
+            Ok(net) => net,
+            // A bare address is the network of that one address.
+            Err(_) if !s.contains('/') => s.parse::<IpAddr>().map_err(|_| bad())?.into(),
+            Err(_) => return Err(bad()),
         };
-        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => {
-                p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?
-            }
-            Some(_) => return Err(bad()),
-            None => max,
-        };
-        match addr {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        match net {
+            ipnet::IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
                 // An IPv4-mapped network is the IPv4 network it names; the
                 // IPv6 prefix counts the 96 bits of `::ffff:` too.
-                Some(v4) if prefix >= 96 => Ok(IpNet {
-                    addr: IpAddr::V4(v4),
-                    prefix: prefix - 96,
-                }),
+                Some(v4) if v6.prefix_len() >= 96 => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                    .map(|n| IpNet(n.into()))
+                    .map_err(|_| bad()),
                 Some(_) => Err(format!(
                     "`{}` is an IPv4-mapped network with a prefix shorter than /96; \
                      write the IPv4 network instead, such as 10.0.0.0/8",
                     crate::util::clip(s)
                 )),
-                None => Ok(IpNet { addr, prefix }),
+                None => Ok(IpNet(net)),
             },
-            IpAddr::V4(_) => Ok(IpNet { addr, prefix }),
+            ipnet::IpNet::V4(_) => Ok(IpNet(net)),
         }
     }
 }
 
 impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 

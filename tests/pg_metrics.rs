@@ -8,6 +8,9 @@
 #![cfg(all(feature = "metrics", feature = "postgres"))]
 #![allow(missing_docs, unreachable_pub, dead_code)]
 
+#[path = "it/receiver.rs"]
+mod receiver;
+
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use hookbus::{Bus, NewSubscription};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use receiver::TestReceiver;
 use serde_json::json;
 
 /// A recorder that keeps each gauge's last value (metrics-util's debugging
@@ -103,31 +107,8 @@ fn an_idle_instances_backlog_gauge_follows_other_instances() {
     let gauges: &'static Gauges = Box::leak(Box::default());
     metrics::set_global_recorder(gauges).expect("the only recorder of this binary");
 
-    // A receiver that answers 204 to whatever arrives.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let target = format!("http://{}/hook", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        use std::io::{BufRead, BufReader, Read, Write};
-        for stream in listener.incoming().take(100) {
-            let Ok(stream) = stream else { continue };
-            let mut reader = BufReader::new(stream);
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let _ = reader
-                .get_mut()
-                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
-        }
-    });
+    let rx = TestReceiver::start();
+    let target = rx.url("/hook");
 
     // This instance publishes only: the backlog stays until another
     // instance delivers it.
@@ -147,6 +128,7 @@ fn an_idle_instances_backlog_gauge_follows_other_instances() {
         .unwrap();
     assert!(status.success(), "the other instance failed: {status}");
     assert_eq!(bus.outbox().stats().unwrap().pending, 0);
+    assert_eq!(rx.count(), 4, "the other instance delivered the backlog");
     // This instance did nothing meanwhile; its gauge follows the store
     // within a poll or two (1 s each).
     wait_for("the idle instance's backlog gauge at 0", || {

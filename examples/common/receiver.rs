@@ -1,10 +1,12 @@
-//! A small keep-alive HTTP/1.1 receiver on 127.0.0.1 for the examples: a
-//! thread per connection, every request handed to a callback that returns
-//! the status to answer with.
+//! A small keep-alive HTTP/1.1 receiver on 127.0.0.1 for the examples: an
+//! axum server on a current-thread tokio runtime of its own (one thread),
+//! every request handed to a callback that returns the status to answer
+//! with.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode, Uri};
 
 /// One request as received.
 pub(crate) struct Request {
@@ -24,71 +26,52 @@ impl Request {
 }
 
 /// Starts the receiver; returns its base URL (`http://127.0.0.1:PORT`).
+/// It runs until the process ends. The callback must not block for long:
+/// one thread serves every connection.
 pub(crate) fn start(
     handler: impl Fn(Request) -> u16 + Send + Sync + 'static,
 ) -> std::io::Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let handler = Arc::new(handler);
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let handler = handler.clone();
-            std::thread::spawn(move || serve(conn, &*handler));
-        }
-    });
-    Ok(url)
+    start_on(std::net::TcpListener::bind("127.0.0.1:0")?, handler)
 }
 
-fn serve(conn: TcpStream, handler: &dyn Fn(Request) -> u16) {
-    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(60)));
-    let Ok(clone) = conn.try_clone() else { return };
-    let mut r = BufReader::new(clone);
-    let mut w = conn;
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
+/// [`start`] on a listener of the caller's (an address it chose).
+pub(crate) fn start_on(
+    listener: std::net::TcpListener,
+    handler: impl Fn(Request) -> u16 + Send + Sync + 'static,
+) -> std::io::Result<String> {
+    listener.set_nonblocking(true)?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handler = Arc::new(handler);
+    let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
+        let handler = handler.clone();
+        async move {
+            let status = handler(Request {
+                path: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| {
+                        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                        (n.as_str().to_owned(), v)
+                    })
+                    .collect(),
+                body: body.to_vec(),
+            });
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
         }
-        let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((n, v)) = h.split_once(':') {
-                headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
-            }
-        }
-        let len: usize = headers
-            .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; len.min(16 << 20)];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
-        let status = handler(Request {
-            path,
-            headers,
-            body,
-        });
-        let reason = if (200..300).contains(&status) {
-            "OK"
-        } else {
-            "Error"
-        };
-        if w.write_all(
-            format!("HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\n\r\n").as_bytes(),
-        )
-        .is_err()
-        {
-            return;
-        }
-    }
+    });
+    std::thread::Builder::new()
+        .name("example-receiver".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                // A body as large as the bus may send (the default limit
+                // is 2 MiB).
+                let app = app.layer(axum::extract::DefaultBodyLimit::max(16 << 20));
+                axum::serve(listener, app).await
+            })
+        })?;
+    Ok(url)
 }

@@ -444,7 +444,8 @@ impl Builder {
 
     /// Whether to send deliveries. With `false` the bus stores publishes and
     /// changes but starts no sender threads and sends nothing: for
-    /// inspection and maintenance tools such as `examples/outbox.rs`.
+    /// inspection and maintenance tools such as the `hookbus` CLI (feature
+    /// `cli`).
     /// Pending deliveries are sent by the next bus opened with `true`.
     ///
     /// Defaults to `true`.

@@ -1,9 +1,8 @@
-//! The outbox CLI (`examples/outbox.rs`), run as a process against a store
-//! this test prepares.
+//! The `hookbus` CLI (`src/bin/hookbus/`, feature `cli`), run as a
+//! process against a store this test prepares.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use hookbus::{DeliveryState, NewSubscription};
@@ -12,35 +11,10 @@ use serde_json::{Value, json};
 use crate::receiver::{Reply, TestReceiver};
 use crate::{LONG, builder, wait_until};
 
-/// The example binary, built (once per test run) in the same profile.
+/// The `hookbus` binary (feature `cli`), which cargo builds for this test
+/// target.
 pub(crate) fn outbox_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let debug = std::env::current_exe()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        // Always ask cargo: a no-op when the example is fresh, and never a
-        // stale binary when only this test target was rebuilt.
-        let mut args = vec!["build", "--quiet", "--example", "outbox"];
-        if !cfg!(debug_assertions) {
-            args.push("--release");
-        }
-        // The same features as these tests (the PostgreSQL test runs it too).
-        if cfg!(feature = "postgres") {
-            args.extend(["--features", "postgres"]);
-        }
-        let status = Command::new(env!("CARGO"))
-            .args(&args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "cargo build --example outbox failed");
-        debug.join("examples").join("outbox")
-    })
+    Path::new(env!("CARGO_BIN_EXE_hookbus"))
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {

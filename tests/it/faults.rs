@@ -2,14 +2,14 @@
 //! dead with every attempt recorded, while a healthy subscriber keeps
 //! receiving.
 
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use hookbus::{AttemptErrorKind, Delivery, DeliveryState, NewSubscription};
 use serde_json::json;
 
-use crate::receiver::{Reply, TestReceiver, read_request};
+use crate::receiver::{Reply, Request, TestReceiver};
 use crate::{LONG, builder, dead_url, wait_until};
 
 #[derive(Clone, Copy, Debug)]
@@ -207,4 +207,43 @@ fn every_bad_receiver_ends_delivered_or_dead_and_the_healthy_one_keeps_receiving
         "the healthy one got each event once"
     );
     crate::consistent(&bus);
+}
+
+/// Reads one HTTP/1.1 request off a raw socket (headers and a Content-Length body); `None`
+/// when the connection closes or the request is malformed.
+pub fn read_request(r: &mut impl BufRead) -> Option<Request> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_owned();
+    let path = parts.next()?.to_owned();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (n, v) = h.split_once(':')?;
+        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some(Request {
+        method,
+        path,
+        headers,
+        body,
+        at: Instant::now(),
+    })
 }

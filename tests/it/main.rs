@@ -8,6 +8,7 @@ mod api;
 mod axum_example;
 #[cfg(feature = "axum")]
 mod axum_routes;
+#[cfg(feature = "cli")]
 mod cli;
 mod compat;
 mod crash;
@@ -51,6 +52,7 @@ use hookbus::{Builder, Bus};
 pub fn features() -> String {
     [
         ("axum", cfg!(feature = "axum")),
+        ("cli", cfg!(feature = "cli")),
         ("tokio", cfg!(feature = "tokio")),
         ("postgres", cfg!(feature = "postgres")),
         ("sqlx", cfg!(feature = "sqlx")),

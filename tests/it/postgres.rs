@@ -765,6 +765,7 @@ fn a_subscription_changed_on_one_instance_is_followed_by_the_others() {
     assert_eq!(last.path, "/new");
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn the_outbox_cli_works_on_postgres_while_the_app_runs() {
     let Some(schema) = Schema::new("cli") else {
@@ -795,6 +796,29 @@ fn the_outbox_cli_works_on_postgres_while_the_app_runs() {
     );
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["dead"], 3, "{stats}");
+    // The same store named by the environment alone, as an operator's
+    // shell or a deploy sets it.
+    let by_env = |schema: &str, args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(crate::cli::outbox_bin())
+            .env("HOOKBUS_DATABASE_URL", url())
+            .env("HOOKBUS_SCHEMA", schema)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let subs = by_env(&schema.0, &["--json", "subscriptions"]);
+    assert_eq!(subs[0]["name"], "s", "{subs}");
+    // Another HOOKBUS_SCHEMA is another store (a schema of this test's
+    // own, which the CLI creates empty and the guard drops).
+    let other = Schema::new("cli_env").unwrap();
+    let stats = by_env(&other.0, &["--json", "stats"]);
+    assert_eq!(stats["dead"], 0, "{stats}");
     let out = cli(&["list", "--state", "dead", "--json"]);
     assert!(out.status.success());
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -1,12 +1,17 @@
-//! A real HTTP/1.1 receiver on 127.0.0.1 for tests: it records every
-//! request (headers and body) and answers as the test tells it.
+//! A real HTTP/1.1 receiver on 127.0.0.1 for tests (hyper, on a
+//! current-thread tokio runtime of its own): it records every request
+//! (headers and body) and answers as the test tells it. The servers that
+//! misbehave at the byte level (`faults.rs`) and the TCP proxy
+//! (`proxy.rs`) stay raw on purpose.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 
 /// One received request.
 #[derive(Debug, Clone)]
@@ -99,14 +104,28 @@ type Responder = Box<dyn FnMut(&Request) -> Reply + Send>;
 struct Shared {
     requests: Mutex<Vec<Request>>,
     responder: Mutex<Responder>,
-    stop: AtomicBool,
 }
 
-/// The receiver; it stops when dropped.
+/// The receiver; it stops when dropped (the listener closes and every
+/// open connection with it, as a receiver that went down).
 pub struct TestReceiver {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<thread::JoinHandle<()>>,
 }
+
+/// A request answered by closing the connection (`Reply::dropped`).
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("closed without an answer")
+    }
+}
+
+impl std::error::Error for Dropped {}
 
 impl TestReceiver {
     /// A receiver that answers 204 to everything.
@@ -128,25 +147,39 @@ impl TestReceiver {
 
     /// A receiver that answers with `f`.
     pub fn with(f: impl FnMut(&Request) -> Reply + Send + 'static) -> TestReceiver {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
             responder: Mutex::new(Box::new(f)),
-            stop: AtomicBool::new(false),
         });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let s = shared.clone();
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let s = s.clone();
-                thread::spawn(move || serve(conn, s));
-            }
-        });
-        TestReceiver { addr, shared }
+        let server = thread::Builder::new()
+            .name("test-receiver".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                // Ends when the receiver is dropped; dropping the runtime
+                // then closes the listener and every connection.
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    tokio::select! {
+                        _ = stopped => {}
+                        () = accept(listener, s) => {}
+                    }
+                });
+            })
+            .unwrap();
+        TestReceiver {
+            addr,
+            shared,
+            stop: Some(stop),
+            server: Some(server),
+        }
     }
 
     /// Changes how later requests are answered.
@@ -190,85 +223,79 @@ impl TestReceiver {
 
 impl Drop for TestReceiver {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-    }
-}
-
-fn serve(conn: TcpStream, s: Arc<Shared>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut conn = conn;
-    // Keep-alive: serve requests until the client closes or we stop.
-    while !s.stop.load(Ordering::SeqCst) {
-        let Some(req) = read_request(&mut reader) else {
-            return;
-        };
-        s.requests.lock().unwrap().push(req.clone());
-        let reply = (s.responder.lock().unwrap())(&req);
-        if !reply.delay.is_zero() {
-            // Sleep in slices so a dropped receiver ends this thread soon.
-            let end = Instant::now() + reply.delay;
-            while Instant::now() < end && !s.stop.load(Ordering::SeqCst) {
-                thread::sleep(Duration::from_millis(10).min(end - Instant::now()));
-            }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        if reply.drop {
-            let _ = conn.shutdown(std::net::Shutdown::Both);
-            return;
-        }
-        let mut out = format!(
-            "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
-            reply.status,
-            reply.body.len()
-        );
-        for (n, v) in &reply.headers {
-            out.push_str(&format!("{n}: {v}\r\n"));
-        }
-        out.push_str("\r\n");
-        let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(&reply.body);
-        if conn.write_all(&bytes).is_err() {
-            return;
+        // Joined, so the port refuses connections once the drop returns.
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
         }
     }
 }
 
-/// Reads one HTTP/1.1 request (headers and a Content-Length body); `None`
-/// when the connection closes or the request is malformed.
-pub fn read_request(r: &mut impl BufRead) -> Option<Request> {
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_owned();
-    let path = parts.next()?.to_owned();
-    let mut headers = Vec::new();
+/// Serves every connection (keep-alive HTTP/1.1), one task each.
+async fn accept(listener: tokio::net::TcpListener, s: Arc<Shared>) {
     loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).ok()? == 0 {
-            return None;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (n, v) = h.split_once(':')?;
-        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        let Ok((conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let s = s.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| answer(req, s.clone()));
+            // An error here is the connection's end (a dropped reply, or
+            // the client went away): nothing to report.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(conn), service)
+                .await;
+        });
     }
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    Some(Request {
-        method,
-        path,
-        headers,
-        body,
+}
+
+/// Records one request and answers it as the responder says; an `Err`
+/// makes hyper close the connection without an answer.
+async fn answer(
+    req: hyper::Request<Incoming>,
+    s: Arc<Shared>,
+) -> Result<hyper::Response<Body>, Dropped> {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(Body::new(body), usize::MAX).await else {
+        return Err(Dropped);
+    };
+    let req = Request {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
         at: Instant::now(),
-    })
+    };
+    s.requests.lock().unwrap().push(req.clone());
+    let reply = (s.responder.lock().unwrap())(&req);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    if reply.drop {
+        return Err(Dropped);
+    }
+    let mut resp = hyper::Response::new(Body::from(Bytes::from(reply.body)));
+    *resp.status_mut() = hyper::StatusCode::from_u16(reply.status).map_err(|_| Dropped)?;
+    for (n, v) in &reply.headers {
+        resp.headers_mut().append(
+            hyper::header::HeaderName::from_bytes(n.as_bytes()).expect("a header name"),
+            hyper::header::HeaderValue::from_str(v).expect("a header value"),
+        );
+    }
+    Ok::<_, Dropped>(resp)
 }

@@ -853,6 +853,7 @@ fn rest_custom_headers_names_only_and_validated() {
     assert_eq!(stored.headers[0].1.expose(), "Bearer xyz-put");
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn the_outbox_cli_shows_header_names_never_values() {
     let dir = tempfile::tempdir().unwrap();
