@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --example axum_server --features axum -- [DATA_DIR] [--allow-private]
+//! cargo run --example axum_server --features axum,postgres -- --postgres 'host=127.0.0.1 user=postgres dbname=test' [--allow-private]
 //! curl -X POST localhost:3000/webhooks/subscriptions -H 'content-type: application/json' \
 //!      -H 'x-user-id: alice' -H 'x-tenant-id: acme' \
 //!      -d '{"name":"mine","events":["order.created"],"config":{"url":"https://example.com/hook","secret":"shh"}}'
@@ -19,7 +20,10 @@
 //! mounted beside the subscribers' ones. `--allow-private` lets it deliver
 //! to receivers on this machine or your network (refused by default: a
 //! subscriber could otherwise make your server call internal addresses).
-//! It listens on `HOOKBUS_EXAMPLE_ADDR` (default `127.0.0.1:3000`) and
+//! The store is sled in `DATA_DIR` (default `./hookbus-data`), or with
+//! `--postgres URL` (feature `postgres`) the schema `HOOKBUS_SCHEMA`
+//! (default `hookbus`) of that database, which several copies of the app
+//! can share. It listens on `HOOKBUS_EXAMPLE_ADDR` (default `127.0.0.1:3000`) and
 //! stops gracefully on Ctrl-C or SIGTERM: requests in flight finish, then
 //! the bus shuts down (deliveries in flight get 5 s).
 
@@ -36,16 +40,32 @@ use hookbus::rest::Caller;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let allow_private = args.iter().any(|a| a == "--allow-private");
+    let postgres = args
+        .iter()
+        .position(|a| a == "--postgres")
+        .map(|i| args.get(i + 1).cloned().ok_or("--postgres needs a URL"))
+        .transpose()?;
     let dir = args
         .iter()
-        .find(|a| !a.starts_with("--"))
-        .cloned()
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--postgres"))
+        .map(|(_, a)| a.clone())
         .unwrap_or_else(|| "./hookbus-data".into());
-    let bus = Bus::builder()
-        .path(&dir)
-        .allow_private_targets(allow_private)
-        .open_async()
-        .await?;
+    let builder = Bus::builder().allow_private_targets(allow_private);
+    let (builder, store) = match postgres {
+        #[cfg(feature = "postgres")]
+        Some(url) => {
+            let schema = std::env::var("HOOKBUS_SCHEMA").unwrap_or_else(|_| "hookbus".into());
+            let store = format!("PostgreSQL schema {schema}");
+            (builder.postgres(url).postgres_schema(schema), store)
+        }
+        #[cfg(not(feature = "postgres"))]
+        Some(_) => {
+            return Err("--postgres needs the example built with --features postgres".into());
+        }
+        None => (builder.path(&dir), format!("the store in {dir}")),
+    };
+    let bus = builder.open_async().await?;
     let app = Router::new()
         .route("/orders", post(create_order))
         .with_state(bus.clone())
@@ -53,7 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::var("HOOKBUS_EXAMPLE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!(
-        "listening on http://{} with the store in {dir}",
+        "listening on http://{} with {store}",
         listener.local_addr()?
     );
     axum::serve(listener, app)

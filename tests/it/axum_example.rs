@@ -76,11 +76,34 @@ fn the_axum_example_serves_its_documented_requests_and_stops_on_sigterm() {
     if crate::sled_only("the example opens a sled store of its own") {
         return;
     }
-    let rx = TestReceiver::start();
     let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    serves_and_stops(&[store.to_str().unwrap()], &[]);
+}
+
+/// The same, with `--postgres` and `HOOKBUS_SCHEMA` (run once, in the
+/// sled pass: it names its store itself).
+#[cfg(feature = "postgres")]
+#[test]
+fn the_axum_example_runs_on_postgres() {
+    if crate::sled_only("the example is given its PostgreSQL store here") {
+        return;
+    }
+    let Some(schema) = crate::postgres::Schema::new("axum_example") else {
+        return;
+    };
+    let url = crate::postgres::url();
+    serves_and_stops(&["--postgres", &url], &[("HOOKBUS_SCHEMA", &schema.0)]);
+}
+
+/// Runs the example with `args` and `env`, sends its documented requests,
+/// checks the delivery, and stops it with SIGTERM.
+fn serves_and_stops(args: &[&str], env: &[(&str, &str)]) {
+    let rx = TestReceiver::start();
     let mut child = Command::new(axum_bin())
-        .arg(dir.path().join("store"))
+        .args(args)
         .arg("--allow-private")
+        .envs(env.iter().copied())
         .env("HOOKBUS_EXAMPLE_ADDR", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
