@@ -43,6 +43,22 @@ pub(crate) trait Coordination: Send {
         busy: &dyn Fn(DeliveryId) -> bool,
     ) -> Result<Vec<IndexEntry>>;
 
+    /// [`take_due`](Self::take_due) for several subscriptions at once (a
+    /// shared store claims them in one statement): each `(sub, room)` of
+    /// `wants` with what it got.
+    fn take_due_many(
+        &self,
+        s: &Session,
+        wants: &[(SubscriptionId, usize)],
+        now: u64,
+        busy: &dyn Fn(DeliveryId) -> bool,
+    ) -> Result<Vec<(SubscriptionId, Vec<IndexEntry>)>> {
+        wants
+            .iter()
+            .map(|&(sub, room)| Ok((sub, self.take_due(s, sub, room, now, busy)?)))
+            .collect()
+    }
+
     /// [`take_due`](Self::take_due) within the part of `sub`'s rate limit
     /// kept outside this instance (`limit`): a shared store spends the
     /// tokens of what it claims in one step.
@@ -248,6 +264,33 @@ impl Coordination for Shared {
         let mut batch = self.store.claim(sub, room, now)?;
         batch.retain(|e| !busy(e.delivery));
         Ok(batch)
+    }
+
+    /// One claim for them all; claims of its own in flight are dropped.
+    fn take_due_many(
+        &self,
+        _: &Session,
+        wants: &[(SubscriptionId, usize)],
+        now: u64,
+        busy: &dyn Fn(DeliveryId) -> bool,
+    ) -> Result<Vec<(SubscriptionId, Vec<IndexEntry>)>> {
+        let mut by_sub: std::collections::HashMap<SubscriptionId, Vec<IndexEntry>> =
+            wants.iter().map(|&(sub, _)| (sub, Vec::new())).collect();
+        for e in self.store.claim_many(wants, now)? {
+            if !busy(e.delivery)
+                && let Some(batch) = by_sub.get_mut(&e.subscription)
+            {
+                batch.push(e);
+            }
+        }
+        Ok(wants
+            .iter()
+            .map(|&(sub, _)| {
+                let mut batch = by_sub.remove(&sub).unwrap_or_default();
+                batch.sort_by_key(|e| (e.at, e.delivery));
+                (sub, batch)
+            })
+            .collect())
     }
 
     /// Claims within the shared tokens (one statement on PostgreSQL); a

@@ -118,6 +118,21 @@ pub(crate) trait Coordinator: Send {
     /// by `due_by` (ms) that nobody holds a claim on.
     fn claim(&self, sub: SubscriptionId, n: usize, due_by: u64) -> Result<Vec<IndexEntry>>;
 
+    /// [`claim`](Self::claim) for several subscriptions at once: up to `n`
+    /// of each `(sub, n)` in `wants`, in one statement where the store can
+    /// (by default one claim per subscription).
+    fn claim_many(
+        &self,
+        wants: &[(SubscriptionId, usize)],
+        due_by: u64,
+    ) -> Result<Vec<IndexEntry>> {
+        let mut out = Vec::new();
+        for &(sub, n) in wants {
+            out.extend(self.claim(sub, n, due_by)?);
+        }
+        Ok(out)
+    }
+
     /// Claims one pending delivery (a FIFO queue's head); `None` if it is
     /// not pending, held by another instance, or a receiver's pause holds
     /// its subscription back.

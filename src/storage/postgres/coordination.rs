@@ -40,6 +40,14 @@ impl crate::storage::Coordinator for PgCoordinator {
         claim(&self.pool, &self.claimed, sub, n, due_by)
     }
 
+    fn claim_many(
+        &self,
+        wants: &[(SubscriptionId, usize)],
+        due_by: u64,
+    ) -> Result<Vec<IndexEntry>> {
+        claim_many(&self.pool, &self.claimed, wants, due_by)
+    }
+
     fn claim_one(&self, id: DeliveryId) -> Result<Option<IndexEntry>> {
         claim_one(&self.pool, id)
     }
@@ -262,6 +270,54 @@ fn claim(
     out.sort_by_key(|e| (e.at, e.delivery));
     // A record that does not decode is left to the normal read (which
     // quarantines it).
+    if let Err(e) = keep_claimed(pool, claimed, &rows) {
+        tracing::debug!(error = %e, "claimed records not kept; they are read one by one");
+    }
+    Ok(out)
+}
+
+/// `Coordinator::claim_many`: [`claim`] for every subscription of `wants`
+/// in one statement (a lateral claim per subscription), and the events of
+/// what came kept in `claimed` with one more.
+fn claim_many(
+    pool: &Pool,
+    claimed: &Mutex<Claimed>,
+    wants: &[(SubscriptionId, usize)],
+    due_by: u64,
+) -> Result<Vec<IndexEntry>> {
+    let subs: Vec<Vec<u8>> = wants.iter().map(|(s, _)| s.to_bytes().to_vec()).collect();
+    let ns: Vec<i64> = wants
+        .iter()
+        .map(|&(_, n)| i64::try_from(n).unwrap_or(i64::MAX))
+        .collect();
+    let rows = pool.query(
+        &format!(
+            "WITH clock AS (SELECT {DB_NOW} AS t)
+             UPDATE {d} SET claim = $1, claimed_until = (SELECT t FROM clock) + $2
+             WHERE id IN (
+                 SELECT c.id FROM unnest($3::bytea[], $4::int8[]) AS w(sub, n)
+                 CROSS JOIN LATERAL (
+                     SELECT id FROM {d}
+                     WHERE sub = w.sub AND state = 0 AND at <= $5
+                       AND claimed_until < (SELECT t FROM clock)
+                       AND NOT EXISTS (SELECT 1 FROM {f}
+                           WHERE {f}.sub = w.sub AND paused_until > (SELECT t FROM clock))
+                     ORDER BY at, id LIMIT w.n
+                     FOR UPDATE SKIP LOCKED) c)
+             RETURNING id, sub, at, record",
+            d = pool.t("deliveries"),
+            f = pool.t("flow")
+        ),
+        &[
+            &&pool.token[..],
+            &ms(pool.lease_ms),
+            &subs,
+            &ns,
+            &ms(due_by),
+        ],
+    )?;
+    let mut out: Vec<IndexEntry> = rows.iter().map(entry_of).collect::<Result<_>>()?;
+    out.sort_by_key(|e| (e.subscription, e.at, e.delivery));
     if let Err(e) = keep_claimed(pool, claimed, &rows) {
         tracing::debug!(error = %e, "claimed records not kept; they are read one by one");
     }
