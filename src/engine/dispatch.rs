@@ -178,7 +178,23 @@ impl Dispatch {
         for sub in changes.revived_subs {
             self.heads.forget(sub);
         }
-        for sub in changes.touched {
+        let touched: Vec<SubscriptionId> = changes.touched.into_iter().collect();
+        if touched.is_empty() {
+            return;
+        }
+        // All at once (one query on PostgreSQL); one by one if that fails,
+        // so that a damaged entry costs only its own subscription.
+        if let Ok(next) = s.reader().next_due(&touched) {
+            let next: HashMap<SubscriptionId, u64> = next.into_iter().collect();
+            for sub in touched {
+                match next.get(&sub) {
+                    Some(&at) => self.due_subs.insert(sub, at),
+                    None => self.due_subs.remove(&sub),
+                };
+            }
+            return;
+        }
+        for sub in touched {
             match s.reader().due(sub).next().transpose() {
                 Ok(Some(e)) => {
                     self.due_subs.insert(sub, e.at);

@@ -78,6 +78,18 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     fn index(&self, state: DeliveryState, after: Option<IndexEntry>) -> Iter<IndexEntry>;
     /// The pending deliveries of one subscription, soonest due first.
     fn due(&self, sub: SubscriptionId) -> Iter<IndexEntry>;
+    /// When the soonest pending delivery of each of `subs` is due (ms);
+    /// one without any is left out. By default a look at [`due`](Self::due)
+    /// each; a store with round trips reads them all at once.
+    fn next_due(&self, subs: &[SubscriptionId]) -> Result<Vec<(SubscriptionId, u64)>> {
+        let mut out = Vec::new();
+        for &sub in subs {
+            if let Some(e) = self.due(sub).next().transpose()? {
+                out.push((sub, e.at));
+            }
+        }
+        Ok(out)
+    }
     /// Every subscription with pending deliveries and when its soonest is
     /// due, plus entries found damaged on the way.
     fn pending_subscriptions(&self) -> Result<PendingSubscriptions>;

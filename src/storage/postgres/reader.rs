@@ -344,6 +344,30 @@ impl Reader for PgReader {
         })
     }
 
+    /// One query over the index of pending deliveries.
+    fn next_due(&self, subs: &[SubscriptionId]) -> Result<Vec<(SubscriptionId, u64)>> {
+        if subs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Vec<u8>> = subs.iter().map(|s| s.to_bytes().to_vec()).collect();
+        let rows = self.query(
+            &format!(
+                "SELECT DISTINCT ON (sub) sub, at FROM {} WHERE sub = ANY($1) AND state = 0
+                 ORDER BY sub, at, id",
+                self.t("deliveries")
+            ),
+            &[&ids],
+        )?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    id_of(row, "sub", SubscriptionId::from_slice)?,
+                    unms(row.try_get("at")?),
+                ))
+            })
+            .collect()
+    }
+
     fn due(&self, sub: SubscriptionId) -> Iter<IndexEntry> {
         let r = self.clone();
         let s = sub.to_bytes().to_vec();

@@ -151,12 +151,21 @@ impl PgWriter {
                 Op::PutKey(key, event, at) => ops::put_key(&mut tx, &pool, key, *event, *at)?,
                 Op::RemoveKey(key, at) => ops::remove_key(&mut tx, &pool, key, *at)?,
                 Op::PutSequence(sub, last) => ops::put_sequence(&mut tx, &pool, *sub, *last)?,
-                Op::MergeHealth(sub, delta) => ops::merge_health(&mut tx, &pool, *sub, delta)?,
+                // Merged below, all at once.
+                Op::MergeHealth(..) => {}
                 Op::PutNotice(n) => ops::put_notice(&mut tx, &pool, n)?,
                 Op::RemoveNotice(id) => ops::remove_notice(&mut tx, &pool, *id)?,
             }
         }
         batch.send(&mut tx, &pool.schema, &pool.token)?;
+        let mut health: std::collections::BTreeMap<SubscriptionId, Vec<&HealthDelta>> =
+            std::collections::BTreeMap::new();
+        for op in &self.ops {
+            if let Op::MergeHealth(sub, delta) = op {
+                health.entry(*sub).or_default().push(delta);
+            }
+        }
+        ops::merge_health(&mut tx, &pool, &health)?;
         ops::notify(&mut tx, &pool, &self.ops)?;
         ops::insert_new_deliveries(&mut tx, &pool, &self.ops)?;
         tx.commit()?;

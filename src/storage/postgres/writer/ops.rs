@@ -501,36 +501,59 @@ pub(super) fn put_sequence(
 pub(super) fn merge_health(
     tx: &mut Tx<'_>,
     pool: &Pool,
-    sub: SubscriptionId,
-    delta: &HealthDelta,
+    deltas: &BTreeMap<SubscriptionId, Vec<&HealthDelta>>,
 ) -> Result<()> {
-    // Merged under the row's lock: instances add up.
-    let id = &sub.to_bytes()[..];
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    // Merged under the rows' locks, taken in id order (as every round
+    // takes them): instances add up, and two never wait for each other.
+    let ids: Vec<Vec<u8>> = deltas.keys().map(|s| s.to_bytes().to_vec()).collect();
     let lock = format!(
-        "SELECT record FROM {} WHERE sub = $1 FOR UPDATE",
+        "SELECT sub, record FROM {} WHERE sub = ANY($1) ORDER BY sub FOR UPDATE",
         pool.t("health")
     );
-    let mut rows = tx.query(&lock, &[&id])?;
-    if rows.is_empty() {
-        // The first report of this subscription (or of
-        // two instances at once: the row is then locked
-        // after the other's insert).
+    let mut rows = tx.query(&lock, &[&ids])?;
+    if rows.len() < ids.len() {
+        // The first report of some (or of two instances at once: the rows
+        // are then locked after the other's insert).
         tx.execute(
             &format!(
-                "INSERT INTO {} (sub, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                "INSERT INTO {} (sub, record)
+                 SELECT s, $2 FROM unnest($1::bytea[]) AS s ORDER BY s
+                 ON CONFLICT DO NOTHING",
                 pool.t("health")
             ),
-            &[&id, &encode(&HealthRecord::default())],
+            &[&ids, &encode(&HealthRecord::default())],
         )?;
-        rows = tx.query(&lock, &[&id])?;
+        rows = tx.query(&lock, &[&ids])?;
     }
-    let base: HealthRecord = match rows.first() {
-        Some(row) => decode("h", id, &row.try_get::<_, Vec<u8>>(0)?).unwrap_or_default(),
-        None => HealthRecord::default(),
-    };
+    let mut base: BTreeMap<SubscriptionId, HealthRecord> = BTreeMap::new();
+    for row in &rows {
+        let id: Vec<u8> = row.try_get(0)?;
+        let Some(sub) = SubscriptionId::from_slice(&id) else {
+            continue;
+        };
+        let record = decode("h", &id, &row.try_get::<_, Vec<u8>>(1)?).unwrap_or_default();
+        base.insert(sub, record);
+    }
+    let records: Vec<Vec<u8>> = deltas
+        .iter()
+        .map(|(sub, deltas)| {
+            let merged = deltas
+                .iter()
+                .fold(base.remove(sub).unwrap_or_default(), |r, d| r.merge(d));
+            encode(&merged)
+        })
+        .collect();
     tx.execute(
-        &format!("UPDATE {} SET record = $2 WHERE sub = $1", pool.t("health")),
-        &[&id, &encode(&base.merge(delta))],
+        &format!(
+            "UPDATE {h} SET record = v.record
+             FROM unnest($1::bytea[], $2::bytea[]) AS v(sub, record)
+             WHERE {h}.sub = v.sub",
+            h = pool.t("health")
+        ),
+        &[&ids, &records],
     )?;
     Ok(())
 }
