@@ -148,6 +148,32 @@ impl Directory {
         Ok(ids)
     }
 
+    /// Looks at every subscription of `ids` not cached at once (one query
+    /// on a shared store, whose cache every poll empties), so that the
+    /// looks one by one that follow find them. A failure is left to them.
+    pub(crate) fn preload(&mut self, s: &Session, ids: &[SubscriptionId]) {
+        self.sync(s);
+        let missing: Vec<SubscriptionId> = ids
+            .iter()
+            .filter(|id| !self.subs.contains_key(id) || !self.policies.contains_key(id))
+            .copied()
+            .collect();
+        if missing.len() < 2 {
+            return;
+        }
+        let Ok(found) = s.reader().subscriptions_of(&missing) else {
+            return;
+        };
+        if self.subs.len() + found.len() > CACHE_SIZE {
+            self.subs.clear();
+            self.policies.clear();
+        }
+        for r in found {
+            self.policies.insert(r.id, Policy::of(&r));
+            self.subs.insert(r.id, Arc::new(r));
+        }
+    }
+
     /// A subscription as of this instance's last look.
     pub(crate) fn subscription(
         &mut self,

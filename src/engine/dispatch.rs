@@ -337,6 +337,9 @@ impl Dispatch {
         self.read_failed = false;
         let mut next: Option<u64> = None;
         let candidates = self.candidates(now, &mut next);
+        if !self.coord.alone() {
+            dir.preload(s, &candidates);
+        }
         let (mut ready, starts, heads) = self.gates(s, dir, candidates, now, &mut next);
         self.next_due = match (self.next_due, next) {
             // A read to try again soon, set while looking at heads.

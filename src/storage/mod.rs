@@ -57,6 +57,16 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
         Ok(self.stats()?.pending)
     }
     fn subscription(&self, id: SubscriptionId) -> Result<Option<SubscriptionRecord>>;
+    /// The subscriptions of `ids` that exist and read well, in no set
+    /// order (one whose record is damaged is left out: a look at it alone
+    /// reports it). By default one look each; a store with round trips
+    /// reads them all at once.
+    fn subscriptions_of(&self, ids: &[SubscriptionId]) -> Result<Vec<SubscriptionRecord>> {
+        Ok(ids
+            .iter()
+            .filter_map(|&id| self.subscription(id).ok().flatten())
+            .collect())
+    }
     /// Every subscription, in id (= creation time) order.
     fn subscriptions(&self) -> Iter<SubscriptionRecord>;
     /// The subscriptions indexed under `event` or `*`, each once, in id

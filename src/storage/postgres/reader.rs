@@ -147,6 +147,28 @@ impl Reader for PgReader {
             .transpose()
     }
 
+    /// One query.
+    fn subscriptions_of(&self, ids: &[SubscriptionId]) -> Result<Vec<SubscriptionRecord>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Vec<u8>> = ids.iter().map(|s| s.to_bytes().to_vec()).collect();
+        let rows = self.query(
+            &format!(
+                "SELECT id, record FROM {} WHERE id = ANY($1)",
+                self.t("subscriptions")
+            ),
+            &[&ids],
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let id: Vec<u8> = r.try_get(0).ok()?;
+                decode("s", &id, &r.try_get::<_, Vec<u8>>(1).ok()?).ok()
+            })
+            .collect())
+    }
+
     fn subscriptions(&self) -> Iter<SubscriptionRecord> {
         let r = self.clone();
         Paged::boxed(move |after: Option<&Vec<u8>>| {
