@@ -153,11 +153,13 @@ impl Directory {
     /// looks one by one that follow find them. A failure is left to them.
     pub(crate) fn preload(&mut self, s: &Session, ids: &[SubscriptionId]) {
         self.sync(s);
-        let missing: Vec<SubscriptionId> = ids
+        let mut missing: Vec<SubscriptionId> = ids
             .iter()
             .filter(|id| !self.subs.contains_key(id) || !self.policies.contains_key(id))
             .copied()
             .collect();
+        missing.sort_unstable();
+        missing.dedup();
         if missing.len() < 2 {
             return;
         }

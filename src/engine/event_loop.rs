@@ -205,7 +205,14 @@ impl Loop {
             }
             taken += 1;
         }
-        while let Ok(o) = self.outcomes.try_recv() {
+        let outcomes: Vec<Outcome> = self.outcomes.try_iter().collect();
+        if outcomes.len() > 1 && !self.dispatch.alone() {
+            // Their subscriptions at once (a shared store's poll empties
+            // the cache), not one query each.
+            let subs: Vec<_> = outcomes.iter().map(|o| o.subscription).collect();
+            self.dir.preload(&self.s, &subs);
+        }
+        for o in outcomes {
             self.on_outcome(o);
         }
     }
