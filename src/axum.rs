@@ -32,10 +32,11 @@
 //! # }
 //! ```
 //!
-//! Bodies are JSON: a request with a body must say `content-type:
-//! application/json` (415 otherwise; this also keeps a cross-site HTML
-//! form, which cannot send that type without a CORS preflight, from
-//! changing subscriptions with a user's cookies), and a body larger than
+//! Bodies are JSON: a request with a body, and every `POST` even without
+//! one, must say `content-type: application/json` (415 otherwise; this also
+//! keeps a cross-site HTML form or `no-cors` fetch, which cannot send that
+//! type without a CORS preflight, from changing subscriptions or retrying
+//! deliveries with a user's cookies), and a body larger than
 //! [`body_limit`](Routes::body_limit) is refused with 413 before it is read
 //! whole.
 
@@ -139,11 +140,14 @@ async fn serve(State(routes): State<Arc<Routes>>, request: Request) -> Response 
             None,
         ));
     };
-    if !body.is_empty() && !says_json(&parts) {
+    // A POST without a body too: a cross-site form or `no-cors` fetch can
+    // send an empty one with the user's cookies and no preflight.
+    let simple = parts.method == ::axum::http::Method::POST;
+    if (simple || !body.is_empty()) && !says_json(&parts) {
         return answer(&ApiResponse::error(
             415,
             "UnsupportedMediaType",
-            "a body must be JSON, sent with content-type: application/json",
+            "a POST, and any body, must be JSON, sent with content-type: application/json",
             None,
         ));
     }

@@ -99,6 +99,12 @@ fn the_axum_routes_take_the_callers_identity_json_and_a_body_limit() {
     let (status, body) = http(&addr, "GET", path, &[alice], "");
     assert_eq!(status, 200);
     assert!(body.contains("\"mine\""), "{body}");
+    // A POST without a body must say JSON too (a cross-site form or
+    // no-cors fetch sends an empty one without a preflight).
+    let id = subs[0].id.to_string();
+    let ping = format!("{path}/{id}/ping");
+    let (status, body) = http(&addr, "POST", &ping, &[alice], "");
+    assert_eq!(status, 415, "{body}");
     // The operators' routes: not for a tenant's caller.
     let (status, _) = http(&addr, "GET", "/api/webhooks/admin/health", &[alice], "");
     assert_eq!(status, 403);

@@ -163,6 +163,8 @@ pub(super) struct Claimed {
 
 impl Claimed {
     const MAX_SENT: usize = 65_536;
+    /// At most this many claimed records wait to be handed out.
+    const MAX_KEPT: usize = 16_384;
 
     /// The record of delivery `id` if it came with a claim (it is then
     /// kept for the one read of its outcome), or was handed out so less
@@ -228,9 +230,16 @@ fn keep_claimed(pool: &Pool, claimed: &Mutex<Claimed>, rows: &[Row]) -> Result<(
             }
         }
     }
+    // Added to what earlier claims of the pass brought and is not handed
+    // out yet (a pass claims plain subscriptions at once, then limited
+    // ones one by one), within a bound.
     let mut claimed = claimed.lock().unwrap_or_else(|e| e.into_inner());
-    claimed.deliveries = deliveries;
-    claimed.events = by_id;
+    if claimed.deliveries.len() + deliveries.len() > Claimed::MAX_KEPT {
+        claimed.deliveries.clear();
+        claimed.events.clear();
+    }
+    claimed.deliveries.extend(deliveries);
+    claimed.events.extend(by_id);
     Ok(())
 }
 
@@ -347,7 +356,7 @@ fn claim_limited(
         "WITH clock AS (SELECT {DB_NOW} AS t),
          fl AS (SELECT tokens, at, paused_until FROM {f} WHERE sub = $3 FOR UPDATE),
          room AS (
-             SELECT clock.t, fl.paused_until,
+             SELECT greatest(clock.t, fl.at) AS t, fl.paused_until,
                     least($6::float8, fl.tokens
                         + greatest(clock.t - fl.at, 0)::float8 * $7::float8 / 1000.0) AS avail
              FROM fl, clock),
