@@ -6,36 +6,11 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::receiver::TestReceiver;
 use crate::{LONG, wait_until};
-
-/// The example binary, built in this profile with the features this test
-/// binary has (the same build of the library: nothing is built again).
-fn axum_bin() -> PathBuf {
-    let features = crate::features();
-    let mut args = vec!["build", "--quiet", "--example", "axum_server", "--features"];
-    args.push(&features);
-    if !cfg!(debug_assertions) {
-        args.push("--release");
-    }
-    let status = Command::new(env!("CARGO"))
-        .args(&args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "cargo build --example axum_server failed");
-    let deps = std::env::current_exe().unwrap();
-    deps.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("axum_server")
-}
 
 /// One HTTP/1.1 request; the status and the body.
 pub(crate) fn http(
@@ -100,7 +75,7 @@ fn the_axum_example_runs_on_postgres() {
 /// checks the delivery, and stops it with SIGTERM.
 fn serves_and_stops(args: &[&str], env: &[(&str, &str)]) {
     let rx = TestReceiver::start();
-    let mut child = Command::new(axum_bin())
+    let mut child = Command::new(crate::example_bin("axum_server"))
         .args(args)
         .arg("--allow-private")
         .envs(env.iter().copied())

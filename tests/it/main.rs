@@ -46,11 +46,10 @@ use std::time::{Duration, Instant};
 
 use hookbus::{Builder, Bus};
 
-/// The features this test binary was built with, for `cargo build
-/// --features` of an example a test runs: the same build of the library,
-/// so nothing is built again.
-pub fn features() -> String {
-    [
+/// The example `name`, built in this profile with the features this test
+/// binary has (the same build of the library: nothing is built again).
+pub fn example_bin(name: &str) -> std::path::PathBuf {
+    let features = [
         ("axum", cfg!(feature = "axum")),
         ("cli", cfg!(feature = "cli")),
         ("tokio", cfg!(feature = "tokio")),
@@ -64,7 +63,31 @@ pub fn features() -> String {
     .filter(|(_, on)| *on)
     .map(|(name, _)| *name)
     .collect::<Vec<_>>()
-    .join(",")
+    .join(",");
+    let mut args = vec![
+        "build",
+        "--quiet",
+        "--example",
+        name,
+        "--features",
+        &features,
+    ];
+    if !cfg!(debug_assertions) {
+        args.push("--release");
+    }
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cargo build --example {name} failed");
+    let deps = std::env::current_exe().unwrap();
+    deps.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
 }
 
 /// Whether the behaviour tests run on PostgreSQL: `HOOKBUS_TEST_STORE=postgres`

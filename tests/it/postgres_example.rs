@@ -5,45 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::postgres::{Schema, url};
 use crate::receiver::TestReceiver;
-
-/// The example binary, built in this profile with the features this test
-/// binary has (the same build of the library: nothing is built again).
-fn example_bin() -> PathBuf {
-    let features = crate::features();
-    let mut args = vec![
-        "build",
-        "--quiet",
-        "--example",
-        "postgres_outbox",
-        "--features",
-        &features,
-    ];
-    if !cfg!(debug_assertions) {
-        args.push("--release");
-    }
-    let status = Command::new(env!("CARGO"))
-        .args(&args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "cargo build --example postgres_outbox failed"
-    );
-    let deps = std::env::current_exe().unwrap();
-    deps.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("postgres_outbox")
-}
 
 /// Waits for `child` (killing it after `deadline`); its stdout.
 fn finish(mut child: Child, name: &str, deadline: Instant) -> String {
@@ -93,7 +59,7 @@ fn two_instances_of_the_example_on_one_schema_deliver_every_committed_order_once
         return;
     };
     let rx = TestReceiver::start();
-    let bin = example_bin();
+    let bin = crate::example_bin("postgres_outbox");
     let start = |name: &str| {
         Command::new(&bin)
             .args(["--instance", name, "--orders", "12", "--every-ms", "30"])

@@ -36,8 +36,9 @@ impl PgCoordinator {
 }
 
 impl crate::storage::Coordinator for PgCoordinator {
+    /// One subscription's claim is the claim of several with one.
     fn claim(&self, sub: SubscriptionId, n: usize, due_by: u64) -> Result<Vec<IndexEntry>> {
-        claim(&self.pool, &self.claimed, sub, n, due_by)
+        claim_many(&self.pool, &self.claimed, &[(sub, n)], due_by)
     }
 
     fn claim_many(
@@ -243,51 +244,11 @@ fn keep_claimed(pool: &Pool, claimed: &Mutex<Claimed>, rows: &[Row]) -> Result<(
     Ok(())
 }
 
-/// `Coordinator::claim`: claims up to `n` pending deliveries of `sub` due by
-/// `due_by`, keeping what came with them in `claimed`.
-fn claim(
-    pool: &Pool,
-    claimed: &Mutex<Claimed>,
-    sub: SubscriptionId,
-    n: usize,
-    due_by: u64,
-) -> Result<Vec<IndexEntry>> {
-    // Timed by the database's clock (see `claim_one`); due times are
-    // the instances' own.
-    let rows = pool.query(
-        &format!(
-            "UPDATE {d} SET claim = $1, claimed_until = {DB_NOW} + $2
-             WHERE id IN (
-                 SELECT id FROM {d}
-                 WHERE sub = $3 AND state = 0 AND at <= $4 AND claimed_until < {DB_NOW}
-                 AND NOT EXISTS (SELECT 1 FROM {f} WHERE sub = $3 AND paused_until > {DB_NOW})
-                 ORDER BY at, id LIMIT $5
-                 FOR UPDATE SKIP LOCKED)
-             RETURNING id, sub, at, record",
-            d = pool.t("deliveries"),
-            f = pool.t("flow")
-        ),
-        &[
-            &&pool.token[..],
-            &ms(pool.lease_ms),
-            &&sub.to_bytes()[..],
-            &ms(due_by),
-            &i64::try_from(n).unwrap_or(i64::MAX),
-        ],
-    )?;
-    let mut out: Vec<IndexEntry> = rows.iter().map(entry_of).collect::<Result<_>>()?;
-    out.sort_by_key(|e| (e.at, e.delivery));
-    // A record that does not decode is left to the normal read (which
-    // quarantines it).
-    if let Err(e) = keep_claimed(pool, claimed, &rows) {
-        tracing::debug!(error = %e, "claimed records not kept; they are read one by one");
-    }
-    Ok(out)
-}
-
-/// `Coordinator::claim_many`: [`claim`] for every subscription of `wants`
-/// in one statement (a lateral claim per subscription), and the events of
-/// what came kept in `claimed` with one more.
+/// `Coordinator::claim_many` (and `claim`, with one): claims up to `n`
+/// pending deliveries due by `due_by` of each `(sub, n)` of `wants` that
+/// nobody holds and no receiver's pause holds back, in one statement (a
+/// lateral claim per subscription, timed by the database's clock); the
+/// events of what came are kept in `claimed`, read with one more query.
 fn claim_many(
     pool: &Pool,
     claimed: &Mutex<Claimed>,

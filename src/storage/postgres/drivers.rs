@@ -92,19 +92,28 @@ fn params<'a>(args: &'a [Arg<'a>]) -> Vec<&'a (dyn postgres::types::ToSql + Sync
         .collect()
 }
 
+/// The columns `cols` of `row`, as `Result<Vec<Value>>`: one rule for
+/// every driver's row type (each has its own `try_get(index)`).
+macro_rules! values {
+    ($row:expr, $cols:expr) => {
+        $cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                Ok(match c {
+                    Col::Bytes => Value::Bytes($row.try_get(i)?),
+                    Col::OptText => Value::OptText($row.try_get(i)?),
+                    Col::Bool => Value::Bool($row.try_get(i)?),
+                    Col::Int => Value::Int($row.try_get(i)?),
+                })
+            })
+            .collect::<Result<Vec<Value>>>()
+    };
+}
+
 /// The columns of a `postgres`/`tokio-postgres` row.
 fn values(row: &postgres::Row, cols: &[Col]) -> Result<Vec<Value>> {
-    cols.iter()
-        .enumerate()
-        .map(|(i, c)| {
-            Ok(match c {
-                Col::Bytes => Value::Bytes(row.try_get(i)?),
-                Col::OptText => Value::OptText(row.try_get(i)?),
-                Col::Bool => Value::Bool(row.try_get(i)?),
-                Col::Int => Value::Int(row.try_get(i)?),
-            })
-        })
-        .collect()
+    values!(row, cols)
 }
 
 /// The blocking client: each statement runs when it is called, and its
@@ -172,21 +181,7 @@ mod with_sqlx {
             cols: &[Col],
         ) -> Result<Vec<Vec<Value>>> {
             let rows = bound(sql, args).fetch_all(&mut **self).await?;
-            rows.iter()
-                .map(|row| {
-                    cols.iter()
-                        .enumerate()
-                        .map(|(i, c)| {
-                            Ok(match c {
-                                Col::Bytes => Value::Bytes(row.try_get(i)?),
-                                Col::OptText => Value::OptText(row.try_get(i)?),
-                                Col::Bool => Value::Bool(row.try_get(i)?),
-                                Col::Int => Value::Int(row.try_get(i)?),
-                            })
-                        })
-                        .collect()
-                })
-                .collect()
+            rows.iter().map(|row| values!(row, cols)).collect()
         }
     }
 }
