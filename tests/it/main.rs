@@ -24,6 +24,8 @@ mod messages;
 mod operations;
 #[cfg(feature = "postgres")]
 mod pg_faults;
+#[cfg(feature = "axum")]
+mod portal_browser;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
