@@ -51,6 +51,7 @@ use ::axum::response::{IntoResponse, Response};
 use ::axum::routing::any;
 
 use crate::bus::Bus;
+use crate::portal::{PortalKey, TOKEN_PREFIX};
 use crate::rest::{ApiRequest, ApiResponse, Caller};
 
 /// The default [`Routes::body_limit`]: 64 KiB, far more than a
@@ -65,6 +66,7 @@ pub struct Routes {
     bus: Bus,
     caller: Arc<CallerFn>,
     body_limit: usize,
+    portal: Option<PortalKey>,
 }
 
 impl fmt::Debug for Routes {
@@ -86,7 +88,20 @@ impl Routes {
             bus,
             caller: Arc::new(caller),
             body_limit: DEFAULT_BODY_LIMIT,
+            portal: None,
         }
+    }
+
+    /// Takes portal links signed with `key`: a request with
+    /// `Authorization: Bearer hbp_…` is the caller that
+    /// [`PortalKey::caller`] makes of it (its tenant, with the
+    /// [`MANAGE_ROLE`](crate::rest::MANAGE_ROLE)), on the v1 routes only; an
+    /// expired or forged token is answered 401, whatever your caller
+    /// closure would say. Other requests go to your closure as before.
+    #[must_use]
+    pub fn portal_key(mut self, key: PortalKey) -> Routes {
+        self.portal = Some(key);
+        self
     }
 
     /// The largest request body taken, in bytes (default
@@ -97,11 +112,14 @@ impl Routes {
         self
     }
 
-    /// The router: `/webhooks/subscriptions`, `/webhooks/admin` and every
-    /// path under them, any method. Merge it into your app's router (or
-    /// nest it under a prefix: the routes see the path without it).
+    /// The router: `/webhooks/subscriptions`, `/webhooks/admin`,
+    /// `/webhooks/v1` and every path under them, any method. Merge it into
+    /// your app's router (or nest it under a prefix: the routes see the
+    /// path without it).
     pub fn router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
         Router::new()
+            .route("/webhooks/v1", any(serve))
+            .route("/webhooks/v1/{*rest}", any(serve))
             .route("/webhooks/subscriptions", any(serve))
             .route("/webhooks/subscriptions/{*rest}", any(serve))
             .route("/webhooks/admin", any(serve))
@@ -130,28 +148,57 @@ fn says_json(parts: &Parts) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// A portal token in `Authorization: Bearer`, if there is one.
+fn portal_token(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && token.starts_with(TOKEN_PREFIX)).then_some(token)
+}
+
 async fn serve(State(routes): State<Arc<Routes>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    let v1 = parts.uri.path().starts_with(crate::rest::v1::BASE);
+    let refuse = |status: u16, code: &str, v1_code: &str, message: String| {
+        if v1 {
+            crate::rest::v1::problem::problem(status, v1_code, message, None)
+        } else {
+            ApiResponse::error(status, code, message, None)
+        }
+    };
     let Ok(body) = ::axum::body::to_bytes(body, routes.body_limit).await else {
-        return answer(&ApiResponse::error(
+        return answer(&refuse(
             413,
             "PayloadTooLarge",
+            "payload_too_large",
             format!("the body is larger than {} bytes", routes.body_limit),
-            None,
         ));
     };
     // A POST without a body too: a cross-site form or `no-cors` fetch can
     // send an empty one with the user's cookies and no preflight.
     let simple = parts.method == ::axum::http::Method::POST;
     if (simple || !body.is_empty()) && !says_json(&parts) {
-        return answer(&ApiResponse::error(
+        return answer(&refuse(
             415,
             "UnsupportedMediaType",
-            "a POST, and any body, must be JSON, sent with content-type: application/json",
-            None,
+            "unsupported_media_type",
+            "a POST, and any body, must be JSON, sent with content-type: application/json".into(),
         ));
     }
-    let caller = (routes.caller)(&parts);
+    let caller = match (&routes.portal, portal_token(&parts)) {
+        (Some(key), Some(token)) if v1 => match key.caller(token) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                return answer(&crate::rest::v1::problem::problem(
+                    401,
+                    "unauthorized",
+                    e.to_string(),
+                    None,
+                ));
+            }
+        },
+        _ => (routes.caller)(&parts),
+    };
     // Changes wait for the store's writer: off the async threads.
     let answered = tokio::task::spawn_blocking(move || {
         let request = ApiRequest {
@@ -177,11 +224,23 @@ async fn serve(State(routes): State<Arc<Routes>>, request: Request) -> Response 
 
 fn answer(a: &ApiResponse) -> Response {
     let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if a.body.is_null() {
-        return status.into_response();
+    let mut response = if a.body.is_null() {
+        status.into_response()
+    } else {
+        (
+            status,
+            [(header::CONTENT_TYPE, a.content_type)],
+            a.body_bytes(),
+        )
+            .into_response()
+    };
+    for (name, value) in &a.headers {
+        if let (Ok(n), Ok(v)) = (
+            ::axum::http::HeaderName::from_bytes(name.as_bytes()),
+            ::axum::http::HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().append(n, v);
+        }
     }
-    match serde_json::to_vec(&a.body) {
-        Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+    response
 }

@@ -257,6 +257,14 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
+    /// A portal link's token is malformed, was signed with another key, or
+    /// has expired (see [`PortalKey`](crate::portal::PortalKey)).
+    #[error("portal link refused: {reason}; ask for a new link")]
+    InvalidPortalLink {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
     /// The bus is shut down (or its dispatcher thread died); nothing more
     /// can be published or changed.
     #[error("the bus is shut down; open it again to publish or change subscriptions")]

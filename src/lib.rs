@@ -238,6 +238,7 @@ mod message;
 mod notice;
 mod outbox;
 mod policy;
+pub mod portal;
 #[cfg(test)]
 mod proptests;
 mod record;
@@ -274,6 +275,7 @@ pub use record::{Attempt, AttemptError, AttemptErrorKind, Event, OutboxStats};
 pub use sender::USER_AGENT;
 pub use subscription::{
     NewSubscription, PING_EVENT, Secret, Signing, Subscription, SubscriptionPatch, Subscriptions,
+    TEST_EVENT,
 };
 
 // The signing items' old root paths, deprecated and hidden (issue 26);

@@ -388,6 +388,34 @@ impl<'a> Outbox<'a> {
         })
     }
 
+    /// Sends one delivery's event again to the same subscription, as a new
+    /// pending delivery (numbered after the subscription's others); the old
+    /// one is untouched. Unlike [`replay`](Self::replay) it does not ask
+    /// whether the subscription's filter takes the event: it took it once
+    /// (a test event, say). Returns the new delivery's id.
+    ///
+    /// Errors: [`Error::DeliveryNotFound`], [`Error::EventNotFound`] (its
+    /// event is no longer kept), [`Error::SubscriptionNotFound`] (deleted
+    /// since).
+    pub fn resend(&self, delivery: DeliveryId) -> Result<DeliveryId> {
+        self.engine.write(move |s| {
+            let d = s
+                .delivery(delivery)?
+                .ok_or(Error::DeliveryNotFound(delivery))?;
+            let e = s
+                .reader()
+                .event(d.event_id)?
+                .ok_or(Error::EventNotFound(d.event_id))?;
+            if s.subscription(d.subscription_id)?.is_none() {
+                return Err(Error::SubscriptionNotFound(d.subscription_id));
+            }
+            let ids = s.replay(&e, &[d.subscription_id])?;
+            ids.first()
+                .copied()
+                .ok_or(Error::SubscriptionNotFound(d.subscription_id))
+        })
+    }
+
     /// Sends again everything a subscription was sent or gave up on
     /// (delivered and dead deliveries) that was created from `from` until
     /// `until` — after a receiver lost data, say. Pending deliveries in the

@@ -205,16 +205,21 @@ impl Session {
     // ---- events and deliveries ----
 
     /// Stores an event with one new pending delivery per subscription in
-    /// `subs`. Nothing is stored when `subs` is empty.
-    pub(crate) fn publish(&mut self, event: &Event, subs: &[SubscriptionId]) -> Result<()> {
+    /// `subs`; their ids, in `subs`' order. Nothing is stored when `subs`
+    /// is empty.
+    pub(crate) fn publish(
+        &mut self,
+        event: &Event,
+        subs: &[SubscriptionId],
+    ) -> Result<Vec<DeliveryId>> {
         if subs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        self.create_deliveries(event, subs)?;
+        let ids = self.create_deliveries(event, subs)?;
         self.w
             .put_event(event, u32::try_from(subs.len()).unwrap_or(u32::MAX));
         telemetry::published(subs.len());
-        Ok(())
+        Ok(ids)
     }
 
     /// Sends a stored event again: one new pending delivery per

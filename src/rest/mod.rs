@@ -82,11 +82,12 @@ mod dto;
 mod shared;
 mod subscriber;
 mod types;
+pub mod v1;
 
 use crate::bus::Bus;
 
 pub use crate::subscription::USER_TENANT_PREFIX;
-pub use types::{ADMIN_ROLE, ApiRequest, ApiResponse, Caller, RELAY_ROLE};
+pub use types::{ADMIN_ROLE, ApiRequest, ApiResponse, Caller, MANAGE_ROLE, READ_ROLE, RELAY_ROLE};
 
 const BASE: &str = "/webhooks/subscriptions";
 const ADMIN_BASE: &str = "/webhooks/admin";
@@ -95,6 +96,9 @@ const ADMIN_BASE: &str = "/webhooks/admin";
 /// `responseStatus` body.
 pub fn handle(bus: &Bus, req: ApiRequest<'_>) -> ApiResponse {
     let path = req.path.trim_end_matches('/');
+    if path == v1::BASE || path.starts_with("/webhooks/v1/") {
+        return v1::handle(bus, req);
+    }
     if let Some(rest) = path
         .strip_prefix(ADMIN_BASE)
         .filter(|r| r.is_empty() || r.starts_with('/'))

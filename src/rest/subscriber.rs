@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::dto::{CONTENT_TYPE_JSON, CreateDto, UpdateDto, attempt_dto, check_content_type, dto};
 use super::shared::{from_error, parse_body, query_param};
-use super::types::{ApiRequest, ApiResponse, Caller, RELAY_ROLE};
+use super::types::{Access, ApiRequest, ApiResponse, Caller, MANAGE_ROLE, RELAY_ROLE};
 use crate::bus::Bus;
 use crate::error::Error;
 use crate::ids::SubscriptionId;
@@ -27,16 +27,20 @@ pub(super) fn route(
         ("POST", []) => create(bus, caller, req.body),
         ("GET", []) => list(bus, caller),
         ("GET", ["search"]) => search(bus, caller, req.query),
-        ("GET", [id]) => with_owned(bus, caller, id, |s| get(bus, &s)),
-        ("PUT", [id]) => with_owned(bus, caller, id, |s| update(bus, s.id, req.body)),
-        ("DELETE", [id]) => with_owned(bus, caller, id, |s| {
+        ("GET", [id]) => with_owned(bus, caller, id, Access::Read, |s| get(bus, &s)),
+        ("PUT", [id]) => with_owned(bus, caller, id, Access::Manage, |s| {
+            update(bus, s.id, req.body)
+        }),
+        ("DELETE", [id]) => with_owned(bus, caller, id, Access::Manage, |s| {
             match bus.subscriptions().delete(s.id) {
                 Ok(()) => ApiResponse::ok(204, Value::Null),
                 Err(e) => from_error(&e, false),
             }
         }),
-        ("GET", [id, "history"]) => with_owned(bus, caller, id, |s| history(bus, &s, req.query)),
-        ("POST", [id, "ping"]) => with_owned(bus, caller, id, |s| ping(bus, s.id)),
+        ("GET", [id, "history"]) => with_owned(bus, caller, id, Access::Read, |s| {
+            history(bus, &s, req.query)
+        }),
+        ("POST", [id, "ping"]) => with_owned(bus, caller, id, Access::Manage, |s| ping(bus, s.id)),
         (_, [] | ["search"] | [_] | [_, "history"] | [_, "ping"]) => ApiResponse::error(
             405,
             "MethodNotAllowed",
@@ -94,11 +98,13 @@ fn list(bus: &Bus, caller: &Caller) -> ApiResponse {
     }
 }
 
-/// Runs `f` on the subscription `id` if `caller` owns it; 404 otherwise.
+/// Runs `f` on the subscription `id` if `caller` has `need` on it; 404 if
+/// it cannot see it, 403 if it may only read it.
 fn with_owned(
     bus: &Bus,
     caller: &Caller,
     id: &str,
+    need: Access,
     f: impl FnOnce(Subscription) -> ApiResponse,
 ) -> ApiResponse {
     let not_found = || {
@@ -113,8 +119,17 @@ fn with_owned(
         return not_found();
     };
     match bus.subscriptions().get(id) {
-        Ok(Some(s)) if caller.owns(&s) => f(s),
-        Ok(_) => not_found(),
+        Ok(Some(s)) => match caller.access(&s) {
+            Access::None => not_found(),
+            a if a < need => ApiResponse::error(
+                403,
+                "Forbidden",
+                format!("changing subscriptions needs the `{MANAGE_ROLE}` role"),
+                None,
+            ),
+            _ => f(s),
+        },
+        Ok(None) => not_found(),
         Err(e) => from_error(&e, false),
     }
 }

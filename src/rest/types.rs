@@ -11,6 +11,24 @@ pub const RELAY_ROLE: &str = "relay";
 /// The role of operators: the `/webhooks/admin` routes (every
 /// subscription's health, replay, retries, notices).
 pub const ADMIN_ROLE: &str = "admin";
+/// The role that may read and change every subscription of the caller's
+/// tenant, whoever created it (a team's administrators; a portal link's
+/// caller has it).
+pub const MANAGE_ROLE: &str = "webhooks:manage";
+/// The role that may read every subscription of the caller's tenant and
+/// its deliveries, but change nothing.
+pub const READ_ROLE: &str = "webhooks:read";
+
+/// What a caller may do with one subscription of its tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Access {
+    /// Nothing: another tenant's, or another user's without a tenant role.
+    None,
+    /// Read it and its deliveries.
+    Read,
+    /// Read and change it, and act on its deliveries.
+    Manage,
+}
 
 /// Who is calling, as the application's authentication says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,22 +77,38 @@ impl Caller {
         }
     }
 
-    /// Whether the caller may see and change `s`: it created it, in its
-    /// tenant. A subscription without a tenant (made through the Rust API,
-    /// or stored before tenants existed) is reachable only by a caller
-    /// without a tenant and with the same owner id.
-    pub(super) fn owns(&self, s: &Subscription) -> bool {
-        if s.owner.as_deref() != Some(self.id.as_str()) {
-            return false;
-        }
-        match (&s.tenant, &self.tenant) {
+    /// What the caller may do with `s`. Only subscriptions of its own
+    /// tenant are reachable. Inside it, [`MANAGE_ROLE`] reads and changes
+    /// all of them, [`READ_ROLE`] reads all of them, and a caller with
+    /// neither (per-user ownership) reads and changes the ones it created.
+    /// A subscription without a tenant (made through the Rust API, or
+    /// stored before tenants existed) is reachable only by its owner, as a
+    /// caller without a tenant.
+    pub(crate) fn access(&self, s: &Subscription) -> Access {
+        let owner = s.owner.as_deref() == Some(self.id.as_str());
+        let same_tenant = match (&s.tenant, &self.tenant) {
             (Some(t), _) => *t == self.tenant_id(),
-            (None, None) => true,
+            // No tenant: its owner only, as before tenants existed.
+            (None, None) => return if owner { Access::Manage } else { Access::None },
             (None, Some(_)) => false,
+        };
+        if !same_tenant {
+            Access::None
+        } else if owner || self.has_role(MANAGE_ROLE) {
+            Access::Manage
+        } else if self.has_role(READ_ROLE) {
+            Access::Read
+        } else {
+            Access::None
         }
     }
 
-    pub(super) fn has_role(&self, role: &str) -> bool {
+    /// Whether the caller may read `s` (see [`access`](Caller::access)).
+    pub(crate) fn owns(&self, s: &Subscription) -> bool {
+        self.access(s) != Access::None
+    }
+
+    pub(crate) fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
 }
@@ -112,18 +146,49 @@ impl std::fmt::Debug for ApiRequest<'_> {
     }
 }
 
-/// What to answer.
+/// What to answer: send `status`, `headers`, a `content-type` of
+/// [`content_type`](ApiResponse::content_type) and the bytes of
+/// [`body_bytes`](ApiResponse::body_bytes) (none when the body is
+/// `Value::Null`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiResponse {
     /// The HTTP status.
     pub status: u16,
-    /// The JSON body; `Value::Null` means no body (204).
+    /// The body; `Value::Null` means no body (204). For a `content_type`
+    /// that is not JSON (the portal page's `text/html`) it is a string sent
+    /// as it is.
     pub body: Value,
+    /// The body's media type: `application/json`, `application/problem+json`
+    /// (the v1 routes' errors) or `text/html` (the portal page).
+    pub content_type: &'static str,
+    /// More headers to send, such as `location` after a create or
+    /// `retry-after` with a 429 (lower-case names).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiResponse {
-    pub(super) fn ok(status: u16, body: Value) -> Self {
-        ApiResponse { status, body }
+    pub(crate) fn ok(status: u16, body: Value) -> Self {
+        ApiResponse {
+            status,
+            body,
+            content_type: "application/json",
+            headers: Vec::new(),
+        }
+    }
+
+    /// The body as bytes to send; empty when `body` is `Value::Null`.
+    pub fn body_bytes(&self) -> Vec<u8> {
+        match &self.body {
+            Value::Null => Vec::new(),
+            Value::String(s) if !self.content_type.contains("json") => s.as_bytes().to_vec(),
+            v => serde_json::to_vec(v).unwrap_or_default(),
+        }
+    }
+
+    /// Adds a header.
+    pub(crate) fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
     }
 
     pub(crate) fn error(
@@ -137,9 +202,9 @@ impl ApiResponse {
             Some(f) => json!([{ "fieldName": f, "errorCode": code, "message": message }]),
             None => json!([]),
         };
-        ApiResponse {
+        ApiResponse::ok(
             status,
-            body: json!({ "responseStatus": { "errorCode": code, "message": message, "errors": errors } }),
-        }
+            json!({ "responseStatus": { "errorCode": code, "message": message, "errors": errors } }),
+        )
     }
 }

@@ -19,6 +19,7 @@ mod patch;
 mod ping;
 mod secret;
 mod stored;
+mod test_event;
 pub(crate) mod validate;
 
 use std::fmt;
@@ -29,13 +30,15 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ids::SubscriptionId;
 use crate::storage::SubscriptionRecord;
-use validate::{check_conflict, check_tenant_cap, validate_event_name, validate_tenant};
+pub(crate) use validate::validate_tenant;
+use validate::{check_conflict, check_tenant_cap, validate_event_name};
 
 pub use new::{NewSubscription, USER_TENANT_PREFIX};
 pub use patch::SubscriptionPatch;
 pub use ping::PING_EVENT;
 pub use secret::{Secret, Signing};
 pub use stored::Subscription;
+pub use test_event::TEST_EVENT;
 
 /// The subscriptions of a [`Bus`](crate::Bus): see
 /// [`Bus::subscriptions`](crate::Bus::subscriptions).
@@ -76,6 +79,9 @@ impl<'a> Subscriptions<'a> {
             check_conflict(w.reader(), &rec)?;
             check_tenant_cap(w.reader(), rec.tenant.as_deref(), cap)?;
             w.put_subscription(None, &rec);
+            if !rec.active {
+                w.set_disabled(rec.id, Some((rec.created_at, "created inactive".into())));
+            }
             Ok(Subscription::from(rec))
         })
     }

@@ -46,6 +46,8 @@ pub struct NewSubscription {
     order: DeliveryOrder,
     /// The tenant is a REST caller's own (`user:<id>`).
     user_tenant: bool,
+    /// Created active (the default) or paused.
+    active: bool,
 }
 
 impl fmt::Debug for NewSubscription {
@@ -62,6 +64,7 @@ impl fmt::Debug for NewSubscription {
             rate_limit,
             order,
             user_tenant,
+            active,
         } = self;
         f.debug_struct("NewSubscription")
             .field("name", name)
@@ -75,6 +78,7 @@ impl fmt::Debug for NewSubscription {
             .field("rate_limit", rate_limit)
             .field("order", order)
             .field("user_tenant", user_tenant)
+            .field("active", active)
             .finish()
     }
 }
@@ -95,6 +99,7 @@ impl NewSubscription {
             rate_limit: None,
             order: DeliveryOrder::Unordered,
             user_tenant: false,
+            active: true,
         }
     }
 
@@ -189,6 +194,14 @@ impl NewSubscription {
         self
     }
 
+    /// Creates it inactive (`false`): it gets no deliveries until it is
+    /// activated with [`SubscriptionPatch::active`](crate::SubscriptionPatch::active).
+    /// Defaults to active.
+    pub fn active(mut self, active: bool) -> Self {
+        self.active = active;
+        self
+    }
+
     /// Validates a description and makes the record it would be stored as.
     pub(super) fn into_record(self, config: &Config) -> Result<SubscriptionRecord> {
         let new = self;
@@ -223,7 +236,7 @@ impl NewSubscription {
             secret: new.secret.map(|s| s.0),
             previous_secret: None,
             content_type: CONTENT_TYPE_JSON.to_owned(),
-            active: true,
+            active: new.active,
             owner: new.owner,
             standard_webhooks: new.signing.is_standard(),
             created_at: now,

@@ -4,6 +4,7 @@
 #![allow(missing_docs, unreachable_pub, dead_code)]
 mod admin;
 mod api;
+mod api_v1;
 #[cfg(feature = "axum")]
 mod axum_example;
 #[cfg(feature = "axum")]
