@@ -67,6 +67,7 @@ pub struct Routes {
     caller: Arc<CallerFn>,
     body_limit: usize,
     portal: Option<PortalKey>,
+    frame_ancestors: Option<String>,
 }
 
 impl fmt::Debug for Routes {
@@ -89,7 +90,18 @@ impl Routes {
             caller: Arc::new(caller),
             body_limit: DEFAULT_BODY_LIMIT,
             portal: None,
+            frame_ancestors: None,
         }
+    }
+
+    /// Who may show the portal page (`/webhooks/portal`) in a frame: a
+    /// CSP `frame-ancestors` source list, such as
+    /// `"https://app.example.com"` for your app's pages on another origin.
+    /// Defaults to `'self'` (your own origin only).
+    #[must_use]
+    pub fn portal_frame_ancestors(mut self, sources: impl Into<String>) -> Routes {
+        self.frame_ancestors = Some(sources.into());
+        self
     }
 
     /// Takes portal links signed with `key`: a request with
@@ -113,11 +125,13 @@ impl Routes {
     }
 
     /// The router: `/webhooks/subscriptions`, `/webhooks/admin`,
-    /// `/webhooks/v1` and every path under them, any method. Merge it into
+    /// `/webhooks/v1` and every path under them, any method, and the
+    /// portal page at `/webhooks/portal` (GET). Merge it into
     /// your app's router (or nest it under a prefix: the routes see the
     /// path without it).
     pub fn router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
         Router::new()
+            .route(crate::portal::PAGE_PATH, ::axum::routing::get(portal_page))
             .route("/webhooks/v1", any(serve))
             .route("/webhooks/v1/{*rest}", any(serve))
             .route("/webhooks/subscriptions", any(serve))
@@ -146,6 +160,10 @@ fn says_json(parts: &Parts) -> bool {
         .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+async fn portal_page(State(routes): State<Arc<Routes>>) -> Response {
+    answer(&crate::portal::page(routes.frame_ancestors.as_deref()))
 }
 
 /// A portal token in `Authorization: Bearer`, if there is one.

@@ -49,6 +49,13 @@ pub const MAX_LINK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The id of the [`Caller`] a portal token makes: what it creates has this
 /// owner.
 pub const PORTAL_CALLER_ID: &str = "portal";
+/// The portal page: one HTML document with its styles and script inline
+/// (no build step, nothing fetched from elsewhere), served at
+/// `/webhooks/portal` by [`page`].
+pub const PAGE: &str = include_str!("page.html");
+/// Where the page is served.
+pub const PAGE_PATH: &str = "/webhooks/portal";
+
 /// The shortest key taken, in bytes.
 pub const MIN_KEY_BYTES: usize = 32;
 /// The longest token looked at, in bytes (a longer one is refused before
@@ -181,6 +188,35 @@ impl PortalKey {
         }
         Ok(Caller::new(PORTAL_CALLER_ID, [MANAGE_ROLE]).tenant(claims.t))
     }
+}
+
+/// The portal page as a response, with headers that keep it to itself: a
+/// content security policy that runs only its own inline script (by
+/// hash), connects only to its own origin and may be framed by
+/// `frame_ancestors` (a CSP source list such as `'self'` or
+/// `https://app.example.com`; `'self'` when `None`), no referrer, no
+/// caching.
+pub fn page(frame_ancestors: Option<&str>) -> crate::rest::ApiResponse {
+    use sha2::Digest as _;
+    let script = PAGE
+        .split_once("<script>")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map_or("", |(s, _)| s);
+    let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script.as_bytes()));
+    let ancestors = frame_ancestors
+        .filter(|a| !a.is_empty() && !a.contains([';', '\r', '\n']))
+        .unwrap_or("'self'");
+    let csp = format!(
+        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+         connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+         frame-ancestors {ancestors}"
+    );
+    let mut r = crate::rest::ApiResponse::ok(200, serde_json::Value::String(PAGE.to_owned()));
+    r.content_type = "text/html; charset=utf-8";
+    r.with_header("content-security-policy", csp)
+        .with_header("referrer-policy", "no-referrer")
+        .with_header("x-content-type-options", "nosniff")
+        .with_header("cache-control", "no-store")
 }
 
 #[cfg(test)]

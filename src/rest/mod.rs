@@ -99,6 +99,21 @@ pub fn handle(bus: &Bus, req: ApiRequest<'_>) -> ApiResponse {
     if path == v1::BASE || path.starts_with("/webhooks/v1/") {
         return v1::handle(bus, req);
     }
+    if path == crate::portal::PAGE_PATH {
+        // The page itself holds no data: whoever opens it needs a portal
+        // link or the app's authentication for the v1 routes it calls.
+        return if req.method.eq_ignore_ascii_case("GET") {
+            crate::portal::page(None)
+        } else {
+            v1::problem::problem(
+                405,
+                "method_not_allowed",
+                "the portal page is read with GET",
+                None,
+            )
+            .with_header("allow", "GET")
+        };
+    }
     if let Some(rest) = path
         .strip_prefix(ADMIN_BASE)
         .filter(|r| r.is_empty() || r.starts_with('/'))

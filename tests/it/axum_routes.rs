@@ -113,3 +113,147 @@ fn the_axum_routes_take_the_callers_identity_json_and_a_body_limit() {
     rt.block_on(server).unwrap().unwrap();
     bus.shutdown(Duration::from_secs(2)).unwrap();
 }
+
+/// One request; the status, the response head (lower-cased) and body.
+fn http_head(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+#[test]
+fn the_v1_routes_take_portal_links_and_serve_the_portal_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::builder()
+        .path(dir.path())
+        .allow_private_targets(true)
+        .open()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = hookbus::portal::PortalKey::new(vec![42u8; 32]).unwrap();
+    let routes = hookbus::axum::Routes::new(bus.clone(), caller)
+        .portal_key(key.clone())
+        .portal_frame_ancestors("https://app.example.com");
+    let app: Router = Router::new()
+        .nest("/api", routes.router())
+        .layer(middleware::from_fn(authenticate));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+
+    let json = ("content-type", "application/json");
+    let token = key.link("globex", Duration::from_secs(600)).unwrap();
+    let bearer = format!("Bearer {token}");
+    let portal = ("authorization", bearer.as_str());
+    let endpoints = "/api/webhooks/v1/endpoints";
+    let create = r#"{"name":"theirs","url":"http://127.0.0.1:9/hook","events":["*"]}"#;
+    let (status, head, body) = http_head(&addr, "POST", endpoints, &[portal, json], create);
+    assert_eq!(status, 201, "{body}");
+    assert!(head.contains("location: /webhooks/v1/endpoints/"), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let subs = bus.subscriptions().list().unwrap();
+    assert_eq!(subs[0].tenant.as_deref(), Some("globex"));
+    // The app's own callers (tenant acme) do not see it.
+    let (status, _, body) = http_head(
+        &addr,
+        "GET",
+        endpoints,
+        &[("authorization", "Bearer alice")],
+        "",
+    );
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""data":[]"#), "{body}");
+    let (_, _, body) = http_head(&addr, "GET", endpoints, &[portal], "");
+    assert!(body.contains("theirs"), "{body}");
+    // A changed token, another key's, or an expired one: 401 problem+json.
+    let tampered = format!(
+        "Bearer {}",
+        token.replacen("hbp_e", "hbp_f", 1).replace(".", ".A")
+    );
+    let other = hookbus::portal::PortalKey::new(vec![7u8; 32]).unwrap();
+    let foreign = format!(
+        "Bearer {}",
+        other.link("globex", Duration::from_secs(600)).unwrap()
+    );
+    let short = format!(
+        "Bearer {}",
+        key.link("globex", Duration::from_secs(1)).unwrap()
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    for bad in [&tampered, &foreign, &short] {
+        let (status, head, body) = http_head(
+            &addr,
+            "GET",
+            endpoints,
+            &[("authorization", bad.as_str())],
+            "",
+        );
+        assert_eq!(status, 401, "{body}");
+        assert!(
+            head.contains("content-type: application/problem+json"),
+            "{head}"
+        );
+        assert!(body.contains("portal link refused"), "{body}");
+    }
+    // v1 errors are problems, also the framework-level ones.
+    let (status, head, _) = http_head(&addr, "POST", endpoints, &[portal], create);
+    assert_eq!(status, 415);
+    assert!(head.contains("application/problem+json"), "{head}");
+    // The document needs no caller.
+    let (status, _, body) = http_head(&addr, "GET", "/api/webhooks/v1/openapi.json", &[], "");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"openapi\":\"3.1.0\""), "{body}");
+    // The page: HTML, its own script only, framed by the app's origin.
+    let (status, head, body) = http_head(&addr, "GET", "/api/webhooks/portal", &[], "");
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(
+        head.contains("frame-ancestors https://app.example.com"),
+        "{head}"
+    );
+    assert!(head.contains("script-src 'sha256-"), "{head}");
+    assert!(head.contains("referrer-policy: no-referrer"), "{head}");
+    assert!(body.starts_with("<!doctype html>"), "{body}");
+
+    stop.send(()).unwrap();
+    rt.block_on(server).unwrap().unwrap();
+    bus.shutdown(Duration::from_secs(2)).unwrap();
+}
