@@ -56,24 +56,49 @@ fn browser_tools() -> Option<(PathBuf, PathBuf)> {
 }
 
 /// chromedriver, in a process group of its own with the Chromium it
-/// starts, and its fresh profile folder. Dropping it kills the group, also
-/// when a test panics.
+/// starts, and its fresh profile folder. Dropping it (also when a test
+/// panics) ends the WebDriver session, which quits Chromium, then kills
+/// that one group by its id.
 struct Driver {
     child: Child,
+    port: u16,
+    session: Option<String>,
     profile: tempfile::TempDir,
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // The whole group (its id is chromedriver's): chromedriver and the
-        // browser it started.
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", self.child.id()))
-            .stderr(Stdio::null())
-            .status();
+        if let Some(session) = self.session.take() {
+            end_session(self.port, &session);
+        }
+        // The group chromedriver leads (`process_group(0)`), by its id:
+        // chromedriver's, a child of this process, never 0 or 1 (a signal
+        // to "group 1", kill(-1), reaches every process: no `kill`
+        // command, whose parsing of `-<pgid>` did exactly that here).
+        let pid = rustix::process::Pid::from_child(&self.child);
+        if pid.as_raw_nonzero().get() > 1 && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `DELETE /session/<id>` to chromedriver (blocking, 5 s at most): it
+/// quits that session's Chromium.
+fn end_session(port: u16, session: &str) {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+    let request = format!(
+        "DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    if conn.write_all(request.as_bytes()).is_ok() {
+        let _ = conn.read_to_end(&mut Vec::new());
     }
 }
 
@@ -110,7 +135,12 @@ impl Browser {
             .process_group(0)
             .spawn()
             .expect("start chromedriver");
-        let mut driver = Driver { child, profile };
+        let mut driver = Driver {
+            child,
+            port,
+            session: None,
+            profile,
+        };
         let end = Instant::now() + WAIT;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -154,12 +184,18 @@ impl Browser {
         .await
         .unwrap_or_else(|_| panic!("no WebDriver session in {WAIT:?}; {}", driver.log()))
         .unwrap_or_else(|e| panic!("WebDriver session: {e}; {}", driver.log()));
+        driver.session = client.session_id().await.ok().flatten();
         Browser { client, driver }
     }
 
     /// Ends the session (Chromium quits) before the group is killed.
-    async fn close(self) {
-        let _ = tokio::time::timeout(WAIT, self.client.clone().close()).await;
+    async fn close(mut self) {
+        if tokio::time::timeout(WAIT, self.client.clone().close())
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            self.driver.session = None;
+        }
     }
 
     /// Opens `url` as a new page load (from a blank page, so that a link
@@ -193,10 +229,10 @@ impl Browser {
     async fn until(&self, what: &str, script: &str, cond: impl Fn(&Value) -> bool) -> Value {
         let end = Instant::now() + WAIT;
         loop {
-            if let Ok(v) = self.client.execute(script, vec![]).await {
-                if cond(&v) {
-                    return v;
-                }
+            if let Ok(v) = self.client.execute(script, vec![]).await
+                && cond(&v)
+            {
+                return v;
             }
             if Instant::now() >= end {
                 self.fail(&format!("timed out waiting for {what}")).await;
@@ -246,22 +282,46 @@ impl Browser {
         );
     }
 
-    /// Saves a PNG of the whole page (the window grown to its height) as
-    /// `target/portal-screenshots/<name>.png`, and in `docs/portal/` when
-    /// `HOOKBUS_SCREENSHOTS=1`.
-    async fn screenshot(&self, name: &str) -> PathBuf {
-        let (w, h) = self.client.get_window_size().await.unwrap_or((1100, 900));
-        let height = self
-            .client
-            .execute("return document.documentElement.scrollHeight", vec![])
+    /// A Chrome DevTools Protocol command, through chromedriver.
+    async fn cdp(&self, cmd: &'static str, params: Value) -> Value {
+        self.client
+            .issue_cmd(Cdp { cmd, params })
             .await
-            .ok()
-            .and_then(|v| v.as_u64())
-            .unwrap_or(900)
-            .clamp(400, 2400) as u32;
-        let _ = self.client.set_window_size(w as u32, height).await;
-        let png = self.client.screenshot().await.unwrap();
-        let _ = self.client.set_window_size(w as u32, h as u32).await;
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+    }
+
+    /// Saves a PNG of the whole page (beyond the window, up to 3000 px
+    /// high) as `target/portal-screenshots/<name>.png`, and in
+    /// `docs/portal/` when `HOOKBUS_SCREENSHOTS=1`.
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        use base64::Engine as _;
+        use fantoccini::actions::InputSource as _;
+        // The pointer out of the way (no hover style in the picture).
+        let park = fantoccini::actions::MouseActions::new("mouse".into()).then(
+            fantoccini::actions::PointerAction::MoveTo {
+                duration: None,
+                x: 0.0,
+                y: 0.0,
+            },
+        );
+        let _ = self.client.perform_actions(park).await;
+        let size = self.cdp("Page.getLayoutMetrics", json!({})).await;
+        let size = &size["cssContentSize"];
+        let (w, h) = (size["width"].as_f64(), size["height"].as_f64());
+        let shot = self
+            .cdp(
+                "Page.captureScreenshot",
+                json!({
+                    "format": "png",
+                    "captureBeyondViewport": true,
+                    "clip": {"x": 0, "y": 0, "width": w.unwrap_or(1100.0),
+                             "height": h.unwrap_or(900.0).min(3000.0), "scale": 1},
+                }),
+            )
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("a screenshot"))
+            .unwrap();
         let dir = screenshot_dir();
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{name}.png"));
@@ -272,6 +332,31 @@ impl Browser {
             std::fs::write(docs.join(format!("{name}.png")), &png).unwrap();
         }
         path
+    }
+}
+
+/// chromedriver's `goog/cdp/execute`: one DevTools command.
+#[derive(Debug)]
+struct Cdp {
+    cmd: &'static str,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (axum::http::Method, Option<String>) {
+        let body = json!({"cmd": self.cmd, "params": self.params});
+        (axum::http::Method::POST, Some(body.to_string()))
     }
 }
 
@@ -417,4 +502,324 @@ fn the_portal_page_sends_the_links_token_and_shows_a_refused_link_as_invalid() {
         b.screenshot("invalid-link").await;
         b.close().await;
     });
+}
+
+/// The app under test: a bus on a sled folder, hookbus's routes with a
+/// portal key, served by axum on 127.0.0.1 (the page at
+/// `/webhooks/portal`, the API at `/webhooks/v1`), and a host page
+/// `/host?w=<px>#<link fragment>` that embeds the portal in an iframe.
+struct App {
+    bus: hookbus::Bus,
+    key: hookbus::portal::PortalKey,
+    base: String,
+    rt: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl App {
+    fn start() -> App {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = hookbus::Bus::builder()
+            .path(dir.path())
+            .allow_private_targets(true)
+            .retry_schedule(vec![Duration::from_millis(10); 2])
+            .request_timeout(Duration::from_secs(5))
+            .open()
+            .unwrap();
+        let key =
+            hookbus::portal::PortalKey::new(b"the portal browser test's key, 32+ bytes".to_vec())
+                .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        // Only portal links call: the app's own authentication lets nobody in.
+        let routes = hookbus::axum::Routes::new(bus.clone(), |_: &axum::http::request::Parts| None)
+            .portal_key(key.clone());
+        let app: axum::Router = axum::Router::new().merge(routes.router()).route(
+            "/host",
+            axum::routing::get(|| async { axum::response::Html(HOST) }),
+        );
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        App {
+            bus,
+            key,
+            base,
+            rt,
+            stop: Some(stop),
+            _dir: dir,
+        }
+    }
+
+    /// A portal link's fragment for `tenant`.
+    fn link(&self, tenant: &str) -> String {
+        let token = self.key.link(tenant, Duration::from_secs(600)).unwrap();
+        format!("token={token}")
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.bus.shutdown(Duration::from_secs(2));
+    }
+}
+
+/// An app's page that embeds the portal, as the README shows: an iframe
+/// as wide as `?w=` (a phone: 375), given the link's fragment.
+const HOST: &str = r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Host</title></head>
+<body style="margin:0"><script>
+const w = Number(new URLSearchParams(location.search).get("w")) || 800;
+const f = document.createElement("iframe");
+f.title = "Webhooks"; f.id = "portal";
+f.style.cssText = "border:0;display:block;height:800px;width:" + w + "px";
+f.src = "/webhooks/portal" + location.hash;
+history.replaceState(null, "", location.pathname + location.search);
+document.body.append(f);
+</script></body></html>"#;
+
+/// The whole flow of one tenant in the browser, another tenant's view, and
+/// refused links.
+#[test]
+fn a_tenant_manages_its_webhooks_in_the_portal_page() {
+    let Some((chromium, driver)) = browser_tools() else {
+        return;
+    };
+    let app = App::start();
+    let receiver = crate::receiver::TestReceiver::start();
+    let acme = app.link("acme");
+    let globex = app.link("globex");
+    let base = app.base.clone();
+    app.rt.block_on(async {
+        let b = Browser::start(&chromium, &driver).await;
+
+        // The link opens the (empty) endpoints screen; the token leaves the
+        // address bar.
+        b.open(&format!("{base}/webhooks/portal#{acme}")).await;
+        b.shown("[data-testid=endpoints-empty]").await;
+        let url = b.client.current_url().await.unwrap();
+        assert_eq!(url.fragment(), None);
+
+        // Add an endpoint at the receiver, for an event of the catalog.
+        b.click("[data-testid=add-endpoint]").await;
+        b.fill("[data-testid=field-name]", "orders").await;
+        b.fill("[data-testid=field-url]", &receiver.url("/hooks/orders"))
+            .await;
+        // The catalog's checkboxes, or free text when the app has no catalog.
+        if b.client
+            .find(Locator::Css("[data-testid=event-checkbox]"))
+            .await
+            .is_ok()
+        {
+            b.click("[data-testid=event-checkbox][value='order.created']")
+                .await;
+        } else {
+            b.fill("[data-testid=field-events-text]", "order.created")
+                .await;
+        }
+        b.click("[data-testid=save-endpoint]").await;
+        // The secret, once.
+        let secret = b
+            .shown("[data-testid=secret-value]")
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(secret.starts_with("whsec_"), "{secret}");
+        assert!(
+            b.body_text().await.contains("you will not see it again"),
+            "{}",
+            b.body_text().await
+        );
+        b.shown("[data-testid=endpoint][data-name=orders]").await;
+        b.screenshot("create-secret").await;
+        b.click("[data-testid=dismiss-secret]").await;
+        b.until("the secret to go", "return document.documentElement.outerHTML", |v| {
+            !v.as_str().unwrap_or("").contains(&secret)
+        })
+        .await;
+
+        // The list: name, URL, events, enabled, health.
+        let card = b.shown("[data-testid=endpoint][data-name=orders]").await;
+        let text = card.text().await.unwrap();
+        assert!(text.contains(&receiver.url("/hooks/orders")), "{text}");
+        assert!(text.contains("order.created"), "{text}");
+        assert!(text.contains("Enabled"), "{text}");
+        b.until(
+            "the health summary",
+            "return document.querySelector('[data-testid=endpoint-health]').textContent",
+            |v| !v.as_str().unwrap_or("Checking").starts_with("Checking"),
+        )
+        .await;
+
+        // A test event: the receiver gets it, signed with the secret shown,
+        // and the page shows the outcome.
+        b.click("[data-testid=endpoint][data-name=orders] [data-testid=endpoint-test]")
+            .await;
+        let got = receiver.wait_for(1, WAIT);
+        assert_eq!(got[0].path, "/hooks/orders");
+        assert_eq!(got[0].json()["test"], true, "a test event");
+        let outcome = b.shown("[data-testid=test-outcome]").await;
+        let outcome = outcome.text().await.unwrap();
+        assert!(outcome.contains("Succeeded"), "{outcome}");
+        assert!(outcome.contains("HTTP 204"), "{outcome}");
+        hookbus::signing::verify_standard(
+            &secret,
+            got[0].header_pairs(),
+            &got[0].body,
+            hookbus::signing::DEFAULT_TOLERANCE,
+        )
+        .expect("signed with the secret the page showed");
+
+        // An event of the app's: delivered, and in the log with its attempt.
+        app.bus
+            .publish_durable_to("acme", "order.created", &json!({"order": 42}))
+            .unwrap();
+        let got = receiver.wait_for(2, WAIT);
+        let sent = got.last().unwrap().clone();
+        b.click("[data-testid=tab-deliveries]").await;
+        let end = Instant::now() + WAIT;
+        let row = loop {
+            let rows = b
+                .client
+                .find_all(Locator::Css(
+                    "[data-testid=delivery][data-state=delivered]",
+                ))
+                .await
+                .unwrap();
+            let mut found = None;
+            for r in rows {
+                if r.text().await.unwrap().contains("order.created") {
+                    found = Some(r);
+                    break;
+                }
+            }
+            if let Some(r) = found {
+                break r;
+            }
+            if Instant::now() >= end {
+                b.fail("no delivered order.created in the log").await;
+            }
+            b.click("[data-testid=apply-filters]").await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        row.find(Locator::Css("[data-testid=delivery-open]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let detail = b.shown("[data-testid=delivery-detail]").await;
+        let attempt = b.shown("[data-testid=attempt]").await.text().await.unwrap();
+        assert!(attempt.contains("HTTP 204"), "{attempt}");
+        assert!(attempt.contains("ms"), "{attempt}");
+        let payload = b
+            .shown("[data-testid=delivery-payload]")
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(payload.contains("42"), "{payload}");
+        let first_id = detail.attr("data-delivery-id").await.unwrap().unwrap();
+        b.screenshot("delivery").await;
+
+        // Resend: the receiver gets the event again.
+        b.click("[data-testid=resend]").await;
+        let got = receiver.wait_for(3, WAIT);
+        assert_eq!(got[2].body, sent.body, "the same event");
+        b.until(
+            "the new delivery's detail",
+            "const d = document.querySelector('[data-testid=delivery-detail]'); return d && d.dataset.deliveryId",
+            |v| v.as_str().is_some_and(|id| id != first_id),
+        )
+        .await;
+
+        // The list again, with the endpoint's health now.
+        b.click("[data-testid=tab-endpoints]").await;
+        b.until(
+            "the health summary with the deliveries",
+            "const e = document.querySelector('[data-testid=endpoint-health]'); return e && e.textContent",
+            |v| v.as_str().is_some_and(|t| t.contains("attempts succeeded")),
+        )
+        .await;
+        b.screenshot("endpoints").await;
+
+        // The catalog: the app's event types, or a notice that it has none.
+        b.click("[data-testid=tab-catalog]").await;
+        let catalog = b.shown("[data-testid=event-type], [data-testid=catalog-empty]").await;
+        if catalog.attr("data-testid").await.unwrap().as_deref() == Some("event-type") {
+            let text = catalog.text().await.unwrap();
+            assert!(text.contains("order.created"), "{text}");
+        }
+        b.screenshot("catalog").await;
+
+        // On a phone, in an iframe of the app's page: no horizontal scroll.
+        b.open(&format!("{base}/host?w=375#{acme}")).await;
+        b.client.enter_frame(0).await.unwrap();
+        b.shown("[data-testid=endpoint][data-name=orders]").await;
+        for tab in ["endpoints", "deliveries", "catalog"] {
+            b.click(&format!("[data-testid=tab-{tab}]")).await;
+            let widths = b
+                .until(
+                    "the layout",
+                    "const e = document.documentElement; return [e.scrollWidth, e.clientWidth]",
+                    |v| v[1].as_u64().is_some_and(|w| w > 0),
+                )
+                .await;
+            assert!(
+                widths[0].as_u64() <= widths[1].as_u64(),
+                "{tab}: wider than the phone: {widths}"
+            );
+        }
+        b.client.enter_parent_frame().await.unwrap();
+
+        // Another tenant's link: none of it.
+        b.open(&format!("{base}/webhooks/portal#{globex}")).await;
+        b.shown("[data-testid=endpoints-empty]").await;
+        b.click("[data-testid=tab-deliveries]").await;
+        b.shown("[data-testid=deliveries-empty]").await;
+        let dom = b.dom().await;
+        assert!(!dom.contains("orders"), "another tenant's endpoint shows");
+        assert!(!dom.contains(&receiver.url("")), "another tenant's URL shows");
+
+        // An expired link and a tampered one: refused.
+        let expired = app.key.link("acme", Duration::from_secs(1)).unwrap();
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        for (what, token) in [("expired", expired), ("tampered", tampered(&acme))] {
+            b.open(&format!("{base}/webhooks/portal#token={token}")).await;
+            b.shown("[data-testid=link-invalid]").await;
+            let text = b.body_text().await;
+            assert!(
+                text.contains("This link has expired or is not valid"),
+                "{what}: {text}"
+            );
+            assert!(!text.contains("orders"), "{what}: {text}");
+        }
+        b.close().await;
+    });
+    assert_eq!(receiver.count(), 3);
+}
+
+/// The link's token with one character of its signature changed.
+fn tampered(fragment: &str) -> String {
+    let token = fragment.strip_prefix("token=").unwrap();
+    let mut chars: Vec<char> = token.chars().collect();
+    let i = chars.len() - 3;
+    chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+    chars.into_iter().collect()
 }
