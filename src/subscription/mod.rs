@@ -30,8 +30,8 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ids::SubscriptionId;
 use crate::storage::SubscriptionRecord;
-pub(crate) use validate::validate_tenant;
-use validate::{check_conflict, check_tenant_cap, validate_event_name};
+use validate::{check_conflict, check_tenant_cap};
+pub(crate) use validate::{validate_event_name, validate_tenant};
 
 pub use new::{NewSubscription, USER_TENANT_PREFIX};
 pub use patch::SubscriptionPatch;
