@@ -161,6 +161,9 @@ fn latest_attempts(bus: &Bus, s: &Subscription, limit: usize) -> Result<Vec<Valu
         .take(HISTORY_DELIVERIES)
     {
         let d = d?;
+        if d.attempts == 0 {
+            continue; // none to read
+        }
         let mut attempts = outbox.attempts(d.id)?;
         attempts.reverse();
         for a in attempts {
