@@ -207,7 +207,6 @@ impl<'a> Subscriptions<'a> {
     /// (see [`ping`](Self::ping)); [`Error::TooManyRequests`] when none
     /// is left, with how long until one is. Call it before sending any
     /// test request to a subscription. Does not look the subscription up.
-    #[allow(dead_code)] // also for the stored test event (issue 28)
     pub(crate) fn check_test_rate(&self, id: SubscriptionId) -> Result<()> {
         self.engine.test_rate().take(id, std::time::Instant::now())
     }

@@ -13,6 +13,8 @@
 //! * v4: attempted deliveries, every attempt under an attempt key; opened
 //!   by format 5, they keep their attempts and counts and purge cleanly.
 //! * v5: the newest attempt in the delivery record, counts of 1 implicit.
+//! * v6: subscriptions indexed by tenant and owner (opening a v5 store
+//!   builds the index).
 
 use std::path::Path;
 use std::time::Duration;
@@ -699,4 +701,32 @@ fn a_version_5_store_opens_with_its_attempts() {
     drop(bus);
     assert_eq!(format_marker(&store), [6]);
     assert_eq!(keys_under(&store, b"u"), 5, "one tenant entry each");
+}
+
+#[test]
+fn a_version_6_store_opens_with_its_tenant_and_owner_index() {
+    if crate::sled_only("sled format fixtures") {
+        return;
+    }
+    let (_dir, store) = fixture_copy(6);
+    assert_eq!(keys_under(&store, b"u"), 5, "written with the index");
+    assert_eq!(
+        keys_under(&store, b"w"),
+        2,
+        "Hub's (alice) and Tenant's (bob)"
+    );
+    let bus = builder(&store).deliver(false).open().unwrap();
+    flaky_and_down(&bus);
+    let subs = bus.subscriptions();
+    let names = |v: Vec<Subscription>| v.into_iter().map(|s| s.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(subs.list_by_tenant("acme", None, 10).unwrap()),
+        ["Tenant"]
+    );
+    assert_eq!(names(subs.list_by_owner("alice").unwrap()), ["Hub"]);
+    let stats = consistent(&bus);
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (8, 1, 2));
+    bus.shutdown(Duration::from_secs(1)).unwrap();
+    drop(bus);
+    assert_eq!(format_marker(&store), [6]);
 }
