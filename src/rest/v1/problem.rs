@@ -84,6 +84,7 @@ pub(super) fn from_error(e: &Error) -> ApiResponse {
         }
         Error::NotDead { .. } => (409, "not_dead", None),
         Error::InvalidReplay(_) => (400, "validation", None),
+        Error::TooManyRequests { .. } => (429, "rate_limited", None),
         Error::Closed => (503, "unavailable", None),
         _ => (500, "internal", None),
     };
@@ -93,7 +94,14 @@ pub(super) fn from_error(e: &Error) -> ApiResponse {
     } else {
         e.to_string()
     };
-    problem(status, code, detail, field)
+    let r = problem(status, code, detail, field);
+    match e {
+        Error::TooManyRequests { retry_after } => r.with_header(
+            "retry-after",
+            retry_after.as_secs().max(1).to_string(),
+        ),
+        _ => r,
+    }
 }
 
 /// Parses a JSON body into `T`: a body is required (`{}` when it has
