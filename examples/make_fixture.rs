@@ -40,6 +40,9 @@
 //!   delivery's newest attempt is in its record (only the first attempts of
 //!   "Flaky" and "Down" are under attempt keys), and events with one
 //!   delivery have no reference count.
+//! * `tests/fixtures/store-v6` — record format 6, the same content: every
+//!   subscription also under the tenant index (`u`) and, with an owner,
+//!   the owner index (`w`).
 
 use std::time::Duration;
 

@@ -195,7 +195,10 @@ async fn serve(State(routes): State<Arc<Routes>>, request: Request) -> Response 
     // A POST without a body too: a cross-site form or `no-cors` fetch can
     // send an empty one with the user's cookies and no preflight.
     let simple = parts.method == ::axum::http::Method::POST;
-    if (simple || !body.is_empty()) && !says_json(&parts) {
+    // A v1 request for no route, or a method the route does not take, is
+    // answered 404 or 405 whatever its body.
+    let routed = !v1 || crate::rest::v1::routes(parts.uri.path(), parts.method.as_str());
+    if routed && (simple || !body.is_empty()) && !says_json(&parts) {
         return answer(&refuse(
             415,
             "UnsupportedMediaType",

@@ -90,6 +90,20 @@ pub enum Error {
         max: usize,
     },
 
+    /// Too many test requests to one subscription
+    /// ([`Subscriptions::ping`](crate::Subscriptions::ping)) in a short
+    /// time: each subscription may have a few in a burst, then one every
+    /// two seconds (see [`TEST_REQUEST_BURST`](crate::TEST_REQUEST_BURST)).
+    /// Nothing was sent; try again after `retry_after`.
+    #[error(
+        "too many test requests to this subscription; try again in {} ms",
+        retry_after.as_millis()
+    )]
+    TooManyRequests {
+        /// How long until the next test request is allowed.
+        retry_after: std::time::Duration,
+    },
+
     /// An idempotency key was used within the idempotency window for
     /// another event: another name, payload or tenant. A retry must send
     /// the same event; a different event needs a new key (Stripe answers

@@ -275,7 +275,7 @@ pub use record::{Attempt, AttemptError, AttemptErrorKind, Event, OutboxStats};
 pub use sender::USER_AGENT;
 pub use subscription::{
     NewSubscription, PING_EVENT, Secret, Signing, Subscription, SubscriptionPatch, Subscriptions,
-    TEST_EVENT,
+    TEST_EVENT, TEST_REQUEST_BURST, TEST_REQUEST_REFILL,
 };
 
 // The signing items' old root paths, deprecated and hidden (issue 26);

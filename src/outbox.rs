@@ -252,6 +252,31 @@ impl<'a> Outbox<'a> {
         }))
     }
 
+    /// One page's worth of a subscription's deliveries, newest first:
+    /// those created strictly before delivery `before` (the last one of
+    /// the previous page; `None` to start from the newest). A seek in the
+    /// store's index of the subscription's deliveries, then one record per
+    /// delivery taken: take what a page needs (`.take(50)`), the work
+    /// follows what is taken, not the subscription's backlog.
+    ///
+    /// The cursor need not exist any more (a purged delivery still marks
+    /// its place).
+    pub fn for_subscription_before(
+        &self,
+        subscription: SubscriptionId,
+        before: Option<DeliveryId>,
+    ) -> Deliveries {
+        let r = match self.reader() {
+            Ok(r) => r,
+            Err(e) => return Deliveries::failed(e),
+        };
+        let ids = r.deliveries_of_before(subscription, before);
+        Deliveries::new(ids.filter_map(move |id| match id {
+            Ok(id) => r.delivery(id).transpose(),
+            Err(e) => Some(Err(e)),
+        }))
+    }
+
     /// One delivery.
     pub fn get(&self, id: DeliveryId) -> Result<Option<Delivery>> {
         self.reader()?.delivery(id)

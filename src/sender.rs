@@ -184,10 +184,12 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn new(config: &Config, results: Sender<Outcome>) -> Pool {
+    /// A pool whose threads send through `agent` (the bus's one agent,
+    /// [`build_agent`]; test requests share it).
+    pub(crate) fn new(agent: ureq::Agent, config: &Config, results: Sender<Outcome>) -> Pool {
         let (work, work_rx) = crossbeam_channel::unbounded();
         Pool {
-            agent: build_agent(config),
+            agent,
             work: Some(work),
             work_rx,
             results: Some(results),

@@ -92,6 +92,18 @@ impl Bus {
         &self.inner.config
     }
 
+    /// How many records (subscriptions, deliveries, attempts, events) the
+    /// handles' reads of this bus decoded so far; not the dispatcher's own
+    /// reads. For tests that show a read's work is bounded; not a stable
+    /// API. 0 after shutdown.
+    #[doc(hidden)]
+    pub fn __internal_records_decoded(&self) -> u64 {
+        self.inner
+            .engine
+            .reader()
+            .map_or(0, |r| r.records_decoded())
+    }
+
     /// Whether the bus still accepts events (it has not been shut down).
     pub fn is_open(&self) -> bool {
         self.inner.engine.is_open()

@@ -67,6 +67,7 @@ const DEFER_MAX: usize = 64;
 /// channel and the thread's handle.
 pub(crate) fn start(
     writer: Box<dyn Writer>,
+    agent: ureq::Agent,
     config: Arc<Config>,
     vitals: Arc<super::Vitals>,
     queued: Arc<super::QueuedBytes>,
@@ -80,7 +81,7 @@ pub(crate) fn start(
         session.commit()?;
     }
     let (pool, outcomes) = if config.deliver {
-        (Some(sender::Pool::new(&config, out_tx)), out_rx)
+        (Some(sender::Pool::new(agent, &config, out_tx)), out_rx)
     } else {
         (None, crossbeam_channel::never())
     };

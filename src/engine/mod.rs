@@ -40,6 +40,7 @@ use crate::config::Config;
 use crate::error::{Error, Result, StoreError};
 use crate::record::Event;
 use crate::storage::{Reader, Writer};
+use crate::subscription::test_rate::TestRate;
 
 pub(crate) use session::Session;
 
@@ -167,6 +168,11 @@ pub(crate) struct Engine {
     shutdown_timeout: Duration,
     vitals: Arc<Vitals>,
     queued: Arc<QueuedBytes>,
+    /// The HTTP agent the senders share; test requests go through it too
+    /// (one connection pool, one internal-address guard).
+    agent: ureq::Agent,
+    /// Test requests' rate limit, per subscription.
+    test_rate: TestRate,
 }
 
 impl std::fmt::Debug for Engine {
@@ -201,7 +207,14 @@ impl Engine {
         let shutdown_timeout = config.shutdown_timeout;
         let vitals = Arc::new(Vitals::default());
         let queued = Arc::new(QueuedBytes::new(config.max_queued_bytes));
-        let (tx, thread) = event_loop::start(writer, config, vitals.clone(), queued.clone())?;
+        let agent = crate::sender::build_agent(&config);
+        let (tx, thread) = event_loop::start(
+            writer,
+            agent.clone(),
+            config,
+            vitals.clone(),
+            queued.clone(),
+        )?;
         Ok(Engine {
             tx: RwLock::new(Some(tx)),
             reader: RwLock::new(Some(reader)),
@@ -213,7 +226,19 @@ impl Engine {
             shutdown_timeout,
             vitals,
             queued,
+            agent,
+            test_rate: TestRate::default(),
         })
+    }
+
+    /// The HTTP agent the senders share.
+    pub(crate) fn agent(&self) -> &ureq::Agent {
+        &self.agent
+    }
+
+    /// Test requests' rate limit, per subscription.
+    pub(crate) fn test_rate(&self) -> &TestRate {
+        &self.test_rate
     }
 
     /// Takes a thread of the bus's own that ends by itself once the engine

@@ -9,11 +9,12 @@
 //! | route | who | does |
 //! | --- | --- | --- |
 //! | `POST /webhooks/subscriptions` | any caller | create `{name, events, config: {url, secret, contentType}}` |
-//! | `GET /webhooks/subscriptions` | any caller | the caller's own subscriptions |
-//! | `GET /webhooks/subscriptions/{id}` | its owner | one, with its latest ≤ 100 attempts, newest first |
+//! | `GET /webhooks/subscriptions` | any caller | the caller's own subscriptions (read by its tenant: other tenants' cost nothing) |
+//! | `GET /webhooks/subscriptions/{id}` | its owner | one, with its latest ≤ 100 attempts, newest first, from its newest 200 deliveries (bounded work whatever its backlog; older deliveries: `history`) |
 //! | `PUT /webhooks/subscriptions/{id}` | its owner | change `url`, `secret`, `contentType`, `isActive`, `name`, `events` |
 //! | `DELETE /webhooks/subscriptions/{id}` | its owner | delete |
 //! | `GET /webhooks/subscriptions/{id}/history` | its owner | its latest deliveries (`?limit=`, ≤ 100) |
+//! | `POST /webhooks/subscriptions/{id}/ping` | its owner | a test request now ([`Subscriptions::ping`](crate::Subscriptions::ping)): its status, time, excerpt; 429 `TooManyRequests` beyond the test-request limit ([`TEST_REQUEST_BURST`](crate::TEST_REQUEST_BURST)) |
 //! | `GET /webhooks/subscriptions/search?eventName=` | role `relay` | the active subscribers an event reaches: the caller's tenant's, or (a caller without tenant) the app-wide ones |
 //!
 //! **Operator routes**, for callers with the [`ADMIN_ROLE`] (`admin`) and

@@ -25,6 +25,7 @@ pub(super) fn from_error(e: &Error, in_config: bool) -> ApiResponse {
         }
         Error::NotDead { .. } => (409, "NotDead", None),
         Error::InvalidReplay(_) => (400, "InvalidReplay", None),
+        Error::TooManyRequests { .. } => (429, "TooManyRequests", None),
         Error::Closed => (503, "Unavailable", None),
         _ => (500, "InternalError", None),
     };

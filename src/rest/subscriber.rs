@@ -84,8 +84,35 @@ fn create(bus: &Bus, caller: &Caller, body: &[u8]) -> ApiResponse {
     }
 }
 
+/// The caller's subscriptions, read through the index by tenant: its
+/// tenant's, and for a caller without a tenant also the ones without a
+/// tenant it owns (see `Caller::owns`); then owned ones only, oldest first.
 fn list(bus: &Bus, caller: &Caller) -> ApiResponse {
-    match bus.subscriptions().list_by_owner(&caller.id) {
+    const PAGE: usize = 100;
+    let subs = bus.subscriptions();
+    let mine = || -> Result<Vec<Subscription>, Error> {
+        let tenant = caller.tenant_id();
+        let mut out: Vec<Subscription> = Vec::new();
+        loop {
+            let page = subs.list_by_tenant(&tenant, out.last().map(|s| s.id), PAGE)?;
+            let done = page.len() < PAGE;
+            out.extend(page);
+            if done {
+                break;
+            }
+        }
+        if caller.tenant.is_none() {
+            // Made through the Rust API or before tenants: by owner.
+            out.extend(
+                subs.list_by_owner(&caller.id)?
+                    .into_iter()
+                    .filter(|s| s.tenant.is_none()),
+            );
+            out.sort_by_key(|s| s.id);
+        }
+        Ok(out)
+    };
+    match mine() {
         Ok(subs) => ApiResponse::ok(
             200,
             json!({ "subscriptions": subs
@@ -134,12 +161,24 @@ fn with_owned(
     }
 }
 
-/// The latest attempts of a subscription, newest first, at most `limit`.
+/// The most deliveries [`latest_attempts`] looks at: a subscription's GET
+/// costs the same whatever its backlog (a long run of deliveries never
+/// attempted would otherwise be walked to its end looking for attempts).
+const HISTORY_DELIVERIES: usize = 200;
+
+/// The latest attempts of a subscription, newest first, at most `limit`,
+/// from its newest [`HISTORY_DELIVERIES`] deliveries.
 fn latest_attempts(bus: &Bus, s: &Subscription, limit: usize) -> Result<Vec<Value>, Error> {
     let outbox = bus.outbox();
     let mut out = Vec::new();
-    for d in outbox.for_subscription(s.id, true) {
+    for d in outbox
+        .for_subscription_before(s.id, None)
+        .take(HISTORY_DELIVERIES)
+    {
         let d = d?;
+        if d.attempts == 0 {
+            continue; // none to read
+        }
         let mut attempts = outbox.attempts(d.id)?;
         attempts.reverse();
         for a in attempts {

@@ -69,6 +69,27 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     }
     /// Every subscription, in id (= creation time) order.
     fn subscriptions(&self) -> Iter<SubscriptionRecord>;
+    /// The subscriptions of one tenant or owner ([`SubscriptionsBy`]), in
+    /// id order, after `after`, at most `limit`: read through an index, so
+    /// the work follows what is listed, not how many subscriptions the
+    /// store holds. An index entry whose record is gone or no longer
+    /// matches is skipped; a record that does not decode is an error.
+    fn subscriptions_by(
+        &self,
+        by: SubscriptionsBy<'_>,
+        after: Option<SubscriptionId>,
+        limit: usize,
+    ) -> Result<Vec<SubscriptionRecord>>;
+    /// One tenant's subscriptions in id order, after `after`, at most
+    /// `limit` ([`subscriptions_by`](Self::subscriptions_by)).
+    fn tenant_subscriptions(
+        &self,
+        tenant: &str,
+        after: Option<SubscriptionId>,
+        limit: usize,
+    ) -> Result<Vec<SubscriptionRecord>> {
+        self.subscriptions_by(SubscriptionsBy::Tenant(Some(tenant)), after, limit)
+    }
     /// The subscriptions indexed under `event` or `*`, each once, in id
     /// order (active or not: the caller checks).
     fn subscribers_of(&self, event: &str) -> Result<Subscribers>;
@@ -80,6 +101,13 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     fn deliveries(&self, after: Option<DeliveryId>) -> Iter<Delivery>;
     /// The ids of one subscription's deliveries, oldest or newest first.
     fn deliveries_of(&self, sub: SubscriptionId, newest_first: bool) -> Iter<DeliveryId>;
+    /// The ids of one subscription's deliveries strictly before `before`
+    /// (all of them with `None`), newest first.
+    fn deliveries_of_before(
+        &self,
+        sub: SubscriptionId,
+        before: Option<DeliveryId>,
+    ) -> Iter<DeliveryId>;
     /// The ids of one subscription's deliveries from `from` on (itself
     /// included, if it exists), oldest first.
     fn deliveries_of_from(&self, sub: SubscriptionId, from: DeliveryId) -> Iter<DeliveryId>;
@@ -129,6 +157,46 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     }
     /// Unacknowledged notices, oldest first.
     fn notices(&self) -> Iter<Notice>;
+    /// How many records (subscriptions, deliveries, attempts, events) this
+    /// reader and its clones decoded so far: a measure of work for tests
+    /// that show a read is bounded. The engine's own reads are not
+    /// counted here (its reader has a count of its own).
+    fn records_decoded(&self) -> u64;
+}
+
+/// Which subscriptions [`Reader::subscriptions_by`] lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubscriptionsBy<'a> {
+    /// A tenant's (`None`: the app-wide ones, without a tenant).
+    Tenant(Option<&'a str>),
+    /// An owner's, in any tenant.
+    Owner(&'a str),
+}
+
+impl SubscriptionsBy<'_> {
+    /// Whether `rec` is one of those listed.
+    pub(crate) fn matches(&self, rec: &SubscriptionRecord) -> bool {
+        match *self {
+            SubscriptionsBy::Tenant(t) => rec.tenant.as_deref() == t,
+            SubscriptionsBy::Owner(o) => rec.owner.as_deref() == Some(o),
+        }
+    }
+}
+
+/// A count of decoded records, shared by a reader and its clones.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct DecodeCount(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl DecodeCount {
+    /// Counts `n` more.
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The count so far.
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// What the instances sharing a store coordinate through. Due work is

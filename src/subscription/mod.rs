@@ -5,6 +5,7 @@
 //! | file | job |
 //! | --- | --- |
 //! | `secret.rs` | [`Secret`] (never shown) and [`Signing`] (a leaf) |
+//! | `test_rate.rs` | the limit on test requests per subscription: a token bucket each, in memory (a leaf) |
 //! | `validate.rs` | the rules of a subscription's fields; the conflict rule and a tenant's cap, against the store |
 //! | `stored.rs` | [`Subscription`]: a stored subscription as the API shows it |
 //! | `new.rs` | [`NewSubscription`] and the record it is stored as |
@@ -20,6 +21,7 @@ mod ping;
 mod secret;
 mod stored;
 mod test_event;
+pub(crate) mod test_rate;
 pub(crate) mod validate;
 
 use std::fmt;
@@ -29,9 +31,9 @@ use crate::delivery::reason;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ids::SubscriptionId;
-use crate::storage::SubscriptionRecord;
-pub(crate) use validate::validate_tenant;
-use validate::{check_conflict, check_tenant_cap, validate_event_name};
+use crate::storage::{Reader, SubscriptionRecord, SubscriptionsBy};
+use validate::{check_conflict, check_tenant_cap};
+pub(crate) use validate::{validate_event_name, validate_tenant};
 
 pub use new::{NewSubscription, USER_TENANT_PREFIX};
 pub use patch::SubscriptionPatch;
@@ -39,6 +41,24 @@ pub use ping::PING_EVENT;
 pub use secret::{Secret, Signing};
 pub use stored::Subscription;
 pub use test_event::TEST_EVENT;
+pub use test_rate::{TEST_REQUEST_BURST, TEST_REQUEST_REFILL};
+
+/// Subscriptions read per page when a listing reads all of a tenant's or
+/// an owner's.
+const PAGE: usize = 256;
+
+/// Every subscription `by` lists, oldest first, a page at a time.
+fn all_by(store: &dyn Reader, by: SubscriptionsBy<'_>) -> Result<Vec<SubscriptionRecord>> {
+    let mut out: Vec<SubscriptionRecord> = Vec::new();
+    loop {
+        let page = store.subscriptions_by(by, out.last().map(|r| r.id), PAGE)?;
+        let done = page.len() < PAGE;
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
 
 /// The subscriptions of a [`Bus`](crate::Bus): see
 /// [`Bus::subscriptions`](crate::Bus::subscriptions).
@@ -121,14 +141,14 @@ impl<'a> Subscriptions<'a> {
         let cap = self.config.max_subscriptions_per_tenant;
         self.engine.write(move |w| {
             w.lock_subscriptions()?;
-            let mut existing = None;
-            for r in w.reader().subscriptions() {
-                let r = r?;
-                if r.tenant == wanted.tenant && r.owner == wanted.owner && r.name == wanted.name {
-                    existing = Some(r);
-                    break;
-                }
-            }
+            // Among the owner's (or, without one, the tenant's) alone.
+            let by = match &wanted.owner {
+                Some(o) => SubscriptionsBy::Owner(o),
+                None => SubscriptionsBy::Tenant(wanted.tenant.as_deref()),
+            };
+            let existing = all_by(w.reader(), by)?.into_iter().find(|r| {
+                r.tenant == wanted.tenant && r.owner == wanted.owner && r.name == wanted.name
+            });
             let Some(old) = existing else {
                 check_conflict(w.reader(), &wanted)?;
                 check_tenant_cap(w.reader(), wanted.tenant.as_deref(), cap)?;
@@ -171,14 +191,30 @@ impl<'a> Subscriptions<'a> {
     /// subscriptions can be pinged too. Blocks for up to the request
     /// timeout.
     ///
-    /// Errors: [`Error::SubscriptionNotFound`], store errors.
+    /// The request goes through the bus's own HTTP agent, the one its
+    /// senders share (the same connection pool and internal-address
+    /// guard). Test requests are limited per subscription: at most
+    /// [`TEST_REQUEST_BURST`] at once, then one every
+    /// [`TEST_REQUEST_REFILL`] (in memory, per `Bus`).
+    ///
+    /// Errors: [`Error::SubscriptionNotFound`],
+    /// [`Error::TooManyRequests`] (nothing was sent), store errors.
     pub fn ping(&self, id: SubscriptionId) -> Result<crate::record::Attempt> {
         let sub = self
             .engine
             .reader()?
             .subscription(id)?
             .ok_or(Error::SubscriptionNotFound(id))?;
-        ping::send(&sub, self.config)
+        self.check_test_rate(id)?;
+        ping::send(&sub, self.engine.agent())
+    }
+
+    /// Takes one test request of subscription `id` from its rate limit
+    /// (see [`ping`](Self::ping)); [`Error::TooManyRequests`] when none
+    /// is left, with how long until one is. Call it before sending any
+    /// test request to a subscription. Does not look the subscription up.
+    pub(crate) fn check_test_rate(&self, id: SubscriptionId) -> Result<()> {
+        self.engine.test_rate().take(id, std::time::Instant::now())
     }
 
     /// The subscription with this id, if any.
@@ -199,16 +235,64 @@ impl<'a> Subscriptions<'a> {
             .collect()
     }
 
-    /// The subscriptions of one owner, oldest first.
+    /// The subscriptions of one owner, in any tenant, oldest first. Read
+    /// through the store's index by owner: the work follows the owner's
+    /// subscriptions, not every tenant's.
     pub fn list_by_owner(&self, owner: &str) -> Result<Vec<Subscription>> {
-        let mut out = Vec::new();
-        for r in self.engine.reader()?.subscriptions() {
-            let r = r?;
-            if r.owner.as_deref() == Some(owner) {
-                out.push(Subscription::from(r));
-            }
-        }
-        Ok(out)
+        let store = self.engine.reader()?;
+        Ok(all_by(&*store, SubscriptionsBy::Owner(owner))?
+            .into_iter()
+            .map(Subscription::from)
+            .collect())
+    }
+
+    /// One page of a tenant's subscriptions, oldest first: at most `limit`,
+    /// those created after the subscription `after` (the last one of the
+    /// previous page; `None` for the first page). Fewer than `limit` means
+    /// there are no more. Read through the store's index by tenant: the
+    /// work follows this tenant's subscriptions, not every tenant's.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hookbus::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let bus = hookbus::Bus::builder().path(dir.path()).allow_private_targets(true).open()?;
+    /// use hookbus::NewSubscription;
+    /// for name in ["a", "b", "c"] {
+    ///     bus.subscribe(
+    ///         NewSubscription::new(name, format!("http://127.0.0.1:9/{name}"))
+    ///             .events(["order.created"])
+    ///             .tenant("acme"),
+    ///     )?;
+    /// }
+    /// let subs = bus.subscriptions();
+    /// let first = subs.list_by_tenant("acme", None, 2)?;
+    /// assert_eq!(first.len(), 2);
+    /// let rest = subs.list_by_tenant("acme", Some(first[1].id), 2)?;
+    /// assert_eq!(rest.len(), 1);
+    /// assert!(subs.list_by_tenant("globex", None, 10)?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTenant`] if `tenant` is not a valid tenant id
+    /// (empty, over 200 bytes, control characters);
+    /// [`Error::Corrupt`] if one of its records does not decode;
+    /// [`Error::Closed`] after shutdown; other store errors.
+    pub fn list_by_tenant(
+        &self,
+        tenant: &str,
+        after: Option<SubscriptionId>,
+        limit: usize,
+    ) -> Result<Vec<Subscription>> {
+        validate_tenant(tenant)?;
+        Ok(self
+            .engine
+            .reader()?
+            .tenant_subscriptions(tenant, after, limit)?
+            .into_iter()
+            .map(Subscription::from)
+            .collect())
     }
 
     /// The active subscriptions an app-wide [`publish`](crate::Bus::publish)

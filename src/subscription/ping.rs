@@ -2,7 +2,6 @@
 //! a delivery's request to one subscription, sent now on the calling
 //! thread, stored nowhere.
 
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::record::Attempt;
 use crate::storage::SubscriptionRecord;
@@ -11,8 +10,9 @@ use crate::storage::SubscriptionRecord;
 /// test request.
 pub const PING_EVENT: &str = "hookbus.ping";
 
-/// Sends the test request to `sub` and returns its attempt.
-pub(super) fn send(sub: &SubscriptionRecord, config: &Config) -> Result<Attempt> {
+/// Sends the test request to `sub` through `agent` (the bus's senders'
+/// agent) and returns its attempt.
+pub(super) fn send(sub: &SubscriptionRecord, agent: &ureq::Agent) -> Result<Attempt> {
     let id = sub.id;
     let payload = serde_json::to_vec(&serde_json::json!({
         "ping": true,
@@ -30,6 +30,5 @@ pub(super) fn send(sub: &SubscriptionRecord, config: &Config) -> Result<Attempt>
             traceparent: None,
         },
     );
-    let agent = crate::sender::build_agent(config);
-    Ok(crate::sender::perform(&agent, job).attempt)
+    Ok(crate::sender::perform(agent, job).attempt)
 }

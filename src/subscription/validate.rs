@@ -287,17 +287,12 @@ pub(super) fn check_conflict(store: &dyn Reader, rec: &SubscriptionRecord) -> Re
 }
 
 /// Fails with [`Error::TenantFull`] if `tenant` already has `cap`
-/// subscriptions. (A scan of every subscription: creating one is rare.)
+/// subscriptions. (Reads at most `cap` of the tenant's, by its index.)
 pub(super) fn check_tenant_cap(store: &dyn Reader, tenant: Option<&str>, cap: usize) -> Result<()> {
     let Some(tenant) = tenant else {
         return Ok(());
     };
-    let mut n = 0;
-    for r in store.subscriptions() {
-        if r?.tenant.as_deref() == Some(tenant) {
-            n += 1;
-        }
-    }
+    let n = store.tenant_subscriptions(tenant, None, cap)?.len();
     if n >= cap {
         return Err(Error::TenantFull {
             tenant: clip(tenant),

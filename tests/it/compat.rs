@@ -13,6 +13,8 @@
 //! * v4: attempted deliveries, every attempt under an attempt key; opened
 //!   by format 5, they keep their attempts and counts and purge cleanly.
 //! * v5: the newest attempt in the delivery record, counts of 1 implicit.
+//! * v6: subscriptions indexed by tenant and owner (opening a v5 store
+//!   builds the index).
 
 use std::path::Path;
 use std::time::Duration;
@@ -91,7 +93,7 @@ fn a_version_1_store_opens_and_delivers() {
         }
         bus.shutdown(Duration::from_secs(1)).unwrap();
     }
-    assert_eq!(format_marker(&store), [5], "the marker is upgraded on open");
+    assert_eq!(format_marker(&store), [6], "the marker is upgraded on open");
     let bus = builder(&store).open().unwrap();
     wait_until(LONG, "5 deliveries", || {
         bus.outbox().stats().unwrap().delivered == 5
@@ -174,7 +176,7 @@ fn a_version_1_store_reopens_after_its_upgrade() {
         seen.push(subs);
         bus.shutdown(Duration::from_secs(1)).unwrap();
         drop(bus);
-        assert_eq!(format_marker(&store), [5]);
+        assert_eq!(format_marker(&store), [6]);
     }
     assert_eq!(seen[0], seen[1]);
     // A v1 record rewritten as v2 (by an update) reads back with its new
@@ -291,7 +293,7 @@ fn a_version_2_store_opens_and_delivers() {
         check(&bus.subscriptions().list().unwrap(), true);
         bus.shutdown(Duration::from_secs(1)).unwrap();
     }
-    assert_eq!(format_marker(&store), [5]);
+    assert_eq!(format_marker(&store), [6]);
 
     let bus = builder(&store).open().unwrap();
     check(&bus.subscriptions().list().unwrap(), true);
@@ -477,7 +479,7 @@ fn a_version_3_store_opens_remembers_its_keys_and_delivers_numbered() {
     );
     bus.shutdown(Duration::from_secs(1)).unwrap();
     drop(bus);
-    assert_eq!(format_marker(&store), [5], "the marker is upgraded on open");
+    assert_eq!(format_marker(&store), [6], "the marker is upgraded on open");
 }
 
 /// How many keys of the closed store at `store` start with `prefix`.
@@ -560,7 +562,7 @@ fn a_version_4_store_keeps_its_attempts_and_counts_through_format_5() {
         }
         bus.shutdown(Duration::from_secs(1)).unwrap();
     }
-    assert_eq!(format_marker(&store), [5], "the marker is upgraded on open");
+    assert_eq!(format_marker(&store), [6], "the marker is upgraded on open");
 
     // A third attempt of the dead letter: the two under attempt keys stay
     // listed beside the newest, which its record keeps.
@@ -679,7 +681,52 @@ fn a_version_5_store_opens_with_its_attempts() {
     let subs = bus.subscriptions().list().unwrap();
     let names: Vec<_> = subs.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["Flaky", "Down", "Hub", "Standard", "Tenant"]);
+    // Format 6 indexes subscriptions by tenant and owner: the upgrade
+    // built the index of the subscriptions already there.
+    let by_tenant = bus
+        .subscriptions()
+        .list_by_tenant("acme", None, 10)
+        .unwrap();
+    let names: Vec<_> = by_tenant.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["Tenant"]);
+    let by_owner = bus.subscriptions().list_by_owner("alice").unwrap();
+    let names: Vec<_> = by_owner.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["Hub"]);
+    assert_eq!(
+        bus.subscriptions().list_by_owner("bob").unwrap().len(),
+        1,
+        "Tenant's owner"
+    );
     bus.shutdown(Duration::from_secs(1)).unwrap();
     drop(bus);
-    assert_eq!(format_marker(&store), [5]);
+    assert_eq!(format_marker(&store), [6]);
+    assert_eq!(keys_under(&store, b"u"), 5, "one tenant entry each");
+}
+
+#[test]
+fn a_version_6_store_opens_with_its_tenant_and_owner_index() {
+    if crate::sled_only("sled format fixtures") {
+        return;
+    }
+    let (_dir, store) = fixture_copy(6);
+    assert_eq!(keys_under(&store, b"u"), 5, "written with the index");
+    assert_eq!(
+        keys_under(&store, b"w"),
+        2,
+        "Hub's (alice) and Tenant's (bob)"
+    );
+    let bus = builder(&store).deliver(false).open().unwrap();
+    flaky_and_down(&bus);
+    let subs = bus.subscriptions();
+    let names = |v: Vec<Subscription>| v.into_iter().map(|s| s.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(subs.list_by_tenant("acme", None, 10).unwrap()),
+        ["Tenant"]
+    );
+    assert_eq!(names(subs.list_by_owner("alice").unwrap()), ["Hub"]);
+    let stats = consistent(&bus);
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (8, 1, 2));
+    bus.shutdown(Duration::from_secs(1)).unwrap();
+    drop(bus);
+    assert_eq!(format_marker(&store), [6]);
 }

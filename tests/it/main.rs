@@ -12,6 +12,7 @@ mod axum_routes;
 #[cfg(feature = "cli")]
 mod cli;
 mod compat;
+mod cost;
 mod crash;
 mod debug_output;
 mod delivery;

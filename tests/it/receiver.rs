@@ -104,6 +104,8 @@ type Responder = Box<dyn FnMut(&Request) -> Reply + Send>;
 struct Shared {
     requests: Mutex<Vec<Request>>,
     responder: Mutex<Responder>,
+    /// TCP connections accepted.
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 /// The receiver; it stops when dropped (the listener closes and every
@@ -153,6 +155,7 @@ impl TestReceiver {
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
             responder: Mutex::new(Box::new(f)),
+            connections: std::sync::atomic::AtomicUsize::new(0),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let s = shared.clone();
@@ -203,6 +206,14 @@ impl TestReceiver {
         self.shared.requests.lock().unwrap().len()
     }
 
+    /// How many TCP connections it accepted (keep-alive: one serves many
+    /// requests).
+    pub fn connections(&self) -> usize {
+        self.shared
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Waits until at least `n` requests arrived; panics after `timeout`.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Request> {
         let end = Instant::now() + timeout;
@@ -239,6 +250,8 @@ async fn accept(listener: tokio::net::TcpListener, s: Arc<Shared>) {
         let Ok((conn, _)) = listener.accept().await else {
             continue;
         };
+        s.connections
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let s = s.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| answer(req, s.clone()));

@@ -159,7 +159,7 @@ fn foreign_or_newer_stores_are_refused_clearly() {
             err,
             Error::UnsupportedFormat {
                 found: 9,
-                supported: 5,
+                supported: 6,
                 ..
             }
         ),

@@ -81,7 +81,17 @@ pub(super) fn list(bus: &Bus, caller: &Caller, query: &str) -> ApiResponse {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let event_type = q.get("event_type").filter(|s| !s.is_empty());
+    let event_type = q.get("event_type");
+    if let Some(t) = event_type
+        && crate::subscription::validate_event_name(t, false).is_err()
+    {
+        return problem(
+            400,
+            "validation",
+            "event_type must be 1 to 100 letters, digits, `_`, `-` and `.`",
+            Some("event_type"),
+        );
+    }
     let subs = match endpoints_of(bus, caller, endpoint) {
         Ok(s) => s,
         Err(r) => return r,

@@ -95,10 +95,9 @@ pub(super) fn create(bus: &Bus, caller: &Caller, bytes: &[u8]) -> ApiResponse {
         Some(t) => new.tenant(t.clone()),
         None => new.user_tenant(caller.tenant_id()),
     };
-    new = match b.secret {
-        Some(s) => new.secret(s),
-        None => new.generate_secret(),
-    };
+    // Always generated: the secret is shown once, in this answer (a
+    // secret of the caller's own goes through the Rust API).
+    new = new.generate_secret();
     for (name, value) in b.headers.unwrap_or_default() {
         new = new.header(name, value);
     }

@@ -88,6 +88,14 @@ fn find(path: &str) -> Option<(Vec<&'static str>, Option<&str>, &'static str)> {
     found.map(|(id, template)| (methods, id, template))
 }
 
+/// Whether `method` is a route on `path` (`false` for no route): the
+/// frameworks' adapters answer other requests through [`handle`] (404,
+/// 405) before asking for a JSON body.
+pub(crate) fn routes(path: &str, method: &str) -> bool {
+    find(path.trim_end_matches('/'))
+        .is_some_and(|(methods, _, _)| methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+}
+
 /// Answers one request whose path starts with [`BASE`].
 pub(super) fn handle(bus: &Bus, req: ApiRequest<'_>) -> ApiResponse {
     let path = req.path.trim_end_matches('/');

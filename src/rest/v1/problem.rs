@@ -84,6 +84,7 @@ pub(super) fn from_error(e: &Error) -> ApiResponse {
         }
         Error::NotDead { .. } => (409, "not_dead", None),
         Error::InvalidReplay(_) => (400, "validation", None),
+        Error::TooManyRequests { .. } => (429, "rate_limited", None),
         Error::Closed => (503, "unavailable", None),
         _ => (500, "internal", None),
     };
@@ -93,17 +94,37 @@ pub(super) fn from_error(e: &Error) -> ApiResponse {
     } else {
         e.to_string()
     };
-    problem(status, code, detail, field)
+    let r = problem(status, code, detail, field);
+    match e {
+        Error::TooManyRequests { retry_after } => r.with_header(
+            "retry-after",
+            retry_after.as_secs().max(1).to_string(),
+        ),
+        _ => r,
+    }
 }
 
-/// Parses a JSON body into `T`; an empty body reads as `{}`. An unknown
-/// field is a 400 `unknown_field` naming it.
+/// Parses a JSON body into `T`: a body is required (`{}` when it has
+/// nothing to say). An unknown field is a 400 `unknown_field` naming it.
 pub(super) fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiResponse> {
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        bytes
-    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(problem(
+            400,
+            "invalid_body",
+            "this route takes a JSON object as its body (`{}` when it has nothing to say)",
+            None,
+        ));
+    }
+    // serde reads a struct from an array too (by position): only an
+    // object is a body here.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(problem(
+            400,
+            "invalid_body",
+            "the body must be a JSON object",
+            None,
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         let text = e.to_string();
         if let Some(rest) = text.strip_prefix("unknown field `")
@@ -190,7 +211,7 @@ impl Query {
         name: &str,
     ) -> Result<Option<T>, ApiResponse> {
         match self.get(name) {
-            None | Some("") => Ok(None),
+            None => Ok(None),
             Some(v) => v.parse::<T>().map(Some).map_err(|_| {
                 problem(
                     400,

@@ -108,8 +108,6 @@ pub(super) struct EndpointCreate {
     #[serde(default)]
     pub(super) signing: Option<SigningIn>,
     #[serde(default)]
-    pub(super) secret: Option<String>,
-    #[serde(default)]
     pub(super) headers: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub(super) rate_limit: Option<RateLimitIn>,

@@ -1,5 +1,6 @@
-//! What the v1 routes read beyond the public Rust API (to be replaced by
-//! the stores' tenant index and newest-first delivery pages).
+//! What the v1 routes read through the stores' indexes: one tenant's
+//! subscriptions a page at a time, a subscription's deliveries newest
+//! first, and the test-request limit.
 
 use crate::bus::Bus;
 use crate::delivery::Delivery;
@@ -7,22 +8,15 @@ use crate::error::Result;
 use crate::ids::{DeliveryId, SubscriptionId};
 use crate::subscription::Subscription;
 
-/// Up to `n` subscriptions of `tenant` after `after`, in id order.
+/// Up to `n` subscriptions of `tenant` after `after`, in id order (the
+/// stores' tenant index).
 pub(super) fn tenant_subscriptions(
     bus: &Bus,
     tenant: &str,
     after: Option<SubscriptionId>,
     n: usize,
 ) -> Result<Vec<Subscription>> {
-    let mut all: Vec<Subscription> = bus
-        .subscriptions()
-        .list()?
-        .into_iter()
-        .filter(|s| s.tenant.as_deref() == Some(tenant) && after.is_none_or(|a| s.id > a))
-        .collect();
-    all.sort_by_key(|s| s.id);
-    all.truncate(n);
-    Ok(all)
+    bus.subscriptions().list_by_tenant(tenant, after, n)
 }
 
 /// A subscription's deliveries, newest first, strictly before `before`.
@@ -31,15 +25,11 @@ pub(super) fn newest_deliveries(
     sub: SubscriptionId,
     before: Option<DeliveryId>,
 ) -> impl Iterator<Item = Result<Delivery>> {
-    bus.outbox()
-        .for_subscription(sub, true)
-        .filter(move |d| match (d, before) {
-            (Ok(d), Some(b)) => d.id < b,
-            _ => true,
-        })
+    bus.outbox().for_subscription_before(sub, before)
 }
 
-/// Whether another test request to `sub` may go now.
-pub(super) fn check_test_rate(_bus: &Bus, _sub: SubscriptionId) -> Result<()> {
-    Ok(())
+/// Whether another test request to `sub` may go now
+/// ([`Error::TooManyRequests`](crate::Error::TooManyRequests) if not).
+pub(super) fn check_test_rate(bus: &Bus, sub: SubscriptionId) -> Result<()> {
+    bus.subscriptions().check_test_rate(sub)
 }

@@ -12,7 +12,7 @@
 //! | table | rows |
 //! | --- | --- |
 //! | `migrations` | applied schema versions |
-//! | `subscriptions` | id, record, `seq` (the last sequence number given) |
+//! | `subscriptions` | id, record, `seq` (the last sequence number given), `tenant` and `owner` (`''` for none; indexed with the id: a tenant's or owner's subscriptions, since schema 4) |
 //! | `subscription_events` | (event name or `*`, subscription id): the fan-out index |
 //! | `events` | id, record |
 //! | `deliveries` | id, subscription, event, state, `at` (due if pending, else finished, ms), record, `claim`, `claimed_until` |
@@ -85,7 +85,7 @@ pub(crate) use writer::PgWriter;
 use crate::error::Result;
 use connection::{Conn, Pool, connect, off_runtime};
 use rows::store_error;
-use schema::migrate;
+use schema::{fill_columns, migrate};
 
 /// Opens the store in `schema` of the database at `url`, creating or
 /// migrating the schema. `lease` is how long a claim holds.
@@ -104,6 +104,8 @@ pub(crate) fn open(
             ))
         })?;
         migrate(&mut client, schema)?;
+        // Rows an older build created during a rolling deploy.
+        fill_columns(&mut client, schema)?;
         client.batch_execute("SET synchronous_commit TO off")?;
         Ok(client)
     })?;

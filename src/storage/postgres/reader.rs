@@ -11,6 +11,7 @@ use super::connection::{Params, Pool};
 use super::coordination::{self, Claimed};
 use super::paged::{PAGE, Paged, entry_page, id_page};
 use super::rows::{corrupt, decode, delivery_of, event_of, id_of, ms, state_code, unms};
+use super::schema::column_value;
 use crate::delivery::{Delivery, DeliveryState};
 use crate::error::Result;
 use crate::event::ALL_EVENTS;
@@ -19,7 +20,8 @@ use crate::ids::{DeliveryId, EventId, SubscriptionId};
 use crate::notice::Notice;
 use crate::record::{Attempt, Event, OutboxStats};
 use crate::storage::{
-    IndexEntry, Iter, PendingSubscriptions, Reader, Subscribers, SubscriptionRecord,
+    DecodeCount, IndexEntry, Iter, PendingSubscriptions, Reader, Subscribers, SubscriptionRecord,
+    SubscriptionsBy,
 };
 
 /// Reads of the PostgreSQL store, through a small connection pool.
@@ -33,6 +35,8 @@ pub(crate) struct PgReader {
     /// What the last claim returned (the claimed deliveries and their
     /// events), so the dispatcher's reads right after it need no query.
     claimed: Arc<Mutex<Claimed>>,
+    /// Records decoded by this reader and its clones.
+    decoded: DecodeCount,
 }
 
 impl Clone for PgReader {
@@ -40,6 +44,7 @@ impl Clone for PgReader {
         PgReader {
             pool: self.pool.clone(),
             claimed: Arc::default(),
+            decoded: self.decoded.clone(),
         }
     }
 }
@@ -50,7 +55,13 @@ impl PgReader {
         PgReader {
             pool,
             claimed: Arc::default(),
+            decoded: DecodeCount::default(),
         }
+    }
+
+    /// Counts `n` decoded records.
+    fn count(&self, n: usize) {
+        self.decoded.add(n as u64);
     }
 
     /// This instance's claim token in hex: the payload of its
@@ -142,6 +153,7 @@ impl Reader for PgReader {
             ),
             &[&&id.to_bytes()[..]],
         )?;
+        self.count(rows.len());
         rows.first()
             .map(|r| decode("s", &id.to_bytes(), &r.try_get::<_, Vec<u8>>(0)?))
             .transpose()
@@ -160,6 +172,7 @@ impl Reader for PgReader {
             ),
             &[&ids],
         )?;
+        self.count(rows.len());
         Ok(rows
             .iter()
             .filter_map(|r| {
@@ -180,6 +193,7 @@ impl Reader for PgReader {
                 ),
                 &[&after, &PAGE],
             )?;
+            r.count(rows.len());
             rows.iter()
                 .map(|row| {
                     let id: Vec<u8> = row.try_get(0)?;
@@ -188,6 +202,49 @@ impl Reader for PgReader {
                 })
                 .collect()
         })
+    }
+
+    /// Pages of the index on `tenant` or `owner` (with the id), rows not
+    /// filled in yet (NULL: see `schema::fill_columns`) included and
+    /// checked, until `limit` match.
+    fn subscriptions_by(
+        &self,
+        by: SubscriptionsBy<'_>,
+        after: Option<SubscriptionId>,
+        limit: usize,
+    ) -> Result<Vec<SubscriptionRecord>> {
+        let (column, value) = match by {
+            SubscriptionsBy::Tenant(t) => ("tenant", column_value(t)),
+            SubscriptionsBy::Owner(o) => ("owner", o),
+        };
+        let mut out = Vec::new();
+        let mut after = after.map(|a| a.to_bytes().to_vec()).unwrap_or_default();
+        let page = i64::try_from(limit).unwrap_or(i64::MAX).min(PAGE);
+        while out.len() < limit {
+            let t = self.t("subscriptions");
+            let rows = self.query(
+                &format!(
+                    "(SELECT id, record FROM {t} WHERE {column} = $1 AND id > $2 ORDER BY id LIMIT $3)
+                     UNION ALL
+                     (SELECT id, record FROM {t} WHERE {column} IS NULL AND id > $2 ORDER BY id LIMIT $3)
+                     ORDER BY id LIMIT $3"
+                ),
+                &[&value, &after, &page],
+            )?;
+            self.count(rows.len());
+            for row in &rows {
+                let id: Vec<u8> = row.try_get(0)?;
+                let rec: SubscriptionRecord = decode("s", &id, &row.try_get::<_, Vec<u8>>(1)?)?;
+                if by.matches(&rec) && out.len() < limit {
+                    out.push(rec);
+                }
+                after = id;
+            }
+            if (rows.len() as i64) < page {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn subscribers_of(&self, event: &str) -> Result<Subscribers> {
@@ -218,6 +275,7 @@ impl Reader for PgReader {
             ),
             &[&&id.to_bytes()[..]],
         )?;
+        self.count(rows.len());
         rows.first()
             .map(|r| {
                 event_of(
@@ -256,6 +314,7 @@ impl Reader for PgReader {
             ),
             &[&&id.to_bytes()[..]],
         )?;
+        self.count(rows.len());
         rows.first().map(delivery_of).transpose()
     }
 
@@ -271,6 +330,7 @@ impl Reader for PgReader {
                 ),
                 &[&after, &PAGE],
             )?;
+            r.count(rows.len());
             rows.iter()
                 .map(|row| Ok((delivery_of(row), row.try_get::<_, Vec<u8>>(0)?)))
                 .collect()
@@ -278,22 +338,42 @@ impl Reader for PgReader {
     }
 
     fn deliveries_of(&self, sub: SubscriptionId, newest_first: bool) -> Iter<DeliveryId> {
+        if newest_first {
+            return self.deliveries_of_before(sub, None);
+        }
         let r = self.clone();
         let s = sub.to_bytes().to_vec();
         Paged::boxed(move |cursor: Option<&Vec<u8>>| {
-            let (cmp, order) = if newest_first {
-                ("<", "DESC")
-            } else {
-                (">", "ASC")
-            };
-            let first = if newest_first { vec![0xff; 17] } else { vec![] };
-            let after = cursor.cloned().unwrap_or(first);
+            let after = cursor.cloned().unwrap_or_default();
             let rows = r.query(
                 &format!(
-                    "SELECT id FROM {} WHERE sub = $1 AND id {cmp} $2 ORDER BY id {order} LIMIT $3",
+                    "SELECT id FROM {} WHERE sub = $1 AND id > $2 ORDER BY id LIMIT $3",
                     r.t("deliveries")
                 ),
                 &[&s, &after, &PAGE],
+            )?;
+            id_page(&rows)
+        })
+    }
+
+    /// Pages of the index on `(sub, id)`, read backwards.
+    fn deliveries_of_before(
+        &self,
+        sub: SubscriptionId,
+        before: Option<DeliveryId>,
+    ) -> Iter<DeliveryId> {
+        let r = self.clone();
+        let s = sub.to_bytes().to_vec();
+        // Above every 16-byte id.
+        let first = before.map_or_else(|| vec![0xff; 17], |b| b.to_bytes().to_vec());
+        Paged::boxed(move |cursor: Option<&Vec<u8>>| {
+            let before = cursor.cloned().unwrap_or_else(|| first.clone());
+            let rows = r.query(
+                &format!(
+                    "SELECT id FROM {} WHERE sub = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                    r.t("deliveries")
+                ),
+                &[&s, &before, &PAGE],
             )?;
             id_page(&rows)
         })
@@ -441,6 +521,7 @@ impl Reader for PgReader {
             ),
             &[&&id.to_bytes()[..]],
         )?;
+        self.count(rows.len());
         rows.iter()
             .map(|r| decode("a", &id.to_bytes(), &r.try_get::<_, Vec<u8>>(1)?))
             .collect()
@@ -558,6 +639,10 @@ impl Reader for PgReader {
                 })
                 .collect()
         })
+    }
+
+    fn records_decoded(&self) -> u64 {
+        self.decoded.get()
     }
 
     fn size_on_disk(&self) -> Result<u64> {

@@ -4,11 +4,12 @@
 
 use postgres::Client;
 
-use super::rows::store_error;
+use super::rows::{decode, store_error};
 use crate::error::{Error, Result};
+use crate::storage::SubscriptionRecord;
 
 /// The schema version this build migrates to.
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 /// Checks a schema name: lowercase letters, digits and `_`, starting with a
 /// letter or `_`, at most 63 bytes (it is spliced into SQL, so nothing
@@ -141,6 +142,55 @@ pub(super) fn migrate(client: &mut Client, schema: &str) -> Result<()> {
              INSERT INTO {s}.migrations (version) VALUES (3);"
         ))?;
     }
+    if current < 4 {
+        // Subscriptions by tenant and by owner: columns beside the record
+        // ('' for none; NULL: not filled in yet, see `fill_columns`),
+        // each indexed with the id, so a tenant's page is an index range.
+        tx.batch_execute(&format!(
+            "ALTER TABLE {s}.subscriptions
+                 ADD COLUMN tenant text,
+                 ADD COLUMN owner text;
+             CREATE INDEX subscriptions_tenant ON {s}.subscriptions (tenant, id);
+             CREATE INDEX subscriptions_owner ON {s}.subscriptions (owner, id);
+             INSERT INTO {s}.migrations (version) VALUES (4);"
+        ))?;
+        fill_columns(&mut tx, schema)?;
+    }
     tx.commit()?;
+    Ok(())
+}
+
+/// The `tenant` or `owner` column's value for a subscription's: `''` for
+/// none (neither is ever empty).
+pub(super) fn column_value(v: Option<&str>) -> &str {
+    v.unwrap_or("")
+}
+
+/// Fills in the `tenant` and `owner` columns of subscriptions that lack
+/// them: every one when the columns are added, and afterwards those an
+/// instance of an older build created during a rolling deploy (it does not
+/// know the columns). Reads use the index on them for NULL too, so a row
+/// not filled in yet is still found. A record that does not decode is left
+/// as it is (reading it reports it).
+pub(super) fn fill_columns(client: &mut impl postgres::GenericClient, schema: &str) -> Result<()> {
+    let t = table(schema, "subscriptions");
+    let rows = client.query(
+        &format!("SELECT id, record FROM {t} WHERE tenant IS NULL OR owner IS NULL"),
+        &[],
+    )?;
+    for row in rows {
+        let id: Vec<u8> = row.try_get(0)?;
+        let Ok(rec) = decode::<SubscriptionRecord>("s", &id, &row.try_get::<_, Vec<u8>>(1)?) else {
+            continue;
+        };
+        client.execute(
+            &format!("UPDATE {t} SET tenant = $2, owner = $3 WHERE id = $1"),
+            &[
+                &id,
+                &column_value(rec.tenant.as_deref()),
+                &column_value(rec.owner.as_deref()),
+            ],
+        )?;
+    }
     Ok(())
 }

@@ -3,9 +3,12 @@
 
 use std::path::Path;
 
-use super::keys::{ATT, EVT, EVT_REFS, META_FORMAT, META_LEGACY_ATTEMPTS, UNCOUNTED};
+use super::keys::{
+    ATT, EVT, EVT_REFS, META_FORMAT, META_LEGACY_ATTEMPTS, SUB, UNCOUNTED, by_keys, decode,
+};
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::storage::SubscriptionRecord;
 
 /// The store layout version, kept under `m format`: the record format
 /// ([`codec::RECORD_VERSION`]) it may hold. A store of an older version is
@@ -16,6 +19,37 @@ pub(super) const STORE_FORMAT: u8 = codec::RECORD_VERSION;
 /// The format that keeps a delivery's newest attempt in its record and
 /// leaves an event's count of 1 implicit.
 pub(super) const FOLDED_FORMAT: u8 = 5;
+/// The format that indexes subscriptions by tenant and by owner (key
+/// spaces `u` and `w`).
+pub(super) const BY_TENANT_FORMAT: u8 = 6;
+
+/// Builds the tenant and owner index of a store of a format before 6: one
+/// entry per subscription record that reads (a damaged one is reported
+/// when it is read, as before). Written in chunks before the format
+/// marker, so a crash halfway leaves a store this runs on again (writing
+/// an entry twice changes nothing). Old builds refuse a format-6 store, so
+/// none can change a subscription without its entries.
+pub(super) fn index_upgrade(tree: &sled::Tree) -> Result<()> {
+    const CHUNK: usize = 1024;
+    let mut batch = sled::Batch::default();
+    let mut staged = 0;
+    for kv in tree.scan_prefix([SUB]) {
+        let (k, v) = kv?;
+        let Ok(rec) = decode::<SubscriptionRecord>(&k, &v) else {
+            continue;
+        };
+        for key in by_keys(&rec) {
+            batch.insert(key, &[]);
+            staged += 1;
+        }
+        if staged >= CHUNK {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            staged = 0;
+        }
+    }
+    tree.apply_batch(batch)?;
+    Ok(())
+}
 
 /// Prepares a store of a format before 5 for format 5's implicit counts
 /// and attempts in records: every event without a count (format 1: never

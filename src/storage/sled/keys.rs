@@ -8,7 +8,7 @@ use crate::codec;
 use crate::delivery::{Delivery, DeliveryState};
 use crate::error::{Error, Result};
 use crate::ids::{DeliveryId, SubscriptionId};
-use crate::storage::IndexEntry;
+use crate::storage::{IndexEntry, SubscriptionRecord, SubscriptionsBy};
 
 pub(super) const TREE: &str = "hookbus";
 
@@ -33,6 +33,43 @@ const IDEM: u8 = b'k';
 pub(super) const IDEM_BY_TIME: u8 = b't';
 pub(super) const HEALTH: u8 = b'h';
 pub(super) const NOTICE: u8 = b'o';
+pub(super) const BY_TENANT: u8 = b'u';
+pub(super) const BY_OWNER: u8 = b'w';
+
+/// The prefix of the subscriptions a [`SubscriptionsBy`] lists: `u`, then
+/// `0x00` for the app-wide ones or `0x01`, the tenant and `0x00`; `w`, the
+/// owner and `0x00`. Tenants and owners have no control characters, so no
+/// prefix is the start of another's key (and a key's length is checked).
+pub(super) fn by_prefix(by: SubscriptionsBy<'_>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(64);
+    match by {
+        SubscriptionsBy::Tenant(None) => k.extend_from_slice(&[BY_TENANT, 0]),
+        SubscriptionsBy::Tenant(Some(t)) => {
+            k.extend_from_slice(&[BY_TENANT, 1]);
+            k.extend_from_slice(t.as_bytes());
+            k.push(0);
+        }
+        SubscriptionsBy::Owner(o) => {
+            k.push(BY_OWNER);
+            k.extend_from_slice(o.as_bytes());
+            k.push(0);
+        }
+    }
+    k
+}
+
+/// The tenant and owner index keys of a subscription (an owner's only if
+/// it has one).
+pub(super) fn by_keys(rec: &SubscriptionRecord) -> Vec<Vec<u8>> {
+    let mut keys = vec![by_prefix(SubscriptionsBy::Tenant(rec.tenant.as_deref()))];
+    if let Some(o) = &rec.owner {
+        keys.push(by_prefix(SubscriptionsBy::Owner(o)));
+    }
+    for k in &mut keys {
+        k.extend_from_slice(&rec.id.to_bytes());
+    }
+    keys
+}
 
 pub(super) fn idem_key(key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);

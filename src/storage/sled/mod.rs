@@ -22,6 +22,8 @@
 //! | `x` | finished (u64 BE ms), delivery id | subscription id: dead |
 //! | `r` | subscription id, next attempt (u64 BE ms), delivery id | subscription id: pending, by subscription and due time |
 //! | `b` | subscription id, delivery id | empty: deliveries by subscription |
+//! | `u` | `0x00`, subscription id (app-wide); or `0x01`, tenant, `0x00`, subscription id | empty: subscriptions by tenant (since format 6) |
+//! | `w` | owner, `0x00`, subscription id | empty: subscriptions by owner (since format 6) |
 //! | `a` | delivery id, attempt number (u32 BE) | [`Attempt`](crate::record::Attempt): every attempt but the newest (since format 5; all of them before) |
 //! | `k` | idempotency key (tenant, `0x00`, key) | event id (16), used at (u64 BE ms) |
 //! | `t` | used at (u64 BE ms), idempotency key | empty: keys by age, for expiry |
@@ -84,7 +86,9 @@ use crate::error::{Error, Result};
 use beside::{create_beside, remove_stale_beside};
 use database::{is_empty_db, open_db};
 use folder::{Folder, check_is_store_or_empty, remove_torn};
-use format::{FOLDED_FORMAT, STORE_FORMAT, check_format, fold_upgrade};
+use format::{
+    BY_TENANT_FORMAT, FOLDED_FORMAT, STORE_FORMAT, check_format, fold_upgrade, index_upgrade,
+};
 use keys::{META_FORMAT, META_LEGACY_ATTEMPTS, TREE};
 use syncer::Syncer;
 
@@ -153,6 +157,9 @@ pub(crate) fn open(
         if found < FOLDED_FORMAT {
             fold_upgrade(&tree)?;
         }
+        if found < BY_TENANT_FORMAT {
+            index_upgrade(&tree)?;
+        }
         tree.insert(META_FORMAT, &[STORE_FORMAT])?;
         tree.flush()?;
         tracing::info!(path = %path.display(), format = STORE_FORMAT, "store format upgraded");
@@ -160,6 +167,6 @@ pub(crate) fn open(
     let syncer = if sync { Some(Syncer::new(path)?) } else { None };
     let legacy_attempts = tree.get(META_LEGACY_ATTEMPTS)?.is_some();
     let reader = SledReader::new(db, tree);
-    let writer = SledWriter::new(reader.clone(), syncer, legacy_attempts);
+    let writer = SledWriter::new(reader.with_own_count(), syncer, legacy_attempts);
     Ok((reader, writer))
 }

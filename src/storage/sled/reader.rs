@@ -3,8 +3,8 @@
 
 use super::keys::{
     ATT, BY_SUB, DLV, DUE_BY_SUB, EVT, EVT_REFS, HEALTH, IDEM_BY_TIME, IDX, META_STATS, NOTICE,
-    QUARANTINE, SEQUENCE, SUB, UNCOUNTED, by_sub_key, corrupt, decode, entry_key, idem_key,
-    idem_time_key, key16, parse_sub_due, parse_time_entry, state_prefix,
+    QUARANTINE, SEQUENCE, SUB, UNCOUNTED, by_prefix, by_sub_key, corrupt, decode, entry_key,
+    idem_key, idem_time_key, key16, parse_sub_due, parse_time_entry, state_prefix,
 };
 use crate::delivery::{Delivery, DeliveryState};
 use crate::error::Result;
@@ -14,8 +14,8 @@ use crate::ids::{DeliveryId, EventId, SubscriptionId};
 use crate::notice::Notice;
 use crate::record::{Attempt, Event, OutboxStats};
 use crate::storage::{
-    Damaged, IndexEntry, Iter, PendingSubscriptions, Reader, StoredDelivery, Subscribers,
-    SubscriptionRecord,
+    Damaged, DecodeCount, IndexEntry, Iter, PendingSubscriptions, Reader, StoredDelivery,
+    Subscribers, SubscriptionRecord, SubscriptionsBy,
 };
 
 /// Reads of the sled store. Cloning shares the same database.
@@ -23,11 +23,27 @@ use crate::storage::{
 pub(crate) struct SledReader {
     db: sled::Db,
     pub(super) tree: sled::Tree,
+    /// Records decoded by this reader and its clones.
+    decoded: DecodeCount,
 }
 
 impl SledReader {
     pub(super) fn new(db: sled::Db, tree: sled::Tree) -> SledReader {
-        SledReader { db, tree }
+        SledReader {
+            db,
+            tree,
+            decoded: DecodeCount::default(),
+        }
+    }
+
+    /// A reader of the same store with a count of decoded records of its
+    /// own (the engine's, so the handles' count is theirs alone).
+    pub(super) fn with_own_count(&self) -> SledReader {
+        SledReader {
+            db: self.db.clone(),
+            tree: self.tree.clone(),
+            decoded: DecodeCount::default(),
+        }
     }
 
     /// Ids of subscriptions indexed under exactly `event` (not `*`);
@@ -52,7 +68,13 @@ impl SledReader {
 
     pub(super) fn stored_delivery(&self, id: DeliveryId) -> Result<Option<StoredDelivery>> {
         let k = key16(DLV, id.to_bytes());
-        self.tree.get(k)?.map(|v| decode(&k, &v)).transpose()
+        self.tree.get(k)?.map(|v| self.dec(&k, &v)).transpose()
+    }
+
+    /// Decodes a record, counting it.
+    fn dec<T: crate::codec::Record>(&self, key: &[u8], bytes: &[u8]) -> Result<T> {
+        self.decoded.add(1);
+        decode(key, bytes)
     }
 
     pub(super) fn attempt_keys(&self, id: DeliveryId) -> Result<Vec<Vec<u8>>> {
@@ -86,14 +108,66 @@ impl Reader for SledReader {
 
     fn subscription(&self, id: SubscriptionId) -> Result<Option<SubscriptionRecord>> {
         let k = key16(SUB, id.to_bytes());
-        self.tree.get(k)?.map(|v| decode(&k, &v)).transpose()
+        self.tree.get(k)?.map(|v| self.dec(&k, &v)).transpose()
     }
 
     fn subscriptions(&self) -> Iter<SubscriptionRecord> {
-        Box::new(self.tree.scan_prefix([SUB]).map(|kv| {
+        let count = self.decoded.clone();
+        Box::new(self.tree.scan_prefix([SUB]).map(move |kv| {
             let (k, v) = kv?;
+            count.add(1);
             decode(&k, &v)
         }))
+    }
+
+    /// A seek to the index's prefix (and past the cursor), then one record
+    /// per entry until `limit` match.
+    fn subscriptions_by(
+        &self,
+        by: SubscriptionsBy<'_>,
+        after: Option<SubscriptionId>,
+        limit: usize,
+    ) -> Result<Vec<SubscriptionRecord>> {
+        use std::ops::Bound;
+        let prefix = by_prefix(by);
+        let start = match after {
+            Some(id) => {
+                let mut k = prefix.clone();
+                k.extend_from_slice(&id.to_bytes());
+                Bound::Excluded(k)
+            }
+            None => Bound::Included(prefix.clone()),
+        };
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        for k in self
+            .tree
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .keys()
+        {
+            let k = k?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let Some(id) = k
+                .get(prefix.len()..)
+                .filter(|rest| rest.len() == 16)
+                .and_then(SubscriptionId::from_slice)
+            else {
+                continue; // a longer key of another tenant or owner
+            };
+            if let Some(rec) = self.subscription(id)?
+                && by.matches(&rec)
+            {
+                out.push(rec);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn subscribers_of(&self, event: &str) -> Result<Subscribers> {
@@ -107,7 +181,7 @@ impl Reader for SledReader {
 
     fn event(&self, id: EventId) -> Result<Option<Event>> {
         let k = key16(EVT, id.to_bytes());
-        self.tree.get(k)?.map(|v| decode(&k, &v)).transpose()
+        self.tree.get(k)?.map(|v| self.dec(&k, &v)).transpose()
     }
 
     /// No count stored means 1 (format 5; older stores are given
@@ -135,8 +209,10 @@ impl Reader for SledReader {
             }
             None => vec![DLV],
         };
-        Box::new(self.tree.range(start..vec![DLV + 1]).map(|kv| {
+        let count = self.decoded.clone();
+        Box::new(self.tree.range(start..vec![DLV + 1]).map(move |kv| {
             let (k, v) = kv?;
+            count.add(1);
             decode::<StoredDelivery>(&k, &v).map(|s| s.delivery)
         }))
     }
@@ -154,6 +230,23 @@ impl Reader for SledReader {
         } else {
             Box::new(iter.map(parse))
         }
+    }
+
+    fn deliveries_of_before(
+        &self,
+        sub: SubscriptionId,
+        before: Option<DeliveryId>,
+    ) -> Iter<DeliveryId> {
+        let Some(before) = before else {
+            return self.deliveries_of(sub, true);
+        };
+        let start = key16(BY_SUB, sub.to_bytes()).to_vec();
+        let end = by_sub_key(sub, before).to_vec();
+        Box::new(self.tree.range(start..end).keys().rev().map(|k| {
+            let k = k?;
+            DeliveryId::from_slice(&k[17..])
+                .ok_or_else(|| corrupt(&k, "malformed subscription index key"))
+        }))
     }
 
     fn deliveries_of_from(&self, sub: SubscriptionId, from: DeliveryId) -> Iter<DeliveryId> {
@@ -234,7 +327,7 @@ impl Reader for SledReader {
             .scan_prefix(prefix)
             .map(|kv| {
                 let (k, v) = kv?;
-                decode::<Attempt>(&k, &v)
+                self.dec::<Attempt>(&k, &v)
             })
             .collect::<Result<Vec<_>>>()?;
         if let Some(newest) = self.stored_delivery(id)?.and_then(|s| s.last_attempt) {
@@ -287,7 +380,7 @@ impl Reader for SledReader {
 
     fn health(&self, sub: SubscriptionId) -> Result<Option<HealthRecord>> {
         let k = key16(HEALTH, sub.to_bytes());
-        self.tree.get(k)?.map(|v| decode(&k, &v)).transpose()
+        self.tree.get(k)?.map(|v| self.dec(&k, &v)).transpose()
     }
 
     fn notices(&self) -> Iter<Notice> {
@@ -306,5 +399,9 @@ impl Reader for SledReader {
 
     fn size_on_disk(&self) -> Result<u64> {
         Ok(self.db.size_on_disk()?)
+    }
+
+    fn records_decoded(&self) -> u64 {
+        self.decoded.get()
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use super::keys::{
     DLV, EVT, EVT_REFS, HEALTH, META_STATS, NOTICE, QUARANTINE, SEQUENCE, SUB, attempt_key,
-    by_sub_key, encode, entry_key, idem_key, idem_time_key, index_key, key16, state_key,
+    by_keys, by_sub_key, encode, entry_key, idem_key, idem_time_key, index_key, key16, state_key,
 };
 use super::reader::SledReader;
 use super::syncer::Syncer;
@@ -132,15 +132,24 @@ impl Writer for SledWriter {
     }
 
     fn put_subscription(&mut self, old: Option<&SubscriptionRecord>, new: &SubscriptionRecord) {
+        let by_new = by_keys(new);
         if let Some(old) = old {
             for e in &old.events {
                 if !new.events.contains(e) {
                     self.remove(&index_key(e, old.id));
                 }
             }
+            for k in by_keys(old) {
+                if !by_new.contains(&k) {
+                    self.remove(&k);
+                }
+            }
         }
         for e in &new.events {
             self.insert(&index_key(e, new.id), &[]);
+        }
+        for k in &by_new {
+            self.insert(k, &[]);
         }
         self.insert(&key16(SUB, new.id.to_bytes()), &encode(new));
     }
@@ -148,6 +157,9 @@ impl Writer for SledWriter {
     fn remove_subscription(&mut self, old: &SubscriptionRecord) {
         for e in &old.events {
             self.remove(&index_key(e, old.id));
+        }
+        for k in by_keys(old) {
+            self.remove(&k);
         }
         self.remove(&key16(SUB, old.id.to_bytes()));
         self.remove(&key16(SEQUENCE, old.id.to_bytes()));

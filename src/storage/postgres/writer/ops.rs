@@ -15,6 +15,7 @@ use crate::record::{Attempt, Event};
 use crate::storage::postgres::connection::{Pool, Prepared, Tx};
 use crate::storage::postgres::listener::channel;
 use crate::storage::postgres::rows::{decode, encode, encode_event, id_of, ms, state_code, unms};
+use crate::storage::postgres::schema::column_value;
 use crate::storage::{Damaged, IndexEntry, SubscriptionRecord};
 
 /// One staged write.
@@ -251,11 +252,17 @@ pub(super) fn put_subscription(
     let id = &new.id.to_bytes()[..];
     tx.execute(
         &format!(
-            "INSERT INTO {} (id, record) VALUES ($1, $2)
-             ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+            "INSERT INTO {} (id, record, tenant, owner) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record,
+                 tenant = EXCLUDED.tenant, owner = EXCLUDED.owner",
             pool.t("subscriptions")
         ),
-        &[&id, &encode(new)],
+        &[
+            &id,
+            &encode(new),
+            &column_value(new.tenant.as_deref()),
+            &column_value(new.owner.as_deref()),
+        ],
     )?;
     // A changed subscription (a new URL, say) is not held
     // to the old receiver's "slow down".
