@@ -1,9 +1,12 @@
 //! The event catalog: the event types an app registers on the
-//! [`Builder`](crate::Builder) ([`EventType`]), checked once at open
-//! ([`Catalog::compile`]), and what the catalog enforces afterwards:
-//! subscriptions name registered types ([`Catalog::check_subscribed`]),
-//! and, when the app asks for it, published payloads satisfy their
-//! type's JSON Schema ([`Catalog::check_payload`], feature `json-schema`).
+//! [`Builder`](crate::Builder) with
+//! [`event_type`](crate::Builder::event_type) ([`EventType`]), checked
+//! once when the bus opens and listed by
+//! [`Bus::event_types`](crate::Bus::event_types). While it is not empty,
+//! subscriptions may only name its types (or `*`); with
+//! [`Builder::validate_payloads`](crate::Builder::validate_payloads)
+//! (feature `json-schema`) published payloads must satisfy their type's
+//! JSON Schema.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -8,6 +8,7 @@ mod api;
 mod axum_example;
 #[cfg(feature = "axum")]
 mod axum_routes;
+mod catalog;
 #[cfg(feature = "cli")]
 mod cli;
 mod compat;
