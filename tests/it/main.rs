@@ -9,6 +9,7 @@ mod api_v1;
 mod axum_example;
 #[cfg(feature = "axum")]
 mod axum_routes;
+mod catalog;
 #[cfg(feature = "cli")]
 mod cli;
 mod compat;
