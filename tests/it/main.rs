@@ -60,6 +60,7 @@ pub fn example_bin(name: &str) -> std::path::PathBuf {
         ("sqlx", cfg!(feature = "sqlx")),
         ("tokio-postgres", cfg!(feature = "tokio-postgres")),
         ("metrics", cfg!(feature = "metrics")),
+        ("json-schema", cfg!(feature = "json-schema")),
         ("fuzzing", cfg!(feature = "fuzzing")),
     ]
     .iter()
