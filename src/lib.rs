@@ -320,6 +320,11 @@ pub struct GuaranteesDoctests;
 #[doc = include_str!("../docs/SECURITY.md")]
 pub struct SecurityDoctests;
 
+/// `docs/TENANT_API.md`'s code blocks, as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/TENANT_API.md")]
+pub struct TenantApiDoctests;
+
 /// `docs/POSTGRES.md`'s code blocks, as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../docs/POSTGRES.md")]
