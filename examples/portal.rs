@@ -34,6 +34,7 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use hookbus::Bus;
+use hookbus::catalog::EventType;
 use hookbus::portal::PortalKey;
 
 /// `--name value` from the command line.
@@ -52,7 +53,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let temp = tempfile::tempdir()?;
     let data = flag(&args, "--data").map_or_else(|| temp.path().join("store"), Into::into);
 
+    // The app's event catalog: what customers can subscribe to.
     let bus = Bus::builder()
+        .event_type(
+            EventType::new("order.created", "A customer placed an order.")
+                .example(serde_json::json!({ "id": 1042, "total_cents": 4200 })),
+        )
+        .event_type(
+            EventType::new("order.paid", "An order was paid in full.")
+                .example(serde_json::json!({ "id": 1042, "paid_cents": 4200 })),
+        )
+        .event_type(EventType::new(
+            "customer.deleted",
+            "A customer's account was closed.",
+        ))
         .path(&data)
         .allow_private_targets(true)
         .deliver(deliver)

@@ -174,6 +174,22 @@ pub enum Error {
         max: usize,
     },
 
+    /// A published payload does not satisfy the JSON Schema of its event
+    /// type in the catalog (with
+    /// [`Builder::validate_payloads`](crate::Builder::validate_payloads)
+    /// and the `json-schema` feature). Nothing is stored.
+    #[error("event `{event}` payload does not satisfy its schema at {pointer}: {message}")]
+    PayloadInvalid {
+        /// The event name.
+        event: String,
+        /// The JSON pointer of the first failing value (`/` for the whole
+        /// payload).
+        pointer: String,
+        /// The rule it breaks (the value itself is not repeated, so no
+        /// payload content reaches logs).
+        message: String,
+    },
+
     /// The published value could not be serialized to JSON.
     #[error("event payload could not be serialized to JSON")]
     Serialize(#[source] serde_json::Error),

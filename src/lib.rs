@@ -20,7 +20,8 @@
 //! * **For SaaS apps**: tenants (one customer's events never reach
 //!   another), REST routes for your customers' endpoints ([`rest`]), SSRF
 //!   protection, rate limits, endpoint health and auto-disable, idempotency
-//!   keys ([`Message`]).
+//!   keys ([`Message`]), an event catalog that subscriptions (and,
+//!   optionally, payloads) are checked against ([`catalog::EventType`]).
 //!
 //! The README is the guide: the quick start, a SaaS on axum + PostgreSQL
 //! (tokio, publishing in your transaction, the routes, two instances), and
@@ -220,6 +221,7 @@
 #[cfg(feature = "axum")]
 pub mod axum;
 mod bus;
+pub mod catalog;
 mod clock;
 mod codec;
 mod config;
@@ -317,6 +319,11 @@ pub struct GuaranteesDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/SECURITY.md")]
 pub struct SecurityDoctests;
+
+/// `docs/TENANT_API.md`'s code blocks, as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/TENANT_API.md")]
+pub struct TenantApiDoctests;
 
 /// `docs/POSTGRES.md`'s code blocks, as doc tests.
 #[cfg(doctest)]

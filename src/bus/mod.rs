@@ -104,6 +104,14 @@ impl Bus {
             .map_or(0, |r| r.records_decoded())
     }
 
+    /// The app's event catalog: the types registered with
+    /// [`Builder::event_type`](crate::Builder::event_type), in
+    /// registration order (empty if none were). A borrowed slice: the
+    /// catalog is fixed when the bus opens.
+    pub fn event_types(&self) -> &[crate::catalog::EventType] {
+        self.inner.config.event_types()
+    }
+
     /// Whether the bus still accepts events (it has not been shut down).
     pub fn is_open(&self) -> bool {
         self.inner.engine.is_open()
@@ -122,8 +130,9 @@ impl Bus {
     /// An event that no subscription names is accepted and dropped.
     ///
     /// Errors: [`Error::InvalidEventName`], [`Error::Serialize`],
-    /// [`Error::PayloadTooLarge`], [`Error::Closed`]. Nothing is stored when
-    /// it fails.
+    /// [`Error::PayloadTooLarge`], [`Error::PayloadInvalid`] (only with
+    /// [`Builder::validate_payloads`](crate::Builder::validate_payloads)),
+    /// [`Error::Closed`]. Nothing is stored when it fails.
     pub fn publish<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<EventId> {
         let event = self.prepare(event, data)?;
         self.queue(event, None)
@@ -250,6 +259,9 @@ impl Bus {
         Ok((e, Some(tenant.to_owned())))
     }
 
+    /// The event every way of publishing stores (`publish*`, messages,
+    /// `publish_in`): its payload checked against the size limit and, if
+    /// payloads are validated, its type's schema.
     fn event_of(
         &self,
         event: &str,
@@ -263,6 +275,7 @@ impl Bus {
                 max,
             });
         }
+        self.inner.config.catalog.check_payload(event, &payload)?;
         Ok(Event {
             id: EventId::generate(),
             name: event.to_owned(),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::Postgres;
 use super::checks::checked;
 use super::{Config, Durability};
+use crate::catalog::EventType;
 use crate::error::Result;
 
 /// Builds a [`Bus`](crate::Bus) with non-default settings.
@@ -53,11 +54,14 @@ use crate::error::Result;
 /// | `keep_delivered_for` | 30 days |
 /// | `keep_dead_for` | 30 days |
 /// | `attempts_kept` | 20 per delivery |
+/// | `event_type` | none (an empty catalog: any event name) |
+/// | `validate_payloads` | `false` |
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct Builder {
     config: Config,
     networks: Vec<String>,
+    event_types: Vec<EventType>,
 }
 
 impl Builder {
@@ -467,8 +471,54 @@ impl Builder {
         self
     }
 
+    /// Registers an event type in the app's event catalog (call it once
+    /// per type; [`Bus::event_types`](crate::Bus::event_types) lists them
+    /// in this order). [`build`](Self::build) and [`open`](Self::open)
+    /// check the catalog and fail with
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig), naming the
+    /// type, on a name that breaks the event-name rules of
+    /// [`Bus::publish`](crate::Bus::publish) (or is `*`), a name
+    /// registered twice, a schema that does not compile (or a schema at
+    /// all without the `json-schema` feature), or an example that does
+    /// not satisfy its schema. Schemas are compiled once, there.
+    ///
+    /// **Catalog enforcement.** With at least one type registered, a
+    /// subscription (created, updated or ensured through
+    /// [`Subscriptions`](crate::Subscriptions) or the REST routes) may
+    /// only name registered types, or `*`: another name is refused with
+    /// [`Error::InvalidEventName`](crate::Error::InvalidEventName), which
+    /// names it. Subscriptions already stored are left as they are.
+    /// Publishing is not restricted to the catalog's names.
+    ///
+    /// With no type registered (the default) the catalog is empty and any
+    /// valid event name may be subscribed to, as before catalogs existed.
+    ///
+    /// See [`EventType`] for an example.
+    pub fn event_type(mut self, event_type: EventType) -> Self {
+        self.event_types.push(event_type);
+        self
+    }
+
+    /// Checks every published payload of an event type that has a schema
+    /// in the catalog against that schema (feature `json-schema`; without
+    /// it no type can have a schema, so nothing is checked). A payload
+    /// that fails is refused with
+    /// [`Error::PayloadInvalid`](crate::Error::PayloadInvalid), naming the
+    /// JSON pointer of the first failing value, and nothing is stored.
+    /// Every way of publishing is checked: `publish`, `publish_to`,
+    /// `publish_durable`, the messages, the `_async` calls and
+    /// `publish_in`. Events whose type has no schema, or that are not in
+    /// the catalog, are not checked. It costs one parse of the payload per
+    /// checked publish; with `false` publishing does no more than before.
+    ///
+    /// Defaults to `false`.
+    pub fn validate_payloads(mut self, on: bool) -> Self {
+        self.config.validate_payloads = on;
+        self
+    }
+
     /// Checks the settings and returns them without opening anything.
     pub fn build(self) -> Result<Config> {
-        checked(self.config, &self.networks)
+        checked(self.config, &self.networks, self.event_types)
     }
 }

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use super::Config;
+use crate::catalog::{Catalog, EventType};
 use crate::error::{Error, Result};
 use crate::ssrf::IpNet;
 
@@ -21,8 +24,13 @@ const MAX_RETENTION: Duration = Duration::from_secs(3650 * 24 * 3600);
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Checks the settings a builder collected, parses its allowed
-/// `networks` into them, and returns them.
-pub(super) fn checked(mut c: Config, networks: &[String]) -> Result<Config> {
+/// `networks` into them, checks and compiles its event catalog
+/// (`event_types`), and returns them.
+pub(super) fn checked(
+    mut c: Config,
+    networks: &[String],
+    event_types: Vec<EventType>,
+) -> Result<Config> {
     let bad = |m: String| Err(Error::InvalidConfig(m));
     for n in networks {
         match n.parse::<IpNet>() {
@@ -180,5 +188,6 @@ pub(super) fn checked(mut c: Config, networks: &[String]) -> Result<Config> {
             c.cache_capacity
         ));
     }
+    c.catalog = Arc::new(Catalog::compile(event_types, c.validate_payloads)?);
     Ok(c)
 }

@@ -19,6 +19,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use crate::catalog::{Catalog, EventType};
 use crate::ssrf::{IpNet, TargetPolicy};
 
 pub use builder::Builder;
@@ -63,6 +66,10 @@ pub struct Config {
     /// How often an instance of a shared store looks for work the others
     /// added (a backstop to their notifications).
     pub(crate) shared_poll: Duration,
+    /// The event catalog, checked and compiled by `Builder::build`.
+    pub(crate) catalog: Arc<Catalog>,
+    /// Whether published payloads are checked against their type's schema.
+    pub(crate) validate_payloads: bool,
     /// The PostgreSQL store instead of sled: its URL and schema.
     #[cfg(feature = "postgres")]
     pub(crate) postgres: Option<Postgres>,
@@ -122,6 +129,8 @@ impl Default for Config {
             keep_dead: Some(DEFAULT_RETENTION),
             attempts_kept: 20,
             shared_poll: Duration::from_secs(1),
+            catalog: Arc::default(),
+            validate_payloads: false,
             #[cfg(feature = "postgres")]
             postgres: None,
         }
@@ -268,6 +277,16 @@ impl Config {
     /// The TCP connect timeout of one attempt.
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
+    }
+    /// The app's event catalog ([`Builder::event_type`]), in registration
+    /// order; empty if it registered none.
+    pub fn event_types(&self) -> &[EventType] {
+        self.catalog.types()
+    }
+    /// Whether published payloads are checked against their event type's
+    /// schema (see [`Builder::validate_payloads`]).
+    pub fn validate_payloads(&self) -> bool {
+        self.validate_payloads
     }
     /// The total timeout of one attempt.
     pub fn request_timeout(&self) -> Duration {

@@ -1,5 +1,14 @@
-//! A framework-agnostic REST handler for subscriptions, with the routes of
-//! ServiceStack.Webhooks, for the endpoints your own subscribers call.
+//! A framework-agnostic REST handler for subscriptions: the tenant API
+//! [`v1`] (under `/webhooks/v1`, described by an OpenAPI 3.1 document;
+//! see `docs/TENANT_API.md`), the portal page (`/webhooks/portal`, see
+//! [`portal`](crate::portal)), and the routes of ServiceStack.Webhooks
+//! below, for the endpoints your own subscribers call.
+//!
+//! **Who may do what** is the same on both route sets: a caller reaches
+//! only its tenant's subscriptions; inside it, [`MANAGE_ROLE`]
+//! (`webhooks:manage`) reads and changes all of them, [`READ_ROLE`]
+//! (`webhooks:read`) reads all of them, and a caller with neither reads and
+//! changes the ones it created.
 //!
 //! Give [`handle`] the method, path, query, the caller (as your
 //! authentication established it) and the body; it returns a status and a
@@ -38,7 +47,9 @@
 //! | `DELETE /webhooks/admin/notices/{id}` | acknowledge one |
 //!
 //! Unlike the seed plugin, reads and changes of one subscription are
-//! checked against its owner: another caller gets 404, not the record.
+//! checked against the caller's tenant and roles: a caller who may not see
+//! it gets 404, not the record; one who may only read it gets 403 on a
+//! change.
 //!
 //! **Tenants.** What a caller creates belongs to its tenant
 //! ([`Caller::tenant`], or `user:<id>` when it has none: see

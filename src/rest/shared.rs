@@ -9,7 +9,9 @@ pub(super) fn from_error(e: &Error, in_config: bool) -> ApiResponse {
     let f = |name: &'static str, nested: &'static str| Some(if in_config { nested } else { name });
     let (status, code, field) = match e {
         Error::InvalidUrl { .. } => (400, "InvalidUrl", f("url", "config.url")),
+        // Also an event the app's catalog does not have.
         Error::InvalidEventName { .. } => (400, "InvalidEventName", Some("events")),
+        Error::PayloadInvalid { .. } => (400, "PayloadInvalid", Some("payload")),
         Error::NoEvents => (400, "NoEvents", Some("events")),
         Error::InvalidName { .. } => (400, "InvalidName", Some("name")),
         Error::InvalidSecret { .. } => (400, "InvalidSecret", f("secret", "config.secret")),

@@ -88,7 +88,9 @@ impl<'a> Subscriptions<'a> {
     /// index entries.
     ///
     /// Errors: [`Error::InvalidName`], [`Error::InvalidUrl`],
-    /// [`Error::NoEvents`], [`Error::InvalidEventName`],
+    /// [`Error::NoEvents`], [`Error::InvalidEventName`] (also for a name
+    /// that is not in the app's event catalog, when it has one: see
+    /// [`Builder::event_type`](crate::Builder::event_type)),
     /// [`Error::InvalidSecret`],
     /// [`Error::InvalidOwner`], [`Error::Conflict`], [`Error::Closed`].
     pub fn create(&self, new: NewSubscription) -> Result<Subscription> {

@@ -208,6 +208,7 @@ impl NewSubscription {
         validate_name(&new.name)?;
         let url = validate_url(&new.url, &config.target_policy(), config.https_only)?;
         let events = normalise_events(&new.events)?;
+        config.catalog.check_subscribed(&events)?;
         if let Some(s) = &new.secret {
             validate_secret(s)?;
         }

@@ -176,6 +176,9 @@ impl SubscriptionPatch {
             None => None,
         };
         let events = patch.events.as_deref().map(normalise_events).transpose()?;
+        if let Some(events) = &events {
+            config.catalog.check_subscribed(events)?;
+        }
         if let Some(Some(s)) = &patch.secret {
             validate_secret(s)?;
         }

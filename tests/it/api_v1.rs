@@ -473,6 +473,25 @@ fn test_events_are_logged_and_resent() {
     assert_eq!(r.body["event_id"], d.body["event_id"]);
     let got = rx.wait_for(2, LONG);
     assert_eq!(got[1].json(), got[0].json());
+    // Test events are limited per endpoint: the burst, then 429.
+    let mut limited = None;
+    for _ in 0..=hookbus::TEST_REQUEST_BURST {
+        let r = call(
+            &bus,
+            "POST",
+            &format!("{V1}/endpoints/{id}/test"),
+            &m,
+            json!({}),
+        );
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    let r = limited.expect("a 429 within the burst and one more");
+    problem(&r, 429, "rate_limited");
+    assert!(r.headers.iter().any(|(n, _)| *n == "retry-after"));
     // Another tenant cannot read or resend it.
     let outsider = user("x", "globex", &[MANAGE_ROLE]);
     problem(
@@ -775,5 +794,60 @@ fn endpoints_made_in_rust_without_a_tenant_stay_out_of_tenants() {
         .status,
         200
     );
+    bus.shutdown(std::time::Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn the_event_catalog_is_listed_enforced_and_its_examples_sent() {
+    use hookbus::catalog::EventType;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = crate::builder(dir.path())
+        .event_type(
+            EventType::new("order.created", "An order was placed.")
+                .example(json!({"id": 42, "total_cents": 1999})),
+        )
+        .event_type(EventType::new("order.paid", "An order was paid."))
+        .open()
+        .unwrap();
+    let rx = TestReceiver::start();
+    let m = user("m", "acme", &[MANAGE_ROLE]);
+    let r = call(&bus, "GET", &format!("{V1}/event-types"), &m, Value::Null);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["data"][0]["name"], "order.created");
+    assert_eq!(r.body["data"][0]["description"], "An order was placed.");
+    assert_eq!(r.body["data"][0]["example"]["id"], 42);
+    assert_eq!(r.body["data"][1]["name"], "order.paid");
+    // Subscribing to a type outside the catalog is refused, naming the field.
+    let r = call(
+        &bus,
+        "POST",
+        &format!("{V1}/endpoints"),
+        &m,
+        json!({"name": "x", "url": rx.url("/"), "events": ["order.shipped"]}),
+    );
+    let p = problem(&r, 400, "validation");
+    assert_eq!(p["errors"][0]["field"], "events");
+    assert!(
+        p["detail"].as_str().unwrap().contains("order.shipped"),
+        "{p}"
+    );
+    let e = create(
+        &bus,
+        &m,
+        json!({"name": "x", "url": rx.url("/"), "events": ["order.paid"]}),
+    );
+    // A test event of a catalog type carries its example.
+    let id = e["id"].as_str().unwrap();
+    let r = call(
+        &bus,
+        "POST",
+        &format!("{V1}/endpoints/{id}/test"),
+        &m,
+        json!({"event_type": "order.created"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let got = rx.wait_for(1, LONG);
+    assert_eq!(got[0].json(), json!({"id": 42, "total_cents": 1999}));
+    assert_eq!(got[0].header("x-webhook-event"), Some("order.created"));
     bus.shutdown(std::time::Duration::from_secs(5)).unwrap();
 }

@@ -9,6 +9,7 @@ mod api_v1;
 mod axum_example;
 #[cfg(feature = "axum")]
 mod axum_routes;
+mod catalog;
 #[cfg(feature = "cli")]
 mod cli;
 mod compat;
@@ -61,6 +62,7 @@ pub fn example_bin(name: &str) -> std::path::PathBuf {
         ("sqlx", cfg!(feature = "sqlx")),
         ("tokio-postgres", cfg!(feature = "tokio-postgres")),
         ("metrics", cfg!(feature = "metrics")),
+        ("json-schema", cfg!(feature = "json-schema")),
         ("fuzzing", cfg!(feature = "fuzzing")),
     ]
     .iter()

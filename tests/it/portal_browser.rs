@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use hookbus::catalog::EventType;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
@@ -525,6 +526,14 @@ impl App {
             .allow_private_targets(true)
             .retry_schedule(vec![Duration::from_millis(10); 2])
             .request_timeout(Duration::from_secs(5))
+            .event_type(
+                EventType::new("order.created", "An order was placed.")
+                    .example(json!({"order": 42, "total_cents": 4200})),
+            )
+            .event_type(EventType::new(
+                "order.cancelled",
+                "An order was cancelled before it shipped.",
+            ))
             .open()
             .unwrap();
         let key =
@@ -620,18 +629,9 @@ fn a_tenant_manages_its_webhooks_in_the_portal_page() {
         b.fill("[data-testid=field-name]", "orders").await;
         b.fill("[data-testid=field-url]", &receiver.url("/hooks/orders"))
             .await;
-        // The catalog's checkboxes, or free text when the app has no catalog.
-        if b.client
-            .find(Locator::Css("[data-testid=event-checkbox]"))
-            .await
-            .is_ok()
-        {
-            b.click("[data-testid=event-checkbox][value='order.created']")
-                .await;
-        } else {
-            b.fill("[data-testid=field-events-text]", "order.created")
-                .await;
-        }
+        // The catalog's types as checkboxes.
+        b.click("[data-testid=event-checkbox][value='order.created']")
+            .await;
         b.click("[data-testid=save-endpoint]").await;
         // The secret, once.
         let secret = b
@@ -759,13 +759,23 @@ fn a_tenant_manages_its_webhooks_in_the_portal_page() {
         .await;
         b.screenshot("endpoints").await;
 
-        // The catalog: the app's event types, or a notice that it has none.
+        // The catalog: names, descriptions, examples.
         b.click("[data-testid=tab-catalog]").await;
-        let catalog = b.shown("[data-testid=event-type], [data-testid=catalog-empty]").await;
-        if catalog.attr("data-testid").await.unwrap().as_deref() == Some("event-type") {
-            let text = catalog.text().await.unwrap();
-            assert!(text.contains("order.created"), "{text}");
-        }
+        let ty = b
+            .shown("[data-testid=event-type][data-name='order.created']")
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(ty.contains("An order was placed."), "{ty}");
+        assert!(ty.contains("\"total_cents\": 4200"), "{ty}");
+        let other = b
+            .shown("[data-testid=event-type][data-name='order.cancelled']")
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(other.contains("cancelled before it shipped"), "{other}");
         b.screenshot("catalog").await;
 
         // On a phone, in an iframe of the app's page: no horizontal scroll.

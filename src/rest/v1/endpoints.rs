@@ -26,8 +26,7 @@ const LAST_ERRORS: usize = 10;
 
 /// `GET /event-types`: the app's event catalog.
 pub(super) fn event_types(bus: &Bus) -> ApiResponse {
-    let _ = bus;
-    ApiResponse::ok(200, json!({ "data": Vec::<Value>::new() }))
+    ApiResponse::ok(200, json!({ "data": bus.event_types() }))
 }
 
 /// One page of the caller's tenant's endpoints (only its own without a
@@ -222,7 +221,13 @@ pub(super) fn test(bus: &Bus, s: &Subscription, bytes: &[u8]) -> ApiResponse {
     if let Err(e) = super::store::check_test_rate(bus, s.id) {
         return from_error(&e);
     }
-    let example: Option<Value> = None;
+    // A catalog type sends its example (an empty object without one).
+    let example: Option<Value> = b.event_type.as_deref().and_then(|t| {
+        bus.event_types()
+            .iter()
+            .find(|e| e.name == t)
+            .map(|e| e.example.clone().unwrap_or_else(|| json!({})))
+    });
     let sent = subs.send_test_event(s.id, b.event_type.as_deref(), example.as_ref());
     let id = match sent {
         Ok(id) => id,

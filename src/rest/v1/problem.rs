@@ -96,10 +96,9 @@ pub(super) fn from_error(e: &Error) -> ApiResponse {
     };
     let r = problem(status, code, detail, field);
     match e {
-        Error::TooManyRequests { retry_after } => r.with_header(
-            "retry-after",
-            retry_after.as_secs().max(1).to_string(),
-        ),
+        Error::TooManyRequests { retry_after } => {
+            r.with_header("retry-after", retry_after.as_secs().max(1).to_string())
+        }
         _ => r,
     }
 }
