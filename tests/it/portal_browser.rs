@@ -602,8 +602,15 @@ history.replaceState(null, "", location.pathname + location.search);
 document.body.append(f);
 </script></body></html>"#;
 
-/// The whole flow of one tenant in the browser, another tenant's view, and
-/// refused links.
+/// The whole flow of one tenant in the browser: a link opens the page (the
+/// token leaves the address bar), an endpoint at a real receiver is added
+/// from the catalog's checkboxes, its secret is shown once (and signs what
+/// the receiver gets), a test event with a catalog example arrives, an
+/// app's event shows in the log with its attempt, resend sends it again,
+/// the catalog shows names, descriptions and examples, a 375 px iframe has
+/// no horizontal scroll, rotate shows a new secret once, delete empties the
+/// list; another tenant's link shows none of it; an expired and a tampered
+/// link show the invalid-link screen.
 #[test]
 fn a_tenant_manages_its_webhooks_in_the_portal_page() {
     let Some((chromium, driver)) = browser_tools() else {
@@ -810,6 +817,30 @@ fn a_tenant_manages_its_webhooks_in_the_portal_page() {
             );
         }
         b.client.enter_parent_frame().await.unwrap();
+
+        // Rotate the secret (after a confirmation): a new one, shown once;
+        // then delete the endpoint (after a confirmation too).
+        b.open(&format!("{base}/webhooks/portal#{acme}")).await;
+        b.click("[data-testid=endpoint][data-name=orders] [data-testid=endpoint-rotate]")
+            .await;
+        b.click("[data-testid=confirm-yes]").await;
+        let rotated = b
+            .shown("[data-testid=secret-value]")
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(rotated.starts_with("whsec_") && rotated != secret, "{rotated}");
+        b.click("[data-testid=dismiss-secret]").await;
+        b.until("the new secret to go", "return document.documentElement.outerHTML", |v| {
+            !v.as_str().unwrap_or("").contains(&rotated)
+        })
+        .await;
+        b.click("[data-testid=endpoint][data-name=orders] [data-testid=endpoint-delete]")
+            .await;
+        b.click("[data-testid=confirm-yes]").await;
+        b.shown("[data-testid=endpoints-empty]").await;
+        assert!(app.bus.subscriptions().list().unwrap().is_empty());
 
         // Another tenant's link: none of it.
         b.open(&format!("{base}/webhooks/portal#{globex}")).await;
