@@ -91,6 +91,7 @@ fn find(path: &str) -> Option<(Vec<&'static str>, Option<&str>, &'static str)> {
 /// Whether `method` is a route on `path` (`false` for no route): the
 /// frameworks' adapters answer other requests through [`handle`] (404,
 /// 405) before asking for a JSON body.
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
 pub(crate) fn routes(path: &str, method: &str) -> bool {
     find(path.trim_end_matches('/'))
         .is_some_and(|(methods, _, _)| methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
