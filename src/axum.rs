@@ -206,6 +206,14 @@ async fn serve(State(routes): State<Arc<Routes>>, request: Request) -> Response 
             "a POST, and any body, must be JSON, sent with content-type: application/json".into(),
         ));
     }
+    // Nested under a prefix (`/api`), the routes see the path without it:
+    // their `Location`s get it back.
+    let prefix = parts
+        .extensions
+        .get::<::axum::extract::OriginalUri>()
+        .and_then(|o| o.path().strip_suffix(parts.uri.path()))
+        .map(str::to_owned)
+        .unwrap_or_default();
     let caller = match (&routes.portal, portal_token(&parts)) {
         (Some(key), Some(token)) if v1 => match key.caller(token) {
             Ok(c) => Some(c),
@@ -233,7 +241,14 @@ async fn serve(State(routes): State<Arc<Routes>>, request: Request) -> Response 
     })
     .await;
     match answered {
-        Ok(a) => answer(&a),
+        Ok(mut a) => {
+            for (name, value) in &mut a.headers {
+                if *name == "location" && value.starts_with('/') {
+                    value.insert_str(0, &prefix);
+                }
+            }
+            answer(&a)
+        }
         Err(_) => answer(&ApiResponse::error(
             500,
             "InternalServerError",

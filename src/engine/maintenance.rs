@@ -26,6 +26,9 @@ pub(crate) struct Job {
     kind: Kind,
     /// The last index entry handled (entries before it were handled).
     after: Option<IndexEntry>,
+    /// One subscription's dead letters: the last of its deliveries looked
+    /// at (its own index, not every subscription's dead letters).
+    after_delivery: Option<DeliveryId>,
     /// How many records it changed so far.
     pub(crate) count: u64,
     /// Started by the engine itself (retention), not by a caller.
@@ -118,6 +121,7 @@ impl Job {
         Job {
             kind,
             after: None,
+            after_delivery: None,
             count: 0,
             background: false,
         }
@@ -143,6 +147,7 @@ impl Job {
     ) -> Result<bool> {
         let (state, sub) = match self.kind {
             Kind::DeadLetterPending { sub, .. } => (DeliveryState::Pending, Some(sub)),
+            Kind::RetryDead { sub: Some(sub) } => return self.retry_dead_of(s, sub),
             Kind::RetryDead { sub } => (DeliveryState::Dead, sub),
             Kind::PurgeDelivered { .. } => (DeliveryState::Delivered, None),
             Kind::PurgeDead { .. } => (DeliveryState::Dead, None),
@@ -224,6 +229,38 @@ impl Job {
                 }
             }
             self.count += 1;
+        }
+        Ok(!more)
+    }
+
+    /// One subscription's dead letters due again, a chunk of its
+    /// deliveries at a time, read through its own index: the work follows
+    /// that subscription's deliveries, not every subscription's dead
+    /// letters (a tenant's call must not walk other tenants' data).
+    fn retry_dead_of(&mut self, s: &mut Session, sub: SubscriptionId) -> Result<bool> {
+        let ids: Vec<Result<DeliveryId>> = match self.after_delivery {
+            None => s
+                .reader()
+                .deliveries_of(sub, false)
+                .take(CHUNK + 1)
+                .collect(),
+            Some(after) => s
+                .reader()
+                .deliveries_of_from(sub, after)
+                .filter(move |id| !matches!(id, Ok(i) if *i == after))
+                .take(CHUNK + 1)
+                .collect(),
+        };
+        let more = ids.len() > CHUNK;
+        for id in ids.into_iter().take(CHUNK) {
+            let id = id?;
+            self.after_delivery = Some(id);
+            if let Some(d) = s.delivery(id)?
+                && d.state == DeliveryState::Dead
+            {
+                s.revive(&d);
+                self.count += 1;
+            }
         }
         Ok(!more)
     }

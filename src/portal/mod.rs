@@ -47,8 +47,9 @@ pub const TOKEN_PREFIX: &str = "hbp_";
 /// The longest a portal link may live: 7 days.
 pub const MAX_LINK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The id of the [`Caller`] a portal token makes: what it creates has this
-/// owner.
-pub const PORTAL_CALLER_ID: &str = "portal";
+/// owner. Give none of your users this id (an app user with it would own
+/// what was made through the portal).
+pub const PORTAL_CALLER_ID: &str = "hookbus:portal";
 /// The portal page: one HTML document with its styles and script inline
 /// (no build step, nothing fetched from elsewhere), served at
 /// `/webhooks/portal` by [`page`].

@@ -52,6 +52,14 @@ pub(super) fn route(
 }
 
 fn create(bus: &Bus, caller: &Caller, body: &[u8]) -> ApiResponse {
+    if !caller.may_create() {
+        return ApiResponse::error(
+            403,
+            "Forbidden",
+            format!("creating subscriptions needs the `{MANAGE_ROLE}` role, or no role"),
+            None,
+        );
+    }
     let dto_in: CreateDto = match parse_body(body) {
         Ok(d) => d,
         Err(r) => return r,

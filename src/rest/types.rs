@@ -79,28 +79,48 @@ impl Caller {
 
     /// What the caller may do with `s`. Only subscriptions of its own
     /// tenant are reachable. Inside it, [`MANAGE_ROLE`] reads and changes
-    /// all of them, [`READ_ROLE`] reads all of them, and a caller with
-    /// neither (per-user ownership) reads and changes the ones it created.
+    /// all of them, [`READ_ROLE`] reads all of them (and changes none, not
+    /// even its own), and a caller with neither (per-user ownership) reads
+    /// and changes the ones it created. A caller whose explicit tenant is
+    /// in the `user:` namespace reaches nothing.
     /// A subscription without a tenant (made through the Rust API, or
     /// stored before tenants existed) is reachable only by its owner, as a
     /// caller without a tenant.
     pub(crate) fn access(&self, s: &Subscription) -> Access {
+        // An explicit tenant in the namespace of callers without one would
+        // reach that user's own subscriptions.
+        if self
+            .tenant
+            .as_deref()
+            .is_some_and(|t| t.starts_with(USER_TENANT_PREFIX))
+        {
+            return Access::None;
+        }
         let owner = s.owner.as_deref() == Some(self.id.as_str());
         let same_tenant = match (&s.tenant, &self.tenant) {
             (Some(t), _) => *t == self.tenant_id(),
             // No tenant: its owner only, as before tenants existed.
-            (None, None) => return if owner { Access::Manage } else { Access::None },
+            (None, None) => owner,
             (None, Some(_)) => false,
         };
         if !same_tenant {
             Access::None
-        } else if owner || self.has_role(MANAGE_ROLE) {
+        } else if self.has_role(MANAGE_ROLE) {
             Access::Manage
         } else if self.has_role(READ_ROLE) {
+            // A reader changes nothing, not even what it created.
             Access::Read
+        } else if owner {
+            Access::Manage
         } else {
             Access::None
         }
+    }
+
+    /// Whether the caller may create subscriptions: not a reader (role
+    /// [`READ_ROLE`] without [`MANAGE_ROLE`]).
+    pub(crate) fn may_create(&self) -> bool {
+        self.has_role(MANAGE_ROLE) || !self.has_role(READ_ROLE)
     }
 
     /// Whether the caller may read `s` (see [`access`](Caller::access)).

@@ -187,7 +187,11 @@ fn the_v1_routes_take_portal_links_and_serve_the_portal_page() {
     let create = r#"{"name":"theirs","url":"http://127.0.0.1:9/hook","events":["*"]}"#;
     let (status, head, body) = http_head(&addr, "POST", endpoints, &[portal, json], create);
     assert_eq!(status, 201, "{body}");
-    assert!(head.contains("location: /webhooks/v1/endpoints/"), "{head}");
+    // Nested under /api: the Location says so.
+    assert!(
+        head.contains("location: /api/webhooks/v1/endpoints/"),
+        "{head}"
+    );
     assert!(head.contains("content-type: application/json"), "{head}");
     let subs = bus.subscriptions().list().unwrap();
     assert_eq!(subs[0].tenant.as_deref(), Some("globex"));

@@ -148,8 +148,13 @@ pub(super) fn list(bus: &Bus, caller: &Caller, query: &str) -> ApiResponse {
         }
     }
     if scanned >= SCAN_BUDGET && !more {
-        // Out of budget: go on below the last one looked at.
-        more = streams.iter_mut().any(|s| s.peek().is_some());
+        // Out of budget: go on below the last one looked at, if any stream
+        // still has one the filters' time span can take.
+        more = streams.iter_mut().any(|st| match st.peek() {
+            Some(Ok(d)) => since.is_none_or(|t| d.created_at >= t),
+            Some(Err(_)) => true,
+            None => false,
+        });
     }
     let next = if more {
         last_seen.map(|d| d.to_string())
@@ -221,6 +226,11 @@ pub(super) fn resend(bus: &Bus, caller: &Caller, id: &str, bytes: &[u8]) -> ApiR
         Ok(x) => x,
         Err(r) => return r,
     };
+    // A resend is traffic to the endpoint like a test event: the same
+    // limit per endpoint.
+    if let Err(e) = store::check_test_rate(bus, d.subscription_id) {
+        return from_error(&e);
+    }
     let new = match bus.outbox().resend(d.id) {
         Ok(id) => id,
         Err(e) => return from_error(&e),

@@ -77,7 +77,7 @@ pub(super) fn list(bus: &Bus, caller: &Caller, query: &str) -> ApiResponse {
 /// `POST /endpoints`: 201 with `Location`, the endpoint and its secret
 /// (shown this once).
 pub(super) fn create(bus: &Bus, caller: &Caller, bytes: &[u8]) -> ApiResponse {
-    if !caller.has_role(crate::rest::MANAGE_ROLE) && caller.has_role(crate::rest::READ_ROLE) {
+    if !caller.may_create() {
         return super::forbidden();
     }
     let b: EndpointCreate = match body(bytes) {
@@ -156,7 +156,7 @@ pub(super) fn patch(bus: &Bus, s: &Subscription, bytes: &[u8]) -> ApiResponse {
     if let Some(order) = shapes::order_of(b.order, b.on_dead_letter, s.order) {
         p = p.order(order);
     }
-    if b.resume {
+    if b.resume == Some(true) {
         p = p.resume();
     }
     match bus.subscriptions().update(s.id, p) {
@@ -231,6 +231,14 @@ pub(super) fn test(bus: &Bus, s: &Subscription, bytes: &[u8]) -> ApiResponse {
     let sent = subs.send_test_event(s.id, b.event_type.as_deref(), example.as_ref());
     let id = match sent {
         Ok(id) => id,
+        Err(crate::Error::InvalidEventName { .. }) => {
+            return problem(
+                400,
+                "validation",
+                "event_type must be 1 to 100 letters, digits, `_`, `-` and `.`",
+                Some("event_type"),
+            );
+        }
         Err(e) => return from_error(&e),
     };
     match bus.outbox().get(id) {

@@ -85,6 +85,7 @@ pub(super) fn from_error(e: &Error) -> ApiResponse {
         Error::NotDead { .. } => (409, "not_dead", None),
         Error::InvalidReplay(_) => (400, "validation", None),
         Error::TooManyRequests { .. } => (429, "rate_limited", None),
+        Error::PayloadTooLarge { .. } => (413, "payload_too_large", None),
         Error::Closed => (503, "unavailable", None),
         _ => (500, "internal", None),
     };

@@ -149,7 +149,7 @@ pub(super) struct EndpointPatch {
     #[serde(default)]
     pub(super) on_dead_letter: Option<OnDeadLetterIn>,
     #[serde(default)]
-    pub(super) resume: bool,
+    pub(super) resume: Option<bool>,
 }
 
 /// `POST /endpoints/{id}/rotate-secret`.
