@@ -288,7 +288,7 @@ pub enum Error {
     InvalidConfig(String),
 
     /// A portal link's token is malformed, was signed with another key, or
-    /// has expired (see [`PortalKey`](crate::portal::PortalKey)).
+    /// has expired (see `hookbus::portal::PortalKey`).
     #[error("portal link refused: {reason}; ask for a new link")]
     InvalidPortalLink {
         /// What is wrong with it.

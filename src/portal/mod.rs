@@ -6,7 +6,7 @@
 //! opens the portal page with it; the page sends the token as
 //! `Authorization: Bearer hbp_…` to the v1 routes, where
 //! [`PortalKey::caller`] (done for you by
-//! [`Routes::portal_key`](crate::axum::Routes::portal_key)) turns it into a
+//! `axum::Routes::portal_key`) turns it into a
 //! [`Caller`] of that tenant with the [`MANAGE_ROLE`].
 //!
 //! ```
@@ -50,12 +50,7 @@ pub const MAX_LINK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// owner. Give none of your users this id (an app user with it would own
 /// what was made through the portal).
 pub const PORTAL_CALLER_ID: &str = "hookbus:portal";
-/// The portal page: one HTML document with its styles and script inline
-/// (no build step, nothing fetched from elsewhere), served at
-/// `/webhooks/portal` by [`page`].
-pub const PAGE: &str = include_str!("page.html");
-/// Where the page is served.
-pub const PAGE_PATH: &str = "/webhooks/portal";
+pub use crate::rest::page::{PAGE, PAGE_PATH, page};
 
 /// The shortest key taken, in bytes.
 pub const MIN_KEY_BYTES: usize = 32;
@@ -189,35 +184,6 @@ impl PortalKey {
         }
         Ok(Caller::new(PORTAL_CALLER_ID, [MANAGE_ROLE]).tenant(claims.t))
     }
-}
-
-/// The portal page as a response, with headers that keep it to itself: a
-/// content security policy that runs only its own inline script (by
-/// hash), connects only to its own origin and may be framed by
-/// `frame_ancestors` (a CSP source list such as `'self'` or
-/// `https://app.example.com`; `'self'` when `None`), no referrer, no
-/// caching.
-pub fn page(frame_ancestors: Option<&str>) -> crate::rest::ApiResponse {
-    use sha2::Digest as _;
-    let script = PAGE
-        .split_once("<script>")
-        .and_then(|(_, rest)| rest.split_once("</script>"))
-        .map_or("", |(s, _)| s);
-    let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script.as_bytes()));
-    let ancestors = frame_ancestors
-        .filter(|a| !a.is_empty() && !a.contains([';', '\r', '\n']))
-        .unwrap_or("'self'");
-    let csp = format!(
-        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
-         connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
-         frame-ancestors {ancestors}"
-    );
-    let mut r = crate::rest::ApiResponse::ok(200, serde_json::Value::String(PAGE.to_owned()));
-    r.content_type = "text/html; charset=utf-8";
-    r.with_header("content-security-policy", csp)
-        .with_header("referrer-policy", "no-referrer")
-        .with_header("x-content-type-options", "nosniff")
-        .with_header("cache-control", "no-store")
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! A framework-agnostic REST handler for subscriptions: the tenant API
 //! [`v1`] (under `/webhooks/v1`, described by an OpenAPI 3.1 document;
 //! see `docs/TENANT_API.md`), the portal page (`/webhooks/portal`, see
-//! [`portal`](crate::portal)), and the routes of ServiceStack.Webhooks
+//! `hookbus::portal`), and the routes of ServiceStack.Webhooks
 //! below, for the endpoints your own subscribers call.
 //!
 //! **Who may do what** is the same on both route sets: a caller reaches
@@ -91,6 +91,7 @@
 
 mod admin;
 mod dto;
+pub(crate) mod page;
 mod shared;
 mod subscriber;
 mod types;
@@ -111,11 +112,11 @@ pub fn handle(bus: &Bus, req: ApiRequest<'_>) -> ApiResponse {
     if path == v1::BASE || path.starts_with("/webhooks/v1/") {
         return v1::handle(bus, req);
     }
-    if path == crate::portal::PAGE_PATH {
+    if path == page::PAGE_PATH {
         // The page itself holds no data: whoever opens it needs a portal
         // link or the app's authentication for the v1 routes it calls.
         return if req.method.eq_ignore_ascii_case("GET") {
-            crate::portal::page(None)
+            page::page(None)
         } else {
             v1::problem::problem(
                 405,

@@ -1,4 +1,4 @@
-//! The customer portal page (`src/portal/page.html`) in a real browser:
+//! The customer portal page (`src/rest/page.html`) in a real browser:
 //! Debian's Chromium, headless, driven over WebDriver through chromedriver
 //! (the `fantoccini` crate).
 //!
@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(20);
 
 /// The page, as the crate serves it.
-const PAGE: &str = include_str!("../../src/portal/page.html");
+const PAGE: &str = include_str!("../../src/rest/page.html");
 
 /// Chromium and chromedriver, or `None` (after a notice) when they are not
 /// installed; panics under CI instead.

@@ -6,8 +6,8 @@
 //!
 //! Every route but the document needs a [`Caller`]; it reaches only its
 //! own tenant's endpoints and their deliveries ([`Caller::tenant_id`]),
-//! with the access that [`MANAGE_ROLE`] and
-//! [`READ_ROLE`](crate::rest::READ_ROLE) give (see the [`rest`](super) module).
+//! with the access that `MANAGE_ROLE` and
+//! `READ_ROLE` give (see the `rest` module).
 
 // Rooms:
 //
