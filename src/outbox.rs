@@ -277,6 +277,81 @@ impl<'a> Outbox<'a> {
         }))
     }
 
+    /// The deliveries of several subscriptions, newest first across them,
+    /// strictly before `before` (a tenant's delivery log): on PostgreSQL a
+    /// page of them per query, elsewhere each subscription's newest-first
+    /// listing merged.
+    pub fn for_subscriptions_before(
+        &self,
+        subscriptions: &[SubscriptionId],
+        before: Option<DeliveryId>,
+    ) -> Deliveries {
+        /// Deliveries per query where the store reads several
+        /// subscriptions at once.
+        const BATCH: usize = 128;
+        let r = match self.reader() {
+            Ok(r) => r,
+            Err(e) => return Deliveries::failed(e),
+        };
+        let subs = subscriptions.to_vec();
+        match r.deliveries_of_many_before(&subs, before, BATCH) {
+            Err(e) => Deliveries::failed(e),
+            Ok(Some(first)) => {
+                let mut page = first.into_iter();
+                let mut done = page.len() < BATCH;
+                let mut last = before;
+                Deliveries::new(std::iter::from_fn(move || {
+                    if let Some(d) = page.next() {
+                        last = Some(d.id);
+                        return Some(Ok(d));
+                    }
+                    if done {
+                        return None;
+                    }
+                    match r.deliveries_of_many_before(&subs, last, BATCH) {
+                        Ok(Some(next)) => {
+                            done = next.len() < BATCH;
+                            page = next.into_iter();
+                            let d = page.next()?;
+                            last = Some(d.id);
+                            Some(Ok(d))
+                        }
+                        Ok(None) => None,
+                        Err(e) => {
+                            done = true;
+                            Some(Err(e))
+                        }
+                    }
+                }))
+            }
+            Ok(None) => {
+                let mut streams: Vec<std::iter::Peekable<Deliveries>> = subs
+                    .iter()
+                    .map(|s| self.for_subscription_before(*s, before).peekable())
+                    .collect();
+                Deliveries::new(std::iter::from_fn(move || {
+                    // The newest head among the streams (an error first).
+                    let mut best: Option<(usize, Option<DeliveryId>)> = None;
+                    for (i, st) in streams.iter_mut().enumerate() {
+                        match st.peek() {
+                            None => {}
+                            Some(Err(_)) => {
+                                best = Some((i, None));
+                                break;
+                            }
+                            Some(Ok(d)) => {
+                                if best.is_none_or(|(_, b)| b.is_some_and(|b| d.id > b)) {
+                                    best = Some((i, Some(d.id)));
+                                }
+                            }
+                        }
+                    }
+                    streams[best?.0].next()
+                }))
+            }
+        }
+    }
+
     /// One delivery.
     pub fn get(&self, id: DeliveryId) -> Result<Option<Delivery>> {
         self.reader()?.delivery(id)

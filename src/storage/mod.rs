@@ -108,6 +108,18 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
         sub: SubscriptionId,
         before: Option<DeliveryId>,
     ) -> Iter<DeliveryId>;
+    /// Up to `limit` deliveries of any of `subs`, newest first, strictly
+    /// before `before`, in one read where the store can; `None` where it
+    /// cannot (the caller then merges each subscription's
+    /// [`deliveries_of_before`](Reader::deliveries_of_before)).
+    fn deliveries_of_many_before(
+        &self,
+        _subs: &[SubscriptionId],
+        _before: Option<DeliveryId>,
+        _limit: usize,
+    ) -> Result<Option<Vec<Delivery>>> {
+        Ok(None)
+    }
     /// The ids of one subscription's deliveries from `from` on (itself
     /// included, if it exists), oldest first.
     fn deliveries_of_from(&self, sub: SubscriptionId, from: DeliveryId) -> Iter<DeliveryId>;

@@ -869,3 +869,51 @@ fn the_event_catalog_is_listed_enforced_and_its_examples_sent() {
     assert_eq!(got[0].header("x-webhook-event"), Some("order.created"));
     bus.shutdown(std::time::Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn the_delivery_log_pages_through_many_deliveries_of_several_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing is sent: every delivery stays pending, in the log.
+    let bus = crate::builder(dir.path()).deliver(false).open().unwrap();
+    let m = user("m", "acme", &[MANAGE_ROLE]);
+    for name in ["a", "b"] {
+        create(
+            &bus,
+            &m,
+            json!({"name": name, "url": dead_url(), "events": ["*"]}),
+        );
+    }
+    for i in 0..150 {
+        bus.publish_to("acme", "tick", &json!({ "i": i })).unwrap();
+    }
+    bus.flush().unwrap();
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..20 {
+        let r = call(
+            &bus,
+            "GET",
+            &format!("{V1}/deliveries?limit=100{cursor}"),
+            &m,
+            Value::Null,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        seen.extend(
+            r.body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["id"].as_str().unwrap().to_owned()),
+        );
+        match r.body["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 300);
+    let mut sorted = seen.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    sorted.dedup();
+    assert_eq!(seen, sorted, "newest first, each once");
+    bus.shutdown(std::time::Duration::from_secs(5)).unwrap();
+}

@@ -3,8 +3,6 @@
 //! attempts and payload, resend; an endpoint's dead letters retried and
 //! its past replayed.
 
-use std::iter::Peekable;
-
 use serde_json::{Value, json};
 
 use super::problem::{self, Query, body, from_error, not_found, page, problem};
@@ -96,48 +94,29 @@ pub(super) fn list(bus: &Bus, caller: &Caller, query: &str) -> ApiResponse {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let mut streams: Vec<Peekable<_>> = subs
-        .iter()
-        .map(|s| store::newest_deliveries(bus, s.id, cursor).peekable())
-        .collect();
+    let ids: Vec<SubscriptionId> = subs.iter().map(|s| s.id).collect();
+    let mut log = bus
+        .outbox()
+        .for_subscriptions_before(&ids, cursor)
+        .peekable();
     let keep = |d: &Delivery| {
         state.is_none_or(|s| d.state == s)
             && event_type.is_none_or(|t| d.event_name == t)
             && until.is_none_or(|u| d.created_at <= u)
     };
     let mut out = Vec::new();
-    let mut scanned = 0;
     let mut last_seen: Option<DeliveryId> = None;
     let mut more = false;
-    while scanned < SCAN_BUDGET {
-        // The newest head among the endpoints' streams (errors first).
-        let mut best: Option<(usize, Option<DeliveryId>)> = None;
-        for (i, st) in streams.iter_mut().enumerate() {
-            match st.peek() {
-                None => {}
-                Some(Err(_)) => {
-                    best = Some((i, None));
-                    break;
-                }
-                Some(Ok(d)) => {
-                    if since.is_some_and(|s| d.created_at < s) {
-                        continue;
-                    }
-                    if best.is_none_or(|(_, b)| b.is_some_and(|b| d.id > b)) {
-                        best = Some((i, Some(d.id)));
-                    }
-                }
-            }
-        }
-        let Some((i, _)) = best else {
-            break;
-        };
-        let d = match streams[i].next() {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => return from_error(&e),
+    for _ in 0..SCAN_BUDGET {
+        let d = match log.next() {
             None => break,
+            Some(Err(e)) => return from_error(&e),
+            Some(Ok(d)) => d,
         };
-        scanned += 1;
+        // Newest first: once older than `since`, all the rest are too.
+        if since.is_some_and(|s| d.created_at < s) {
+            break;
+        }
         if out.len() == limit {
             more = true;
             break;
@@ -147,14 +126,14 @@ pub(super) fn list(bus: &Bus, caller: &Caller, query: &str) -> ApiResponse {
             out.push(d);
         }
     }
-    if scanned >= SCAN_BUDGET && !more {
-        // Out of budget: go on below the last one looked at, if any stream
-        // still has one the filters' time span can take.
-        more = streams.iter_mut().any(|st| match st.peek() {
-            Some(Ok(d)) => since.is_none_or(|t| d.created_at >= t),
+    if !more && out.len() < limit && last_seen.is_some() {
+        // Out of budget with more to look at: go on below the last one
+        // looked at (if it is not older than `since`).
+        more = match log.peek() {
+            Some(Ok(d)) => since.is_none_or(|s| d.created_at >= s),
             Some(Err(_)) => true,
             None => false,
-        });
+        };
     }
     let next = if more {
         last_seen.map(|d| d.to_string())

@@ -379,6 +379,36 @@ impl Reader for PgReader {
         })
     }
 
+    fn deliveries_of_many_before(
+        &self,
+        subs: &[SubscriptionId],
+        before: Option<DeliveryId>,
+        limit: usize,
+    ) -> Result<Option<Vec<Delivery>>> {
+        let subs: Vec<Vec<u8>> = subs.iter().map(|s| s.to_bytes().to_vec()).collect();
+        // Above every 16-byte id.
+        let before = before.map_or_else(|| vec![0xff; 17], |b| b.to_bytes().to_vec());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Each subscription's newest `limit` through its (sub, id) index,
+        // then the newest `limit` of those: the work follows the
+        // subscriptions' own deliveries, not the table's.
+        let rows = self.query(
+            &format!(
+                "SELECT x.id, x.record FROM unnest($1::bytea[]) AS s(sub) \
+                 CROSS JOIN LATERAL (SELECT d.id, d.record FROM {} d \
+                 WHERE d.sub = s.sub AND d.id < $2 ORDER BY d.id DESC LIMIT $3) x \
+                 ORDER BY x.id DESC LIMIT $3",
+                self.t("deliveries")
+            ),
+            &[&subs, &before, &limit],
+        )?;
+        self.count(rows.len());
+        rows.iter()
+            .map(delivery_of)
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     fn deliveries_of_from(&self, sub: SubscriptionId, from: DeliveryId) -> Iter<DeliveryId> {
         let r = self.clone();
         let s = sub.to_bytes().to_vec();
