@@ -339,11 +339,12 @@ impl<'a> Outbox<'a> {
                                 best = Some((i, None));
                                 break;
                             }
-                            Some(Ok(d)) => {
-                                if best.is_none_or(|(_, b)| b.is_some_and(|b| d.id > b)) {
-                                    best = Some((i, Some(d.id)));
-                                }
+                            Some(Ok(d))
+                                if best.is_none_or(|(_, b)| b.is_some_and(|b| d.id > b)) =>
+                            {
+                                best = Some((i, Some(d.id)));
                             }
+                            Some(Ok(_)) => {}
                         }
                     }
                     streams[best?.0].next()
