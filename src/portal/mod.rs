@@ -22,7 +22,8 @@
 //!
 //! let caller = key.caller(&token)?;
 //! assert_eq!(caller.tenant.as_deref(), Some("acme"));
-//! assert!(key.caller(&token.replace('a', "b")).is_err());
+//! // Any change to it is refused.
+//! assert!(key.caller(&token.replacen("hbp_", "hbp_x", 1)).is_err());
 //! # Ok(()) }
 //! ```
 //!
