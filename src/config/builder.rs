@@ -229,7 +229,11 @@ impl Builder {
     /// The most requests one subscription may have in flight (it also never
     /// holds more than its fair share while others have due work).
     ///
-    /// Defaults to 64.
+    /// Defaults to 64: the `slow_receivers` bench's workloads need at most
+    /// 20 per subscription at once (20 events each), so 64 leaves three
+    /// times that; at 500 ms it is 128 deliveries/s for one subscription,
+    /// and the isolation bench's healthy subscription (100 ms) reaches
+    /// 600/s of its 640/s ceiling beside 12 hanging ones (BENCHMARKS.md).
     pub fn max_in_flight_per_subscription(mut self, n: usize) -> Self {
         self.config.per_subscription = n;
         self
@@ -335,8 +339,9 @@ impl Builder {
     /// [`sender_memory_budget`](Self::sender_memory_budget), so one host
     /// never takes every slot, yet 200 subscriptions x 10 events to one
     /// 500 ms receiver (2000 requests) go out at once: the
-    /// `slow_receivers` bench measured them at 3,800/s or more only when
-    /// all 2000 are in flight together (BENCHMARKS.md).
+    /// `slow_receivers` bench measured 2,069/s there with all 2000 in
+    /// flight (443/s with the former 256 per host; BENCHMARKS.md), and
+    /// 1024 per host would halve it (two rounds of 500 ms).
     pub fn max_in_flight_per_host(mut self, n: usize) -> Self {
         self.config.per_host_cap = Some(n);
         self
