@@ -724,6 +724,26 @@ fn slow_receivers(c: &mut Criterion) {
         let mut buses: Vec<(&str, hookbus::Bus)> = Vec::new();
         let dir = tempfile::tempdir().unwrap();
         buses.push(("hookbus_sled", builder(dir.path()).open().unwrap()));
+        // The ceiling before the memory budget (256 in flight, 256 per
+        // host), in the same run: what the new default changes.
+        let capped = tempfile::tempdir().unwrap();
+        buses.push((
+            "hookbus_sled_capped_256",
+            builder(capped.path())
+                .senders(256)
+                .max_in_flight_per_host(256)
+                .open()
+                .unwrap(),
+        ));
+        let mid = tempfile::tempdir().unwrap();
+        buses.push((
+            "hookbus_sled_capped_1024",
+            builder(mid.path())
+                .senders(1024)
+                .max_in_flight_per_host(1024)
+                .open()
+                .unwrap(),
+        ));
         #[cfg(feature = "postgres")]
         if let Some((make, schema)) = &pg {
             buses.push((

@@ -31,10 +31,10 @@ use crate::error::Result;
 /// | `cache_capacity` | 64 MiB |
 /// | `channel_capacity` | 10 000 events |
 /// | `max_queued_bytes` | 64 MiB |
-/// | `sender_memory_budget` | 320 MiB: 4096 requests in flight (threads started on demand) |
+/// | `sender_memory_budget` | 160 MiB: 2048 requests in flight (threads started on demand) |
 /// | `senders` | none (the budget decides) |
 /// | `max_in_flight_per_subscription` | 64 |
-/// | `max_in_flight_per_host` | half the requests in flight (2048 with the default budget) |
+/// | `max_in_flight_per_host` | half the requests in flight (1024 with the default budget) |
 /// | `circuit_breaker` | 5 failures, 30 s |
 /// | `durability` | `Durability::Crash` |
 /// | `retry_schedule` | 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h |
@@ -194,7 +194,7 @@ impl Builder {
     /// two ([`Config::senders`](crate::Config::senders) reads it back).
     /// 1 to 16 384.
     ///
-    /// Not set by default: the default budget allows 4096.
+    /// Not set by default: the default budget allows 2048.
     pub fn senders(mut self, n: usize) -> Self {
         self.config.senders_cap = Some(n);
         self
@@ -217,10 +217,13 @@ impl Builder {
     /// HTTPS connections take more than the loopback HTTP ones measured
     /// (rustls's own record buffers).
     ///
-    /// At least 80 KiB (one request). Defaults to 320 MiB: 4096 requests,
-    /// so 2000 slow requests at once (200 subscriptions x 10 events to a
-    /// 500 ms receiver) fit with as many left for other hosts; 2000 at once
-    /// were measured at 172 MB peak RSS for the whole process.
+    /// At least 80 KiB (one request). Defaults to 160 MiB: 2048 requests,
+    /// 1024 of them to one host (the per-host default is half), so a slow
+    /// host gets 1024 at once with as many left for other hosts; 2000 at
+    /// once were measured at 172 MB peak RSS for the whole process. A
+    /// larger budget helps receivers slower than about 500 ms, and costs
+    /// throughput with fast ones (more threads on the same cores): see
+    /// BENCHMARKS.md.
     pub fn sender_memory_budget(mut self, bytes: usize) -> Self {
         self.config.sender_memory_budget = bytes;
         self
@@ -335,7 +338,7 @@ impl Builder {
     /// flight, over all subscriptions that point at it.
     ///
     /// Defaults to half the requests in flight the bus allows (its
-    /// [`Config::senders`](crate::Config::senders), at least 1): 2048 with the default
+    /// [`Config::senders`](crate::Config::senders), at least 1): 1024 with the default
     /// [`sender_memory_budget`](Self::sender_memory_budget), so one host
     /// never takes every slot, yet 200 subscriptions x 10 events to one
     /// 500 ms receiver (2000 requests) go out at once: the

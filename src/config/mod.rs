@@ -34,10 +34,13 @@ pub use builder::Builder;
 /// the allocator's share): 76 KiB of resident memory per request with
 /// about 2000 held at once by a bus, rounded up.
 pub(crate) const BYTES_PER_REQUEST: usize = 80 * 1024;
-/// The default memory budget of the requests in flight: 320 MiB, so 4096
-/// requests (2000 at once measured at 172 MB peak RSS for the whole
-/// process, the store included).
-const DEFAULT_SENDER_MEMORY_BUDGET: usize = 320 << 20;
+/// The default memory budget of the requests in flight: 160 MiB, so 2048
+/// requests, 1024 to one host (2000 at once measured at 172 MB peak RSS
+/// for the whole process, the store included). Chosen by the
+/// `slow_receivers` bench (BENCHMARKS.md): against a ceiling of 4096
+/// (2048 per host), 1024 to one host sent 1.9x as fast at 100 ms, 0.9x at
+/// 500 ms and 1.2x at once, with half the threads.
+const DEFAULT_SENDER_MEMORY_BUDGET: usize = 160 << 20;
 /// The most requests in flight (and sender threads) any setting allows.
 pub(crate) const MAX_SENDERS: usize = 16_384;
 /// How long finished deliveries are kept by default.

@@ -145,8 +145,8 @@ fn the_memory_budget_sets_the_ceiling_and_senders_caps_it() {
         bus.shutdown(Duration::from_secs(1)).unwrap();
         got
     };
-    // 320 MiB at 80 KiB a request; a host may hold half.
-    assert_eq!(open(|b| b), (4096, 2048, 320 << 20));
+    // 160 MiB at 80 KiB a request; a host may hold half.
+    assert_eq!(open(|b| b), (2048, 1024, 160 << 20));
     assert_eq!(
         open(|b| b.sender_memory_budget(8 << 20)),
         (102, 51, 8 << 20)
