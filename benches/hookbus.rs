@@ -629,6 +629,201 @@ fn isolation(c: &mut Criterion) {
     g.finish();
 }
 
+/// Slow receivers (issue 29): 100 subscriptions (distinct paths on one
+/// receiver) x 20 events to a receiver answering at once and after 100 ms,
+/// 200 x 10 after 500 ms; the bus in its default configuration (loopback
+/// allowed, the bench's short retry schedule) on sled, and on PostgreSQL
+/// with the feature `postgres` and a server (`HOOKBUS_BENCH_POSTGRES`, as
+/// in `postgres_store`). A run is timed from the first publish until the
+/// receiver has answered all 2 000 requests. Each row has its baseline in
+/// the same run: plain blocking ureq threads, as many as the workload
+/// could use at once (one per request: 2 000), started before the runs
+/// and each making one POST per run through one shared agent. Each bus
+/// gets one untimed burst first, as a running bus would have: a new
+/// subscription starts with 4 requests in flight and earns one more per
+/// answer (slow start). Every run prints its rate and the most requests
+/// the receiver held at once.
+fn slow_receivers(c: &mut Criterion) {
+    const TIMEOUT: Duration = Duration::from_secs(120);
+    let mut g = c.benchmark_group("slow_receivers");
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(1));
+    #[cfg(feature = "postgres")]
+    let pg = slow_postgres();
+    for (ms, subs, events) in [(0u64, 100u64, 20u64), (100, 100, 20), (500, 200, 10)] {
+        let deliveries = subs * events;
+        g.throughput(Throughput::Elements(deliveries));
+        let rx = Receiver::start_with_delay(Duration::from_millis(ms));
+        let report = |name: &str, iters: u64, took: Duration, peak: u64| {
+            let rate = (iters * deliveries) as f64 / took.as_secs_f64();
+            eprintln!(
+                "slow_receivers/{name}/{ms}ms: {iters} x {deliveries} in {took:.2?}: \
+                 {rate:.0} deliveries/s, peak at the receiver {peak}"
+            );
+        };
+
+        let name = format!("baseline_ureq_threads_{deliveries}");
+        g.bench_function(BenchmarkId::new(&name, format!("{ms}ms")), |b| {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .max_idle_connections_per_host(deliveries as usize)
+                .max_idle_connections(deliveries as usize)
+                .build()
+                .into();
+            let body = serde_json::to_vec(&order(1)).unwrap();
+            // One thread per request, started once: a run hands each one
+            // its request.
+            let (go, runs) = crossbeam_channel::unbounded::<()>();
+            let threads: Vec<_> = (0..deliveries)
+                .map(|i| {
+                    let (agent, body, runs) = (agent.clone(), body.clone(), runs.clone());
+                    let url = format!("{}/{}", rx.url(), i % subs);
+                    std::thread::Builder::new()
+                        .stack_size(256 * 1024)
+                        .spawn(move || {
+                            while runs.recv().is_ok() {
+                                // Retries, as a pooled connection the
+                                // server closed fails its next request.
+                                for _ in 0..3 {
+                                    let res = agent
+                                        .post(&url)
+                                        .header("Content-Type", "application/json")
+                                        .send(&body[..]);
+                                    if let Ok(mut r) = res {
+                                        let _ = r.body_mut().read_to_vec();
+                                        break;
+                                    }
+                                }
+                            }
+                        })
+                        .unwrap()
+                })
+                .collect();
+            b.iter_custom(|iters| {
+                rx.take_peak();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let target = rx.count() + deliveries;
+                    for _ in 0..deliveries {
+                        go.send(()).unwrap();
+                    }
+                    wait("baseline requests", TIMEOUT, || rx.count() >= target);
+                }
+                let took = start.elapsed();
+                report(&name, iters, took, rx.take_peak());
+                took
+            });
+            drop(go);
+            for t in threads {
+                t.join().unwrap();
+            }
+        });
+
+        let mut buses: Vec<(&str, hookbus::Bus)> = Vec::new();
+        let dir = tempfile::tempdir().unwrap();
+        buses.push(("hookbus_sled", builder(dir.path()).open().unwrap()));
+        // The ceiling before the memory budget (256 in flight, 256 per
+        // host), in the same run: what the new default changes.
+        let capped = tempfile::tempdir().unwrap();
+        buses.push((
+            "hookbus_sled_capped_256",
+            builder(capped.path())
+                .senders(256)
+                .max_in_flight_per_host(256)
+                .open()
+                .unwrap(),
+        ));
+        let mid = tempfile::tempdir().unwrap();
+        buses.push((
+            "hookbus_sled_capped_1024",
+            builder(mid.path())
+                .senders(1024)
+                .max_in_flight_per_host(1024)
+                .open()
+                .unwrap(),
+        ));
+        #[cfg(feature = "postgres")]
+        if let Some((make, schema)) = &pg {
+            buses.push((
+                "hookbus_postgres",
+                make(&format!("{schema}_{ms}")).open().unwrap(),
+            ));
+        }
+        for (name, bus) in buses {
+            for i in 0..subs {
+                bus.subscribe(
+                    NewSubscription::new(format!("s{i}"), format!("{}/{i}", rx.url()))
+                        .events(["order.created"]),
+                )
+                .unwrap();
+            }
+            let ev = order(1);
+            let burst = || {
+                let target = rx.count() + deliveries;
+                let start = Instant::now();
+                for _ in 0..events {
+                    bus.publish("order.created", &ev).unwrap();
+                }
+                wait("deliveries at the receiver", TIMEOUT, || {
+                    rx.count() >= target
+                });
+                start.elapsed()
+            };
+            // Untimed: the first burst after the start (slow start).
+            burst();
+            g.bench_function(BenchmarkId::new(name, format!("{ms}ms")), |b| {
+                b.iter_custom(|iters| {
+                    rx.take_peak();
+                    let took: Duration = (0..iters).map(|_| burst()).sum();
+                    report(name, iters, took, rx.take_peak());
+                    took
+                });
+            });
+            bus.shutdown(Duration::from_secs(5)).unwrap();
+        }
+    }
+    g.finish();
+    #[cfg(feature = "postgres")]
+    if let Some((_, schema)) = pg {
+        slow_postgres_drop(&schema);
+    }
+}
+
+/// The PostgreSQL store for `slow_receivers`, if a server answers: a
+/// builder for a schema, and the schemas' common prefix (this run's own).
+#[cfg(feature = "postgres")]
+fn slow_postgres() -> Option<(impl Fn(&str) -> hookbus::Builder, String)> {
+    let url = std::env::var("HOOKBUS_BENCH_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into());
+    if postgres::Client::connect(&url, postgres::NoTls).is_err() {
+        eprintln!("NOTICE: slow_receivers on postgres skipped: no server at {url}");
+        return None;
+    }
+    let schema = format!("hb_bench_{:08x}_slow", fastrand::u32(..));
+    let make = move |schema: &str| {
+        hookbus::Bus::builder()
+            .postgres(&url)
+            .postgres_schema(schema)
+            .allow_private_targets(true)
+            .retry_schedule(vec![Duration::from_millis(1); 5])
+    };
+    Some((make, schema))
+}
+
+/// Drops the schemas `slow_receivers` made (this run's only).
+#[cfg(feature = "postgres")]
+fn slow_postgres_drop(schema: &str) {
+    let url = std::env::var("HOOKBUS_BENCH_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into());
+    if let Ok(mut admin) = postgres::Client::connect(&url, postgres::NoTls) {
+        for ms in [0, 100, 500] {
+            let _ = admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema}_{ms} CASCADE"));
+        }
+    }
+}
+
 /// HMAC-SHA1, HMAC-SHA256 and Standard Webhooks signing over 1 KiB and 64 KiB.
 fn signing_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("signing");
@@ -882,6 +1077,7 @@ criterion_group!(
     end_to_end,
     realistic_latency,
     isolation,
+    slow_receivers,
     signing_bench,
     recovery,
     postgres_store

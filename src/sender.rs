@@ -26,6 +26,16 @@ pub const USER_AGENT: &str = concat!("hookbus/", env!("CARGO_PKG_VERSION"));
 const READ_CAP: u64 = 64 * 1024;
 /// At most this much of it is kept with the attempt.
 const EXCERPT: usize = 1024;
+/// Each connection's input buffer (ureq 3.5's default is 128 KiB, written
+/// in full when a connection first sends, so resident: 256 KiB a request
+/// with the output buffer, 5/6 of a request's memory). It must hold the
+/// response's status line and headers (their limit is set to the same);
+/// the body is read through it in pieces, and only 1 KiB of it is kept.
+const INPUT_BUFFER: usize = 16 * 1024;
+/// Each connection's output buffer: the longest line hookbus writes must
+/// fit (a URL is at most 2048 bytes, a custom header value 4096); the body
+/// goes through it in pieces.
+const OUTPUT_BUFFER: usize = 8 * 1024;
 
 /// One request to make. Its `Debug` leaves out the secrets, header values,
 /// payload, and the URL's path and query.
@@ -142,6 +152,9 @@ pub(crate) fn build_agent(config: &Config) -> ureq::Agent {
         .timeout_global(Some(config.request_timeout))
         .max_idle_connections_per_host(config.per_host.min(config.senders))
         .max_idle_connections(config.senders.max(10))
+        .input_buffer_size(INPUT_BUFFER)
+        .max_response_header_size(INPUT_BUFFER)
+        .output_buffer_size(OUTPUT_BUFFER)
         .https_only(config.https_only)
         // rustls with the webpki roots; certificate verification is never
         // turned off.
@@ -162,8 +175,15 @@ pub(crate) fn build_agent(config: &Config) -> ureq::Agent {
 
 /// A sender thread with no work for this long stops.
 const IDLE: Duration = Duration::from_secs(30);
-/// Sender threads only block on I/O: a small stack is enough.
-const STACK: usize = 512 * 1024;
+/// Sender threads only block on I/O: a small stack is enough. Only the
+/// pages touched are resident: 32 KiB per thread measured for a loopback
+/// HTTP request (`examples/inflight.rs` reads it from `/proc/self/smaps`),
+/// the same with 128 or 512 KiB reserved. 256 KiB keeps a wide margin for
+/// what loopback does not exercise (a rustls handshake and certificate
+/// check, a panic's unwinding, deep `tracing` subscribers) at no resident
+/// cost, and halves the address space (and, under strict overcommit, the
+/// commit charge) of the former 512 KiB with thousands of threads.
+const STACK: usize = 256 * 1024;
 
 /// The elastic pool of blocking sender threads. Threads are started on
 /// demand, so that every job handed out has a thread, up to the configured

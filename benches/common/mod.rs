@@ -131,7 +131,12 @@ impl Receiver {
                         }
                     }
                 });
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                // A listen backlog for thousands of connections opened at
+                // once (tokio's `bind` asks for 1024; beyond it the kernel
+                // drops SYNs and clients retry after a second).
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                let listener = socket.listen(8192).unwrap();
                 tx.send(listener.local_addr().unwrap()).unwrap();
                 axum::serve(listener, app).await.unwrap();
             });

@@ -31,9 +31,10 @@ use crate::error::Result;
 /// | `cache_capacity` | 64 MiB |
 /// | `channel_capacity` | 10 000 events |
 /// | `max_queued_bytes` | 64 MiB |
-/// | `senders` | 256 in flight (threads started on demand) |
+/// | `sender_memory_budget` | 160 MiB: 2048 requests in flight (threads started on demand) |
+/// | `senders` | none (the budget decides) |
 /// | `max_in_flight_per_subscription` | 64 |
-/// | `max_in_flight_per_host` | 256 |
+/// | `max_in_flight_per_host` | half the requests in flight (1024 with the default budget) |
 /// | `circuit_breaker` | 5 failures, 30 s |
 /// | `durability` | `Durability::Crash` |
 /// | `retry_schedule` | 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h |
@@ -179,25 +180,63 @@ impl Builder {
         self
     }
 
-    /// The most requests in flight at once, which is also the most sender
-    /// threads. Senders are blocking threads started on demand (with small
-    /// stacks) and stopped after 30 s without work, so an idle bus holds
-    /// none and a dead or slow receiver costs a sleeping thread, not
-    /// throughput: deliveries per second are about this number divided by
+    /// A hard cap on the requests in flight at once, which is also the most
+    /// sender threads. Senders are blocking threads started on demand and
+    /// stopped after 30 s without work, so an idle bus holds none and a
+    /// dead or slow receiver costs a sleeping thread, not throughput:
+    /// deliveries per second are about the requests in flight divided by
     /// the receivers' latency. One subscription never holds all of them
-    /// (see [`max_in_flight_per_subscription`](Self::max_in_flight_per_subscription)).
-    /// At most 4096.
+    /// (see [`max_in_flight_per_subscription`](Self::max_in_flight_per_subscription)),
+    /// nor one host (see [`max_in_flight_per_host`](Self::max_in_flight_per_host)).
     ///
-    /// Defaults to 256.
+    /// Without it the [`sender_memory_budget`](Self::sender_memory_budget)
+    /// alone sets the ceiling; with it, the ceiling is the smaller of the
+    /// two ([`Config::senders`](crate::Config::senders) reads it back).
+    /// 1 to 16 384.
+    ///
+    /// Not set by default: the default budget allows 2048.
     pub fn senders(mut self, n: usize) -> Self {
-        self.config.senders = n;
+        self.config.senders_cap = Some(n);
+        self
+    }
+
+    /// The resident memory the requests in flight may take, in bytes: the
+    /// ceiling of requests in flight is this divided by 80 KiB, the cost of
+    /// one measured with a blocking sender thread (36 KiB of touched stack,
+    /// 24 KiB of connection buffers, the rest; 76 KiB per request measured
+    /// with about 2000 held at once to a 500 ms receiver on 127.0.0.1,
+    /// `examples/inflight.rs`, BENCHMARKS.md), at most 16 384.
+    /// Requests in flight follow demand (about deliveries per second times
+    /// the receivers' latency) up to that ceiling; nothing is allocated
+    /// before it is used, and threads without work stop after 30 s.
+    /// [`senders`](Self::senders), if set, caps the ceiling further.
+    ///
+    /// Each sender thread also takes kernel memory outside the process's
+    /// resident set (a 16 KiB kernel stack, socket buffers), and a file
+    /// descriptor per connection: raise `ulimit -n` above the ceiling.
+    /// HTTPS connections take more than the loopback HTTP ones measured
+    /// (rustls's own record buffers).
+    ///
+    /// At least 80 KiB (one request). Defaults to 160 MiB: 2048 requests,
+    /// 1024 of them to one host (the per-host default is half), so a slow
+    /// host gets 1024 at once with as many left for other hosts; 2000 at
+    /// once were measured at 172 MB peak RSS for the whole process. A
+    /// larger budget helps receivers slower than about 500 ms, and costs
+    /// throughput with fast ones (more threads on the same cores): see
+    /// BENCHMARKS.md.
+    pub fn sender_memory_budget(mut self, bytes: usize) -> Self {
+        self.config.sender_memory_budget = bytes;
         self
     }
 
     /// The most requests one subscription may have in flight (it also never
     /// holds more than its fair share while others have due work).
     ///
-    /// Defaults to 64.
+    /// Defaults to 64: the `slow_receivers` bench's workloads need at most
+    /// 20 per subscription at once (20 events each), so 64 leaves three
+    /// times that; at 500 ms it is 128 deliveries/s for one subscription,
+    /// and the isolation bench's healthy subscription (100 ms) reaches
+    /// 600/s of its 640/s ceiling beside 12 hanging ones (BENCHMARKS.md).
     pub fn max_in_flight_per_subscription(mut self, n: usize) -> Self {
         self.config.per_subscription = n;
         self
@@ -298,9 +337,16 @@ impl Builder {
     /// The most requests one destination host (name and port) may have in
     /// flight, over all subscriptions that point at it.
     ///
-    /// Defaults to 256.
+    /// Defaults to half the requests in flight the bus allows (its
+    /// [`Config::senders`](crate::Config::senders), at least 1): 1024 with the default
+    /// [`sender_memory_budget`](Self::sender_memory_budget), so one host
+    /// never takes every slot, yet 200 subscriptions x 10 events to one
+    /// 500 ms receiver (2000 requests) go out at once: the
+    /// `slow_receivers` bench measured 2,069/s there with all 2000 in
+    /// flight (443/s with the former 256 per host; BENCHMARKS.md), and
+    /// 1024 per host would halve it (two rounds of 500 ms).
     pub fn max_in_flight_per_host(mut self, n: usize) -> Self {
-        self.config.per_host = n;
+        self.config.per_host_cap = Some(n);
         self
     }
 

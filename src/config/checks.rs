@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use super::Config;
+use super::{BYTES_PER_REQUEST, Config, MAX_SENDERS};
 use crate::catalog::{Catalog, EventType};
 use crate::error::{Error, Result};
 use crate::ssrf::IpNet;
@@ -16,8 +16,6 @@ const PAYLOAD_HARD_LIMIT: usize = 16 * 1024 * 1024;
 /// The largest accepted `channel_capacity` (the queue's slots, about 100
 /// bytes each, are allocated up front: 10 M is about 1 GB).
 const MAX_CHANNEL_CAPACITY: usize = 10_000_000;
-/// The largest accepted `senders`.
-const MAX_SENDERS: usize = 4096;
 /// The longest accepted retention window.
 const MAX_RETENTION: Duration = Duration::from_secs(3650 * 24 * 3600);
 /// The longest accepted connect or request timeout.
@@ -82,12 +80,23 @@ pub(super) fn checked(
     if c.path.as_os_str().is_empty() && !shared {
         return bad("no store path: call Builder::path(dir)".into());
     }
-    if c.senders == 0 || c.senders > MAX_SENDERS {
+    if let Some(n) = c.senders_cap
+        && (n == 0 || n > MAX_SENDERS)
+    {
+        return bad(format!("senders must be 1..={MAX_SENDERS}, got {n}"));
+    }
+    if c.sender_memory_budget < BYTES_PER_REQUEST {
         return bad(format!(
-            "senders must be 1..={MAX_SENDERS}, got {}",
-            c.senders
+            "sender_memory_budget must be at least {BYTES_PER_REQUEST} bytes (one request in flight), got {}",
+            c.sender_memory_budget
         ));
     }
+    // The ceiling of requests in flight: what the budget pays for, within
+    // the explicit cap; a host may hold half of it unless told otherwise.
+    c.senders = (c.sender_memory_budget / BYTES_PER_REQUEST)
+        .min(MAX_SENDERS)
+        .min(c.senders_cap.unwrap_or(MAX_SENDERS));
+    c.per_host = c.per_host_cap.unwrap_or((c.senders / 2).max(1));
     if c.breaker_after == 0 || c.breaker_wait > MAX_TIMEOUT {
         return bad(format!(
             "circuit_breaker needs at least 1 failure and a wait of at most 1 hour, got {} and {:?}",
@@ -136,7 +145,7 @@ pub(super) fn checked(
     if c.max_subscriptions_per_tenant == 0 {
         return bad("max_subscriptions_per_tenant must be at least 1".into());
     }
-    if c.per_subscription == 0 || c.per_host == 0 {
+    if c.per_subscription == 0 || c.per_host_cap == Some(0) {
         return bad(
             "max_in_flight_per_subscription and max_in_flight_per_host must be at least 1".into(),
         );

@@ -26,8 +26,23 @@ use crate::ssrf::{IpNet, TargetPolicy};
 
 pub use builder::Builder;
 
-/// The default most requests in flight (sender threads, started on demand).
-const DEFAULT_SENDERS: usize = 256;
+/// What one request in flight is charged against
+/// [`Builder::sender_memory_budget`](crate::Builder::sender_memory_budget),
+/// measured by `examples/inflight.rs` (BENCHMARKS.md): its sender thread's
+/// touched stack (36 KiB), its connection's ureq buffers (16 KiB in, 8 KiB
+/// out, see [`crate::sender`]) and the rest (the request's own allocations,
+/// the allocator's share): 76 KiB of resident memory per request with
+/// about 2000 held at once by a bus, rounded up.
+pub(crate) const BYTES_PER_REQUEST: usize = 80 * 1024;
+/// The default memory budget of the requests in flight: 160 MiB, so 2048
+/// requests, 1024 to one host (2000 at once measured at 172 MB peak RSS
+/// for the whole process, the store included). Chosen by the
+/// `slow_receivers` bench (BENCHMARKS.md): against a ceiling of 4096
+/// (2048 per host), 1024 to one host sent 1.9x as fast at 100 ms, 0.9x at
+/// 500 ms and 1.2x at once, with half the threads.
+const DEFAULT_SENDER_MEMORY_BUDGET: usize = 160 << 20;
+/// The most requests in flight (and sender threads) any setting allows.
+pub(crate) const MAX_SENDERS: usize = 16_384;
 /// How long finished deliveries are kept by default.
 const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -39,9 +54,17 @@ pub struct Config {
     pub(crate) cache_capacity: u64,
     pub(crate) channel_capacity: usize,
     pub(crate) max_queued_bytes: usize,
+    /// The most requests in flight, as the budget and `senders_cap` make
+    /// it (set by the checks at open).
     pub(crate) senders: usize,
+    /// `Builder::senders`, if it was called.
+    pub(crate) senders_cap: Option<usize>,
+    pub(crate) sender_memory_budget: usize,
     pub(crate) per_subscription: usize,
+    /// The per-host cap in effect (set by the checks at open).
     pub(crate) per_host: usize,
+    /// `Builder::max_in_flight_per_host`, if it was called.
+    pub(crate) per_host_cap: Option<usize>,
     pub(crate) breaker_after: u32,
     pub(crate) durability: Durability,
     pub(crate) breaker_wait: Duration,
@@ -104,9 +127,12 @@ impl Default for Config {
             cache_capacity: 64 * 1024 * 1024,
             channel_capacity: 10_000,
             max_queued_bytes: 64 * 1024 * 1024,
-            senders: DEFAULT_SENDERS,
+            senders: DEFAULT_SENDER_MEMORY_BUDGET / BYTES_PER_REQUEST,
+            senders_cap: None,
+            sender_memory_budget: DEFAULT_SENDER_MEMORY_BUDGET,
             per_subscription: 64,
-            per_host: 256,
+            per_host: DEFAULT_SENDER_MEMORY_BUDGET / BYTES_PER_REQUEST / 2,
+            per_host_cap: None,
             breaker_after: 5,
             durability: Durability::Crash,
             breaker_wait: Duration::from_secs(30),
@@ -194,9 +220,15 @@ impl Config {
     pub fn max_queued_bytes(&self) -> usize {
         self.max_queued_bytes
     }
-    /// The number of sender threads.
+    /// The most requests in flight at once (and sender threads): the
+    /// smaller of [`Builder::senders`](crate::Builder::senders), if set,
+    /// and what [`sender_memory_budget`](Self::sender_memory_budget) pays for.
     pub fn senders(&self) -> usize {
         self.senders
+    }
+    /// The memory budget of the requests in flight, in bytes.
+    pub fn sender_memory_budget(&self) -> usize {
+        self.sender_memory_budget
     }
     /// The most requests one subscription may have in flight.
     pub fn max_in_flight_per_subscription(&self) -> usize {

@@ -23,6 +23,7 @@ mod faults;
 mod first_open;
 mod flow_control;
 mod hardening;
+mod inflight;
 mod messages;
 mod operations;
 #[cfg(feature = "postgres")]
