@@ -30,7 +30,7 @@ pub use builder::Builder;
 /// [`Builder::sender_memory_budget`](crate::Builder::sender_memory_budget),
 /// measured by `examples/inflight.rs` (BENCHMARKS.md): its sender thread's
 /// touched stack (36 KiB), its connection's ureq buffers (16 KiB in, 8 KiB
-/// out, see [`crate::sender`]) and the rest (the request's own allocations,
+/// out, see `sender.rs`) and the rest (the request's own allocations,
 /// the allocator's share): 76 KiB of resident memory per request with
 /// about 2000 held at once by a bus, rounded up.
 pub(crate) const BYTES_PER_REQUEST: usize = 80 * 1024;
