@@ -14,7 +14,7 @@ use axum::response::Response;
 use hookbus::Bus;
 use hookbus::rest::Caller;
 
-use crate::axum_example::http;
+use crate::axum_example::{http, http_head};
 
 /// What the app's authentication found.
 #[derive(Clone)]
@@ -39,6 +39,52 @@ fn caller(parts: &Parts) -> Option<Caller> {
     Some(Caller::new(name.clone(), std::iter::empty::<&str>()).tenant("acme"))
 }
 
+/// The routes nested under `/api` behind the authentication middleware,
+/// served on 127.0.0.1 by a runtime of their own until `stop`.
+struct Server {
+    rt: tokio::runtime::Runtime,
+    addr: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    fn start(routes: hookbus::axum::Routes) -> Server {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let app: Router = Router::new()
+            .nest("/api", routes.router())
+            .layer(middleware::from_fn(authenticate));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = rt.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Server {
+            rt,
+            addr,
+            stop,
+            served,
+        }
+    }
+
+    /// Stops gracefully; panics if serving failed.
+    fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.rt.block_on(self.served).unwrap().unwrap();
+    }
+}
+
 #[test]
 fn the_axum_routes_take_the_callers_identity_json_and_a_body_limit() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,27 +93,9 @@ fn the_axum_routes_take_the_callers_identity_json_and_a_body_limit() {
         .allow_private_targets(true)
         .open()
         .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let routes = hookbus::axum::Routes::new(bus.clone(), caller).body_limit(1024);
-    let app: Router = Router::new()
-        .nest("/api", routes.router())
-        .layer(middleware::from_fn(authenticate));
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let server = Server::start(routes);
+    let addr = server.addr.clone();
 
     let alice = ("authorization", "Bearer alice");
     let json = ("content-type", "application/json");
@@ -109,41 +137,8 @@ fn the_axum_routes_take_the_callers_identity_json_and_a_body_limit() {
     let (status, _) = http(&addr, "GET", "/api/webhooks/admin/health", &[alice], "");
     assert_eq!(status, 403);
 
-    stop.send(()).unwrap();
-    rt.block_on(server).unwrap().unwrap();
+    server.stop();
     bus.shutdown(Duration::from_secs(2)).unwrap();
-}
-
-/// One request; the status, the response head (lower-cased) and body.
-fn http_head(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
 #[test]
@@ -154,30 +149,12 @@ fn the_v1_routes_take_portal_links_and_serve_the_portal_page() {
         .allow_private_targets(true)
         .open()
         .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let key = hookbus::portal::PortalKey::new(vec![42u8; 32]).unwrap();
     let routes = hookbus::axum::Routes::new(bus.clone(), caller)
         .portal_key(key.clone())
         .portal_frame_ancestors("https://app.example.com");
-    let app: Router = Router::new()
-        .nest("/api", routes.router())
-        .layer(middleware::from_fn(authenticate));
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let server = Server::start(routes);
+    let addr = server.addr.clone();
 
     let json = ("content-type", "application/json");
     let token = key.link("globex", Duration::from_secs(600)).unwrap();
@@ -257,7 +234,6 @@ fn the_v1_routes_take_portal_links_and_serve_the_portal_page() {
     assert!(head.contains("referrer-policy: no-referrer"), "{head}");
     assert!(body.starts_with("<!doctype html>"), "{body}");
 
-    stop.send(()).unwrap();
-    rt.block_on(server).unwrap().unwrap();
+    server.stop();
     bus.shutdown(Duration::from_secs(2)).unwrap();
 }
