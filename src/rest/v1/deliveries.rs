@@ -6,8 +6,8 @@
 use serde_json::{Value, json};
 
 use super::problem::{self, Query, body, from_error, not_found, page, problem};
+use super::reachable;
 use super::shapes::{self, Empty, ReplayIn};
-use super::{reachable, store};
 use crate::bus::Bus;
 use crate::delivery::{Delivery, DeliveryState};
 use crate::error::Result;
@@ -33,8 +33,10 @@ fn endpoints_of(
     let mut out = Vec::new();
     let mut cursor = None;
     loop {
-        let batch =
-            store::tenant_subscriptions(bus, &tenant, cursor, 500).map_err(|e| from_error(&e))?;
+        let batch = bus
+            .subscriptions()
+            .list_by_tenant(&tenant, cursor, 500)
+            .map_err(|e| from_error(&e))?;
         let done = batch.len() < 500;
         for s in batch {
             cursor = Some(s.id);
@@ -207,7 +209,7 @@ pub(super) fn resend(bus: &Bus, caller: &Caller, id: &str, bytes: &[u8]) -> ApiR
     };
     // A resend is traffic to the endpoint like a test event: the same
     // limit per endpoint.
-    if let Err(e) = store::check_test_rate(bus, d.subscription_id) {
+    if let Err(e) = bus.subscriptions().check_test_rate(d.subscription_id) {
         return from_error(&e);
     }
     let new = match bus.outbox().resend(d.id) {

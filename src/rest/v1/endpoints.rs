@@ -47,7 +47,10 @@ pub(super) fn list(bus: &Bus, caller: &Caller, query: &str) -> ApiResponse {
     // endpoints may need several to fill a page (a tenant has at most
     // `max_subscriptions_per_tenant`).
     loop {
-        let batch = match super::store::tenant_subscriptions(bus, &tenant, cursor, limit + 1) {
+        let batch = match bus
+            .subscriptions()
+            .list_by_tenant(&tenant, cursor, limit + 1)
+        {
             Ok(b) => b,
             Err(e) => return from_error(&e),
         };
@@ -218,7 +221,7 @@ pub(super) fn test(bus: &Bus, s: &Subscription, bytes: &[u8]) -> ApiResponse {
         Err(r) => return r,
     };
     let subs = bus.subscriptions();
-    if let Err(e) = super::store::check_test_rate(bus, s.id) {
+    if let Err(e) = bus.subscriptions().check_test_rate(s.id) {
         return from_error(&e);
     }
     // A catalog type sends its example (an empty object without one).
@@ -258,7 +261,11 @@ pub(super) fn health(bus: &Bus, s: &Subscription) -> ApiResponse {
     };
     let outbox = bus.outbox();
     let mut errors = Vec::new();
-    for d in super::store::newest_deliveries(bus, s.id, None).take(HEALTH_SCAN) {
+    for d in bus
+        .outbox()
+        .for_subscription_before(s.id, None)
+        .take(HEALTH_SCAN)
+    {
         let d = match d {
             Ok(d) => d,
             Err(e) => return from_error(&e),

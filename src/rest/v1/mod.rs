@@ -24,7 +24,6 @@ mod deliveries;
 mod endpoints;
 pub(crate) mod problem;
 mod shapes;
-mod store;
 
 use super::types::{Access, ApiRequest, ApiResponse, Caller, MANAGE_ROLE};
 use crate::bus::Bus;
