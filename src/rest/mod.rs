@@ -83,6 +83,7 @@
 // | file | job |
 // | --- | --- |
 // | `types.rs` | the values `handle` takes and returns: `Caller` and its roles, `ApiRequest`, `ApiResponse` |
+// | `reach.rs` | the lookup both route sets make: the subscription, and the caller's access to it |
 // | `shared.rs` | what both route sets share: bodies and queries in, errors out as responses |
 // | `dto.rs` | the JSON shapes of the subscribers' routes |
 // | `subscriber.rs` | the subscribers' routes |
@@ -92,6 +93,7 @@
 mod admin;
 mod dto;
 pub(crate) mod page;
+mod reach;
 mod shared;
 mod subscriber;
 mod types;

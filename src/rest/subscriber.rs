@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use super::dto::{CONTENT_TYPE_JSON, CreateDto, UpdateDto, attempt_dto, check_content_type, dto};
+use super::reach::Denied;
 use super::shared::{from_error, parse_body, query_param};
 use super::types::{Access, ApiRequest, ApiResponse, Caller, MANAGE_ROLE, RELAY_ROLE};
 use crate::bus::Bus;
@@ -142,30 +143,21 @@ fn with_owned(
     need: Access,
     f: impl FnOnce(Subscription) -> ApiResponse,
 ) -> ApiResponse {
-    let not_found = || {
-        ApiResponse::error(
+    match super::reach::reach(bus, caller, id, need) {
+        Ok(s) => f(s),
+        Err(Denied::NotFound) => ApiResponse::error(
             404,
             "NotFound",
-            format!("no subscription with id {id}"),
+            format!("no subscription with id {}", crate::util::clip(id)),
             None,
-        )
-    };
-    let Ok(id) = id.parse::<SubscriptionId>() else {
-        return not_found();
-    };
-    match bus.subscriptions().get(id) {
-        Ok(Some(s)) => match caller.access(&s) {
-            Access::None => not_found(),
-            a if a < need => ApiResponse::error(
-                403,
-                "Forbidden",
-                format!("changing subscriptions needs the `{MANAGE_ROLE}` role"),
-                None,
-            ),
-            _ => f(s),
-        },
-        Ok(None) => not_found(),
-        Err(e) => from_error(&e, false),
+        ),
+        Err(Denied::Forbidden) => ApiResponse::error(
+            403,
+            "Forbidden",
+            format!("changing subscriptions needs the `{MANAGE_ROLE}` role"),
+            None,
+        ),
+        Err(Denied::Failed(e)) => from_error(&e, false),
     }
 }
 

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use super::problem::{self, Query, body, from_error, not_found, page, problem};
-use super::reachable;
+use super::reachable_id;
 use super::shapes::{self, Empty, ReplayIn};
 use crate::bus::Bus;
 use crate::delivery::{Delivery, DeliveryState};
@@ -27,7 +27,7 @@ fn endpoints_of(
     only: Option<SubscriptionId>,
 ) -> Result<Vec<Subscription>, ApiResponse> {
     if let Some(id) = only {
-        return reachable(bus, caller, &id.to_string(), Access::Read).map(|s| vec![s]);
+        return reachable_id(bus, caller, id, Access::Read).map(|s| vec![s]);
     }
     let tenant = caller.tenant_id();
     let mut out = Vec::new();
@@ -161,7 +161,7 @@ fn reachable_delivery(
         Err(e) => return Err(from_error(&e)),
     };
     // Another tenant's delivery looks like none.
-    match reachable(bus, caller, &d.subscription_id.to_string(), need) {
+    match reachable_id(bus, caller, d.subscription_id, need) {
         Ok(s) => Ok((d, s)),
         Err(r) if r.status == 404 => Err(not_found("delivery")),
         Err(r) => Err(r),

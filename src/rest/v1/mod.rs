@@ -25,6 +25,7 @@ mod endpoints;
 pub(crate) mod problem;
 mod shapes;
 
+use super::reach::Denied;
 use super::types::{Access, ApiRequest, ApiResponse, Caller, MANAGE_ROLE};
 use crate::bus::Bus;
 use crate::ids::SubscriptionId;
@@ -171,26 +172,32 @@ fn openapi() -> ApiResponse {
     }
 }
 
-/// The subscription `id` if `caller` may see it, with `need`; 404 if it
-/// cannot see it (another tenant's looks like none), 403 if it may only
-/// read it.
+/// The subscription `id` if `caller` has `need` on it: 404 if it cannot
+/// see it (another tenant's looks like none), 403 if it may only read it.
 fn reachable(
     bus: &Bus,
     caller: &Caller,
     id: &str,
     need: Access,
 ) -> Result<Subscription, ApiResponse> {
-    let Ok(id) = id.parse::<SubscriptionId>() else {
-        return Err(not_found("endpoint"));
-    };
-    match bus.subscriptions().get(id) {
-        Ok(Some(s)) => match caller.access(&s) {
-            Access::None => Err(not_found("endpoint")),
-            a if a < need => Err(forbidden()),
-            _ => Ok(s),
-        },
-        Ok(None) => Err(not_found("endpoint")),
-        Err(e) => Err(problem::from_error(&e)),
+    super::reach::reach(bus, caller, id, need).map_err(refusal)
+}
+
+/// [`reachable`] for an id already parsed.
+fn reachable_id(
+    bus: &Bus,
+    caller: &Caller,
+    id: SubscriptionId,
+    need: Access,
+) -> Result<Subscription, ApiResponse> {
+    super::reach::reach_id(bus, caller, id, need).map_err(refusal)
+}
+
+fn refusal(d: Denied) -> ApiResponse {
+    match d {
+        Denied::NotFound => not_found("endpoint"),
+        Denied::Forbidden => forbidden(),
+        Denied::Failed(e) => problem::from_error(&e),
     }
 }
 
