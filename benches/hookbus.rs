@@ -724,23 +724,24 @@ fn slow_receivers(c: &mut Criterion) {
         let mut buses: Vec<(&str, hookbus::Bus)> = Vec::new();
         let dir = tempfile::tempdir().unwrap();
         buses.push(("hookbus_sled", builder(dir.path()).open().unwrap()));
-        // The ceiling before the memory budget (256 in flight, 256 per
-        // host), in the same run: what the new default changes.
-        let capped = tempfile::tempdir().unwrap();
+        // The blocking senders at their defaults (the transport before the
+        // task senders), and the ceiling before the memory budget (256 in
+        // flight, 256 per host), in the same run.
+        let blocking = tempfile::tempdir().unwrap();
         buses.push((
-            "hookbus_sled_capped_256",
-            builder(capped.path())
-                .senders(256)
-                .max_in_flight_per_host(256)
+            "hookbus_sled_blocking",
+            builder(blocking.path())
+                .blocking_senders(true)
                 .open()
                 .unwrap(),
         ));
-        let mid = tempfile::tempdir().unwrap();
+        let capped = tempfile::tempdir().unwrap();
         buses.push((
-            "hookbus_sled_capped_1024",
-            builder(mid.path())
-                .senders(1024)
-                .max_in_flight_per_host(1024)
+            "hookbus_sled_blocking_256",
+            builder(capped.path())
+                .blocking_senders(true)
+                .senders(256)
+                .max_in_flight_per_host(256)
                 .open()
                 .unwrap(),
         ));
@@ -765,6 +766,18 @@ fn slow_receivers(c: &mut Criterion) {
                 let start = Instant::now();
                 for _ in 0..events {
                     bus.publish("order.created", &ev).unwrap();
+                }
+                if std::env::var_os("HOOKBUS_BENCH_TRACE").is_some() {
+                    // Answers over time (each request arrived `ms` before
+                    // its answer), every 25 ms.
+                    let mut trace = Vec::new();
+                    while rx.count() < target && start.elapsed() < TIMEOUT {
+                        trace.push(rx.count() + deliveries - target);
+                        std::thread::sleep(Duration::from_millis(25));
+                    }
+                    eprintln!(
+                        "slow_receivers/{name}/{ms}ms trace (answered every 25 ms): {trace:?}"
+                    );
                 }
                 wait("deliveries at the receiver", TIMEOUT, || {
                     rx.count() >= target

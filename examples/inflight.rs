@@ -16,6 +16,8 @@
 //!   sizes; ureq 3.5's defaults are 128 KiB each). Without `--raw`/`--bus`:
 //!   N = 0 (the process alone).
 //!
+//! * `... --bus 2000 --blocking`: the same with `Builder::blocking_senders`.
+//!
 //! `--delay-ms D` sets the receiver's delay.
 
 use std::io::{BufRead, BufReader};
@@ -211,9 +213,11 @@ fn raw(
 /// A bus in its default configuration with N requests in flight.
 fn bus(base: &str, n: u64, delay: u64) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
+    let blocking = std::env::args().any(|a| a == "--blocking");
     let bus = Bus::builder()
         .path(dir.path())
         .allow_private_targets(true)
+        .blocking_senders(blocking)
         .open()?;
     let subs = n.div_ceil(4);
     for i in 0..subs {
@@ -270,7 +274,11 @@ fn bus(base: &str, n: u64, delay: u64) -> Result<(), Box<dyn std::error::Error>>
         (subs * 4) as f64 / took.as_secs_f64()
     );
     report(
-        "bus (default configuration)",
+        if blocking {
+            "bus (blocking senders)"
+        } else {
+            "bus (default configuration: task senders)"
+        },
         subs * 4,
         before,
         held,

@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use ureq::http::Uri;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
@@ -201,53 +202,97 @@ impl fmt::Display for Blocked {
 
 impl std::error::Error for Blocked {}
 
-/// A resolver that drops every address the policy refuses, after applying
-/// the configured host overrides.
-#[derive(Debug)]
-pub(crate) struct GuardedResolver {
+/// The guard itself, shared by both transports: the policy and the
+/// configured host overrides. [`Guard::fixed`] answers for IP literals and
+/// overridden hosts without a lookup; [`Guard::keep`] drops every address
+/// the policy refuses, after any lookup.
+#[derive(Debug, Default)]
+pub(crate) struct Guard {
     policy: TargetPolicy,
     overrides: HashMap<String, Vec<IpAddr>>,
+}
+
+impl Guard {
+    pub(crate) fn new(policy: TargetPolicy, overrides: HashMap<String, Vec<IpAddr>>) -> Self {
+        Guard { policy, overrides }
+    }
+
+    /// A URL host as the connection sees it: without the brackets of an
+    /// IPv6 literal or a trailing dot, in lower case.
+    pub(crate) fn normalize(host: &str) -> String {
+        host.trim_end_matches('.')
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase()
+    }
+
+    /// The addresses of `host` (normalized) that need no lookup: an IP
+    /// literal's own, or the override's (at most 16). `None`: resolve it.
+    pub(crate) fn fixed(&self, host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+        let literal = host.parse::<IpAddr>();
+        let ips = match (&literal, self.overrides.get(host)) {
+            (Ok(ip), _) => std::slice::from_ref(ip),
+            (Err(_), Some(ips)) => ips.as_slice(),
+            (Err(_), None) => return None,
+        };
+        Some(
+            ips.iter()
+                .take(16)
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect(),
+        )
+    }
+
+    /// The addresses the policy permits, or an `io::Error` carrying
+    /// [`Blocked`] when it permits none.
+    pub(crate) fn keep(
+        &self,
+        host: &str,
+        addrs: impl IntoIterator<Item = SocketAddr>,
+    ) -> std::io::Result<Vec<SocketAddr>> {
+        let mut kept = Vec::new();
+        let mut refused = Vec::new();
+        for addr in addrs {
+            if self.policy.permits(addr.ip()) {
+                kept.push(addr);
+            } else {
+                refused.push(addr.ip());
+            }
+        }
+        if kept.is_empty() {
+            // The addresses are for the operator only; see `Blocked`.
+            tracing::warn!(
+                %host,
+                ?refused,
+                "delivery target refused: it resolves only to addresses that are not allowed \
+                 (allow them with Builder::allowed_networks or allow_private_targets)"
+            );
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                Blocked {
+                    host: host.to_owned(),
+                },
+            ));
+        }
+        Ok(kept)
+    }
+}
+
+/// The guard as ureq's resolver (the blocking transport and test
+/// requests): drops every address the policy refuses, after applying the
+/// configured host overrides.
+#[derive(Debug)]
+pub(crate) struct GuardedResolver {
+    guard: Arc<Guard>,
     inner: DefaultResolver,
 }
 
 impl GuardedResolver {
-    pub(crate) fn new(policy: TargetPolicy, overrides: HashMap<String, Vec<IpAddr>>) -> Self {
+    pub(crate) fn new(guard: Arc<Guard>) -> Self {
         GuardedResolver {
-            policy,
-            overrides,
+            guard,
             inner: DefaultResolver::default(),
         }
-    }
-
-    fn lookup(
-        &self,
-        uri: &Uri,
-        config: &ureq::config::Config,
-        timeout: NextTimeout,
-    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let host = uri
-            .host()
-            .unwrap_or_default()
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
-        let https = uri.scheme_str() == Some("https");
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let mut out = self.inner.empty();
-        // ureq resolves before every request, pooled connection or not; an IP
-        // literal needs no lookup (and no lookup thread).
-        let literal = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>();
-        let ips = match (&literal, self.overrides.get(&host)) {
-            (Ok(ip), _) => std::slice::from_ref(ip),
-            (Err(_), Some(ips)) => ips.as_slice(),
-            (Err(_), None) => return self.inner.resolve(uri, config, timeout),
-        };
-        for ip in ips.iter().take(16) {
-            out.push(std::net::SocketAddr::new(*ip, port));
-        }
-        Ok(out)
     }
 }
 
@@ -258,31 +303,29 @@ impl Resolver for GuardedResolver {
         config: &ureq::config::Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let resolved = self.lookup(uri, config, timeout)?;
-        let mut kept = self.inner.empty();
-        let mut refused = Vec::new();
-        for addr in resolved.iter() {
-            if self.policy.permits(addr.ip()) {
-                kept.push(*addr);
-            } else {
-                refused.push(addr.ip());
-            }
+        let host = Guard::normalize(uri.host().unwrap_or_default());
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        // ureq resolves before every request, pooled connection or not; an IP
+        // literal needs no lookup (and no lookup thread).
+        let candidates = match self.guard.fixed(&host, port) {
+            Some(fixed) => fixed,
+            None => self
+                .inner
+                .resolve(uri, config, timeout)?
+                .iter()
+                .copied()
+                .collect(),
+        };
+        let kept = self
+            .guard
+            .keep(uri.host().unwrap_or_default(), candidates)
+            .map_err(ureq::Error::Io)?;
+        let mut out = self.inner.empty();
+        for addr in kept.into_iter().take(16) {
+            out.push(addr);
         }
-        if kept.is_empty() {
-            let host = uri.host().unwrap_or_default().to_owned();
-            // The addresses are for the operator only; see `Blocked`.
-            tracing::warn!(
-                %host,
-                ?refused,
-                "delivery target refused: it resolves only to addresses that are not allowed \
-                 (allow them with Builder::allowed_networks or allow_private_targets)"
-            );
-            return Err(ureq::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                Blocked { host },
-            )));
-        }
-        Ok(kept)
+        Ok(out)
     }
 }
 
@@ -444,7 +487,10 @@ mod tests {
             overrides.insert(format!("h{i}.internal.test"), vec![ip.parse().unwrap()]);
         }
         overrides.insert("mixed.test".into(), vec![ip("10.0.0.1"), ip("8.8.8.8")]);
-        let strict = GuardedResolver::new(TargetPolicy::default(), overrides.clone());
+        let strict = GuardedResolver::new(Arc::new(Guard::new(
+            TargetPolicy::default(),
+            overrides.clone(),
+        )));
         for (i, addr) in ranges.iter().enumerate() {
             let err = resolve(&strict, &format!("http://h{i}.internal.test:8080/x")).unwrap_err();
             assert!(
@@ -466,13 +512,13 @@ mod tests {
         assert!(resolve(&strict, "http://127.0.0.1:9/").is_err());
         assert!(resolve(&strict, "http://[::1]:9/").is_err());
 
-        let open = GuardedResolver::new(
+        let open = GuardedResolver::new(Arc::new(Guard::new(
             TargetPolicy {
                 allow_private: true,
                 allowed: vec![],
             },
             overrides.clone(),
-        );
+        )));
         assert_eq!(
             resolve(&open, "http://h1.internal.test/").unwrap(),
             vec![ip("10.1.2.3")]
@@ -482,7 +528,7 @@ mod tests {
             allow_private: false,
             allowed: vec!["10.1.0.0/16".parse().unwrap()],
         };
-        let some = GuardedResolver::new(some, overrides);
+        let some = GuardedResolver::new(Arc::new(Guard::new(some, overrides)));
         assert_eq!(
             resolve(&some, "http://h1.internal.test/").unwrap(),
             vec![ip("10.1.2.3")]

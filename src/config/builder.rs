@@ -229,6 +229,33 @@ impl Builder {
         self
     }
 
+    /// Sends with one blocking ureq thread per request in flight instead of
+    /// tasks on the bus's own small tokio runtime (the default).
+    ///
+    /// The task transport holds a request waiting on a slow receiver as a
+    /// future and a socket (16 KiB charged against
+    /// [`sender_memory_budget`](Self::sender_memory_budget)), the blocking
+    /// one as a thread (80 KiB charged, and a context switch per
+    /// request): see BENCHMARKS.md for both at 0, 100 and 500 ms receivers.
+    /// Both sign, guard addresses and time out the same way.
+    ///
+    /// Defaults to `false`.
+    pub fn blocking_senders(mut self, yes: bool) -> Self {
+        self.config.blocking_senders = yes;
+        self
+    }
+
+    /// The task transport's runtime threads: they poll the sockets of the
+    /// requests in flight and sign them. 1 to 64.
+    ///
+    /// Defaults to one per core, at most 2 (requests mostly wait; the
+    /// dispatcher and the store need the other cores). Ignored with
+    /// [`blocking_senders`](Self::blocking_senders).
+    pub fn sender_threads(mut self, n: usize) -> Self {
+        self.config.sender_threads = n;
+        self
+    }
+
     /// The most requests one subscription may have in flight (it also never
     /// holds more than its fair share while others have due work).
     ///

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use super::{BYTES_PER_REQUEST, Config, MAX_SENDERS};
+use super::{BYTES_PER_REQUEST, BYTES_PER_TASK, Config, MAX_SENDERS};
 use crate::catalog::{Catalog, EventType};
 use crate::error::{Error, Result};
 use crate::ssrf::IpNet;
@@ -85,15 +85,26 @@ pub(super) fn checked(
     {
         return bad(format!("senders must be 1..={MAX_SENDERS}, got {n}"));
     }
-    if c.sender_memory_budget < BYTES_PER_REQUEST {
+    if !(1..=64).contains(&c.sender_threads) {
         return bad(format!(
-            "sender_memory_budget must be at least {BYTES_PER_REQUEST} bytes (one request in flight), got {}",
+            "sender_threads must be 1..=64, got {}",
+            c.sender_threads
+        ));
+    }
+    let per_request = if c.blocking_senders {
+        BYTES_PER_REQUEST
+    } else {
+        BYTES_PER_TASK
+    };
+    if c.sender_memory_budget < per_request {
+        return bad(format!(
+            "sender_memory_budget must be at least {per_request} bytes (one request in flight), got {}",
             c.sender_memory_budget
         ));
     }
     // The ceiling of requests in flight: what the budget pays for, within
     // the explicit cap; a host may hold half of it unless told otherwise.
-    c.senders = (c.sender_memory_budget / BYTES_PER_REQUEST)
+    c.senders = (c.sender_memory_budget / per_request)
         .min(MAX_SENDERS)
         .min(c.senders_cap.unwrap_or(MAX_SENDERS));
     c.per_host = c.per_host_cap.unwrap_or((c.senders / 2).max(1));

@@ -34,6 +34,10 @@ pub use builder::Builder;
 /// the allocator's share): 76 KiB of resident memory per request with
 /// about 2000 held at once by a bus, rounded up.
 pub(crate) const BYTES_PER_REQUEST: usize = 80 * 1024;
+/// What one request in flight is charged on the task transport (the
+/// default), measured by `examples/inflight.rs` (BENCHMARKS.md): its
+/// task, its connection's hyper buffers and socket state in the process.
+pub(crate) const BYTES_PER_TASK: usize = 32 * 1024;
 /// The default memory budget of the requests in flight: 160 MiB, so 2048
 /// requests, 1024 to one host (2000 at once measured at 172 MB peak RSS
 /// for the whole process, the store included). Chosen by the
@@ -41,6 +45,15 @@ pub(crate) const BYTES_PER_REQUEST: usize = 80 * 1024;
 /// (2048 per host), 1024 to one host sent 1.9x as fast at 100 ms, 0.9x at
 /// 500 ms and 1.2x at once, with half the threads.
 const DEFAULT_SENDER_MEMORY_BUDGET: usize = 160 << 20;
+/// The task transport's runtime threads by default: one per core, at most
+/// two (the requests mostly wait; the engine thread and the store need the
+/// other cores).
+fn default_sender_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 2)
+}
+
 /// The most requests in flight (and sender threads) any setting allows.
 pub(crate) const MAX_SENDERS: usize = 16_384;
 /// How long finished deliveries are kept by default.
@@ -60,6 +73,11 @@ pub struct Config {
     /// `Builder::senders`, if it was called.
     pub(crate) senders_cap: Option<usize>,
     pub(crate) sender_memory_budget: usize,
+    /// `Builder::blocking_senders`: one ureq thread per request in flight
+    /// instead of tasks.
+    pub(crate) blocking_senders: bool,
+    /// The task transport's runtime threads.
+    pub(crate) sender_threads: usize,
     pub(crate) per_subscription: usize,
     /// The per-host cap in effect (set by the checks at open).
     pub(crate) per_host: usize,
@@ -127,11 +145,13 @@ impl Default for Config {
             cache_capacity: 64 * 1024 * 1024,
             channel_capacity: 10_000,
             max_queued_bytes: 64 * 1024 * 1024,
-            senders: DEFAULT_SENDER_MEMORY_BUDGET / BYTES_PER_REQUEST,
+            senders: DEFAULT_SENDER_MEMORY_BUDGET / BYTES_PER_TASK,
             senders_cap: None,
             sender_memory_budget: DEFAULT_SENDER_MEMORY_BUDGET,
+            blocking_senders: false,
+            sender_threads: default_sender_threads(),
             per_subscription: 64,
-            per_host: DEFAULT_SENDER_MEMORY_BUDGET / BYTES_PER_REQUEST / 2,
+            per_host: DEFAULT_SENDER_MEMORY_BUDGET / BYTES_PER_TASK / 2,
             per_host_cap: None,
             breaker_after: 5,
             durability: Durability::Crash,

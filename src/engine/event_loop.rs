@@ -67,7 +67,7 @@ const DEFER_MAX: usize = 64;
 /// channel and the thread's handle.
 pub(crate) fn start(
     writer: Box<dyn Writer>,
-    agent: ureq::Agent,
+    transport: &sender::Transport,
     config: Arc<Config>,
     vitals: Arc<super::Vitals>,
     queued: Arc<super::QueuedBytes>,
@@ -81,7 +81,7 @@ pub(crate) fn start(
         session.commit()?;
     }
     let (pool, outcomes) = if config.deliver {
-        (Some(sender::Pool::new(agent, &config, out_tx)), out_rx)
+        (Some(sender::Pool::new(transport, &config, out_tx)), out_rx)
     } else {
         (None, crossbeam_channel::never())
     };

@@ -168,9 +168,9 @@ pub(crate) struct Engine {
     shutdown_timeout: Duration,
     vitals: Arc<Vitals>,
     queued: Arc<QueuedBytes>,
-    /// The HTTP agent the senders share; test requests go through it too
-    /// (one connection pool, one internal-address guard).
-    agent: ureq::Agent,
+    /// How the senders send; test requests go through it too (one
+    /// connection pool, one internal-address guard).
+    transport: crate::sender::Transport,
     /// Test requests' rate limit, per subscription.
     test_rate: TestRate,
 }
@@ -207,14 +207,9 @@ impl Engine {
         let shutdown_timeout = config.shutdown_timeout;
         let vitals = Arc::new(Vitals::default());
         let queued = Arc::new(QueuedBytes::new(config.max_queued_bytes));
-        let agent = crate::sender::build_agent(&config);
-        let (tx, thread) = event_loop::start(
-            writer,
-            agent.clone(),
-            config,
-            vitals.clone(),
-            queued.clone(),
-        )?;
+        let transport = crate::sender::Transport::new(&config)?;
+        let (tx, thread) =
+            event_loop::start(writer, &transport, config, vitals.clone(), queued.clone())?;
         Ok(Engine {
             tx: RwLock::new(Some(tx)),
             reader: RwLock::new(Some(reader)),
@@ -226,14 +221,14 @@ impl Engine {
             shutdown_timeout,
             vitals,
             queued,
-            agent,
+            transport,
             test_rate: TestRate::default(),
         })
     }
 
-    /// The HTTP agent the senders share.
-    pub(crate) fn agent(&self) -> &ureq::Agent {
-        &self.agent
+    /// How the senders send.
+    pub(crate) fn transport(&self) -> &crate::sender::Transport {
+        &self.transport
     }
 
     /// Test requests' rate limit, per subscription.

@@ -193,9 +193,9 @@ impl<'a> Subscriptions<'a> {
     /// subscriptions can be pinged too. Blocks for up to the request
     /// timeout.
     ///
-    /// The request goes through the bus's own HTTP agent, the one its
+    /// The request goes through the bus's own HTTP client, the one its
     /// senders share (the same connection pool and internal-address
-    /// guard). Test requests are limited per subscription: at most
+    /// guard); the calling thread waits for the answer. Test requests are limited per subscription: at most
     /// [`TEST_REQUEST_BURST`] at once, then one every
     /// [`TEST_REQUEST_REFILL`] (in memory, per `Bus`).
     ///
@@ -208,7 +208,7 @@ impl<'a> Subscriptions<'a> {
             .subscription(id)?
             .ok_or(Error::SubscriptionNotFound(id))?;
         self.check_test_rate(id)?;
-        ping::send(&sub, self.engine.agent())
+        ping::send(&sub, self.engine.transport())
     }
 
     /// Takes one test request of subscription `id` from its rate limit

@@ -4,15 +4,16 @@
 
 use crate::error::{Error, Result};
 use crate::record::Attempt;
+use crate::sender::Transport;
 use crate::storage::SubscriptionRecord;
 
 /// The event name of [`Subscriptions::ping`](crate::Subscriptions::ping)'s
 /// test request.
 pub const PING_EVENT: &str = "hookbus.ping";
 
-/// Sends the test request to `sub` through `agent` (the bus's senders'
-/// agent) and returns its attempt.
-pub(super) fn send(sub: &SubscriptionRecord, agent: &ureq::Agent) -> Result<Attempt> {
+/// Sends the test request to `sub` through `transport` (the bus's
+/// senders') and returns its attempt.
+pub(super) fn send(sub: &SubscriptionRecord, transport: &Transport) -> Result<Attempt> {
     let id = sub.id;
     let payload = serde_json::to_vec(&serde_json::json!({
         "ping": true,
@@ -30,5 +31,5 @@ pub(super) fn send(sub: &SubscriptionRecord, agent: &ureq::Agent) -> Result<Atte
             traceparent: None,
         },
     );
-    Ok(crate::sender::perform(agent, job).attempt)
+    Ok(transport.perform_blocking(job)?.attempt)
 }

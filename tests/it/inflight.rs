@@ -130,6 +130,17 @@ fn the_per_host_cap_holds_with_the_default_budget() {
     assert_eq!(peak, 300, "requests held at once by the receiver");
 }
 
+/// The blocking transport (one ureq thread per request) holds the same
+/// caps: 400 due requests, 300 per host, exactly 300 at once.
+#[test]
+fn blocking_senders_hold_the_per_host_cap_too() {
+    let gate = Gate::start(300, Duration::from_secs(3));
+    let peak = flood(&gate, 100, |b| {
+        b.blocking_senders(true).max_in_flight_per_host(300)
+    });
+    assert_eq!(peak, 300, "requests held at once by the receiver");
+}
+
 /// How the budget, `senders` and the per-host default combine.
 #[test]
 fn the_memory_budget_sets_the_ceiling_and_senders_caps_it() {
@@ -145,17 +156,23 @@ fn the_memory_budget_sets_the_ceiling_and_senders_caps_it() {
         bus.shutdown(Duration::from_secs(1)).unwrap();
         got
     };
-    // 160 MiB at 80 KiB a request; a host may hold half.
-    assert_eq!(open(|b| b), (2048, 1024, 160 << 20));
+    // 160 MiB at 32 KiB a request (tasks); a host may hold half.
+    assert_eq!(open(|b| b), (5120, 2560, 160 << 20));
     assert_eq!(
         open(|b| b.sender_memory_budget(8 << 20)),
+        (256, 128, 8 << 20)
+    );
+    // Blocking senders: 80 KiB a request (a thread each).
+    assert_eq!(open(|b| b.blocking_senders(true)), (2048, 1024, 160 << 20));
+    assert_eq!(
+        open(|b| b.blocking_senders(true).sender_memory_budget(8 << 20)),
         (102, 51, 8 << 20)
     );
     assert_eq!(open(|b| b.senders(100)).0, 100);
     assert_eq!(open(|b| b.senders(100)).1, 50);
     assert_eq!(
-        open(|b| b.senders(100).sender_memory_budget(4 << 20)).0,
-        51,
+        open(|b| b.senders(100).sender_memory_budget(2 << 20)).0,
+        64,
         "the smaller of the two"
     );
     assert_eq!(open(|b| b.max_in_flight_per_host(7)).1, 7);

@@ -1,0 +1,326 @@
+//! The task transport (the default): each request in flight is a task on
+//! the bus's own small tokio runtime, sent by one hyper client (a shared
+//! keep-alive pool, redirects never followed, no proxy). A request waiting
+//! on a slow receiver holds its future, its connection's buffers and a
+//! socket: a few KiB, not a thread, so requests in flight follow demand up
+//! to the memory budget.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tracing::Instrument;
+
+use super::connect::Connector;
+use super::{Answer, Job, Outcome, READ_CAP, USER_AGENT, classify_io};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::ids::{DeliveryId, SubscriptionId, Timestamp};
+use crate::record::{AttemptError, AttemptErrorKind};
+use crate::retry::parse_retry_after;
+
+/// The client every request shares.
+type HttpClient = Client<Connector, Full<Bytes>>;
+
+/// Each connection's read buffer at most (hyper's floor is 8 KiB): it must
+/// hold the response's status line and headers; the body is read through
+/// it in pieces.
+const READ_BUFFER: usize = 16 * 1024;
+/// An idle pooled connection is closed after this long.
+const IDLE: Duration = Duration::from_secs(30);
+/// The runtime's threads only poll sockets and sign: small stacks.
+const STACK: usize = 256 * 1024;
+
+/// The runtime and the client, shared by a bus's senders and its test
+/// requests. Dropping the last handle stops the runtime without waiting
+/// (allowed inside another runtime, where a bus may be dropped); by then
+/// every request has reported.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    rt: Option<tokio::runtime::Runtime>,
+    client: HttpClient,
+    request_timeout: Duration,
+    workers: usize,
+}
+
+impl Shared {
+    /// Starts the runtime ([`Builder::sender_threads`](crate::Builder::sender_threads)
+    /// worker threads) and the client.
+    pub(crate) fn new(config: &Config) -> Result<Shared> {
+        let name = "hookbus-sender";
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.sender_threads)
+            .thread_name(name)
+            .thread_stack_size(STACK)
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|source| Error::Spawn {
+                name: name.into(),
+                source,
+            })?;
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(IDLE)
+            .pool_max_idle_per_host(config.per_host)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .http1_max_buf_size(READ_BUFFER)
+            .build(Connector::new(config)?);
+        Ok(Shared {
+            rt: Some(rt),
+            client,
+            request_timeout: config.request_timeout,
+            workers: config.sender_threads,
+        })
+    }
+
+    fn handle(&self) -> Result<&tokio::runtime::Handle> {
+        self.rt.as_ref().map(|rt| rt.handle()).ok_or(Error::Closed)
+    }
+
+    /// Makes one attempt on the runtime and waits for it on this thread.
+    pub(crate) fn perform_blocking(&self, job: Job) -> Result<Outcome> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (client, timeout) = (self.client.clone(), self.request_timeout);
+        self.handle()?.spawn(async move {
+            let _ = tx.send(perform(&client, job, timeout).await);
+        });
+        // A panic in the attempt drops `tx` without a send.
+        rx.recv().map_err(|_| Error::Closed)
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The senders as tasks.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    shared: Arc<Shared>,
+    results: Option<Sender<Outcome>>,
+    /// Requests running (counted down when each has reported).
+    running: Arc<AtomicUsize>,
+}
+
+impl Pool {
+    pub(crate) fn new(shared: Arc<Shared>, results: Sender<Outcome>) -> Pool {
+        Pool {
+            shared,
+            results: Some(results),
+            running: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The runtime's threads while it can take requests.
+    pub(crate) fn alive(&self) -> usize {
+        if self.results.is_some() {
+            self.shared.workers
+        } else {
+            self.running
+                .load(Ordering::Relaxed)
+                .min(self.shared.workers)
+        }
+    }
+
+    /// Starts the job's request.
+    pub(crate) fn submit(&mut self, job: Job) -> Result<()> {
+        let Some(results) = &self.results else {
+            return Err(Error::Closed);
+        };
+        let handle = self.shared.handle()?;
+        self.running.fetch_add(1, Ordering::Relaxed);
+        let report = Report {
+            key: Some((job.delivery, job.subscription, job.attempt)),
+            at: Timestamp::now(),
+            results: results.clone(),
+            running: self.running.clone(),
+        };
+        let (client, timeout) = (self.shared.client.clone(), self.shared.request_timeout);
+        handle.spawn(async move {
+            let mut report = report;
+            let outcome = perform(&client, job, timeout).await;
+            report.send(outcome);
+        });
+        Ok(())
+    }
+
+    /// No more jobs: the outcome channel disconnects when every task has
+    /// reported (each holds a sender of it).
+    pub(crate) fn close(&mut self) {
+        self.results = None;
+    }
+}
+
+/// Reports a task's outcome exactly once: the attempt's, or, if the task
+/// ends without one (a panic while it ran, or the runtime dropping it), a
+/// failed attempt, so the delivery is retried and never left in flight.
+struct Report {
+    key: Option<(DeliveryId, SubscriptionId, u32)>,
+    at: Timestamp,
+    results: Sender<Outcome>,
+    running: Arc<AtomicUsize>,
+}
+
+impl Report {
+    fn send(&mut self, outcome: Outcome) {
+        self.key = None;
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        // The dispatcher gone: nobody to report to.
+        let _ = self.results.send(outcome);
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let why = if std::thread::panicking() {
+                "the request's task panicked"
+            } else {
+                "the request's task was dropped"
+            };
+            self.running.fetch_sub(1, Ordering::Relaxed);
+            let _ = self.results.send(super::panicked(key, self.at, why));
+        }
+    }
+}
+
+/// Makes one attempt, within the request timeout (connecting, sending and
+/// reading the answer).
+async fn perform(client: &HttpClient, job: Job, timeout: Duration) -> Outcome {
+    let span = super::attempt_span(&job);
+    let at = Timestamp::now();
+    let started = Instant::now();
+    #[cfg(test)]
+    if job.url.ends_with(super::tests::PANIC_PATH) {
+        panic!("injected by a test");
+    }
+    let answer = match tokio::time::timeout(timeout, send(client, &job, at))
+        .instrument(span.clone())
+        .await
+    {
+        Ok(answer) => answer,
+        Err(_) => Answer::failed(AttemptError {
+            kind: AttemptErrorKind::Timeout,
+            message: format!("no answer within {timeout:?}"),
+        }),
+    };
+    super::finish(&job, at, started, &span, answer)
+}
+
+async fn send(client: &HttpClient, job: &Job, at: Timestamp) -> Answer {
+    let other = |message: String| {
+        Answer::failed(AttemptError {
+            kind: AttemptErrorKind::Other,
+            message,
+        })
+    };
+    let uri: hyper::Uri = match job.url.parse() {
+        Ok(uri) => uri,
+        Err(e) => return other(format!("the URL does not parse: {e}")),
+    };
+    let id = job.delivery.to_string();
+    let mut req = hyper::Request::post(uri)
+        .header("User-Agent", USER_AGENT)
+        .header("Accept", "application/json");
+    for (name, value) in super::headers(job, &id, at) {
+        req = req.header(name, value);
+    }
+    let req = match req.body(Full::new(Bytes::from_owner(job.payload.clone()))) {
+        Ok(req) => req,
+        Err(e) => return other(format!("the request cannot be made: {e}")),
+    };
+    let resp = match client.request(req).await {
+        Ok(resp) => resp,
+        Err(e) => return Answer::failed(classify(&e)),
+    };
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    // Read up to READ_CAP (so the connection can be reused), keep the
+    // excerpt; a body that breaks off is the receiver's problem only if we
+    // would otherwise call this a success.
+    let mut body = resp.into_body();
+    let mut excerpt = Vec::new();
+    let mut read = 0u64;
+    let mut broken = None;
+    while read < READ_CAP {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    read += data.len() as u64;
+                    let room = super::EXCERPT.saturating_sub(excerpt.len());
+                    excerpt.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            Some(Err(e)) => {
+                broken = Some(e);
+                break;
+            }
+        }
+    }
+    match broken {
+        Some(e) if (200..300).contains(&status) => Answer {
+            error: Some(classify(&e)),
+            excerpt,
+            retry_after,
+            ..Answer::default()
+        },
+        _ => Answer {
+            status: Some(status),
+            excerpt,
+            retry_after,
+            ..Answer::default()
+        },
+    }
+}
+
+/// An attempt's error from the client's: the first I/O error in the chain
+/// decides (the guard's refusal, DNS, TLS, refused or reset connections),
+/// else hyper's own kind. The message is the whole chain.
+fn classify(e: &(dyn std::error::Error + 'static)) -> AttemptError {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    let mut found = None;
+    let mut kind = AttemptErrorKind::Other;
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if found.is_none()
+            && let Some(io) = err.downcast_ref::<std::io::Error>()
+        {
+            found = Some(classify_io(io));
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_timeout() {
+                kind = AttemptErrorKind::Timeout;
+            } else if h.is_parse() || h.is_incomplete_message() || h.is_body_write_aborted() {
+                kind = AttemptErrorKind::Protocol;
+            }
+        }
+        current = err.source();
+    }
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
+    }
+    match found {
+        Some(mut io) if io.kind != AttemptErrorKind::Other || kind == AttemptErrorKind::Other => {
+            io.message = message;
+            io
+        }
+        _ => AttemptError { kind, message },
+    }
+}
