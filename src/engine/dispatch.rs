@@ -372,7 +372,7 @@ impl Dispatch {
         let hosts = &self.hosts.of;
         let host = |s: SubscriptionId| hosts.get(&s).copied();
         let own = |s: SubscriptionId| starts.get(&s).copied().unwrap_or(usize::MAX);
-        let plan = scheduler::plan(
+        let (plan, capped) = scheduler::plan_noting_caps(
             limits,
             free,
             &ready,
@@ -382,6 +382,8 @@ impl Dispatch {
             &own,
         );
         let mut claimed = self.take_many(s, dir, &plan, &heads, now);
+        let planned: usize = plan.iter().map(|p| p.1).sum();
+        let before = self.in_flight.len();
         for (sub, room) in plan {
             self.rr_cursor = Some(sub);
             let sent = match claimed.remove(&sub) {
@@ -394,6 +396,15 @@ impl Dispatch {
             if !sent {
                 return;
             }
+        }
+        // The plan gives each subscription its whole room, however few of
+        // its deliveries are due; room one could not use may be what the
+        // caps (the host's, the total) kept from those it left out. Plan
+        // again at once for them (they come first, round-robin), as long
+        // as passes make progress.
+        let sent = self.in_flight.len().saturating_sub(before);
+        if capped && sent > 0 && sent < planned {
+            s.rescan();
         }
     }
 

@@ -47,6 +47,7 @@ pub(crate) struct Limits {
 /// a subscription to its destination host's index in `host_in_flight`
 /// (unknown: no host cap); `starts` says how many requests a subscription
 /// may start now, whatever the caps allow (its rate limit's tokens).
+#[cfg(test)]
 pub(crate) fn plan(
     limits: Limits,
     free: usize,
@@ -56,9 +57,26 @@ pub(crate) fn plan(
     host_in_flight: &mut [usize],
     starts: &dyn Fn(SubscriptionId) -> usize,
 ) -> Vec<(SubscriptionId, usize)> {
+    plan_noting_caps(limits, free, ready, flows, host, host_in_flight, starts).0
+}
+
+/// [`plan`], and whether the free slots or a host's cap held a
+/// subscription below what its share and window allowed (then room that
+/// others leave unused, having fewer due than their room, is worth a
+/// second plan).
+pub(crate) fn plan_noting_caps(
+    limits: Limits,
+    free: usize,
+    ready: &[SubscriptionId],
+    flows: &HashMap<SubscriptionId, Flow>,
+    host: &dyn Fn(SubscriptionId) -> Option<usize>,
+    host_in_flight: &mut [usize],
+    starts: &dyn Fn(SubscriptionId) -> usize,
+) -> (Vec<(SubscriptionId, usize)>, bool) {
+    let mut capped = false;
     let mut out = Vec::new();
     if free == 0 || ready.is_empty() {
-        return out;
+        return (out, !ready.is_empty());
     }
     let flow_of = |s: &SubscriptionId| flows.get(s).copied().unwrap_or_default();
     let busy_elsewhere = flows
@@ -92,6 +110,7 @@ pub(crate) fn plan(
     let mut free = free;
     for &sub in ready {
         if free == 0 {
+            capped = true;
             break;
         }
         let flow = flow_of(&sub);
@@ -106,17 +125,20 @@ pub(crate) fn plan(
             }
             Breaker::Closed => base,
         };
-        let mut n = share
+        let wanted = share
             .min(flow.window())
             .saturating_sub(flow.in_flight)
-            .min(free)
             .min(starts(sub));
+        let mut n = wanted.min(free);
         if flow.failing() {
             n = n.min(failing_cap.saturating_sub(failing_used));
         }
         let h = host(sub);
         if let Some(h) = h {
             n = n.min(limits.per_host.saturating_sub(host_in_flight[h]));
+        }
+        if n < wanted && !flow.failing() {
+            capped = true;
         }
         if n > 0 {
             out.push((sub, n));
@@ -160,7 +182,7 @@ pub(crate) fn plan(
             }
         }
     }
-    out
+    (out, capped)
 }
 
 /// Destination hosts as the per-host cap counts them.
