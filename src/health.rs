@@ -369,7 +369,10 @@ pub struct BusHealth {
     /// counters were rewritten; PostgreSQL: the round committed and the
     /// counters were read back).
     pub store_writable: bool,
-    /// Sender threads alive (started on demand, up to
+    /// Senders alive: the task senders' runtime threads (see
+    /// [`Builder::sender_threads`](crate::Builder::sender_threads)), or with
+    /// [`Builder::blocking_senders`](crate::Builder::blocking_senders) the
+    /// sender threads (started on demand, up to
     /// [`Builder::senders`](crate::Builder::senders); a thread that ended is
     /// started again with the next request).
     pub senders_alive: usize,

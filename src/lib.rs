@@ -146,9 +146,10 @@
 //!   a request and dead-lettered at once (see [`Builder::allow_private_targets`]).
 //! * Throughput and isolation: up to [`Builder::senders`] requests are in
 //!   flight at once (as many as demand asks, up to
-//!   [`Builder::sender_memory_budget`]: 2048 by default, on blocking
-//!   threads started on demand), so a receiver that answers in 500 ms
-//!   still gets thousands of deliveries a second. Subscriptions are served round-robin; one never
+//!   [`Builder::sender_memory_budget`]: 5120 by default, 2560 to one host;
+//!   each a task on the bus's own small tokio runtime, or a blocking thread
+//!   with [`Builder::blocking_senders`]), so a receiver that answers in
+//!   500 ms still gets thousands of deliveries a second. Subscriptions are served round-robin; one never
 //!   holds more than its share while others have due work, nor more than
 //!   [`Builder::max_in_flight_per_subscription`]; a host never more than
 //!   [`Builder::max_in_flight_per_host`]. Subscriptions whose requests fail

@@ -31,10 +31,12 @@ use crate::error::Result;
 /// | `cache_capacity` | 64 MiB |
 /// | `channel_capacity` | 10 000 events |
 /// | `max_queued_bytes` | 64 MiB |
-/// | `sender_memory_budget` | 160 MiB: 2048 requests in flight (threads started on demand) |
+/// | `sender_memory_budget` | 160 MiB: 5120 requests in flight (tasks; 2048 with `blocking_senders`) |
 /// | `senders` | none (the budget decides) |
+/// | `blocking_senders` | `false`: requests are tasks on the bus's own tokio runtime |
+/// | `sender_threads` | one per core, at most 2 |
 /// | `max_in_flight_per_subscription` | 64 |
-/// | `max_in_flight_per_host` | half the requests in flight (1024 with the default budget) |
+/// | `max_in_flight_per_host` | half the requests in flight (2560 with the default budget) |
 /// | `circuit_breaker` | 5 failures, 30 s |
 /// | `durability` | `Durability::Crash` |
 /// | `retry_schedule` | 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h |
@@ -180,12 +182,11 @@ impl Builder {
         self
     }
 
-    /// A hard cap on the requests in flight at once, which is also the most
-    /// sender threads. Senders are blocking threads started on demand and
-    /// stopped after 30 s without work, so an idle bus holds none and a
-    /// dead or slow receiver costs a sleeping thread, not throughput:
-    /// deliveries per second are about the requests in flight divided by
-    /// the receivers' latency. One subscription never holds all of them
+    /// A hard cap on the requests in flight at once (with
+    /// [`blocking_senders`](Self::blocking_senders), also the most sender
+    /// threads). A request waiting on a slow or dead receiver holds a task
+    /// (or a sleeping thread), not throughput: deliveries per second are
+    /// about the requests in flight divided by the receivers' latency. One subscription never holds all of them
     /// (see [`max_in_flight_per_subscription`](Self::max_in_flight_per_subscription)),
     /// nor one host (see [`max_in_flight_per_host`](Self::max_in_flight_per_host)).
     ///
@@ -194,36 +195,38 @@ impl Builder {
     /// two ([`Config::senders`](crate::Config::senders) reads it back).
     /// 1 to 16 384.
     ///
-    /// Not set by default: the default budget allows 2048.
+    /// Not set by default: the default budget allows 5120 (2048 with
+    /// blocking senders).
     pub fn senders(mut self, n: usize) -> Self {
         self.config.senders_cap = Some(n);
         self
     }
 
     /// The resident memory the requests in flight may take, in bytes: the
-    /// ceiling of requests in flight is this divided by 80 KiB, the cost of
-    /// one measured with a blocking sender thread (36 KiB of touched stack,
-    /// 24 KiB of connection buffers, the rest; 76 KiB per request measured
-    /// with about 2000 held at once to a 500 ms receiver on 127.0.0.1,
-    /// `examples/inflight.rs`, BENCHMARKS.md), at most 16 384.
+    /// ceiling of requests in flight is this divided by the measured cost
+    /// of one (`examples/inflight.rs`, BENCHMARKS.md), at most 16 384:
+    /// 32 KiB as a task (its future, its connection's hyper buffers, the
+    /// rest: 26 KiB per request measured at peak with 2000 held at once to
+    /// a 500 ms receiver on 127.0.0.1), 80 KiB with
+    /// [`blocking_senders`](Self::blocking_senders) (a thread's touched
+    /// stack, ureq's buffers: 76 KiB measured the same way).
     /// Requests in flight follow demand (about deliveries per second times
     /// the receivers' latency) up to that ceiling; nothing is allocated
-    /// before it is used, and threads without work stop after 30 s.
-    /// [`senders`](Self::senders), if set, caps the ceiling further.
+    /// before it is used. [`senders`](Self::senders), if set, caps the
+    /// ceiling further.
     ///
-    /// Each sender thread also takes kernel memory outside the process's
-    /// resident set (a 16 KiB kernel stack, socket buffers), and a file
-    /// descriptor per connection: raise `ulimit -n` above the ceiling.
-    /// HTTPS connections take more than the loopback HTTP ones measured
-    /// (rustls's own record buffers).
+    /// Each connection also takes kernel memory outside the process's
+    /// resident set (socket buffers; a 16 KiB kernel stack per blocking
+    /// sender thread) and a file descriptor: raise `ulimit -n` above the
+    /// ceiling. HTTPS connections take more than the loopback HTTP ones
+    /// measured (rustls's own record buffers).
     ///
-    /// At least 80 KiB (one request). Defaults to 160 MiB: 2048 requests,
-    /// 1024 of them to one host (the per-host default is half), so a slow
-    /// host gets 1024 at once with as many left for other hosts; 2000 at
-    /// once were measured at 172 MB peak RSS for the whole process. A
-    /// larger budget helps receivers slower than about 500 ms, and costs
-    /// throughput with fast ones (more threads on the same cores): see
-    /// BENCHMARKS.md.
+    /// At least one request's cost. Defaults to 160 MiB: 5120 requests,
+    /// 2560 of them to one host (the per-host default is half), so a slow
+    /// host gets 2560 at once with as many left for other hosts; 2000 at
+    /// once were measured at 65 MB peak RSS for the whole process (105 MB
+    /// with blocking senders). See BENCHMARKS.md for throughput at 0, 100
+    /// and 500 ms receivers.
     pub fn sender_memory_budget(mut self, bytes: usize) -> Self {
         self.config.sender_memory_budget = bytes;
         self
@@ -365,7 +368,7 @@ impl Builder {
     /// flight, over all subscriptions that point at it.
     ///
     /// Defaults to half the requests in flight the bus allows (its
-    /// [`Config::senders`](crate::Config::senders), at least 1): 1024 with the default
+    /// [`Config::senders`](crate::Config::senders), at least 1): 2560 with the default
     /// [`sender_memory_budget`](Self::sender_memory_budget), so one host
     /// never takes every slot, yet 200 subscriptions x 10 events to one
     /// 500 ms receiver (2000 requests) go out at once: the

@@ -28,22 +28,25 @@ pub use builder::Builder;
 
 /// What one request in flight is charged against
 /// [`Builder::sender_memory_budget`](crate::Builder::sender_memory_budget),
-/// measured by `examples/inflight.rs` (BENCHMARKS.md): its sender thread's
-/// touched stack (36 KiB), its connection's ureq buffers (16 KiB in, 8 KiB
-/// out, see `sender.rs`) and the rest (the request's own allocations,
+/// with blocking senders, measured by `examples/inflight.rs`
+/// (BENCHMARKS.md): its sender thread's touched stack (36 KiB), its
+/// connection's ureq buffers (16 KiB in, 8 KiB out, see
+/// `sender/threads.rs`) and the rest (the request's own allocations,
 /// the allocator's share): 76 KiB of resident memory per request with
 /// about 2000 held at once by a bus, rounded up.
 pub(crate) const BYTES_PER_REQUEST: usize = 80 * 1024;
 /// What one request in flight is charged on the task transport (the
 /// default), measured by `examples/inflight.rs` (BENCHMARKS.md): its
-/// task, its connection's hyper buffers and socket state in the process.
+/// task, its connection's hyper buffers (16 KiB read at most), what the
+/// process keeps per connection: 26 KiB of peak resident memory per
+/// request with 2000 held at once by a bus (21 KiB while held), rounded
+/// up.
 pub(crate) const BYTES_PER_TASK: usize = 32 * 1024;
-/// The default memory budget of the requests in flight: 160 MiB, so 2048
-/// requests, 1024 to one host (2000 at once measured at 172 MB peak RSS
-/// for the whole process, the store included). Chosen by the
-/// `slow_receivers` bench (BENCHMARKS.md): against a ceiling of 4096
-/// (2048 per host), 1024 to one host sent 1.9x as fast at 100 ms, 0.9x at
-/// 500 ms and 1.2x at once, with half the threads.
+/// The default memory budget of the requests in flight: 160 MiB, so 5120
+/// requests as tasks, 2560 to one host (2000 at once measured at 65 MB
+/// peak RSS for the whole process, the store included; 8000 due at once,
+/// 5120 of them in flight, at 170 MB). With blocking senders: 2048, 1024
+/// to one host (172 MB with 2000 at once).
 const DEFAULT_SENDER_MEMORY_BUDGET: usize = 160 << 20;
 /// The task transport's runtime threads by default: one per core, at most
 /// two (the requests mostly wait; the engine thread and the store need the
