@@ -12,7 +12,7 @@ use super::changes::Changes;
 use super::coordination::{self, Coordination, Take};
 use super::directory::{Directory, Policy};
 use super::fifo::Heads;
-use super::flow::{Bucket, Flow, INITIAL_WINDOW};
+use super::flow::{Breaker, Bucket, Flow, INITIAL_WINDOW};
 use super::prepare::{self, Payloads, Prepared};
 use super::round::Round;
 use super::scheduler::{self, Hosts, Limits};
@@ -384,6 +384,7 @@ impl Dispatch {
         let mut claimed = self.take_many(s, dir, &plan, &heads, now);
         let planned: usize = plan.iter().map(|p| p.1).sum();
         let before = self.in_flight.len();
+        let in_plan: HashSet<SubscriptionId> = plan.iter().map(|p| p.0).collect();
         for (sub, room) in plan {
             self.rr_cursor = Some(sub);
             let sent = match claimed.remove(&sub) {
@@ -398,13 +399,72 @@ impl Dispatch {
             }
         }
         // The plan gives each subscription its whole room, however few of
-        // its deliveries are due; room one could not use may be what the
-        // caps (the host's, the total) kept from those it left out. Plan
-        // again at once for them (they come first, round-robin), as long
-        // as passes make progress.
+        // its deliveries are due (those in flight stay in the due index),
+        // so the host's or the total cap may have left some out while
+        // room went unused: that room goes to them now, in turn, within
+        // the caps as they really stand.
         let sent = self.in_flight.len().saturating_sub(before);
-        if capped && sent > 0 && sent < planned {
-            s.rescan();
+        if capped && sent < planned {
+            self.leftover(s, dir, &limits, &ready, &in_plan, &heads, &own, now);
+        }
+    }
+
+    /// Sends for ready subscriptions the plan left out, within the total,
+    /// their host's cap (counted from what is really in flight), their
+    /// window and own limits; healthy ones only.
+    #[allow(clippy::too_many_arguments)]
+    fn leftover(
+        &mut self,
+        s: &mut Session,
+        dir: &mut Directory,
+        limits: &Limits,
+        ready: &[SubscriptionId],
+        in_plan: &HashSet<SubscriptionId>,
+        heads: &HashMap<SubscriptionId, IndexEntry>,
+        own: &dyn Fn(SubscriptionId) -> usize,
+        now: u64,
+    ) {
+        let mut host_in_flight = vec![0usize; self.hosts.index.len()];
+        for (sub, flow) in &self.flows {
+            if let Some(h) = self.hosts.of.get(sub) {
+                host_in_flight[*h] += flow.in_flight;
+            }
+        }
+        for &sub in ready {
+            let free = limits.total.saturating_sub(self.in_flight.len());
+            if free == 0 {
+                return;
+            }
+            if in_plan.contains(&sub) {
+                continue;
+            }
+            let flow = self.flows.get(&sub).copied().unwrap_or_default();
+            if flow.failing() || flow.tripped || flow.breaker != Breaker::Closed {
+                continue;
+            }
+            let h = self.hosts.of.get(&sub).copied();
+            let host_room = h.map_or(usize::MAX, |h| {
+                limits.per_host.saturating_sub(host_in_flight[h])
+            });
+            let room = limits
+                .per_subscription
+                .min(flow.window())
+                .saturating_sub(flow.in_flight)
+                .min(own(sub))
+                .min(host_room)
+                .min(free);
+            if room == 0 {
+                continue;
+            }
+            let b = self.in_flight.len();
+            self.rr_cursor = Some(sub);
+            let head = heads.get(&sub).copied();
+            if !self.take_and_send(s, dir, sub, head, room, now) {
+                return;
+            }
+            if let Some(h) = h {
+                host_in_flight[h] += self.in_flight.len().saturating_sub(b);
+            }
         }
     }
 
