@@ -908,9 +908,10 @@ fn steady_rate(c: &mut Criterion) {
     let poisson = std::env::var_os("HOOKBUS_STEADY_POISSON").is_some();
     let period = Duration::from_nanos(1_000_000_000 / rate);
     let mut g = c.benchmark_group("steady_rate");
+    // A warm-up of ~90 events lets criterion plan 10 samples of ~300.
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(Duration::from_millis(1))
+        .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(10))
         .throughput(Throughput::Elements(1));
     eprintln!("steady_rate: {rate} events/s over {SUBS} subscriptions (poisson: {poisson})");
@@ -1052,8 +1053,13 @@ fn steady_rate(c: &mut Criterion) {
         run(rate);
         rx.take_latencies();
         let mut lat = Vec::new();
-        let (mut cpu, mut engine, mut sled_io, mut deliveries) =
-            (Duration::ZERO, Duration::ZERO, Duration::ZERO, 0u64);
+        let (mut cpu, mut engine, mut dispatcher, mut sled_io, mut deliveries) = (
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+            0u64,
+        );
         g.bench_function(&name, |b| {
             b.iter_custom(|iters| {
                 let (p0, t0) = (process_cpu(), thread_cpu());
@@ -1063,6 +1069,7 @@ fn steady_rate(c: &mut Criterion) {
                     cpu += p1.saturating_sub(p0);
                 }
                 engine += threads_cpu_since(&t0, &t1, "hookbus-");
+                dispatcher += threads_cpu_since(&t0, &t1, "hookbus-dispatc");
                 sled_io += threads_cpu_since(&t0, &t1, "sled-io-");
                 deliveries += iters;
                 lat.extend(rx.take_latencies());
@@ -1075,13 +1082,15 @@ fn steady_rate(c: &mut Criterion) {
             "steady_rate/{name}: {deliveries} deliveries ({} timed at the receiver), \
              publish-to-receipt p50 {:.0} us, p99 {:.0} us, max {:.0} us; \
              CPU per delivery {:.0} us (whole process, with the publisher and the receiver), \
-             {:.0} us in hookbus-* threads, {:.0} us in live sled-io-* threads ({} of them)",
+             {:.0} us in hookbus-* threads (the engine thread {:.0} us, the senders the rest), \
+             {:.0} us in live sled-io-* threads ({} of them)",
             lat.len(),
             quantile(&lat, 0.5) as f64 / 1e3,
             quantile(&lat, 0.99) as f64 / 1e3,
             quantile(&lat, 1.0) as f64 / 1e3,
             per(cpu),
             per(engine),
+            per(dispatcher),
             per(sled_io),
             sled_threads(),
         );
