@@ -503,7 +503,7 @@ impl Loop {
     /// rate. What waits is only outcomes: until committed they are lost in
     /// a crash as unflushed ones are (the deliveries are sent again), the
     /// dispatcher skips their deliveries (settling), and the outbox's
-    /// listings and counters show them up to [`DEFER_FOR`] late.
+    /// listings and counters show them up to that long late.
     fn defer_commit(&mut self) -> bool {
         let eligible = self.dispatch.settling() > 0
             && !self.round.has_waiters()
