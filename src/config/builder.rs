@@ -378,8 +378,10 @@ impl Builder {
     /// takes it, outcomes alone wait at most 1 ms). At most 100 ms.
     ///
     /// Defaults to 100 µs: a tenth of a millisecond is what a p99 goal of
-    /// 1 ms can spare, and a mean gap of 1 ms (1,000 events/s) is where
-    /// gathering starts to pay. The `steady_rate` bench (300 events/s over
+    /// 1 ms can spare, and only while events come at most 1 ms apart (a
+    /// one-off run at 2,000 random events/s took a quarter off sled's I/O
+    /// threads' CPU with it; at 1,000/s no gain showed through the noise).
+    /// The `steady_rate` bench (300 events/s over
     /// 100 subscriptions; BENCHMARKS.md) measured, over six runs on a
     /// busy machine, 554–769 µs of CPU per delivery with the default
     /// (median 673) and 742–920 µs with zero (median 822), 0.75–0.91 of
