@@ -14,7 +14,7 @@ use criterion::{
 };
 use hookbus::NewSubscription;
 
-use common::{Receiver, builder, dead_url, order, spread, wait};
+use common::{Receiver, Stamped, builder, dead_url, order, spread, stamp_now, wait};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -837,6 +837,291 @@ fn slow_postgres_drop(schema: &str) {
     }
 }
 
+/// CPU time (user + system) of each live thread of this process, by
+/// thread id, with its name (from `/proc/self/task/*/stat`; empty
+/// elsewhere). A thread that ends between two readings takes its time
+/// with it: only the process total (`process_cpu`) keeps it.
+fn thread_cpu() -> std::collections::HashMap<u64, (String, Duration)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        if let (Some(u), Some(s)) = (ticks(11), ticks(12)) {
+            out.insert(tid, (name, Duration::from_millis((u + s) * 10)));
+        }
+    }
+    out
+}
+
+/// CPU time spent between two [`thread_cpu`] readings by threads whose
+/// name starts with `prefix` (a thread that started in between counts
+/// from zero).
+fn threads_cpu_since(
+    before: &std::collections::HashMap<u64, (String, Duration)>,
+    after: &std::collections::HashMap<u64, (String, Duration)>,
+    prefix: &str,
+) -> Duration {
+    after
+        .iter()
+        .filter(|(_, (name, _))| name.starts_with(prefix))
+        .map(|(tid, (_, cpu))| {
+            let was = before.get(tid).map_or(Duration::ZERO, |(_, c)| *c);
+            cpu.saturating_sub(was)
+        })
+        .sum()
+}
+
+/// The `q` quantile (0..=1) of sorted `v`.
+fn quantile(v: &[u64], q: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// An everyday rate: a steady 300 events/s, each to one of 100
+/// subscriptions in turn (event `steady.<i>` to subscription `i`), on a
+/// receiver that answers at once. Criterion's iteration is one event at
+/// that pace (its "time" is the pacing, not a result): 10 samples of
+/// 300, so a run is 10 s and 3,000 deliveries, after an untimed second
+/// (connections and slow-start windows as a running bus has them). The
+/// receiver measures publish-to-receipt latency from the instant in the
+/// body; the figures printed are p50/p99 over the whole run and CPU per
+/// delivery: the process's (`/proc/self/stat`; the publisher and the
+/// receiver run in this process and are included), and the bus's own
+/// threads alone (`hookbus-*`: the engine and the senders) and sled's I/O
+/// threads (`sled-io-*`, as far as they live to the end of a sample: sled
+/// ends idle ones, and their time then only shows in the total).
+/// `hookbus_sled_window_0` is the bus with no commit window
+/// ([`hookbus::Builder::commit_window`] zero: every publish and every
+/// outcome its own round), for the comparison in the same run. On
+/// PostgreSQL too with feature `postgres` (a server at 127.0.0.1).
+fn steady_rate(c: &mut Criterion) {
+    const SUBS: u64 = 100;
+    // Another rate for a one-off look (the group is defined at 300/s).
+    let rate: u64 = std::env::var("HOOKBUS_STEADY_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(300);
+    // Random (Poisson) arrivals at that mean rate instead of a steady
+    // pace, for a one-off look.
+    let poisson = std::env::var_os("HOOKBUS_STEADY_POISSON").is_some();
+    let period = Duration::from_nanos(1_000_000_000 / rate);
+    let mut g = c.benchmark_group("steady_rate");
+    // A warm-up of ~90 events lets criterion plan 10 samples of ~300.
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(10))
+        .throughput(Throughput::Elements(1));
+    eprintln!("steady_rate: {rate} events/s over {SUBS} subscriptions (poisson: {poisson})");
+    let rx = Receiver::start_timing();
+    let sled_threads = || {
+        thread_cpu()
+            .values()
+            .filter(|(name, _)| name.starts_with("sled-io-"))
+            .count()
+    };
+    // The store's floor: what one durable commit per delivery costs sled
+    // at this rate (a publish's records as one batch, then a flush), with
+    // nothing else running.
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, tree) = raw_sled(dir.path());
+        let payload = serde_json::to_vec(&order(1)).unwrap();
+        let mut key = 0u64;
+        let (mut cpu, mut sled_io, mut ops) = (Duration::ZERO, Duration::ZERO, 0u64);
+        g.bench_function("baseline_sled_batch_flush", |b| {
+            b.iter_custom(|iters| {
+                let (p0, t0) = (process_cpu(), thread_cpu());
+                let start = Instant::now();
+                for k in 0..iters {
+                    let at = start + period * k as u32;
+                    let now = Instant::now();
+                    if at > now {
+                        std::thread::sleep(at - now);
+                    }
+                    tree.apply_batch(raw_batch(&mut key, 1, &payload)).unwrap();
+                    tree.flush().unwrap();
+                }
+                let end = start + period * iters as u32;
+                let now = Instant::now();
+                if end > now {
+                    std::thread::sleep(end - now);
+                }
+                let (p1, t1) = (process_cpu(), thread_cpu());
+                if let (Some(p0), Some(p1)) = (p0, p1) {
+                    cpu += p1.saturating_sub(p0);
+                }
+                sled_io += threads_cpu_since(&t0, &t1, "sled-io-");
+                ops += iters;
+                start.elapsed()
+            });
+        });
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / ops.max(1) as f64;
+        eprintln!(
+            "steady_rate/baseline_sled_batch_flush: {ops} commits + flushes, \
+             CPU per commit {:.0} us (whole process), {:.0} us in live sled-io-* threads \
+             ({} of them)",
+            per(cpu),
+            per(sled_io),
+            sled_threads(),
+        );
+    }
+    let mut buses: Vec<(String, hookbus::Bus, Option<tempfile::TempDir>)> = Vec::new();
+    let windows: Vec<u64> = std::env::var("HOOKBUS_STEADY_WINDOWS_US")
+        .ok()
+        .map(|v| v.split(',').filter_map(|w| w.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path())
+        .commit_window(Duration::ZERO)
+        .open()
+        .unwrap();
+    buses.push(("hookbus_sled_window_0".into(), bus, Some(dir)));
+    for us in windows {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = builder(dir.path())
+            .commit_window(Duration::from_micros(us))
+            .open()
+            .unwrap();
+        buses.push((format!("hookbus_sled_window_{us}us"), bus, Some(dir)));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path()).open().unwrap();
+    buses.push(("hookbus_sled".into(), bus, Some(dir)));
+    #[cfg(feature = "postgres")]
+    let pg = slow_postgres().map(|(make, schema)| {
+        let schema = format!("{schema}_steady");
+        let zero = format!("{schema}_0");
+        buses.push((
+            "hookbus_postgres_window_0".into(),
+            make(&zero).commit_window(Duration::ZERO).open().unwrap(),
+            None,
+        ));
+        buses.push((
+            "hookbus_postgres".into(),
+            make(&schema).open().unwrap(),
+            None,
+        ));
+        [schema, zero]
+    });
+    for (name, bus, _dir) in buses {
+        for i in 0..SUBS {
+            bus.subscribe(
+                NewSubscription::new(format!("s{i}"), format!("{}/{i}", rx.url()))
+                    .events([format!("steady.{i}")]),
+            )
+            .unwrap();
+        }
+        let names: Vec<String> = (0..SUBS).map(|i| format!("steady.{i}")).collect();
+        let mut next = 0u64;
+        // `n` events at the steady rate, then until all are received.
+        let mut run = |n: u64| {
+            let target = rx.count() + n;
+            let start = Instant::now();
+            let mut at = start;
+            for _ in 0..n {
+                let now = Instant::now();
+                if at > now {
+                    std::thread::sleep(at - now);
+                }
+                at += if poisson {
+                    // Exponential gaps with the same mean.
+                    period.mul_f64(-(1.0 - fastrand::f64()).ln())
+                } else {
+                    period
+                };
+                let ev = Stamped {
+                    sent_ns: stamp_now(),
+                    order: order(next),
+                };
+                bus.publish(&names[(next % SUBS) as usize], &ev).unwrap();
+                next += 1;
+            }
+            wait("steady deliveries", LONG, || rx.count() >= target);
+            // An iteration is a period, the last one's too (criterion plans
+            // its samples from this).
+            let end = start + period * n as u32;
+            let now = Instant::now();
+            if end > now {
+                std::thread::sleep(end - now);
+            }
+            start.elapsed()
+        };
+        // Untimed: a second at the rate.
+        run(rate);
+        rx.take_latencies();
+        let mut lat = Vec::new();
+        let (mut cpu, mut engine, mut dispatcher, mut sled_io, mut deliveries) = (
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+            0u64,
+        );
+        g.bench_function(&name, |b| {
+            b.iter_custom(|iters| {
+                let (p0, t0) = (process_cpu(), thread_cpu());
+                let took = run(iters);
+                let (p1, t1) = (process_cpu(), thread_cpu());
+                if let (Some(p0), Some(p1)) = (p0, p1) {
+                    cpu += p1.saturating_sub(p0);
+                }
+                engine += threads_cpu_since(&t0, &t1, "hookbus-");
+                dispatcher += threads_cpu_since(&t0, &t1, "hookbus-dispatc");
+                sled_io += threads_cpu_since(&t0, &t1, "sled-io-");
+                deliveries += iters;
+                lat.extend(rx.take_latencies());
+                took
+            });
+        });
+        lat.sort_unstable();
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / deliveries.max(1) as f64;
+        eprintln!(
+            "steady_rate/{name}: {deliveries} deliveries ({} timed at the receiver), \
+             publish-to-receipt p50 {:.0} us, p99 {:.0} us, max {:.0} us; \
+             CPU per delivery {:.0} us (whole process, with the publisher and the receiver), \
+             {:.0} us in hookbus-* threads (the engine thread {:.0} us, the senders the rest), \
+             {:.0} us in live sled-io-* threads ({} of them)",
+            lat.len(),
+            quantile(&lat, 0.5) as f64 / 1e3,
+            quantile(&lat, 0.99) as f64 / 1e3,
+            quantile(&lat, 1.0) as f64 / 1e3,
+            per(cpu),
+            per(engine),
+            per(dispatcher),
+            per(sled_io),
+            sled_threads(),
+        );
+        bus.shutdown(Duration::from_secs(5)).unwrap();
+    }
+    g.finish();
+    #[cfg(feature = "postgres")]
+    if let Some(schemas) = pg {
+        let url = std::env::var("HOOKBUS_BENCH_POSTGRES")
+            .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into());
+        if let Ok(mut admin) = postgres::Client::connect(&url, postgres::NoTls) {
+            for schema in schemas {
+                let _ = admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+            }
+        }
+    }
+}
+
 /// HMAC-SHA1, HMAC-SHA256 and Standard Webhooks signing over 1 KiB and 64 KiB.
 fn signing_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("signing");
@@ -1091,6 +1376,7 @@ criterion_group!(
     realistic_latency,
     isolation,
     slow_receivers,
+    steady_rate,
     signing_bench,
     recovery,
     postgres_store

@@ -3,8 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hookbus::{Builder, Bus};
@@ -32,6 +32,34 @@ pub fn order(id: u64) -> Order {
         items: ["sku_000000000001", "sku_000000000002", "sku_000000000003"],
         note: "Leave the parcel with the neighbour if nobody is at home.",
     }
+}
+
+/// The instant publish stamps count from (one per process: the publisher
+/// and the receiver share it).
+pub fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// Nanoseconds since [`origin`], now.
+pub fn stamp_now() -> u64 {
+    origin().elapsed().as_nanos() as u64
+}
+
+/// A ~200-byte event that carries the instant it was published at
+/// (`sent_ns`, see [`stamp_now`]): a timing receiver measures
+/// publish-to-receipt latency from it.
+#[derive(Serialize, Clone)]
+pub struct Stamped {
+    pub sent_ns: u64,
+    #[serde(flatten)]
+    pub order: Order,
+}
+
+/// What a timing receiver reads of a body.
+#[derive(serde::Deserialize)]
+struct Stamp {
+    sent_ns: u64,
 }
 
 /// A builder for benches: loopback allowed, failed attempts retried at once.
@@ -67,6 +95,8 @@ pub struct Receiver {
     pub count: Arc<AtomicU64>,
     in_flight: Arc<AtomicU64>,
     peak: Arc<AtomicU64>,
+    /// Publish-to-receipt latencies (ns) of stamped bodies, when timing.
+    latencies: Arc<Mutex<Vec<u64>>>,
 }
 
 /// Counts a request out of `in_flight` however its handler ends (a client
@@ -95,7 +125,21 @@ impl Receiver {
     /// A receiver that answers after `delay` as `behaviour` says; it
     /// counts the requests it answers (a hanging one answers none).
     pub fn start_behaving(delay: Duration, behaviour: Behaviour) -> Receiver {
+        Receiver::start_with(delay, behaviour, false)
+    }
+
+    /// A fast receiver that also records each request's publish-to-receipt
+    /// latency from the [`Stamped`] body it carries (see
+    /// [`take_latencies`](Self::take_latencies)).
+    pub fn start_timing() -> Receiver {
+        Receiver::start_with(Duration::ZERO, Behaviour::Healthy, true)
+    }
+
+    fn start_with(delay: Duration, behaviour: Behaviour, timing: bool) -> Receiver {
+        origin();
         let count = Arc::new(AtomicU64::new(0));
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let lat = latencies.clone();
         let in_flight = Arc::new(AtomicU64::new(0));
         let peak = Arc::new(AtomicU64::new(0));
         let (c, f, p) = (count.clone(), in_flight.clone(), peak.clone());
@@ -111,8 +155,14 @@ impl Receiver {
                 // hyper close the connection whenever the body had not
                 // arrived with the headers, and the clients reconnect.
                 let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
-                    let (c, f, p) = (c.clone(), f.clone(), p.clone());
+                    let (c, f, p, lat) = (c.clone(), f.clone(), p.clone(), lat.clone());
                     async move {
+                        if timing {
+                            let now = stamp_now();
+                            if let Ok(s) = serde_json::from_slice::<Stamp>(&body) {
+                                lat.lock().unwrap().push(now.saturating_sub(s.sent_ns));
+                            }
+                        }
                         std::hint::black_box(body);
                         if !delay.is_zero() {
                             p.fetch_max(f.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
@@ -147,7 +197,13 @@ impl Receiver {
             count,
             in_flight,
             peak,
+            latencies,
         }
+    }
+
+    /// The latencies (ns) recorded since the last call (timing receivers).
+    pub fn take_latencies(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.latencies.lock().unwrap())
     }
 
     /// The most requests held at once since the last call (only counted

@@ -153,6 +153,12 @@ pub(super) fn checked(
             c.shared_poll
         ));
     }
+    if c.commit_window > Duration::from_millis(100) {
+        return bad(format!(
+            "commit_window must be at most 100 ms (it delays events), got {:?}",
+            c.commit_window
+        ));
+    }
     if c.max_subscriptions_per_tenant == 0 {
         return bad("max_subscriptions_per_tenant must be at least 1".into());
     }

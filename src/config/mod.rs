@@ -59,6 +59,8 @@ fn default_sender_threads() -> usize {
 
 /// The most requests in flight (and sender threads) any setting allows.
 pub(crate) const MAX_SENDERS: usize = 16_384;
+/// The default of `Builder::commit_window`.
+const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_micros(100);
 /// How long finished deliveries are kept by default.
 const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -107,6 +109,8 @@ pub struct Config {
     pub(crate) keep_delivered: Option<Duration>,
     pub(crate) keep_dead: Option<Duration>,
     pub(crate) attempts_kept: u32,
+    /// `Builder::commit_window`.
+    pub(crate) commit_window: Duration,
     /// How often an instance of a shared store looks for work the others
     /// added (a backstop to their notifications).
     pub(crate) shared_poll: Duration,
@@ -177,6 +181,7 @@ impl Default for Config {
             keep_delivered: Some(DEFAULT_RETENTION),
             keep_dead: Some(DEFAULT_RETENTION),
             attempts_kept: 20,
+            commit_window: DEFAULT_COMMIT_WINDOW,
             shared_poll: Duration::from_secs(1),
             catalog: Arc::default(),
             validate_payloads: false,

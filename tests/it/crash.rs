@@ -83,13 +83,29 @@ fn crash_child() {
     if mode == "one" {
         return one_event_child(&dir);
     }
-    let bus = builder(&dir)
-        .retry_schedule(vec![Duration::from_secs(3600)])
-        .open()
-        .unwrap();
+    let mut b = builder(&dir).retry_schedule(vec![Duration::from_secs(3600)]);
+    if mode == "durable_window" {
+        b = b.commit_window(Duration::from_millis(50));
+    }
+    let bus = b.open().unwrap();
     bus.subscribe(NewSubscription::new("s", url).events(["hello"]))
         .unwrap();
     match mode.as_str() {
+        // Under a long commit window: events without a waiter, then a
+        // durable one; after each durable one returns, report its id.
+        // Never stop.
+        "durable_window" => {
+            for batch in 0.. {
+                for i in 0..10 {
+                    bus.publish("hello", &json!({"batch": batch, "i": i}))
+                        .unwrap();
+                }
+                let id = bus
+                    .publish_durable("hello", &json!({"batch": batch, "durable": true}))
+                    .unwrap();
+                println!("\nDURABLE {id}");
+            }
+        }
         // Publish in batches; after each flush, report the batch's ids. Never stop.
         "publish" => {
             for batch in 0.. {
@@ -154,6 +170,33 @@ fn sigkill_right_after_flush_loses_nothing() {
         stored.len(),
         "counters match the records after the crash"
     );
+}
+
+/// Issue 29 item 3: a commit window gathers events that nobody waits for,
+/// but a durable publish still returns only once its event is on disk.
+#[test]
+fn sigkill_after_publish_durable_under_a_commit_window_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_child(dir.path(), "durable_window", &dead_url());
+    let mut confirmed: Vec<EventId> = Vec::new();
+    read_lines(&mut child, |line| {
+        if let Some(id) = line.strip_prefix("DURABLE ") {
+            confirmed.push(id.parse().unwrap());
+        }
+        confirmed.len() >= 20
+    });
+    // Killed while it publishes its next events.
+    kill9(child);
+    let bus = builder(dir.path())
+        .retry_schedule(vec![Duration::from_secs(3600)])
+        .open()
+        .unwrap();
+    for id in &confirmed {
+        assert!(
+            bus.outbox().event(*id).unwrap().is_some(),
+            "durable event {id} lost"
+        );
+    }
 }
 
 #[test]

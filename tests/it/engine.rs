@@ -387,3 +387,51 @@ fn extreme_configuration_values_do_not_panic() {
         .unwrap();
     assert_eq!(again.outbox().stats().unwrap().pending, 0);
 }
+
+/// Issue 29 item 3: events gathered in a commit window are committed when
+/// it ends, with no barrier; a barrier closes the window at once; outcomes
+/// that wait for the next commit are recorded; too long a window is
+/// refused.
+#[test]
+fn a_commit_window_delivers_without_a_barrier_and_a_barrier_closes_it() {
+    let rx = TestReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path())
+        .commit_window(Duration::from_millis(100))
+        .open()
+        .unwrap();
+    bus.subscribe(NewSubscription::new("s", rx.url("/hook")).events(["e"]))
+        .unwrap();
+    // Close together: the window opens; nobody waits and nothing else
+    // comes, so it ends on its own.
+    for i in 0..20 {
+        bus.publish("e", &json!({ "i": i })).unwrap();
+    }
+    rx.wait_for(20, LONG);
+    wait_until(LONG, "20 delivered", || {
+        bus.outbox().stats().unwrap().delivered == 20
+    });
+    // A durable publish in an open window: its round commits and flushes
+    // now, not when the window would have ended.
+    let start = Instant::now();
+    for i in 0..5 {
+        for j in 0..5 {
+            bus.publish("e", &json!({ "i": i, "j": j })).unwrap();
+        }
+        let id = bus.publish_durable("e", &json!({ "i": i })).unwrap();
+        assert!(bus.outbox().event(id).unwrap().is_some());
+    }
+    // Had each waited for its window to end, five would take 500 ms.
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(400), "{took:?}");
+    wait_until(LONG, "50 delivered", || {
+        bus.outbox().stats().unwrap().delivered == 50
+    });
+    bus.shutdown(Duration::from_secs(5)).unwrap();
+
+    let e = builder(tempfile::tempdir().unwrap().path())
+        .commit_window(Duration::from_secs(1))
+        .open()
+        .unwrap_err();
+    assert!(e.to_string().contains("commit_window"), "{e}");
+}
