@@ -1,9 +1,10 @@
 //! What the engine knows of subscriptions between rounds: their records,
 //! who is indexed under an event name, and the delivery policy the
 //! dispatcher gates on — read through the session's reader and cached
-//! until the subscription changes here (the session's [`Changes`]) or, on
-//! a shared store where other instances change them too, until the next
-//! poll. Also the fan-out rule: which subscriptions an event goes to.
+//! until the subscription changes here (the session's [`Changes`]); on a
+//! shared store, where other instances change them too, each poll reads
+//! the cached ones afresh at once ([`Directory::refresh`]). Also the
+//! fan-out rule: which subscriptions an event goes to.
 //!
 //! [`Changes`]: super::changes::Changes
 
