@@ -1,9 +1,10 @@
 //! What the engine knows of subscriptions between rounds: their records,
 //! who is indexed under an event name, and the delivery policy the
 //! dispatcher gates on — read through the session's reader and cached
-//! until the subscription changes here (the session's [`Changes`]) or, on
-//! a shared store where other instances change them too, until the next
-//! poll. Also the fan-out rule: which subscriptions an event goes to.
+//! until the subscription changes here (the session's [`Changes`]); on a
+//! shared store, where other instances change them too, each poll reads
+//! the cached ones afresh at once ([`Directory::refresh`]). Also the
+//! fan-out rule: which subscriptions an event goes to.
 //!
 //! [`Changes`]: super::changes::Changes
 
@@ -75,11 +76,46 @@ impl Directory {
         self.policies.remove(&sub);
     }
 
-    /// Forgets everything (other instances may have changed subscriptions).
+    /// Forgets everything.
     pub(crate) fn clear(&mut self) {
         self.subs.clear();
         self.fanout.clear();
         self.policies.clear();
+    }
+
+    /// Reads the cached subscriptions afresh, all at once (other instances
+    /// may have changed or deleted them): one query on a shared store,
+    /// instead of a look per subscription when it is next met. The fan-out
+    /// index is forgotten (others may have added subscriptions); one that
+    /// is gone or damaged is forgotten too (a look at it alone finds out).
+    /// Everything is forgotten if the read fails.
+    pub(crate) fn refresh(&mut self, s: &Session) {
+        self.fanout.clear();
+        let mut ids: Vec<SubscriptionId> = self
+            .subs
+            .keys()
+            .chain(self.policies.keys())
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return;
+        }
+        match s.reader().subscriptions_of(&ids) {
+            Ok(found) => {
+                self.subs.clear();
+                self.policies.clear();
+                for r in found {
+                    self.policies.insert(r.id, Policy::of(&r));
+                    self.subs.insert(r.id, Arc::new(r));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read cached subscriptions at once; they are read one by one");
+                self.clear();
+            }
+        }
     }
 
     /// The cached policy of `sub`, if it was looked at since it changed.
@@ -111,6 +147,13 @@ impl Directory {
     ) -> Result<Recipients> {
         let app_events_to_tenants = s.config.tenants_receive_app_events;
         let ids = self.subscribers_of(s, &event.name)?;
+        // Those not cached, at once (one query on a shared store).
+        let missing: Vec<SubscriptionId> = ids
+            .iter()
+            .filter(|id| !self.subs.contains_key(id))
+            .copied()
+            .collect();
+        self.load(s, missing);
         let mut out = Recipients {
             subs: Vec::with_capacity(ids.len()),
             missed: Vec::new(),
@@ -149,15 +192,21 @@ impl Directory {
     }
 
     /// Looks at every subscription of `ids` not cached at once (one query
-    /// on a shared store, whose cache every poll empties), so that the
+    /// on a shared store), so that the
     /// looks one by one that follow find them. A failure is left to them.
     pub(crate) fn preload(&mut self, s: &Session, ids: &[SubscriptionId]) {
         self.sync(s);
-        let mut missing: Vec<SubscriptionId> = ids
+        let missing: Vec<SubscriptionId> = ids
             .iter()
             .filter(|id| !self.subs.contains_key(id) || !self.policies.contains_key(id))
             .copied()
             .collect();
+        self.load(s, missing);
+    }
+
+    /// Reads `missing` at once into the caches if there are several (a
+    /// failure is left to the looks one by one that follow).
+    fn load(&mut self, s: &Session, mut missing: Vec<SubscriptionId>) {
         missing.sort_unstable();
         missing.dedup();
         if missing.len() < 2 {
@@ -295,6 +344,35 @@ mod tests {
                 .subs
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_refresh_reads_the_cached_subscriptions_afresh_and_forgets_gone_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        let mut d = Directory::default();
+        let kept = subscription(&["a"], None, true);
+        let gone = subscription(&["a"], None, true);
+        s.put_subscription(None, &kept);
+        s.put_subscription(None, &gone);
+        s.commit().unwrap();
+        assert!(d.subscription(&s, kept.id).unwrap().unwrap().active);
+        assert!(!d.policy(&s, kept.id).unwrap().unwrap().inactive);
+        assert!(d.policy(&s, gone.id).unwrap().is_some());
+        // Changed as another instance would (the session's own list of
+        // changes also tells the record cache; the policies are not told).
+        let mut off = kept.clone();
+        off.active = false;
+        s.put_subscription(Some(&kept), &off);
+        s.remove_subscription(&gone);
+        s.commit().unwrap();
+        assert_eq!(d.cached_policy(kept.id).map(|p| p.inactive), Some(false));
+        assert!(d.cached_policy(gone.id).is_some());
+        d.refresh(&s);
+        assert!(!d.subscription(&s, kept.id).unwrap().unwrap().active);
+        assert_eq!(d.cached_policy(kept.id).map(|p| p.inactive), Some(true));
+        assert_eq!(d.cached_policy(gone.id), None);
+        assert_eq!(d.policy(&s, gone.id).unwrap(), None);
     }
 
     #[test]

@@ -284,9 +284,9 @@ impl Dispatch {
         if let Err(e) = s.follow_pending() {
             tracing::warn!(error = %e, "could not count the shared store's pending deliveries");
         }
-        dir.clear();
+        dir.refresh(s);
         self.heads.clear();
-        s.forget_health_views();
+        s.refresh_health_views();
         if !s.config.deliver {
             return;
         }

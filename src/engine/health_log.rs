@@ -45,9 +45,31 @@ impl HealthLog {
         h
     }
 
-    /// Forgets the views (other instances add attempts too).
-    pub(crate) fn forget_views(&mut self) {
-        self.views.clear();
+    /// Reads the views held afresh, all at once (other instances add
+    /// attempts too): one query on a shared store, instead of a look per
+    /// subscription when it is next met. Forgets them if that fails.
+    pub(crate) fn refresh_views(&mut self, r: &dyn Reader) {
+        if self.views.is_empty() {
+            return;
+        }
+        let subs: Vec<SubscriptionId> = self.views.keys().copied().collect();
+        match r.healths_of(&subs) {
+            Ok(found) => {
+                let mut found: HashMap<SubscriptionId, HealthRecord> = found.into_iter().collect();
+                // None recorded (or a damaged one, which a look alone
+                // reports): as a first look would find it.
+                for sub in subs {
+                    match found.remove(&sub) {
+                        Some(h) => self.views.insert(sub, h),
+                        None => self.views.remove(&sub),
+                    };
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read health views at once; they are read one by one");
+                self.views.clear();
+            }
+        }
     }
 
     /// Adds an attempt to `sub`'s health; returns the health before and
@@ -90,5 +112,52 @@ impl HealthLog {
             self.round.drain().filter(|(_, d)| !d.is_empty()).collect();
         out.sort_unstable_by_key(|(sub, _)| *sub);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::test_support;
+
+    fn attempt(status: u16) -> Attempt {
+        Attempt {
+            number: 1,
+            at: Timestamp::now(),
+            duration_ms: 5,
+            status: Some(status),
+            error: None,
+            response_excerpt: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_refresh_reads_the_views_held_afresh_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = test_support::sled_session(dir.path(), Config::default());
+        let sub = test_support::subscription(&["a"]);
+        s.put_subscription(None, &sub);
+        s.note_attempt(sub.id, &attempt(200));
+        s.commit().unwrap();
+        // This log stands for another instance's view of the same store.
+        let mut log = HealthLog::default();
+        assert_eq!(log.view(s.reader(), sub.id).attempts, 1);
+        let never = test_support::subscription(&["b"]).id;
+        assert_eq!(log.view(s.reader(), never).attempts, 0);
+        s.note_attempt(sub.id, &attempt(500));
+        s.commit().unwrap();
+        assert_eq!(
+            log.view(s.reader(), sub.id).attempts,
+            1,
+            "kept until refreshed"
+        );
+        log.refresh_views(s.reader());
+        let h = log.views.get(&sub.id).expect("still held").clone();
+        assert_eq!((h.attempts, h.failures), (2, 1));
+        assert!(
+            !log.views.contains_key(&never),
+            "one with nothing recorded is read again when met"
+        );
     }
 }

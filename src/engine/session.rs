@@ -438,10 +438,10 @@ impl Session {
 
     // ---- health and notices ----
 
-    /// Forgets what this instance knew of subscriptions' health (other
-    /// instances add attempts too).
-    pub(crate) fn forget_health_views(&mut self) {
-        self.health.forget_views();
+    /// Reads what this instance knew of subscriptions' health afresh, at
+    /// once (other instances add attempts too).
+    pub(crate) fn refresh_health_views(&mut self) {
+        self.health.refresh_views(self.w.reader());
     }
 
     /// Adds an attempt to `sub`'s health; returns the health before and

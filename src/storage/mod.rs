@@ -158,6 +158,19 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     fn size_on_disk(&self) -> Result<u64>;
     /// A subscription's health, if anything was recorded.
     fn health(&self, sub: SubscriptionId) -> Result<Option<HealthRecord>>;
+    /// The health of each of `subs` that has any recorded (one whose
+    /// record is damaged is left out: a look at it alone reports it). By
+    /// default one look each; a store with round trips reads them all at
+    /// once.
+    fn healths_of(&self, subs: &[SubscriptionId]) -> Result<Vec<(SubscriptionId, HealthRecord)>> {
+        let mut out = Vec::with_capacity(subs.len());
+        for &sub in subs {
+            if let Ok(Some(h)) = self.health(sub) {
+                out.push((sub, h));
+            }
+        }
+        Ok(out)
+    }
     /// How many pending deliveries a subscription has.
     fn backlog(&self, sub: SubscriptionId) -> Result<u64> {
         let mut n = 0u64;

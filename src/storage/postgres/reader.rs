@@ -618,6 +618,30 @@ impl Reader for PgReader {
             .transpose()
     }
 
+    /// One query for them all.
+    fn healths_of(&self, subs: &[SubscriptionId]) -> Result<Vec<(SubscriptionId, HealthRecord)>> {
+        if subs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Vec<u8>> = subs.iter().map(|s| s.to_bytes().to_vec()).collect();
+        let rows = self.query(
+            &format!(
+                "SELECT sub, record FROM {} WHERE sub = ANY($1)",
+                self.t("health")
+            ),
+            &[&ids],
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let id: Vec<u8> = r.try_get(0).ok()?;
+                let sub = SubscriptionId::from_slice(&id)?;
+                let h = decode("h", &id, &r.try_get::<_, Vec<u8>>(1).ok()?).ok()?;
+                Some((sub, h))
+            })
+            .collect())
+    }
+
     fn backlog(&self, sub: SubscriptionId) -> Result<u64> {
         let rows = self.query(
             &format!(
