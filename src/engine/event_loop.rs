@@ -290,8 +290,8 @@ impl Loop {
     fn take_outcomes(&mut self) {
         let outcomes: Vec<Outcome> = self.outcomes.try_iter().collect();
         if outcomes.len() > 1 && !self.dispatch.alone() {
-            // Their subscriptions at once (a shared store's poll empties
-            // the cache), not one query each.
+            // Their subscriptions at once (those a shared store's poll
+            // dropped, or not cached yet), not one query each.
             let subs: Vec<_> = outcomes.iter().map(|o| o.subscription).collect();
             self.dir.preload(&self.s, &subs);
         }
