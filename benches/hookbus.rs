@@ -735,6 +735,11 @@ fn slow_receivers(c: &mut Criterion) {
                 .open()
                 .unwrap(),
         ));
+        let two = tempfile::tempdir().unwrap();
+        buses.push((
+            "hookbus_sled_sender_threads_2",
+            builder(two.path()).sender_threads(2).open().unwrap(),
+        ));
         let capped = tempfile::tempdir().unwrap();
         buses.push((
             "hookbus_sled_blocking_256",
@@ -1003,6 +1008,14 @@ fn steady_rate(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let bus = builder(dir.path()).open().unwrap();
     buses.push(("hookbus_sled".into(), bus, Some(dir)));
+    // The blocking senders in the same run: what each transport costs.
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path()).blocking_senders(true).open().unwrap();
+    buses.push(("hookbus_sled_blocking".into(), bus, Some(dir)));
+    // Two runtime threads instead of the default's one (on 2 cores).
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path()).sender_threads(2).open().unwrap();
+    buses.push(("hookbus_sled_sender_threads_2".into(), bus, Some(dir)));
     #[cfg(feature = "postgres")]
     let pg = slow_postgres().map(|(make, schema)| {
         let schema = format!("{schema}_steady");

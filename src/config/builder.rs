@@ -34,7 +34,7 @@ use crate::error::Result;
 /// | `sender_memory_budget` | 160 MiB: 5120 requests in flight (tasks; 2048 with `blocking_senders`) |
 /// | `senders` | none (the budget decides) |
 /// | `blocking_senders` | `false`: requests are tasks on the bus's own tokio runtime |
-/// | `sender_threads` | one per core, at most 2 |
+/// | `sender_threads` | one per four cores, 1 to 4 |
 /// | `max_in_flight_per_subscription` | 64 |
 /// | `max_in_flight_per_host` | half the requests in flight (2560 with the default budget) |
 /// | `circuit_breaker` | 5 failures, 30 s |
@@ -252,8 +252,10 @@ impl Builder {
     /// The task transport's runtime threads: they poll the sockets of the
     /// requests in flight and sign them. 1 to 64.
     ///
-    /// Defaults to one per core, at most 2 (requests mostly wait; the
-    /// dispatcher and the store need the other cores). Ignored with
+    /// Defaults to one per four cores, at least 1, at most 4 (requests
+    /// mostly wait; the dispatcher and the store need the other cores; on
+    /// 2 cores one thread cost less CPU per delivery than two for the same
+    /// throughput, BENCHMARKS.md). Ignored with
     /// [`blocking_senders`](Self::blocking_senders).
     pub fn sender_threads(mut self, n: usize) -> Self {
         self.config.sender_threads = n;
