@@ -375,9 +375,9 @@ impl Builder {
     /// [`sender_memory_budget`](Self::sender_memory_budget), so one host
     /// never takes every slot, yet 200 subscriptions x 10 events to one
     /// 500 ms receiver (2000 requests) go out at once: the
-    /// `slow_receivers` bench measured 2,069/s there with all 2000 in
-    /// flight (443/s with the former 256 per host; BENCHMARKS.md), and
-    /// 1024 per host would halve it (two rounds of 500 ms).
+    /// `slow_receivers` bench measured 3,263/s there with all 2000 in
+    /// flight (491/s with the former 256 per host, 1,749/s with blocking
+    /// senders' 1024; BENCHMARKS.md).
     pub fn max_in_flight_per_host(mut self, n: usize) -> Self {
         self.config.per_host_cap = Some(n);
         self
