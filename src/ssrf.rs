@@ -1,8 +1,9 @@
 //! The SSRF guard: which addresses a delivery may connect to.
 //!
 //! By default hookbus connects only to globally reachable unicast
-//! addresses. The check runs on the *resolved* addresses inside the HTTP
-//! client's resolver, and the connection is made to exactly the addresses
+//! addresses. The check runs on the *resolved* addresses, in the task
+//! senders' connector or the blocking senders' ureq resolver ([`Guard`]
+//! for both), and the connection is made to exactly the addresses
 //! that passed, so a DNS answer that changes between check and connect
 //! (rebinding) cannot slip past. Redirects are never followed.
 

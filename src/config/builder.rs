@@ -237,11 +237,12 @@ impl Builder {
     /// tasks on the bus's own small tokio runtime (the default).
     ///
     /// The task transport holds a request waiting on a slow receiver as a
-    /// future and a socket (16 KiB charged against
-    /// [`sender_memory_budget`](Self::sender_memory_budget)), the blocking
-    /// one as a thread (80 KiB charged, and a context switch per
-    /// request): see BENCHMARKS.md for both at 0, 100 and 500 ms receivers.
-    /// Both sign, guard addresses and time out the same way.
+    /// future and a socket (32 KiB charged against
+    /// [`sender_memory_budget`](Self::sender_memory_budget), measured with
+    /// small payloads), the blocking one as a thread (80 KiB charged, and a
+    /// context switch per request): see BENCHMARKS.md for both at 0, 100
+    /// and 500 ms receivers. Both sign, guard addresses and time out the
+    /// same way. Test requests take the same transport.
     ///
     /// Defaults to `false`.
     pub fn blocking_senders(mut self, yes: bool) -> Self {
@@ -568,7 +569,9 @@ impl Builder {
     }
 
     /// Whether to send deliveries. With `false` the bus stores publishes and
-    /// changes but starts no sender threads and sends nothing: for
+    /// changes but hands nothing to its senders and sends no delivery
+    /// (test requests still go out, through the senders' one runtime
+    /// thread, or ureq with blocking senders): for
     /// inspection and maintenance tools such as the `hookbus` CLI (feature
     /// `cli`).
     /// Pending deliveries are sent by the next bus opened with `true`.

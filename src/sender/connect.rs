@@ -47,6 +47,10 @@ pub(crate) struct Connector {
     guard: Arc<Guard>,
     tls: TlsConnector,
     connect_timeout: Duration,
+    /// The most a whole connection may take (lookup, TCP, TLS): a new
+    /// connection the client keeps opening in the background after its
+    /// request took another (pooled) one is bounded too.
+    setup_timeout: Duration,
     https_only: bool,
 }
 
@@ -80,6 +84,7 @@ impl Connector {
             )),
             tls: TlsConnector::from(Arc::new(tls)),
             connect_timeout: config.connect_timeout,
+            setup_timeout: config.request_timeout.max(config.connect_timeout),
             https_only: config.https_only,
         })
     }
@@ -177,7 +182,16 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        Box::pin(self.clone().connect(uri))
+        let limit = self.setup_timeout;
+        let connecting = self.clone().connect(uri);
+        Box::pin(async move {
+            tokio::time::timeout(limit, connecting).await.map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("setting up the connection took more than {limit:?}"),
+                )
+            })?
+        })
     }
 }
 
@@ -217,6 +231,21 @@ impl hyper::rt::Write for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    // Vectored writes let hyper queue the body's bytes as they are
+    // instead of copying each payload into the connection's write buffer
+    // (which would keep its capacity for as long as the connection lives).
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

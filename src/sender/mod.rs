@@ -7,8 +7,10 @@
 //!   with a hyper client, so a request in flight costs a few KiB and
 //!   thousands can wait on slow receivers;
 //! - [`threads`]: blocking ureq senders, one thread per request in flight
-//!   (`Builder::blocking_senders`); test requests (`Subscriptions::ping`)
-//!   always go through its agent.
+//!   (`Builder::blocking_senders`).
+//!
+//! Test requests (`Subscriptions::ping`) go through the bus's transport,
+//! whichever it is ([`Transport::perform_blocking`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -182,11 +182,10 @@ impl Report {
 impl Drop for Report {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            let why = if std::thread::panicking() {
-                "the request's task panicked"
-            } else {
-                "the request's task was dropped"
-            };
+            // tokio drops a panicked task's future after catching the
+            // panic, so both cases read the same; the panic itself is in
+            // tokio's log output.
+            let why = "the request's task ended without an outcome (it panicked or was dropped)";
             self.running.fetch_sub(1, Ordering::Relaxed);
             let _ = self.results.send(super::panicked(key, self.at, why));
         }
@@ -203,20 +202,21 @@ async fn perform(client: &HttpClient, job: Job, timeout: Duration) -> Outcome {
     if job.url.ends_with(super::tests::PANIC_PATH) {
         panic!("injected by a test");
     }
-    let answer = match tokio::time::timeout(timeout, send(client, &job, at))
+    let answer = send(client, &job, at, timeout)
         .instrument(span.clone())
-        .await
-    {
-        Ok(answer) => answer,
-        Err(_) => Answer::failed(AttemptError {
-            kind: AttemptErrorKind::Timeout,
-            message: format!("no answer within {timeout:?}"),
-        }),
-    };
+        .await;
     super::finish(&job, at, started, &span, answer)
 }
 
-async fn send(client: &HttpClient, job: &Job, at: Timestamp) -> Answer {
+/// Sends the request and reads the answer, all within `timeout`: a
+/// status that arrived stays recorded if its body then runs out of time
+/// (unless it is a success, which needs the whole answer).
+async fn send(client: &HttpClient, job: &Job, at: Timestamp, timeout: Duration) -> Answer {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let out_of_time = || AttemptError {
+        kind: AttemptErrorKind::Timeout,
+        message: format!("no answer within {timeout:?}"),
+    };
     let other = |message: String| {
         Answer::failed(AttemptError {
             kind: AttemptErrorKind::Other,
@@ -238,9 +238,10 @@ async fn send(client: &HttpClient, job: &Job, at: Timestamp) -> Answer {
         Ok(req) => req,
         Err(e) => return other(format!("the request cannot be made: {e}")),
     };
-    let resp = match client.request(req).await {
-        Ok(resp) => resp,
-        Err(e) => return Answer::failed(classify(&e)),
+    let resp = match tokio::time::timeout_at(deadline, client.request(req)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => return Answer::failed(classify(&e)),
+        Err(_) => return Answer::failed(out_of_time()),
     };
     let status = resp.status().as_u16();
     let retry_after = resp
@@ -256,24 +257,28 @@ async fn send(client: &HttpClient, job: &Job, at: Timestamp) -> Answer {
     let mut read = 0u64;
     let mut broken = None;
     while read < READ_CAP {
-        match body.frame().await {
-            None => break,
-            Some(Ok(frame)) => {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     read += data.len() as u64;
                     let room = super::EXCERPT.saturating_sub(excerpt.len());
                     excerpt.extend_from_slice(&data[..data.len().min(room)]);
                 }
             }
-            Some(Err(e)) => {
-                broken = Some(e);
+            Ok(Some(Err(e))) => {
+                broken = Some(classify(&e));
+                break;
+            }
+            Err(_) => {
+                broken = Some(out_of_time());
                 break;
             }
         }
     }
     match broken {
         Some(e) if (200..300).contains(&status) => Answer {
-            error: Some(classify(&e)),
+            error: Some(e),
             excerpt,
             retry_after,
             ..Answer::default()

@@ -1,6 +1,5 @@
 //! The blocking transport: an elastic pool of ureq sender threads, one per
-//! request in flight (`Builder::blocking_senders`), and the agent that
-//! test requests use on either transport.
+//! request in flight (`Builder::blocking_senders`), sharing one agent.
 
 use std::io::Read;
 use std::sync::Arc;

@@ -22,6 +22,9 @@ enum Raw {
     Endless,
     /// The response, one byte every 100 ms.
     Slow,
+    /// 503 with `Retry-After`, then 3 of 100 promised bytes and silence
+    /// (the connection stays open up to 10 s).
+    StatusThenStall,
 }
 
 /// A raw TCP receiver misbehaving as told; every loop is bounded.
@@ -65,6 +68,13 @@ fn serve_raw(conn: TcpStream, kind: Raw) {
                 && w.write_all(&[b'y'; 0x4000]).is_ok()
                 && w.write_all(b"\r\n").is_ok()
             {}
+        }
+        Raw::StatusThenStall => {
+            let _ = w.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 100\r\n\r\nabc",
+            );
+            let _ = w.flush();
+            std::thread::sleep(Duration::from_secs(10));
         }
         Raw::Slow => {
             for b in b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n" {
@@ -246,4 +256,37 @@ pub fn read_request(r: &mut impl BufRead) -> Option<Request> {
         body,
         at: Instant::now(),
     })
+}
+
+/// A receiver that answers a status and then stalls its body: the status
+/// is what is recorded (not a timeout, which would count towards the
+/// circuit breaker), on both transports, once the request timeout ends
+/// the read.
+#[test]
+fn a_status_whose_body_stalls_is_recorded_as_that_status_on_both_transports() {
+    for blocking in [false, true] {
+        let url = raw_server(Raw::StatusThenStall);
+        let dir = tempfile::tempdir().unwrap();
+        let bus = builder(dir.path())
+            .blocking_senders(blocking)
+            .request_timeout(Duration::from_secs(1))
+            .retry_schedule(vec![Duration::from_secs(60)])
+            .open()
+            .unwrap();
+        let sub = bus
+            .subscribe(NewSubscription::new("s", url).event("e"))
+            .unwrap();
+        bus.publish_durable("e", &json!({})).unwrap();
+        wait_until(LONG, "the first attempt recorded", || {
+            deliveries_of(&bus, sub.id)
+                .first()
+                .is_some_and(|d| bus.outbox().attempts(d.id).unwrap().len() == 1)
+        });
+        let d = deliveries_of(&bus, sub.id).remove(0);
+        let a = bus.outbox().attempts(d.id).unwrap().remove(0);
+        assert_eq!(a.status, Some(503), "blocking {blocking}: {a:?}");
+        assert!(a.error.is_none(), "blocking {blocking}: {a:?}");
+        assert_eq!(a.response_excerpt, b"abc", "blocking {blocking}: {a:?}");
+        bus.shutdown(Duration::from_secs(2)).unwrap();
+    }
 }
