@@ -17,6 +17,7 @@
 //!   N = 0 (the process alone).
 //!
 //! * `... --bus 2000 --blocking`: the same with `Builder::blocking_senders`.
+//! * `... --bus 2000 --payload-kib 64`: with bodies of about 64 KiB.
 //!
 //! `--delay-ms D` sets the receiver's delay.
 
@@ -247,10 +248,11 @@ fn bus(base: &str, n: u64, delay: u64) -> Result<(), Box<dyn std::error::Error>>
             }
         });
     }
+    let pad = "x".repeat(payload_kib() as usize * 1024);
     for i in 0..4 {
         bus.publish(
             "order.created",
-            &serde_json::json!({"id": i, "customer": "cus_0123456789abcdef"}),
+            &serde_json::json!({"id": i, "customer": "cus_0123456789abcdef", "pad": pad}),
         )?;
     }
     std::thread::sleep(Duration::from_millis(delay / 2));
@@ -288,6 +290,13 @@ fn bus(base: &str, n: u64, delay: u64) -> Result<(), Box<dyn std::error::Error>>
     let bus = Arc::into_inner(bus).ok_or("bus still shared")?;
     bus.shutdown(Duration::from_secs(5))?;
     Ok(())
+}
+
+/// `--payload-kib N`: each event's body is padded to about N KiB (0: a
+/// small order).
+fn payload_kib() -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    measure::arg(&args, "--payload-kib", 0).unwrap_or(0)
 }
 
 /// The sender threads' stack size (`HOOKBUS_STACK_KIB` to match another).
