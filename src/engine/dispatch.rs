@@ -363,12 +363,7 @@ impl Dispatch {
         for flow in self.flows.values_mut() {
             flow.check_stall(now);
         }
-        let mut host_in_flight = vec![0usize; self.hosts.index.len()];
-        for (sub, flow) in &self.flows {
-            if let Some(h) = self.hosts.of.get(sub) {
-                host_in_flight[*h] += flow.in_flight;
-            }
-        }
+        let mut host_in_flight = self.host_in_flight();
         let hosts = &self.hosts.of;
         let host = |s: SubscriptionId| hosts.get(&s).copied();
         let own = |s: SubscriptionId| starts.get(&s).copied().unwrap_or(usize::MAX);
@@ -409,6 +404,17 @@ impl Dispatch {
         }
     }
 
+    /// Requests in flight per destination host (indexes of `hosts`).
+    fn host_in_flight(&self) -> Vec<usize> {
+        let mut per_host = vec![0usize; self.hosts.index.len()];
+        for (sub, flow) in &self.flows {
+            if let Some(h) = self.hosts.of.get(sub) {
+                per_host[*h] += flow.in_flight;
+            }
+        }
+        per_host
+    }
+
     /// Sends for ready subscriptions the plan left out, within the total,
     /// their host's cap (counted from what is really in flight), their
     /// window and own limits; healthy ones only.
@@ -424,12 +430,7 @@ impl Dispatch {
         own: &dyn Fn(SubscriptionId) -> usize,
         now: u64,
     ) {
-        let mut host_in_flight = vec![0usize; self.hosts.index.len()];
-        for (sub, flow) in &self.flows {
-            if let Some(h) = self.hosts.of.get(sub) {
-                host_in_flight[*h] += flow.in_flight;
-            }
-        }
+        let mut host_in_flight = self.host_in_flight();
         for &sub in ready {
             let free = limits.total.saturating_sub(self.in_flight.len());
             if free == 0 {

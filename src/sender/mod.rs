@@ -199,6 +199,35 @@ impl Answer {
             ..Answer::default()
         }
     }
+
+    /// A response: `status` and its headers, what was read of its body and
+    /// how that read ended (`broken`). A body that breaks off is the
+    /// receiver's problem only if the status would otherwise be a success.
+    fn response(
+        status: u16,
+        headers: &hyper::HeaderMap,
+        excerpt: Vec<u8>,
+        broken: Option<AttemptError>,
+    ) -> Answer {
+        let retry_after = headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::retry::parse_retry_after);
+        match broken {
+            Some(e) if (200..300).contains(&status) => Answer {
+                error: Some(e),
+                excerpt,
+                retry_after,
+                ..Answer::default()
+            },
+            _ => Answer {
+                status: Some(status),
+                excerpt,
+                retry_after,
+                ..Answer::default()
+            },
+        }
+    }
 }
 
 /// The span of one attempt (the same fields on both transports).

@@ -22,7 +22,6 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ids::{DeliveryId, SubscriptionId, Timestamp};
 use crate::record::{AttemptError, AttemptErrorKind};
-use crate::retry::parse_retry_after;
 
 /// The client every request shares.
 type HttpClient = Client<Connector, Full<Bytes>>;
@@ -243,16 +242,9 @@ async fn send(client: &HttpClient, job: &Job, at: Timestamp, timeout: Duration) 
         Ok(Err(e)) => return Answer::failed(classify(&e)),
         Err(_) => return Answer::failed(out_of_time()),
     };
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
     // Read up to READ_CAP (so the connection can be reused), keep the
-    // excerpt; a body that breaks off is the receiver's problem only if we
-    // would otherwise call this a success.
-    let mut body = resp.into_body();
+    // excerpt.
+    let (parts, mut body) = resp.into_parts();
     let mut excerpt = Vec::new();
     let mut read = 0u64;
     let mut broken = None;
@@ -276,32 +268,22 @@ async fn send(client: &HttpClient, job: &Job, at: Timestamp, timeout: Duration) 
             }
         }
     }
-    match broken {
-        Some(e) if (200..300).contains(&status) => Answer {
-            error: Some(e),
-            excerpt,
-            retry_after,
-            ..Answer::default()
-        },
-        _ => Answer {
-            status: Some(status),
-            excerpt,
-            retry_after,
-            ..Answer::default()
-        },
-    }
+    Answer::response(parts.status.as_u16(), &parts.headers, excerpt, broken)
 }
 
 /// An attempt's error from the client's: the first I/O error in the chain
 /// decides (the guard's refusal, DNS, TLS, refused or reset connections),
 /// else hyper's own kind. The message is the whole chain.
 fn classify(e: &(dyn std::error::Error + 'static)) -> AttemptError {
-    let mut message = e.to_string();
-    let mut cause = e.source();
+    let mut message = String::new();
     let mut found = None;
     let mut kind = AttemptErrorKind::Other;
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut current = Some(e);
     while let Some(err) = current {
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&err.to_string());
         if found.is_none()
             && let Some(io) = err.downcast_ref::<std::io::Error>()
         {
@@ -315,11 +297,6 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> AttemptError {
             }
         }
         current = err.source();
-    }
-    while let Some(c) = cause {
-        message.push_str(": ");
-        message.push_str(&c.to_string());
-        cause = c.source();
     }
     match found {
         Some(mut io) if io.kind != AttemptErrorKind::Other || kind == AttemptErrorKind::Other => {

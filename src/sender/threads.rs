@@ -14,7 +14,6 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ids::Timestamp;
 use crate::record::{AttemptError, AttemptErrorKind};
-use crate::retry::parse_retry_after;
 use crate::ssrf::{Guard, GuardedResolver};
 
 /// Each connection's input buffer (ureq 3.5's default is 128 KiB, written
@@ -248,34 +247,14 @@ pub(crate) fn perform(agent: &ureq::Agent, job: Job) -> Outcome {
     }
     let answer = match req.send(&job.payload[..]) {
         Ok(mut resp) => {
-            let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
             let mut body = Vec::new();
             let read = resp
                 .body_mut()
                 .as_reader()
                 .take(READ_CAP)
                 .read_to_end(&mut body);
-            // A body that breaks off is the receiver's problem only if we
-            // would otherwise call this a success.
-            match read {
-                Err(e) if (200..300).contains(&status) => Answer {
-                    error: Some(classify_io(&e)),
-                    excerpt: body,
-                    retry_after,
-                    ..Answer::default()
-                },
-                _ => Answer {
-                    status: Some(status),
-                    excerpt: body,
-                    retry_after,
-                    ..Answer::default()
-                },
-            }
+            let broken = read.err().map(|e| classify_io(&e));
+            Answer::response(resp.status().as_u16(), resp.headers(), body, broken)
         }
         Err(e) => Answer::failed(classify(&e)),
     };
