@@ -773,15 +773,30 @@ fn slow_receivers(c: &mut Criterion) {
                     bus.publish("order.created", &ev).unwrap();
                 }
                 if std::env::var_os("HOOKBUS_BENCH_TRACE").is_some() {
-                    // Answers over time (each request arrived `ms` before
-                    // its answer), every 25 ms.
-                    let mut trace = Vec::new();
+                    // When the requests arrived and when they were
+                    // answered (ms after the first publish).
+                    let (arrived0, answered0) = (rx.arrived(), rx.count());
+                    let mut marks = [None::<Duration>; 3];
                     while rx.count() < target && start.elapsed() < TIMEOUT {
-                        trace.push(rx.count() + deliveries - target);
-                        std::thread::sleep(Duration::from_millis(25));
+                        let arrived = rx.arrived() - arrived0;
+                        let answered = rx.count() - answered0;
+                        let now = start.elapsed();
+                        let hits = [arrived > 0, arrived >= deliveries, answered > 0];
+                        for (mark, hit) in marks.iter_mut().zip(hits) {
+                            if hit && mark.is_none() {
+                                *mark = Some(now);
+                            }
+                        }
+                        std::thread::sleep(Duration::from_micros(500));
                     }
+                    let at = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
                     eprintln!(
-                        "slow_receivers/{name}/{ms}ms trace (answered every 25 ms): {trace:?}"
+                        "slow_receivers/{name}/{ms}ms trace: first arrival {:.1} ms, all arrived \
+                         {:.1} ms, first answer {:.1} ms, all answered {:.1} ms",
+                        at(marks[0]),
+                        at(marks[1]),
+                        at(marks[2]),
+                        at(Some(start.elapsed())),
                     );
                 }
                 wait("deliveries at the receiver", TIMEOUT, || {

@@ -220,6 +220,12 @@ impl Receiver {
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
+
+    /// Requests that arrived so far: answered or held (only counted with
+    /// a delay).
+    pub fn arrived(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed) + self.count()
+    }
 }
 
 /// Waits (bounded) until `cond` holds.

@@ -1,7 +1,8 @@
 //! How the task transport opens a connection: the SSRF guard on the
 //! resolved addresses (the connection goes to exactly the addresses that
 //! passed, so a DNS answer that changes between check and connect cannot
-//! slip past), a connect timeout, then TLS (rustls with the webpki roots,
+//! slip past; names are looked up by [`Lookups`], once per host at a
+//! time), a connect timeout, then TLS (rustls with the webpki roots,
 //! certificate verification never turned off) for `https`.
 
 use std::fmt;
@@ -25,6 +26,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ssrf::Guard;
 
+use super::resolve::Lookups;
+
 /// The error inside the `io::Error` a connection fails with when its host
 /// name does not resolve (an attempt's `Dns` kind).
 #[derive(Debug)]
@@ -45,6 +48,7 @@ impl std::error::Error for NotFound {}
 #[derive(Clone)]
 pub(crate) struct Connector {
     guard: Arc<Guard>,
+    lookups: Lookups,
     tls: TlsConnector,
     connect_timeout: Duration,
     /// The most a whole connection may take (lookup, TCP, TLS): a new
@@ -82,6 +86,7 @@ impl Connector {
                 config.target_policy(),
                 config.dns_overrides.clone(),
             )),
+            lookups: Lookups::system(),
             tls: TlsConnector::from(Arc::new(tls)),
             connect_timeout: config.connect_timeout,
             setup_timeout: config.request_timeout.max(config.connect_timeout),
@@ -113,7 +118,7 @@ impl Connector {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let candidates = match self.guard.fixed(&host, port) {
             Some(fixed) => fixed,
-            None => resolve(&host, port).await?,
+            None => self.resolve(&host, port).await?,
         };
         let addrs = self.guard.keep(raw_host, candidates)?;
         let tcp = tokio::time::timeout(self.connect_timeout, connect_any(&addrs))
@@ -135,18 +140,14 @@ impl Connector {
     }
 }
 
-/// The host's addresses from the system resolver (on the runtime's
-/// blocking threads), at most 16.
-async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-    match tokio::net::lookup_host((host, port)).await {
-        Ok(addrs) => {
-            let addrs: Vec<SocketAddr> = addrs.take(16).collect();
-            if addrs.is_empty() {
-                return Err(not_found(host, "no addresses".into()));
-            }
-            Ok(addrs)
+impl Connector {
+    /// The host's addresses (at most 16) from the system resolver, one
+    /// lookup per host at a time and answers kept a while ([`Lookups`]).
+    async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        match self.lookups.resolve(host).await {
+            Ok(ips) => Ok(ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect()),
+            Err(why) => Err(not_found(host, why.to_string())),
         }
-        Err(e) => Err(not_found(host, e.to_string())),
     }
 }
 

@@ -26,6 +26,7 @@ use crate::ssrf::Blocked;
 use crate::storage::SubscriptionRecord;
 
 mod connect;
+mod resolve;
 mod tasks;
 mod threads;
 
@@ -278,6 +279,15 @@ fn finish(job: &Job, at: Timestamp, started: Instant, span: &tracing::Span, a: A
 
 /// The outcome of an attempt that panicked (a bug in a dependency or
 /// here): a failed attempt, so the delivery is retried.
+/// The message a panic was raised with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
 fn panicked(job: (DeliveryId, SubscriptionId, u32), at: Timestamp, msg: &str) -> Outcome {
     let (delivery, subscription, number) = job;
     tracing::error!(%delivery, %subscription, panic = %msg, "a sender panicked during an attempt; the delivery will be retried");
@@ -505,7 +515,7 @@ mod tests {
             attempts.iter().all(|a| a
                 .error
                 .as_ref()
-                .is_some_and(|e| e.message.contains("sender panicked"))),
+                .is_some_and(|e| e.message.contains("sender panicked: injected by a test"))),
             "{attempts:?}"
         );
         assert_eq!(

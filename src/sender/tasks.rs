@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -146,8 +147,18 @@ impl Pool {
         let (client, timeout) = (self.shared.client.clone(), self.shared.request_timeout);
         handle.spawn(async move {
             let mut report = report;
-            let outcome = perform(&client, job, timeout).await;
-            report.send(outcome);
+            let mut attempt = std::pin::pin!(perform(&client, job, timeout));
+            // A panic inside the attempt (a bug in a dependency or here)
+            // becomes a failed attempt that says what it was.
+            let caught = std::future::poll_fn(|cx| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| attempt.as_mut().poll(cx)))
+                    .map_or_else(|panic| Poll::Ready(Err(panic)), |poll| poll.map(Ok))
+            })
+            .await;
+            match caught {
+                Ok(outcome) => report.send(outcome),
+                Err(panic) => report.fail(&super::panic_message(&*panic)),
+            }
         });
         Ok(())
     }
@@ -176,18 +187,19 @@ impl Report {
         // The dispatcher gone: nobody to report to.
         let _ = self.results.send(outcome);
     }
+
+    /// Reports a failed attempt saying `why`, unless one was reported.
+    fn fail(&mut self, why: &str) {
+        if let Some(key) = self.key.take() {
+            self.running.fetch_sub(1, Ordering::Relaxed);
+            let _ = self.results.send(super::panicked(key, self.at, why));
+        }
+    }
 }
 
 impl Drop for Report {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            // tokio drops a panicked task's future after catching the
-            // panic, so both cases read the same; the panic itself is in
-            // tokio's log output.
-            let why = "the request's task ended without an outcome (it panicked or was dropped)";
-            self.running.fetch_sub(1, Ordering::Relaxed);
-            let _ = self.results.send(super::panicked(key, self.at, why));
-        }
+        self.fail("the request's task ended without an outcome (it was dropped)");
     }
 }
 

@@ -219,14 +219,7 @@ fn perform_guarded(agent: &ureq::Agent, job: Job) -> Outcome {
     let key = (job.delivery, job.subscription, job.attempt);
     let at = Timestamp::now();
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| perform(agent, job)));
-    caught.unwrap_or_else(|panic| {
-        let msg = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_owned());
-        super::panicked(key, at, &msg)
-    })
+    caught.unwrap_or_else(|panic| super::panicked(key, at, &super::panic_message(&*panic)))
 }
 
 /// Makes one attempt through `agent` (blocking).

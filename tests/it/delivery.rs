@@ -467,6 +467,32 @@ fn internal_targets_are_refused_at_delivery_time_without_a_request() {
     }
 }
 
+/// A receiver named by host name (`localhost`, from the system resolver)
+/// gets every delivery: the task senders look the name up once and keep
+/// the answer for the requests that follow.
+#[test]
+fn a_receiver_named_by_host_name_gets_every_delivery() {
+    let rx = TestReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path()); // allows loopback
+    bus.subscribe(
+        NewSubscription::new(
+            "named",
+            format!("http://localhost:{}/named", rx.addr().port()),
+        )
+        .events(["hello"]),
+    )
+    .unwrap();
+    for i in 0..20 {
+        bus.publish("hello", &json!({ "i": i })).unwrap();
+    }
+    wait_until(LONG, "20 delivered", || {
+        bus.outbox().stats().unwrap().delivered == 20
+    });
+    assert_eq!(rx.count(), 20);
+    consistent(&bus);
+}
+
 /// Subscribes 12 subscriptions (event `old`) to paths of `hang` and gives
 /// them a backlog of `events` events.
 fn a_dozen_hanging(bus: &Bus, hang: &TestReceiver, events: usize) {
