@@ -368,6 +368,33 @@ impl<'a> Outbox<'a> {
         self.reader()?.attempts(id)
     }
 
+    /// A delivery and its attempts as they were at one moment: never a
+    /// delivery still pending beside the attempt that delivered it. The two
+    /// are stored together but read apart, so the delivery is read again
+    /// after its attempts, and both again if an outcome was recorded in
+    /// between (a few times at most; a delivery changes once per attempt).
+    /// `None` for an unknown id.
+    pub fn get_with_attempts(&self, id: DeliveryId) -> Result<Option<(Delivery, Vec<Attempt>)>> {
+        const TRIES: usize = 8;
+        let reader = self.reader()?;
+        let Some(mut before) = reader.delivery(id)? else {
+            return Ok(None);
+        };
+        for _ in 0..TRIES {
+            let attempts = reader.attempts(id)?;
+            match reader.delivery(id)? {
+                Some(after) if after == before => return Ok(Some((after, attempts))),
+                Some(after) => before = after,
+                // Removed meanwhile (retention).
+                None => return Ok(None),
+            }
+        }
+        // Still changing: the newest delivery with the attempts read after
+        // it (they may include one more than it counts).
+        let attempts = reader.attempts(id)?;
+        Ok(Some((before, attempts)))
+    }
+
     /// Makes a dead delivery due now, for one more attempt (if that fails
     /// too it returns to the dead letter queue). Errors with
     /// [`Error::NotDead`] for other states and

@@ -338,22 +338,15 @@ fn deliveries(bus: &Bus, query: &str) -> ApiResponse {
 
 /// One delivery with its attempts (response excerpts as text).
 fn delivery(bus: &Bus, id: DeliveryId) -> ApiResponse {
-    let outbox = bus.outbox();
-    let d = match outbox.get(id) {
-        Ok(Some(d)) => d,
-        Ok(None) => {
-            return ApiResponse::error(404, "NotFound", format!("no delivery with id {id}"), None);
-        }
-        Err(e) => return from_error(&e, false),
-    };
-    match outbox.attempts(id) {
-        Ok(attempts) => ApiResponse::ok(
+    match bus.outbox().get_with_attempts(id) {
+        Ok(Some((d, attempts))) => ApiResponse::ok(
             200,
             json!({
                 "delivery": delivery_json(&d),
                 "attempts": attempts.iter().map(attempt_json).collect::<Vec<_>>(),
             }),
         ),
+        Ok(None) => ApiResponse::error(404, "NotFound", format!("no delivery with id {id}"), None),
         Err(e) => from_error(&e, false),
     }
 }

@@ -11,6 +11,14 @@
 //!
 //! Test requests (`Subscriptions::ping`) go through the bus's transport,
 //! whichever it is ([`Transport::perform_blocking`]).
+//!
+//! | file | job |
+//! | --- | --- |
+//! | `mod.rs` | the request (headers, signatures), reading its answer, `Transport`, `Pool` |
+//! | `resolve.rs` | host name lookups for tasks: one per host at a time, answers kept |
+//! | `connect.rs` | tasks' connections: the SSRF guard on resolved addresses, TCP, TLS |
+//! | `tasks.rs` | requests as tasks: the runtime, the hyper client, one attempt |
+//! | `threads.rs` | blocking senders: the elastic thread pool, the ureq agent |
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

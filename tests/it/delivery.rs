@@ -467,6 +467,90 @@ fn internal_targets_are_refused_at_delivery_time_without_a_request() {
     }
 }
 
+/// `Outbox::get_with_attempts` never pairs a delivery with attempts from
+/// another moment: read over and over from two threads while outcomes are
+/// being recorded (200 deliveries, the receiver answers after 5 ms, every
+/// third request with 500 first), every read has as many attempts as the
+/// delivery counts, and a delivery with a successful attempt is delivered.
+#[test]
+fn a_delivery_read_with_its_attempts_is_one_moment() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let count = n.clone();
+    let rx = TestReceiver::with(move |_| {
+        if count.fetch_add(1, Ordering::SeqCst) % 3 == 0 {
+            Reply::status(500).delay(Duration::from_millis(5))
+        } else {
+            Reply::ok().delay(Duration::from_millis(5))
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let bus = builder(dir.path())
+        .retry_schedule(vec![Duration::from_millis(20)])
+        .open()
+        .unwrap();
+    let mut subs = Vec::new();
+    for i in 0..4 {
+        subs.push(
+            bus.subscribe(
+                NewSubscription::new(format!("s{i}"), rx.url(&format!("/moment/{i}")))
+                    .events(["hello"]),
+            )
+            .unwrap(),
+        );
+    }
+    for i in 0..50 {
+        bus.publish("hello", &json!({ "i": i })).unwrap();
+    }
+    bus.flush().unwrap();
+    let ids: Vec<_> = subs
+        .iter()
+        .flat_map(|s| bus.outbox().for_subscription(s.id, false))
+        .map(|d| d.unwrap().id)
+        .collect();
+    assert_eq!(ids.len(), 200);
+    let end = std::time::Instant::now() + LONG;
+    let reads = AtomicUsize::new(0);
+    let read_all = || {
+        let mut settled = 0;
+        while settled < ids.len() && std::time::Instant::now() < end {
+            settled = 0;
+            for id in &ids {
+                let (d, attempts) = bus.outbox().get_with_attempts(*id).unwrap().unwrap();
+                reads.fetch_add(1, Ordering::Relaxed);
+                assert_eq!(
+                    d.attempts as usize,
+                    attempts.len(),
+                    "{d:?} beside {attempts:?}"
+                );
+                if attempts.iter().any(|a| a.succeeded()) {
+                    assert_eq!(
+                        d.state,
+                        DeliveryState::Delivered,
+                        "{d:?} beside {attempts:?}"
+                    );
+                }
+                if d.state != DeliveryState::Pending {
+                    settled += 1;
+                }
+            }
+        }
+        settled
+    };
+    let settled = std::thread::scope(|s| {
+        let other = s.spawn(read_all);
+        let mine = read_all();
+        mine.min(other.join().unwrap())
+    });
+    assert_eq!(settled, ids.len(), "every delivery settled within {LONG:?}");
+    assert!(
+        reads.into_inner() > 2 * ids.len(),
+        "read while outcomes were recorded"
+    );
+    let unknown: hookbus::DeliveryId = "01900000-0000-7000-8000-000000000000".parse().unwrap();
+    assert_eq!(bus.outbox().get_with_attempts(unknown).unwrap(), None);
+    consistent(&bus);
+}
+
 /// A receiver named by host name (`localhost`, from the system resolver)
 /// gets every delivery: the task senders look the name up once and keep
 /// the answer for the requests that follow.

@@ -176,8 +176,10 @@ pub(super) fn get(bus: &Bus, caller: &Caller, id: &str) -> ApiResponse {
         Err(r) => return r,
     };
     let outbox = bus.outbox();
-    let attempts = match outbox.attempts(d.id) {
-        Ok(a) => a,
+    // Read again with its attempts, as of one moment.
+    let (d, attempts) = match outbox.get_with_attempts(d.id) {
+        Ok(Some(x)) => x,
+        Ok(None) => return not_found("delivery"),
         Err(e) => return from_error(&e),
     };
     let payload = match outbox.event(d.event_id) {

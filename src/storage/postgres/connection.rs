@@ -127,6 +127,21 @@ impl Conn {
         Ok(c)
     }
 
+    /// A connection for the readers' pool, which also writes what the
+    /// instances coordinate through (claims, rate-limit tokens, pauses,
+    /// reserved sequence numbers): its commits are asynchronous, so a
+    /// claim costs no WAL flush on the way to its request. None of these
+    /// is a promise to anyone: a claim the server loses in its own crash
+    /// is claimed again (the delivery may be sent twice, as after an
+    /// expired lease), and a reserved sequence number is durable with the
+    /// synchronous commit of the event that uses it (the WAL is flushed
+    /// in order), or unused.
+    pub(super) fn coordinating(url: &str) -> Result<Conn> {
+        let mut c = Conn::open(url)?;
+        c.client.batch_execute("SET synchronous_commit TO off")?;
+        Ok(c)
+    }
+
     pub(super) fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
@@ -310,7 +325,7 @@ impl Pool {
         let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut client = match taken {
             Some(c) if !c.is_closed() => c,
-            _ => Conn::open(&self.url)?,
+            _ => Conn::coordinating(&self.url)?,
         };
         let r = f(&mut client);
         if r.is_ok() && !client.is_closed() {
