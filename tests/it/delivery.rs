@@ -477,7 +477,7 @@ fn a_delivery_read_with_its_attempts_is_one_moment() {
     let n = Arc::new(AtomicUsize::new(0));
     let count = n.clone();
     let rx = TestReceiver::with(move |_| {
-        if count.fetch_add(1, Ordering::SeqCst) % 3 == 0 {
+        if count.fetch_add(1, Ordering::SeqCst).is_multiple_of(3) {
             Reply::status(500).delay(Duration::from_millis(5))
         } else {
             Reply::ok().delay(Duration::from_millis(5))
