@@ -76,6 +76,31 @@ fn crash_server() {
     wait_for_server();
 }
 
+/// Crashes the server at once, without the ~100 ms `pg_ctlcluster` takes
+/// to start (the WAL writer flushes asynchronous commits within 200 ms):
+/// SIGQUIT to the postmaster, as an immediate stop sends. Then starts it
+/// again.
+fn crash_server_now(c: &mut postgres::Client) {
+    let dir: String = c.query_one("SHOW data_directory", &[]).unwrap().get(0);
+    let pid = std::fs::read_to_string(format!("{dir}/postmaster.pid"))
+        .expect("read postmaster.pid (run as root or the cluster's owner)");
+    let pid = pid.lines().next().unwrap().trim().to_owned();
+    assert!(
+        pid.parse::<u32>().is_ok_and(|p| p > 1),
+        "postmaster pid {pid:?}"
+    );
+    let status = Command::new("kill").args(["-QUIT", &pid]).status().unwrap();
+    assert!(status.success(), "kill -QUIT {pid}: {status}");
+    // The postmaster is gone once its pid file is.
+    let end = Instant::now() + Duration::from_secs(60);
+    while std::path::Path::new(&format!("{dir}/postmaster.pid")).exists() {
+        assert!(Instant::now() < end, "the server did not stop in 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pg_ctl("start", &[]);
+    wait_for_server();
+}
+
 fn count(c: &mut postgres::Client, schema: &str) -> i64 {
     c.query_one(&format!("SELECT count(*) FROM {schema}.deliveries"), &[])
         .unwrap()
@@ -145,6 +170,40 @@ fn a_server_crash_loses_no_event_a_receiver_or_another_connection_could_see() {
     // The bus goes on by itself.
     bus.publish_durable("e", &json!({ "n": N })).unwrap();
     assert_eq!(count(&mut c, &schema), N + 1);
+    bus.shutdown(Duration::from_secs(5)).unwrap();
+
+    // An app whose session commits asynchronously publishes in its own
+    // transaction: once the commit returned, instances may send the
+    // delivery and its sequence number, so both must survive a crash
+    // right after it (`publish_in` makes that commit synchronous). The
+    // bus here sends nothing, so nothing else flushes the WAL meanwhile.
+    let bus = Bus::builder()
+        .postgres(URL)
+        .postgres_schema(&schema)
+        .deliver(false)
+        .open()
+        .unwrap();
+    let mut app = connect().unwrap();
+    app.batch_execute("SET synchronous_commit TO off").unwrap();
+    let mut tx = app.transaction().unwrap();
+    let id = bus
+        .publish_in(&mut tx, hookbus::Message::new("e", &json!({ "in": true })))
+        .unwrap();
+    tx.commit().unwrap();
+    crash_server_now(&mut c);
+    drop(app);
+    let mut c = wait_for_server();
+    let kept: i64 = c
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.deliveries WHERE event_id = $1"),
+            &[&&id.to_bytes()[..]],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        kept, 1,
+        "an event published in a transaction was lost in the crash"
+    );
     bus.shutdown(Duration::from_secs(5)).unwrap();
     c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .unwrap();

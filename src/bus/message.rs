@@ -65,7 +65,9 @@ impl Bus {
     /// [`Builder::postgres`](crate::Builder::postgres)): the event and its
     /// deliveries are written in `tx`, so they exist exactly when your
     /// business change commits — a
-    /// rollback sends nothing, a commit cannot lose the event. Every
+    /// rollback sends nothing, a commit cannot lose the event (when the
+    /// event has deliveries, `tx`'s commit is made synchronous, whatever
+    /// your session's `synchronous_commit`). Every
     /// instance's senders find them within about a second of the commit.
     /// `tx` must be a transaction on the database (and schema) the bus
     /// uses. With an idempotency key, a key held within the window returns

@@ -285,8 +285,6 @@ fn finish(job: &Job, at: Timestamp, started: Instant, span: &tracing::Span, a: A
     }
 }
 
-/// The outcome of an attempt that panicked (a bug in a dependency or
-/// here): a failed attempt, so the delivery is retried.
 /// The message a panic was raised with.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
@@ -296,6 +294,8 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
+/// The outcome of an attempt that panicked (a bug in a dependency or
+/// here): a failed attempt, so the delivery is retried.
 fn panicked(job: (DeliveryId, SubscriptionId, u32), at: Timestamp, msg: &str) -> Outcome {
     let (delivery, subscription, number) = job;
     tracing::error!(%delivery, %subscription, panic = %msg, "a sender panicked during an attempt; the delivery will be retried");

@@ -133,9 +133,11 @@ impl Conn {
     /// claim costs no WAL flush on the way to its request. None of these
     /// is a promise to anyone: a claim the server loses in its own crash
     /// is claimed again (the delivery may be sent twice, as after an
-    /// expired lease), and a reserved sequence number is durable with the
-    /// synchronous commit of the event that uses it (the WAL is flushed
-    /// in order), or unused.
+    /// expired lease), a reserved sequence number is durable with the
+    /// commit of the event that uses it (`publish_in` makes the caller's
+    /// commit synchronous; the WAL is flushed in order), or unused, and
+    /// rate-limit tokens lost in such a crash are given once more. A
+    /// receiver's pause commits synchronously (`coordination::pause`).
     pub(super) fn coordinating(url: &str) -> Result<Conn> {
         let mut c = Conn::open(url)?;
         c.client.batch_execute("SET synchronous_commit TO off")?;

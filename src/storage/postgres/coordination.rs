@@ -499,16 +499,20 @@ fn return_tokens(pool: &Pool, sub: SubscriptionId, n: usize, limit: RateLimit) -
 
 /// `Coordinator::pause`: pauses `sub` for every instance for `for_ms`.
 fn pause(pool: &Pool, sub: SubscriptionId, for_ms: u64) -> Result<()> {
-    pool.query(
-        &format!(
-            "INSERT INTO {f} (sub, tokens, at, paused_until) VALUES ($1, 0, {DB_NOW}, {DB_NOW} + $2)
-             ON CONFLICT (sub) DO UPDATE
-             SET paused_until = greatest({f}.paused_until, EXCLUDED.paused_until)",
-            f = pool.t("flow")
-        ),
-        &[&&sub.to_bytes()[..], &ms(for_ms)],
-    )?;
-    Ok(())
+    let sql = format!(
+        "INSERT INTO {f} (sub, tokens, at, paused_until) VALUES ($1, 0, {DB_NOW}, {DB_NOW} + $2)
+         ON CONFLICT (sub) DO UPDATE
+         SET paused_until = greatest({f}.paused_until, EXCLUDED.paused_until)",
+        f = pool.t("flow")
+    );
+    pool.with(|c| {
+        // A receiver's `Retry-After` is kept through a crash of the server
+        // (the pool's other writes need not be: `Conn::coordinating`).
+        let mut tx = c.transaction()?;
+        tx.batch_execute("SET LOCAL synchronous_commit TO on")?;
+        tx.execute(&sql, &[&&sub.to_bytes()[..], &ms(for_ms)])?;
+        tx.commit()
+    })
 }
 
 /// `Sequencer::reserve`: the next sequence number of each of

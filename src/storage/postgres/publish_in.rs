@@ -126,6 +126,12 @@ where
     // publishes to them (and deadlock an app that waits on the bus inside
     // it). A rollback leaves a gap in the numbers, as a failed round does.
     let numbers = reserve(subs.clone()).await?;
+    // The caller's commit is synchronous whatever its session says: once
+    // it returns, instances may send these deliveries, and the numbers
+    // reserved above (an asynchronous commit, `Conn::coordinating`) are
+    // durable with it (the WAL is flushed in order).
+    tx.run("SELECT set_config('synchronous_commit', 'on', true)", &[])
+        .await?;
     tx.run(
         &format!(
             "INSERT INTO {} (id, record, tenant, scoped) VALUES ($1, $2, $3, true)
