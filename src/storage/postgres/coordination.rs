@@ -198,38 +198,19 @@ impl Claimed {
     }
 }
 
-/// Keeps what a claim returned (the previous claim's leftovers go) with
-/// the events of the claimed deliveries: those that came with the rows
-/// (`event`, `event_record`, `event_tenant`, `event_scoped` columns, on
-/// one row per event), else read in one query.
+/// Keeps what a claim returned (the previous claim's leftovers go) and
+/// fetches the events of the claimed deliveries in one query.
 fn keep_claimed(pool: &Pool, claimed: &Mutex<Claimed>, rows: &[Row]) -> Result<()> {
     let mut deliveries = std::collections::HashMap::new();
     let mut events: Vec<Vec<u8>> = Vec::new();
-    let mut by_id = std::collections::HashMap::new();
-    let with_events = rows
-        .first()
-        .is_some_and(|r| r.columns().iter().any(|c| c.name() == "event"));
     for row in rows {
         let d = delivery_of(row)?;
-        if with_events {
-            if let Some(id) = row.try_get::<_, Option<Vec<u8>>>("event")? {
-                // A damaged one is read (and reported) the normal way.
-                if let Ok(e) = event_of(
-                    &id,
-                    &row.try_get::<_, Vec<u8>>("event_record")?,
-                    row.try_get("event_tenant")?,
-                    row.try_get("event_scoped")?,
-                ) {
-                    by_id.insert(e.id, e);
-                }
-            }
-        } else {
-            events.push(d.event_id.to_bytes().to_vec());
-        }
+        events.push(d.event_id.to_bytes().to_vec());
         deliveries.insert(d.id, d);
     }
     events.sort_unstable();
     events.dedup();
+    let mut by_id = std::collections::HashMap::new();
     if !events.is_empty() {
         for row in pool.query(
             &format!(
@@ -266,9 +247,8 @@ fn keep_claimed(pool: &Pool, claimed: &Mutex<Claimed>, rows: &[Row]) -> Result<(
 /// `Coordinator::claim_many` (and `claim`, with one): claims up to `n`
 /// pending deliveries due by `due_by` of each `(sub, n)` of `wants` that
 /// nobody holds and no receiver's pause holds back, in one statement (a
-/// lateral claim per subscription, timed by the database's clock); what
-/// came, and its events (read in the same statement, once per event), are
-/// kept in `claimed`.
+/// lateral claim per subscription, timed by the database's clock); the
+/// events of what came are kept in `claimed`, read with one more query.
 fn claim_many(
     pool: &Pool,
     claimed: &Mutex<Claimed>,
@@ -282,8 +262,7 @@ fn claim_many(
         .collect();
     let rows = pool.query(
         &format!(
-            "WITH clock AS (SELECT {DB_NOW} AS t),
-             claimed AS (
+            "WITH clock AS (SELECT {DB_NOW} AS t)
              UPDATE {d} SET claim = $1, claimed_until = (SELECT t FROM clock) + $2
              WHERE id IN (
                  SELECT c.id FROM unnest($3::bytea[], $4::int8[]) AS w(sub, n)
@@ -295,17 +274,9 @@ fn claim_many(
                            WHERE {f}.sub = w.sub AND paused_until > (SELECT t FROM clock))
                      ORDER BY at, id LIMIT w.n
                      FOR UPDATE SKIP LOCKED) c)
-             RETURNING id, sub, at, record, event_id),
-             firsts AS (
-                 SELECT DISTINCT ON (event_id) id, event_id FROM claimed ORDER BY event_id, id)
-             SELECT c.id, c.sub, c.at, c.record, e.id AS event, e.record AS event_record,
-                    e.tenant AS event_tenant, e.scoped AS event_scoped
-             FROM claimed c
-             LEFT JOIN firsts ON firsts.id = c.id
-             LEFT JOIN {e} e ON e.id = firsts.event_id",
+             RETURNING id, sub, at, record",
             d = pool.t("deliveries"),
-            f = pool.t("flow"),
-            e = pool.t("events")
+            f = pool.t("flow")
         ),
         &[
             &&pool.token[..],
