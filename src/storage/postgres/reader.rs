@@ -476,7 +476,13 @@ impl Reader for PgReader {
         })
     }
 
-    /// One query over the index of pending deliveries.
+    /// One query over the index of pending deliveries: the soonest of each
+    /// subscription by its own index scan. (`sub = ANY($1)` with `DISTINCT
+    /// ON` got a bitmap scan as a prepared statement, which never marks the
+    /// index entries of finished deliveries dead, so every call visited all
+    /// of them again: 136 µs a call at a steady 300/s, the most server time
+    /// of any statement; one index scan per subscription skips them once
+    /// seen.)
     fn next_due(&self, subs: &[SubscriptionId]) -> Result<Vec<(SubscriptionId, u64)>> {
         if subs.is_empty() {
             return Ok(Vec::new());
@@ -484,8 +490,10 @@ impl Reader for PgReader {
         let ids: Vec<Vec<u8>> = subs.iter().map(|s| s.to_bytes().to_vec()).collect();
         let rows = self.query(
             &format!(
-                "SELECT DISTINCT ON (sub) sub, at FROM {} WHERE sub = ANY($1) AND state = 0
-                 ORDER BY sub, at, id",
+                "SELECT w.sub, d.at FROM unnest($1::bytea[]) AS w(sub)
+                 CROSS JOIN LATERAL (
+                     SELECT at FROM {} WHERE sub = w.sub AND state = 0
+                     ORDER BY at, id LIMIT 1) d",
                 self.t("deliveries")
             ),
             &[&ids],
