@@ -153,12 +153,12 @@ impl Lookups {
             } else if let Some((why, _)) = entry.failure.as_ref().filter(|_| failed_lately) {
                 (Found::Now(Err(why.clone())), None)
             } else {
-                let (tx, rx) = begin(entry);
-                (Found::Wait(rx.clone()), Some((tx, rx)))
+                let tx = begin(entry);
+                (Found::Wait(tx.subscribe()), Some(tx))
             }
         };
         // Started outside the table's lock (it may start a thread).
-        if let Some((tx, _)) = start {
+        if let Some(tx) = start {
             self.start(host, tx);
         }
         match found {
@@ -211,17 +211,11 @@ impl Lookups {
     }
 }
 
-/// Marks a lookup as running in `entry`: the sender of its answer, and a
-/// receiver.
-fn begin(
-    entry: &mut Entry,
-) -> (
-    watch::Sender<Option<Answer>>,
-    watch::Receiver<Option<Answer>>,
-) {
+/// Marks a lookup as running in `entry`: the sender of its answer.
+fn begin(entry: &mut Entry) -> watch::Sender<Option<Answer>> {
     let (tx, rx) = watch::channel(None);
-    entry.running = Some(rx.clone());
-    (tx, rx)
+    entry.running = Some(rx);
+    tx
 }
 
 /// Ends a lookup exactly once: with its answer, or, if it ends without
@@ -383,7 +377,12 @@ mod tests {
                     tokio::spawn(async move { lookups.resolve("slow.test").await })
                 })
                 .collect();
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Until the slow host's one lookup hangs on its thread.
+            let end = Instant::now() + Duration::from_secs(10);
+            while names.calls("slow.test") == 0 {
+                assert!(Instant::now() < end, "the slow lookup never started");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             // Another host resolves while the slow one hangs.
             let other = tokio::time::timeout(Duration::from_secs(10), lookups.resolve("fast.test"))
                 .await

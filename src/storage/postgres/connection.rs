@@ -122,9 +122,7 @@ impl Conn {
     /// round is visible at once; `flush` makes every commit so far
     /// durable with one synchronous commit).
     pub(super) fn writer(url: &str) -> Result<Conn> {
-        let mut c = Conn::open(url)?;
-        c.client.batch_execute("SET synchronous_commit TO off")?;
-        Ok(c)
+        Conn::committing_asynchronously(url)
     }
 
     /// A connection for the readers' pool, which also writes what the
@@ -139,6 +137,13 @@ impl Conn {
     /// rate-limit tokens lost in such a crash are given once more. A
     /// receiver's pause commits synchronously (`coordination::pause`).
     pub(super) fn coordinating(url: &str) -> Result<Conn> {
+        Conn::committing_asynchronously(url)
+    }
+
+    /// A connection whose commits do not wait for the WAL flush (a
+    /// transaction says `SET LOCAL synchronous_commit TO on` where one
+    /// must).
+    fn committing_asynchronously(url: &str) -> Result<Conn> {
         let mut c = Conn::open(url)?;
         c.client.batch_execute("SET synchronous_commit TO off")?;
         Ok(c)
