@@ -2,8 +2,6 @@
 //! listener thread for other instances' notifications.
 
 use std::sync::Arc;
-#[cfg(feature = "postgres")]
-use std::time::Duration;
 
 use super::{Bus, Inner};
 use crate::config::{Builder, Config};
@@ -39,12 +37,7 @@ impl Bus {
         #[cfg(feature = "postgres")]
         if let Some(pg) = &config.postgres {
             // A claim outlives the longest request by a margin.
-            let lease = pg.lease.unwrap_or_else(|| {
-                config
-                    .request_timeout
-                    .saturating_add(config.connect_timeout)
-                    .saturating_add(Duration::from_secs(30))
-            });
+            let lease = config.claim_lease().unwrap_or_default();
             let (reader, writer) = storage::postgres::open(&pg.url, &pg.schema, lease)?;
             let me = reader.token_hex();
             let sequencer = Some(reader.sequencer());

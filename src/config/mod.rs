@@ -259,6 +259,21 @@ impl Config {
     pub fn sender_memory_budget(&self) -> usize {
         self.sender_memory_budget
     }
+    /// How long a claim on a delivery holds (a PostgreSQL store):
+    /// [`Builder::claim_lease`](crate::Builder::claim_lease), by default the
+    /// connect and request timeouts plus 30 s. `None` for a store this
+    /// instance writes alone.
+    pub(crate) fn claim_lease(&self) -> Option<Duration> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.postgres {
+            return Some(pg.lease.unwrap_or_else(|| {
+                self.request_timeout
+                    .saturating_add(self.connect_timeout)
+                    .saturating_add(Duration::from_secs(30))
+            }));
+        }
+        None
+    }
     /// The most requests one subscription may have in flight.
     pub fn max_in_flight_per_subscription(&self) -> usize {
         self.per_subscription

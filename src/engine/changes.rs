@@ -16,6 +16,8 @@ pub(crate) struct Changes {
     pub(crate) touched: HashSet<SubscriptionId>,
     /// Subscriptions that gained pending deliveries, with the soonest due.
     pub(crate) added: HashMap<SubscriptionId, u64>,
+    /// How many pending deliveries each of `added` gained.
+    pub(crate) added_n: HashMap<SubscriptionId, usize>,
     /// Subscriptions written or removed: the dispatcher drops what it
     /// keeps about their policy.
     pub(crate) changed_subs: HashSet<SubscriptionId>,
@@ -48,6 +50,7 @@ impl Changes {
             let at = new.next_attempt_at.map_or(0, |t| t.as_millis());
             let e = self.added.entry(new.subscription_id).or_insert(at);
             *e = (*e).min(at);
+            *self.added_n.entry(new.subscription_id).or_default() += 1;
         }
     }
 }
@@ -72,6 +75,7 @@ mod tests {
         c.delivery(None, &pending(sub, 20));
         c.delivery(None, &pending(sub, 90));
         assert_eq!(c.added[&sub], 20);
+        assert_eq!(c.added_n[&sub], 3);
         assert!(c.touched.is_empty());
         let was = pending(sub, 20);
         let mut delivered = was.clone();

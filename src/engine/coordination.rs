@@ -79,6 +79,10 @@ pub(crate) trait Coordination: Send {
     /// A receiver asked `sub` to slow down for `ms`: tell whoever else
     /// sends its deliveries.
     fn pause(&self, sub: SubscriptionId, ms: u64) -> Result<()>;
+
+    /// Gives up what this instance claimed of these deliveries and will
+    /// not send now (see [`Coordinator::release`]).
+    fn release(&self, ids: &[DeliveryId]) -> Result<()>;
 }
 
 /// What [`take`] got.
@@ -230,6 +234,11 @@ impl Coordination for Local {
     fn pause(&self, _: SubscriptionId, _: u64) -> Result<()> {
         Ok(())
     }
+
+    /// Nothing is claimed.
+    fn release(&self, _: &[DeliveryId]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Several instances write the store: claims, tokens and pauses are the
@@ -322,6 +331,10 @@ impl Coordination for Shared {
 
     fn pause(&self, sub: SubscriptionId, ms: u64) -> Result<()> {
         self.store.pause(sub, ms)
+    }
+
+    fn release(&self, ids: &[DeliveryId]) -> Result<()> {
+        self.store.release(ids)
     }
 }
 

@@ -13,11 +13,12 @@ use super::coordination::{self, Coordination, Take};
 use super::directory::{Directory, Policy};
 use super::fifo::Heads;
 use super::flow::{Breaker, Bucket, Flow, INITIAL_WINDOW};
+use super::own_claims::OwnClaims;
 use super::prepare::{self, Payloads, Prepared};
 use super::round::Round;
 use super::scheduler::{self, Hosts, Limits};
 use super::session::Session;
-use crate::delivery;
+use crate::delivery::{self, Delivery, DeliveryState};
 use crate::error::Result;
 use crate::ids::{DeliveryId, SubscriptionId, Timestamp};
 use crate::sender::{self, Outcome};
@@ -63,6 +64,16 @@ pub(crate) struct Dispatch {
     read_failed: bool,
     /// When to poll a shared store for other instances' work next (ms).
     next_poll: u64,
+    /// Deliveries claimed as they were stored, not sent yet (a shared
+    /// store; see [`offer_claims`](Self::offer_claims)).
+    own: OwnClaims,
+    /// How long one of those may wait for a sender: half of what its lease
+    /// leaves beyond the longest request.
+    own_max_age: Duration,
+    /// Subscriptions with a new due delivery left unclaimed in a commit
+    /// since the last [`apply`](Self::apply) (none of theirs is claimed
+    /// as stored until then).
+    passed_over: HashSet<SubscriptionId>,
 }
 
 impl std::fmt::Debug for Dispatch {
@@ -73,6 +84,7 @@ impl std::fmt::Debug for Dispatch {
             .field("settling", &self.settling.len())
             .field("due_subscriptions", &self.due_subs.len())
             .field("next_due", &self.next_due)
+            .field("own_claims", &self.own.len())
             .finish_non_exhaustive()
     }
 }
@@ -103,6 +115,9 @@ impl Dispatch {
             horizon: delivery::due_horizon(&s.config.retry_schedule),
             read_failed: false,
             next_poll: 0,
+            own: OwnClaims::default(),
+            own_max_age: own_max_age(&s.config),
+            passed_over: HashSet::new(),
         }
     }
 
@@ -144,6 +159,142 @@ impl Dispatch {
         self.next_poll = 0;
     }
 
+    /// Before a commit on a shared store: which of its new pending
+    /// deliveries this instance claims as they are stored, to send them
+    /// without a claim statement (and without reading them back). Only
+    /// what it could send at once: due now, of a subscription with nothing
+    /// else due (an older delivery, a retry, is never overtaken), whose
+    /// policy it knows to be plain (no rate limit, not FIFO, active),
+    /// healthy and not paused, within the room its window leaves, and
+    /// within the free senders.
+    pub(crate) fn offer_claims(&mut self, s: &mut Session, dir: &Directory) {
+        if self.coord.alone() || !s.config.deliver || self.pool.is_none() {
+            return;
+        }
+        let mut free = (s.config.senders).saturating_sub(self.in_flight.len() + self.own.len());
+        let now = now_ms();
+        let per_subscription = s.config.per_subscription;
+        let mut rooms: HashMap<SubscriptionId, usize> = HashMap::new();
+        // A subscription with a due delivery left unclaimed stays so until
+        // the next plan knows it (`apply`): a newer one must not overtake.
+        let mut passed = std::mem::take(&mut self.passed_over);
+        let this = &*self;
+        s.claim_new(&mut |d: &Delivery| {
+            if d.state != DeliveryState::Pending || IndexEntry::of(d).at > now {
+                return false;
+            }
+            let sub = d.subscription_id;
+            let room = rooms.entry(sub).or_insert_with(|| {
+                if passed.contains(&sub) {
+                    0
+                } else {
+                    this.claim_room(dir, sub, now, per_subscription)
+                }
+            });
+            if *room == 0 || free == 0 {
+                *room = 0;
+                passed.insert(sub);
+                return false;
+            }
+            *room -= 1;
+            free -= 1;
+            true
+        });
+        self.passed_over = passed;
+    }
+
+    /// How many new deliveries of `sub` this instance may claim as it
+    /// stores them (see [`offer_claims`](Self::offer_claims)).
+    fn claim_room(
+        &self,
+        dir: &Directory,
+        sub: SubscriptionId,
+        now: u64,
+        per_subscription: usize,
+    ) -> usize {
+        if self.due_subs.contains_key(&sub) {
+            return 0;
+        }
+        let Some(policy) = dir.cached_policy(sub) else {
+            return 0;
+        };
+        if policy.rate.is_some() || policy.order.is_fifo() || policy.halted || policy.inactive {
+            return 0;
+        }
+        let flow = self.flows.get(&sub).copied().unwrap_or_else(|| Flow {
+            window: self.windows.get(&sub).copied().unwrap_or(0),
+            ..Flow::default()
+        });
+        if flow.failing() || flow.paused_until > now {
+            return 0;
+        }
+        per_subscription
+            .min(flow.window())
+            .saturating_sub(flow.in_flight)
+            .saturating_sub(self.own.held(sub))
+    }
+
+    /// After a commit: what it stored claimed for this instance (see
+    /// [`offer_claims`](Self::offer_claims)).
+    pub(crate) fn claimed_new(&mut self, s: &mut Session) {
+        let entries = s.take_new_claims();
+        if !entries.is_empty() {
+            self.own.add(entries, std::time::Instant::now());
+        }
+    }
+
+    /// Gives up claims taken as deliveries were stored that will not be
+    /// sent now: they are due again for every instance, this one too.
+    fn give_up_own(&mut self, entries: Vec<IndexEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let ids: Vec<DeliveryId> = entries.iter().map(|e| e.delivery).collect();
+        if let Err(e) = self.coord.release(&ids) {
+            // They are claimed until their lease runs out, then due again.
+            tracing::warn!(error = %e, "could not give up claims on deliveries not sent; they wait for their lease");
+        }
+        for e in entries {
+            let at = self.due_subs.entry(e.subscription).or_insert(e.at);
+            *at = (*at).min(e.at);
+        }
+    }
+
+    /// Gives up every claim taken as deliveries were stored and not sent
+    /// (the bus closes).
+    pub(crate) fn give_up_all_own(&mut self) {
+        let all = self.own.remove_all();
+        self.give_up_own(all);
+    }
+
+    /// Sends up to `room` of what this instance claimed of `sub` as it
+    /// stored it (giving up those that waited too long). `None` if it holds
+    /// none: its due work is to be claimed.
+    fn send_own(
+        &mut self,
+        s: &mut Session,
+        dir: &mut Directory,
+        sub: SubscriptionId,
+        room: usize,
+    ) -> Option<bool> {
+        if self.own.held(sub) == 0 {
+            return None;
+        }
+        let (mut batch, stale) =
+            self.own
+                .take(sub, room, self.own_max_age, std::time::Instant::now());
+        self.give_up_own(stale);
+        // Never a second request for one in flight (taken meanwhile as a
+        // FIFO queue's head, say).
+        batch.retain(|e| {
+            !self.in_flight.contains(&e.delivery) && !self.settling.contains(&e.delivery)
+        });
+        if batch.is_empty() {
+            return None;
+        }
+        Some(self.send(s, dir, sub, batch))
+    }
+
     /// The round's staged outcomes were committed (or failed: then the
     /// store still shows them pending and they are sent again, at least
     /// once). Plans again on the store as it now is.
@@ -159,10 +310,29 @@ impl Dispatch {
     /// changed subscriptions (whose policy, bucket, window, FIFO head and
     /// pause are forgotten).
     pub(crate) fn apply(&mut self, s: &Session, dir: &mut Directory, changes: Changes) {
+        let fresh = self.own.take_fresh();
+        // Those left unclaimed are in `due_subs` now.
+        self.passed_over.clear();
         for (sub, at) in changes.added {
+            // Every one of them claimed as stored, and nothing else due:
+            // they are this instance's to send (`own`), nothing to claim.
+            let claimed = fresh.get(&sub).copied().unwrap_or(0);
+            if claimed > 0
+                && claimed >= changes.added_n.get(&sub).copied().unwrap_or(usize::MAX)
+                && !self.due_subs.contains_key(&sub)
+            {
+                continue;
+            }
             let e = self.due_subs.entry(sub).or_insert(at);
             *e = (*e).min(at);
         }
+        // A changed subscription's policy is read again before anything
+        // more of it is sent.
+        let mut dropped = Vec::new();
+        for sub in &changes.changed_subs {
+            dropped.extend(self.own.remove(*sub));
+        }
+        self.give_up_own(dropped);
         for sub in changes.changed_subs {
             dir.forget(sub);
             self.heads.forget(sub);
@@ -280,6 +450,12 @@ impl Dispatch {
         }
         let every = u64::try_from(s.config.shared_poll.as_millis()).unwrap_or(u64::MAX);
         self.next_poll = now.saturating_add(every);
+        // Claimed as stored and never sent (a policy that changed
+        // elsewhere, a host kept busy): given up before their lease ends.
+        let stale = self
+            .own
+            .remove_stale(self.own_max_age, std::time::Instant::now());
+        self.give_up_own(stale);
         // Other instances may have changed subscriptions, and the backlog.
         if let Err(e) = s.follow_pending() {
             tracing::warn!(error = %e, "could not count the shared store's pending deliveries");
@@ -488,7 +664,9 @@ impl Dispatch {
         let plain: Vec<(SubscriptionId, usize)> = plan
             .iter()
             .filter(|(sub, _)| {
-                !heads.contains_key(sub) && dir.cached_policy(*sub).and_then(|p| p.rate).is_none()
+                !heads.contains_key(sub)
+                    && dir.cached_policy(*sub).and_then(|p| p.rate).is_none()
+                    && self.own.held(*sub) == 0
             })
             .copied()
             .collect();
@@ -511,8 +689,20 @@ impl Dispatch {
     /// pause ends).
     fn candidates(&mut self, now: u64, next: &mut Option<u64>) -> Vec<SubscriptionId> {
         let mut out = Vec::new();
-        for (sub, at) in &self.due_subs {
-            if !delivery::is_due(*at, now, self.horizon) {
+        // What this instance claimed as it stored it is due now.
+        let own = self
+            .own
+            .subs()
+            .filter(|sub| !self.due_subs.contains_key(sub))
+            .map(|sub| (sub, 0));
+        let due: Vec<(SubscriptionId, u64)> = self
+            .due_subs
+            .iter()
+            .map(|(sub, at)| (*sub, *at))
+            .chain(own)
+            .collect();
+        for (sub, at) in &due {
+            if !delivery::is_due(*at, now, self.horizon) && self.own.held(*sub) == 0 {
                 wake(next, *at);
                 continue;
             }
@@ -611,6 +801,11 @@ impl Dispatch {
         room: usize,
         now: u64,
     ) -> bool {
+        if head.is_none()
+            && let Some(sent) = self.send_own(s, dir, sub, room)
+        {
+            return sent;
+        }
         let rate = dir.cached_policy(sub).and_then(|p| p.rate);
         let busy = |d: DeliveryId| self.in_flight.contains(&d) || self.settling.contains(&d);
         match coordination::take(&*self.coord, s, sub, rate, head, room, now, &busy) {
@@ -741,3 +936,15 @@ fn round_robin(ready: &mut [SubscriptionId], cursor: Option<SubscriptionId>) {
 #[cfg(test)]
 #[path = "dispatch_tests.rs"]
 mod tests;
+
+/// How long a delivery claimed as it was stored may wait for a sender:
+/// half of what its lease leaves beyond the longest request (a claim must
+/// outlast the request it is for).
+fn own_max_age(config: &crate::config::Config) -> Duration {
+    let longest = config
+        .connect_timeout
+        .saturating_add(config.request_timeout);
+    config
+        .claim_lease()
+        .map_or(Duration::ZERO, |lease| lease.saturating_sub(longest) / 2)
+}

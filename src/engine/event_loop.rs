@@ -441,7 +441,14 @@ impl Loop {
         self.dispatch.settled(&mut self.s);
         self.deferred_since = None;
         self.outcome_writes = 0;
+        // A shared store claims for this instance, as it stores them, the
+        // new deliveries it can send at once (not while closing: nothing
+        // more is sent then).
+        if self.closing.is_none() {
+            self.dispatch.offer_claims(&mut self.s, &self.dir);
+        }
         let r = self.s.commit();
+        self.dispatch.claimed_new(&mut self.s);
         for (job, done) in self.round.committed(r) {
             self.jobs.push(job, done);
         }
@@ -570,6 +577,9 @@ impl Loop {
         self.round.flush_needed();
         self.finish_round();
         self.s.commit()?;
+        // Claimed as stored and not sent: for another instance at once,
+        // not after their lease.
+        self.dispatch.give_up_all_own();
         self.s.flush()?;
         // Shutdown is a barrier: a loss no barrier reported is its result.
         self.round.take_loss()

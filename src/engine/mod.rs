@@ -23,6 +23,7 @@ pub(crate) mod intake;
 pub(crate) mod jobs;
 pub(crate) mod maintenance;
 pub(crate) mod outcomes;
+pub(crate) mod own_claims;
 pub(crate) mod prepare;
 pub(crate) mod round;
 pub(crate) mod scheduler;

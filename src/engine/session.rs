@@ -541,6 +541,19 @@ impl Session {
         Ok(())
     }
 
+    /// Lets a shared store claim, as it stores them, the new pending
+    /// deliveries staged for the next commit that `choose` picks (see
+    /// [`Writer::claim_new`]).
+    pub(crate) fn claim_new(&mut self, choose: &mut dyn FnMut(&Delivery) -> bool) {
+        self.w.claim_new(choose);
+    }
+
+    /// What the last commit stored claimed for this instance (see
+    /// [`Writer::take_new_claims`]).
+    pub(crate) fn take_new_claims(&mut self) -> Vec<IndexEntry> {
+        self.w.take_new_claims()
+    }
+
     /// Applies what is staged (visible at once, durable at the next flush).
     pub(crate) fn commit(&mut self) -> Result<()> {
         let r = self.commit_staged();

@@ -130,7 +130,9 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     fn due(&self, sub: SubscriptionId) -> Iter<IndexEntry>;
     /// When the soonest pending delivery of each of `subs` is due (ms);
     /// one without any is left out. By default a look at [`due`](Self::due)
-    /// each; a store with round trips reads them all at once.
+    /// each; a store with round trips reads them all at once. A shared
+    /// store leaves out what this instance holds a claim on (it is being
+    /// sent; its outcome is a change of its own).
     fn next_due(&self, subs: &[SubscriptionId]) -> Result<Vec<(SubscriptionId, u64)>> {
         let mut out = Vec::new();
         for &sub in subs {
@@ -269,6 +271,12 @@ pub(crate) trait Coordinator: Send {
     /// Pauses `sub` for every instance for `for_ms` (a receiver said
     /// "slow down"): claims take none of its deliveries meanwhile.
     fn pause(&self, sub: SubscriptionId, for_ms: u64) -> Result<()>;
+
+    /// Gives up this instance's claims on these deliveries, which it took
+    /// but will not send (they are due for every instance again at once).
+    /// Only for deliveries not handed to a sender: a result written later
+    /// under a claim given up is dropped.
+    fn release(&self, ids: &[DeliveryId]) -> Result<()>;
 
     /// [`claim`](Self::claim) within `sub`'s rate limit, shared by every
     /// instance: the tokens of what it claimed are spent, none for what it
@@ -410,6 +418,22 @@ pub(crate) trait Writer: Send + fmt::Debug {
     /// that holds the changes, or after a failed one); called after every
     /// commit, so a writer that holds none returns at once.
     fn release_locks(&mut self) {}
+    /// On a store several instances share: claims for this instance, as
+    /// they are stored, the new pending deliveries staged for this commit
+    /// that `choose` picks (asked once for each, in the order they were
+    /// staged), so the dispatcher sends them without claiming them again.
+    /// What was claimed comes from [`take_new_claims`] after the commit. A
+    /// no-op where this writer is the only one.
+    ///
+    /// [`take_new_claims`]: Writer::take_new_claims
+    fn claim_new(&mut self, _choose: &mut dyn FnMut(&Delivery) -> bool) {}
+    /// The new deliveries the last commit stored claimed for this
+    /// instance (see [`claim_new`](Writer::claim_new)): none after a
+    /// failed commit, and none of a subscription a receiver's pause holds
+    /// back. Their records are kept for the dispatcher's next read.
+    fn take_new_claims(&mut self) -> Vec<IndexEntry> {
+        Vec::new()
+    }
     /// How many writes are staged.
     fn staged(&self) -> usize;
     /// Applies what is staged, atomically. On error nothing of it applies.

@@ -454,6 +454,105 @@ fn publishing_in_the_apps_own_transaction_sends_on_commit_and_nothing_on_rollbac
     assert_eq!((stats.pending, stats.delivered), (0, 1));
 }
 
+/// An instance with room claims what it publishes as it stores it, and
+/// sends it itself without a claim statement, even while the receiver's
+/// host has no free slot (one request at a time here, each answered after
+/// 50 ms, and a publish every 30 ms). Another instance, polling and
+/// notified, never takes any of it: it resolves the receiver's host name
+/// to an address nobody listens on, so a delivery it took would show a
+/// failed attempt before it was delivered. (Before, B took most of them:
+/// they waited unclaimed for A's slot.)
+#[test]
+fn an_instance_with_room_sends_what_it_publishes_itself() {
+    let Some(schema) = Schema::new("own") else {
+        return;
+    };
+    let rx = TestReceiver::with(|_| Reply::ok().delay(Duration::from_millis(50)));
+    let url = format!("http://hook.test:{}/s", rx.addr().port());
+    let loopback = |last: u8| [std::net::IpAddr::from([127, 0, 0, last])];
+    let a = schema
+        .builder()
+        .dns_override("hook.test", loopback(1))
+        .max_in_flight_per_host(1)
+        .open()
+        .unwrap();
+    a.subscribe(NewSubscription::new("s", url).event("e"))
+        .unwrap();
+    // Its first delivery is claimed the usual way (A learns the
+    // subscription's policy as it sends it).
+    a.publish_durable("e", &json!({ "n": -1 })).unwrap();
+    wait_until(LONG, "the first delivered", || {
+        a.outbox().stats().unwrap().delivered == 1
+    });
+    let b = schema
+        .builder()
+        .dns_override("hook.test", loopback(2))
+        .poll_interval(Duration::from_millis(100))
+        .open()
+        .unwrap();
+    const N: usize = 10;
+    for n in 0..N {
+        a.publish_durable("e", &json!({ "n": n })).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    rx.wait_for(N + 1, LONG);
+    wait_until(LONG, "all delivered", || {
+        a.outbox().stats().unwrap().delivered == N as u64 + 1
+    });
+    for d in a.outbox().all() {
+        let d = d.unwrap();
+        assert_eq!(d.state, DeliveryState::Delivered);
+        assert_eq!(d.attempts, 1, "delivery {} was taken by B", d.id);
+    }
+    assert_eq!(rx.count(), N + 1);
+    b.shutdown(Duration::from_secs(2)).unwrap();
+    a.shutdown(Duration::from_secs(2)).unwrap();
+}
+
+/// What an instance claimed as it stored it but had not sent when it
+/// closed is given up at close: another instance sends it at once, not
+/// after the closed one's lease (a minute here). One request at a time per
+/// host, each answered after 1 s, holds the second subscription's
+/// delivery back in A until A closes.
+#[test]
+fn deliveries_claimed_but_not_sent_at_close_go_to_another_instance_at_once() {
+    let Some(schema) = Schema::new("release") else {
+        return;
+    };
+    let rx = TestReceiver::with(|_| Reply::ok().delay(Duration::from_secs(1)));
+    let lease = Duration::from_secs(60);
+    let a = schema
+        .builder()
+        .claim_lease(lease)
+        .max_in_flight_per_host(1)
+        .open()
+        .unwrap();
+    for s in ["1", "2"] {
+        a.subscribe(NewSubscription::new(s, rx.url(&format!("/{s}"))).event("e"))
+            .unwrap();
+    }
+    // A learns both subscriptions' policies as it sends their first.
+    a.publish("e", &json!({ "n": 0 })).unwrap();
+    rx.wait_for(2, LONG);
+    wait_until(LONG, "warm-up delivered", || {
+        a.outbox().stats().unwrap().delivered == 2
+    });
+    let b = schema.builder().claim_lease(lease).open().unwrap();
+    a.publish_durable("e", &json!({ "n": 1 })).unwrap();
+    // One of the two is in flight from A, the other waits in A for the
+    // host's one slot.
+    rx.wait_for(3, LONG);
+    a.shutdown(Duration::from_secs(5)).unwrap();
+    let got = rx.wait_for(4, Duration::from_secs(15));
+    let mut paths: Vec<&str> = got[2..].iter().map(|r| r.path.as_str()).collect();
+    paths.sort_unstable();
+    assert_eq!(paths, ["/1", "/2"]);
+    wait_until(LONG, "delivered", || {
+        b.outbox().stats().unwrap().delivered == 4
+    });
+    b.shutdown(Duration::from_secs(2)).unwrap();
+}
+
 #[test]
 fn a_result_from_an_expired_claim_does_not_overwrite_newer_state() {
     let Some(schema) = Schema::new("lease") else {

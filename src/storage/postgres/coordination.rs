@@ -79,6 +79,10 @@ impl crate::storage::Coordinator for PgCoordinator {
     ) -> Result<Limited> {
         claim_limited(&self.pool, &self.claimed, sub, n, due_by, limit)
     }
+
+    fn release(&self, ids: &[DeliveryId]) -> Result<()> {
+        release(&self.pool, &self.claimed, ids)
+    }
 }
 
 /// Reserves `X-Webhook-Sequence` numbers for `publish_in`, at once and for
@@ -195,6 +199,19 @@ impl Claimed {
     pub(super) fn forget(&mut self, id: DeliveryId) {
         self.deliveries.remove(&id);
         self.sent.remove(&id);
+    }
+
+    /// Keeps the records of deliveries claimed as they were stored
+    /// (`PgWriter::claim_new`) and of their events, within the same bound
+    /// as a claim's.
+    pub(super) fn keep_new(&mut self, deliveries: Vec<Delivery>, events: Vec<Event>) {
+        if self.deliveries.len() + deliveries.len() > Claimed::MAX_KEPT {
+            self.deliveries.clear();
+            self.events.clear();
+        }
+        self.deliveries
+            .extend(deliveries.into_iter().map(|d| (d.id, d)));
+        self.events.extend(events.into_iter().map(|e| (e.id, e)));
     }
 }
 
@@ -403,6 +420,30 @@ fn claim_limited(
     Err(super::rows::store_error(format!(
         "no flow row for subscription {sub} after creating it"
     )))
+}
+
+/// `Coordinator::release`: this instance's claims on `ids` (pending, not
+/// sent) end now; what is kept of them goes.
+fn release(pool: &Pool, claimed: &Mutex<Claimed>, ids: &[DeliveryId]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    {
+        let mut claimed = claimed.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            claimed.forget(*id);
+        }
+    }
+    let ids: Vec<Vec<u8>> = ids.iter().map(|d| d.to_bytes().to_vec()).collect();
+    pool.query(
+        &format!(
+            "UPDATE {} SET claim = NULL, claimed_until = 0
+             WHERE id = ANY($1) AND claim = $2 AND state = 0",
+            pool.t("deliveries")
+        ),
+        &[&ids, &&pool.token[..]],
+    )?;
+    Ok(())
 }
 
 /// `Coordinator::claim_one`: claims delivery `id` if it is pending and nobody

@@ -7,6 +7,8 @@
 mod batch;
 mod ops;
 
+use std::collections::HashSet;
+
 use batch::Batch;
 use ops::Op;
 
@@ -35,6 +37,10 @@ pub(crate) struct PgWriter {
     /// An advisory lock was taken on the connection since the last
     /// `release_locks`.
     holding_locks: bool,
+    /// New deliveries of the staged round to store claimed (`claim_new`).
+    to_claim: HashSet<DeliveryId>,
+    /// What the last commit stored claimed (`take_new_claims`).
+    new_claims: Vec<IndexEntry>,
 }
 
 impl std::fmt::Debug for PgWriter {
@@ -56,6 +62,8 @@ impl PgWriter {
             ops: Vec::new(),
             unflushed: false,
             holding_locks: false,
+            to_claim: HashSet::new(),
+            new_claims: Vec::new(),
         }
     }
 
@@ -105,7 +113,9 @@ impl PgWriter {
         Ok(())
     }
 
-    fn apply(&mut self, durable: bool) -> Result<()> {
+    /// Runs the staged round as one transaction; returns the new
+    /// deliveries it stored claimed.
+    fn apply(&mut self, durable: bool) -> Result<HashSet<DeliveryId>> {
         self.reconnect_if_closed()?;
         let pool = self.reader.pool().clone();
         let mut tx = self.client.transaction()?;
@@ -166,10 +176,38 @@ impl PgWriter {
             }
         }
         ops::merge_health(&mut tx, &pool, &health)?;
-        ops::notify(&mut tx, &pool, &self.ops)?;
-        ops::insert_new_deliveries(&mut tx, &pool, &self.ops)?;
+        ops::notify(&mut tx, &pool, &self.ops, &self.to_claim)?;
+        let claimed = ops::insert_new_deliveries(&mut tx, &pool, &self.ops, &self.to_claim)?;
         tx.commit()?;
-        Ok(())
+        Ok(claimed)
+    }
+
+    /// After a commit that stored `claimed` claimed: their entries for the
+    /// dispatcher, their records (and their events') for its next read.
+    fn keep_new_claims(&mut self, claimed: &HashSet<DeliveryId>) {
+        if claimed.is_empty() {
+            return;
+        }
+        let mut deliveries = Vec::with_capacity(claimed.len());
+        let mut event_ids = HashSet::new();
+        for op in &self.ops {
+            if let Op::PutDelivery(None, d) = op
+                && claimed.contains(&d.id)
+            {
+                self.new_claims.push(IndexEntry::of(d));
+                event_ids.insert(d.event_id);
+                deliveries.push(d.clone());
+            }
+        }
+        let events: Vec<Event> = self
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::PutEvent(e) if event_ids.contains(&e.id) => Some(e.clone()),
+                _ => None,
+            })
+            .collect();
+        self.reader.claimed().keep_new(deliveries, events);
     }
 }
 
@@ -345,16 +383,44 @@ impl Writer for PgWriter {
             .ops
             .iter()
             .any(|op| matches!(op, Op::PutEvent(_) | Op::PutDelivery(None, _)));
+        self.new_claims.clear();
         let r = self.apply(durable);
+        self.to_claim.clear();
+        let r = match r {
+            Ok(claimed) => {
+                self.keep_new_claims(&claimed);
+                // A synchronous commit covers every commit before it.
+                self.unflushed = !durable;
+                Ok(())
+            }
+            Err(e) => {
+                // A statement the server no longer takes as prepared (a
+                // schema changed under it) is prepared afresh next time.
+                self.client.forget_statements();
+                Err(e)
+            }
+        };
         self.ops.clear();
-        match &r {
-            // A synchronous commit covers every commit before it.
-            Ok(()) => self.unflushed = !durable,
-            // A statement the server no longer takes as prepared (a
-            // schema changed under it) is prepared afresh next time.
-            Err(_) => self.client.forget_statements(),
-        }
         r
+    }
+
+    /// Marks the staged new pending deliveries `choose` picks; they are
+    /// stored with this instance's claim (unless a receiver's pause holds
+    /// their subscription back: `ops::insert_new_deliveries`).
+    fn claim_new(&mut self, choose: &mut dyn FnMut(&Delivery) -> bool) {
+        for op in &self.ops {
+            if let Op::PutDelivery(None, d) = op
+                && d.state == DeliveryState::Pending
+                && !self.to_claim.contains(&d.id)
+                && choose(d)
+            {
+                self.to_claim.insert(d.id);
+            }
+        }
+    }
+
+    fn take_new_claims(&mut self) -> Vec<IndexEntry> {
+        std::mem::take(&mut self.new_claims)
     }
 
     /// Makes every commit so far durable: a transaction with an id commits

@@ -4,7 +4,7 @@
 //! function per kind of write. Delivery changes and attempts go through
 //! `batch.rs` instead.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::delivery::Delivery;
 use crate::error::Result;
@@ -13,6 +13,7 @@ use crate::ids::{DeliveryId, EventId, NoticeId, SubscriptionId};
 use crate::notice::Notice;
 use crate::record::{Attempt, Event};
 use crate::storage::postgres::connection::{Pool, Prepared, Tx};
+use crate::storage::postgres::coordination::DB_NOW;
 use crate::storage::postgres::listener::channel;
 use crate::storage::postgres::rows::{decode, encode, encode_event, id_of, ms, state_code, unms};
 use crate::storage::postgres::schema::column_value;
@@ -179,8 +180,17 @@ pub(super) fn insert_events(tx: &mut Tx<'_>, pool: &Pool, ops: &[Op]) -> Result<
 
 /// A round with new deliveries or changed subscriptions notifies the
 /// schema's channel.
-pub(super) fn notify(tx: &mut Tx<'_>, pool: &Pool, ops: &[Op]) -> Result<()> {
-    let new_deliveries = ops.iter().any(|op| matches!(op, Op::PutDelivery(None, _)));
+pub(super) fn notify(
+    tx: &mut Tx<'_>,
+    pool: &Pool,
+    ops: &[Op],
+    to_claim: &HashSet<DeliveryId>,
+) -> Result<()> {
+    // New deliveries this instance claims as it stores them are its own
+    // to send: nobody else need look.
+    let new_deliveries = ops
+        .iter()
+        .any(|op| matches!(op, Op::PutDelivery(None, d) if !to_claim.contains(&d.id)));
     let subscriptions_changed = ops
         .iter()
         .any(|op| matches!(op, Op::PutSubscription(..) | Op::RemoveSubscription(_)));
@@ -195,8 +205,16 @@ pub(super) fn notify(tx: &mut Tx<'_>, pool: &Pool, ops: &[Op]) -> Result<()> {
     Ok(())
 }
 
-/// New deliveries go in one multi-row insert per round.
-pub(super) fn insert_new_deliveries(tx: &mut Tx<'_>, pool: &Pool, ops: &[Op]) -> Result<()> {
+/// New deliveries go in one multi-row insert per round; those in
+/// `to_claim` with this instance's claim (a lease from the database's
+/// clock, as a claim's), unless a receiver's pause holds their
+/// subscription back. Returns the ones stored claimed.
+pub(super) fn insert_new_deliveries(
+    tx: &mut Tx<'_>,
+    pool: &Pool,
+    ops: &[Op],
+    to_claim: &HashSet<DeliveryId>,
+) -> Result<HashSet<DeliveryId>> {
     let new_deliveries: Vec<&Delivery> = ops
         .iter()
         .filter_map(|op| match op {
@@ -205,7 +223,7 @@ pub(super) fn insert_new_deliveries(tx: &mut Tx<'_>, pool: &Pool, ops: &[Op]) ->
         })
         .collect();
     if new_deliveries.is_empty() {
-        return Ok(());
+        return Ok(HashSet::new());
     }
     // One statement (one text, so one prepared statement) whatever
     // the round's size.
@@ -220,6 +238,7 @@ pub(super) fn insert_new_deliveries(tx: &mut Tx<'_>, pool: &Pool, ops: &[Op]) ->
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let mut claims = Vec::with_capacity(n);
     for d in new_deliveries {
         ids.push(d.id.to_bytes().to_vec());
         subs.push(d.subscription_id.to_bytes().to_vec());
@@ -227,18 +246,58 @@ pub(super) fn insert_new_deliveries(tx: &mut Tx<'_>, pool: &Pool, ops: &[Op]) ->
         states.push(state_code(d.state));
         ats.push(ms(IndexEntry::of(d).at));
         records.push(encode(d));
+        claims.push(to_claim.contains(&d.id));
     }
-    tx.execute(
+    let d = pool.t("deliveries");
+    if to_claim.is_empty() {
+        tx.execute(
+            &format!(
+                "INSERT INTO {d} (id, sub, event_id, state, at, record)
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[],
+                                      $4::int2[], $5::int8[], $6::bytea[])
+                 ON CONFLICT (id) DO NOTHING"
+            ),
+            &[&ids, &subs, &events, &states, &ats, &records],
+        )?;
+        return Ok(HashSet::new());
+    }
+    let rows = tx.query(
         &format!(
-            "INSERT INTO {} (id, sub, event_id, state, at, record)
-             SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[],
-                                  $4::int2[], $5::int8[], $6::bytea[])
-             ON CONFLICT (id) DO NOTHING",
-            pool.t("deliveries")
+            "WITH clock AS (SELECT {DB_NOW} AS t)
+             INSERT INTO {d} (id, sub, event_id, state, at, record, claim, claimed_until)
+             SELECT v.id, v.sub, v.event_id, v.state, v.at, v.record,
+                    CASE WHEN c.mine THEN $8::bytea END,
+                    CASE WHEN c.mine THEN clock.t + $9 ELSE 0 END
+             FROM unnest($1::bytea[], $2::bytea[], $3::bytea[],
+                         $4::int2[], $5::int8[], $6::bytea[], $7::bool[])
+                  AS v(id, sub, event_id, state, at, record, claim),
+                  clock,
+                  LATERAL (SELECT v.claim AND NOT EXISTS (
+                      SELECT 1 FROM {f} WHERE {f}.sub = v.sub AND paused_until > clock.t)
+                      AS mine) c
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id, claim IS NOT NULL",
+            f = pool.t("flow")
         ),
-        &[&ids, &subs, &events, &states, &ats, &records],
+        &[
+            &ids,
+            &subs,
+            &events,
+            &states,
+            &ats,
+            &records,
+            &claims,
+            &&pool.token[..],
+            &ms(pool.lease_ms),
+        ],
     )?;
-    Ok(())
+    let mut claimed = HashSet::new();
+    for row in rows {
+        if row.try_get::<_, bool>(1)? {
+            claimed.insert(id_of(&row, "id", DeliveryId::from_slice)?);
+        }
+    }
+    Ok(claimed)
 }
 
 // One write each.
