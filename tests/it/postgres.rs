@@ -553,6 +553,76 @@ fn deliveries_claimed_but_not_sent_at_close_go_to_another_instance_at_once() {
     b.shutdown(Duration::from_secs(2)).unwrap();
 }
 
+/// The engine looks rows up by index however small its tables were when
+/// its statements were prepared. The server caches a statement's generic
+/// plan from the table's size at the time: made while a new store was
+/// nearly empty, it used to scan the whole `deliveries` table for every
+/// round's outcomes until the next `ANALYZE`. Counted with the server's
+/// own statistics (rows read by whole-table scans), never timed.
+#[test]
+fn the_engines_plans_stay_index_lookups_as_a_new_store_grows() {
+    let Some(schema) = Schema::new("plans") else {
+        return;
+    };
+    let rx = TestReceiver::start();
+    let bus = schema
+        .builder()
+        .poll_interval(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    bus.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
+        .unwrap();
+    // Rounds enough for every statement's plan to be the cached generic
+    // one while the table is small: the server makes it at the sixth run,
+    // and keeps it when the runs before had batches of several rows.
+    let deliver = |from: usize, to: usize, at_once: usize| {
+        for n in (from..to).step_by(at_once) {
+            for i in n..n + at_once {
+                bus.publish("e", &json!({ "n": i })).unwrap();
+            }
+            rx.wait_for(n + at_once, LONG);
+        }
+    };
+    deliver(0, 40, 8);
+    deliver(40, 50, 1);
+    // The table grows past what those plans were made for: 20,000
+    // delivered rows of another subscription.
+    const FILLER: i64 = 20_000;
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO {s}.deliveries (id, sub, event_id, state, at, record)
+         SELECT decode(md5(g::text), 'hex'), '\\x00', decode(md5((-g)::text), 'hex'), 1, g, '\\x00'
+         FROM generate_series(1, {FILLER}) g",
+        s = schema.0
+    ))
+    .unwrap();
+    deliver(50, 90, 1);
+    // A backend's statistics reach the server when its connection ends.
+    bus.shutdown(Duration::from_secs(5)).unwrap();
+    drop(bus);
+    let read = |c: &mut postgres::Client| -> i64 {
+        c.query_one(
+            "SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables
+             WHERE schemaname = $1 AND relname = 'deliveries'",
+            &[&schema.0],
+        )
+        .unwrap()
+        .get(0)
+    };
+    // The server takes a moment to count what ended connections report.
+    let mut rows = 0;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = c.batch_execute("SELECT pg_stat_clear_snapshot()");
+        rows = read(&mut c);
+    }
+    assert!(
+        rows < FILLER,
+        "whole-table scans of deliveries read {rows} rows after it grew to {FILLER}"
+    );
+    println!("rows read by whole-table scans of deliveries: {rows}");
+}
+
 #[test]
 fn a_result_from_an_expired_claim_does_not_overwrite_newer_state() {
     let Some(schema) = Schema::new("lease") else {

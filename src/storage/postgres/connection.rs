@@ -69,6 +69,23 @@ pub(super) fn connect(url: &str) -> Result<Client> {
     Ok(config.connect(NoTls)?)
 }
 
+/// How hookbus's own connections (the writer's, the pools') are set:
+///
+/// - commits do not wait for the WAL flush (a transaction says `SET LOCAL
+///   synchronous_commit TO on` where one must);
+/// - no hash or merge joins. Every join hookbus makes is a batch
+///   (`unnest` arrays) against a table indexed on the join key. Its
+///   statements are prepared once per connection, and the server keeps a
+///   generic plan made from the table's size at the time: made while a new
+///   store's tables were nearly empty, it hashed the whole `deliveries`
+///   table for every round's outcomes until the next `ANALYZE` (600 µs a
+///   round instead of about 100 at a steady 300/s, 3,000 rows in, by
+///   `pg_stat_statements`; test
+///   `postgres::the_engines_plans_stay_index_lookups_as_a_new_store_grows`).
+///   With these off, such plans are index lookups at any size.
+pub(super) const ENGINE_SESSION: &str =
+    "SET synchronous_commit TO off; SET enable_hashjoin TO off; SET enable_mergejoin TO off";
+
 /// A connection with its prepared statements: each distinct statement is
 /// parsed once per connection and then only bound and run, so a query
 /// costs one round trip to the server, not two.
@@ -140,12 +157,10 @@ impl Conn {
         Conn::committing_asynchronously(url)
     }
 
-    /// A connection whose commits do not wait for the WAL flush (a
-    /// transaction says `SET LOCAL synchronous_commit TO on` where one
-    /// must).
+    /// A connection of the engine's (see [`ENGINE_SESSION`]).
     fn committing_asynchronously(url: &str) -> Result<Conn> {
         let mut c = Conn::open(url)?;
-        c.client.batch_execute("SET synchronous_commit TO off")?;
+        c.client.batch_execute(ENGINE_SESSION)?;
         Ok(c)
     }
 
