@@ -689,30 +689,30 @@ impl Dispatch {
     /// pause ends).
     fn candidates(&mut self, now: u64, next: &mut Option<u64>) -> Vec<SubscriptionId> {
         let mut out = Vec::new();
-        // What this instance claimed as it stored it is due now.
-        let own = self
+        // What this instance claimed as it stored it is due now (its
+        // subscription may have nothing else due).
+        let own_only: Vec<SubscriptionId> = self
             .own
             .subs()
             .filter(|sub| !self.due_subs.contains_key(sub))
-            .map(|sub| (sub, 0));
-        let due: Vec<(SubscriptionId, u64)> = self
+            .collect();
+        let due = self
             .due_subs
             .iter()
             .map(|(sub, at)| (*sub, *at))
-            .chain(own)
-            .collect();
-        for (sub, at) in &due {
-            if !delivery::is_due(*at, now, self.horizon) && self.own.held(*sub) == 0 {
-                wake(next, *at);
+            .chain(own_only.into_iter().map(|sub| (sub, 0)));
+        for (sub, at) in due {
+            if !delivery::is_due(at, now, self.horizon) && self.own.held(sub) == 0 {
+                wake(next, at);
                 continue;
             }
-            if let Some(flow) = self.flows.get_mut(sub)
+            if let Some(flow) = self.flows.get_mut(&sub)
                 && let Err(until) = flow.gate(now)
             {
                 wake(next, until);
                 continue;
             }
-            out.push(*sub);
+            out.push(sub);
         }
         out
     }
