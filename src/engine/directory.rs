@@ -33,6 +33,12 @@ pub(crate) struct Policy {
 }
 
 impl Policy {
+    /// No rate limit, not FIFO, active: its deliveries may go in any
+    /// order, as soon as they are due.
+    pub(crate) fn is_plain(&self) -> bool {
+        self.rate.is_none() && !self.order.is_fifo() && !self.halted && !self.inactive
+    }
+
     /// The policy a stored subscription record says.
     pub(crate) fn of(r: &SubscriptionRecord) -> Policy {
         Policy {

@@ -168,7 +168,13 @@ impl Dispatch {
     /// healthy and not paused, within the room its window leaves, and
     /// within the free senders.
     pub(crate) fn offer_claims(&mut self, s: &mut Session, dir: &Directory) {
-        if self.coord.alone() || !s.config.deliver || self.pool.is_none() {
+        // A lease with little margin over the longest request would give
+        // them up as soon as taken.
+        if self.coord.alone()
+            || !s.config.deliver
+            || self.pool.is_none()
+            || self.own_max_age < MIN_OWN_AGE
+        {
             return;
         }
         let mut free = (s.config.senders).saturating_sub(self.in_flight.len() + self.own.len());
@@ -215,10 +221,7 @@ impl Dispatch {
         if self.due_subs.contains_key(&sub) {
             return 0;
         }
-        let Some(policy) = dir.cached_policy(sub) else {
-            return 0;
-        };
-        if policy.rate.is_some() || policy.order.is_fifo() || policy.halted || policy.inactive {
+        if !dir.cached_policy(sub).is_some_and(|p| p.is_plain()) {
             return 0;
         }
         let flow = self.flows.get(&sub).copied().unwrap_or_else(|| Flow {
@@ -245,7 +248,12 @@ impl Dispatch {
 
     /// Gives up claims taken as deliveries were stored that will not be
     /// sent now: they are due again for every instance, this one too.
-    fn give_up_own(&mut self, entries: Vec<IndexEntry>) {
+    fn give_up_own(&mut self, mut entries: Vec<IndexEntry>) {
+        // One sent meanwhile by another path (a FIFO head) keeps its
+        // claim: its request runs under it.
+        entries.retain(|e| {
+            !self.in_flight.contains(&e.delivery) && !self.settling.contains(&e.delivery)
+        });
         if entries.is_empty() {
             return;
         }
@@ -258,6 +266,8 @@ impl Dispatch {
             let at = self.due_subs.entry(e.subscription).or_insert(e.at);
             *at = (*at).min(e.at);
         }
+        // Planned again soon, not at the next poll.
+        self.wake_at(now_ms());
     }
 
     /// Gives up every claim taken as deliveries were stored and not sent
@@ -462,6 +472,18 @@ impl Dispatch {
         }
         dir.refresh(s);
         self.heads.clear();
+        // A subscription another instance changed (a rate limit, FIFO,
+        // deactivated): what this one claimed of it as stored goes back.
+        let changed: Vec<SubscriptionId> = self
+            .own
+            .subs()
+            .filter(|sub| !dir.cached_policy(*sub).is_some_and(|p| p.is_plain()))
+            .collect();
+        let mut dropped = Vec::new();
+        for sub in changed {
+            dropped.extend(self.own.remove(sub));
+        }
+        self.give_up_own(dropped);
         s.refresh_health_views();
         if !s.config.deliver {
             return;
@@ -936,6 +958,9 @@ fn round_robin(ready: &mut [SubscriptionId], cursor: Option<SubscriptionId>) {
 #[cfg(test)]
 #[path = "dispatch_tests.rs"]
 mod tests;
+
+/// Below this [`own_max_age`], nothing is claimed as it is stored.
+const MIN_OWN_AGE: Duration = Duration::from_millis(250);
 
 /// How long a delivery claimed as it was stored may wait for a sender:
 /// half of what its lease leaves beyond the longest request (a claim must

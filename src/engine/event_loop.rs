@@ -323,6 +323,8 @@ impl Loop {
 
     fn begin_close(&mut self, deadline: Instant) {
         self.commands = crossbeam_channel::never();
+        // Nothing more is sent: what was claimed as stored goes back now.
+        self.dispatch.give_up_all_own();
         // Retention is the engine's own: it goes on after the next open.
         self.jobs.drop_background();
         if self.closing.is_none() {
@@ -576,10 +578,10 @@ impl Loop {
         }
         self.round.flush_needed();
         self.finish_round();
-        self.s.commit()?;
-        // Claimed as stored and not sent: for another instance at once,
-        // not after their lease.
+        // Claimed as stored and not sent (none, as a rule: `begin_close`):
+        // for another instance at once, not after their lease.
         self.dispatch.give_up_all_own();
+        self.s.commit()?;
         self.s.flush()?;
         // Shutdown is a barrier: a loss no barrier reported is its result.
         self.round.take_loss()

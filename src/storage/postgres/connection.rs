@@ -69,21 +69,25 @@ pub(super) fn connect(url: &str) -> Result<Client> {
     Ok(config.connect(NoTls)?)
 }
 
-/// How hookbus's own connections (the writer's, the pools') are set:
-///
-/// - commits do not wait for the WAL flush (a transaction says `SET LOCAL
-///   synchronous_commit TO on` where one must);
-/// - no hash or merge joins. Every join hookbus makes is a batch
-///   (`unnest` arrays) against a table indexed on the join key. Its
-///   statements are prepared once per connection, and the server keeps a
-///   generic plan made from the table's size at the time: made while a new
-///   store's tables were nearly empty, it hashed the whole `deliveries`
-///   table for every round's outcomes until the next `ANALYZE` (600 µs a
-///   round instead of about 100 at a steady 300/s, 3,000 rows in, by
-///   `pg_stat_statements`; test
-///   `postgres::the_engines_plans_stay_index_lookups_as_a_new_store_grows`).
-///   With these off, such plans are index lookups at any size.
-pub(super) const ENGINE_SESSION: &str =
+/// How the pools' connections (claims, the handles' reads) are set: their
+/// commits do not wait for the WAL flush (a transaction says `SET LOCAL
+/// synchronous_commit TO on` where one must).
+pub(super) const POOL_SESSION: &str = "SET synchronous_commit TO off";
+
+/// How the writer's connection is set: as the pools' ([`POOL_SESSION`]),
+/// and with no hash or merge joins. Every join the writer makes is a
+/// round's batch (`unnest` arrays) against a table indexed on the join
+/// key. Its statements are prepared once per connection, and the server
+/// keeps a generic plan made from the table's size at the time: made
+/// while a new store's tables were nearly empty, the outcome update hashed
+/// the whole `deliveries` table for every round until the next `ANALYZE`
+/// (613 µs a round instead of 75 at a steady 300/s, 3,000 rows in, by
+/// `pg_stat_statements`; test
+/// `postgres::the_engines_plans_stay_index_lookups_as_a_new_store_grows`).
+/// With these off, such plans are index lookups at any size. (No writer
+/// statement may join two relations without an index between them: that
+/// would be a nested loop over both.)
+pub(super) const WRITER_SESSION: &str =
     "SET synchronous_commit TO off; SET enable_hashjoin TO off; SET enable_mergejoin TO off";
 
 /// A connection with its prepared statements: each distinct statement is
@@ -139,7 +143,7 @@ impl Conn {
     /// round is visible at once; `flush` makes every commit so far
     /// durable with one synchronous commit).
     pub(super) fn writer(url: &str) -> Result<Conn> {
-        Conn::committing_asynchronously(url)
+        Conn::set_up(url, WRITER_SESSION)
     }
 
     /// A connection for the readers' pool, which also writes what the
@@ -154,13 +158,13 @@ impl Conn {
     /// rate-limit tokens lost in such a crash are given once more. A
     /// receiver's pause commits synchronously (`coordination::pause`).
     pub(super) fn coordinating(url: &str) -> Result<Conn> {
-        Conn::committing_asynchronously(url)
+        Conn::set_up(url, POOL_SESSION)
     }
 
-    /// A connection of the engine's (see [`ENGINE_SESSION`]).
-    fn committing_asynchronously(url: &str) -> Result<Conn> {
+    /// A connection with these session settings.
+    fn set_up(url: &str, settings: &str) -> Result<Conn> {
         let mut c = Conn::open(url)?;
-        c.client.batch_execute(ENGINE_SESSION)?;
+        c.client.batch_execute(settings)?;
         Ok(c)
     }
 

@@ -205,7 +205,9 @@ impl Claimed {
     /// (`PgWriter::claim_new`) and of their events, within the same bound
     /// as a claim's.
     pub(super) fn keep_new(&mut self, deliveries: Vec<Delivery>, events: Vec<Event>) {
-        if self.deliveries.len() + deliveries.len() > Claimed::MAX_KEPT {
+        if self.deliveries.len() + deliveries.len() > Claimed::MAX_KEPT
+            || self.events.len() + events.len() > Claimed::MAX_KEPT
+        {
             self.deliveries.clear();
             self.events.clear();
         }
@@ -252,7 +254,11 @@ fn keep_claimed(pool: &Pool, claimed: &Mutex<Claimed>, rows: &[Row]) -> Result<(
     // out yet (a pass claims plain subscriptions at once, then limited
     // ones one by one), within a bound.
     let mut claimed = claimed.lock().unwrap_or_else(|e| e.into_inner());
-    if claimed.deliveries.len() + deliveries.len() > Claimed::MAX_KEPT {
+    // (Events are bounded too: one fetched here may be read from the
+    // payload cache instead, and so never taken out.)
+    if claimed.deliveries.len() + deliveries.len() > Claimed::MAX_KEPT
+        || claimed.events.len() + by_id.len() > Claimed::MAX_KEPT
+    {
         claimed.deliveries.clear();
         claimed.events.clear();
     }

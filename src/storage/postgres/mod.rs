@@ -106,7 +106,7 @@ pub(crate) fn open(
         migrate(&mut client, schema)?;
         // Rows an older build created during a rolling deploy.
         fill_columns(&mut client, schema)?;
-        client.batch_execute(connection::ENGINE_SESSION)?;
+        client.batch_execute(connection::WRITER_SESSION)?;
         Ok(client)
     })?;
     let mut token = [0u8; 16];

@@ -176,10 +176,24 @@ impl PgWriter {
             }
         }
         ops::merge_health(&mut tx, &pool, &health)?;
-        ops::notify(&mut tx, &pool, &self.ops, &self.to_claim)?;
         let claimed = ops::insert_new_deliveries(&mut tx, &pool, &self.ops, &self.to_claim)?;
+        ops::notify(&mut tx, &pool, &self.ops, &claimed)?;
         tx.commit()?;
         Ok(claimed)
+    }
+
+    /// After a failed commit: if it was in fact applied (the connection
+    /// was lost during `COMMIT`), the deliveries it claimed are held by
+    /// this instance, which does not know it: given up at once (on the
+    /// pools' connection), not left for their lease.
+    fn release_unknown(&self) {
+        if self.to_claim.is_empty() {
+            return;
+        }
+        let ids: Vec<DeliveryId> = self.to_claim.iter().copied().collect();
+        if let Err(e) = crate::storage::Coordinator::release(&self.reader.coordinator(), &ids) {
+            tracing::warn!(error = %e, "could not give up claims of a commit that failed; if it was applied, they wait for their lease");
+        }
     }
 
     /// After a commit that stored `claimed` claimed: their entries for the
@@ -385,7 +399,6 @@ impl Writer for PgWriter {
             .any(|op| matches!(op, Op::PutEvent(_) | Op::PutDelivery(None, _)));
         self.new_claims.clear();
         let r = self.apply(durable);
-        self.to_claim.clear();
         let r = match r {
             Ok(claimed) => {
                 self.keep_new_claims(&claimed);
@@ -397,10 +410,12 @@ impl Writer for PgWriter {
                 // A statement the server no longer takes as prepared (a
                 // schema changed under it) is prepared afresh next time.
                 self.client.forget_statements();
+                self.release_unknown();
                 Err(e)
             }
         };
         self.ops.clear();
+        self.to_claim.clear();
         r
     }
 

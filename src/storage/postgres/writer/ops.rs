@@ -115,11 +115,15 @@ pub(super) fn number_new_deliveries(
     let ns: Vec<i64> = counts.values().copied().collect();
     let rows = tx.query(
         &format!(
+            // Every row locked in id order first (the count, a one-time
+            // filter, runs the locking scan to its end before any update),
+            // then each updated through the primary key: no join of the
+            // two lists (the writer has no hash joins: `WRITER_SESSION`).
             "WITH locked AS (
                  SELECT id FROM {s} WHERE id = ANY($1) ORDER BY id FOR UPDATE)
              UPDATE {s} SET seq = {s}.seq + v.n
-             FROM unnest($1::bytea[], $2::int8[]) AS v(id, n), locked
-             WHERE {s}.id = v.id AND locked.id = v.id
+             FROM unnest($1::bytea[], $2::int8[]) AS v(id, n)
+             WHERE {s}.id = v.id AND (SELECT count(*) FROM locked) > 0
              RETURNING {s}.id, {s}.seq",
             s = pool.t("subscriptions")
         ),
@@ -184,13 +188,13 @@ pub(super) fn notify(
     tx: &mut Tx<'_>,
     pool: &Pool,
     ops: &[Op],
-    to_claim: &HashSet<DeliveryId>,
+    claimed: &HashSet<DeliveryId>,
 ) -> Result<()> {
-    // New deliveries this instance claims as it stores them are its own
-    // to send: nobody else need look.
+    // New deliveries this instance stored claimed are its own to send:
+    // nobody else need look.
     let new_deliveries = ops
         .iter()
-        .any(|op| matches!(op, Op::PutDelivery(None, d) if !to_claim.contains(&d.id)));
+        .any(|op| matches!(op, Op::PutDelivery(None, d) if !claimed.contains(&d.id)));
     let subscriptions_changed = ops
         .iter()
         .any(|op| matches!(op, Op::PutSubscription(..) | Op::RemoveSubscription(_)));
