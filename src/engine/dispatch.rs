@@ -163,7 +163,7 @@ impl Dispatch {
     /// deliveries this instance claims as they are stored, to send them
     /// without a claim statement (and without reading them back). Only
     /// what it could send at once: due now, of a subscription with nothing
-    /// else due (an older delivery, a retry, is never overtaken), whose
+    /// else pending (an older delivery, a retry, is never overtaken), whose
     /// policy it knows to be plain (no rate limit, not FIFO, active),
     /// healthy and not paused, within the room its window leaves, and
     /// within the free senders.
@@ -177,7 +177,10 @@ impl Dispatch {
         {
             return;
         }
-        let mut free = (s.config.senders).saturating_sub(self.in_flight.len() + self.own.len());
+        let mut free = s
+            .config
+            .senders
+            .saturating_sub(self.in_flight.len() + self.own.len());
         let now = now_ms();
         let per_subscription = s.config.per_subscription;
         let mut rooms: HashMap<SubscriptionId, usize> = HashMap::new();
@@ -324,7 +327,7 @@ impl Dispatch {
         // Those left unclaimed are in `due_subs` now.
         self.passed_over.clear();
         for (sub, at) in changes.added {
-            // Every one of them claimed as stored, and nothing else due:
+            // Every one of them claimed as stored, and nothing else pending:
             // they are this instance's to send (`own`), nothing to claim.
             let claimed = fresh.get(&sub).copied().unwrap_or(0);
             if claimed > 0
