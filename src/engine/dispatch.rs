@@ -305,6 +305,12 @@ impl Dispatch {
         }
     }
 
+    /// Whether delivery `d` is in flight, or its outcome is settling: it
+    /// must not be sent again, nor its claim given up.
+    fn busy(&self, d: DeliveryId) -> bool {
+        self.in_flight.contains(&d) || self.settling.contains(&d)
+    }
+
     /// Hands due deliveries to free senders, fairly between subscriptions.
     pub(crate) fn dispatch(&mut self, s: &mut Session, round: &mut Round, dir: &mut Directory) {
         if !s.config.deliver {
@@ -501,7 +507,7 @@ impl Dispatch {
         if plain.len() < 2 {
             return HashMap::new();
         }
-        let busy = |d: DeliveryId| self.in_flight.contains(&d) || self.settling.contains(&d);
+        let busy = |d: DeliveryId| self.busy(d);
         match self.coord.take_due_many(s, &plain, now, &busy) {
             Ok(got) => got.into_iter().collect(),
             Err(e) => {
@@ -635,7 +641,7 @@ impl Dispatch {
             return sent;
         }
         let rate = dir.cached_policy(sub).and_then(|p| p.rate);
-        let busy = |d: DeliveryId| self.in_flight.contains(&d) || self.settling.contains(&d);
+        let busy = |d: DeliveryId| self.busy(d);
         match coordination::take(&*self.coord, s, sub, rate, head, room, now, &busy) {
             Take::Entries(batch) => self.send(s, dir, sub, batch),
             Take::WaitUntil(at) => {

@@ -159,9 +159,7 @@ impl Dispatch {
     pub(super) fn give_up_own(&mut self, mut entries: Vec<IndexEntry>) {
         // One sent meanwhile by another path (a FIFO head) keeps its
         // claim: its request runs under it.
-        entries.retain(|e| {
-            !self.in_flight.contains(&e.delivery) && !self.settling.contains(&e.delivery)
-        });
+        entries.retain(|e| !self.busy(e.delivery));
         if entries.is_empty() {
             return;
         }
@@ -204,9 +202,7 @@ impl Dispatch {
         self.give_up_own(stale);
         // Never a second request for one in flight (taken meanwhile as a
         // FIFO queue's head, say).
-        batch.retain(|e| {
-            !self.in_flight.contains(&e.delivery) && !self.settling.contains(&e.delivery)
-        });
+        batch.retain(|e| !self.busy(e.delivery));
         if batch.is_empty() {
             return None;
         }

@@ -600,22 +600,24 @@ fn the_engines_plans_stay_index_lookups_as_a_new_store_grows() {
     // A backend's statistics reach the server when its connection ends.
     bus.shutdown(Duration::from_secs(5)).unwrap();
     drop(bus);
-    let read = |c: &mut postgres::Client| -> i64 {
+    let stat = |c: &mut postgres::Client, column: &str| -> i64 {
+        let _ = c.batch_execute("SELECT pg_stat_clear_snapshot()");
         c.query_one(
-            "SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables
-             WHERE schemaname = $1 AND relname = 'deliveries'",
+            &format!(
+                "SELECT coalesce({column}, 0) FROM pg_stat_user_tables
+                 WHERE schemaname = $1 AND relname = 'deliveries'"
+            ),
             &[&schema.0],
         )
         .unwrap()
         .get(0)
     };
-    // The server takes a moment to count what ended connections report.
-    let mut rows = 0;
-    for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(100));
-        let _ = c.batch_execute("SELECT pg_stat_clear_snapshot()");
-        rows = read(&mut c);
-    }
+    // The server counts what ended connections report a moment later:
+    // wait until it shows the 90 outcomes' updates.
+    wait_until(LONG, "the bus's statistics reported", || {
+        stat(&mut c, "n_tup_upd") >= 90
+    });
+    let rows = stat(&mut c, "seq_tup_read");
     assert!(
         rows < FILLER,
         "whole-table scans of deliveries read {rows} rows after it grew to {FILLER}"
