@@ -625,6 +625,67 @@ fn the_engines_plans_stay_index_lookups_as_a_new_store_grows() {
     println!("rows read by whole-table scans of deliveries: {rows}");
 }
 
+/// The writer pipelines a round: statements whose results it does not
+/// need (the events' insert among them) are sent and answered with the
+/// next statement or the commit. One of them failing must fail the round
+/// with its own error (not the "transaction is aborted" of the statements
+/// after it), store nothing of the round, and leave the connection fit
+/// for the next round.
+#[test]
+fn a_statement_that_fails_inside_a_pipelined_round_fails_it_with_its_own_error() {
+    let Some(schema) = Schema::new("pipelined") else {
+        return;
+    };
+    let rx = TestReceiver::start();
+    let bus = schema.builder().open().unwrap();
+    bus.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
+        .unwrap();
+    bus.publish_durable("e", &json!({ "n": 0 })).unwrap();
+    rx.wait_for(1, LONG);
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    // The events' insert (sent, not waited for) fails on this; the new
+    // deliveries' insert after it in the same round would only fail as
+    // "current transaction is aborted".
+    c.batch_execute(&format!(
+        "ALTER TABLE {s}.events ADD CONSTRAINT hb_test_no_big_events CHECK (length(record) < 4000)",
+        s = schema.0
+    ))
+    .unwrap();
+    let big = "x".repeat(8_000);
+    let err = bus
+        .publish_durable("e", &json!({ "big": big }))
+        .expect_err("a round whose events' insert fails is not stored");
+    assert!(
+        err.to_string().contains("hb_test_no_big_events"),
+        "the round fails with the failing statement's own error, not another's: {err}"
+    );
+    let count = |c: &mut postgres::Client, table: &str| -> i64 {
+        c.query_one(&format!("SELECT count(*) FROM {}.{table}", schema.0), &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(
+        count(&mut c, "events"),
+        1,
+        "nothing of the failed round is stored"
+    );
+    assert_eq!(
+        count(&mut c, "deliveries"),
+        1,
+        "nothing of the failed round is stored"
+    );
+    // The connection goes on: the next round commits and is delivered.
+    bus.publish_durable("e", &json!({ "n": 2 })).unwrap();
+    let got = rx.wait_for(2, LONG);
+    assert_eq!(count(&mut c, "events"), 2);
+    assert!(
+        got.iter()
+            .all(|r| !String::from_utf8_lossy(&r.body).contains("xxxx")),
+        "the failed event is never sent"
+    );
+    bus.shutdown(Duration::from_secs(5)).unwrap();
+}
+
 #[test]
 fn a_result_from_an_expired_claim_does_not_overwrite_newer_state() {
     let Some(schema) = Schema::new("lease") else {

@@ -19,14 +19,6 @@ const MAX_READ_CONNECTIONS: usize = 16;
 /// How long a read waits for a connection when all are in use.
 const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Connects to `url` with hookbus's timeouts, so a stuck statement, lock
-/// or network ends with an error instead of stalling the engine: a
-/// statement and a lock timeout (unless the URL's `options` set their
-/// own), a 10 s connect timeout (unless the URL sets one), TCP keepalives
-/// and a TCP user timeout (a server that stops answering is noticed in
-/// about a minute). A pooler such as PgBouncer must let the `options`
-/// startup parameter through (`ignore_startup_parameters = options` drops
-/// it, and with it the two server-side timeouts).
 /// Runs `f` where the blocking client may block: at once on a thread
 /// that drives no async runtime, else on a scoped thread of its own. The
 /// blocking `postgres` client drives a runtime of its own, and tokio
@@ -44,8 +36,22 @@ pub(crate) fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
+/// Connects to `url` with hookbus's timeouts, so a stuck statement, lock
+/// or network ends with an error instead of stalling the engine: a
+/// statement and a lock timeout (unless the URL's `options` set their
+/// own), a 10 s connect timeout (unless the URL sets one), TCP keepalives
+/// and a TCP user timeout (a server that stops answering is noticed in
+/// about a minute). A pooler such as PgBouncer must let the `options`
+/// startup parameter through (`ignore_startup_parameters = options` drops
+/// it, and with it the two server-side timeouts).
 pub(super) fn connect(url: &str) -> Result<Client> {
-    let mut config: postgres::Config = url.parse()?;
+    Ok(postgres::Config::from(tokio_config(url)?).connect(NoTls)?)
+}
+
+/// `url` with hookbus's timeouts (see [`connect`]), for a connection of
+/// `tokio-postgres` (the writer's) or of the blocking client.
+pub(super) fn tokio_config(url: &str) -> Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config = url.parse()?;
     let mut options = config.get_options().unwrap_or("").to_owned();
     for (name, ms) in [
         ("statement_timeout", STATEMENT_TIMEOUT_MS),
@@ -66,7 +72,7 @@ pub(super) fn connect(url: &str) -> Result<Client> {
         .keepalives(true)
         .keepalives_idle(std::time::Duration::from_secs(30))
         .tcp_user_timeout(std::time::Duration::from_secs(60));
-    Ok(config.connect(NoTls)?)
+    Ok(config)
 }
 
 /// How the pools' connections (claims, the handles' reads) are set: their
@@ -111,10 +117,24 @@ impl Stmts {
         c: &mut impl postgres::GenericClient,
         sql: &str,
     ) -> Result<postgres::Statement> {
+        self.get_with(sql, || Ok(c.prepare(sql)?))
+    }
+
+    /// Whether `sql` is prepared.
+    pub(super) fn has(&self, sql: &str) -> bool {
+        self.0.contains_key(sql)
+    }
+
+    /// `sql`'s statement, prepared with `prepare` if new.
+    pub(super) fn get_with(
+        &mut self,
+        sql: &str,
+        prepare: impl FnOnce() -> Result<postgres::Statement>,
+    ) -> Result<postgres::Statement> {
         if let Some(s) = self.0.get(sql) {
             return Ok(s.clone());
         }
-        let s = c.prepare(sql)?;
+        let s = prepare()?;
         if self.0.len() >= Self::MAX {
             self.0.clear();
         }
@@ -137,13 +157,6 @@ impl Conn {
             client,
             stmts: Stmts::default(),
         }
-    }
-
-    /// A connection for the writer: its commits are asynchronous (a
-    /// round is visible at once; `flush` makes every commit so far
-    /// durable with one synchronous commit).
-    pub(super) fn writer(url: &str) -> Result<Conn> {
-        Conn::set_up(url, WRITER_SESSION)
     }
 
     /// A connection for the readers' pool, which also writes what the
@@ -177,17 +190,6 @@ impl Conn {
             tx: self.client.transaction()?,
             stmts: &mut self.stmts,
         })
-    }
-
-    /// Runs statements as one message, unprepared and without parameters.
-    pub(super) fn batch_execute(&mut self, sql: &str) -> Result<()> {
-        Ok(self.client.batch_execute(sql)?)
-    }
-
-    /// Forgets the prepared statements: each is prepared afresh when next
-    /// used.
-    pub(super) fn forget_statements(&mut self) {
-        self.stmts = Stmts::default();
     }
 }
 

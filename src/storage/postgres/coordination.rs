@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use postgres::Row;
 
-use super::connection::{Conn, Pool, Prepared};
+use super::connection::{Pool, Prepared};
 use super::rows::{delivery_of, entry_of, event_of, id_of, ms, unms};
+use super::writer::WriterConn;
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::ids::{DeliveryId, EventId, SubscriptionId};
@@ -122,7 +123,7 @@ pub(super) fn key_lock(schema: &str) -> String {
 
 /// Takes the subscription lock of `schema` on `conn`, waiting for it (a
 /// session-level lock: held until [`unlock_all`] or the connection ends).
-pub(super) fn lock_subscriptions(conn: &mut Conn, schema: &str) -> Result<()> {
+pub(super) fn lock_subscriptions(conn: &mut WriterConn, schema: &str) -> Result<()> {
     conn.execute(
         "SELECT pg_advisory_lock(hashtext($1))",
         &[&subscription_lock(schema)],
@@ -132,7 +133,7 @@ pub(super) fn lock_subscriptions(conn: &mut Conn, schema: &str) -> Result<()> {
 
 /// Takes the lock of idempotency key `key` on `conn` if no one holds it,
 /// without waiting (a session-level lock): whether it was taken.
-pub(super) fn try_lock_key(conn: &mut Conn, schema: &str, key: &str) -> Result<bool> {
+pub(super) fn try_lock_key(conn: &mut WriterConn, schema: &str, key: &str) -> Result<bool> {
     let row = conn.query_one(
         "SELECT pg_try_advisory_lock(hashtext($1), hashtext(encode($2, 'hex')))",
         &[&key_lock(schema), &key.as_bytes()],
@@ -141,7 +142,7 @@ pub(super) fn try_lock_key(conn: &mut Conn, schema: &str, key: &str) -> Result<b
 }
 
 /// Releases every session-level advisory lock `conn` holds.
-pub(super) fn unlock_all(conn: &mut Conn) -> Result<()> {
+pub(super) fn unlock_all(conn: &mut WriterConn) -> Result<()> {
     conn.execute("SELECT pg_advisory_unlock_all()", &[])?;
     Ok(())
 }

@@ -81,9 +81,10 @@ pub(crate) use publish_in::{InTx, publish_in};
 pub(crate) use reader::PgReader;
 pub(crate) use schema::validate_schema;
 pub(crate) use writer::PgWriter;
+use writer::WriterConn;
 
 use crate::error::Result;
-use connection::{Conn, Pool, connect, off_runtime};
+use connection::{Pool, connect, off_runtime};
 use rows::store_error;
 use schema::{fill_columns, migrate};
 
@@ -106,8 +107,10 @@ pub(crate) fn open(
         migrate(&mut client, schema)?;
         // Rows an older build created during a rolling deploy.
         fill_columns(&mut client, schema)?;
-        client.batch_execute(connection::WRITER_SESSION)?;
-        Ok(client)
+        drop(client);
+        // The writer's own connection, which pipelines a round's
+        // statements (`writer::WriterConn`).
+        WriterConn::open(url, connection::WRITER_SESSION)
     })?;
     let mut token = [0u8; 16];
     getrandom::fill(&mut token)
@@ -118,6 +121,6 @@ pub(crate) fn open(
     // engine's (claims, fan-out, retention) have pools of their own, so
     // busy handles never make the dispatcher wait for a connection.
     let reader = PgReader::new(pool());
-    let writer = PgWriter::new(PgReader::new(pool()), Conn::new(client));
+    let writer = PgWriter::new(PgReader::new(pool()), client);
     Ok((reader, writer))
 }

@@ -5,6 +5,7 @@
 //! round's [`Batch`].
 
 mod batch;
+mod conn;
 mod ops;
 
 use std::collections::HashSet;
@@ -12,7 +13,9 @@ use std::collections::HashSet;
 use batch::Batch;
 use ops::Op;
 
-use super::connection::Conn;
+pub(super) use conn::WriterConn;
+
+use super::connection::WRITER_SESSION;
 use super::coordination;
 use super::reader::PgReader;
 use super::rows::{encode, store_error};
@@ -28,7 +31,7 @@ use crate::storage::{Damaged, IndexEntry, Reader, SubscriptionRecord, Writer};
 /// transaction on its own connection.
 pub(crate) struct PgWriter {
     reader: PgReader,
-    client: Conn,
+    client: WriterConn,
     ops: Vec<Op>,
     /// Asynchronous commits were made that no synchronous one has covered
     /// yet (a synchronous commit waits for the WAL up to it, so for every
@@ -55,7 +58,7 @@ impl std::fmt::Debug for PgWriter {
 impl PgWriter {
     /// The writer of an instance: `reader` is the engine's (the one that
     /// claims), `client` the writer's own connection.
-    pub(super) fn new(reader: PgReader, client: Conn) -> PgWriter {
+    pub(super) fn new(reader: PgReader, client: WriterConn) -> PgWriter {
         PgWriter {
             reader,
             client,
@@ -109,7 +112,7 @@ impl PgWriter {
     /// Drops the writer's connection for a new one (on an error the old
     /// one stays: the next round tries again).
     fn replace_connection(&mut self) -> Result<()> {
-        self.client = Conn::writer(&self.reader.pool().url)?;
+        self.client = WriterConn::open(&self.reader.pool().url, WRITER_SESSION)?;
         Ok(())
     }
 
@@ -118,13 +121,10 @@ impl PgWriter {
     fn apply(&mut self, durable: bool) -> Result<HashSet<DeliveryId>> {
         self.reconnect_if_closed()?;
         let pool = self.reader.pool().clone();
-        let mut tx = self.client.transaction()?;
-        if durable {
-            tx.batch_execute("SET LOCAL synchronous_commit TO on")?;
-        }
+        let mut tx = self.client.transaction(durable);
         // Group commit: a round of outcomes alone is visible at once and
         // made durable by the next `flush` (the writer's connection commits
-        // asynchronously: `Conn::writer`), which a crash can only make a
+        // asynchronously: `WRITER_SESSION`), which a crash can only make a
         // delivery be sent again for; a round that stores events or new
         // deliveries commits synchronously (`durable`, see `commit`).
         let counts = ops::new_per_subscription(&self.ops);

@@ -4,12 +4,12 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::conn::WriterTx;
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::ids::DeliveryId;
 use crate::record::Attempt;
 use crate::storage::IndexEntry;
-use crate::storage::postgres::connection::{Prepared, Tx};
 use crate::storage::postgres::coordination::DB_NOW;
 use crate::storage::postgres::rows::{encode, ms, state_code};
 
@@ -67,7 +67,7 @@ impl Batch {
     /// ran out, after another instance moved the delivery on, changes
     /// nothing) and not over a running claim of another instance (its
     /// result is the newer one).
-    pub(super) fn send(&mut self, tx: &mut Tx<'_>, schema: &str, me: &[u8]) -> Result<()> {
+    pub(super) fn send(&mut self, tx: &mut WriterTx<'_>, schema: &str, me: &[u8]) -> Result<()> {
         if !self.updates.is_empty() {
             let rows = std::mem::take(&mut self.updates);
             self.at.clear();
@@ -127,13 +127,15 @@ impl Batch {
                 ns.push(n);
                 records.push(record);
             }
-            tx.execute(
+            // Nothing waits for it: answered with the round's next
+            // statement waited for, or its commit.
+            tx.defer(
                 &format!(
                     "INSERT INTO \"{schema}\".attempts (delivery, n, record)
                      SELECT * FROM unnest($1::bytea[], $2::int4[], $3::bytea[])
                      ON CONFLICT (delivery, n) DO NOTHING"
                 ),
-                &[&ids, &ns, &records],
+                vec![Box::new(ids), Box::new(ns), Box::new(records)],
             )?;
         }
         Ok(())

@@ -6,13 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use super::conn::WriterTx;
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::health::{HealthDelta, HealthRecord};
 use crate::ids::{DeliveryId, EventId, NoticeId, SubscriptionId};
 use crate::notice::Notice;
 use crate::record::{Attempt, Event};
-use crate::storage::postgres::connection::{Pool, Prepared, Tx};
+use crate::storage::postgres::connection::Pool;
 use crate::storage::postgres::coordination::DB_NOW;
 use crate::storage::postgres::listener::channel;
 use crate::storage::postgres::rows::{decode, encode, encode_event, id_of, ms, state_code, unms};
@@ -71,7 +72,7 @@ pub(super) fn new_per_subscription(ops: &[Op]) -> BTreeMap<SubscriptionId, i64> 
 /// the other. `counts`: the round's new deliveries per subscription
 /// ([`new_per_subscription`]).
 pub(super) fn lock_written_subscriptions(
-    tx: &mut Tx<'_>,
+    tx: &mut WriterTx<'_>,
     pool: &Pool,
     ops: &[Op],
     counts: &BTreeMap<SubscriptionId, i64>,
@@ -103,7 +104,7 @@ pub(super) fn lock_written_subscriptions(
 /// id order (as every numbering does, so two instances never wait for
 /// each other's rows).
 pub(super) fn number_new_deliveries(
-    tx: &mut Tx<'_>,
+    tx: &mut WriterTx<'_>,
     pool: &Pool,
     ops: &mut [Op],
     counts: &BTreeMap<SubscriptionId, i64>,
@@ -150,7 +151,7 @@ pub(super) fn number_new_deliveries(
 }
 
 /// The round's events in one statement, before anything refers to them.
-pub(super) fn insert_events(tx: &mut Tx<'_>, pool: &Pool, ops: &[Op]) -> Result<()> {
+pub(super) fn insert_events(tx: &mut WriterTx<'_>, pool: &Pool, ops: &[Op]) -> Result<()> {
     let events: Vec<&Event> = ops
         .iter()
         .filter_map(|op| match op {
@@ -169,7 +170,8 @@ pub(super) fn insert_events(tx: &mut Tx<'_>, pool: &Pool, ops: &[Op]) -> Result<
         records.push(encode_event(e));
         tenants.push(e.tenant.clone());
     }
-    tx.execute(
+    // Sent, not waited for: it goes with the round's next statement.
+    tx.defer(
         &format!(
             "INSERT INTO {} (id, record, tenant, scoped)
              SELECT id, record, tenant, true
@@ -177,7 +179,7 @@ pub(super) fn insert_events(tx: &mut Tx<'_>, pool: &Pool, ops: &[Op]) -> Result<
              ON CONFLICT DO NOTHING",
             pool.t("events")
         ),
-        &[&ids, &records, &tenants],
+        vec![Box::new(ids), Box::new(records), Box::new(tenants)],
     )?;
     Ok(())
 }
@@ -185,7 +187,7 @@ pub(super) fn insert_events(tx: &mut Tx<'_>, pool: &Pool, ops: &[Op]) -> Result<
 /// A round with new deliveries or changed subscriptions notifies the
 /// schema's channel.
 pub(super) fn notify(
-    tx: &mut Tx<'_>,
+    tx: &mut WriterTx<'_>,
     pool: &Pool,
     ops: &[Op],
     claimed: &HashSet<DeliveryId>,
@@ -201,9 +203,13 @@ pub(super) fn notify(
     if new_deliveries || subscriptions_changed {
         // Delivered to listening instances when this commits: they look
         // for new work, and forget the subscriptions they cached.
-        tx.execute(
+        // Sent with the commit.
+        tx.defer(
             "SELECT pg_notify($1, $2)",
-            &[&channel(&pool.schema), &hex::encode(pool.token)],
+            vec![
+                Box::new(channel(&pool.schema)),
+                Box::new(hex::encode(pool.token)),
+            ],
         )?;
     }
     Ok(())
@@ -214,7 +220,7 @@ pub(super) fn notify(
 /// clock, as a claim's), unless a receiver's pause holds their
 /// subscription back. Returns the ones stored claimed.
 pub(super) fn insert_new_deliveries(
-    tx: &mut Tx<'_>,
+    tx: &mut WriterTx<'_>,
     pool: &Pool,
     ops: &[Op],
     to_claim: &HashSet<DeliveryId>,
@@ -307,7 +313,7 @@ pub(super) fn insert_new_deliveries(
 // One write each.
 
 pub(super) fn put_subscription(
-    tx: &mut Tx<'_>,
+    tx: &mut WriterTx<'_>,
     pool: &Pool,
     old_events: Option<&[String]>,
     new: &SubscriptionRecord,
@@ -360,7 +366,7 @@ pub(super) fn put_subscription(
 }
 
 pub(super) fn remove_subscription(
-    tx: &mut Tx<'_>,
+    tx: &mut WriterTx<'_>,
     pool: &Pool,
     old: &SubscriptionRecord,
 ) -> Result<()> {
@@ -387,7 +393,7 @@ pub(super) fn remove_subscription(
     Ok(())
 }
 
-pub(super) fn sweep_orphans(tx: &mut Tx<'_>, pool: &Pool, before: EventId) -> Result<()> {
+pub(super) fn sweep_orphans(tx: &mut WriterTx<'_>, pool: &Pool, before: EventId) -> Result<()> {
     tx.execute(
         &format!(
             "DELETE FROM {e} WHERE id IN (
@@ -402,7 +408,7 @@ pub(super) fn sweep_orphans(tx: &mut Tx<'_>, pool: &Pool, before: EventId) -> Re
     Ok(())
 }
 
-pub(super) fn remove_event(tx: &mut Tx<'_>, pool: &Pool, id: EventId) -> Result<()> {
+pub(super) fn remove_event(tx: &mut WriterTx<'_>, pool: &Pool, id: EventId) -> Result<()> {
     let id = &id.to_bytes()[..];
     tx.execute(
         &format!(
@@ -417,7 +423,7 @@ pub(super) fn remove_event(tx: &mut Tx<'_>, pool: &Pool, id: EventId) -> Result<
 }
 
 pub(super) fn remove_delivery(
-    tx: &mut Tx<'_>,
+    tx: &mut WriterTx<'_>,
     pool: &Pool,
     id: DeliveryId,
     record: &[u8],
@@ -441,7 +447,7 @@ pub(super) fn remove_delivery(
     Ok(())
 }
 
-pub(super) fn probe(tx: &mut Tx<'_>, pool: &Pool) -> Result<()> {
+pub(super) fn probe(tx: &mut WriterTx<'_>, pool: &Pool) -> Result<()> {
     tx.execute(
         &format!(
             "UPDATE {} SET applied_at = applied_at WHERE version = -1",
@@ -452,7 +458,12 @@ pub(super) fn probe(tx: &mut Tx<'_>, pool: &Pool) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn remove_attempt(tx: &mut Tx<'_>, pool: &Pool, id: DeliveryId, n: u32) -> Result<()> {
+pub(super) fn remove_attempt(
+    tx: &mut WriterTx<'_>,
+    pool: &Pool,
+    id: DeliveryId,
+    n: u32,
+) -> Result<()> {
     let n = i32::try_from(n).unwrap_or(i32::MAX);
     tx.execute(
         &format!(
@@ -464,7 +475,11 @@ pub(super) fn remove_attempt(tx: &mut Tx<'_>, pool: &Pool, id: DeliveryId, n: u3
     Ok(())
 }
 
-pub(super) fn quarantine_delivery(tx: &mut Tx<'_>, pool: &Pool, id: DeliveryId) -> Result<()> {
+pub(super) fn quarantine_delivery(
+    tx: &mut WriterTx<'_>,
+    pool: &Pool,
+    id: DeliveryId,
+) -> Result<()> {
     let id = &id.to_bytes()[..];
     let mut key = vec![b'd'];
     key.extend_from_slice(id);
@@ -485,7 +500,7 @@ pub(super) fn quarantine_delivery(tx: &mut Tx<'_>, pool: &Pool, id: DeliveryId) 
     Ok(())
 }
 
-pub(super) fn quarantine_raw(tx: &mut Tx<'_>, pool: &Pool, d: &Damaged) -> Result<()> {
+pub(super) fn quarantine_raw(tx: &mut WriterTx<'_>, pool: &Pool, d: &Damaged) -> Result<()> {
     // Keys are a table letter and the row's id (see
     // `corrupt`).
     let Some((&kind, id)) = d.key.split_first() else {
@@ -524,7 +539,7 @@ pub(super) fn quarantine_raw(tx: &mut Tx<'_>, pool: &Pool, d: &Damaged) -> Resul
 }
 
 pub(super) fn put_key(
-    tx: &mut Tx<'_>,
+    tx: &mut WriterTx<'_>,
     pool: &Pool,
     key: &str,
     event: EventId,
@@ -541,7 +556,7 @@ pub(super) fn put_key(
     Ok(())
 }
 
-pub(super) fn remove_key(tx: &mut Tx<'_>, pool: &Pool, key: &str, at: u64) -> Result<()> {
+pub(super) fn remove_key(tx: &mut WriterTx<'_>, pool: &Pool, key: &str, at: u64) -> Result<()> {
     tx.execute(
         &format!(
             "DELETE FROM {} WHERE key = $1 AND at = $2",
@@ -553,7 +568,7 @@ pub(super) fn remove_key(tx: &mut Tx<'_>, pool: &Pool, key: &str, at: u64) -> Re
 }
 
 pub(super) fn put_sequence(
-    tx: &mut Tx<'_>,
+    tx: &mut WriterTx<'_>,
     pool: &Pool,
     sub: SubscriptionId,
     last: u64,
@@ -569,7 +584,7 @@ pub(super) fn put_sequence(
 }
 
 pub(super) fn merge_health(
-    tx: &mut Tx<'_>,
+    tx: &mut WriterTx<'_>,
     pool: &Pool,
     deltas: &BTreeMap<SubscriptionId, Vec<&HealthDelta>>,
 ) -> Result<()> {
@@ -616,19 +631,20 @@ pub(super) fn merge_health(
             encode(&merged)
         })
         .collect();
-    tx.execute(
+    // Sent, not waited for: it goes with the round's next statement.
+    tx.defer(
         &format!(
             "UPDATE {h} SET record = v.record
              FROM unnest($1::bytea[], $2::bytea[]) AS v(sub, record)
              WHERE {h}.sub = v.sub",
             h = pool.t("health")
         ),
-        &[&ids, &records],
+        vec![Box::new(ids), Box::new(records)],
     )?;
     Ok(())
 }
 
-pub(super) fn put_notice(tx: &mut Tx<'_>, pool: &Pool, n: &Notice) -> Result<()> {
+pub(super) fn put_notice(tx: &mut WriterTx<'_>, pool: &Pool, n: &Notice) -> Result<()> {
     tx.execute(
         &format!(
             "INSERT INTO {} (id, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -639,7 +655,7 @@ pub(super) fn put_notice(tx: &mut Tx<'_>, pool: &Pool, n: &Notice) -> Result<()>
     Ok(())
 }
 
-pub(super) fn remove_notice(tx: &mut Tx<'_>, pool: &Pool, id: NoticeId) -> Result<()> {
+pub(super) fn remove_notice(tx: &mut WriterTx<'_>, pool: &Pool, id: NoticeId) -> Result<()> {
     tx.execute(
         &format!("DELETE FROM {} WHERE id = $1", pool.t("notices")),
         &[&&id.to_bytes()[..]],
