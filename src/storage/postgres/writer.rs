@@ -167,7 +167,9 @@ impl PgWriter {
                 Op::RemoveNotice(id) => ops::remove_notice(&mut tx, &pool, *id)?,
             }
         }
-        batch.send(&mut tx, &pool.schema, &pool.token)?;
+        // The last changes go out with the health rows' read; their
+        // attempts once both are answered.
+        let started = batch.start(&mut tx, &pool.schema, &pool.token)?;
         let mut health: std::collections::BTreeMap<SubscriptionId, Vec<&HealthDelta>> =
             std::collections::BTreeMap::new();
         for op in &self.ops {
@@ -176,10 +178,14 @@ impl PgWriter {
             }
         }
         ops::merge_health(&mut tx, &pool, &health)?;
-        let claimed = ops::insert_new_deliveries(&mut tx, &pool, &self.ops, &self.to_claim)?;
-        ops::notify(&mut tx, &pool, &self.ops, &claimed)?;
-        tx.commit()?;
-        Ok(claimed)
+        batch.finish(&mut tx, &pool.schema, started)?;
+        let ticket = ops::insert_new_deliveries(&mut tx, &pool, &self.ops, &self.to_claim)?;
+        ops::notify(&mut tx, &pool, &self.ops, &self.to_claim)?;
+        let mut answers = tx.commit()?;
+        match ticket {
+            Some(t) => ops::claimed_of(answers.take(t)),
+            None => Ok(HashSet::new()),
+        }
     }
 
     /// After a failed commit: if it was in fact applied (the connection

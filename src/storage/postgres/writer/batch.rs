@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::conn::WriterTx;
+use super::conn::{Ticket, WriterTx};
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::ids::DeliveryId;
@@ -12,6 +12,13 @@ use crate::record::Attempt;
 use crate::storage::IndexEntry;
 use crate::storage::postgres::coordination::DB_NOW;
 use crate::storage::postgres::rows::{encode, ms, state_code};
+
+/// Changes sent by [`Batch::start`], to be finished.
+pub(super) struct Started {
+    ticket: Ticket,
+    /// The deliveries it changes.
+    updated: HashSet<Vec<u8>>,
+}
 
 /// A delivery's change: id, state, at, new record, the record it was made
 /// from, and whether it is an attempt's outcome (written only under this
@@ -68,38 +75,75 @@ impl Batch {
     /// nothing) and not over a running claim of another instance (its
     /// result is the newer one).
     pub(super) fn send(&mut self, tx: &mut WriterTx<'_>, schema: &str, me: &[u8]) -> Result<()> {
-        if !self.updates.is_empty() {
-            let rows = std::mem::take(&mut self.updates);
-            self.at.clear();
-            let n = rows.len();
-            let mut ids = Vec::with_capacity(n);
-            let mut states = Vec::with_capacity(n);
-            let mut ats = Vec::with_capacity(n);
-            let mut records = Vec::with_capacity(n);
-            let mut olds = Vec::with_capacity(n);
-            let mut outcomes = Vec::with_capacity(n);
-            for (id, state, at, record, old, outcome) in rows {
-                ids.push(id);
-                states.push(state);
-                ats.push(at);
-                records.push(record);
-                olds.push(old);
-                outcomes.push(outcome);
-            }
-            let done = tx.query(
-                &format!(
-                    "UPDATE \"{schema}\".deliveries d
-                     SET state = v.state, at = v.at, record = v.record, claim = NULL, claimed_until = 0
-                     FROM unnest($1::bytea[], $2::int2[], $3::int8[], $4::bytea[], $5::bytea[], $6::bool[])
-                          AS v(id, state, at, record, old, outcome)
-                     WHERE d.id = v.id AND d.record = v.old
-                     AND CASE WHEN v.outcome THEN d.claim = $7
-                         ELSE (d.claim IS NULL OR d.claim = $7 OR d.claimed_until < {DB_NOW}) END
-                     RETURNING d.id"
-                ),
-                &[&ids, &states, &ats, &records, &olds, &outcomes, &me],
-            )?;
-            let changed = done.len() as u64;
+        let started = self.start(tx, schema, me)?;
+        self.finish(tx, schema, started)
+    }
+
+    /// Sends the changes of deliveries, not waiting for their answer:
+    /// [`finish`](Self::finish) takes it and sends the attempts, so the
+    /// round can send another statement in between.
+    pub(super) fn start(
+        &mut self,
+        tx: &mut WriterTx<'_>,
+        schema: &str,
+        me: &[u8],
+    ) -> Result<Option<Started>> {
+        if self.updates.is_empty() {
+            return Ok(None);
+        }
+        let rows = std::mem::take(&mut self.updates);
+        self.at.clear();
+        let n = rows.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
+        let mut ats = Vec::with_capacity(n);
+        let mut records = Vec::with_capacity(n);
+        let mut olds = Vec::with_capacity(n);
+        let mut outcomes = Vec::with_capacity(n);
+        for (id, state, at, record, old, outcome) in rows {
+            ids.push(id);
+            states.push(state);
+            ats.push(at);
+            records.push(record);
+            olds.push(old);
+            outcomes.push(outcome);
+        }
+        let updated: HashSet<Vec<u8>> = ids.iter().cloned().collect();
+        let ticket = tx.ask(
+            &format!(
+                "UPDATE \"{schema}\".deliveries d
+                 SET state = v.state, at = v.at, record = v.record, claim = NULL, claimed_until = 0
+                 FROM unnest($1::bytea[], $2::int2[], $3::int8[], $4::bytea[], $5::bytea[], $6::bool[])
+                      AS v(id, state, at, record, old, outcome)
+                 WHERE d.id = v.id AND d.record = v.old
+                 AND CASE WHEN v.outcome THEN d.claim = $7
+                     ELSE (d.claim IS NULL OR d.claim = $7 OR d.claimed_until < {DB_NOW}) END
+                 RETURNING d.id"
+            ),
+            vec![
+                Box::new(ids),
+                Box::new(states),
+                Box::new(ats),
+                Box::new(records),
+                Box::new(olds),
+                Box::new(outcomes),
+                Box::new(me.to_vec()),
+            ],
+        )?;
+        Ok(Some(Started { ticket, updated }))
+    }
+
+    /// Takes the answer of [`start`](Self::start)'s changes and sends the
+    /// attempts (those of changes that were dropped are dropped too).
+    pub(super) fn finish(
+        &mut self,
+        tx: &mut WriterTx<'_>,
+        schema: &str,
+        started: Option<Started>,
+    ) -> Result<()> {
+        if let Some(Started { ticket, updated }) = started {
+            let done = tx.rows(ticket)?;
+            let changed = done.len();
             // An attempt goes into the history only with the outcome it
             // belongs to: a result that was dropped (its claim ran out)
             // never happened as far as the delivery is concerned.
@@ -107,12 +151,11 @@ impl Batch {
                 .iter()
                 .filter_map(|r| r.try_get::<_, Vec<u8>>(0).ok())
                 .collect();
-            let updated: HashSet<&Vec<u8>> = ids.iter().collect();
             self.attempts
                 .retain(|(id, _, _)| !updated.contains(id) || kept.contains(id));
-            if changed < n as u64 {
+            if changed < updated.len() {
                 tracing::info!(
-                    dropped = n as u64 - changed,
+                    dropped = updated.len() - changed,
                     "changes of deliveries that another instance moved on are dropped"
                 );
             }

@@ -25,9 +25,27 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 use crate::error::Result;
 use crate::storage::postgres::connection::{Params, Stmts, tokio_config};
 
-/// A statement sent and not yet waited for (`None` once taken).
-type Pending<'a> =
-    Pin<Box<dyn Future<Output = std::result::Result<(), tokio_postgres::Error>> + 'a>>;
+/// What a statement sent answers: rows if it was asked for them
+/// ([`WriterTx::ask`]).
+type Answer = std::result::Result<Option<Vec<Row>>, tokio_postgres::Error>;
+
+/// A statement sent and not yet waited for.
+type Pending<'a> = Pin<Box<dyn Future<Output = Answer> + 'a>>;
+
+/// The rows of a statement sent with [`WriterTx::ask`], once answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(in crate::storage::postgres) struct Ticket(usize);
+
+/// Rows of asked statements, by ticket (taken once each).
+#[derive(Debug, Default)]
+pub(in crate::storage::postgres) struct Answers(std::collections::HashMap<Ticket, Vec<Row>>);
+
+impl Answers {
+    /// The rows `t` asked for (none if taken already).
+    pub(in crate::storage::postgres) fn take(&mut self, t: Ticket) -> Vec<Row> {
+        self.0.remove(&t).unwrap_or_default()
+    }
+}
 
 /// Parameters a deferred statement owns until it is answered.
 pub(in crate::storage::postgres) type Owned = Vec<Box<dyn ToSql + Sync + Send>>;
@@ -130,6 +148,8 @@ impl WriterConn {
             client,
             stmts,
             pending: Vec::new(),
+            answers: Answers::default(),
+            tickets: 0,
             open: true,
         };
         let begin = if durable {
@@ -138,7 +158,10 @@ impl WriterConn {
             "BEGIN"
         };
         let client: &Client = tx.client;
-        tx.send(Box::pin(client.batch_execute(begin)));
+        tx.send(
+            None,
+            Box::pin(async move { client.batch_execute(begin).await.map(|()| None) }),
+        );
         tx
     }
 
@@ -154,8 +177,13 @@ pub(in crate::storage::postgres) struct WriterTx<'a> {
     rt: &'a tokio::runtime::Runtime,
     client: &'a Client,
     stmts: &'a mut Stmts,
-    /// Sent, in the order sent, not yet answered.
-    pending: Vec<Pending<'a>>,
+    /// Sent, in the order sent, not yet answered (with the ticket of
+    /// those asked for rows).
+    pending: Vec<(Option<Ticket>, Pending<'a>)>,
+    /// Rows of asked statements answered so far.
+    answers: Answers,
+    /// Tickets given.
+    tickets: usize,
     /// Neither committed nor rolled back yet.
     open: bool,
 }
@@ -176,7 +204,7 @@ impl<'a> WriterTx<'a> {
     /// Polls `f` once, which sends its request (`tokio-postgres` queues a
     /// request on its first poll; the connection writes it out the next
     /// time the runtime runs), and keeps it to be waited for in order.
-    fn send(&mut self, mut f: Pending<'a>) {
+    fn send(&mut self, ticket: Option<Ticket>, mut f: Pending<'a>) {
         let done = self.rt.block_on(std::future::poll_fn(|cx| {
             Poll::Ready(match f.as_mut().poll(cx) {
                 Poll::Ready(r) => Some(r),
@@ -186,15 +214,16 @@ impl<'a> WriterTx<'a> {
         match done {
             // Answered at once: only an error can be (one made before
             // anything was sent); kept to be reported in order.
-            Some(r) => self.pending.push(Box::pin(async move { r })),
-            None => self.pending.push(f),
+            Some(r) => self.pending.push((ticket, Box::pin(async move { r }))),
+            None => self.pending.push((ticket, f)),
         }
     }
 
     /// Waits for every statement sent so far; the first error, if any.
     fn settle(&mut self) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
-        match self.rt.block_on(first_error(pending)) {
+        let failed = self.rt.block_on(answer_all(pending, &mut self.answers));
+        match failed {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
@@ -244,6 +273,7 @@ impl<'a> WriterTx<'a> {
         own: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
     ) -> Result<T> {
         let pending = std::mem::take(&mut self.pending);
+        let answers = &mut self.answers;
         self.rt
             .block_on(async move {
                 let mut own = std::pin::pin!(own);
@@ -254,7 +284,7 @@ impl<'a> WriterTx<'a> {
                     })
                 })
                 .await;
-                let failed = first_error(pending).await;
+                let failed = answer_all(pending, answers).await;
                 let own = match early {
                     Some(r) => r,
                     None => own.await,
@@ -273,36 +303,83 @@ impl<'a> WriterTx<'a> {
     pub(in crate::storage::postgres) fn defer(&mut self, sql: &str, params: Owned) -> Result<()> {
         let st = self.statement(sql)?;
         let client = self.client;
-        self.send(Box::pin(async move {
-            client
-                .execute_raw(&st, params.iter().map(|p| &**p as &(dyn ToSql + Sync)))
-                .await
-                .map(|_| ())
-        }));
+        self.send(
+            None,
+            Box::pin(async move {
+                client
+                    .execute_raw(&st, params.iter().map(|p| &**p as &(dyn ToSql + Sync)))
+                    .await
+                    .map(|_| None)
+            }),
+        );
         Ok(())
+    }
+
+    /// Sends a statement whose rows the round needs later: they are
+    /// answered with the next statement waited for, or the commit
+    /// ([`rows`](Self::rows), [`Answers::take`]).
+    pub(in crate::storage::postgres) fn ask(&mut self, sql: &str, params: Owned) -> Result<Ticket> {
+        let st = self.statement(sql)?;
+        let client = self.client;
+        let ticket = Ticket(self.tickets);
+        self.tickets += 1;
+        self.send(
+            Some(ticket),
+            Box::pin(async move {
+                let refs: Vec<&(dyn ToSql + Sync)> =
+                    params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+                client.query(&st, &refs).await.map(Some)
+            }),
+        );
+        Ok(ticket)
+    }
+
+    /// The rows `t` asked for, waiting for them (and for every statement
+    /// sent before) if they have not come yet.
+    pub(in crate::storage::postgres) fn rows(&mut self, t: Ticket) -> Result<Vec<Row>> {
+        if self.pending.iter().any(|(p, _)| *p == Some(t)) {
+            self.settle()?;
+        }
+        Ok(self.answers.take(t))
     }
 
     /// Commits: the `COMMIT` goes with whatever is still unanswered. If
     /// a statement before it failed, the server rolled back instead, and
-    /// that statement's error is returned.
-    pub(in crate::storage::postgres) fn commit(mut self) -> Result<()> {
+    /// that statement's error is returned. Returns the rows asked for and
+    /// not taken yet.
+    pub(in crate::storage::postgres) fn commit(mut self) -> Result<Answers> {
         let client = self.client;
-        self.send(Box::pin(client.batch_execute("COMMIT")));
+        self.send(
+            None,
+            Box::pin(async move { client.batch_execute("COMMIT").await.map(|()| None) }),
+        );
         // Ended either way: a `COMMIT` in a failed transaction rolls it
         // back, and one that failed leaves none open.
         self.open = false;
-        self.settle()
+        self.settle()?;
+        Ok(std::mem::take(&mut self.answers))
     }
 }
 
-/// Waits for each of `pending` in order; the first error among them.
-async fn first_error(pending: Vec<Pending<'_>>) -> Option<tokio_postgres::Error> {
+/// Waits for each of `pending` in order, keeping the rows of those asked
+/// for in `answers`; the first error among them.
+async fn answer_all(
+    pending: Vec<(Option<Ticket>, Pending<'_>)>,
+    answers: &mut Answers,
+) -> Option<tokio_postgres::Error> {
     let mut first = None;
-    for f in pending {
-        if let Err(e) = f.await
-            && first.is_none()
-        {
-            first = Some(e);
+    for (ticket, f) in pending {
+        match f.await {
+            Ok(rows) => {
+                if let (Some(t), Some(rows)) = (ticket, rows) {
+                    answers.0.insert(t, rows);
+                }
+            }
+            Err(e) => {
+                if first.is_none() {
+                    first = Some(e);
+                }
+            }
         }
     }
     first

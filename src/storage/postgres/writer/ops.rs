@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::conn::WriterTx;
+use super::conn::{Ticket, WriterTx};
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::health::{HealthDelta, HealthRecord};
@@ -190,13 +190,16 @@ pub(super) fn notify(
     tx: &mut WriterTx<'_>,
     pool: &Pool,
     ops: &[Op],
-    claimed: &HashSet<DeliveryId>,
+    to_claim: &HashSet<DeliveryId>,
 ) -> Result<()> {
-    // New deliveries this instance stored claimed are its own to send:
-    // nobody else need look.
+    // New deliveries this instance stores claimed are its own to send:
+    // nobody else need look. (One it asked for but a receiver's pause
+    // kept unclaimed waits for that pause, which holds every instance
+    // back; this instance has it as due, and the others find it at their
+    // next poll.)
     let new_deliveries = ops
         .iter()
-        .any(|op| matches!(op, Op::PutDelivery(None, d) if !claimed.contains(&d.id)));
+        .any(|op| matches!(op, Op::PutDelivery(None, d) if !to_claim.contains(&d.id)));
     let subscriptions_changed = ops
         .iter()
         .any(|op| matches!(op, Op::PutSubscription(..) | Op::RemoveSubscription(_)));
@@ -218,13 +221,14 @@ pub(super) fn notify(
 /// New deliveries go in one multi-row insert per round; those in
 /// `to_claim` with this instance's claim (a lease from the database's
 /// clock, as a claim's), unless a receiver's pause holds their
-/// subscription back. Returns the ones stored claimed.
+/// subscription back. Sent, not waited for: the ticket's rows, answered
+/// with the commit, say which were stored claimed ([`claimed_of`]).
 pub(super) fn insert_new_deliveries(
     tx: &mut WriterTx<'_>,
     pool: &Pool,
     ops: &[Op],
     to_claim: &HashSet<DeliveryId>,
-) -> Result<HashSet<DeliveryId>> {
+) -> Result<Option<Ticket>> {
     let new_deliveries: Vec<&Delivery> = ops
         .iter()
         .filter_map(|op| match op {
@@ -233,7 +237,7 @@ pub(super) fn insert_new_deliveries(
         })
         .collect();
     if new_deliveries.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(None);
     }
     // One statement (one text, so one prepared statement) whatever
     // the round's size.
@@ -260,18 +264,25 @@ pub(super) fn insert_new_deliveries(
     }
     let d = pool.t("deliveries");
     if to_claim.is_empty() {
-        tx.execute(
+        tx.defer(
             &format!(
                 "INSERT INTO {d} (id, sub, event_id, state, at, record)
                  SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[],
                                       $4::int2[], $5::int8[], $6::bytea[])
                  ON CONFLICT (id) DO NOTHING"
             ),
-            &[&ids, &subs, &events, &states, &ats, &records],
+            vec![
+                Box::new(ids),
+                Box::new(subs),
+                Box::new(events),
+                Box::new(states),
+                Box::new(ats),
+                Box::new(records),
+            ],
         )?;
-        return Ok(HashSet::new());
+        return Ok(None);
     }
-    let rows = tx.query(
+    let ticket = tx.ask(
         &format!(
             "WITH clock AS (SELECT {DB_NOW} AS t)
              INSERT INTO {d} (id, sub, event_id, state, at, record, claim, claimed_until)
@@ -289,18 +300,24 @@ pub(super) fn insert_new_deliveries(
              RETURNING id, claim IS NOT NULL",
             f = pool.t("flow")
         ),
-        &[
-            &ids,
-            &subs,
-            &events,
-            &states,
-            &ats,
-            &records,
-            &claims,
-            &&pool.token[..],
-            &ms(pool.lease_ms),
+        vec![
+            Box::new(ids),
+            Box::new(subs),
+            Box::new(events),
+            Box::new(states),
+            Box::new(ats),
+            Box::new(records),
+            Box::new(claims),
+            Box::new(pool.token.to_vec()),
+            Box::new(ms(pool.lease_ms)),
         ],
     )?;
+    Ok(Some(ticket))
+}
+
+/// The new deliveries stored claimed, from the rows of
+/// [`insert_new_deliveries`]' ticket.
+pub(super) fn claimed_of(rows: Vec<postgres::Row>) -> Result<HashSet<DeliveryId>> {
     let mut claimed = HashSet::new();
     for row in rows {
         if row.try_get::<_, bool>(1)? {
