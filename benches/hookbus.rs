@@ -1024,6 +1024,61 @@ fn steady_rate(c: &mut Criterion) {
             sled_threads(),
         );
     }
+    // PostgreSQL's floor at this rate: one durable write per event (a
+    // one-row insert that commits synchronously, one round trip), timed
+    // from the call to its answer. A publish's round on PostgreSQL needs
+    // at least this before its request can leave, so this row's p99 is
+    // the least the bus's p99 can be on this machine.
+    #[cfg(feature = "postgres")]
+    {
+        let url = std::env::var("HOOKBUS_BENCH_POSTGRES")
+            .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into());
+        if let Ok(mut c) = postgres::Client::connect(&url, postgres::NoTls) {
+            let schema = format!("hb_bench_{:08x}_commit", fastrand::u32(..));
+            c.batch_execute(&format!(
+                "CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (id int8 PRIMARY KEY, record bytea)"
+            ))
+            .unwrap();
+            let insert = c
+                .prepare(&format!("INSERT INTO {schema}.t VALUES ($1, $2)"))
+                .unwrap();
+            let record = vec![0u8; 400];
+            let mut key = 0i64;
+            let mut lat: Vec<u64> = Vec::new();
+            g.bench_function("baseline_postgres_commit", |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for k in 0..iters {
+                        let at = start + period * k as u32;
+                        let now = Instant::now();
+                        if at > now {
+                            std::thread::sleep(at - now);
+                        }
+                        key += 1;
+                        let t = Instant::now();
+                        c.execute(&insert, &[&key, &record]).unwrap();
+                        lat.push(t.elapsed().as_nanos() as u64);
+                    }
+                    let end = start + period * iters as u32;
+                    let now = Instant::now();
+                    if end > now {
+                        std::thread::sleep(end - now);
+                    }
+                    start.elapsed()
+                });
+            });
+            lat.sort_unstable();
+            eprintln!(
+                "steady_rate/baseline_postgres_commit: {} synchronous one-row commits, \
+                 p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+                lat.len(),
+                quantile(&lat, 0.5) as f64 / 1e3,
+                quantile(&lat, 0.99) as f64 / 1e3,
+                quantile(&lat, 1.0) as f64 / 1e3,
+            );
+            let _ = c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
+        }
+    }
     let mut buses: Vec<(String, hookbus::Bus, Option<tempfile::TempDir>)> = Vec::new();
     let windows: Vec<u64> = std::env::var("HOOKBUS_STEADY_WINDOWS_US")
         .ok()
