@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use postgres::Row;
 
 use super::connection::{Pool, Prepared};
+use super::pipeline::WriterConn;
 use super::rows::{delivery_of, entry_of, event_of, id_of, ms, unms};
-use super::writer::WriterConn;
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::ids::{DeliveryId, EventId, SubscriptionId};

@@ -44,13 +44,14 @@
 //! | `rows.rs` | values in rows: codec records, times, states, ids (a leaf) |
 //! | `schema.rs` | the schema's name, its tables' names, migrations |
 //! | `connection.rs` | connections with hookbus's timeouts, prepared statements, the readers' pool |
+//! | `pipeline.rs` | the writer's connection: a round's statements pipelined |
 //! | `listener.rs` | the `NOTIFY` channel and the thread that listens on it |
 //! | `paged.rs` | listings a page at a time |
 //! | `coordination.rs` | what instances coordinate through: claims and their cache, the `flow` table, sequence numbers, advisory locks |
 //! | `reader.rs` | [`PgReader`]: the seam's reads |
 //! | `writer/batch.rs` | a round's delivery changes and attempts, batched |
 //! | `writer/ops.rs` | a round's other writes, one function each |
-//! | `writer.rs` | [`PgWriter`]: staging, commits, flushes, the writer's connection |
+//! | `writer.rs` | [`PgWriter`]: staging, commits, flushes, reconnecting |
 //! | `publish_in.rs` | events published inside the caller's transaction |
 //! | `mod.rs` | [`open`], and what the rest of the crate uses from here |
 //!
@@ -61,6 +62,7 @@ mod coordination;
 mod drivers;
 mod listener;
 mod paged;
+mod pipeline;
 mod publish_in;
 mod reader;
 mod rows;
@@ -77,11 +79,11 @@ pub(crate) use listener::spawn_listener;
 #[allow(unreachable_pub)]
 pub use drivers::Tx;
 pub(crate) use drivers::now;
+use pipeline::WriterConn;
 pub(crate) use publish_in::{InTx, publish_in};
 pub(crate) use reader::PgReader;
 pub(crate) use schema::validate_schema;
 pub(crate) use writer::PgWriter;
-use writer::WriterConn;
 
 use crate::error::Result;
 use connection::{Pool, connect, off_runtime};
@@ -109,8 +111,13 @@ pub(crate) fn open(
         fill_columns(&mut client, schema)?;
         drop(client);
         // The writer's own connection, which pipelines a round's
-        // statements (`writer::WriterConn`).
-        WriterConn::open(url, connection::WRITER_SESSION)
+        // statements (`pipeline.rs`).
+        WriterConn::open(url, connection::WRITER_SESSION).map_err(|e| {
+            store_error(format!(
+                "cannot connect the writer to PostgreSQL ({}): {e}",
+                redact_url(url)
+            ))
+        })
     })?;
     let mut token = [0u8; 16];
     getrandom::fill(&mut token)

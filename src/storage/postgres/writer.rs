@@ -5,7 +5,6 @@
 //! round's [`Batch`].
 
 mod batch;
-mod conn;
 mod ops;
 
 use std::collections::HashSet;
@@ -13,10 +12,9 @@ use std::collections::HashSet;
 use batch::Batch;
 use ops::Op;
 
-pub(super) use conn::WriterConn;
-
 use super::connection::WRITER_SESSION;
 use super::coordination;
+use super::pipeline::WriterConn;
 use super::reader::PgReader;
 use super::rows::{encode, store_error};
 use crate::delivery::{Delivery, DeliveryState};
@@ -121,7 +119,7 @@ impl PgWriter {
     fn apply(&mut self, durable: bool) -> Result<HashSet<DeliveryId>> {
         self.reconnect_if_closed()?;
         let pool = self.reader.pool().clone();
-        let mut tx = self.client.transaction(durable);
+        let mut tx = self.client.transaction(durable)?;
         // Group commit: a round of outcomes alone is visible at once and
         // made durable by the next `flush` (the writer's connection commits
         // asynchronously: `WRITER_SESSION`), which a crash can only make a
@@ -182,10 +180,9 @@ impl PgWriter {
         let ticket = ops::insert_new_deliveries(&mut tx, &pool, &self.ops, &self.to_claim)?;
         ops::notify(&mut tx, &pool, &self.ops, &self.to_claim)?;
         let mut answers = tx.commit()?;
-        match ticket {
-            Some(t) => ops::claimed_of(answers.take(t)),
-            None => Ok(HashSet::new()),
-        }
+        // Committed: a row that does not read is logged, never the
+        // round's error (its callers would take it as not stored).
+        Ok(ticket.map_or_else(HashSet::new, |t| ops::claimed_of(answers.take(t))))
     }
 
     /// After a failed commit: if it was in fact applied (the connection

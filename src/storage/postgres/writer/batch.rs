@@ -4,13 +4,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::conn::{Ticket, WriterTx};
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::ids::DeliveryId;
 use crate::record::Attempt;
 use crate::storage::IndexEntry;
 use crate::storage::postgres::coordination::DB_NOW;
+use crate::storage::postgres::pipeline::{Ticket, WriterTx};
 use crate::storage::postgres::rows::{encode, ms, state_code};
 
 /// Changes sent by [`Batch::start`], to be finished.

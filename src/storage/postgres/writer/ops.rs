@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::conn::{Ticket, WriterTx};
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::health::{HealthDelta, HealthRecord};
@@ -16,6 +15,7 @@ use crate::record::{Attempt, Event};
 use crate::storage::postgres::connection::Pool;
 use crate::storage::postgres::coordination::DB_NOW;
 use crate::storage::postgres::listener::channel;
+use crate::storage::postgres::pipeline::{Ticket, WriterTx};
 use crate::storage::postgres::rows::{decode, encode, encode_event, id_of, ms, state_code, unms};
 use crate::storage::postgres::schema::column_value;
 use crate::storage::{Damaged, IndexEntry, SubscriptionRecord};
@@ -316,15 +316,27 @@ pub(super) fn insert_new_deliveries(
 }
 
 /// The new deliveries stored claimed, from the rows of
-/// [`insert_new_deliveries`]' ticket.
-pub(super) fn claimed_of(rows: Vec<postgres::Row>) -> Result<HashSet<DeliveryId>> {
+/// [`insert_new_deliveries`]' ticket (read after the commit). A row that
+/// does not read is left out: that delivery stays claimed until its lease
+/// and is then sent by whichever instance claims it.
+pub(super) fn claimed_of(rows: Vec<postgres::Row>) -> HashSet<DeliveryId> {
     let mut claimed = HashSet::new();
     for row in rows {
-        if row.try_get::<_, bool>(1)? {
-            claimed.insert(id_of(&row, "id", DeliveryId::from_slice)?);
+        let read = row
+            .try_get::<_, bool>(1)
+            .map_err(crate::error::Error::from)
+            .and_then(|mine| Ok((mine, id_of(&row, "id", DeliveryId::from_slice)?)));
+        match read {
+            Ok((true, id)) => {
+                claimed.insert(id);
+            }
+            Ok((false, _)) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "a claimed new delivery's row did not read; it waits for its lease");
+            }
         }
     }
-    Ok(claimed)
+    claimed
 }
 
 // One write each.

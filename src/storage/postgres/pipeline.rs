@@ -5,15 +5,17 @@
 //! [`WriterTx::execute`]); one whose result it does not need is sent and
 //! left to answer later ([`WriterTx::defer`]), so it travels with the
 //! next statement that is waited for, or with the `COMMIT`. A round of
-//! one event is then three round trips to the server instead of six, and
-//! a round of outcomes three instead of six: each round trip also costs
-//! the engine thread a sleep and a wake-up, which on a small machine is
-//! most of its time per delivery.
+//! one event is then two round trips to the server instead of six, and
+//! one with outcomes three: each round trip also costs the engine thread
+//! a sleep and a wake-up, which on a small machine is most of its time
+//! per delivery.
 //!
 //! Errors keep their order: a statement waited for first waits for every
 //! statement sent before it, and reports the first error among them (a
 //! later statement of a failed transaction only says that the
-//! transaction is aborted).
+//! transaction is aborted). A statement the client could not even send
+//! (its parameters would not encode) fails the call that sends it, and
+//! the transaction is then rolled back, never committed without it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -140,7 +142,10 @@ impl WriterConn {
     /// Begins a transaction; `durable`: it commits synchronously
     /// (whatever the session's `synchronous_commit`). The `BEGIN` is sent
     /// with the transaction's first statement.
-    pub(in crate::storage::postgres) fn transaction(&mut self, durable: bool) -> WriterTx<'_> {
+    pub(in crate::storage::postgres) fn transaction(
+        &mut self,
+        durable: bool,
+    ) -> Result<WriterTx<'_>> {
         let WriterConn { rt, client, stmts } = self;
         let rt = rt.as_ref().expect("the runtime is taken only by drop");
         let mut tx = WriterTx {
@@ -161,8 +166,8 @@ impl WriterConn {
         tx.send(
             None,
             Box::pin(async move { client.batch_execute(begin).await.map(|()| None) }),
-        );
-        tx
+        )?;
+        Ok(tx)
     }
 
     /// Forgets the prepared statements: each is prepared afresh when next
@@ -204,7 +209,11 @@ impl<'a> WriterTx<'a> {
     /// Polls `f` once, which sends its request (`tokio-postgres` queues a
     /// request on its first poll; the connection writes it out the next
     /// time the runtime runs), and keeps it to be waited for in order.
-    fn send(&mut self, ticket: Option<Ticket>, mut f: Pending<'a>) {
+    /// Fails if it could not be sent at all (its parameters did not
+    /// encode, the connection is closed): nothing reached the server, so
+    /// the transaction there would go on without it; the caller's error
+    /// drops this transaction, which rolls it back.
+    fn send(&mut self, ticket: Option<Ticket>, mut f: Pending<'a>) -> Result<()> {
         let done = self.rt.block_on(std::future::poll_fn(|cx| {
             Poll::Ready(match f.as_mut().poll(cx) {
                 Poll::Ready(r) => Some(r),
@@ -212,11 +221,14 @@ impl<'a> WriterTx<'a> {
             })
         }));
         match done {
-            // Answered at once: only an error can be (one made before
-            // anything was sent); kept to be reported in order.
-            Some(r) => self.pending.push((ticket, Box::pin(async move { r }))),
+            Some(Err(e)) => return Err(e.into()),
+            // Answered without the server: cannot be, but kept in order.
+            Some(Ok(rows)) => self
+                .pending
+                .push((ticket, Box::pin(async move { Ok(rows) }))),
             None => self.pending.push((ticket, f)),
         }
+        Ok(())
     }
 
     /// Waits for every statement sent so far; the first error, if any.
@@ -311,8 +323,7 @@ impl<'a> WriterTx<'a> {
                     .await
                     .map(|_| None)
             }),
-        );
-        Ok(())
+        )
     }
 
     /// Sends a statement whose rows the round needs later: they are
@@ -330,7 +341,7 @@ impl<'a> WriterTx<'a> {
                     params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
                 client.query(&st, &refs).await.map(Some)
             }),
-        );
+        )?;
         Ok(ticket)
     }
 
@@ -344,15 +355,16 @@ impl<'a> WriterTx<'a> {
     }
 
     /// Commits: the `COMMIT` goes with whatever is still unanswered. If
-    /// a statement before it failed, the server rolled back instead, and
-    /// that statement's error is returned. Returns the rows asked for and
-    /// not taken yet.
+    /// a statement before it failed on the server, the server rolled back
+    /// instead (every statement after a failed one fails too), and that
+    /// statement's error is returned. Returns the rows asked for and not
+    /// taken yet.
     pub(in crate::storage::postgres) fn commit(mut self) -> Result<Answers> {
         let client = self.client;
         self.send(
             None,
             Box::pin(async move { client.batch_execute("COMMIT").await.map(|()| None) }),
-        );
+        )?;
         // Ended either way: a `COMMIT` in a failed transaction rolls it
         // back, and one that failed leaves none open.
         self.open = false;
