@@ -935,6 +935,75 @@ fn quantile(v: &[u64], q: f64) -> u64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
+/// A floor row of `steady_rate`: `n` events at the pace `period`, each
+/// made durable by `commit` and then POSTed straight to the timing
+/// receiver (one keep-alive ureq connection), stamped before the commit:
+/// publish-to-receipt latency with nothing between the store and the
+/// request. Prints p50/p99 at the receiver.
+fn floor_row(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    period: Duration,
+    rx: &Receiver,
+    commit: &mut dyn FnMut(),
+) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("{}/floor", rx.url());
+    let mut next = 0u64;
+    let mut lat = Vec::new();
+    rx.take_latencies();
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for k in 0..iters {
+                let at = start + period * k as u32;
+                let now = Instant::now();
+                if at > now {
+                    std::thread::sleep(at - now);
+                }
+                let body = serde_json::to_vec(&Stamped {
+                    sent_ns: stamp_now(),
+                    order: order(next),
+                })
+                .unwrap();
+                next += 1;
+                commit();
+                for _ in 0..2 {
+                    // One retry: a pooled connection the server closed
+                    // fails its next request.
+                    if agent
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .send(&body[..])
+                        .is_ok()
+                    {
+                        break;
+                    }
+                }
+            }
+            let end = start + period * iters as u32;
+            let now = Instant::now();
+            if end > now {
+                std::thread::sleep(end - now);
+            }
+            lat.extend(rx.take_latencies());
+            start.elapsed()
+        });
+    });
+    lat.sort_unstable();
+    eprintln!(
+        "steady_rate/{name}: {} requests timed at the receiver, publish-to-receipt \
+         p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+        lat.len(),
+        quantile(&lat, 0.5) as f64 / 1e3,
+        quantile(&lat, 0.99) as f64 / 1e3,
+        quantile(&lat, 1.0) as f64 / 1e3,
+    );
+}
+
 /// An everyday rate: a steady 300 events/s, each to one of 100
 /// subscriptions in turn (event `steady.<i>` to subscription `i`), on a
 /// receiver that answers at once. Criterion's iteration is one event at
@@ -951,7 +1020,10 @@ fn quantile(v: &[u64], q: f64) -> u64 {
 /// `hookbus_sled_window_0` is the bus with no commit window
 /// ([`hookbus::Builder::commit_window`] zero: every publish and every
 /// outcome its own round), for the comparison in the same run. On
-/// PostgreSQL too with feature `postgres` (a server at 127.0.0.1).
+/// PostgreSQL too with feature `postgres` (a server at 127.0.0.1). The
+/// floors: `baseline_*_commit_then_post` make one durable commit and then
+/// one POST per event at the same pace ([`floor_row`]); the bus's latency
+/// cannot be below theirs on the machine the run is on.
 fn steady_rate(c: &mut Criterion) {
     const SUBS: u64 = 100;
     // Another rate for a one-off look (the group is defined at 300/s).
@@ -1024,6 +1096,24 @@ fn steady_rate(c: &mut Criterion) {
             sled_threads(),
         );
     }
+    // The latency floor on sled: that commit, then the request, nothing
+    // between (the bus's p99 cannot be below this row's on this machine).
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, tree) = raw_sled(dir.path());
+        let payload = serde_json::to_vec(&order(1)).unwrap();
+        let mut key = 0u64;
+        floor_row(
+            &mut g,
+            "baseline_sled_commit_then_post",
+            period,
+            &rx,
+            &mut || {
+                tree.apply_batch(raw_batch(&mut key, 1, &payload)).unwrap();
+                tree.flush().unwrap();
+            },
+        );
+    }
     // PostgreSQL's floor at this rate: one durable write per event (a
     // one-row insert that commits synchronously, one round trip), timed
     // from the call to its answer. A publish's round on PostgreSQL needs
@@ -1075,6 +1165,18 @@ fn steady_rate(c: &mut Criterion) {
                 quantile(&lat, 0.5) as f64 / 1e3,
                 quantile(&lat, 0.99) as f64 / 1e3,
                 quantile(&lat, 1.0) as f64 / 1e3,
+            );
+            // The same commit, then the request: the latency floor on
+            // PostgreSQL.
+            floor_row(
+                &mut g,
+                "baseline_postgres_commit_then_post",
+                period,
+                &rx,
+                &mut || {
+                    key += 1;
+                    c.execute(&insert, &[&key, &record]).unwrap();
+                },
             );
             let _ = c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
         }

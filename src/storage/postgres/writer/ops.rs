@@ -15,7 +15,7 @@ use crate::record::{Attempt, Event};
 use crate::storage::postgres::connection::Pool;
 use crate::storage::postgres::coordination::DB_NOW;
 use crate::storage::postgres::listener::channel;
-use crate::storage::postgres::pipeline::{Ticket, WriterTx};
+use crate::storage::postgres::pipeline::{Owned, Ticket, WriterTx};
 use crate::storage::postgres::rows::{decode, encode, encode_event, id_of, ms, state_code, unms};
 use crate::storage::postgres::schema::column_value;
 use crate::storage::{Damaged, IndexEntry, SubscriptionRecord};
@@ -263,6 +263,14 @@ pub(super) fn insert_new_deliveries(
         claims.push(to_claim.contains(&d.id));
     }
     let d = pool.t("deliveries");
+    let mut params: Owned = vec![
+        Box::new(ids),
+        Box::new(subs),
+        Box::new(events),
+        Box::new(states),
+        Box::new(ats),
+        Box::new(records),
+    ];
     if to_claim.is_empty() {
         tx.defer(
             &format!(
@@ -271,17 +279,13 @@ pub(super) fn insert_new_deliveries(
                                       $4::int2[], $5::int8[], $6::bytea[])
                  ON CONFLICT (id) DO NOTHING"
             ),
-            vec![
-                Box::new(ids),
-                Box::new(subs),
-                Box::new(events),
-                Box::new(states),
-                Box::new(ats),
-                Box::new(records),
-            ],
+            params,
         )?;
         return Ok(None);
     }
+    params.push(Box::new(claims));
+    params.push(Box::new(pool.token.to_vec()));
+    params.push(Box::new(ms(pool.lease_ms)));
     let ticket = tx.ask(
         &format!(
             "WITH clock AS (SELECT {DB_NOW} AS t)
@@ -300,17 +304,7 @@ pub(super) fn insert_new_deliveries(
              RETURNING id, claim IS NOT NULL",
             f = pool.t("flow")
         ),
-        vec![
-            Box::new(ids),
-            Box::new(subs),
-            Box::new(events),
-            Box::new(states),
-            Box::new(ats),
-            Box::new(records),
-            Box::new(claims),
-            Box::new(pool.token.to_vec()),
-            Box::new(ms(pool.lease_ms)),
-        ],
+        params,
     )?;
     Ok(Some(ticket))
 }
