@@ -935,6 +935,15 @@ fn quantile(v: &[u64], q: f64) -> u64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
+/// Sleeps until `at` (not at all if it has passed): the steady rows'
+/// pacing.
+fn sleep_until(at: Instant) {
+    let now = Instant::now();
+    if at > now {
+        std::thread::sleep(at - now);
+    }
+}
+
 /// A floor row of `steady_rate`: `n` events at the pace `period`, each
 /// made durable by `commit` and then POSTed straight to the timing
 /// receiver (one keep-alive ureq connection), stamped before the commit:
@@ -959,11 +968,7 @@ fn floor_row(
         b.iter_custom(|iters| {
             let start = Instant::now();
             for k in 0..iters {
-                let at = start + period * k as u32;
-                let now = Instant::now();
-                if at > now {
-                    std::thread::sleep(at - now);
-                }
+                sleep_until(start + period * k as u32);
                 let body = serde_json::to_vec(&Stamped {
                     sent_ns: stamp_now(),
                     order: order(next),
@@ -984,11 +989,7 @@ fn floor_row(
                     }
                 }
             }
-            let end = start + period * iters as u32;
-            let now = Instant::now();
-            if end > now {
-                std::thread::sleep(end - now);
-            }
+            sleep_until(start + period * iters as u32);
             lat.extend(rx.take_latencies());
             start.elapsed()
         });
@@ -1064,19 +1065,11 @@ fn steady_rate(c: &mut Criterion) {
                 let (p0, t0) = (process_cpu(), thread_cpu());
                 let start = Instant::now();
                 for k in 0..iters {
-                    let at = start + period * k as u32;
-                    let now = Instant::now();
-                    if at > now {
-                        std::thread::sleep(at - now);
-                    }
+                    sleep_until(start + period * k as u32);
                     tree.apply_batch(raw_batch(&mut key, 1, &payload)).unwrap();
                     tree.flush().unwrap();
                 }
-                let end = start + period * iters as u32;
-                let now = Instant::now();
-                if end > now {
-                    std::thread::sleep(end - now);
-                }
+                sleep_until(start + period * iters as u32);
                 let (p1, t1) = (process_cpu(), thread_cpu());
                 if let (Some(p0), Some(p1)) = (p0, p1) {
                     cpu += p1.saturating_sub(p0);
@@ -1139,21 +1132,13 @@ fn steady_rate(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     let start = Instant::now();
                     for k in 0..iters {
-                        let at = start + period * k as u32;
-                        let now = Instant::now();
-                        if at > now {
-                            std::thread::sleep(at - now);
-                        }
+                        sleep_until(start + period * k as u32);
                         key += 1;
                         let t = Instant::now();
                         c.execute(&insert, &[&key, &record]).unwrap();
                         lat.push(t.elapsed().as_nanos() as u64);
                     }
-                    let end = start + period * iters as u32;
-                    let now = Instant::now();
-                    if end > now {
-                        std::thread::sleep(end - now);
-                    }
+                    sleep_until(start + period * iters as u32);
                     start.elapsed()
                 });
             });
@@ -1243,10 +1228,7 @@ fn steady_rate(c: &mut Criterion) {
             let start = Instant::now();
             let mut at = start;
             for _ in 0..n {
-                let now = Instant::now();
-                if at > now {
-                    std::thread::sleep(at - now);
-                }
+                sleep_until(at);
                 at += if poisson {
                     // Exponential gaps with the same mean.
                     period.mul_f64(-(1.0 - fastrand::f64()).ln())
@@ -1263,11 +1245,7 @@ fn steady_rate(c: &mut Criterion) {
             wait("steady deliveries", LONG, || rx.count() >= target);
             // An iteration is a period, the last one's too (criterion plans
             // its samples from this).
-            let end = start + period * n as u32;
-            let now = Instant::now();
-            if end > now {
-                std::thread::sleep(end - now);
-            }
+            sleep_until(start + period * n as u32);
             start.elapsed()
         };
         // Untimed: a second at the rate.

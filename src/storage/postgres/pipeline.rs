@@ -214,12 +214,7 @@ impl<'a> WriterTx<'a> {
     /// the transaction there would go on without it; the caller's error
     /// drops this transaction, which rolls it back.
     fn send(&mut self, ticket: Option<Ticket>, mut f: Pending<'a>) -> Result<()> {
-        let done = self.rt.block_on(std::future::poll_fn(|cx| {
-            Poll::Ready(match f.as_mut().poll(cx) {
-                Poll::Ready(r) => Some(r),
-                Poll::Pending => None,
-            })
-        }));
+        let done = self.rt.block_on(poll_once(f.as_mut()));
         match done {
             Some(Err(e)) => return Err(e.into()),
             // Answered without the server: cannot be, but kept in order.
@@ -289,13 +284,7 @@ impl<'a> WriterTx<'a> {
         self.rt
             .block_on(async move {
                 let mut own = std::pin::pin!(own);
-                let early = std::future::poll_fn(|cx| {
-                    Poll::Ready(match own.as_mut().poll(cx) {
-                        Poll::Ready(r) => Some(r),
-                        Poll::Pending => None,
-                    })
-                })
-                .await;
+                let early = poll_once(own.as_mut()).await;
                 let failed = answer_all(pending, answers).await;
                 let own = match early {
                     Some(r) => r,
@@ -371,6 +360,18 @@ impl<'a> WriterTx<'a> {
         self.settle()?;
         Ok(std::mem::take(&mut self.answers))
     }
+}
+
+/// Polls `f` once: its output if that was enough, else `None` (a
+/// `tokio-postgres` request is queued by its first poll).
+async fn poll_once<F: Future + ?Sized>(mut f: Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match f.as_mut().poll(cx) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        })
+    })
+    .await
 }
 
 /// Waits for each of `pending` in order, keeping the rows of those asked
