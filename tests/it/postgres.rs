@@ -625,6 +625,78 @@ fn the_engines_plans_stay_index_lookups_as_a_new_store_grows() {
     println!("rows read by whole-table scans of deliveries: {rows}");
 }
 
+/// The store numbers a round's new deliveries inside the statement that
+/// inserts them: the server writes the number into each record, as the
+/// last bytes of the codec's varint. Across every size of that varint (1,
+/// 3, 5 and 9 bytes), on the claimed path (a plain subscription) and the
+/// unclaimed one (FIFO): the receiver gets the numbers in order, each
+/// outcome's update finds the record it expects (a record that differed
+/// by a byte would leave its delivery pending), and the records read back
+/// with their numbers.
+#[test]
+fn sequence_numbers_written_by_the_server_match_the_records_at_every_size() {
+    let Some(schema) = Schema::new("seqsizes") else {
+        return;
+    };
+    let rx = TestReceiver::start();
+    let bus = schema.builder().open().unwrap();
+    let plain = bus
+        .subscribe(NewSubscription::new("plain", rx.url("/plain")).event("e"))
+        .unwrap();
+    let fifo = bus
+        .subscribe(
+            NewSubscription::new("fifo", rx.url("/fifo"))
+                .event("e")
+                .order(DeliveryOrder::FIFO),
+        )
+        .unwrap();
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    // Each start's next numbers cross one of the varint's sizes.
+    let starts: [i64; 5] = [0, 249, 65_534, 4_294_967_294, 1 << 40];
+    let mut expected = Vec::new();
+    for (i, start) in starts.into_iter().enumerate() {
+        c.execute(
+            &format!("UPDATE {}.subscriptions SET seq = $1", schema.0),
+            &[&start],
+        )
+        .unwrap();
+        // Published at once: some rounds number several of a
+        // subscription's deliveries.
+        for n in 0..3 {
+            bus.publish("e", &json!({ "n": n })).unwrap();
+        }
+        rx.wait_for(6 * (i + 1), LONG);
+        expected.extend((1..=3).map(|k| u64::try_from(start + k).unwrap()));
+    }
+    let seqs = |path: &str| -> Vec<u64> {
+        rx.requests()
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.header("x-webhook-sequence").unwrap().parse().unwrap())
+            .collect()
+    };
+    assert_eq!(seqs("/fifo"), expected, "FIFO: in order");
+    let mut got = seqs("/plain");
+    got.sort_unstable();
+    assert_eq!(got, expected);
+    let total = 2 * expected.len() as u64;
+    wait_until(LONG, "every outcome recorded", || {
+        bus.outbox().stats().unwrap().delivered == total
+    });
+    let stats = consistent(&bus);
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (0, total, 0));
+    for sub in [plain.id, fifo.id] {
+        let mut stored: Vec<u64> = bus
+            .outbox()
+            .for_subscription(sub, false)
+            .map(|d| d.unwrap().sequence)
+            .collect();
+        stored.sort_unstable();
+        assert_eq!(stored, expected);
+    }
+    bus.shutdown(Duration::from_secs(2)).unwrap();
+}
+
 /// The writer pipelines a round: statements whose results it does not
 /// need (the events' insert among them) are sent and answered with the
 /// next statement or the commit. One of them failing must fail the round

@@ -127,13 +127,26 @@ impl PgWriter {
         // deliveries commits synchronously (`durable`, see `commit`).
         let counts = ops::new_per_subscription(&self.ops);
         ops::lock_written_subscriptions(&mut tx, &pool, &self.ops, &counts)?;
-        ops::number_new_deliveries(&mut tx, &pool, &mut self.ops, &counts)?;
+        // The numbers, the events and the new deliveries go out at once,
+        // nothing waited for: the insert reads the numbers from the rows
+        // the numbering updated, with nothing between the two (no other
+        // statement of the round can change a subscription's counter).
+        let numbers = ops::number_new_deliveries(&mut tx, &pool, &counts)?;
         ops::insert_events(&mut tx, &pool, &self.ops)?;
+        let claims =
+            ops::insert_new_deliveries(&mut tx, &pool, &self.ops, &counts, &self.to_claim)?;
         let mut batch = Batch::default();
         for op in &self.ops {
             // Changes of deliveries and attempts are sent together; any
             // other write first sends what is batched, so the order holds.
-            if !matches!(op, Op::PutDelivery(..) | Op::PutAttempt(..)) {
+            // (Not the writes made after the loop: new deliveries, written
+            // above, and health, merged below. Sending the batch for those
+            // would wait for its answer, one more round trip in every
+            // round of outcomes.)
+            if !matches!(
+                op,
+                Op::PutDelivery(..) | Op::PutAttempt(..) | Op::PutEvent(_) | Op::MergeHealth(..)
+            ) {
                 batch.send(&mut tx, &pool.schema, &pool.token)?;
             }
             match op {
@@ -145,7 +158,7 @@ impl PgWriter {
                 Op::PutEvent(_) => {}
                 Op::SweepOrphans(before) => ops::sweep_orphans(&mut tx, &pool, *before)?,
                 Op::RemoveEvent(id) => ops::remove_event(&mut tx, &pool, *id)?,
-                // Written below, after the round's other writes.
+                // Written above.
                 Op::PutDelivery(None, _) => {}
                 Op::PutDelivery(Some((old, outcome)), d) => batch.update(old, *outcome, d),
                 Op::RemoveDelivery(id, record) => {
@@ -177,12 +190,26 @@ impl PgWriter {
         }
         ops::merge_health(&mut tx, &pool, &health)?;
         batch.finish(&mut tx, &pool.schema, started)?;
-        let ticket = ops::insert_new_deliveries(&mut tx, &pool, &self.ops, &self.to_claim)?;
         ops::notify(&mut tx, &pool, &self.ops, &self.to_claim)?;
         let mut answers = tx.commit()?;
         // Committed: a row that does not read is logged, never the
         // round's error (its callers would take it as not stored).
-        Ok(ticket.map_or_else(HashSet::new, |t| ops::claimed_of(answers.take(t))))
+        let unnumbered = numbers.map_or_else(HashSet::new, |t| {
+            ops::take_numbers(&mut self.ops, &counts, answers.take(t))
+        });
+        let mut claimed = claims.map_or_else(HashSet::new, |t| ops::claimed_of(answers.take(t)));
+        // A claimed delivery whose number did not read is not handed out
+        // as this round made it: it waits for its lease.
+        if !unnumbered.is_empty() {
+            for op in &self.ops {
+                if let Op::PutDelivery(None, d) = op
+                    && unnumbered.contains(&d.subscription_id)
+                {
+                    claimed.remove(&d.id);
+                }
+            }
+        }
+        Ok(claimed)
     }
 
     /// After a failed commit: if it was in fact applied (the connection

@@ -16,7 +16,9 @@ use crate::storage::postgres::connection::Pool;
 use crate::storage::postgres::coordination::DB_NOW;
 use crate::storage::postgres::listener::channel;
 use crate::storage::postgres::pipeline::{Owned, Ticket, WriterTx};
-use crate::storage::postgres::rows::{decode, encode, encode_event, id_of, ms, state_code, unms};
+use crate::storage::postgres::rows::{
+    decode, encode, encode_event, id_of, ms, sql_with_sequence, state_code, unms,
+};
 use crate::storage::postgres::schema::column_value;
 use crate::storage::{Damaged, IndexEntry, SubscriptionRecord};
 
@@ -102,19 +104,21 @@ pub(super) fn lock_written_subscriptions(
 /// Numbers for the round's new deliveries (`counts` of them per
 /// subscription): one statement, which locks the subscriptions' rows in
 /// id order (as every numbering does, so two instances never wait for
-/// each other's rows).
+/// each other's rows). Sent, not waited for: the new deliveries' insert
+/// reads the numbers from the rows it updated ([`insert_new_deliveries`]),
+/// and the round's own copies take them from the ticket's rows after the
+/// commit ([`take_numbers`]).
 pub(super) fn number_new_deliveries(
     tx: &mut WriterTx<'_>,
     pool: &Pool,
-    ops: &mut [Op],
     counts: &BTreeMap<SubscriptionId, i64>,
-) -> Result<()> {
+) -> Result<Option<Ticket>> {
     if counts.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let ids: Vec<Vec<u8>> = counts.keys().map(|s| s.to_bytes().to_vec()).collect();
     let ns: Vec<i64> = counts.values().copied().collect();
-    let rows = tx.query(
+    let ticket = tx.ask(
         &format!(
             // Every row locked in id order first (the count, a one-time
             // filter, runs the locking scan to its end before any update),
@@ -128,16 +132,39 @@ pub(super) fn number_new_deliveries(
              RETURNING {s}.id, {s}.seq",
             s = pool.t("subscriptions")
         ),
-        &[&ids, &ns],
+        vec![Box::new(ids), Box::new(ns)],
     )?;
+    Ok(Some(ticket))
+}
+
+/// Gives the round's new deliveries the numbers the store gave them, from
+/// the rows of [`number_new_deliveries`]' ticket (read after the commit),
+/// as [`insert_new_deliveries`] computed them: the `k`-th (from 0) of a
+/// subscription's `n` new ones is its updated `seq - n + 1 + k`. A
+/// subscription deleted meanwhile gives none (0: not sent). Returns the
+/// subscriptions whose numbers did not read: their new deliveries' copies
+/// here are not what was stored, so they must not be used.
+pub(super) fn take_numbers(
+    ops: &mut [Op],
+    counts: &BTreeMap<SubscriptionId, i64>,
+    rows: Vec<postgres::Row>,
+) -> HashSet<SubscriptionId> {
     let mut next = HashMap::new();
     for row in rows {
-        let sub = id_of(&row, "id", SubscriptionId::from_slice)?;
-        let last = unms(row.try_get("seq")?);
-        let n = counts.get(&sub).map_or(0, |&n| unms(n));
-        next.insert(sub, last.saturating_sub(n).saturating_add(1));
+        let read = id_of(&row, "id", SubscriptionId::from_slice)
+            .and_then(|sub| Ok((sub, unms(row.try_get("seq")?))));
+        match read {
+            Ok((sub, last)) => {
+                let n = counts.get(&sub).map_or(0, |&n| unms(n));
+                next.insert(sub, last.saturating_sub(n).saturating_add(1));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a new delivery's sequence number did not read");
+                return counts.keys().copied().collect();
+            }
+        }
     }
-    // A subscription deleted meanwhile gives none (0: not sent).
+    // A subscription without a row was deleted meanwhile.
     for op in ops {
         if let Op::PutDelivery(None, d) = op
             && d.sequence == 0
@@ -147,7 +174,7 @@ pub(super) fn number_new_deliveries(
             *n += 1;
         }
     }
-    Ok(())
+    HashSet::new()
 }
 
 /// The round's events in one statement, before anything refers to them.
@@ -221,12 +248,17 @@ pub(super) fn notify(
 /// New deliveries go in one multi-row insert per round; those in
 /// `to_claim` with this instance's claim (a lease from the database's
 /// clock, as a claim's), unless a receiver's pause holds their
-/// subscription back. Sent, not waited for: the ticket's rows, answered
-/// with the commit, say which were stored claimed ([`claimed_of`]).
+/// subscription back. Those the store numbers (`counts` per subscription)
+/// get their number here, from their subscription's row as the round's
+/// [`number_new_deliveries`] left it, written into their record by the
+/// server ([`sql_with_sequence`]). Sent, not waited for: the ticket's
+/// rows, answered with the commit, say which were stored claimed
+/// ([`claimed_of`]).
 pub(super) fn insert_new_deliveries(
     tx: &mut WriterTx<'_>,
     pool: &Pool,
     ops: &[Op],
+    counts: &BTreeMap<SubscriptionId, i64>,
     to_claim: &HashSet<DeliveryId>,
 ) -> Result<Option<Ticket>> {
     let new_deliveries: Vec<&Delivery> = ops
@@ -253,7 +285,23 @@ pub(super) fn insert_new_deliveries(
         Vec::with_capacity(n),
     );
     let mut claims = Vec::with_capacity(n);
+    // Each one the store numbers: its place `k` among its subscription's
+    // new ones (the order `take_numbers` follows), and their count `n`.
+    let (mut places, mut of) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut seen: HashMap<SubscriptionId, i64> = HashMap::new();
     for d in new_deliveries {
+        match counts.get(&d.subscription_id) {
+            Some(&count) if d.sequence == 0 => {
+                let k = seen.entry(d.subscription_id).or_default();
+                places.push(Some(*k));
+                of.push(count);
+                *k += 1;
+            }
+            _ => {
+                places.push(None);
+                of.push(0);
+            }
+        }
         ids.push(d.id.to_bytes().to_vec());
         subs.push(d.subscription_id.to_bytes().to_vec());
         events.push(d.event_id.to_bytes().to_vec());
@@ -270,13 +318,29 @@ pub(super) fn insert_new_deliveries(
         Box::new(states),
         Box::new(ats),
         Box::new(records),
+        Box::new(places),
+        Box::new(of),
     ];
+    // The delivery's number, when the store gives it one: NULL otherwise
+    // (numbered already, or its subscription was deleted meanwhile).
+    let numbered = format!(
+        "LEFT JOIN {s} ON v.k IS NOT NULL AND {s}.id = v.sub
+         CROSS JOIN LATERAL (SELECT {s}.seq - v.n + 1 + v.k AS n) q",
+        s = pool.t("subscriptions")
+    );
+    let record = format!(
+        "CASE WHEN q.n IS NULL THEN v.record ELSE {} END",
+        sql_with_sequence("v.record", "q.n")
+    );
+    let columns = "$1::bytea[], $2::bytea[], $3::bytea[], $4::int2[], $5::int8[], $6::bytea[],
+                   $7::int8[], $8::int8[]";
     if to_claim.is_empty() {
         tx.defer(
             &format!(
                 "INSERT INTO {d} (id, sub, event_id, state, at, record)
-                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[],
-                                      $4::int2[], $5::int8[], $6::bytea[])
+                 SELECT v.id, v.sub, v.event_id, v.state, v.at, {record}
+                 FROM unnest({columns}) AS v(id, sub, event_id, state, at, record, k, n)
+                 {numbered}
                  ON CONFLICT (id) DO NOTHING"
             ),
             params,
@@ -290,14 +354,14 @@ pub(super) fn insert_new_deliveries(
         &format!(
             "WITH clock AS (SELECT {DB_NOW} AS t)
              INSERT INTO {d} (id, sub, event_id, state, at, record, claim, claimed_until)
-             SELECT v.id, v.sub, v.event_id, v.state, v.at, v.record,
-                    CASE WHEN c.mine THEN $8::bytea END,
-                    CASE WHEN c.mine THEN clock.t + $9 ELSE 0 END
-             FROM unnest($1::bytea[], $2::bytea[], $3::bytea[],
-                         $4::int2[], $5::int8[], $6::bytea[], $7::bool[])
-                  AS v(id, sub, event_id, state, at, record, claim),
-                  clock,
-                  LATERAL (SELECT v.claim AND NOT EXISTS (
+             SELECT v.id, v.sub, v.event_id, v.state, v.at, {record},
+                    CASE WHEN c.mine THEN $10::bytea END,
+                    CASE WHEN c.mine THEN clock.t + $11 ELSE 0 END
+             FROM unnest({columns}, $9::bool[])
+                  AS v(id, sub, event_id, state, at, record, k, n, claim)
+                  {numbered}
+                  CROSS JOIN clock
+                  CROSS JOIN LATERAL (SELECT v.claim AND NOT EXISTS (
                       SELECT 1 FROM {f} WHERE {f}.sub = v.sub AND paused_until > clock.t)
                       AS mine) c
              ON CONFLICT (id) DO NOTHING
