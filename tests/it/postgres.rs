@@ -629,7 +629,8 @@ fn the_engines_plans_stay_index_lookups_as_a_new_store_grows() {
 /// inserts them: the server writes the number into each record, as the
 /// last bytes of the codec's varint. Across every size of that varint (1,
 /// 3, 5 and 9 bytes), on the claimed path (a plain subscription) and the
-/// unclaimed one (FIFO): the receiver gets the numbers in order, each
+/// unclaimed one (FIFO), with rounds that number one and two deliveries
+/// of a subscription: the receiver gets the numbers in order, each
 /// outcome's update finds the record it expects (a record that differed
 /// by a byte would leave its delivery pending), and the records read back
 /// with their numbers.
@@ -651,8 +652,21 @@ fn sequence_numbers_written_by_the_server_match_the_records_at_every_size() {
         )
         .unwrap();
     let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
-    // Each start's next numbers cross one of the varint's sizes.
-    let starts: [i64; 5] = [0, 249, 65_534, 4_294_967_294, 1 << 40];
+    let mut holder = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    // Each start's next numbers cross one of the varint's sizes; the last
+    // has a byte of its own in each of the 8.
+    let starts: [i64; 6] = [
+        0,
+        249,
+        65_534,
+        4_294_967_294,
+        1 << 40,
+        0x0102_0304_0506_0700,
+    ];
     let mut expected = Vec::new();
     for (i, start) in starts.into_iter().enumerate() {
         c.execute(
@@ -660,11 +674,29 @@ fn sequence_numbers_written_by_the_server_match_the_records_at_every_size() {
             &[&start],
         )
         .unwrap();
-        // Published at once: some rounds number several of a
-        // subscription's deliveries.
-        for n in 0..3 {
+        // The first event's round waits for the subscriptions' rows,
+        // which another transaction holds, until the next two events are
+        // queued: their round numbers two deliveries of each subscription.
+        let mut hold = holder.transaction().unwrap();
+        hold.batch_execute(&format!(
+            "SELECT 1 FROM {}.subscriptions FOR UPDATE",
+            schema.0
+        ))
+        .unwrap();
+        bus.publish("e", &json!({ "n": 0 })).unwrap();
+        wait_until(LONG, "the writer waits for the rows", || {
+            c.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&holder_pid],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+                > 0
+        });
+        for n in 1..3 {
             bus.publish("e", &json!({ "n": n })).unwrap();
         }
+        hold.commit().unwrap();
         rx.wait_for(6 * (i + 1), LONG);
         expected.extend((1..=3).map(|k| u64::try_from(start + k).unwrap()));
     }

@@ -98,10 +98,11 @@ pub(super) const POOL_SESSION: &str = "SET synchronous_commit TO off";
 /// round's statements afresh at every run (their `unnest` batches make
 /// the generic plan look dearer than a custom one), and planning was most
 /// of their server time: 0.4–0.9 ms per run for the new deliveries'
-/// insert against 0.05 ms to reuse the generic plan, by `EXPLAIN ANALYZE`;
-/// on the wire a publish's round went from about 1.0 ms to 0.63 ms and an
-/// outcome's from 0.52 to 0.33 ms. Every writer statement is a lookup by
-/// key, which a generic plan serves as well as a custom one.
+/// insert against 0.05 ms to reuse the generic plan, by `EXPLAIN ANALYZE`
+/// (BENCHMARKS.md has the rounds on the wire). Every writer statement is a lookup by
+/// key, which a generic plan serves as well as a custom one, but the
+/// orphan sweep (a range and a limit), which asks for plans made for its
+/// values (`writer/ops.rs`, `sweep_orphans`).
 pub(super) const WRITER_SESSION: &str = "SET synchronous_commit TO off; SET enable_hashjoin TO off; \
      SET enable_mergejoin TO off; SET plan_cache_mode TO force_generic_plan";
 

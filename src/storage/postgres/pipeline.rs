@@ -5,10 +5,12 @@
 //! [`WriterTx::execute`]); one whose result it does not need is sent and
 //! left to answer later ([`WriterTx::defer`]), so it travels with the
 //! next statement that is waited for, or with the `COMMIT`. A round of
-//! one event is then two round trips to the server instead of six, and
-//! one with outcomes three: each round trip also costs the engine thread
-//! a sleep and a wake-up, which on a small machine is most of its time
-//! per delivery.
+//! one event is then one round trip to the server instead of six (the new
+//! deliveries' insert reads their numbers from the rows the numbering
+//! updated; an idempotency key's advisory lock is taken and let go
+//! outside the round), and one with outcomes three: each round trip also
+//! costs the engine thread a sleep and a wake-up, which on a small
+//! machine is most of its time per delivery.
 //!
 //! Errors keep their order: a statement waited for first waits for every
 //! statement sent before it, and reports the first error among them (a
@@ -26,6 +28,7 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use crate::error::Result;
 use crate::storage::postgres::connection::{Params, Stmts, tokio_config};
+use crate::storage::postgres::rows::store_error;
 
 /// What a statement sent answers: rows if it was asked for them
 /// ([`WriterTx::ask`]).
@@ -43,9 +46,10 @@ pub(in crate::storage::postgres) struct Ticket(usize);
 pub(in crate::storage::postgres) struct Answers(std::collections::HashMap<Ticket, Vec<Row>>);
 
 impl Answers {
-    /// The rows `t` asked for (none if taken already).
-    pub(in crate::storage::postgres) fn take(&mut self, t: Ticket) -> Vec<Row> {
-        self.0.remove(&t).unwrap_or_default()
+    /// The rows `t` asked for; `None` if it has none (taken already, or
+    /// never answered), which is not the same as no rows.
+    pub(in crate::storage::postgres) fn take(&mut self, t: Ticket) -> Option<Vec<Row>> {
+        self.0.remove(&t)
     }
 }
 
@@ -340,7 +344,9 @@ impl<'a> WriterTx<'a> {
         if self.pending.iter().any(|(p, _)| *p == Some(t)) {
             self.settle()?;
         }
-        Ok(self.answers.take(t))
+        self.answers
+            .take(t)
+            .ok_or_else(|| store_error("a pipelined statement's answer is missing"))
     }
 
     /// Commits: the `COMMIT` goes with whatever is still unanswered. If

@@ -75,7 +75,9 @@ pub(super) fn delivery_of(row: &Row) -> Result<Delivery> {
 pub(super) fn sql_with_sequence(record: &str, seq: &str) -> String {
     // The little-endian bytes after `marker`: `set_byte` on zeros.
     let le = |marker: &str, n: usize| {
-        let mut e = format!("'\\x{marker}{}'::bytea", "00".repeat(n));
+        // `decode`, not a `'\x…'` literal: that reads as bytes only
+        // with `standard_conforming_strings` on.
+        let mut e = format!("decode('{marker}{}', 'hex')", "00".repeat(n));
         for i in 0..n {
             e = format!(
                 "set_byte({e}, {}, (({seq} >> {}) & 255)::int4)",
@@ -87,7 +89,7 @@ pub(super) fn sql_with_sequence(record: &str, seq: &str) -> String {
     };
     format!(
         "(substring({record} FROM 1 FOR length({record}) - 1) || CASE \
-           WHEN {seq} < 251 THEN set_byte('\\x00'::bytea, 0, {seq}::int4) \
+           WHEN {seq} < 251 THEN set_byte(decode('00', 'hex'), 0, {seq}::int4) \
            WHEN {seq} < 65536 THEN {} \
            WHEN {seq} < 4294967296 THEN {} \
            ELSE {} END)",

@@ -139,14 +139,7 @@ impl PgWriter {
         for op in &self.ops {
             // Changes of deliveries and attempts are sent together; any
             // other write first sends what is batched, so the order holds.
-            // (Not the writes made after the loop: new deliveries, written
-            // above, and health, merged below. Sending the batch for those
-            // would wait for its answer, one more round trip in every
-            // round of outcomes.)
-            if !matches!(
-                op,
-                Op::PutDelivery(..) | Op::PutAttempt(..) | Op::PutEvent(_) | Op::MergeHealth(..)
-            ) {
+            if !matches!(op, Op::PutDelivery(..) | Op::PutAttempt(..)) {
                 batch.send(&mut tx, &pool.schema, &pool.token)?;
             }
             match op {

@@ -147,8 +147,12 @@ pub(super) fn number_new_deliveries(
 pub(super) fn take_numbers(
     ops: &mut [Op],
     counts: &BTreeMap<SubscriptionId, i64>,
-    rows: Vec<postgres::Row>,
+    rows: Option<Vec<postgres::Row>>,
 ) -> HashSet<SubscriptionId> {
+    let Some(rows) = rows else {
+        tracing::error!("the new deliveries' sequence numbers were not answered");
+        return counts.keys().copied().collect();
+    };
     let mut next = HashMap::new();
     for row in rows {
         let read = id_of(&row, "id", SubscriptionId::from_slice)
@@ -377,8 +381,12 @@ pub(super) fn insert_new_deliveries(
 /// [`insert_new_deliveries`]' ticket (read after the commit). A row that
 /// does not read is left out: that delivery stays claimed until its lease
 /// and is then sent by whichever instance claims it.
-pub(super) fn claimed_of(rows: Vec<postgres::Row>) -> HashSet<DeliveryId> {
+pub(super) fn claimed_of(rows: Option<Vec<postgres::Row>>) -> HashSet<DeliveryId> {
     let mut claimed = HashSet::new();
+    let Some(rows) = rows else {
+        tracing::error!("the claimed new deliveries were not answered; they wait for their lease");
+        return claimed;
+    };
     for row in rows {
         let read = row
             .try_get::<_, bool>(1)
@@ -481,6 +489,10 @@ pub(super) fn remove_subscription(
 }
 
 pub(super) fn sweep_orphans(tx: &mut WriterTx<'_>, pool: &Pool, before: EventId) -> Result<()> {
+    // A range and a limit, whose best plan depends on `before`: planned
+    // for its value (the writer otherwise keeps generic plans, made for
+    // lookups by key: `WRITER_SESSION`), for the rest of this round.
+    tx.defer("SET LOCAL plan_cache_mode TO auto", Vec::new())?;
     tx.execute(
         &format!(
             "DELETE FROM {e} WHERE id IN (
@@ -632,24 +644,31 @@ pub(super) fn put_key(
     event: EventId,
     at: u64,
 ) -> Result<()> {
-    tx.execute(
+    // Sent, not waited for (nothing reads its count): a keyed publish's
+    // round stays one round trip.
+    tx.defer(
         &format!(
             "INSERT INTO {} (key, event, at) VALUES ($1, $2, $3)
              ON CONFLICT (key) DO UPDATE SET event = EXCLUDED.event, at = EXCLUDED.at",
             pool.t("idempotency")
         ),
-        &[&key.as_bytes(), &&event.to_bytes()[..], &ms(at)],
+        vec![
+            Box::new(key.as_bytes().to_vec()),
+            Box::new(event.to_bytes().to_vec()),
+            Box::new(ms(at)),
+        ],
     )?;
     Ok(())
 }
 
 pub(super) fn remove_key(tx: &mut WriterTx<'_>, pool: &Pool, key: &str, at: u64) -> Result<()> {
-    tx.execute(
+    // Sent, not waited for, as `put_key`.
+    tx.defer(
         &format!(
             "DELETE FROM {} WHERE key = $1 AND at = $2",
             pool.t("idempotency")
         ),
-        &[&key.as_bytes(), &ms(at)],
+        vec![Box::new(key.as_bytes().to_vec()), Box::new(ms(at))],
     )?;
     Ok(())
 }
