@@ -7,10 +7,10 @@
 //! next statement that is waited for, or with the `COMMIT`. A round of
 //! one event is then one round trip to the server instead of six (the new
 //! deliveries' insert reads their numbers from the rows the numbering
-//! updated; an idempotency key's lock and record are taken and read,
-//! and the lock let go, outside the round), and one with outcomes three: each round trip also
-//! costs the engine thread a sleep and a wake-up, which on a small
-//! machine is most of its time per delivery.
+//! updated; an idempotency key's lock and record are taken and read, and
+//! the lock let go, outside the round), and one with outcomes three: each
+//! round trip also costs the engine thread a sleep and a wake-up, which on
+//! a small machine is most of its time per delivery.
 //!
 //! Errors keep their order: a statement waited for first waits for every
 //! statement sent before it, and reports the first error among them (a

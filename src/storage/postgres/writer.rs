@@ -187,16 +187,16 @@ impl PgWriter {
         let mut answers = tx.commit()?;
         // Committed: a row that does not read is logged, never the
         // round's error (its callers would take it as not stored).
-        let unnumbered = numbers.map_or_else(HashSet::new, |t| {
-            ops::take_numbers(&mut self.ops, &counts, answers.take(t))
-        });
+        let numbered =
+            numbers.is_none_or(|t| ops::take_numbers(&mut self.ops, &counts, answers.take(t)));
         let mut claimed = claims.map_or_else(HashSet::new, |t| ops::claimed_of(answers.take(t)));
-        // A claimed delivery whose number did not read is not handed out
-        // as this round made it: it waits for its lease.
-        if !unnumbered.is_empty() {
+        if !numbered {
+            // The copies of the new deliveries the store numbered still
+            // say 0: none is handed out as this round made it, each waits
+            // for its lease.
             for op in &self.ops {
                 if let Op::PutDelivery(None, d) = op
-                    && unnumbered.contains(&d.subscription_id)
+                    && d.sequence == 0
                 {
                     claimed.remove(&d.id);
                 }

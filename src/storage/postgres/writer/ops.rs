@@ -141,17 +141,17 @@ pub(super) fn number_new_deliveries(
 /// the rows of [`number_new_deliveries`]' ticket (read after the commit),
 /// as [`insert_new_deliveries`] computed them: the `k`-th (from 0) of a
 /// subscription's `n` new ones is its updated `seq - n + 1 + k`. A
-/// subscription deleted meanwhile gives none (0: not sent). Returns the
-/// subscriptions whose numbers did not read: their new deliveries' copies
-/// here are not what was stored, so they must not be used.
+/// subscription deleted meanwhile gives none (0: not sent). Returns
+/// whether the numbers read: if not, the copies still say 0, which is not
+/// what was stored, so they must not be used.
 pub(super) fn take_numbers(
     ops: &mut [Op],
     counts: &BTreeMap<SubscriptionId, i64>,
     rows: Option<Vec<postgres::Row>>,
-) -> HashSet<SubscriptionId> {
+) -> bool {
     let Some(rows) = rows else {
         tracing::error!("the new deliveries' sequence numbers were not answered");
-        return counts.keys().copied().collect();
+        return false;
     };
     let mut next = HashMap::new();
     for row in rows {
@@ -164,7 +164,7 @@ pub(super) fn take_numbers(
             }
             Err(e) => {
                 tracing::error!(error = %e, "a new delivery's sequence number did not read");
-                return counts.keys().copied().collect();
+                return false;
             }
         }
     }
@@ -178,7 +178,7 @@ pub(super) fn take_numbers(
             *n += 1;
         }
     }
-    HashSet::new()
+    true
 }
 
 /// The round's events in one statement, before anything refers to them.
