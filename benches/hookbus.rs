@@ -14,7 +14,7 @@ use criterion::{
 };
 use hookbus::NewSubscription;
 
-use common::{Receiver, Stamped, builder, dead_url, order, spread, stamp_now, wait};
+use common::{Receiver, StallMeter, Stamped, builder, dead_url, order, spread, stamp_now, wait};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -946,14 +946,23 @@ fn sleep_until(at: Instant) {
 
 /// A floor row of `steady_rate`: `n` events at the pace `period`, each
 /// made durable by `commit` and then POSTed straight to the timing
-/// receiver (one keep-alive ureq connection), stamped before the commit:
-/// publish-to-receipt latency with nothing between the store and the
-/// request. Prints p50/p99 at the receiver.
+/// receiver (one keep-alive ureq connection): publish-to-receipt latency
+/// with nothing between the store and the request, from when the loop
+/// takes an event up (its service time: the bus's latency cannot be below
+/// it on the machine the run is on). Printed beside it: the same requests
+/// timed from when each was due, as a publisher of its own would see them
+/// (the bus's publisher is a thread of its own), where every event a slow
+/// commit holds up waits its turn behind it: what one commit per event
+/// without batching would give. The bus's tail can be well below that
+/// one, since it takes whatever queued behind a slow commit in one round.
+/// Also the `meter`'s stalls, against `bound`.
 fn floor_row(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
     period: Duration,
     rx: &Receiver,
+    meter: &StallMeter,
+    bound: Duration,
     commit: &mut dyn FnMut(),
 ) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -962,15 +971,27 @@ fn floor_row(
         .into();
     let url = format!("{}/floor", rx.url());
     let mut next = 0u64;
-    let mut lat = Vec::new();
+    let mut timings = Vec::new();
+    // How long after its stamp the loop took up each event it was late for.
+    let mut behind: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     rx.take_latencies();
+    meter.take();
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for k in 0..iters {
-                sleep_until(start + period * k as u32);
+                let due = start + period * k as u32;
+                let now = Instant::now();
+                let sent_ns = if now > due {
+                    let due_ns = due.duration_since(common::origin()).as_nanos() as u64;
+                    behind.insert(due_ns, now.duration_since(due).as_nanos() as u64);
+                    due_ns
+                } else {
+                    sleep_until(due);
+                    stamp_now()
+                };
                 let body = serde_json::to_vec(&Stamped {
-                    sent_ns: stamp_now(),
+                    sent_ns,
                     order: order(next),
                 })
                 .unwrap();
@@ -990,18 +1011,36 @@ fn floor_row(
                 }
             }
             sleep_until(start + period * iters as u32);
-            lat.extend(rx.take_latencies());
+            timings.extend(rx.take_timings());
             start.elapsed()
         });
     });
+    let stalls = meter.take();
+    let mut lat: Vec<u64> = timings.iter().map(|(_, l)| *l).collect();
     lat.sort_unstable();
+    // From when the loop took each up.
+    let taken: Vec<(u64, u64)> = timings
+        .iter()
+        .map(|&(sent, l)| {
+            let late = behind.get(&sent).copied().unwrap_or(0).min(l);
+            (sent + late, l - late)
+        })
+        .collect();
+    let mut service: Vec<u64> = taken.iter().map(|(_, l)| *l).collect();
+    service.sort_unstable();
     eprintln!(
         "steady_rate/{name}: {} requests timed at the receiver, publish-to-receipt \
-         p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+         p50 {:.0} us, p99 {:.0} us, max {:.0} us (from when each was due, {} of them \
+         taken up late behind a slow one: p50 {:.0} us, p99 {:.0} us, max {:.0} us); {}",
         lat.len(),
+        quantile(&service, 0.5) as f64 / 1e3,
+        quantile(&service, 0.99) as f64 / 1e3,
+        quantile(&service, 1.0) as f64 / 1e3,
+        behind.len(),
         quantile(&lat, 0.5) as f64 / 1e3,
         quantile(&lat, 0.99) as f64 / 1e3,
         quantile(&lat, 1.0) as f64 / 1e3,
+        StallMeter::summary(&stalls, &taken, bound),
     );
 }
 
@@ -1024,7 +1063,10 @@ fn floor_row(
 /// PostgreSQL too with feature `postgres` (a server at 127.0.0.1). The
 /// floors: `baseline_*_commit_then_post` make one durable commit and then
 /// one POST per event at the same pace ([`floor_row`]); the bus's latency
-/// cannot be below theirs on the machine the run is on.
+/// cannot be below theirs on the machine the run is on. Every row also
+/// prints what a [`StallMeter`] saw during it: the machine's stalls, and
+/// how many of the requests slower than the goal's bound (1 ms on sled,
+/// 2 ms on PostgreSQL) were on their way during one.
 fn steady_rate(c: &mut Criterion) {
     const SUBS: u64 = 100;
     // Another rate for a one-off look (the group is defined at 300/s).
@@ -1045,6 +1087,9 @@ fn steady_rate(c: &mut Criterion) {
         .throughput(Throughput::Elements(1));
     eprintln!("steady_rate: {rate} events/s over {SUBS} subscriptions (poisson: {poisson})");
     let rx = Receiver::start_timing();
+    // The issue's goals for the p99: 1 ms on sled, 2 ms on PostgreSQL.
+    let bound = |name: &str| Duration::from_millis(if name.contains("postgres") { 2 } else { 1 });
+    let meter = StallMeter::start();
     let sled_threads = || {
         thread_cpu()
             .values()
@@ -1072,7 +1117,11 @@ fn steady_rate(c: &mut Criterion) {
                 sleep_until(start + period * iters as u32);
                 let (p1, t1) = (process_cpu(), thread_cpu());
                 if let (Some(p0), Some(p1)) = (p0, p1) {
-                    cpu += p1.saturating_sub(p0);
+                    cpu += p1.saturating_sub(p0).saturating_sub(threads_cpu_since(
+                        &t0,
+                        &t1,
+                        "stall-meter",
+                    ));
                 }
                 sled_io += threads_cpu_since(&t0, &t1, "sled-io-");
                 ops += iters;
@@ -1089,6 +1138,45 @@ fn steady_rate(c: &mut Criterion) {
             sled_threads(),
         );
     }
+    // The disk's own floor: one 4 KiB append and `fdatasync` per event at
+    // this rate, in a temporary folder as the stores' are (sled's flush
+    // and PostgreSQL's `COMMIT` each wait for at least one such sync).
+    // A publish that is durable before its request leaves cannot beat this
+    // row's quantiles by more than what batching saves; where its p99 is
+    // over a latency goal, so is every durable publish's on that machine.
+    {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = std::fs::File::create(dir.path().join("sync")).unwrap();
+        let block = [0u8; 4096];
+        let mut lat: Vec<u64> = Vec::new();
+        g.bench_function("baseline_fdatasync", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for k in 0..iters {
+                    sleep_until(start + period * k as u32);
+                    let t = Instant::now();
+                    file.write_all(&block).unwrap();
+                    file.sync_data().unwrap();
+                    lat.push(t.elapsed().as_nanos() as u64);
+                }
+                sleep_until(start + period * iters as u32);
+                start.elapsed()
+            });
+        });
+        lat.sort_unstable();
+        let over = |ms: u64| lat.iter().filter(|&&l| l > ms * 1_000_000).count();
+        eprintln!(
+            "steady_rate/baseline_fdatasync: {} appends of 4 KiB, each followed by fdatasync: \
+             p50 {:.0} us, p99 {:.0} us, max {:.0} us; {} over 1 ms, {} over 2 ms",
+            lat.len(),
+            quantile(&lat, 0.5) as f64 / 1e3,
+            quantile(&lat, 0.99) as f64 / 1e3,
+            quantile(&lat, 1.0) as f64 / 1e3,
+            over(1),
+            over(2),
+        );
+    }
     // The latency floor on sled: that commit, then the request, nothing
     // between (the bus's p99 cannot be below this row's on this machine).
     {
@@ -1101,6 +1189,8 @@ fn steady_rate(c: &mut Criterion) {
             "baseline_sled_commit_then_post",
             period,
             &rx,
+            &meter,
+            bound("sled"),
             &mut || {
                 tree.apply_batch(raw_batch(&mut key, 1, &payload)).unwrap();
                 tree.flush().unwrap();
@@ -1158,6 +1248,8 @@ fn steady_rate(c: &mut Criterion) {
                 "baseline_postgres_commit_then_post",
                 period,
                 &rx,
+                &meter,
+                bound("postgres"),
                 &mut || {
                     key += 1;
                     c.execute(&insert, &[&key, &record]).unwrap();
@@ -1251,7 +1343,8 @@ fn steady_rate(c: &mut Criterion) {
         // Untimed: a second at the rate.
         run(rate);
         rx.take_latencies();
-        let mut lat = Vec::new();
+        meter.take();
+        let mut timings = Vec::new();
         let (mut cpu, mut engine, mut dispatcher, mut sled_io, mut deliveries) = (
             Duration::ZERO,
             Duration::ZERO,
@@ -1265,16 +1358,22 @@ fn steady_rate(c: &mut Criterion) {
                 let took = run(iters);
                 let (p1, t1) = (process_cpu(), thread_cpu());
                 if let (Some(p0), Some(p1)) = (p0, p1) {
-                    cpu += p1.saturating_sub(p0);
+                    cpu += p1.saturating_sub(p0).saturating_sub(threads_cpu_since(
+                        &t0,
+                        &t1,
+                        "stall-meter",
+                    ));
                 }
                 engine += threads_cpu_since(&t0, &t1, "hookbus-");
                 dispatcher += threads_cpu_since(&t0, &t1, "hookbus-dispatc");
                 sled_io += threads_cpu_since(&t0, &t1, "sled-io-");
                 deliveries += iters;
-                lat.extend(rx.take_latencies());
+                timings.extend(rx.take_timings());
                 took
             });
         });
+        let stalls = meter.take();
+        let mut lat: Vec<u64> = timings.iter().map(|(_, l)| *l).collect();
         lat.sort_unstable();
         let per = |d: Duration| d.as_secs_f64() * 1e6 / deliveries.max(1) as f64;
         eprintln!(
@@ -1282,7 +1381,7 @@ fn steady_rate(c: &mut Criterion) {
              publish-to-receipt p50 {:.0} us, p99 {:.0} us, max {:.0} us; \
              CPU per delivery {:.0} us (whole process, with the publisher and the receiver), \
              {:.0} us in hookbus-* threads (the engine thread {:.0} us, the senders the rest), \
-             {:.0} us in live sled-io-* threads ({} of them)",
+             {:.0} us in live sled-io-* threads ({} of them); {}",
             lat.len(),
             quantile(&lat, 0.5) as f64 / 1e3,
             quantile(&lat, 0.99) as f64 / 1e3,
@@ -1292,6 +1391,7 @@ fn steady_rate(c: &mut Criterion) {
             per(dispatcher),
             per(sled_io),
             sled_threads(),
+            StallMeter::summary(&stalls, &timings, bound(&name)),
         );
         bus.shutdown(Duration::from_secs(5)).unwrap();
     }

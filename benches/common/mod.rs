@@ -95,8 +95,8 @@ pub struct Receiver {
     pub count: Arc<AtomicU64>,
     in_flight: Arc<AtomicU64>,
     peak: Arc<AtomicU64>,
-    /// Publish-to-receipt latencies (ns) of stamped bodies, when timing.
-    latencies: Arc<Mutex<Vec<u64>>>,
+    /// Stamped bodies' `(sent_ns, publish-to-receipt ns)`, when timing.
+    latencies: Arc<Mutex<Vec<(u64, u64)>>>,
 }
 
 /// Counts a request out of `in_flight` however its handler ends (a client
@@ -160,7 +160,9 @@ impl Receiver {
                         if timing {
                             let now = stamp_now();
                             if let Ok(s) = serde_json::from_slice::<Stamp>(&body) {
-                                lat.lock().unwrap().push(now.saturating_sub(s.sent_ns));
+                                lat.lock()
+                                    .unwrap()
+                                    .push((s.sent_ns, now.saturating_sub(s.sent_ns)));
                             }
                         }
                         std::hint::black_box(body);
@@ -203,6 +205,12 @@ impl Receiver {
 
     /// The latencies (ns) recorded since the last call (timing receivers).
     pub fn take_latencies(&self) -> Vec<u64> {
+        self.take_timings().into_iter().map(|(_, l)| l).collect()
+    }
+
+    /// The `(sent_ns, latency ns)` of each request recorded since the last
+    /// call (timing receivers): when it was stamped, and how long it took.
+    pub fn take_timings(&self) -> Vec<(u64, u64)> {
         std::mem::take(&mut *self.latencies.lock().unwrap())
     }
 
@@ -248,4 +256,107 @@ pub fn spread(threads: usize, total: u64, f: impl Fn() + Sync) -> Duration {
         }
     });
     start.elapsed()
+}
+
+/// An idle thread that asks to sleep [`StallMeter::TICK`] at a time and
+/// notes each wake-up more than [`StallMeter::LATE`] late (jHiccup's
+/// idea): then a thread that was ready to run waited that long for a CPU,
+/// whatever the code measured beside it was doing, because the machine
+/// (the hypervisor, the kernel, other processes, or the two cores all
+/// busy) did not run it. The steady rows print these stalls beside their
+/// latencies, so a tail can be told from the machine's. Its thread is
+/// named `stall-meter` (its own CPU is left out of the rows' figures).
+pub struct StallMeter {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    stalls: Arc<Mutex<Vec<Stall>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A wake-up of the [`StallMeter`]'s thread later than it asked for: from
+/// `from_ns` (when it should have woken, in [`stamp_now`]'s clock) for
+/// `late_ns`.
+#[derive(Clone, Copy, Debug)]
+pub struct Stall {
+    pub from_ns: u64,
+    pub late_ns: u64,
+}
+
+impl StallMeter {
+    /// How long the meter's thread sleeps at a time.
+    pub const TICK: Duration = Duration::from_millis(1);
+    /// How late a wake-up must be to count as a stall.
+    pub const LATE: Duration = Duration::from_millis(1);
+
+    pub fn start() -> StallMeter {
+        origin();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stalls = Arc::new(Mutex::new(Vec::new()));
+        let (s, st) = (stop.clone(), stalls.clone());
+        let thread = std::thread::Builder::new()
+            .name("stall-meter".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    let asked = Instant::now() + StallMeter::TICK;
+                    std::thread::sleep(StallMeter::TICK);
+                    let late = Instant::now().saturating_duration_since(asked);
+                    if late > StallMeter::LATE {
+                        st.lock().unwrap().push(Stall {
+                            from_ns: asked.duration_since(origin()).as_nanos() as u64,
+                            late_ns: late.as_nanos() as u64,
+                        });
+                    }
+                }
+            })
+            .unwrap();
+        StallMeter {
+            stop,
+            stalls,
+            thread: Some(thread),
+        }
+    }
+
+    /// The stalls seen since the last call.
+    pub fn take(&self) -> Vec<Stall> {
+        std::mem::take(&mut *self.stalls.lock().unwrap())
+    }
+
+    /// One line on `timings` (from [`Receiver::take_timings`]) against
+    /// `stalls` (from [`take`](Self::take), over the same stretch): how
+    /// many stalls and the longest, and how many requests took longer
+    /// than `bound` and how many of those were on their way (between
+    /// their stamp and their receipt) while the meter's thread stalled.
+    pub fn summary(stalls: &[Stall], timings: &[(u64, u64)], bound: Duration) -> String {
+        let longest = stalls.iter().map(|s| s.late_ns).max().unwrap_or(0);
+        let total: u64 = stalls.iter().map(|s| s.late_ns).sum();
+        let bound = bound.as_nanos() as u64;
+        let slow: Vec<&(u64, u64)> = timings.iter().filter(|(_, l)| *l > bound).collect();
+        let in_stall = slow
+            .iter()
+            .filter(|(sent, lat)| {
+                stalls
+                    .iter()
+                    .any(|s| s.from_ns < sent + lat && *sent < s.from_ns + s.late_ns)
+            })
+            .count();
+        format!(
+            "stalls (a sleeping thread woke over {} ms late): {}, longest {:.1} ms, {:.1} ms in all; \
+             {} requests over {:.0} us, {} of them on their way during a stall",
+            StallMeter::LATE.as_millis(),
+            stalls.len(),
+            longest as f64 / 1e6,
+            total as f64 / 1e6,
+            slow.len(),
+            bound as f64 / 1e3,
+            in_stall,
+        )
+    }
+}
+
+impl Drop for StallMeter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
