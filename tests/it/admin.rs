@@ -25,7 +25,7 @@ fn operators_see_health_retry_replay_and_follow_deliveries_while_the_bus_runs() 
             Reply::status(204)
         }
     });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).open().unwrap();
     let good = bus
         .subscribe(NewSubscription::new("good", rx.url("/good")).events(["e"]))

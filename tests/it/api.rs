@@ -40,7 +40,7 @@ fn field(r: &ApiResponse) -> &str {
 #[test]
 fn every_route_role_and_status() {
     let rx = TestReceiver::with(|_| Reply::status(500));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let alice = Caller::new("alice", Vec::<String>::new());
     let bob = Caller::new("bob", ["user"]);
@@ -327,7 +327,7 @@ fn every_route_role_and_status() {
 /// reason; the addresses stay in the operator's logs.
 #[test]
 fn refused_targets_do_not_reveal_internal_addresses() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = crate::builder(dir.path())
         .allow_private_targets(false)
         .dns_override(
@@ -414,7 +414,7 @@ fn request_debug_redacts_the_body() {
 #[test]
 fn ping_sends_a_signed_test_request_and_stores_nothing() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let sub = bus
         .subscribe(

@@ -68,7 +68,7 @@ fn endpoint_ids(bus: &Bus, caller: &Caller) -> Vec<String> {
 
 #[test]
 fn endpoints_have_a_conventional_shape() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let alice = user("alice", "acme", &[]);
     let e = create(
@@ -230,7 +230,7 @@ fn endpoints_have_a_conventional_shape() {
 
 #[test]
 fn a_tenant_manages_its_endpoints_by_role() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let alice = user("alice", "acme", &[]);
     let bob = user("bob", "acme", &[]);
@@ -356,7 +356,7 @@ fn a_tenant_manages_its_endpoints_by_role() {
 
 #[test]
 fn endpoint_lists_are_cursor_pages() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let m = user("m", "acme", &[MANAGE_ROLE]);
     let mut made = Vec::new();
@@ -424,7 +424,7 @@ fn endpoint_lists_are_cursor_pages() {
 
 #[test]
 fn test_events_are_logged_and_resent() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let rx = TestReceiver::start();
     let m = user("m", "acme", &[MANAGE_ROLE]);
@@ -517,7 +517,7 @@ fn test_events_are_logged_and_resent() {
 
 #[test]
 fn the_delivery_log_filters_and_pages() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let rx = TestReceiver::with(|r| {
         if r.path == "/bad" {
@@ -720,7 +720,7 @@ fn the_openapi_document_matches_the_routes() {
 
     // Every documented route answers (not 404 for the route, nor 405),
     // with ids of real objects.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let rx = TestReceiver::start();
     let m = user("m", "acme", &[MANAGE_ROLE]);
@@ -777,7 +777,7 @@ fn the_openapi_document_matches_the_routes() {
 
 #[test]
 fn endpoints_made_in_rust_without_a_tenant_stay_out_of_tenants() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let s = bus
         .subscribe(
@@ -818,7 +818,7 @@ fn endpoints_made_in_rust_without_a_tenant_stay_out_of_tenants() {
 #[test]
 fn the_event_catalog_is_listed_enforced_and_its_examples_sent() {
     use hookbus::catalog::EventType;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = crate::builder(dir.path())
         .event_type(
             EventType::new("order.created", "An order was placed.")
@@ -872,7 +872,7 @@ fn the_event_catalog_is_listed_enforced_and_its_examples_sent() {
 
 #[test]
 fn the_delivery_log_pages_through_many_deliveries_of_several_endpoints() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     // Nothing is sent: every delivery stays pending, in the log.
     let bus = crate::builder(dir.path()).deliver(false).open().unwrap();
     let m = user("m", "acme", &[MANAGE_ROLE]);

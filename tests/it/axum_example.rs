@@ -60,7 +60,7 @@ fn the_axum_example_serves_its_documented_requests_and_stops_on_sigterm() {
     if crate::sled_only("the example opens a sled store of its own") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let store = dir.path().join("store");
     serves_and_stops(&[store.to_str().unwrap()], &[]);
 }

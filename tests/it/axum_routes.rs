@@ -87,7 +87,7 @@ impl Server {
 
 #[test]
 fn the_axum_routes_take_the_callers_identity_json_and_a_body_limit() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = Bus::builder()
         .path(dir.path())
         .allow_private_targets(true)
@@ -143,7 +143,7 @@ fn the_axum_routes_take_the_callers_identity_json_and_a_body_limit() {
 
 #[test]
 fn the_v1_routes_take_portal_links_and_serve_the_portal_page() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = Bus::builder()
         .path(dir.path())
         .allow_private_targets(true)

@@ -5,8 +5,6 @@
 //! against their type's schema at every publish entry. On the store
 //! `HOOKBUS_TEST_STORE` picks.
 
-use std::path::Path;
-
 use hookbus::catalog::EventType;
 use hookbus::rest::{ApiResponse, Caller};
 use hookbus::{Builder, Bus, Error, NewSubscription, SubscriptionPatch};
@@ -14,44 +12,6 @@ use serde_json::{Value, json};
 
 use crate::api::call;
 use crate::{builder, dead_url, open};
-
-/// Drops the PostgreSQL schema of a test folder (`crate::pg_schema`) when
-/// the test ends — only that one, and only on PostgreSQL.
-struct DropsSchema(std::path::PathBuf);
-
-impl Drop for DropsSchema {
-    fn drop(&mut self) {
-        #[cfg(feature = "postgres")]
-        if crate::on_postgres()
-            && let Ok(mut c) = postgres::Client::connect(&crate::postgres::url(), postgres::NoTls)
-        {
-            let schema = crate::pg_schema(&self.0);
-            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-        }
-    }
-}
-
-/// A temporary folder whose store (sled, or its PostgreSQL schema) goes
-/// when the test ends.
-struct Dir {
-    // Field order: the schema is dropped before the folder.
-    _schema: DropsSchema,
-    dir: tempfile::TempDir,
-}
-
-impl Dir {
-    fn new() -> Dir {
-        let dir = tempfile::tempdir().unwrap();
-        Dir {
-            _schema: DropsSchema(dir.path().to_owned()),
-            dir,
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
 
 fn orders() -> Vec<EventType> {
     vec![
@@ -93,7 +53,7 @@ fn field(r: &ApiResponse) -> &str {
 
 #[test]
 fn lists_the_catalog_in_registration_order() {
-    let dir = Dir::new();
+    let dir = crate::test_dir();
     let bus = with_catalog(builder(dir.path()), orders()).open().unwrap();
     let names: Vec<&str> = bus.event_types().iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["order.created", "order.paid", "invoice.sent"]);
@@ -107,13 +67,13 @@ fn lists_the_catalog_in_registration_order() {
     drop(bus);
 
     // None registered: an empty catalog.
-    let other = Dir::new();
+    let other = crate::test_dir();
     assert!(open(other.path()).event_types().is_empty());
 }
 
 #[test]
 fn subscriptions_name_registered_types_or_the_wildcard() {
-    let dir = Dir::new();
+    let dir = crate::test_dir();
     let bus = with_catalog(builder(dir.path()), orders()).open().unwrap();
     let subs = bus.subscriptions();
     let url = dead_url();
@@ -157,7 +117,7 @@ fn subscriptions_name_registered_types_or_the_wildcard() {
 
 #[test]
 fn the_seed_rest_routes_refuse_unknown_types_with_the_events_field() {
-    let dir = Dir::new();
+    let dir = crate::test_dir();
     let bus = with_catalog(builder(dir.path()), orders()).open().unwrap();
     let alice = Caller::new("alice", Vec::<String>::new());
     let a = Some(&alice);
@@ -219,7 +179,7 @@ fn the_seed_rest_routes_refuse_unknown_types_with_the_events_field() {
 
 #[test]
 fn an_empty_catalog_accepts_any_event_name() {
-    let dir = Dir::new();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let url = dead_url();
     let s = bus
@@ -237,7 +197,7 @@ fn an_empty_catalog_accepts_any_event_name() {
 
 #[test]
 fn open_refuses_a_bad_catalog() {
-    let dir = Dir::new();
+    let dir = crate::test_dir();
     let b = || builder(dir.path());
 
     let m = config_error(b().event_type(EventType::new("order created", "x")).open());
@@ -351,7 +311,7 @@ mod validation {
     #[test]
     fn an_invalid_payload_is_refused_and_nothing_is_stored() {
         let rx = TestReceiver::start();
-        let dir = Dir::new();
+        let dir = crate::test_dir();
         let bus = with_catalog(builder(dir.path()), typed())
             .validate_payloads(true)
             .open()
@@ -458,7 +418,7 @@ mod validation {
     #[test]
     fn without_validation_an_invalid_payload_is_accepted() {
         let rx = TestReceiver::start();
-        let dir = Dir::new();
+        let dir = crate::test_dir();
         let bus = with_catalog(builder(dir.path()), typed()).open().unwrap();
         assert!(!bus.config().validate_payloads());
         bus.subscribe(NewSubscription::new("orders", rx.url("/in")).event("order.created"))
@@ -480,7 +440,7 @@ mod validation {
             return;
         }
         let rx = TestReceiver::start();
-        let dir = Dir::new();
+        let dir = crate::test_dir();
         let bus = with_catalog(builder(dir.path()), typed())
             .validate_payloads(true)
             .open()

@@ -73,7 +73,7 @@ fn prepare(dir: &Path, rx: &TestReceiver) -> (String, String) {
 #[test]
 fn outbox_cli_reads_repairs_and_purges() {
     let rx = TestReceiver::failing_under("/fail", Reply::status(500).body(b"nope"));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let d = dir.path();
     let (good, bad) = prepare(d, &rx);
 
@@ -218,7 +218,7 @@ fn outbox_cli_reads_repairs_and_purges() {
 #[test]
 fn outbox_cli_errors_are_clear_and_exit_non_zero() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).open().unwrap();
     bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["a"]))
         .unwrap();
@@ -268,7 +268,7 @@ fn outbox_cli_errors_are_clear_and_exit_non_zero() {
 #[test]
 fn outbox_cli_shows_health_replays_tails_and_purges_dead_letters() {
     let rx = TestReceiver::failing_under("/fail", Reply::status(500).body(b"nope"));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let d = dir.path();
     let (good, bad) = prepare(d, &rx);
 
@@ -360,7 +360,7 @@ fn outbox_cli_shows_health_replays_tails_and_purges_dead_letters() {
 #[test]
 fn outbox_cli_ends_quietly_when_its_reader_goes_away() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     {
         let bus = builder(dir.path()).deliver(false).open().unwrap();
         bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["a"]))

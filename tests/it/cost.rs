@@ -18,34 +18,6 @@ use crate::api::call;
 use crate::receiver::TestReceiver;
 use crate::{LONG, builder, dead_url, wait_until};
 
-/// A test's folder. On PostgreSQL its schema (`pg_schema`) is dropped
-/// when the folder goes: declare it before the bus, so the bus is closed
-/// first.
-struct Folder(tempfile::TempDir);
-
-impl Folder {
-    fn new() -> Folder {
-        Folder(tempfile::tempdir().unwrap())
-    }
-
-    fn path(&self) -> &std::path::Path {
-        self.0.path()
-    }
-}
-
-impl Drop for Folder {
-    fn drop(&mut self) {
-        #[cfg(feature = "postgres")]
-        if crate::on_postgres()
-            && let Ok(mut c) =
-                ::postgres::Client::connect(&crate::postgres::url(), ::postgres::NoTls)
-        {
-            let schema = crate::pg_schema(self.path());
-            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-        }
-    }
-}
-
 /// Records decoded by the handles' reads of `bus` during `f`.
 fn decoded_during<R>(bus: &Bus, f: impl FnOnce() -> R) -> (R, u64) {
     let before = bus.__internal_records_decoded();
@@ -78,7 +50,7 @@ fn other_tenants(bus: &Bus, n: usize) {
 #[test]
 fn a_subscriptions_get_examines_a_bounded_number_of_deliveries_whatever_its_backlog() {
     const BACKLOG: usize = 20_000;
-    let dir = Folder::new();
+    let dir = crate::test_dir();
     // Nothing is sent: the backlog stays undelivered, never attempted.
     let bus = builder(dir.path()).deliver(false).open().unwrap();
     let alice = Caller::new("alice", Vec::<String>::new()).tenant("acme");
@@ -142,7 +114,7 @@ fn a_subscriptions_get_examines_a_bounded_number_of_deliveries_whatever_its_back
 
 #[test]
 fn newest_first_pages_follow_the_subscriptions_own_index() {
-    let dir = Folder::new();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).deliver(false).open().unwrap();
     let mine = bus
         .subscribe(NewSubscription::new("mine", dead_url()).event("a"))
@@ -213,7 +185,7 @@ fn newest_first_pages_follow_the_subscriptions_own_index() {
 #[test]
 fn a_tenants_list_costs_its_own_subscriptions_not_every_tenants() {
     const OTHERS: usize = 10_000;
-    let dir = Folder::new();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).deliver(false).open().unwrap();
     other_tenants(&bus, OTHERS);
     // Tenant `acme`: alice's three, bob's one; tenants whose names start
@@ -336,7 +308,7 @@ fn a_tenants_list_costs_its_own_subscriptions_not_every_tenants() {
 
 #[test]
 fn a_tenants_list_survives_a_reopen() {
-    let dir = Folder::new();
+    let dir = crate::test_dir();
     let ids: Vec<_> = {
         let bus = builder(dir.path()).deliver(false).open().unwrap();
         (0..3)
@@ -373,7 +345,7 @@ fn retry_after(r: Result<hookbus::Attempt, Error>) -> Duration {
 #[test]
 fn test_requests_are_limited_per_subscription_and_share_the_senders_agent() {
     let rx = TestReceiver::start();
-    let dir = Folder::new();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).open().unwrap();
     let sub = bus
         .subscribe(NewSubscription::new("s", rx.url("/hook")).event("e"))
@@ -442,7 +414,7 @@ fn rows_without_the_tenant_column_are_found_and_filled_in() {
     if !crate::on_postgres() {
         return;
     }
-    let dir = Folder::new();
+    let dir = crate::test_dir();
     let schema = crate::pg_schema(dir.path());
     let bus = builder(dir.path()).deliver(false).open().unwrap();
     for i in 0..3 {

@@ -136,7 +136,7 @@ fn crash_child() {
 
 #[test]
 fn sigkill_right_after_flush_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let mut child = spawn_child(dir.path(), "publish", &dead_url());
     let mut confirmed: HashSet<EventId> = HashSet::new();
     let mut batches = 0;
@@ -176,7 +176,7 @@ fn sigkill_right_after_flush_loses_nothing() {
 /// but a durable publish still returns only once its event is on disk.
 #[test]
 fn sigkill_after_publish_durable_under_a_commit_window_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let mut child = spawn_child(dir.path(), "durable_window", &dead_url());
     let mut confirmed: Vec<EventId> = Vec::new();
     read_lines(&mut child, |line| {
@@ -203,7 +203,7 @@ fn sigkill_after_publish_durable_under_a_commit_window_loses_nothing() {
 fn sigkill_mid_delivery_redelivers_everything_with_the_same_ids() {
     // The receiver holds every request, so the child dies with requests in flight.
     let rx = TestReceiver::with(|_| Reply::ok().delay(Duration::from_secs(30)));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let mut child = spawn_child(dir.path(), "deliver", &rx.url("/hook"));
     read_lines(&mut child, |line| line == "FLUSHED");
     let before = rx.wait_for(2, LONG);
@@ -294,7 +294,7 @@ fn chaos_sigkill_at_random_moments_loses_nothing() {
             Reply::ok()
         }
     });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let started = Instant::now();
     let mut confirmed: std::collections::BTreeMap<u64, u64> = Default::default();
     for round in 0..CHAOS_ROUNDS {
@@ -414,7 +414,7 @@ fn sigkill_the_moment_a_delivery_arrives_finds_it_stored_and_numbers_unique() {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
     const LIVES: u64 = 8;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let life = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
     let victim: Arc<Mutex<Option<Child>>> = Arc::new(Mutex::new(None));
     let rx = {

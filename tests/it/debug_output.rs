@@ -146,7 +146,7 @@ fn debug_output_shows_no_secret_and_no_store() {
         drop(l);
         format!("http://127.0.0.1:{port}{SECRET_PATH}")
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let b = builder(dir.path());
     f.check("Builder", &b, 4096);
     let bus = b.open().unwrap();

@@ -23,7 +23,7 @@ fn hex_hmac<M: Mac + hmac::digest::KeyInit>(key: &[u8], body: &[u8]) -> String {
 #[test]
 fn the_request_has_exactly_the_documented_headers_and_a_correct_signature() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let signed = bus
         .subscribe(
@@ -113,7 +113,7 @@ fn a_flaky_receiver_is_retried_with_the_same_delivery_id_until_it_succeeds() {
         1 => Reply::dropped(),
         _ => Reply::status(200),
     });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["hello"]))
         .unwrap();
@@ -150,7 +150,7 @@ fn a_flaky_receiver_is_retried_with_the_same_delivery_id_until_it_succeeds() {
 #[test]
 fn a_spent_schedule_dead_letters_with_every_attempt_recorded_and_retry_revives() {
     let rx = TestReceiver::with(|_| Reply::status(503).body(&[b'x'; 5000]));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .retry_schedule(vec![Duration::from_millis(5), Duration::from_millis(5)])
         .open()
@@ -233,7 +233,7 @@ fn a_spent_schedule_dead_letters_with_every_attempt_recorded_and_retry_revives()
 #[test]
 fn a_failure_that_disables_and_halts_a_fifo_subscription_keeps_both() {
     let rx = TestReceiver::with(|_| Reply::status(500));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .auto_disable_after(Some(Duration::from_secs(1)))
         // The last attempt fails over a second after the first: retry
@@ -270,7 +270,7 @@ fn uuid_nil() -> uuid::Uuid {
 fn gone_deactivates_the_subscription_and_dead_letters_its_pending_deliveries() {
     let rx = TestReceiver::with(|_| Reply::status(410).delay(Duration::from_millis(50)));
     let other = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).senders(1).open().unwrap();
     let gone = bus
         .subscribe(NewSubscription::new("gone", rx.url("/")).events(["hello"]))
@@ -317,7 +317,7 @@ fn retry_after_is_honoured() {
         0 => Reply::status(503).header("Retry-After", "1"),
         _ => Reply::ok(),
     });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path()); // schedule: 10 ms
     bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["hello"]))
         .unwrap();
@@ -337,7 +337,7 @@ fn redirects_are_not_followed() {
     let target = TestReceiver::start();
     let loc = target.url("/stolen");
     let rx = TestReceiver::with(move |_| Reply::status(302).header("Location", &loc));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .retry_schedule(vec![Duration::from_millis(5)])
         .open()
@@ -362,7 +362,7 @@ fn redirects_are_not_followed() {
 fn a_hanging_receiver_does_not_stall_the_others() {
     let slow = TestReceiver::with(|_| Reply::ok().delay(Duration::from_secs(20)));
     let fast = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .request_timeout(Duration::from_millis(1500))
         .retry_schedule(vec![Duration::from_millis(10); 10])
@@ -402,7 +402,7 @@ fn a_hanging_receiver_does_not_stall_the_others() {
 #[test]
 fn shutdown_with_requests_in_flight_loses_nothing() {
     let rx = TestReceiver::with(|_| Reply::ok().delay(Duration::from_secs(3)));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let first_ids: HashSet<String> = {
         let bus = open(dir.path());
         bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["hello"]))
@@ -436,7 +436,7 @@ fn shutdown_with_requests_in_flight_loses_nothing() {
 #[test]
 fn internal_targets_are_refused_at_delivery_time_without_a_request() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     {
         let bus = open(dir.path()); // allows loopback, so these subscribe
         for url in [
@@ -483,7 +483,7 @@ fn a_delivery_read_with_its_attempts_is_one_moment() {
             Reply::ok().delay(Duration::from_millis(5))
         }
     });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .retry_schedule(vec![Duration::from_millis(20)])
         .open()
@@ -557,7 +557,7 @@ fn a_delivery_read_with_its_attempts_is_one_moment() {
 #[test]
 fn a_receiver_named_by_host_name_gets_every_delivery() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path()); // allows loopback
     bus.subscribe(
         NewSubscription::new(
@@ -600,7 +600,7 @@ fn a_dozen_hanging(bus: &Bus, hang: &TestReceiver, events: usize) {
 fn a_dozen_hanging_subscriptions_do_not_starve_a_healthy_one() {
     let hang = TestReceiver::with(|_| Reply::ok().delay(Duration::from_secs(30)));
     let healthy = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .senders(8)
         .request_timeout(Duration::from_secs(3))
@@ -634,7 +634,7 @@ fn a_dozen_hanging_subscriptions_do_not_starve_a_healthy_one() {
 fn receivers_that_never_answer_hold_a_few_requests_each_whatever_the_pool() {
     let hang = TestReceiver::with(|_| Reply::ok().delay(Duration::from_secs(60)));
     let healthy = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let b = builder(dir.path())
         .senders(256)
         .request_timeout(Duration::from_secs(60));
@@ -672,7 +672,7 @@ fn receivers_that_never_answer_hold_a_few_requests_each_whatever_the_pool() {
 /// `an_answer_closes_the_circuit_breaker`.)
 #[test]
 fn the_circuit_breaker_pauses_a_subscription_that_cannot_be_reached() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let url = dead_url();
     let bus = builder(dir.path())
         .retry_schedule(vec![Duration::from_millis(10); 4])
@@ -717,7 +717,7 @@ fn an_answer_closes_the_circuit_breaker() {
             Reply::ok().delay(Duration::from_millis(300))
         }
     });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .retry_schedule(vec![Duration::from_millis(10); 10])
         .circuit_breaker(3, Duration::from_millis(200))
@@ -780,7 +780,7 @@ fn no_attempt_goes_out_twice_or_early_while_its_outcome_is_stored() {
                 Reply::ok()
             }
         });
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_dir();
         let bus = builder(dir.path())
             .senders(senders)
             .retry_schedule(vec![Duration::from_millis(100); 3])

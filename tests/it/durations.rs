@@ -38,7 +38,7 @@ fn refused(wrong: &mut Vec<String>, b: Builder, setting: &str, d: Duration) {
 /// nothing in flight).
 fn works(b: impl FnOnce(&std::path::Path) -> Builder, what: &str) {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = b(dir.path())
         .open()
         .unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -58,7 +58,7 @@ fn works(b: impl FnOnce(&std::path::Path) -> Builder, what: &str) {
 
 #[test]
 fn health_takes_any_timeout() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let t = Instant::now();
     let h = bus.health(Duration::MAX);
@@ -89,7 +89,7 @@ fn health_takes_any_timeout() {
 
 #[test]
 fn shutdown_takes_any_deadline_and_returns_promptly_when_idle() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     for d in EXTREMES {
         let bus = open(dir.path());
         bus.publish_durable("e", &json!(1)).unwrap();
@@ -110,7 +110,7 @@ fn shutdown_takes_any_deadline_and_returns_promptly_when_idle() {
 fn shutdown_with_a_request_in_flight_is_bounded_by_the_request_timeout() {
     let rx = TestReceiver::with(|_| Reply::ok().delay(Duration::from_secs(30)));
     for d in EXTREMES {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_dir();
         let bus = builder(dir.path())
             .request_timeout(Duration::from_secs(1))
             .open()
@@ -132,7 +132,7 @@ fn shutdown_with_a_request_in_flight_is_bounded_by_the_request_timeout() {
 
 #[test]
 fn builder_durations_out_of_range_are_refused_at_open_naming_the_setting() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let b = || builder(dir.path());
     let mut wrong = Vec::new();
     let w = &mut wrong;
@@ -159,7 +159,7 @@ fn builder_durations_out_of_range_are_refused_at_open_naming_the_setting() {
 #[test]
 fn postgres_durations_out_of_range_are_refused_at_open_naming_the_setting() {
     // Refused by validation, before any connection is made.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let url = "host=127.0.0.1 port=5432 user=postgres dbname=test";
     let mut wrong = Vec::new();
     for d in EXTREMES {
@@ -199,7 +199,7 @@ fn a_zero_lock_timeout_fails_at_once_on_a_held_store() {
     if crate::sled_only("the store's process lock") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let t = Instant::now();
     let err = builder(dir.path())
@@ -216,7 +216,7 @@ fn a_zero_lock_timeout_fails_at_once_on_a_held_store() {
 /// in the dead letter queue after their attempts, in bounded time.
 #[test]
 fn zero_retry_delays_and_breaker_wait_end_failing_deliveries() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .retry_schedule(vec![Duration::ZERO; 3])
         .circuit_breaker(1, Duration::ZERO)
@@ -243,7 +243,7 @@ fn zero_retry_delays_and_breaker_wait_end_failing_deliveries() {
 #[test]
 fn rotate_secret_takes_any_keep_window() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let sub = bus
         .subscribe(

@@ -22,7 +22,7 @@ fn a_loss_is_reported_to_the_next_barrier_once() {
         return;
     }
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let damaged = {
         let bus = builder(dir.path()).open().unwrap();
         bus.subscribe(NewSubscription::new("good", rx.url("/good")).events(["e"]))
@@ -67,7 +67,7 @@ fn malformed_index_keys_are_skipped_and_quarantined() {
         return;
     }
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     {
         let bus = builder(dir.path()).open().unwrap();
         bus.subscribe(NewSubscription::new("good", rx.url("/")).events(["e"]))
@@ -113,7 +113,7 @@ fn gone_with_requests_in_flight_keeps_the_outbox_consistent() {
         let at = *r.get_or_insert_with(|| Instant::now() + Duration::from_millis(300));
         Reply::status(410).delay(at.saturating_duration_since(Instant::now()))
     });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).senders(5).open().unwrap();
     let sub = bus
         .subscribe(NewSubscription::new("gone", rx.url("/")).events(["e"]))
@@ -143,7 +143,7 @@ fn maintenance_skips_damaged_records() {
     if crate::sled_only("records damaged in sled") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let dead: Vec<hookbus::Delivery> = {
         let bus = builder(dir.path()).retry_schedule(vec![]).open().unwrap();
         bus.subscribe(NewSubscription::new("s", dead_url()).events(["e"]))
@@ -175,7 +175,7 @@ fn maintenance_skips_damaged_records() {
 /// durable publish made while it runs completes before it does.
 #[test]
 fn bulk_maintenance_does_not_stall_publishing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).deliver(false).open().unwrap();
     let sub = bus
         .subscribe(NewSubscription::new("s", dead_url()).events(["e"]))
@@ -215,7 +215,7 @@ fn a_due_time_years_ahead_is_due_now() {
         return;
     }
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let d = {
         let bus = builder(dir.path()).deliver(false).open().unwrap();
         bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["e"]))
@@ -256,7 +256,7 @@ fn a_due_time_years_ahead_is_due_now() {
 /// one is taken over; one holding someone else's data is still refused.
 #[test]
 fn an_empty_sled_database_from_a_crashed_first_open_is_taken_over() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let path = dir.path().join("store");
     {
         let db = sled::open(&path).unwrap();
@@ -299,7 +299,7 @@ fn the_dispatcher_sleeps_while_every_sender_is_busy() {
 #[ignore = "run by the_dispatcher_sleeps_while_every_sender_is_busy in a child process"]
 fn dispatcher_cpu_child() {
     let rx = TestReceiver::with(|_| Reply::ok().delay(Duration::from_secs(3)));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .senders(4)
         .retry_schedule(vec![Duration::from_millis(800)])
@@ -354,7 +354,7 @@ fn dispatcher_cpu_ticks() -> u64 {
 /// with InvalidConfig or treated as "no limit".
 #[test]
 fn extreme_configuration_values_do_not_panic() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     for (what, b) in [
         (
             "channel_capacity",
@@ -395,7 +395,7 @@ fn extreme_configuration_values_do_not_panic() {
 #[test]
 fn a_commit_window_delivers_without_a_barrier_and_a_barrier_closes_it() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .commit_window(Duration::from_millis(100))
         .open()

@@ -117,7 +117,7 @@ fn every_bad_receiver_ends_delivered_or_dead_and_the_healthy_one_keeps_receiving
         ("endless", raw_server(Raw::Endless)),
         ("slow", raw_server(Raw::Slow)),
     ];
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .senders(4)
         .request_timeout(Duration::from_secs(1))
@@ -266,7 +266,7 @@ pub fn read_request(r: &mut impl BufRead) -> Option<Request> {
 fn a_status_whose_body_stalls_is_recorded_as_that_status_on_both_transports() {
     for blocking in [false, true] {
         let url = raw_server(Raw::StatusThenStall);
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_dir();
         let bus = builder(dir.path())
             .blocking_senders(blocking)
             .request_timeout(Duration::from_secs(1))

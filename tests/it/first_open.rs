@@ -56,7 +56,7 @@ fn sigkill_during_the_first_open_leaves_a_folder_that_opens() {
         .unwrap_or_else(|| fastrand::u64(..));
     println!("first-open seed: {seed} (rerun with HOOKBUS_FIRST_OPEN_SEED={seed})");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let root = tempfile::tempdir().unwrap();
+    let root = crate::test_dir();
     let started = Instant::now();
     let (mut rounds, mut mid_open) = (0, 0);
     let mut states = std::collections::BTreeMap::<String, u32>::new();
@@ -161,7 +161,7 @@ fn sled_leftovers_open_and_other_files_are_refused() {
         return;
     }
     use hookbus::{Error, NewSubscription};
-    let root = tempfile::tempdir().unwrap();
+    let root = crate::test_dir();
     let at = |name: &str| root.path().join(name);
     // A conf as sled writes it: its text, then a 4-byte checksum.
     crate::open(&at("model"))
@@ -240,7 +240,7 @@ fn an_empty_folder_keeps_its_permissions() {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
-    let root = tempfile::tempdir().unwrap();
+    let root = crate::test_dir();
     let d = root.path().join("private");
     std::fs::create_dir(&d).unwrap();
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -258,7 +258,7 @@ fn a_symlink_to_an_empty_folder_stays_a_link() {
     if crate::sled_only("sled's first open of a folder") {
         return;
     }
-    let root = tempfile::tempdir().unwrap();
+    let root = crate::test_dir();
     let target = root.path().join("target");
     std::fs::create_dir(&target).unwrap();
     let link = root.path().join("link");

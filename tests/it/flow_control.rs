@@ -25,7 +25,7 @@ fn numbers(reqs: &[crate::receiver::Request]) -> Vec<i64> {
 #[test]
 fn a_rate_limit_spaces_requests_at_the_receiver() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).senders(16).open().unwrap();
     let limited = bus
         .subscribe(
@@ -119,7 +119,7 @@ fn a_429_with_retry_after_pauses_the_whole_subscription() {
             Reply::ok()
         }
     });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).senders(8).open().unwrap();
     bus.subscribe(NewSubscription::new("s", rx.url("/s")).event("e"))
         .unwrap();
@@ -176,7 +176,7 @@ fn fifo_sends_one_at_a_time_in_publish_order_through_failures() {
             Reply::ok()
         }
     });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).senders(16).open().unwrap();
     let sub = bus
         .subscribe(
@@ -211,7 +211,7 @@ fn fifo_halt_stops_at_a_dead_letter_until_resumed_and_skip_goes_on() {
             Reply::ok()
         }
     });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).open().unwrap();
     let halt = bus
         .subscribe(
@@ -318,7 +318,7 @@ fn fifo_child() {
 fn fifo_order_holds_across_sigkill() {
     // Each request takes a little while, so the child is killed part way.
     let rx = TestReceiver::with(|_| Reply::ok().delay(Duration::from_millis(3)));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",

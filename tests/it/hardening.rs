@@ -29,7 +29,7 @@ fn call(
 
 #[test]
 fn a_rest_caller_of_a_tenant_cannot_take_over_an_app_wide_subscription() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).deliver(false).open().unwrap();
     let app = bus
         .subscribe(
@@ -64,7 +64,7 @@ fn a_rest_caller_of_a_tenant_cannot_take_over_an_app_wide_subscription() {
 
 #[test]
 fn a_user_id_cannot_pose_as_a_tenant_id() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).deliver(false).open().unwrap();
     let user = Caller::new("globex", Vec::<String>::new());
     assert_eq!(user.tenant_id(), "user:globex");
@@ -115,7 +115,7 @@ fn a_user_id_cannot_pose_as_a_tenant_id() {
 
 #[test]
 fn the_relay_search_sees_only_what_its_tenant_reaches() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).deliver(false).open().unwrap();
     bus.subscribe(
         NewSubscription::new("g", "http://127.0.0.1:9/globex-private-token")
@@ -172,7 +172,7 @@ fn a_damaged_sequence_counter_is_rebuilt_not_a_reason_to_stop_publishing() {
         return;
     }
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let a = {
         let bus = builder(dir.path()).deliver(false).open().unwrap();
         let a = bus
@@ -206,7 +206,7 @@ fn a_damaged_sequence_counter_is_rebuilt_not_a_reason_to_stop_publishing() {
 
 fn fifo_with_a_damaged_delivery(order: DeliveryOrder) {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let ds = {
         let bus = builder(dir.path()).deliver(false).open().unwrap();
         bus.subscribe(
@@ -274,7 +274,7 @@ fn a_damaged_delivery_does_not_stall_an_unordered_one_either() {
 
 #[test]
 fn halting_follows_the_order_it_is_set_for() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).deliver(false).open().unwrap();
     let s = bus
         .subscribe(

@@ -80,7 +80,7 @@ fn flood(
     subs: usize,
     tune: impl FnOnce(hookbus::Builder) -> hookbus::Builder,
 ) -> usize {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let b = crate::store(Bus::builder(), dir.path())
         .allow_private_targets(true)
         .request_timeout(Duration::from_secs(60));
@@ -145,7 +145,7 @@ fn blocking_senders_hold_the_per_host_cap_too() {
 #[test]
 fn the_memory_budget_sets_the_ceiling_and_senders_caps_it() {
     let open = |tune: fn(hookbus::Builder) -> hookbus::Builder| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_dir();
         let bus = tune(Bus::builder().path(dir.path())).open().unwrap();
         let c = bus.config();
         let got = (
@@ -176,7 +176,7 @@ fn the_memory_budget_sets_the_ceiling_and_senders_caps_it() {
         "the smaller of the two"
     );
     assert_eq!(open(|b| b.max_in_flight_per_host(7)).1, 7);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     assert!(matches!(
         Bus::builder()
             .path(dir.path())

@@ -110,8 +110,9 @@ pub fn on_postgres() -> bool {
 /// The store of a test's folder: the folder itself on sled; on PostgreSQL
 /// a schema of the folder's own (the same one each time the test, or a
 /// child process it starts, reopens the folder; new, since every folder
-/// is a new temporary one). `.ci/run` drops the `hbit_` schemas after the
-/// run; so can `DROP SCHEMA` by hand after a local one.
+/// is a new temporary one). A [`TestDir`] drops the schemas of its folder
+/// and of the folders under it when it goes; `.ci/run` also drops every
+/// `hbit_` schema after the run (what a killed test run left).
 fn store(b: Builder, dir: &Path) -> Builder {
     if !on_postgres() {
         return b.path(dir);
@@ -124,14 +125,89 @@ fn store(b: Builder, dir: &Path) -> Builder {
     panic!("HOOKBUS_TEST_STORE=postgres needs --features postgres")
 }
 
-/// The PostgreSQL schema of a test folder (see `store`).
+/// The PostgreSQL schema of a test folder (see `store`). Noted for the
+/// [`TestDir`] the folder is in, which drops it.
 pub fn pg_schema(dir: &Path) -> String {
     // FNV-1a of the folder's path: one schema per folder.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in dir.as_os_str().as_encoded_bytes() {
         h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
     }
-    format!("hbit_{h:016x}")
+    let schema = format!("hbit_{h:016x}");
+    if on_postgres() {
+        schemas_made()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dir.to_path_buf(), schema.clone());
+    }
+    schema
+}
+
+/// The schemas [`pg_schema`] gave out, by folder, not yet dropped.
+fn schemas_made() -> &'static std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, String>>
+{
+    static MADE: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, String>>,
+    > = std::sync::OnceLock::new();
+    MADE.get_or_init(Default::default)
+}
+
+/// A test's temporary folder. On PostgreSQL the schemas of the folder and
+/// of every folder under it ([`pg_schema`]) are dropped with it, so a
+/// test run leaves nothing behind in the database (a run that was killed
+/// does: `.ci/run` drops every `hbit_` schema after the tests). Declare it
+/// before the bus, so that the bus is closed first; a schema still locked
+/// after 5 s (a child process's connection, say) is left in place.
+#[derive(Debug)]
+pub struct TestDir(tempfile::TempDir);
+
+/// A new [`TestDir`].
+pub fn test_dir() -> TestDir {
+    TestDir(tempfile::tempdir().unwrap())
+}
+
+impl TestDir {
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let schemas: Vec<String> = {
+            let mut made = schemas_made().lock().unwrap_or_else(|e| e.into_inner());
+            let mine: Vec<std::path::PathBuf> = made
+                .keys()
+                .filter(|p| p.starts_with(self.0.path()))
+                .cloned()
+                .collect();
+            mine.iter().filter_map(|p| made.remove(p)).collect()
+        };
+        if schemas.is_empty() {
+            return;
+        }
+        #[cfg(feature = "postgres")]
+        if let Ok(mut c) = ::postgres::Client::connect(&postgres::url(), ::postgres::NoTls) {
+            let _ = c.batch_execute("SET lock_timeout = '5s'; SET client_min_messages = warning");
+            for schema in schemas {
+                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+            }
+        }
+    }
 }
 
 /// The outbox CLI's arguments for a test folder's store.

@@ -19,7 +19,7 @@ const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 #[test]
 fn an_idempotency_key_stores_once_within_the_window_across_a_reopen() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let paid =
         |n: i64| Message::new("invoice.paid", &json!({ "n": n })).idempotency_key("invoice-1-paid");
     let first;
@@ -75,7 +75,7 @@ fn an_idempotency_key_stores_once_within_the_window_across_a_reopen() {
 
 #[test]
 fn a_key_is_forgotten_after_its_window_and_concurrent_uses_store_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .deliver(false)
         .idempotency_window(Duration::from_secs(1))
@@ -111,7 +111,7 @@ fn a_key_is_forgotten_after_its_window_and_concurrent_uses_store_once() {
 
 #[test]
 fn bad_messages_get_clear_errors_and_store_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).deliver(false).open().unwrap();
     bus.subscribe(NewSubscription::new("s", "http://127.0.0.1:9/s").event("e"))
         .unwrap();
@@ -156,7 +156,7 @@ fn bad_messages_get_clear_errors_and_store_nothing() {
     bus.flush().unwrap();
     assert_eq!(bus.outbox().stats().unwrap().pending, 0);
     // A window out of range is refused when the bus is built.
-    let other = tempfile::tempdir().unwrap();
+    let other = crate::test_dir();
     for w in [Duration::ZERO, Duration::from_secs(366 * 24 * 3600)] {
         let r = builder(other.path()).idempotency_window(w).open();
         assert!(matches!(r, Err(Error::InvalidConfig(_))), "{w:?}");
@@ -175,7 +175,7 @@ fn sequence_numbers_count_per_subscription_and_the_trace_context_rides_every_att
             Reply::ok()
         }
     });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).open().unwrap();
     bus.subscribe(NewSubscription::new("a", rx.url("/a")).events(["x", "y"]))
         .unwrap();

@@ -30,7 +30,7 @@ fn switchable() -> (TestReceiver, Arc<AtomicBool>) {
 #[test]
 fn a_subscription_failing_for_the_window_is_disabled_its_backlog_waits_and_resumes() {
     let (rx, failing) = switchable();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .auto_disable_after(Some(Duration::from_secs(1)))
         .open()
@@ -106,7 +106,7 @@ fn a_subscription_failing_for_the_window_is_disabled_its_backlog_waits_and_resum
 #[test]
 fn deactivating_by_hand_pauses_the_backlog_across_a_reopen() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let sub = {
         let bus = builder(dir.path()).deliver(false).open().unwrap();
         let sub = bus
@@ -148,7 +148,7 @@ fn deactivating_by_hand_pauses_the_backlog_across_a_reopen() {
 fn health_counts_survive_a_reopen_and_failing_subscriptions_come_first() {
     let ok = TestReceiver::start();
     let (bad, _failing) = switchable();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let (good_id, bad_id) = {
         let bus = builder(dir.path()).open().unwrap();
         let good = bus
@@ -195,7 +195,7 @@ fn health_counts_survive_a_reopen_and_failing_subscriptions_come_first() {
 
 #[test]
 fn bus_health_reports_readiness_backlog_and_how_long_work_has_been_due() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     // Nothing is sent: what is published stays due.
     let bus = builder(dir.path()).deliver(false).open().unwrap();
     let h = bus.health(Duration::from_secs(5));
@@ -237,7 +237,7 @@ fn bus_health_reports_readiness_backlog_and_how_long_work_has_been_due() {
 fn bus_health_counts_the_senders_that_deliver() {
     let (rx, failing) = switchable();
     failing.store(false, Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).open().unwrap();
     bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["e"]))
         .unwrap();
@@ -257,7 +257,7 @@ fn bus_health_counts_the_senders_that_deliver() {
 #[test]
 fn notices_reach_a_handler_at_least_once_and_are_acknowledged_when_handled() {
     let (rx, _failing) = switchable();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).open().unwrap();
     bus.subscribe(NewSubscription::new("flaky", rx.url("/")).events(["e"]))
         .unwrap();

@@ -30,7 +30,7 @@ fn parked(dir: &std::path::Path) -> Bus {
 
 #[test]
 fn fan_out_creates_one_delivery_per_matching_active_subscription() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = parked(dir.path());
     let url = dead_url();
     let mut expected = HashSet::new();
@@ -78,7 +78,7 @@ fn fan_out_creates_one_delivery_per_matching_active_subscription() {
 
 #[test]
 fn a_subscription_change_is_seen_by_the_next_publish() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = parked(dir.path());
     let s = bus
         .subscribe(NewSubscription::new("s", dead_url()).events(["hello"]))
@@ -112,7 +112,7 @@ fn a_subscription_change_is_seen_by_the_next_publish() {
 
 #[test]
 fn flush_and_publish_durable_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let (e1, e2, sub) = {
         let bus = parked(dir.path());
         let sub = bus
@@ -141,7 +141,7 @@ fn flush_and_publish_durable_survive_reopen() {
 
 #[test]
 fn dropping_the_last_handle_writes_what_was_published() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     {
         let bus = parked(dir.path());
         bus.subscribe(NewSubscription::new("s", dead_url()).events(["hello"]))
@@ -158,7 +158,7 @@ fn dropping_the_last_handle_writes_what_was_published() {
 
 #[test]
 fn eight_threads_publishing_concurrently_lose_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .retry_schedule(vec![Duration::from_secs(3600)])
         .channel_capacity(64)
@@ -193,7 +193,7 @@ fn eight_threads_publishing_concurrently_lose_nothing() {
 
 #[test]
 fn publish_after_shutdown_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let clone = bus.clone();
     bus.shutdown(Duration::from_secs(1)).unwrap();
@@ -221,7 +221,7 @@ fn publish_after_shutdown_is_an_error() {
 /// was alive, so reopening in the same process failed with StoreLocked.
 #[test]
 fn shutdown_releases_the_store_while_clones_live() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = crate::builder(dir.path())
         .lock_timeout(Duration::from_secs(5))
         .open()
@@ -243,7 +243,7 @@ fn shutdown_releases_the_store_while_clones_live() {
 /// lock held across the drain — and not observable here without timing.)
 #[test]
 fn concurrent_shutdowns_both_wait_for_the_drain() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = crate::builder(dir.path()).deliver(false).open().unwrap();
     bus.subscribe(NewSubscription::new("s", dead_url()).events(["hello"]))
         .unwrap();
@@ -267,7 +267,7 @@ fn a_second_open_of_a_held_store_is_a_clear_error() {
     if crate::sled_only("sled's file lock (PostgreSQL takes several instances)") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let err = hookbus::Bus::open(dir.path()).unwrap_err();
     assert!(matches!(err, Error::StoreLocked { .. }), "{err:?}");
@@ -281,7 +281,7 @@ fn a_second_open_of_a_held_store_is_a_clear_error() {
 
 #[test]
 fn bad_publishes_are_refused_and_store_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .max_payload_bytes(1024)
         .retry_schedule(vec![Duration::from_secs(3600)])
@@ -323,7 +323,7 @@ fn bad_publishes_are_refused_and_store_nothing() {
 
 #[test]
 fn events_without_subscribers_are_accepted_and_dropped() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     bus.publish_durable("nobody.listens", &hello("x")).unwrap();
     assert!(all(&bus).is_empty());
@@ -335,7 +335,7 @@ fn events_without_subscribers_are_accepted_and_dropped() {
 
 #[test]
 fn bad_paths_and_configs_are_clear_errors() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"hi").unwrap();
     assert!(matches!(
@@ -384,7 +384,7 @@ fn purging_delivered_deliveries_removes_an_event_with_its_last_delivery() {
             Reply::ok()
         }
     });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .retry_schedule(vec![Duration::from_millis(5)])
         .open()
@@ -428,7 +428,7 @@ fn power_loss_durability_confirms_and_reopens() {
     if crate::sled_only("sled's Durability::PowerLoss (fdatasync of its log)") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let big = "x".repeat(200 * 1024);
     {
         let bus = builder(dir.path())

@@ -195,7 +195,7 @@ fn commit_and_rollback(driver: Driver, rt: Runtime) {
         "{driver:?}: {other:?}"
     );
     // A bus on sled has no transaction to publish in.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let sled = Bus::open(dir.path()).unwrap();
     let refused = rt.block_on(app.order(&sled, &orders, None, message(4), none, true));
     assert!(

@@ -44,7 +44,7 @@ fn replay_since_resends_what_a_subscription_was_sent_in_the_span_across_a_reopen
             Reply::status(204)
         }
     });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).open().unwrap();
     let a = bus
         .subscribe(NewSubscription::new("a", rx.url("/a")).events(["e"]))
@@ -131,7 +131,7 @@ fn replay_since_resends_what_a_subscription_was_sent_in_the_span_across_a_reopen
 #[test]
 fn an_event_is_replayed_to_one_or_all_of_its_subscriptions_never_across_tenants() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path()).open().unwrap();
     let sub = |name: &str, event: &str, tenant: Option<&str>| {
         let mut n = NewSubscription::new(name, rx.url(&format!("/{name}"))).events([event]);

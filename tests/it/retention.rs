@@ -18,7 +18,7 @@ fn ok_and_failing() -> TestReceiver {
 #[test]
 fn delivered_and_dead_deliveries_go_after_their_windows_and_their_events_with_the_last() {
     let rx = ok_and_failing();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .keep_delivered_for(Some(Duration::from_secs(1)))
         .keep_dead_for(Some(Duration::from_secs(4)))
@@ -77,7 +77,7 @@ fn delivered_and_dead_deliveries_go_after_their_windows_and_their_events_with_th
 #[test]
 fn a_dead_letter_a_fifo_subscription_is_halted_at_is_kept() {
     let rx = ok_and_failing();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .keep_dead_for(Some(Duration::from_secs(1)))
         .open()
@@ -116,7 +116,7 @@ fn a_dead_letter_a_fifo_subscription_is_halted_at_is_kept() {
 #[test]
 fn attempts_beyond_the_count_kept_are_trimmed_oldest_first() {
     let rx = ok_and_failing();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     // 1 + 3 retries = 4 attempts, of which 2 are kept.
     let bus = builder(dir.path()).attempts_kept(2).open().unwrap();
     bus.subscribe(NewSubscription::new("bad", rx.url("/bad")).events(["e"]))
@@ -148,7 +148,7 @@ fn attempts_beyond_the_count_kept_are_trimmed_oldest_first() {
 #[test]
 fn under_a_steady_load_the_stored_history_stays_bounded() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = builder(dir.path())
         .keep_delivered_for(Some(Duration::from_secs(1)))
         .open()

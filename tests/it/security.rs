@@ -10,7 +10,7 @@ use crate::{LONG, builder, open, wait_until};
 #[test]
 fn standard_webhooks_mode_signs_per_the_spec_and_rotation_signs_with_both() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let sub = bus
         .subscribe(
@@ -81,7 +81,7 @@ fn standard_webhooks_mode_signs_per_the_spec_and_rotation_signs_with_both() {
 #[test]
 fn hub_mode_rotation_signs_with_the_current_secret() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let sub = bus
         .subscribe(
@@ -105,7 +105,7 @@ fn hub_mode_rotation_signs_with_the_current_secret() {
 
 #[test]
 fn malformed_secrets_are_typed_errors_and_secrets_never_print() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     for (secret, signing) in [
         (None, Signing::StandardWebhooks),
@@ -156,7 +156,7 @@ fn malformed_secrets_are_typed_errors_and_secrets_never_print() {
 
 #[test]
 fn https_only_refuses_plain_http() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = hookbus::Bus::builder()
         .path(dir.path())
         .https_only(true)
@@ -179,7 +179,7 @@ fn names_resolving_to_loopback_are_refused_unless_allowed() {
     let url = format!("http://hooks.example.test:{port}/in");
     let loopback = [std::net::IpAddr::from([127, 0, 0, 1])];
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let strict = builder(dir.path())
         .allow_private_targets(false)
         .dns_override("hooks.example.test", loopback)
@@ -232,7 +232,7 @@ fn names_resolving_to_loopback_are_refused_unless_allowed() {
 
 #[test]
 fn bad_network_configs_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let err = hookbus::Bus::builder()
         .path(dir.path())
         .allowed_networks(["10.0.0.0/40"])
@@ -246,7 +246,7 @@ fn bad_network_configs_are_refused() {
 #[test]
 fn mapped_allowed_networks_allow_only_their_own_addresses() {
     for net in ["::ffff:10.0.0.0/104", "::ffff:10.1.2.3"] {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_dir();
         let bus = hookbus::Bus::builder()
             .path(dir.path())
             .allowed_networks([net])

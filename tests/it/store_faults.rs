@@ -41,7 +41,7 @@ fn damaged_records_are_typed_errors_quarantined_and_the_rest_delivered() {
         return;
     }
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let ids: Vec<hookbus::Delivery> = {
         let bus = builder(dir.path()).deliver(false).open().unwrap();
         bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["e"]))
@@ -146,7 +146,7 @@ fn foreign_or_newer_stores_are_refused_clearly() {
         return;
     }
     // A newer format version.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     drop(builder(dir.path()).open().unwrap());
     {
         let (db, t) = raw_tree(dir.path());
@@ -179,7 +179,7 @@ fn foreign_or_newer_stores_are_refused_clearly() {
     ));
 
     // A sled database of someone else.
-    let other = tempfile::tempdir().unwrap();
+    let other = crate::test_dir();
     {
         let db = sled::open(other.path()).unwrap();
         db.insert(b"k", b"v").unwrap();
@@ -196,7 +196,7 @@ fn a_recount_reports_a_delivery_missing_from_its_state_index() {
         return;
     }
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     {
         let bus = builder(dir.path()).deliver(false).open().unwrap();
         bus.subscribe(NewSubscription::new("s", rx.url("/")).events(["e"]))

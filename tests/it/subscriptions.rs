@@ -4,7 +4,7 @@ use crate::open;
 
 #[test]
 fn crud_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let subs = bus.subscriptions();
     let a = bus
@@ -94,7 +94,7 @@ fn crud_round_trip() {
 
 #[test]
 fn every_validation_rule_has_a_clear_error_and_stores_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let existing = bus
         .subscribe(
@@ -255,7 +255,7 @@ fn every_validation_rule_has_a_clear_error_and_stores_nothing() {
 
 #[test]
 fn internal_targets_are_refused_at_subscribe_unless_allowed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = hookbus::Bus::open(dir.path()).unwrap();
     for url in [
         "http://127.0.0.1/",
@@ -307,7 +307,7 @@ fn records_serialize_to_readable_json() {
     let rx = crate::receiver::TestReceiver::with(|_| {
         crate::receiver::Reply::status(500).body(b"busy, try later")
     });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     bus.subscribe(NewSubscription::new("n", rx.url("/in")).events(["a"]))
         .unwrap();
@@ -346,7 +346,7 @@ fn records_serialize_to_readable_json() {
 /// name.
 #[test]
 fn ensure_creates_once_returns_the_same_and_updates_in_place() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = crate::open(dir.path());
     let url_a = crate::dead_url();
     let describe = |url: &str, events: &[&str]| {

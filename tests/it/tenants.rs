@@ -85,7 +85,7 @@ fn is_invalid_tenant<T: std::fmt::Debug>(r: Result<T, Error>) -> bool {
 #[test]
 fn tenant_events_reach_only_that_tenant_and_app_events_only_app_wide() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     assert!(!bus.config().tenants_receive_app_events(), "off by default");
     let acme = bus
@@ -243,7 +243,7 @@ fn tenant_events_reach_only_that_tenant_and_app_events_only_app_wide() {
 #[test]
 fn rest_callers_create_in_their_tenant_and_see_only_their_own() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let alice = Caller::new("alice", ["user"]).tenant("acme");
     let bob = Caller::new("bob", ["user"]).tenant("globex");
@@ -382,7 +382,7 @@ fn rest_callers_create_in_their_tenant_and_see_only_their_own() {
 #[test]
 fn rest_rate_limit_and_order_round_trip() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let alice = Caller::new("alice", ["user"]).tenant("acme");
     let s = create(
@@ -430,7 +430,7 @@ fn rest_rate_limit_and_order_round_trip() {
 
 #[test]
 fn the_per_tenant_cap_refuses_one_more_in_that_tenant_only() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     assert!(matches!(
         builder(dir.path()).max_subscriptions_per_tenant(0).open(),
         Err(Error::InvalidConfig(_))
@@ -599,7 +599,7 @@ fn invalid_headers() -> Vec<(&'static str, Vec<(String, String)>)> {
 #[test]
 fn custom_headers_are_sent_redacted_validated_and_replaced() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let sub = bus
         .subscribe(
@@ -753,7 +753,7 @@ fn custom_headers_are_sent_redacted_validated_and_replaced() {
 #[test]
 fn rest_custom_headers_names_only_and_validated() {
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let alice = Caller::new("alice", ["user"]).tenant("acme");
     let r = call(
@@ -856,7 +856,7 @@ fn rest_custom_headers_names_only_and_validated() {
 #[cfg(feature = "cli")]
 #[test]
 fn the_outbox_cli_shows_header_names_never_values() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let d = dir.path();
     {
         let bus = builder(d).deliver(false).open().unwrap();
@@ -884,7 +884,7 @@ fn every_header_the_rules_allow_is_sent() {
     // and an empty value: all allowed, so all must reach the receiver
     // (a header the HTTP client refused would fail every attempt).
     let rx = TestReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::test_dir();
     let bus = open(dir.path());
     let name = "X-a1!#$%&'*+.^_`|~";
     let sub = bus
