@@ -266,9 +266,18 @@ pub fn spread(threads: usize, total: u64, f: impl Fn() + Sync) -> Duration {
 /// busy) did not run it. The steady rows print these stalls beside their
 /// latencies, so a tail can be told from the machine's. Its thread is
 /// named `stall-meter` (its own CPU is left out of the rows' figures).
+///
+/// It also reads, at each wake-up, how many requests the block device of
+/// the temporary folder (where sled's stores are; PostgreSQL's data is on
+/// the same device on this project's machines) has in flight
+/// (`/sys/dev/block/M:m/inflight`), and notes every stretch of more than
+/// [`StallMeter::DISK_BUSY`] in which it never had none: the device was
+/// stuck on (or flooded with) writes, and every `fsync` waited. Both kinds
+/// are told apart in [`summary`](Self::summary).
 pub struct StallMeter {
     stop: Arc<std::sync::atomic::AtomicBool>,
     stalls: Arc<Mutex<Vec<Stall>>>,
+    disk: Arc<Mutex<Vec<Stall>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -286,24 +295,54 @@ impl StallMeter {
     pub const TICK: Duration = Duration::from_millis(1);
     /// How late a wake-up must be to count as a stall.
     pub const LATE: Duration = Duration::from_millis(1);
+    /// How long the device must have requests in flight at every look to
+    /// count as a disk stall (a 4 KiB `fdatasync` takes 0.3-0.5 ms here).
+    pub const DISK_BUSY: Duration = Duration::from_millis(5);
 
     pub fn start() -> StallMeter {
         origin();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stalls = Arc::new(Mutex::new(Vec::new()));
-        let (s, st) = (stop.clone(), stalls.clone());
+        let disk = Arc::new(Mutex::new(Vec::new()));
+        let (s, st, dk) = (stop.clone(), stalls.clone(), disk.clone());
+        let inflight = inflight_file(&std::env::temp_dir());
         let thread = std::thread::Builder::new()
             .name("stall-meter".into())
             .spawn(move || {
+                // Since when the device has had requests in flight at
+                // every look.
+                let mut busy_since: Option<Instant> = None;
+                let mut buf = String::new();
                 while !s.load(Ordering::Relaxed) {
                     let asked = Instant::now() + StallMeter::TICK;
                     std::thread::sleep(StallMeter::TICK);
-                    let late = Instant::now().saturating_duration_since(asked);
+                    let now = Instant::now();
+                    let late = now.saturating_duration_since(asked);
                     if late > StallMeter::LATE {
                         st.lock().unwrap().push(Stall {
                             from_ns: asked.duration_since(origin()).as_nanos() as u64,
                             late_ns: late.as_nanos() as u64,
                         });
+                    }
+                    let Some(path) = &inflight else { continue };
+                    buf.clear();
+                    let busy = std::fs::File::open(path)
+                        .and_then(|mut f| std::io::Read::read_to_string(&mut f, &mut buf))
+                        .is_ok()
+                        && buf.split_whitespace().any(|n| n != "0");
+                    match (busy, busy_since) {
+                        (true, None) => busy_since = Some(now),
+                        (false, Some(since)) => {
+                            busy_since = None;
+                            let took = now.duration_since(since);
+                            if took > StallMeter::DISK_BUSY {
+                                dk.lock().unwrap().push(Stall {
+                                    from_ns: since.duration_since(origin()).as_nanos() as u64,
+                                    late_ns: took.as_nanos() as u64,
+                                });
+                            }
+                        }
+                        _ => {}
                     }
                 }
             })
@@ -311,45 +350,78 @@ impl StallMeter {
         StallMeter {
             stop,
             stalls,
+            disk,
             thread: Some(thread),
         }
     }
 
-    /// The stalls seen since the last call.
-    pub fn take(&self) -> Vec<Stall> {
-        std::mem::take(&mut *self.stalls.lock().unwrap())
+    /// The stalls seen since the last call: the meter's thread's own, and
+    /// the disk's.
+    pub fn take(&self) -> Stalls {
+        Stalls {
+            cpu: std::mem::take(&mut *self.stalls.lock().unwrap()),
+            disk: std::mem::take(&mut *self.disk.lock().unwrap()),
+        }
     }
 
     /// One line on `timings` (from [`Receiver::take_timings`]) against
     /// `stalls` (from [`take`](Self::take), over the same stretch): how
-    /// many stalls and the longest, and how many requests took longer
-    /// than `bound` and how many of those were on their way (between
-    /// their stamp and their receipt) while the meter's thread stalled.
-    pub fn summary(stalls: &[Stall], timings: &[(u64, u64)], bound: Duration) -> String {
-        let longest = stalls.iter().map(|s| s.late_ns).max().unwrap_or(0);
-        let total: u64 = stalls.iter().map(|s| s.late_ns).sum();
+    /// many stalls of each kind and the longest, and how many requests
+    /// took longer than `bound` and how many of those were on their way
+    /// (between their stamp and their receipt) during one.
+    pub fn summary(stalls: &Stalls, timings: &[(u64, u64)], bound: Duration) -> String {
         let bound = bound.as_nanos() as u64;
         let slow: Vec<&(u64, u64)> = timings.iter().filter(|(_, l)| *l > bound).collect();
-        let in_stall = slow
-            .iter()
-            .filter(|(sent, lat)| {
-                stalls
-                    .iter()
-                    .any(|s| s.from_ns < sent + lat && *sent < s.from_ns + s.late_ns)
-            })
-            .count();
+        let during = |kind: &[Stall]| {
+            slow.iter()
+                .filter(|(sent, lat)| {
+                    kind.iter()
+                        .any(|s| s.from_ns < sent + lat && *sent < s.from_ns + s.late_ns)
+                })
+                .count()
+        };
+        let longest =
+            |kind: &[Stall]| kind.iter().map(|s| s.late_ns).max().unwrap_or(0) as f64 / 1e6;
+        let either: Vec<Stall> = stalls.cpu.iter().chain(&stalls.disk).copied().collect();
         format!(
-            "stalls (a sleeping thread woke over {} ms late): {}, longest {:.1} ms, {:.1} ms in all; \
-             {} requests over {:.0} us, {} of them on their way during a stall",
-            StallMeter::LATE.as_millis(),
-            stalls.len(),
-            longest as f64 / 1e6,
-            total as f64 / 1e6,
+            "{} requests over {:.0} us; {} of them on their way during a stall of the CPU \
+             (a sleeping thread woke over {} ms late: {}, longest {:.1} ms), {} during one of \
+             the disk (requests in flight at every look for over {} ms: {}, longest {:.1} ms), \
+             {} during either",
             slow.len(),
             bound as f64 / 1e3,
-            in_stall,
+            during(&stalls.cpu),
+            StallMeter::LATE.as_millis(),
+            stalls.cpu.len(),
+            longest(&stalls.cpu),
+            during(&stalls.disk),
+            StallMeter::DISK_BUSY.as_millis(),
+            stalls.disk.len(),
+            longest(&stalls.disk),
+            during(&either),
         )
     }
+}
+
+/// What a [`StallMeter`] saw over a stretch.
+#[derive(Clone, Debug, Default)]
+pub struct Stalls {
+    /// Its thread's late wake-ups.
+    pub cpu: Vec<Stall>,
+    /// Stretches in which the disk always had requests in flight.
+    pub disk: Vec<Stall>,
+}
+
+/// `/sys/dev/block/M:m/inflight` of the device holding `dir`, if there is
+/// one (Linux).
+fn inflight_file(dir: &Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    // glibc's major() and minor().
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let path = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}/inflight"));
+    path.exists().then_some(path)
 }
 
 impl Drop for StallMeter {
