@@ -953,8 +953,9 @@ fn sleep_until(at: Instant) {
 /// timed from when each was due, as a publisher of its own would see them
 /// (the bus's publisher is a thread of its own), where every event a slow
 /// commit holds up waits its turn behind it: what one commit per event
-/// without batching would give. The bus's tail can be well below that
-/// one, since it takes whatever queued behind a slow commit in one round.
+/// without batching would give (the bus takes whatever queued behind a
+/// slow commit in one round; which tail is lower follows which row caught
+/// the machine's stalls, BENCHMARKS.md).
 /// Also the `meter`'s stalls, against `bound`.
 fn floor_row(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
