@@ -263,31 +263,84 @@ pub fn spread(threads: usize, total: u64, f: impl Fn() + Sync) -> Duration {
 /// idea): then a thread that was ready to run waited that long for a CPU,
 /// whatever the code measured beside it was doing, because the machine
 /// (the hypervisor, the kernel, other processes, or the two cores all
-/// busy) did not run it. The steady rows print these stalls beside their
-/// latencies, so a tail can be told from the machine's. Its thread is
-/// named `stall-meter` (its own CPU is left out of the rows' figures).
+/// busy) did not run it. The steady rows that time requests print these
+/// stalls beside their latencies, so a tail can be told from the
+/// machine's. Its thread is named `stall-meter` (its own CPU is left out
+/// of the rows' figures).
 ///
-/// It also reads, at each wake-up, how many requests the block device of
+/// At each look it also reads the statistics of the block device holding
 /// the temporary folder (where sled's stores are; PostgreSQL's data is on
-/// the same device on this project's machines) has in flight
-/// (`/sys/dev/block/M:m/inflight`), and notes every stretch of more than
-/// [`StallMeter::DISK_BUSY`] in which it never had none: the device was
-/// stuck on (or flooded with) writes, and every `fsync` waited. Both kinds
-/// are told apart in [`summary`](Self::summary).
+/// the same device on this project's machines), `/sys/dev/block/M:m/stat`,
+/// and notes every stretch of more than [`StallMeter::DISK_BUSY`] in which
+/// the device had requests in flight and completed none: it was stuck, and
+/// every `fsync` waited. Both kinds are told apart in
+/// [`summary`](Self::summary).
 pub struct StallMeter {
     stop: Arc<std::sync::atomic::AtomicBool>,
     stalls: Arc<Mutex<Vec<Stall>>>,
-    disk: Arc<Mutex<Vec<Stall>>>,
+    disk: Arc<Mutex<DiskWatch>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// A wake-up of the [`StallMeter`]'s thread later than it asked for: from
-/// `from_ns` (when it should have woken, in [`stamp_now`]'s clock) for
-/// `late_ns`.
+/// A stall the [`StallMeter`] saw, in [`stamp_now`]'s clock: a late
+/// wake-up of its thread (from when it should have woken, for how late
+/// it was), or a stuck disk (from the first look that saw its requests in
+/// flight, to the last look before one of them completed).
 #[derive(Clone, Copy, Debug)]
 pub struct Stall {
     pub from_ns: u64,
     pub late_ns: u64,
+}
+
+/// The [`StallMeter`]'s view of the disk.
+struct DiskWatch {
+    /// The device's statistics file, if the temporary folder is on one.
+    stat: Option<std::path::PathBuf>,
+    /// Since when (and at what count of completed requests) the device
+    /// has had requests in flight and completed none.
+    stuck_since: Option<(Instant, u64)>,
+    /// The meter's last look.
+    last_look: Instant,
+    stalls: Vec<Stall>,
+}
+
+impl DiskWatch {
+    /// Ends the stretch that began at `since`, as known at the last look,
+    /// noting it if it was long enough.
+    fn close(&mut self, since: Instant) {
+        let took = self.last_look.saturating_duration_since(since);
+        if took > StallMeter::DISK_BUSY {
+            self.stalls.push(Stall {
+                from_ns: since.duration_since(origin()).as_nanos() as u64,
+                late_ns: took.as_nanos() as u64,
+            });
+        }
+    }
+
+    /// One look: the device's requests in flight and completed so far.
+    fn look(&mut self, now: Instant, in_flight: u64, completed: u64) {
+        match self.stuck_since {
+            Some((since, before)) if in_flight == 0 || completed != before => {
+                self.close(since);
+                self.stuck_since = (in_flight > 0).then_some((now, completed));
+            }
+            None if in_flight > 0 => self.stuck_since = Some((now, completed)),
+            _ => {}
+        }
+        self.last_look = now;
+    }
+}
+
+/// `(in flight, completed)` from a block device's `stat` file: fields 9,
+/// and 1 + 5 + 12 + 16 (reads, writes, discards, flushes; the later ones
+/// only on newer kernels).
+fn disk_counts(text: &str) -> Option<(u64, u64)> {
+    let f: Vec<u64> = text
+        .split_whitespace()
+        .map(|n| n.parse().ok())
+        .collect::<Option<_>>()?;
+    let at = |i: usize| f.get(i - 1).copied().unwrap_or(0);
+    Some((*f.get(8)?, at(1) + at(5) + at(12) + at(16)))
 }
 
 impl StallMeter {
@@ -295,23 +348,28 @@ impl StallMeter {
     pub const TICK: Duration = Duration::from_millis(1);
     /// How late a wake-up must be to count as a stall.
     pub const LATE: Duration = Duration::from_millis(1);
-    /// How long the device must have requests in flight at every look to
-    /// count as a disk stall (a 4 KiB `fdatasync` takes 0.3-0.5 ms here).
+    /// How long the device must have requests in flight and complete none
+    /// to count as a disk stall (a 4 KiB `fdatasync` takes 0.3-0.5 ms here).
     pub const DISK_BUSY: Duration = Duration::from_millis(5);
+    /// How long after a stall [`summary`](Self::summary) also counts slow
+    /// requests as possibly held up by what the stall left queued.
+    pub const AFTER: Duration = Duration::from_millis(50);
 
     pub fn start() -> StallMeter {
         origin();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stalls = Arc::new(Mutex::new(Vec::new()));
-        let disk = Arc::new(Mutex::new(Vec::new()));
+        let disk = Arc::new(Mutex::new(DiskWatch {
+            stat: device_stat_file(&std::env::temp_dir()),
+            stuck_since: None,
+            last_look: Instant::now(),
+            stalls: Vec::new(),
+        }));
         let (s, st, dk) = (stop.clone(), stalls.clone(), disk.clone());
-        let inflight = inflight_file(&std::env::temp_dir());
         let thread = std::thread::Builder::new()
             .name("stall-meter".into())
             .spawn(move || {
-                // Since when the device has had requests in flight at
-                // every look.
-                let mut busy_since: Option<Instant> = None;
+                let stat = dk.lock().unwrap().stat.clone();
                 let mut buf = String::new();
                 while !s.load(Ordering::Relaxed) {
                     let asked = Instant::now() + StallMeter::TICK;
@@ -324,25 +382,12 @@ impl StallMeter {
                             late_ns: late.as_nanos() as u64,
                         });
                     }
-                    let Some(path) = &inflight else { continue };
+                    let Some(path) = &stat else { continue };
                     buf.clear();
-                    let busy = std::fs::File::open(path)
-                        .and_then(|mut f| std::io::Read::read_to_string(&mut f, &mut buf))
-                        .is_ok()
-                        && buf.split_whitespace().any(|n| n != "0");
-                    match (busy, busy_since) {
-                        (true, None) => busy_since = Some(now),
-                        (false, Some(since)) => {
-                            busy_since = None;
-                            let took = now.duration_since(since);
-                            if took > StallMeter::DISK_BUSY {
-                                dk.lock().unwrap().push(Stall {
-                                    from_ns: since.duration_since(origin()).as_nanos() as u64,
-                                    late_ns: took.as_nanos() as u64,
-                                });
-                            }
-                        }
-                        _ => {}
+                    let read = std::fs::File::open(path)
+                        .and_then(|mut f| std::io::Read::read_to_string(&mut f, &mut buf));
+                    if let (Ok(_), Some((in_flight, completed))) = (read, disk_counts(&buf)) {
+                        dk.lock().unwrap().look(now, in_flight, completed);
                     }
                 }
             })
@@ -356,49 +401,77 @@ impl StallMeter {
     }
 
     /// The stalls seen since the last call: the meter's thread's own, and
-    /// the disk's.
+    /// the disk's (a disk stall still going on is cut at the last look and
+    /// goes on from there).
     pub fn take(&self) -> Stalls {
+        let cpu = std::mem::take(&mut *self.stalls.lock().unwrap());
+        let mut disk = self.disk.lock().unwrap();
+        if let Some((since, completed)) = disk.stuck_since {
+            disk.close(since);
+            disk.stuck_since = Some((disk.last_look, completed));
+        }
         Stalls {
-            cpu: std::mem::take(&mut *self.stalls.lock().unwrap()),
-            disk: std::mem::take(&mut *self.disk.lock().unwrap()),
+            cpu,
+            disk: disk
+                .stat
+                .is_some()
+                .then(|| std::mem::take(&mut disk.stalls)),
         }
     }
 
-    /// One line on `timings` (from [`Receiver::take_timings`]) against
+    /// One line on `timings` (`(start, latency)` pairs in [`stamp_now`]'s
+    /// clock, from [`Receiver::take_timings`] or a floor's own) against
     /// `stalls` (from [`take`](Self::take), over the same stretch): how
-    /// many stalls of each kind and the longest, and how many requests
-    /// took longer than `bound` and how many of those were on their way
-    /// (between their stamp and their receipt) during one.
+    /// many requests took longer than `bound`, how many of those were on
+    /// their way (between their start and their receipt) during a stall of
+    /// each kind, and during one or [`AFTER`](Self::AFTER) past its end,
+    /// and how many stalls and the longest.
     pub fn summary(stalls: &Stalls, timings: &[(u64, u64)], bound: Duration) -> String {
         let bound = bound.as_nanos() as u64;
         let slow: Vec<&(u64, u64)> = timings.iter().filter(|(_, l)| *l > bound).collect();
-        let during = |kind: &[Stall]| {
+        // Requests on their way at some moment from a stall's start to
+        // `after` past its end.
+        let within = |kind: &[Stall], after: u64| {
             slow.iter()
                 .filter(|(sent, lat)| {
                     kind.iter()
-                        .any(|s| s.from_ns < sent + lat && *sent < s.from_ns + s.late_ns)
+                        .any(|s| s.from_ns < sent + lat && *sent < s.from_ns + s.late_ns + after)
                 })
                 .count()
         };
+        let during = |kind: &[Stall]| within(kind, 0);
         let longest =
             |kind: &[Stall]| kind.iter().map(|s| s.late_ns).max().unwrap_or(0) as f64 / 1e6;
-        let either: Vec<Stall> = stalls.cpu.iter().chain(&stalls.disk).copied().collect();
-        format!(
-            "{} requests over {:.0} us; {} of them on their way during a stall of the CPU \
-             (a sleeping thread woke over {} ms late: {}, longest {:.1} ms), {} during one of \
-             the disk (requests in flight at every look for over {} ms: {}, longest {:.1} ms), \
-             {} during either",
-            slow.len(),
-            bound as f64 / 1e3,
+        let cpu = format!(
+            "{} of them on their way during a stall of the CPU (a sleeping thread woke over \
+             {} ms late: {}, longest {:.1} ms)",
             during(&stalls.cpu),
             StallMeter::LATE.as_millis(),
             stalls.cpu.len(),
             longest(&stalls.cpu),
-            during(&stalls.disk),
-            StallMeter::DISK_BUSY.as_millis(),
-            stalls.disk.len(),
-            longest(&stalls.disk),
-            during(&either),
+        );
+        let disk = match &stalls.disk {
+            None => "the disk's not measured (no block device under the temporary folder)".into(),
+            Some(disk) => {
+                let either: Vec<Stall> = stalls.cpu.iter().chain(disk).copied().collect();
+                format!(
+                    "{} during one of the disk (requests in flight and none completed for \
+                     over {} ms: {}, longest {:.1} ms), {} during either, {} during either \
+                     or in the {} ms after one (what a stall left queued)",
+                    during(disk),
+                    StallMeter::DISK_BUSY.as_millis(),
+                    disk.len(),
+                    longest(disk),
+                    during(&either),
+                    within(&either, StallMeter::AFTER.as_nanos() as u64),
+                    StallMeter::AFTER.as_millis(),
+                )
+            }
+        };
+        format!(
+            "{} requests over {:.0} us; {cpu}, {disk}",
+            slow.len(),
+            bound as f64 / 1e3
         )
     }
 }
@@ -408,19 +481,21 @@ impl StallMeter {
 pub struct Stalls {
     /// Its thread's late wake-ups.
     pub cpu: Vec<Stall>,
-    /// Stretches in which the disk always had requests in flight.
-    pub disk: Vec<Stall>,
+    /// Stretches in which the disk had requests in flight and completed
+    /// none; `None` when there was no disk to watch.
+    pub disk: Option<Vec<Stall>>,
 }
 
-/// `/sys/dev/block/M:m/inflight` of the device holding `dir`, if there is
-/// one (Linux).
-fn inflight_file(dir: &Path) -> Option<std::path::PathBuf> {
+/// `/sys/dev/block/M:m/stat` of the block device holding `dir`, if it is
+/// on one (Linux; not tmpfs or overlay, whose device numbers name no
+/// block device).
+fn device_stat_file(dir: &Path) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(dir).ok()?.dev();
     // glibc's major() and minor().
-    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
-    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
-    let path = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}/inflight"));
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & 0xffff_f000);
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xffff_ff00);
+    let path = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}/stat"));
     path.exists().then_some(path)
 }
 
