@@ -944,6 +944,32 @@ fn sleep_until(at: Instant) {
     }
 }
 
+/// A `steady_rate` reference row: `op` once per event at the pace
+/// `period`, each call timed on its own; returns the times (ns), sorted.
+fn paced_times(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    period: Duration,
+    op: &mut dyn FnMut(),
+) -> Vec<u64> {
+    let mut lat: Vec<u64> = Vec::new();
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for k in 0..iters {
+                sleep_until(start + period * k as u32);
+                let t = Instant::now();
+                op();
+                lat.push(t.elapsed().as_nanos() as u64);
+            }
+            sleep_until(start + period * iters as u32);
+            start.elapsed()
+        });
+    });
+    lat.sort_unstable();
+    lat
+}
+
 /// A floor row of `steady_rate`: events at the pace `period`, each
 /// made durable by `commit` and then POSTed straight to the timing
 /// receiver (one keep-alive ureq connection): publish-to-receipt latency
@@ -975,7 +1001,7 @@ fn floor_row(
     let mut timings = Vec::new();
     // How long after its stamp the loop took up each event it was late for.
     let mut behind: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
-    rx.take_latencies();
+    rx.take_timings();
     meter.take();
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
@@ -1156,22 +1182,10 @@ fn steady_rate(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         let mut file = std::fs::File::create(dir.path().join("sync")).unwrap();
         let block = [0u8; 4096];
-        let mut lat: Vec<u64> = Vec::new();
-        g.bench_function("baseline_fdatasync", |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for k in 0..iters {
-                    sleep_until(start + period * k as u32);
-                    let t = Instant::now();
-                    file.write_all(&block).unwrap();
-                    file.sync_data().unwrap();
-                    lat.push(t.elapsed().as_nanos() as u64);
-                }
-                sleep_until(start + period * iters as u32);
-                start.elapsed()
-            });
+        let lat = paced_times(&mut g, "baseline_fdatasync", period, &mut || {
+            file.write_all(&block).unwrap();
+            file.sync_data().unwrap();
         });
-        lat.sort_unstable();
         let over = |ms: u64| lat.iter().filter(|&&l| l > ms * 1_000_000).count();
         eprintln!(
             "steady_rate/baseline_fdatasync: {} appends of 4 KiB, each followed by fdatasync: \
@@ -1224,22 +1238,10 @@ fn steady_rate(c: &mut Criterion) {
                 .unwrap();
             let record = vec![0u8; 400];
             let mut key = 0i64;
-            let mut lat: Vec<u64> = Vec::new();
-            g.bench_function("baseline_postgres_commit", |b| {
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    for k in 0..iters {
-                        sleep_until(start + period * k as u32);
-                        key += 1;
-                        let t = Instant::now();
-                        c.execute(&insert, &[&key, &record]).unwrap();
-                        lat.push(t.elapsed().as_nanos() as u64);
-                    }
-                    sleep_until(start + period * iters as u32);
-                    start.elapsed()
-                });
+            let lat = paced_times(&mut g, "baseline_postgres_commit", period, &mut || {
+                key += 1;
+                c.execute(&insert, &[&key, &record]).unwrap();
             });
-            lat.sort_unstable();
             eprintln!(
                 "steady_rate/baseline_postgres_commit: {} synchronous one-row commits, \
                  p50 {:.0} us, p99 {:.0} us, max {:.0} us",
@@ -1349,7 +1351,7 @@ fn steady_rate(c: &mut Criterion) {
         };
         // Untimed: a second at the rate.
         run(rate);
-        rx.take_latencies();
+        rx.take_timings();
         meter.take();
         let mut timings = Vec::new();
         let (mut cpu, mut engine, mut dispatcher, mut sled_io, mut deliveries) = (

@@ -130,7 +130,7 @@ impl Receiver {
 
     /// A fast receiver that also records each request's publish-to-receipt
     /// latency from the [`Stamped`] body it carries (see
-    /// [`take_latencies`](Self::take_latencies)).
+    /// [`take_timings`](Self::take_timings)).
     pub fn start_timing() -> Receiver {
         Receiver::start_with(Duration::ZERO, Behaviour::Healthy, true)
     }
@@ -201,11 +201,6 @@ impl Receiver {
             peak,
             latencies,
         }
-    }
-
-    /// The latencies (ns) recorded since the last call (timing receivers).
-    pub fn take_latencies(&self) -> Vec<u64> {
-        self.take_timings().into_iter().map(|(_, l)| l).collect()
     }
 
     /// The `(sent_ns, latency ns)` of each request recorded since the last
