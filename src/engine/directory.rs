@@ -91,12 +91,13 @@ impl Directory {
 
     /// Reads the cached subscriptions afresh, all at once (other instances
     /// may have changed or deleted them): one query on a shared store,
-    /// instead of a look per subscription when it is next met. The fan-out
-    /// index is forgotten (others may have added subscriptions); one that
-    /// is gone or damaged is forgotten too (a look at it alone finds out).
-    /// Everything is forgotten if the read fails.
+    /// instead of a look per subscription when it is next met. One that is
+    /// gone or damaged is forgotten (a look at it alone finds out).
+    /// Everything is forgotten if the read fails. The fan-out index (others
+    /// may have added subscriptions) is read afresh too, for every event
+    /// name it holds, in one more query ([`refresh_fanout`](Self::refresh_fanout)).
     pub(crate) fn refresh(&mut self, s: &Session) {
-        self.fanout.clear();
+        self.refresh_fanout(s);
         let mut ids: Vec<SubscriptionId> = self
             .subs
             .keys()
@@ -120,6 +121,36 @@ impl Directory {
             Err(e) => {
                 tracing::debug!(error = %e, "could not read cached subscriptions at once; they are read one by one");
                 self.clear();
+            }
+        }
+    }
+
+    /// Reads who is indexed under each cached event name afresh, in one
+    /// read where the store has one ([`Reader::subscribers_of_each`]);
+    /// else, or if it fails, forgets them all (each is read again when its
+    /// event is next published). Without this, an event name published
+    /// less often than the poll would cost a round trip on the engine
+    /// thread before every commit of it.
+    ///
+    /// [`Reader::subscribers_of_each`]: crate::storage::Reader::subscribers_of_each
+    fn refresh_fanout(&mut self, s: &Session) {
+        if self.fanout.is_empty() {
+            return;
+        }
+        let names: Vec<String> = self.fanout.keys().cloned().collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        match s.reader().subscribers_of_each(&refs) {
+            Ok(Some(lists)) if lists.len() == names.len() => {
+                self.fanout = names
+                    .into_iter()
+                    .zip(lists)
+                    .map(|(name, found)| (name, found.ids.into()))
+                    .collect();
+            }
+            Ok(_) => self.fanout.clear(),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read the fan-out index at once; each event name is read again when next published");
+                self.fanout.clear();
             }
         }
     }

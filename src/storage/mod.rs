@@ -93,6 +93,14 @@ pub(crate) trait Reader: Send + Sync + fmt::Debug {
     /// The subscriptions indexed under `event` or `*`, each once, in id
     /// order (active or not: the caller checks).
     fn subscribers_of(&self, event: &str) -> Result<Subscribers>;
+    /// [`subscribers_of`](Self::subscribers_of) for each of `events`, in
+    /// their order, all in one read; `None` where the store has no such
+    /// read (a look each is then as cheap). A shared store's engine reads
+    /// its whole fan-out cache afresh with it at each poll, instead of one
+    /// round trip per event name at the next publish of each.
+    fn subscribers_of_each(&self, _events: &[&str]) -> Result<Option<Vec<Subscribers>>> {
+        Ok(None)
+    }
     fn event(&self, id: EventId) -> Result<Option<Event>>;
     /// How many deliveries refer to an event (`None`: not counted, keep it).
     fn event_refs(&self, id: EventId) -> Result<Option<u32>>;

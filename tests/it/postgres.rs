@@ -1298,6 +1298,80 @@ fn a_publishing_only_instance_follows_subscriptions_made_elsewhere() {
     });
 }
 
+/// A poll reads the cached fan-out index afresh in one query, so a
+/// publish of an event name seen before a poll reads no index after it,
+/// however seldom the name comes: the publish goes through while another
+/// transaction holds the index table locked. (Before, each poll forgot
+/// the index and the next publish of every name paid a round trip for it
+/// first.) A subscription to every event made elsewhere is in the fresh
+/// index.
+#[test]
+fn a_poll_reads_the_fan_out_afresh_and_a_known_event_then_needs_no_index_read() {
+    let Some(schema) = Schema::new("fanout") else {
+        return;
+    };
+    // A polls hourly: only B's notifications make it poll.
+    let a = schema
+        .builder()
+        .deliver(false)
+        .poll_interval(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    let b = schema.builder().deliver(false).open().unwrap();
+    let reached = |sub: hookbus::SubscriptionId| a.outbox().for_subscription(sub, false).count();
+    let first = b
+        .subscribe(NewSubscription::new("first", "http://127.0.0.1:9/first").event("e"))
+        .unwrap();
+    wait_until(LONG, "A reaches the first", || {
+        a.publish_durable("e", &json!({})).unwrap();
+        reached(first.id) > 0
+    });
+    // B's subscription to every event notifies A, whose poll reads the
+    // index of `e` afresh, `*` included.
+    let all = b
+        .subscribe(NewSubscription::new("all", "http://127.0.0.1:9/all").event("*"))
+        .unwrap();
+    wait_until(LONG, "A reaches the one for every event", || {
+        a.publish_durable("e", &json!({})).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        reached(all.id) > 0
+    });
+    // Another subscription elsewhere makes A poll again, after its last
+    // publish of `e`: A reaches it by publishing another event.
+    let other = b
+        .subscribe(NewSubscription::new("other", "http://127.0.0.1:9/other").event("x"))
+        .unwrap();
+    wait_until(LONG, "A reaches the other", || {
+        a.publish_durable("x", &json!({})).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        reached(other.id) > 0
+    });
+    let (first_before, all_before) = (reached(first.id), reached(all.id));
+    let mut holder = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    let mut hold = holder.transaction().unwrap();
+    hold.batch_execute(&format!(
+        "LOCK TABLE {}.subscription_events IN ACCESS EXCLUSIVE MODE",
+        schema.0
+    ))
+    .unwrap();
+    let published = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let a = &a;
+        s.spawn(move || {
+            let _ = tx.send(a.publish_durable("e", &json!({"locked": true})));
+        });
+        let r = rx.recv_timeout(LONG);
+        // Let a publish that waits for the index go on, so the scope ends.
+        hold.rollback().unwrap();
+        r
+    });
+    published
+        .expect("the publish waited for the locked index")
+        .unwrap_or_else(|e| panic!("the publish read the locked index: {e}"));
+    assert_eq!(reached(first.id), first_before + 1);
+    assert_eq!(reached(all.id), all_before + 1);
+}
+
 /// Issue 14 on a shared store: two instances add up one subscription's
 /// health (each merges its own attempts under the row's lock), and events
 /// keep their tenant, so replay works from either instance.

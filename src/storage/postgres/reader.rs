@@ -3,6 +3,7 @@
 //! coordinate through (claims, flow, sequence numbers) is in
 //! `coordination.rs`; the `Reader` methods for it delegate there.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use postgres::Row;
@@ -261,6 +262,41 @@ impl Reader for PgReader {
                 .push(id_of(&row, "sub", SubscriptionId::from_slice)?);
         }
         Ok(out)
+    }
+
+    fn subscribers_of_each(&self, events: &[&str]) -> Result<Option<Vec<Subscribers>>> {
+        let mut names: Vec<&str> = Vec::with_capacity(events.len() + 1);
+        names.extend_from_slice(events);
+        names.push(ALL_EVENTS);
+        let rows = self.query(
+            &format!(
+                "SELECT event, sub FROM {} WHERE event = ANY($1)",
+                self.t("subscription_events")
+            ),
+            &[&names],
+        )?;
+        let mut by: HashMap<String, Vec<SubscriptionId>> = HashMap::new();
+        for row in rows {
+            let event: String = row.try_get(0)?;
+            let sub = id_of(&row, "sub", SubscriptionId::from_slice)?;
+            by.entry(event).or_default().push(sub);
+        }
+        let all = by.remove(ALL_EVENTS).unwrap_or_default();
+        Ok(Some(
+            events
+                .iter()
+                .map(|event| {
+                    let mut ids = by.get(*event).cloned().unwrap_or_default();
+                    ids.extend_from_slice(&all);
+                    ids.sort_unstable();
+                    ids.dedup();
+                    Subscribers {
+                        ids,
+                        damaged: Vec::new(),
+                    }
+                })
+                .collect(),
+        ))
     }
 
     fn event(&self, id: EventId) -> Result<Option<Event>> {
