@@ -100,6 +100,24 @@ impl PgReader {
     fn t(&self, table: &str) -> String {
         self.pool.t(table)
     }
+
+    /// The rows of [`Reader::next_due`] for several subscriptions in one
+    /// query.
+    fn next_due_of_many(&self, subs: &[SubscriptionId]) -> Result<Vec<Row>> {
+        let ids: Vec<Vec<u8>> = subs.iter().map(|s| s.to_bytes().to_vec()).collect();
+        self.query(
+            &format!(
+                "WITH clock AS (SELECT {DB_NOW} AS t)
+                 SELECT w.sub, d.at FROM unnest($1::bytea[]) AS w(sub)
+                 CROSS JOIN LATERAL (
+                     SELECT at FROM {} WHERE sub = w.sub AND state = 0
+                       AND (claim IS DISTINCT FROM $2 OR claimed_until < (SELECT t FROM clock))
+                     ORDER BY at, id LIMIT 1) d",
+                self.t("deliveries")
+            ),
+            &[&ids, &&self.pool.token[..]],
+        )
+    }
 }
 
 impl Reader for PgReader {
@@ -525,19 +543,23 @@ impl Reader for PgReader {
         if subs.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<Vec<u8>> = subs.iter().map(|s| s.to_bytes().to_vec()).collect();
-        let rows = self.query(
-            &format!(
-                "WITH clock AS (SELECT {DB_NOW} AS t)
-                 SELECT w.sub, d.at FROM unnest($1::bytea[]) AS w(sub)
-                 CROSS JOIN LATERAL (
-                     SELECT at FROM {} WHERE sub = w.sub AND state = 0
-                       AND (claim IS DISTINCT FROM $2 OR claimed_until < (SELECT t FROM clock))
-                     ORDER BY at, id LIMIT 1) d",
-                self.t("deliveries")
-            ),
-            &[&ids, &&self.pool.token[..]],
-        )?;
+        let rows = if let [sub] = subs {
+            // One subscription (most rounds at everyday rates): a plain
+            // statement, which the server plans once. The array's form
+            // stays a custom plan, made afresh at every call: ~200 µs of
+            // the server's CPU, ten times its run.
+            self.query(
+                &format!(
+                    "SELECT sub, at FROM {} WHERE sub = $1 AND state = 0
+                       AND (claim IS DISTINCT FROM $2 OR claimed_until < {DB_NOW})
+                     ORDER BY at, id LIMIT 1",
+                    self.t("deliveries")
+                ),
+                &[&&sub.to_bytes()[..], &&self.pool.token[..]],
+            )?
+        } else {
+            self.next_due_of_many(subs)?
+        };
         rows.iter()
             .map(|row| {
                 Ok((
