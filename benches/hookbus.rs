@@ -1074,6 +1074,67 @@ fn floor_row(
     );
 }
 
+/// PostgreSQL's checkpoints as `steady_rate` sees them: a checkpoint
+/// writes out what earlier groups left in the server's buffers (a whole
+/// run's `slow_receivers` leaves hundreds of MB of WAL), and while it
+/// runs each page's first change afterwards is logged whole, so it slows
+/// every commit on the machine, sled's too (one disk). `None` without
+/// the feature or a server.
+struct Checkpoints(#[cfg(feature = "postgres")] Option<postgres::Client>);
+
+impl Checkpoints {
+    fn connect() -> Checkpoints {
+        #[cfg(feature = "postgres")]
+        {
+            let url = std::env::var("HOOKBUS_BENCH_POSTGRES")
+                .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into());
+            Checkpoints(postgres::Client::connect(&url, postgres::NoTls).ok())
+        }
+        #[cfg(not(feature = "postgres"))]
+        Checkpoints()
+    }
+
+    /// Makes one now and waits for it (`CHECKPOINT`); how long it took,
+    /// `None` if it could not.
+    fn now(&mut self) -> Option<Duration> {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = &mut self.0 {
+            let t = Instant::now();
+            return c.batch_execute("CHECKPOINT").ok().map(|()| t.elapsed());
+        }
+        None
+    }
+
+    /// How many the server has started so far (timed and requested).
+    fn started(&mut self) -> Option<i64> {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = &mut self.0 {
+            return c
+                .query_one(
+                    "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter",
+                    &[],
+                )
+                .ok()
+                .map(|r| r.get(0));
+        }
+        None
+    }
+
+    /// One line for row `name`: the checkpoints started since `before`
+    /// (from [`started`](Self::started)).
+    fn line(&mut self, name: &str, before: Option<i64>) {
+        match (before, self.started()) {
+            (Some(b), Some(a)) => {
+                eprintln!(
+                    "steady_rate/{name}: PostgreSQL checkpoints started during the row: {}",
+                    a - b
+                )
+            }
+            _ => eprintln!("steady_rate/{name}: PostgreSQL checkpoints: not measured"),
+        }
+    }
+}
+
 /// An everyday rate: a steady 300 events/s, each to one of 100
 /// subscriptions in turn (event `steady.<i>` to subscription `i`), on a
 /// receiver that answers at once. Criterion's iteration is one event at
@@ -1098,7 +1159,11 @@ fn floor_row(
 /// Every row that times requests (the floors and the bus's) also prints
 /// what a [`StallMeter`] saw during it: the machine's stalls, and how many
 /// of the requests slower than the goal's bound (1 ms on sled, 2 ms on
-/// PostgreSQL) were on their way during one.
+/// PostgreSQL) were on their way during one. With a PostgreSQL server,
+/// the group starts with a `CHECKPOINT` (what earlier groups wrote is
+/// written out before the rows, not during them), and each of those rows
+/// also says how many checkpoints the server started while it ran
+/// ([`Checkpoints`]).
 fn steady_rate(c: &mut Criterion) {
     const SUBS: u64 = 100;
     // Another rate for a one-off look (the group is defined at 300/s).
@@ -1118,6 +1183,13 @@ fn steady_rate(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(10))
         .throughput(Throughput::Elements(1));
     eprintln!("steady_rate: {rate} events/s over {SUBS} subscriptions (poisson: {poisson})");
+    // The rows start after a checkpoint (see `Checkpoints`), and each
+    // says how many started while it ran.
+    let mut ckpt = Checkpoints::connect();
+    match ckpt.now() {
+        Some(took) => eprintln!("steady_rate: PostgreSQL checkpoint before the rows: {took:.1?}"),
+        None => eprintln!("steady_rate: no PostgreSQL checkpoint before the rows (no server)"),
+    }
     let rx = Receiver::start_timing();
     // The issue's goals for the p99: 1 ms on sled, 2 ms on PostgreSQL.
     let bound = |name: &str| Duration::from_millis(if name.contains("postgres") { 2 } else { 1 });
@@ -1182,10 +1254,12 @@ fn steady_rate(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         let mut file = std::fs::File::create(dir.path().join("sync")).unwrap();
         let block = [0u8; 4096];
+        let c0 = ckpt.started();
         let lat = paced_times(&mut g, "baseline_fdatasync", period, &mut || {
             file.write_all(&block).unwrap();
             file.sync_data().unwrap();
         });
+        ckpt.line("baseline_fdatasync", c0);
         let over = |ms: u64| lat.iter().filter(|&&l| l > ms * 1_000_000).count();
         eprintln!(
             "steady_rate/baseline_fdatasync: {} appends of 4 KiB, each followed by fdatasync: \
@@ -1205,6 +1279,7 @@ fn steady_rate(c: &mut Criterion) {
         let (_db, tree) = raw_sled(dir.path());
         let payload = serde_json::to_vec(&order(1)).unwrap();
         let mut key = 0u64;
+        let c0 = ckpt.started();
         floor_row(
             &mut g,
             "baseline_sled_commit_then_post",
@@ -1217,6 +1292,7 @@ fn steady_rate(c: &mut Criterion) {
                 tree.flush().unwrap();
             },
         );
+        ckpt.line("baseline_sled_commit_then_post", c0);
     }
     // PostgreSQL's floor at this rate: one durable write per event (a
     // one-row insert that commits synchronously, one round trip), timed
@@ -1238,10 +1314,12 @@ fn steady_rate(c: &mut Criterion) {
                 .unwrap();
             let record = vec![0u8; 400];
             let mut key = 0i64;
+            let c0 = ckpt.started();
             let lat = paced_times(&mut g, "baseline_postgres_commit", period, &mut || {
                 key += 1;
                 c.execute(&insert, &[&key, &record]).unwrap();
             });
+            ckpt.line("baseline_postgres_commit", c0);
             eprintln!(
                 "steady_rate/baseline_postgres_commit: {} synchronous one-row commits, \
                  p50 {:.0} us, p99 {:.0} us, max {:.0} us",
@@ -1252,6 +1330,7 @@ fn steady_rate(c: &mut Criterion) {
             );
             // The same commit, then the request: the latency floor on
             // PostgreSQL.
+            let c0 = ckpt.started();
             floor_row(
                 &mut g,
                 "baseline_postgres_commit_then_post",
@@ -1264,6 +1343,7 @@ fn steady_rate(c: &mut Criterion) {
                     c.execute(&insert, &[&key, &record]).unwrap();
                 },
             );
+            ckpt.line("baseline_postgres_commit_then_post", c0);
             let _ = c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
         }
     }
@@ -1361,6 +1441,7 @@ fn steady_rate(c: &mut Criterion) {
             Duration::ZERO,
             0u64,
         );
+        let c0 = ckpt.started();
         g.bench_function(&name, |b| {
             b.iter_custom(|iters| {
                 let (p0, t0) = (process_cpu(), thread_cpu());
@@ -1381,6 +1462,7 @@ fn steady_rate(c: &mut Criterion) {
                 took
             });
         });
+        ckpt.line(&name, c0);
         let stalls = meter.take();
         let mut lat: Vec<u64> = timings.iter().map(|(_, l)| *l).collect();
         lat.sort_unstable();
