@@ -1094,28 +1094,36 @@ impl Checkpoints {
         Checkpoints()
     }
 
-    /// Makes one now and waits for it (`CHECKPOINT`); how long it took,
-    /// `None` if it could not.
-    fn now(&mut self) -> Option<Duration> {
+    /// Makes one now and waits for it (`CHECKPOINT`, which needs a
+    /// superuser or `pg_checkpoint`): how long it took, or why not.
+    fn now(&mut self) -> Result<Duration, String> {
         #[cfg(feature = "postgres")]
         if let Some(c) = &mut self.0 {
             let t = Instant::now();
-            return c.batch_execute("CHECKPOINT").ok().map(|()| t.elapsed());
+            return c
+                .batch_execute("CHECKPOINT")
+                .map(|()| t.elapsed())
+                .map_err(|e| e.to_string());
         }
-        None
+        Err("no PostgreSQL server".into())
     }
 
-    /// How many the server has started so far (timed and requested).
+    /// How many the server has started so far, timed (a timed one the
+    /// server skipped as idle counts too) and requested. PostgreSQL 17
+    /// moved the counts to `pg_stat_checkpointer`.
     fn started(&mut self) -> Option<i64> {
         #[cfg(feature = "postgres")]
         if let Some(c) = &mut self.0 {
-            return c
-                .query_one(
-                    "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter",
-                    &[],
-                )
-                .ok()
-                .map(|r| r.get(0));
+            let version: i32 = c
+                .query_one("SELECT current_setting('server_version_num')::int", &[])
+                .ok()?
+                .get(0);
+            let sql = if version >= 170_000 {
+                "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+            } else {
+                "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+            };
+            return c.query_one(sql, &[]).ok().map(|r| r.get(0));
         }
         None
     }
@@ -1187,8 +1195,8 @@ fn steady_rate(c: &mut Criterion) {
     // says how many started while it ran.
     let mut ckpt = Checkpoints::connect();
     match ckpt.now() {
-        Some(took) => eprintln!("steady_rate: PostgreSQL checkpoint before the rows: {took:.1?}"),
-        None => eprintln!("steady_rate: no PostgreSQL checkpoint before the rows (no server)"),
+        Ok(took) => eprintln!("steady_rate: PostgreSQL checkpoint before the rows: {took:.1?}"),
+        Err(why) => eprintln!("steady_rate: no PostgreSQL checkpoint before the rows: {why}"),
     }
     let rx = Receiver::start_timing();
     // The goals for the p99: 1 ms on sled, 2 ms on PostgreSQL.

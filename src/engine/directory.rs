@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::session::Session;
 use crate::error::Result;
@@ -20,6 +21,12 @@ use crate::storage::SubscriptionRecord;
 
 /// A cache is cleared when it holds this many.
 pub(crate) const CACHE_SIZE: usize = 4096;
+
+/// A poll of a shared store reads afresh the fan-out of event names
+/// published this recently, and forgets the others (each is read again
+/// when next published): the poll's read follows the names in use, not
+/// every name ever published.
+const FANOUT_KEPT_FOR: Duration = Duration::from_secs(10);
 
 /// What the dispatcher needs to know of a subscription's policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -63,8 +70,9 @@ pub(crate) struct Recipients {
 pub(crate) struct Directory {
     /// Subscriptions as last read.
     subs: HashMap<SubscriptionId, Arc<SubscriptionRecord>>,
-    /// Who is indexed under an event name, as last read.
-    fanout: HashMap<String, Arc<[SubscriptionId]>>,
+    /// Who is indexed under an event name, as last read, and when the
+    /// name was last published.
+    fanout: HashMap<String, (Arc<[SubscriptionId]>, Instant)>,
     /// The delivery policy of subscriptions met lately.
     policies: HashMap<SubscriptionId, Policy>,
 }
@@ -125,26 +133,36 @@ impl Directory {
         }
     }
 
-    /// Reads who is indexed under each cached event name afresh, in one
-    /// read where the store has one ([`Reader::subscribers_of_each`]);
-    /// else, or if it fails, forgets them all (each is read again when its
-    /// event is next published). Without this, an event name published
-    /// less often than the poll would cost a round trip on the engine
-    /// thread before every commit of it.
+    /// Reads who is indexed under each event name published in the last
+    /// [`FANOUT_KEPT_FOR`] afresh, in one read where the store has one
+    /// ([`Reader::subscribers_of_each`]), and forgets the other names;
+    /// else, or if the read fails, forgets them all (each is read again
+    /// when its event is next published). Without this, an event name
+    /// published less often than the poll would cost a round trip on the
+    /// engine thread before every commit of it.
     ///
     /// [`Reader::subscribers_of_each`]: crate::storage::Reader::subscribers_of_each
     fn refresh_fanout(&mut self, s: &Session) {
         if self.fanout.is_empty() {
             return;
         }
-        let names: Vec<String> = self.fanout.keys().cloned().collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let now = Instant::now();
+        let kept: Vec<(String, Instant)> = self
+            .fanout
+            .drain()
+            .filter(|(_, (_, used))| now.saturating_duration_since(*used) <= FANOUT_KEPT_FOR)
+            .map(|(name, (_, used))| (name, used))
+            .collect();
+        if kept.is_empty() {
+            return;
+        }
+        let refs: Vec<&str> = kept.iter().map(|(name, _)| name.as_str()).collect();
         match s.reader().subscribers_of_each(&refs) {
-            Ok(Some(lists)) if lists.len() == names.len() => {
-                self.fanout = names
+            Ok(Some(lists)) if lists.len() == kept.len() => {
+                self.fanout = kept
                     .into_iter()
                     .zip(lists)
-                    .map(|(name, found)| (name, found.ids.into()))
+                    .map(|((name, used), found)| (name, (found.ids.into(), used)))
                     .collect();
             }
             Ok(_) => self.fanout.clear(),
@@ -213,7 +231,8 @@ impl Directory {
     /// The subscriptions indexed under `event` or `*` (active or not).
     fn subscribers_of(&mut self, s: &mut Session, event: &str) -> Result<Arc<[SubscriptionId]>> {
         self.sync(s);
-        if let Some(ids) = self.fanout.get(event) {
+        if let Some((ids, used)) = self.fanout.get_mut(event) {
+            *used = Instant::now();
             return Ok(ids.clone());
         }
         let found = s.reader().subscribers_of(event)?;
@@ -224,7 +243,8 @@ impl Directory {
             self.fanout.clear();
         }
         let ids: Arc<[SubscriptionId]> = found.ids.into();
-        self.fanout.insert(event.to_owned(), ids.clone());
+        self.fanout
+            .insert(event.to_owned(), (ids.clone(), Instant::now()));
         Ok(ids)
     }
 

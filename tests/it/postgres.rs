@@ -1337,7 +1337,10 @@ fn a_poll_reads_the_fan_out_afresh_and_a_known_event_then_needs_no_index_read() 
         reached(all.id) > 0
     });
     // Another subscription elsewhere makes A poll again, after its last
-    // publish of `e`: A reaches it by publishing another event.
+    // publish of `e`: A reaches it by publishing another event, `x`, which
+    // A has cached with no subscriber already, so only that poll can show
+    // it the new one.
+    a.publish_durable("x", &json!({})).unwrap();
     let other = b
         .subscribe(NewSubscription::new("other", "http://127.0.0.1:9/other").event("x"))
         .unwrap();

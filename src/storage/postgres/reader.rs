@@ -545,9 +545,9 @@ impl Reader for PgReader {
         }
         let rows = if let [sub] = subs {
             // One subscription (most rounds at everyday rates): a plain
-            // statement, which the server plans once. The array's form
-            // stays a custom plan, made afresh at every call: ~200 µs of
-            // the server's CPU, ten times its run.
+            // statement, cheap to plan (bind 38 µs median in the server's
+            // log at 300/s). The array's form stays a custom plan, made
+            // afresh at every call: 207 µs median, twelve times its run.
             self.query(
                 &format!(
                     "SELECT sub, at FROM {} WHERE sub = $1 AND state = 0
