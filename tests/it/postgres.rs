@@ -1266,13 +1266,9 @@ fn a_late_failure_from_an_expired_claim_does_not_undo_a_newer_retry() {
     assert_eq!(rx.count(), 2);
 }
 
-#[test]
-fn a_publishing_only_instance_follows_subscriptions_made_elsewhere() {
-    let Some(schema) = Schema::new("pubonly") else {
-        return;
-    };
-    // A only publishes (a web instance); it polls hourly, so only a
-    // notification can tell it of B's new subscription.
+/// A only publishes (a web instance) and polls hourly, so only a
+/// notification of B's changes makes it poll; B changes subscriptions.
+fn publisher_and_admin(schema: &Schema) -> (Bus, Bus) {
     let a = schema
         .builder()
         .deliver(false)
@@ -1280,22 +1276,40 @@ fn a_publishing_only_instance_follows_subscriptions_made_elsewhere() {
         .open()
         .unwrap();
     let b = schema.builder().deliver(false).open().unwrap();
-    let first = b
-        .subscribe(NewSubscription::new("first", "http://127.0.0.1:9/first").event("e"))
-        .unwrap();
-    // A reads (and caches) who receives `e`.
-    wait_until(LONG, "A reaches the first", || {
-        a.publish_durable("e", &json!({})).unwrap();
-        a.outbox().for_subscription(first.id, false).count() > 0
-    });
-    let second = b
-        .subscribe(NewSubscription::new("second", "http://127.0.0.1:9/second").event("e"))
-        .unwrap();
-    wait_until(LONG, "A reaches the second", || {
-        a.publish_durable("e", &json!({})).unwrap();
+    (a, b)
+}
+
+/// B subscribes `name` to `event`; A publishes `via` until the new
+/// subscription has a delivery (A has learned of it).
+fn subscribe_elsewhere_until_reached(
+    a: &Bus,
+    b: &Bus,
+    name: &str,
+    event: &str,
+    via: &str,
+) -> hookbus::SubscriptionId {
+    let sub = b
+        .subscribe(NewSubscription::new(name, format!("http://127.0.0.1:9/{name}")).event(event))
+        .unwrap()
+        .id;
+    wait_until(LONG, &format!("A reaches {name}"), || {
+        a.publish_durable(via, &json!({})).unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        a.outbox().for_subscription(second.id, false).count() > 0
+        a.outbox().for_subscription(sub, false).count() > 0
     });
+    sub
+}
+
+#[test]
+fn a_publishing_only_instance_follows_subscriptions_made_elsewhere() {
+    let Some(schema) = Schema::new("pubonly") else {
+        return;
+    };
+    let (a, b) = publisher_and_admin(&schema);
+    // A reads (and caches) who receives `e`; only B's notification can
+    // tell it of the second.
+    subscribe_elsewhere_until_reached(&a, &b, "first", "e", "e");
+    subscribe_elsewhere_until_reached(&a, &b, "second", "e", "e");
 }
 
 /// A poll reads the cached fan-out index afresh in one query, so a
@@ -1310,46 +1324,19 @@ fn a_poll_reads_the_fan_out_afresh_and_a_known_event_then_needs_no_index_read() 
     let Some(schema) = Schema::new("fanout") else {
         return;
     };
-    // A polls hourly: only B's notifications make it poll.
-    let a = schema
-        .builder()
-        .deliver(false)
-        .poll_interval(Duration::from_secs(3600))
-        .open()
-        .unwrap();
-    let b = schema.builder().deliver(false).open().unwrap();
+    let (a, b) = publisher_and_admin(&schema);
     let reached = |sub: hookbus::SubscriptionId| a.outbox().for_subscription(sub, false).count();
-    let first = b
-        .subscribe(NewSubscription::new("first", "http://127.0.0.1:9/first").event("e"))
-        .unwrap();
-    wait_until(LONG, "A reaches the first", || {
-        a.publish_durable("e", &json!({})).unwrap();
-        reached(first.id) > 0
-    });
+    let first = subscribe_elsewhere_until_reached(&a, &b, "first", "e", "e");
     // B's subscription to every event notifies A, whose poll reads the
     // index of `e` afresh, `*` included.
-    let all = b
-        .subscribe(NewSubscription::new("all", "http://127.0.0.1:9/all").event("*"))
-        .unwrap();
-    wait_until(LONG, "A reaches the one for every event", || {
-        a.publish_durable("e", &json!({})).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        reached(all.id) > 0
-    });
+    let all = subscribe_elsewhere_until_reached(&a, &b, "all", "*", "e");
     // Another subscription elsewhere makes A poll again, after its last
     // publish of `e`: A reaches it by publishing another event, `x`, which
     // A has cached with no subscriber already, so only that poll can show
     // it the new one.
     a.publish_durable("x", &json!({})).unwrap();
-    let other = b
-        .subscribe(NewSubscription::new("other", "http://127.0.0.1:9/other").event("x"))
-        .unwrap();
-    wait_until(LONG, "A reaches the other", || {
-        a.publish_durable("x", &json!({})).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        reached(other.id) > 0
-    });
-    let (first_before, all_before) = (reached(first.id), reached(all.id));
+    subscribe_elsewhere_until_reached(&a, &b, "other", "x", "x");
+    let (first_before, all_before) = (reached(first), reached(all));
     let mut holder = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
     let mut hold = holder.transaction().unwrap();
     hold.batch_execute(&format!(
@@ -1371,8 +1358,8 @@ fn a_poll_reads_the_fan_out_afresh_and_a_known_event_then_needs_no_index_read() 
     published
         .expect("the publish waited for the locked index")
         .unwrap_or_else(|e| panic!("the publish read the locked index: {e}"));
-    assert_eq!(reached(first.id), first_before + 1);
-    assert_eq!(reached(all.id), all_before + 1);
+    assert_eq!(reached(first), first_before + 1);
+    assert_eq!(reached(all), all_before + 1);
 }
 
 /// Issue 14 on a shared store: two instances add up one subscription's
