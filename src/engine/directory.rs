@@ -102,8 +102,9 @@ impl Directory {
     /// instead of a look per subscription when it is next met. One that is
     /// gone or damaged is forgotten (a look at it alone finds out).
     /// Everything is forgotten if the read fails. The fan-out index (others
-    /// may have added subscriptions) is read afresh too, for every event
-    /// name it holds, in one more query ([`refresh_fanout`](Self::refresh_fanout)).
+    /// may have added subscriptions) is read afresh too, for the event
+    /// names published lately, in one more query
+    /// ([`refresh_fanout`](Self::refresh_fanout)).
     pub(crate) fn refresh(&mut self, s: &Session) {
         self.refresh_fanout(s);
         let mut ids: Vec<SubscriptionId> = self
